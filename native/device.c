@@ -1,0 +1,231 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * device.c -- the life of a dp_t: taking over the fds Python opened (and the
+ * ioctls/sockopts that turn the offloads on, each with a fallback when the
+ * kernel refuses), the worker threads, interface-wide statistics.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if_tun.h>
+#include <linux/udp.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#ifndef TUN_F_USO4
+#define TUN_F_USO4 0x20 /* Linux >= 6.2 */
+#define TUN_F_USO6 0x40
+#endif
+
+#define SOCKET_BUFFER_SIZE (7 << 20) /* wireguard-go's conn/ asks for 7 MiB */
+
+static void set_socket_buffers(int fd)
+{
+	int sz = SOCKET_BUFFER_SIZE;
+	/* *FORCE ignores rmem_max/wmem_max but needs CAP_NET_ADMIN. */
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof(sz)) < 0)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) < 0)
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+}
+
+static int setup_udp(dp_t *dp)
+{
+	int v = 0;
+	socklen_t l = sizeof(v);
+	if (getsockopt(dp->udp_fd, SOL_SOCKET, SO_TYPE, &v, &l) < 0 || v != SOCK_DGRAM)
+		return -EINVAL;
+	l = sizeof(v);
+	if (getsockopt(dp->udp_fd, SOL_SOCKET, SO_DOMAIN, &v, &l) < 0 ||
+	    (v != AF_INET && v != AF_INET6))
+		return -EAFNOSUPPORT;
+	dp->udp_family = v;
+	set_socket_buffers(dp->udp_fd);
+	/* UDP_GRO only changes what recvmsg returns (we are the only reader);
+	 * UDP_SEGMENT is passed per message as a cmsg and never set on the
+	 * socket, so Python's plain sendto() of a handshake stays plain. */
+	v = 1;
+	dp->udp_gro = setsockopt(dp->udp_fd, SOL_UDP, UDP_GRO, &v, sizeof(v)) == 0;
+	l = sizeof(v);
+	atomic_init(&dp->udp_gso, getsockopt(dp->udp_fd, SOL_UDP, UDP_SEGMENT, &v, &l) == 0);
+	return 0;
+}
+
+static int setup_device(dp_t *dp)
+{
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof(ifr));
+	if (ioctl(dp->dev_fd, TUNGETIFF, &ifr) == 0) {
+		bool is_tap = (ifr.ifr_flags & IFF_TAP) == IFF_TAP;
+		bool has_vnet = ifr.ifr_flags & IFF_VNET_HDR;
+		if (is_tap != dp->tap || has_vnet != dp->vnet || !(ifr.ifr_flags & IFF_NO_PI))
+			return -EINVAL; /* opened differently from what we were told */
+		if (dp->vnet) {
+			int sz = VNET_HDR_LEN;
+			if (ioctl(dp->dev_fd, TUNSETVNETHDRSZ, &sz) < 0)
+				return -errno;
+			/* TSO needs CSUM; USO (UDP segmentation) is Linux >= 6.2. */
+			static const unsigned tries[] = {
+				TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6,
+				TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, TUN_F_CSUM, 0};
+			for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++) {
+				if (ioctl(dp->dev_fd, TUNSETOFFLOAD, tries[i]) == 0) {
+					dp->tun_offload = tries[i];
+					break;
+				}
+			}
+		}
+	} else if (errno != ENOTTY && errno != EINVAL && errno != EBADFD) {
+		return -errno;
+	} /* else: not a TUN/TAP fd -- a socketpair standing in for one in tests */
+	int fl = fcntl(dp->dev_fd, F_GETFL);
+	if (fl < 0 || fcntl(dp->dev_fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		return -errno;
+	return 0;
+}
+
+dp_t *dp_create(int dev_fd, int udp_fd, int ctrl_fd, uint32_t flags, int mtu)
+{
+	if (dev_fd < 0 || udp_fd < 0 || ctrl_fd < 0 || mtu < 68 || mtu > 65535 - 128 ||
+	    (flags & ~(uint32_t)(DP_TAP | DP_VNET_HDR))) {
+		errno = EINVAL;
+		return NULL;
+	}
+	dp_t *dp = calloc(1, sizeof(*dp));
+	if (!dp)
+		return NULL;
+	dp->dev_fd = dev_fd;
+	dp->udp_fd = udp_fd;
+	dp->ctrl_fd = ctrl_fd;
+	dp->flags = flags;
+	dp->mtu = mtu;
+	dp->tap = flags & DP_TAP;
+	dp->vnet = flags & DP_VNET_HDR;
+	atomic_init(&dp->mac_ageing_ns, 300ULL * 1000000000ULL);
+	pthread_rwlockattr_t a;
+	pthread_rwlockattr_init(&a);
+	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&dp->lock, &a);
+	pthread_rwlockattr_destroy(&a);
+	pthread_mutex_init(&dp->mac_lock, NULL);
+	dp->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	int err = dp->stop_efd < 0 ? -errno : setup_udp(dp);
+	if (!err)
+		err = setup_device(dp);
+	if (err) {
+		dp_destroy(dp);
+		errno = -err;
+		return NULL;
+	}
+	return dp;
+}
+
+int dp_start(dp_t *dp, int workers)
+{
+	if (workers < 1 || workers > 16)
+		return -EINVAL;
+	if (dp->running)
+		return -EALREADY;
+	uint64_t junk;
+	while (read(dp->stop_efd, &junk, sizeof(junk)) > 0) /* re-arm after a stop */
+		;
+	atomic_store(&dp->stopping, 0);
+	dp->workers = calloc(workers, sizeof(*dp->workers));
+	if (!dp->workers)
+		return -ENOMEM;
+	dp->nworkers = workers;
+	dp->running = true;
+	/* Workers must not take Python's signals (SIGINT goes to the main thread). */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	int err = 0;
+	for (int i = 0; i < workers && !err; i++) {
+		struct worker *w = &dp->workers[i];
+		w->dp = dp;
+		w->tx = tx_state_new(dp);
+		w->rx = rx_state_new(dp);
+		if (!w->tx || !w->rx) {
+			err = -ENOMEM;
+			break;
+		}
+		if ((err = -pthread_create(&w->tx_thread, NULL, tx_worker, w)))
+			break;
+		w->tx_started = true;
+		if ((err = -pthread_create(&w->rx_thread, NULL, rx_worker, w)))
+			break;
+		w->rx_started = true;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err)
+		dp_stop(dp);
+	return err;
+}
+
+void dp_stop(dp_t *dp)
+{
+	if (!dp || !dp->running)
+		return;
+	atomic_store(&dp->stopping, 1);
+	uint64_t one = 1;
+	if (write(dp->stop_efd, &one, sizeof(one)) < 0) {
+		/* the stopping flag and the 1 s poll timeout still end them */
+	}
+	for (int i = 0; i < dp->nworkers; i++) {
+		struct worker *w = &dp->workers[i];
+		if (w->tx_started)
+			pthread_join(w->tx_thread, NULL);
+		if (w->rx_started)
+			pthread_join(w->rx_thread, NULL);
+		tx_state_free(w->tx);
+		rx_state_free(w->rx);
+	}
+	free(dp->workers);
+	dp->workers = NULL;
+	dp->nworkers = 0;
+	dp->running = false;
+}
+
+void dp_destroy(dp_t *dp)
+{
+	if (!dp)
+		return;
+	dp_stop(dp);
+	pthread_rwlock_wrlock(&dp->lock);
+	peers_free_all(dp);
+	allowedips_free(dp);
+	pthread_rwlock_unlock(&dp->lock);
+	mac_free(dp);
+	pthread_rwlock_destroy(&dp->lock);
+	pthread_mutex_destroy(&dp->mac_lock);
+	if (dp->stop_efd >= 0)
+		close(dp->stop_efd);
+	free(dp);
+}
+
+int dp_if_stats(dp_t *dp, struct dp_if_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->rx_unknown_index = STAT_GET(dp->st.rx_unknown_index);
+	out->rx_malformed = STAT_GET(dp->st.rx_malformed);
+	out->tx_no_route = STAT_GET(dp->st.tx_no_route);
+	out->tx_malformed = STAT_GET(dp->st.tx_malformed);
+	out->tx_send_errors = STAT_GET(dp->st.tx_send_errors);
+	out->upcalls_sent = STAT_GET(dp->st.upcalls_sent);
+	out->upcalls_dropped = STAT_GET(dp->st.upcalls_dropped);
+	out->dev_write_errors = STAT_GET(dp->st.dev_write_errors);
+	out->tx_super_packets = STAT_GET(dp->st.tx_super_packets);
+	out->rx_coalesced = STAT_GET(dp->st.rx_coalesced);
+	out->udp_gso = (uint32_t)atomic_load(&dp->udp_gso);
+	out->udp_gro = (uint32_t)dp->udp_gro;
+	out->tun_offload = dp->tun_offload;
+	out->workers = (uint32_t)dp->nworkers;
+	return 0;
+}

@@ -1,0 +1,140 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * dp.h -- the narrow C API of pyvpn's native data plane.
+ *
+ * The split (DESIGN.md): Python runs the Noise handshake, the timers and the
+ * configuration and decides every session key; this plane only moves
+ * WireGuard transport messages (type 4) between the TUN/TAP device and the
+ * UDP socket, in its own threads, without the GIL.  Everything it does not
+ * handle itself goes up to Python over the control socket (see "upcalls").
+ *
+ * Threading: every function here may be called from any thread at any time
+ * after dp_create() and before dp_destroy(); they serialise against the
+ * workers with one reader/writer lock (workers are readers, configuration
+ * calls are writers).
+ *
+ * Return values: 0 (or a count) on success, a negative errno on failure
+ * (-ENOENT unknown peer, -EEXIST duplicate, -EINVAL bad argument,
+ *  -ENOKEY no usable CURRENT keypair, -ENOMEM).
+ */
+#ifndef PYVPN_DP_H
+#define PYVPN_DP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+typedef struct dp dp_t;
+
+enum { DP_TAP = 1, DP_VNET_HDR = 2 };                  /* dp_create flags */
+enum { DP_CURRENT = 0, DP_PREVIOUS = 1, DP_NEXT = 2 }; /* keypair slots */
+
+/* Control-channel upcalls: one SOCK_SEQPACKET message each, a 24-byte
+ * struct dp_upcall_hdr followed by the payload. */
+enum {
+	DP_UPCALL_DATAGRAM = 1,          /* payload = the UDP datagram, addr = its source */
+	DP_UPCALL_NEED_KEY = 2,          /* payload = plain packet/frame for peer_id */
+	DP_UPCALL_KEYPAIR_CONFIRMED = 3, /* payload = u32 LE local_index of new CURRENT */
+	DP_UPCALL_ENDPOINT_CHANGED = 4,  /* addr = new endpoint of peer_id */
+};
+
+struct dp_upcall_hdr {
+	uint8_t kind;
+	uint8_t family;   /* AF_INET, AF_INET6 or 0 */
+	uint16_t port;    /* big-endian */
+	uint32_t peer_id; /* little-endian (host order on every Linux we build for) */
+	uint8_t addr[16]; /* IPv4 in the first 4 bytes */
+};
+
+struct dp_peer_stats {
+	uint64_t rx_bytes, tx_bytes;      /* UDP payload bytes of transport messages */
+	uint64_t last_tx_ns, last_tx_data_ns; /* CLOCK_MONOTONIC; 0 = never */
+	uint64_t last_rx_ns, last_rx_data_ns;
+	uint64_t current_send_counter;    /* next counter CURRENT will use */
+	uint64_t current_age_ns;          /* age of CURRENT since dp_keypair_set */
+	uint32_t has_current;             /* CURRENT installed (usable or not) */
+	uint32_t has_previous, has_next;
+	uint32_t endpoint_len;            /* 0 = no endpoint */
+	struct sockaddr_storage endpoint;
+	/* Drops (and, for no_keypair/expired_keypair on the send side,
+	 * packets diverted to Python as NEED_KEY). */
+	uint64_t drop_bad_tag, drop_replay, drop_bad_source;
+	uint64_t drop_no_keypair, drop_expired_keypair, drop_malformed;
+	uint64_t rx_packets, tx_packets;  /* transport messages */
+};
+
+struct dp_if_stats {
+	uint64_t rx_unknown_index; /* type-4 message for no installed keypair */
+	uint64_t rx_malformed;     /* too short / bad header */
+	uint64_t tx_no_route;      /* device packet matching no allowed-ips / MAC */
+	uint64_t tx_malformed;     /* device packet we could not parse/segment */
+	uint64_t tx_send_errors;   /* sendmmsg failures (other than EAGAIN) */
+	uint64_t upcalls_sent, upcalls_dropped; /* dropped: ctrl socket full */
+	uint64_t dev_write_errors;
+	uint64_t tx_super_packets; /* device reads that were TSO/USO super-packets */
+	uint64_t rx_coalesced;     /* GRO super-packets written to the device */
+	uint32_t udp_gso, udp_gro, tun_offload; /* offloads in effect (bitmask for tun) */
+	uint32_t workers;
+};
+
+struct dp_mac_entry {
+	uint8_t mac[6];
+	uint16_t pad;
+	uint32_t peer_id;
+	uint64_t age_ms; /* since the MAC was last seen in an authenticated frame */
+};
+
+dp_t *dp_create(int dev_fd, int udp_fd, int ctrl_fd, uint32_t flags, int mtu);
+int dp_start(dp_t *, int workers); /* spawn `workers` TX and `workers` RX threads */
+void dp_stop(dp_t *);              /* join threads; idempotent */
+void dp_destroy(dp_t *);           /* stops, frees; does not close the fds */
+
+int dp_peer_add(dp_t *, uint32_t peer_id);
+int dp_peer_remove(dp_t *, uint32_t peer_id);
+/* AF_INET or AF_INET6 sockaddr; an AF_INET one is mapped to ::ffff:a.b.c.d
+ * when the UDP socket is AF_INET6. */
+int dp_peer_set_endpoint(dp_t *, uint32_t peer_id, const struct sockaddr *sa, socklen_t len);
+int dp_allowed_ip_add(dp_t *, uint32_t peer_id, int family, const uint8_t *addr, uint8_t cidr);
+int dp_allowed_ips_clear(dp_t *, uint32_t peer_id);
+
+/* Put a fresh keypair into `slot`, replacing (and forgetting) whatever was
+ * there; send counter starts at 0, replay window empty, birthdate = now. */
+int dp_keypair_set(dp_t *, uint32_t peer_id, int slot, uint32_t local_index,
+		   uint32_t remote_index, const uint8_t send_key[32], const uint8_t recv_key[32]);
+int dp_keypair_clear(dp_t *, uint32_t peer_id, int slot);
+/* Extension: move a keypair with its counters and replay window from one
+ * slot to another (the destination's old keypair is forgotten), so Python
+ * can do the kernel's add_new_keypair() shuffles without resetting state. */
+int dp_keypair_move(dp_t *, uint32_t peer_id, int from_slot, int to_slot);
+/* Extension: the kernel's add_new_keypair() (noise.c) in one atomic step.
+ * initiator: previous := next ? next : current; current := new; next := none.
+ * responder: next := new; previous := none. */
+int dp_keypair_install(dp_t *, uint32_t peer_id, int initiator, uint32_t local_index,
+		       uint32_t remote_index, const uint8_t send_key[32],
+		       const uint8_t recv_key[32]);
+
+/* Encrypt one packet (tun: IP packet, tap: frame; len 0 = keepalive) with
+ * CURRENT and send it to the peer's endpoint from the calling thread.
+ * -ENOKEY: no usable CURRENT (missing, too old, counter exhausted);
+ * -EDESTADDRREQ: no endpoint. */
+int dp_send_packet(dp_t *, uint32_t peer_id, const uint8_t *pkt, size_t len);
+
+int dp_peer_stats(dp_t *, uint32_t peer_id, struct dp_peer_stats *out);
+int dp_if_stats(dp_t *, struct dp_if_stats *out);
+int dp_mac_table(dp_t *, struct dp_mac_entry *out, int max); /* returns count */
+void dp_set_mac_ageing(dp_t *, uint32_t seconds);           /* tap; default 300 */
+
+/* Test hooks (small, pure, no dp_t): the AEAD exactly as the data path uses
+ * it, and the replay window.  Return 0 / 1 (accepted) as documented. */
+int dp_test_aead_seal(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
+		      size_t aad_len, const uint8_t *pt, size_t len, uint8_t *out /* len+16 */);
+int dp_test_aead_open(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
+		      size_t aad_len, const uint8_t *ct, size_t len /* incl. tag */,
+		      uint8_t *out);
+typedef struct dp_replay dp_replay_t;
+dp_replay_t *dp_test_replay_new(void);
+int dp_test_replay_check(dp_replay_t *, uint64_t counter); /* 1 = accept */
+void dp_test_replay_free(dp_replay_t *);
+uint64_t dp_test_replay_window_size(void);
+
+#endif

@@ -1,0 +1,254 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * internal.h -- constants (with the whitepaper's names), the structures
+ * shared by the files of the native plane, and their internal functions.
+ */
+#ifndef PYVPN_INTERNAL_H
+#define PYVPN_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+
+#include "dp.h"
+
+#ifndef SOL_UDP
+#define SOL_UDP 17 /* = IPPROTO_UDP; glibc only defines it under some headers */
+#endif
+#ifndef VIRTIO_NET_HDR_GSO_UDP_L4
+#define VIRTIO_NET_HDR_GSO_UDP_L4 5 /* Linux >= 4.18 uapi */
+#endif
+
+/* --- Protocol constants ------------------------------------------------
+ * WireGuard whitepaper, section 6.1 (table of constants), and the kernel's
+ * drivers/net/wireguard/messages.h. */
+#define REJECT_AFTER_MESSAGES (UINT64_MAX - (1ULL << 13)) /* 2^64 - 2^13 - 1 */
+#define REJECT_AFTER_TIME_NS (180ULL * 1000000000ULL)     /* Reject-After-Time 180 s */
+#define MESSAGE_TRANSPORT_TYPE 4
+#define MESSAGE_TRANSPORT_HDR 16          /* type, 3 reserved, receiver, counter */
+#define NOISE_AUTHTAG_LEN 16
+#define MESSAGE_MINIMUM_LENGTH (MESSAGE_TRANSPORT_HDR + NOISE_AUTHTAG_LEN) /* keepalive */
+#define MESSAGE_PADDING_MULTIPLE 16
+#define NOISE_SYMMETRIC_KEY_LEN 32
+/* pyvpn extension: byte 1 of a transport message marks tap (L2) payloads. */
+#define PYVPN_L2_MARKER 0x01
+
+/* Replay window: the kernel's receive.c counter_validate(), a ring of
+ * unsigned longs of which one is always being recycled. */
+#define COUNTER_BITS_TOTAL 8192
+#define COUNTER_REDUNDANT_BITS 64
+#define COUNTER_WINDOW_SIZE (COUNTER_BITS_TOTAL - COUNTER_REDUNDANT_BITS)
+
+/* --- Sizes of the hot path -------------------------------------------- */
+#define VNET_HDR_LEN 10            /* sizeof(struct virtio_net_hdr) */
+#define MAX_SUPER_PACKET 65535     /* biggest thing a TUN read / UDP GRO read gives */
+#define TX_READS_PER_BATCH 16      /* device reads per wakeup (vnet: super-packets) */
+#define TX_READS_PER_BATCH_PLAIN 128
+#define RX_MSGS_PER_BATCH 32       /* recvmmsg vector length */
+#define UDP_GSO_MAX_SEGS 64        /* kernel UDP_MAX_SEGMENTS */
+#define UDP_GSO_MAX_BYTES 65000    /* a GSO send is one <64 KiB UDP datagram */
+#define ETH_HLEN_ 14
+
+static inline uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+#define STAT_ADD(field, n) atomic_fetch_add_explicit(&(field), (n), memory_order_relaxed)
+#define STAT_SET(field, v) atomic_store_explicit(&(field), (v), memory_order_relaxed)
+#define STAT_GET(field) atomic_load_explicit(&(field), memory_order_relaxed)
+
+/* --- replay.c ---------------------------------------------------------- */
+struct dp_replay {
+	uint64_t counter; /* highest accepted counter + 1 */
+	unsigned long backtrack[COUNTER_BITS_TOTAL / (8 * sizeof(unsigned long))];
+};
+void replay_init(struct dp_replay *r);
+bool replay_validate(struct dp_replay *r, uint64_t their_counter); /* caller locks */
+
+/* --- crypto.c ---------------------------------------------------------- */
+EVP_CIPHER_CTX *aead_ctx_new(int encrypt);
+/* nonce = 4 zero bytes || u64 LE counter (WireGuard transport nonce). */
+void aead_nonce(uint8_t nonce[12], uint64_t counter);
+int aead_seal(EVP_CIPHER_CTX *, const uint8_t key[32], const uint8_t nonce[12],
+	      const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t len,
+	      size_t pad /* zero bytes appended, <= 16 */,
+	      uint8_t *out /* len + pad + 16, may equal in */);
+int aead_open(EVP_CIPHER_CTX *, const uint8_t key[32], const uint8_t nonce[12],
+	      const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t len /* incl tag */,
+	      uint8_t *out /* may equal in */);
+
+/* --- peer.c: peers, keypairs, the index table ------------------------- */
+struct peer;
+struct keypair {
+	struct peer *peer;
+	struct keypair *index_next; /* chain in the index hash table */
+	uint32_t local_index, remote_index;
+	uint64_t birth_ns;
+	_Atomic uint64_t send_counter;
+	pthread_mutex_t replay_lock; /* several RX workers may validate at once */
+	struct dp_replay replay;
+	uint8_t send_key[NOISE_SYMMETRIC_KEY_LEN];
+	uint8_t recv_key[NOISE_SYMMETRIC_KEY_LEN];
+};
+
+struct peer {
+	uint32_t id;
+	struct peer *hash_next;
+	struct keypair *keypairs[3]; /* DP_CURRENT, DP_PREVIOUS, DP_NEXT */
+	pthread_mutex_t endpoint_lock; /* roaming writes it under the read lock */
+	struct sockaddr_storage endpoint;
+	socklen_t endpoint_len;
+	_Atomic uint64_t rx_bytes, tx_bytes, rx_packets, tx_packets;
+	_Atomic uint64_t last_tx_ns, last_tx_data_ns, last_rx_ns, last_rx_data_ns;
+	_Atomic uint64_t drop_bad_tag, drop_replay, drop_bad_source;
+	_Atomic uint64_t drop_no_keypair, drop_expired_keypair, drop_malformed;
+};
+
+#define PEER_HASH_SIZE 256
+#define INDEX_HASH_SIZE 1024
+#define MAC_HASH_SIZE 1024
+#define MAC_TABLE_MAX 8192
+
+struct trie_node {
+	struct trie_node *child[2];
+	struct peer *peer; /* non-NULL when a prefix ends here */
+};
+
+struct mac_entry {
+	struct mac_entry *next;
+	uint8_t mac[6];
+	uint32_t peer_id;
+	uint64_t seen_ns;
+};
+
+struct worker;
+
+struct dp {
+	int dev_fd, udp_fd, ctrl_fd;
+	uint32_t flags;
+	int mtu;
+	int udp_family; /* AF_INET or AF_INET6: endpoints are stored in this family */
+	bool tap, vnet;
+
+	/* Workers hold it for reading per batch; configuration calls write.
+	 * Writer-preferring so Python is never starved by busy workers. */
+	pthread_rwlock_t lock;
+	struct peer *peer_hash[PEER_HASH_SIZE];
+	struct peer **peer_list; /* for flooding and stats; npeers entries */
+	int npeers, peer_cap;
+	struct keypair *index_hash[INDEX_HASH_SIZE];
+	struct trie_node *trie4, *trie6;
+
+	pthread_mutex_t mac_lock;
+	struct mac_entry *mac_hash[MAC_HASH_SIZE];
+	int mac_count;
+	_Atomic uint64_t mac_ageing_ns;
+
+	/* Workers. */
+	struct worker *workers;
+	int nworkers;
+	bool running;
+	_Atomic int stopping;
+	int stop_efd; /* eventfd: wakes every worker's poll() on dp_stop() */
+
+	/* Offloads in effect. */
+	_Atomic int udp_gso; /* cleared at run time if the kernel refuses */
+	int udp_gro;
+	unsigned tun_offload;
+
+	struct {
+		_Atomic uint64_t rx_unknown_index, rx_malformed, tx_no_route, tx_malformed;
+		_Atomic uint64_t tx_send_errors, upcalls_sent, upcalls_dropped, dev_write_errors;
+		_Atomic uint64_t tx_super_packets, rx_coalesced;
+	} st;
+};
+
+struct peer *peer_lookup(dp_t *dp, uint32_t id);          /* lock held */
+struct keypair *index_lookup(dp_t *dp, uint32_t local_index); /* lock held */
+int keypair_slot(const struct keypair *kp);               /* slot of kp in its peer, or -1 */
+/* Usable for sending: present, younger than Reject-After-Time, counter left.
+ * Returns 0, -ENOKEY (missing) or -EKEYEXPIRED. */
+int keypair_usable_for_send(const struct keypair *kp, uint64_t now);
+/* RX: NEXT became confirmed; rotate if it is still NEXT. Takes the lock. */
+bool peer_confirm_next(dp_t *dp, uint32_t peer_id, uint32_t local_index);
+void peer_copy_endpoint(struct peer *p, struct sockaddr_storage *out, socklen_t *len);
+void peers_free_all(dp_t *dp);
+
+/* --- allowedips.c: longest-prefix match, one binary trie per family ---- */
+int allowedips_insert(dp_t *dp, int family, const uint8_t *addr, uint8_t cidr,
+		      struct peer *peer);
+struct peer *allowedips_lookup(dp_t *dp, int family, const uint8_t *addr);
+void allowedips_remove_peer(dp_t *dp, struct peer *peer);
+void allowedips_free(dp_t *dp);
+
+/* --- mactable.c: the tap learning switch ------------------------------- */
+void mac_learn(dp_t *dp, const uint8_t mac[6], uint32_t peer_id, uint64_t now);
+bool mac_lookup(dp_t *dp, const uint8_t mac[6], uint64_t now, uint32_t *peer_id);
+void mac_forget_peer(dp_t *dp, uint32_t peer_id);
+void mac_free(dp_t *dp);
+
+/* --- upcall.c ---------------------------------------------------------- */
+void upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa,
+		 const uint8_t *payload, size_t len);
+
+/* --- offload.c: virtio_net_hdr, segmentation, coalescing, checksums ---- */
+struct vnet_hdr {
+	uint8_t flags;
+	uint8_t gso_type;
+	uint16_t hdr_len, gso_size, csum_start, csum_offset; /* host order (LE virtio) */
+};
+uint16_t csum_fold_complement(uint64_t sum);
+uint64_t csum_partial(const uint8_t *p, size_t len, uint64_t sum);
+/* Parse a device read into segments.  Returns the number of segments
+ * (>= 1) or -1 if malformed.  seg_len(i) gives each segment's length. */
+struct gso_plan {
+	const uint8_t *pkt;
+	size_t len;
+	int l3off;          /* 0 for tun, 14 for tap */
+	int nseg;
+	int gso;            /* 0: plain packet (maybe needing a checksum) */
+	bool needs_csum;
+	uint16_t csum_start, csum_offset;
+	int hdrs;           /* bytes of headers copied into each segment */
+	int l4proto;        /* 6 TCP, 17 UDP */
+	int ipv6;
+	uint16_t gso_size;
+};
+int gso_plan_init(struct gso_plan *g, const struct vnet_hdr *h, const uint8_t *pkt,
+		  size_t len, int l3off);
+/* Write segment i to out (room for MAX_SUPER_PACKET); returns its length. */
+size_t gso_plan_segment(const struct gso_plan *g, int i, uint8_t *out);
+
+/* GRO on the way into the device: collect decrypted packets of one RX batch,
+ * then write them (coalesced TCP where possible) in order. */
+struct gro_batch;
+struct gro_batch *gro_new(int max_pkts);
+void gro_free(struct gro_batch *);
+void gro_reset(struct gro_batch *);
+bool gro_add(struct gro_batch *, uint8_t *pkt, size_t len); /* false: full, flush first */
+/* Writes everything; returns number of write errors. */
+int gro_flush(struct gro_batch *, int fd, bool vnet, int l3off, bool coalesce,
+	      _Atomic uint64_t *coalesced);
+
+/* --- send.c / receive.c: the two directions ---------------------------- */
+struct worker {
+	dp_t *dp;
+	pthread_t tx_thread, rx_thread;
+	bool tx_started, rx_started;
+	struct tx_state *tx;
+	struct rx_state *rx;
+};
+void *tx_worker(void *arg);
+void *rx_worker(void *arg);
+struct tx_state *tx_state_new(dp_t *dp);
+void tx_state_free(struct tx_state *);
+struct rx_state *rx_state_new(dp_t *dp);
+void rx_state_free(struct rx_state *);
+
+#endif

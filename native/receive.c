@@ -1,0 +1,303 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * receive.c -- UDP -> device: recvmmsg a batch (each buffer possibly a UDP
+ * GRO train of equal-size datagrams), hand everything that is not one of our
+ * transport messages to Python, authenticate and decrypt the rest, check the
+ * replay window and cryptokey routing, then write the plaintext to the
+ * device, coalescing TCP segments into super-packets (offload.c).
+ *
+ * Order of checks follows the kernel's receive.c: decrypt (tag) first, then
+ * counter_validate(), then roaming and keypair confirmation, then the inner
+ * packet's source against the peer's allowed-ips.
+ */
+#include <errno.h>
+#include <linux/udp.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define RX_BUF_SIZE 65536
+#define RX_GRO_PKTS 1024
+#define RX_MAX_CONFIRMS 16
+
+struct rx_state {
+	dp_t *dp;
+	EVP_CIPHER_CTX *ctx;
+	uint8_t *bufs[RX_MSGS_PER_BATCH];
+	struct mmsghdr mm[RX_MSGS_PER_BATCH];
+	struct iovec iov[RX_MSGS_PER_BATCH];
+	struct sockaddr_storage src[RX_MSGS_PER_BATCH];
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} cmsg[RX_MSGS_PER_BATCH];
+	struct gro_batch *gro;
+	struct {
+		uint32_t peer_id, local_index;
+	} confirms[RX_MAX_CONFIRMS];
+	int nconfirms;
+};
+
+struct rx_state *rx_state_new(dp_t *dp)
+{
+	struct rx_state *r = calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	r->dp = dp;
+	r->ctx = aead_ctx_new(0);
+	r->gro = gro_new(RX_GRO_PKTS);
+	if (!r->ctx || !r->gro)
+		goto fail;
+	for (int i = 0; i < RX_MSGS_PER_BATCH; i++)
+		if (!(r->bufs[i] = malloc(RX_BUF_SIZE)))
+			goto fail;
+	return r;
+fail:
+	rx_state_free(r);
+	return NULL;
+}
+
+void rx_state_free(struct rx_state *r)
+{
+	if (!r)
+		return;
+	for (int i = 0; i < RX_MSGS_PER_BATCH; i++)
+		free(r->bufs[i]);
+	gro_free(r->gro);
+	if (r->ctx)
+		EVP_CIPHER_CTX_free(r->ctx);
+	free(r);
+}
+
+static inline uint32_t le32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t le64(const uint8_t *p)
+{
+	return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
+static bool sockaddr_equal(const struct sockaddr_storage *a, socklen_t alen,
+			   const struct sockaddr_storage *b)
+{
+	if (!alen || a->ss_family != b->ss_family)
+		return false;
+	if (a->ss_family == AF_INET) {
+		const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+		return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+	}
+	const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+	return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
+	       !memcmp(&x->sin6_addr, &y->sin6_addr, 16);
+}
+
+/* Roaming (whitepaper 2.1): the endpoint follows the source of the latest
+ * authenticated message. */
+static void update_endpoint(dp_t *dp, struct peer *p, const struct sockaddr_storage *src)
+{
+	bool changed = false;
+	pthread_mutex_lock(&p->endpoint_lock);
+	if (!sockaddr_equal(&p->endpoint, p->endpoint_len, src)) {
+		memcpy(&p->endpoint, src, sizeof(*src));
+		p->endpoint_len = src->ss_family == AF_INET ? sizeof(struct sockaddr_in)
+							    : sizeof(struct sockaddr_in6);
+		changed = true;
+	}
+	pthread_mutex_unlock(&p->endpoint_lock);
+	if (changed)
+		upcall_send(dp, DP_UPCALL_ENDPOINT_CHANGED, p->id, (const struct sockaddr *)src, NULL, 0);
+}
+
+static void note_confirm(struct rx_state *r, struct keypair *kp)
+{
+	for (int i = 0; i < r->nconfirms; i++)
+		if (r->confirms[i].local_index == kp->local_index)
+			return;
+	if (r->nconfirms < RX_MAX_CONFIRMS) {
+		r->confirms[r->nconfirms].peer_id = kp->peer->id;
+		r->confirms[r->nconfirms].local_index = kp->local_index;
+		r->nconfirms++;
+	}
+}
+
+/* The inner packet's length and source (tun).  0 if malformed. */
+static size_t inner_ip(const uint8_t *ip, size_t len, int *family, const uint8_t **src)
+{
+	if (len >= 20 && ip[0] >> 4 == 4) {
+		size_t l = (size_t)ip[2] << 8 | ip[3];
+		size_t ihl = (size_t)(ip[0] & 0xf) * 4;
+		if (ihl < 20 || l < ihl || l > len)
+			return 0;
+		*family = AF_INET;
+		*src = ip + 12;
+		return l;
+	}
+	if (len >= 40 && ip[0] >> 4 == 6) {
+		size_t l = ((size_t)ip[4] << 8 | ip[5]) + 40;
+		if (l > len)
+			return 0;
+		*family = AF_INET6;
+		*src = ip + 8;
+		return l;
+	}
+	return 0;
+}
+
+/* One datagram. Lock held (read). */
+static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
+			const struct sockaddr_storage *src, uint64_t now)
+{
+	dp_t *dp = r->dp;
+	if (n < 4 || d[0] != MESSAGE_TRANSPORT_TYPE || d[1] != (dp->tap ? PYVPN_L2_MARKER : 0) ||
+	    d[2] || d[3]) {
+		/* Handshakes, cookies, the other mode's transport, garbage:
+		 * Python decides. */
+		upcall_send(dp, DP_UPCALL_DATAGRAM, 0, (const struct sockaddr *)src, d, n);
+		return;
+	}
+	if (n < MESSAGE_MINIMUM_LENGTH) {
+		STAT_ADD(dp->st.rx_malformed, 1);
+		return;
+	}
+	struct keypair *kp = index_lookup(dp, le32(d + 4));
+	if (!kp) {
+		STAT_ADD(dp->st.rx_unknown_index, 1);
+		return;
+	}
+	struct peer *p = kp->peer;
+	uint64_t counter = le64(d + 8);
+	if (now - kp->birth_ns >= REJECT_AFTER_TIME_NS || counter >= REJECT_AFTER_MESSAGES) {
+		STAT_ADD(p->drop_expired_keypair, 1);
+		return;
+	}
+	uint8_t nonce[12];
+	aead_nonce(nonce, counter);
+	uint8_t *plain = d + MESSAGE_TRANSPORT_HDR;
+	if (aead_open(r->ctx, kp->recv_key, nonce, NULL, 0, plain, n - MESSAGE_TRANSPORT_HDR, plain)) {
+		STAT_ADD(p->drop_bad_tag, 1);
+		return;
+	}
+	pthread_mutex_lock(&kp->replay_lock);
+	bool fresh = replay_validate(&kp->replay, counter);
+	pthread_mutex_unlock(&kp->replay_lock);
+	if (!fresh) {
+		STAT_ADD(p->drop_replay, 1);
+		return;
+	}
+	STAT_ADD(p->rx_bytes, n);
+	STAT_ADD(p->rx_packets, 1);
+	STAT_SET(p->last_rx_ns, now);
+	update_endpoint(dp, p, src);
+	if (p->keypairs[DP_NEXT] == kp)
+		note_confirm(r, kp); /* the initiator used it: handshake confirmed */
+	size_t plen = n - MESSAGE_MINIMUM_LENGTH;
+	if (!plen)
+		return; /* keepalive */
+	STAT_SET(p->last_rx_data_ns, now);
+	if (dp->tap) {
+		if (plen < ETH_HLEN_) {
+			STAT_ADD(p->drop_malformed, 1);
+			return;
+		}
+		mac_learn(dp, plain + 6, p->id, now);
+	} else {
+		int family;
+		const uint8_t *isrc;
+		plen = inner_ip(plain, plen, &family, &isrc);
+		if (!plen) {
+			STAT_ADD(p->drop_malformed, 1);
+			return;
+		}
+		if (allowedips_lookup(dp, family, isrc) != p) {
+			STAT_ADD(p->drop_bad_source, 1);
+			return;
+		}
+	}
+	if (!gro_add(r->gro, plain, plen)) {
+		STAT_ADD(dp->st.dev_write_errors,
+			 gro_flush(r->gro, dp->dev_fd, dp->vnet, dp->tap ? ETH_HLEN_ : 0, dp->vnet,
+				   &dp->st.rx_coalesced));
+		gro_add(r->gro, plain, plen);
+	}
+}
+
+static int gro_size_of(struct msghdr *h)
+{
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c)) {
+		if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+			int v;
+			memcpy(&v, CMSG_DATA(c), sizeof(v));
+			return v;
+		}
+	}
+	return 0;
+}
+
+void *rx_worker(void *arg)
+{
+	struct worker *w = arg;
+	dp_t *dp = w->dp;
+	struct rx_state *r = w->rx;
+	while (!atomic_load(&dp->stopping)) {
+		struct pollfd pfd[2] = {{dp->udp_fd, POLLIN, 0}, {dp->stop_efd, POLLIN, 0}};
+		if (poll(pfd, 2, 1000) <= 0 || !(pfd[0].revents & POLLIN))
+			continue;
+		for (int i = 0; i < RX_MSGS_PER_BATCH; i++) {
+			r->iov[i] = (struct iovec){r->bufs[i], RX_BUF_SIZE};
+			struct msghdr *h = &r->mm[i].msg_hdr;
+			memset(h, 0, sizeof(*h));
+			h->msg_iov = &r->iov[i];
+			h->msg_iovlen = 1;
+			h->msg_name = &r->src[i];
+			h->msg_namelen = sizeof(r->src[i]);
+			h->msg_control = r->cmsg[i].buf;
+			h->msg_controllen = sizeof(r->cmsg[i].buf);
+		}
+		int n = recvmmsg(dp->udp_fd, r->mm, RX_MSGS_PER_BATCH, MSG_DONTWAIT, NULL);
+		if (n <= 0)
+			continue;
+		uint64_t now = now_ns();
+		r->nconfirms = 0;
+		pthread_rwlock_rdlock(&dp->lock);
+		for (int i = 0; i < n; i++) {
+			struct msghdr *h = &r->mm[i].msg_hdr;
+			size_t len = r->mm[i].msg_len;
+			if (h->msg_flags & MSG_TRUNC) {
+				STAT_ADD(dp->st.rx_malformed, 1);
+				continue;
+			}
+			size_t seg = (size_t)gro_size_of(h);
+			if (!seg || seg > len)
+				seg = len;
+			if (!seg) { /* an empty datagram is still Python's to see */
+				upcall_send(dp, DP_UPCALL_DATAGRAM, 0, (struct sockaddr *)&r->src[i],
+					    NULL, 0);
+				continue;
+			}
+			for (size_t off = 0; off < len; off += seg)
+				rx_datagram(r, r->bufs[i] + off, len - off < seg ? len - off : seg,
+					    &r->src[i], now);
+		}
+		pthread_rwlock_unlock(&dp->lock);
+		int errs = gro_flush(r->gro, dp->dev_fd, dp->vnet, dp->tap ? ETH_HLEN_ : 0, dp->vnet,
+				     &dp->st.rx_coalesced);
+		if (errs)
+			STAT_ADD(dp->st.dev_write_errors, errs);
+		for (int i = 0; i < r->nconfirms; i++) {
+			if (peer_confirm_next(dp, r->confirms[i].peer_id, r->confirms[i].local_index)) {
+				uint8_t idx[4];
+				for (int b = 0; b < 4; b++)
+					idx[b] = (uint8_t)(r->confirms[i].local_index >> (8 * b));
+				upcall_send(dp, DP_UPCALL_KEYPAIR_CONFIRMED, r->confirms[i].peer_id,
+					    NULL, idx, 4);
+			}
+		}
+	}
+	return NULL;
+}

@@ -1,0 +1,448 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * send.c -- device -> UDP: read a batch from the TUN/TAP device, segment
+ * super-packets, route each to a peer (allowed-ips in tun mode, the MAC
+ * table in tap mode), encrypt into transport messages and send them with
+ * sendmmsg, runs of equal-size messages to one endpoint as a single UDP GSO
+ * send (UDP_SEGMENT), as wireguard-go's conn/ does.
+ */
+#include <errno.h>
+#include <linux/udp.h>
+#include <linux/virtio_net.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define TX_ARENA_SIZE (2u << 20)
+#define TX_MAX_MSGS 4096
+#define TX_MAX_EPS 64
+
+struct tx_msg {
+	uint32_t off, len;
+	int ep;
+};
+
+struct tx_state {
+	dp_t *dp;
+	EVP_CIPHER_CTX *ctx;
+	int nbufs;
+	size_t buf_size;
+	uint8_t **bufs;
+	ssize_t *lens;
+	uint8_t *seg; /* one plain segment for NEED_KEY upcalls */
+	uint8_t *arena;
+	size_t used;
+	struct tx_msg *msgs;
+	int nmsgs;
+	struct sockaddr_storage eps[TX_MAX_EPS];
+	socklen_t eplens[TX_MAX_EPS];
+	struct peer *ep_peer[TX_MAX_EPS];
+	int neps;
+	struct mmsghdr *mm;
+	struct iovec *iov;
+	union {
+		char buf[CMSG_SPACE(sizeof(uint16_t))];
+		struct cmsghdr align;
+	} *cmsg;
+};
+
+/* Padding (whitepaper 5.4.6; kernel send.c calculate_skb_padding()): pad the
+ * plaintext to a multiple of 16 but never beyond the MTU.  Tap mode does not
+ * pad: an Ethernet frame has no length field to strip padding by. */
+static size_t padding_for(const dp_t *dp, size_t len)
+{
+	if (dp->tap || (int)len >= dp->mtu)
+		return 0;
+	size_t padded = (len + MESSAGE_PADDING_MULTIPLE - 1) & ~(size_t)(MESSAGE_PADDING_MULTIPLE - 1);
+	if (padded > (size_t)dp->mtu)
+		padded = dp->mtu;
+	return padded - len;
+}
+
+/* Build one transport message at out (room: 16 + len + 15 + 16).  `in` may
+ * be out + 16 (in-place).  Returns the message length, or 0 if the keypair's
+ * counter ran out under us. */
+static size_t message_build(dp_t *dp, EVP_CIPHER_CTX *ctx, struct keypair *kp,
+			    const uint8_t *in, size_t len, uint8_t *out)
+{
+	uint64_t counter = atomic_fetch_add_explicit(&kp->send_counter, 1, memory_order_relaxed);
+	if (counter >= REJECT_AFTER_MESSAGES)
+		return 0;
+	size_t pad = padding_for(dp, len);
+	out[0] = MESSAGE_TRANSPORT_TYPE;
+	out[1] = dp->tap ? PYVPN_L2_MARKER : 0;
+	out[2] = out[3] = 0;
+	for (int i = 0; i < 4; i++)
+		out[4 + i] = (uint8_t)(kp->remote_index >> (8 * i)); /* LE */
+	for (int i = 0; i < 8; i++)
+		out[8 + i] = (uint8_t)(counter >> (8 * i)); /* LE */
+	uint8_t nonce[12];
+	aead_nonce(nonce, counter);
+	if (aead_seal(ctx, kp->send_key, nonce, NULL, 0, in, len, pad, out + MESSAGE_TRANSPORT_HDR))
+		return 0;
+	return MESSAGE_TRANSPORT_HDR + len + pad + NOISE_AUTHTAG_LEN;
+}
+
+static void account_tx(struct peer *p, size_t mlen, size_t plain_len, uint64_t now)
+{
+	STAT_ADD(p->tx_bytes, mlen);
+	STAT_ADD(p->tx_packets, 1);
+	STAT_SET(p->last_tx_ns, now);
+	if (plain_len)
+		STAT_SET(p->last_tx_data_ns, now);
+}
+
+struct tx_state *tx_state_new(dp_t *dp)
+{
+	struct tx_state *t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	t->dp = dp;
+	t->nbufs = dp->vnet ? TX_READS_PER_BATCH : TX_READS_PER_BATCH_PLAIN;
+	t->buf_size = dp->vnet ? VNET_HDR_LEN + MAX_SUPER_PACKET : (size_t)dp->mtu + 256;
+	t->ctx = aead_ctx_new(1);
+	t->bufs = calloc(t->nbufs, sizeof(*t->bufs));
+	t->lens = calloc(t->nbufs, sizeof(*t->lens));
+	t->seg = malloc(MAX_SUPER_PACKET + 64);
+	t->arena = malloc(TX_ARENA_SIZE);
+	t->msgs = calloc(TX_MAX_MSGS, sizeof(*t->msgs));
+	t->mm = calloc(TX_MAX_MSGS, sizeof(*t->mm));
+	t->iov = calloc(TX_MAX_MSGS, sizeof(*t->iov));
+	t->cmsg = calloc(TX_MAX_MSGS, sizeof(*t->cmsg));
+	if (!t->ctx || !t->bufs || !t->lens || !t->seg || !t->arena || !t->msgs || !t->mm ||
+	    !t->iov || !t->cmsg)
+		goto fail;
+	for (int i = 0; i < t->nbufs; i++)
+		if (!(t->bufs[i] = malloc(t->buf_size)))
+			goto fail;
+	return t;
+fail:
+	tx_state_free(t);
+	return NULL;
+}
+
+void tx_state_free(struct tx_state *t)
+{
+	if (!t)
+		return;
+	if (t->bufs)
+		for (int i = 0; i < t->nbufs; i++)
+			free(t->bufs[i]);
+	free(t->bufs);
+	free(t->lens);
+	free(t->seg);
+	free(t->arena);
+	free(t->msgs);
+	free(t->mm);
+	free(t->iov);
+	free(t->cmsg);
+	if (t->ctx)
+		EVP_CIPHER_CTX_free(t->ctx);
+	free(t);
+}
+
+/* Wait until the UDP socket can take more; false when stopping. */
+static bool wait_writable(dp_t *dp)
+{
+	struct pollfd pfd[2] = {{dp->udp_fd, POLLOUT, 0}, {dp->stop_efd, POLLIN, 0}};
+	poll(pfd, 2, 100);
+	return !atomic_load(&dp->stopping);
+}
+
+/* Send every queued message; must not touch peers (may run unlocked). */
+static void tx_flush(struct tx_state *t)
+{
+	dp_t *dp = t->dp;
+	int gso = atomic_load(&dp->udp_gso);
+	int nmm = 0;
+	for (int i = 0; i < t->nmsgs;) {
+		int start = i;
+		uint32_t size = t->msgs[i].len, total = size;
+		for (i++; gso && i < t->nmsgs && i - start < UDP_GSO_MAX_SEGS; i++) {
+			const struct tx_msg *m = &t->msgs[i], *prev = &t->msgs[i - 1];
+			/* A GSO run: one endpoint, contiguous, all but the last of
+			 * exactly `size` bytes (the kernel cuts at gso_size). */
+			if (m->ep != t->msgs[start].ep || m->off != prev->off + prev->len ||
+			    prev->len != size || m->len > size || total + m->len > UDP_GSO_MAX_BYTES)
+				break;
+			total += m->len;
+		}
+		struct msghdr *h = &t->mm[nmm].msg_hdr;
+		memset(h, 0, sizeof(*h));
+		t->iov[nmm] = (struct iovec){t->arena + t->msgs[start].off, total};
+		h->msg_iov = &t->iov[nmm];
+		h->msg_iovlen = 1;
+		h->msg_name = &t->eps[t->msgs[start].ep];
+		h->msg_namelen = t->eplens[t->msgs[start].ep];
+		if (i - start > 1) {
+			struct cmsghdr *c = (struct cmsghdr *)t->cmsg[nmm].buf;
+			c->cmsg_level = SOL_UDP;
+			c->cmsg_type = UDP_SEGMENT;
+			c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+			uint16_t gs = (uint16_t)size;
+			memcpy(CMSG_DATA(c), &gs, sizeof(gs));
+			h->msg_control = t->cmsg[nmm].buf;
+			h->msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+		}
+		nmm++;
+	}
+	for (int sent = 0; sent < nmm;) {
+		int r = sendmmsg(dp->udp_fd, t->mm + sent, nmm - sent, MSG_DONTWAIT);
+		if (r > 0) {
+			sent += r;
+			continue;
+		}
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
+			if (!wait_writable(dp))
+				break;
+			continue;
+		}
+		if (errno == EINTR)
+			continue;
+		struct msghdr *h = &t->mm[sent].msg_hdr;
+		if (h->msg_controllen && (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP)) {
+			/* The route refused UDP GSO (e.g. no checksum offload):
+			 * turn it off for good and resend this run one by one,
+			 * as wireguard-go does on EIO. */
+			atomic_store(&dp->udp_gso, 0);
+			uint16_t gs;
+			memcpy(&gs, CMSG_DATA((struct cmsghdr *)h->msg_control), sizeof(gs));
+			uint8_t *p = h->msg_iov[0].iov_base;
+			size_t left = h->msg_iov[0].iov_len;
+			while (left) {
+				size_t n = left < gs ? left : gs;
+				if (sendto(dp->udp_fd, p, n, 0, h->msg_name, h->msg_namelen) < 0) {
+					if (errno == EAGAIN && wait_writable(dp))
+						continue;
+					STAT_ADD(dp->st.tx_send_errors, 1);
+				}
+				p += n;
+				left -= n;
+			}
+		} else {
+			STAT_ADD(dp->st.tx_send_errors, 1);
+		}
+		sent++;
+	}
+	t->nmsgs = 0;
+	t->used = 0;
+	t->neps = 0;
+}
+
+static int endpoint_slot(struct tx_state *t, struct peer *p)
+{
+	for (int i = t->neps - 1; i >= 0; i--)
+		if (t->ep_peer[i] == p)
+			return i;
+	if (t->neps == TX_MAX_EPS)
+		tx_flush(t);
+	int i = t->neps;
+	peer_copy_endpoint(p, &t->eps[i], &t->eplens[i]);
+	if (!t->eplens[i])
+		return -1;
+	t->ep_peer[i] = p;
+	t->neps++;
+	return i;
+}
+
+/* Encrypt the segments of one device read for one peer. Lock held (read). */
+static void tx_to_peer(struct tx_state *t, struct peer *p, const struct gso_plan *g, uint64_t now)
+{
+	dp_t *dp = t->dp;
+	struct keypair *kp = p->keypairs[DP_CURRENT];
+	int usable = keypair_usable_for_send(kp, now);
+	if (usable) {
+		/* No usable session: Python handshakes and re-sends these. */
+		for (int i = 0; i < g->nseg; i++) {
+			size_t n = gso_plan_segment(g, i, t->seg);
+			upcall_send(dp, DP_UPCALL_NEED_KEY, p->id, NULL, t->seg, n);
+		}
+		if (usable == -ENOKEY)
+			STAT_ADD(p->drop_no_keypair, g->nseg);
+		else
+			STAT_ADD(p->drop_expired_keypair, g->nseg);
+		return;
+	}
+	for (int i = 0; i < g->nseg; i++) {
+		size_t room = MESSAGE_TRANSPORT_HDR + (g->gso ? (size_t)g->hdrs + g->gso_size : g->len) +
+			      MESSAGE_PADDING_MULTIPLE + NOISE_AUTHTAG_LEN;
+		if (t->used + room > TX_ARENA_SIZE || t->nmsgs == TX_MAX_MSGS)
+			tx_flush(t); /* rare: flush under the read lock */
+		int ep = endpoint_slot(t, p);
+		if (ep < 0) {
+			STAT_ADD(dp->st.tx_no_route, g->nseg - i); /* peer has no endpoint */
+			return;
+		}
+		uint8_t *out = t->arena + t->used;
+		const uint8_t *in;
+		size_t len;
+		if (g->gso || g->needs_csum) {
+			len = gso_plan_segment(g, i, out + MESSAGE_TRANSPORT_HDR);
+			in = out + MESSAGE_TRANSPORT_HDR;
+		} else {
+			in = g->pkt; /* encrypt straight from the read buffer */
+			len = g->len;
+		}
+		size_t mlen = message_build(dp, t->ctx, kp, in, len, out);
+		if (!mlen) {
+			STAT_ADD(p->drop_expired_keypair, 1);
+			continue;
+		}
+		t->msgs[t->nmsgs++] = (struct tx_msg){(uint32_t)t->used, (uint32_t)mlen, ep};
+		t->used += mlen;
+		account_tx(p, mlen, len, now);
+	}
+}
+
+static const uint8_t *route_dst(const uint8_t *ip, size_t len, int *family)
+{
+	if (len >= 20 && ip[0] >> 4 == 4) {
+		*family = AF_INET;
+		return ip + 16;
+	}
+	if (len >= 40 && ip[0] >> 4 == 6) {
+		*family = AF_INET6;
+		return ip + 24;
+	}
+	return NULL;
+}
+
+/* One read from the device. Lock held (read). */
+static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
+{
+	dp_t *dp = t->dp;
+	struct vnet_hdr vh = {0};
+	if (dp->vnet) {
+		if (n < VNET_HDR_LEN) {
+			STAT_ADD(dp->st.tx_malformed, 1);
+			return;
+		}
+		struct virtio_net_hdr raw;
+		memcpy(&raw, buf, sizeof(raw));
+		vh = (struct vnet_hdr){raw.flags, raw.gso_type, raw.hdr_len, raw.gso_size,
+				       raw.csum_start, raw.csum_offset};
+		buf += VNET_HDR_LEN;
+		n -= VNET_HDR_LEN;
+	}
+	struct gso_plan g;
+	if (gso_plan_init(&g, &vh, buf, n, dp->tap ? ETH_HLEN_ : 0) < 0) {
+		STAT_ADD(dp->st.tx_malformed, 1);
+		return;
+	}
+	if (g.gso)
+		STAT_ADD(dp->st.tx_super_packets, 1);
+	if (!dp->tap) {
+		int family;
+		const uint8_t *dst = route_dst(buf, n, &family);
+		struct peer *p = dst ? allowedips_lookup(dp, family, dst) : NULL;
+		if (p)
+			tx_to_peer(t, p, &g, now);
+		else
+			STAT_ADD(dp->st.tx_no_route, g.nseg);
+		return;
+	}
+	if (n < ETH_HLEN_) {
+		STAT_ADD(dp->st.tx_malformed, 1);
+		return;
+	}
+	uint32_t pid;
+	struct peer *p;
+	if (!(buf[0] & 1) && mac_lookup(dp, buf, now, &pid) && (p = peer_lookup(dp, pid))) {
+		tx_to_peer(t, p, &g, now); /* known unicast */
+		return;
+	}
+	/* Broadcast, multicast, unknown unicast: flood, like a bridge.  Peers
+	 * without a usable keypair get a NEED_KEY upcall instead (tx_to_peer),
+	 * so Python can start the handshake that lets the frame through. */
+	for (int i = 0; i < dp->npeers; i++)
+		tx_to_peer(t, dp->peer_list[i], &g, now);
+	if (!dp->npeers)
+		STAT_ADD(dp->st.tx_no_route, g.nseg);
+}
+
+void *tx_worker(void *arg)
+{
+	struct worker *w = arg;
+	dp_t *dp = w->dp;
+	struct tx_state *t = w->tx;
+	while (!atomic_load(&dp->stopping)) {
+		struct pollfd pfd[2] = {{dp->dev_fd, POLLIN, 0}, {dp->stop_efd, POLLIN, 0}};
+		if (poll(pfd, 2, 1000) <= 0 || !(pfd[0].revents & (POLLIN | POLLERR | POLLHUP)))
+			continue;
+		int n = 0;
+		while (n < t->nbufs) {
+			ssize_t r = read(dp->dev_fd, t->bufs[n], t->buf_size);
+			if (r < 0) {
+				if (errno == EINTR)
+					continue;
+				break; /* EAGAIN: drained; other errors: retry at next poll */
+			}
+			t->lens[n++] = r;
+		}
+		if (!n) {
+			if (pfd[0].revents & (POLLERR | POLLHUP))
+				usleep(10000); /* device gone down; don't spin */
+			continue;
+		}
+		uint64_t now = now_ns();
+		pthread_rwlock_rdlock(&dp->lock);
+		for (int i = 0; i < n; i++)
+			tx_packet(t, t->bufs[i], (size_t)t->lens[i], now);
+		pthread_rwlock_unlock(&dp->lock);
+		tx_flush(t);
+	}
+	return NULL;
+}
+
+int dp_send_packet(dp_t *dp, uint32_t peer_id, const uint8_t *pkt, size_t len)
+{
+	if (len > MAX_SUPER_PACKET)
+		return -EMSGSIZE;
+	uint8_t *out = malloc(len + MESSAGE_TRANSPORT_HDR + MESSAGE_PADDING_MULTIPLE + NOISE_AUTHTAG_LEN);
+	EVP_CIPHER_CTX *ctx = aead_ctx_new(1);
+	struct sockaddr_storage ep;
+	socklen_t eplen = 0;
+	size_t mlen = 0;
+	int ret = 0;
+	if (!out || !ctx) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	uint64_t now = now_ns();
+	pthread_rwlock_rdlock(&dp->lock);
+	struct peer *p = peer_lookup(dp, peer_id);
+	if (!p) {
+		ret = -ENOENT;
+	} else if (keypair_usable_for_send(p->keypairs[DP_CURRENT], now)) {
+		ret = -ENOKEY;
+	} else {
+		peer_copy_endpoint(p, &ep, &eplen);
+		if (!eplen) {
+			ret = -EDESTADDRREQ;
+		} else {
+			mlen = message_build(dp, ctx, p->keypairs[DP_CURRENT], pkt, len, out);
+			if (mlen)
+				account_tx(p, mlen, len, now);
+			else
+				ret = -ENOKEY;
+		}
+	}
+	pthread_rwlock_unlock(&dp->lock);
+	while (!ret && sendto(dp->udp_fd, out, mlen, MSG_DONTWAIT, (struct sockaddr *)&ep, eplen) < 0) {
+		if (errno == EAGAIN || errno == EINTR) {
+			struct pollfd pfd = {dp->udp_fd, POLLOUT, 0};
+			if (poll(&pfd, 1, 200) > 0 || errno == EINTR)
+				continue;
+		}
+		ret = -errno;
+	}
+out:
+	free(out);
+	if (ctx)
+		EVP_CIPHER_CTX_free(ctx);
+	return ret;
+}

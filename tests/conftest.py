@@ -1,0 +1,36 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunnel.testbed import Testbed, cleanup_stale
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pyvpn(
+    *args: str, input: str | None = None, netns: str | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess:
+    """Run the pyvpn command line as a user would (in a namespace if given)."""
+    argv = [sys.executable, "-m", "tunnel", *args]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        argv, input=input, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stale_namespaces():
+    # Leftovers of a crashed earlier run must not break this one.
+    cleanup_stale()
+
+
+@pytest.fixture
+def bed(request):
+    tag = "".join(c for c in request.node.name if c.isalnum())[-6:]
+    with Testbed(tag=tag) as testbed:
+        yield testbed

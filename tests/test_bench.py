@@ -1,0 +1,235 @@
+"""`pyvpn bench` and the measurements under it. No test asserts a speed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from tunnel import bench, bench_contenders, measure
+from tunnel.bench_contenders import header_overhead
+from tunnel.bench_report import FIGURE_KEYS, Result, ratios, write_chart
+from tunnel.testbed import host_problem, leftovers
+
+_PROBLEM = host_problem(("ip", "ping", "iperf3", "ss", "wireguard-go", "wg"))
+root_only = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+# ---------------------------------------------------------------------------
+# The command, end to end
+
+
+@root_only
+def test_short_run_writes_every_figure_and_a_png(tmp_path: Path, capsys) -> None:
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = bench.run(
+        _args("--time", "1", "--only", "veth,wireguard-go",
+              "--json", str(out_json), "--chart", str(out_png))
+    )  # fmt: skip
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    doc = json.loads(out_json.read_text())
+    names = [c["name"] for c in doc["contenders"]]
+    assert names == ["veth", "wireguard-go"]
+    for contender in doc["contenders"]:
+        assert contender["status"] == "ok", contender["notes"]
+        for key in FIGURE_KEYS:
+            value = contender["figures"][key]
+            if key in contender["not_applicable"]:
+                assert value is None
+            else:
+                assert isinstance(value, float) and value > 0, (contender["name"], key)
+        assert contender["ratio_to_veth"]["tcp_1_stream_bps"] > 0
+    assert doc["contenders"][0]["not_applicable"] == ["cpu_s_per_gbit"]
+    assert doc["contenders"][1]["header_overhead_bytes"] == 60
+    assert doc["settings"]["time_s"] == 1 and doc["settings"]["mtu"] == bench.DEFAULT_MTU
+    assert out_png.read_bytes()[:8] == PNG_MAGIC
+    assert matplotlib.image.imread(out_png).shape[0] > 100
+    assert "wireguard-go" in printed.out and "Header overhead" in printed.out
+    assert leftovers() == []
+
+
+@root_only
+def test_missing_tool_is_skipped_with_a_note(tmp_path: Path, monkeypatch, capsys) -> None:
+    real_which = bench_contenders.shutil.which
+    monkeypatch.setattr(
+        bench_contenders.shutil, "which", lambda t: None if t == "openvpn" else real_which(t)
+    )
+    out_json = tmp_path / "b.json"
+    assert bench.run(_args("--time", "1", "--only", "openvpn-tap", "--json", str(out_json))) == 0
+    (contender,) = json.loads(out_json.read_text())["contenders"]
+    assert contender["status"] == "skipped"
+    assert contender["notes"] == ["openvpn is not installed"]
+    assert "openvpn is not installed" in capsys.readouterr().out
+    assert leftovers() == []
+
+
+@root_only
+def test_ctrl_c_tears_everything_down(monkeypatch, capsys) -> None:
+    def interrupted(*args: object, **kw: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(measure, "iperf_udp", interrupted)
+    assert bench.run(_args("--time", "1", "--only", "wireguard-go")) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert leftovers() == []
+
+
+@root_only
+def test_a_failing_test_costs_one_figure(tmp_path: Path, monkeypatch) -> None:
+    def broken(*args: object, **kw: object) -> None:
+        raise measure.MeasurementError("iperf3: simulated failure")
+
+    monkeypatch.setattr(measure, "iperf_udp", broken)
+    out_json = tmp_path / "b.json"
+    assert bench.run(_args("--time", "1", "--only", "veth", "--json", str(out_json))) == 0
+    (veth,) = json.loads(out_json.read_text())["contenders"]
+    assert veth["status"] == "partial"
+    assert veth["figures"]["udp_64b_pps"] is None
+    assert veth["figures"]["tcp_1_stream_bps"] > 0
+    assert any("simulated failure" in note for note in veth["notes"])
+    assert leftovers() == []
+
+
+def test_unknown_contender_is_a_usage_error(capsys) -> None:
+    assert bench.run(_args("--only", "veth,nonsense")) == 2
+    err = capsys.readouterr().err
+    assert "nonsense" in err and "pyvpn-tap-python" in err
+
+
+def test_contender_names() -> None:
+    assert set(bench_contenders.NAMES) == {
+        "veth", "pyvpn-tun-native", "pyvpn-tap-native", "pyvpn-tun-python", "pyvpn-tap-python",
+        "wireguard-go", "openvpn-tun", "openvpn-tap",
+    }  # fmt: skip
+
+
+def test_header_overhead_per_mode() -> None:
+    assert header_overhead("tun") == 20 + 8 + 32
+    assert header_overhead("tap") == 20 + 8 + 32 + 14
+    assert header_overhead("tun", ipv6=True) == 40 + 8 + 32
+
+
+# ---------------------------------------------------------------------------
+# Report
+
+
+def _result(name: str, mode: str, tcp: float | None, rtt: float) -> Result:
+    r = Result(name, name.rsplit("-", 1)[0], mode, 60)
+    r.figures.update(tcp_1_stream_bps=tcp, tcp_4_streams_bps=tcp, rtt_median_ms=rtt)
+    return r
+
+
+def test_ratios_are_relative_to_veth() -> None:
+    rel = ratios([_result("veth", "raw", 10e9, 0.05), _result("x-tun", "tun", 2.5e9, 0.5)])
+    assert rel["x-tun"]["tcp_1_stream_bps"] == pytest.approx(0.25)
+    assert rel["x-tun"]["rtt_median_ms"] == pytest.approx(10)
+    assert rel["x-tun"]["udp_64b_pps"] is None
+
+
+def test_chart_with_missing_figures_is_a_png(tmp_path: Path) -> None:
+    results = [
+        _result("veth", "raw", 10e9, 0.05),
+        _result("x-tun", "tun", 1e9, 0.4),
+        _result("x-tap", "tap", None, 0.5),
+    ]
+    write_chart(tmp_path / "c.png", results)
+    assert (tmp_path / "c.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_settle_status() -> None:
+    r = _result("x-tun", "tun", 1e9, 0.4)
+    r.settle()
+    assert r.status == "partial"
+    r.figures.update(dict.fromkeys(FIGURE_KEYS, 1.0))
+    r.status = "ok"
+    r.settle()
+    assert r.status == "ok"
+
+
+# ---------------------------------------------------------------------------
+# measure.py parsing and CPU accounting
+
+PING_OUTPUT = """PING 10.10.0.2 (10.10.0.2) 56(84) bytes of data.
+64 bytes from 10.10.0.2: icmp_seq=1 ttl=64 time=0.412 ms
+64 bytes from 10.10.0.2: icmp_seq=2 ttl=64 time=0.380 ms
+64 bytes from 10.10.0.2: icmp_seq=4 ttl=64 time=1.20 ms
+
+--- 10.10.0.2 ping statistics ---
+4 packets transmitted, 3 received, 25% packet loss, time 603ms
+rtt min/avg/max/mdev = 0.380/0.664/1.200/0.379 ms
+"""
+
+
+def test_parse_ping() -> None:
+    stats = measure.parse_ping(PING_OUTPUT)
+    assert (stats.sent, stats.received) == (4, 3)
+    assert stats.loss == pytest.approx(0.25)
+    assert stats.median_ms == pytest.approx(0.412)
+    assert stats.p99_ms == pytest.approx(1.2)
+
+
+def test_parse_ping_without_replies() -> None:
+    stats = measure.parse_ping("--- x ping statistics ---\n3 packets transmitted, 0 received")
+    assert stats.loss == 1.0 and stats.median_ms is None and stats.p99_ms is None
+    with pytest.raises(measure.MeasurementError):
+        measure.parse_ping("ping: connect: Network is unreachable")
+
+
+def test_percentile_nearest_rank() -> None:
+    values = list(range(1, 101))
+    assert measure.percentile(values, 99) == 99
+    assert measure.percentile(values, 50) == 50
+    assert measure.percentile([7.0], 99) == 7.0
+
+
+def test_parse_iperf_documents() -> None:
+    tcp = {
+        "end": {
+            "sum_sent": {"bytes": 1000, "bits_per_second": 9e9, "retransmits": 3},
+            "sum_received": {"bytes": 990, "bits_per_second": 8e9, "seconds": 1.0},
+        }
+    }
+    result = measure.parse_iperf_tcp(tcp, streams=4)
+    assert (result.bits_per_second, result.bytes, result.retransmits) == (8e9, 990, 3)
+    udp = {
+        "end": {
+            "sum_received": {"packets": 1000, "lost_packets": 200, "seconds": 2.0},
+        }
+    }
+    rate = measure.parse_iperf_udp(udp, payload=64)
+    assert rate.packets_per_second == pytest.approx(400)
+    assert rate.loss == pytest.approx(0.2)
+    with pytest.raises(measure.MeasurementError, match="unable to connect"):
+        measure.parse_iperf_tcp({"error": "unable to connect to server"})
+
+
+def test_cpu_meter_counts_a_busy_child_and_its_threads() -> None:
+    spin = (
+        "import threading, time\n"
+        "def burn():\n    end = time.time() + 0.6\n    while time.time() < end: pass\n"
+        "ts = [threading.Thread(target=burn) for _ in range(2)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "time.sleep(5)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        with measure.CpuMeter([child.pid]) as meter:
+            time.sleep(1.0)
+        assert meter.seconds > 0.3  # two threads burning 0.6 s each, on any 2-core load
+    finally:
+        child.kill()
+        child.wait()

@@ -1,0 +1,119 @@
+"""The command line as a user meets it: keys, config errors, usage errors."""
+
+import os
+import subprocess
+
+import pytest
+
+from tunnel import keys
+
+from .conftest import pyvpn
+
+
+def test_genkey_pubkey_match_wireguard_tools():
+    private = pyvpn("genkey").stdout.strip()
+    ours = pyvpn("pubkey", input=private + "\n").stdout.strip()
+    theirs = subprocess.run(
+        ["wg", "pubkey"], input=private, capture_output=True, text=True
+    ).stdout.strip()
+    assert ours == theirs and len(keys.decode(ours)) == 32
+    wg_private = subprocess.run(["wg", "genkey"], capture_output=True, text=True).stdout
+    assert (
+        pyvpn("pubkey", input=wg_private).stdout.strip()
+        == subprocess.run(
+            ["wg", "pubkey"], input=wg_private, capture_output=True, text=True
+        ).stdout.strip()
+    )
+
+
+def test_genpsk_is_32_random_bytes():
+    a, b = pyvpn("genpsk").stdout.strip(), pyvpn("genpsk").stdout.strip()
+    assert len(keys.decode(a)) == 32 and a != b
+
+
+def test_pubkey_rejects_garbage_in_one_line():
+    result = pyvpn("pubkey", input="not a key")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "not a private key" in result.stderr
+
+
+def test_unknown_command_is_one_line_usage_error():
+    result = pyvpn("upp", "x.toml")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "invalid choice" in result.stderr
+
+
+GOOD_KEY = keys.encode(bytes(range(32)))
+PEER_KEY = keys.encode(keys.public_key(bytes(range(1, 33))))
+
+
+def config(interface: str = "", peer: str = "") -> str:
+    return (
+        f'[interface]\nname = "pvcfg{os.getpid() % 10000}"\nprivate_key = "{GOOD_KEY}"\n'
+        f'{interface}\n[[peer]]\npublic_key = "{PEER_KEY}"\n{peer}\n'
+    )
+
+
+BAD_CONFIGS = [
+    ("interface.listen_port", config('listen_port = "abc"'), "whole number"),
+    ("interface.listen_port", config("listen_port = 70000"), "0 to 65535"),
+    ("interface.mode", config('mode = "tunnel"'), "one of tun, tap"),
+    ("interface.private_key", config().replace(GOOD_KEY, "Zm9v"), "not a key"),
+    ("interface.address[0]", config('address = ["10.0.0.300/24"]'), "not an address"),
+    ("interface.mtu", config("mtu = 100"), "576"),
+    ("interface.bridge", config('bridge = "br0"'), "only a tap interface"),
+    (
+        "interface.name",
+        config().replace('name = "pvcfg', 'name = "far/too/long/a/name'),
+        "valid device name",
+    ),
+    ("interface.colour", config('colour = "blue"'), "unknown key"),
+    ("peer[0].endpoint", config(peer='endpoint = "10.0.0.1"'), "host:port"),
+    ("peer[0].allowed_ips[0]", config(peer='allowed_ips = ["banana"]'), "not a network"),
+    ("peer[0].public_key", config().replace(PEER_KEY, GOOD_KEY + "x"), "not a key"),
+    ("peer[0].persistent_keepalive", config(peer="persistent_keepalive = -1"), "whole number"),
+    ("interface", "[[peer]]\n", "missing [interface]"),
+    ("not valid TOML", "[interface\n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("key", "text", "problem"), BAD_CONFIGS, ids=[b[0] for b in BAD_CONFIGS])
+def test_bad_config_is_one_line_exit_2_and_leaves_nothing(bed, tmp_path, key, text, problem):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    before = bed.a.run("ip", "-o", "link").stdout
+    result = pyvpn("up", str(path), netns=bed.a.name)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"pyvpn: {path}: ") and key in result.stderr
+    assert problem in result.stderr
+    assert bed.a.run("ip", "-o", "link").stdout == before
+    assert not os.path.exists(f"/var/run/wireguard/pvcfg{os.getpid() % 10000}.sock")
+
+
+def test_missing_config_file(tmp_path):
+    result = pyvpn("up", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == f"pyvpn: {tmp_path / 'nope.toml'}: cannot read: No such file or directory\n"
+    )
+
+
+def test_world_readable_key_file_warns(tmp_path):
+    (tmp_path / "a.key").write_text(GOOD_KEY + "\n")
+    (tmp_path / "a.key").chmod(0o644)
+    from tunnel.config import load
+
+    path = tmp_path / "a.toml"
+    path.write_text(config().replace(f'private_key = "{GOOD_KEY}"', 'private_key_file = "a.key"'))
+    loaded = load(str(path))
+    assert loaded.interface.private_key == bytes(range(32))
+    assert any("accessible by others" in w for w in loaded.warnings)
+
+
+def test_down_unknown_tunnel():
+    result = pyvpn("down", "pvnosuch")
+    assert (
+        result.returncode == 1 and result.stderr == "pyvpn: no tunnel named pvnosuch is running\n"
+    )

@@ -1,0 +1,260 @@
+"""The sans-IO core driven through whole scenarios on a fake clock: handshake,
+transport, every timer of the whitepaper, cookies, roaming, routing, tap switching."""
+
+import logging
+
+from tunnel.constants import (
+    KEEPALIVE_SIZE,
+    KEEPALIVE_TIMEOUT,
+    MAX_TIMER_HANDSHAKES,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_TIME,
+    REKEY_TIMEOUT,
+)
+from tunnel.messages import parse
+
+from .simnet import SimNet, ipv4_packet
+
+
+def pair(**kw):
+    net = SimNet()
+    a = net.node("a", "198.18.0.1", **kw)
+    b = net.node("b", "198.18.0.2", **kw)
+    net.connect(a, b, ["10.0.0.1/32"], ["10.0.0.2/32"])
+    return net, a, b
+
+
+def peer_of(node):
+    return next(iter(node.iface.peers.values()))
+
+
+def kinds(net, since=0):
+    return [data[0] for _, _, data in net.wire[since:]]
+
+
+def test_first_packet_handshakes_then_flows_both_ways():
+    net, a, b = pair()
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2", b"ping"))
+    assert kinds(net) == [1, 2, 4]  # initiation, response, the staged packet
+    assert b.delivered == [ipv4_packet("10.0.0.1", "10.0.0.2", b"ping")]
+    net.send(b, ipv4_packet("10.0.0.2", "10.0.0.1", b"pong"))
+    assert a.delivered[-1].endswith(b"pong")
+    assert peer_of(a).last_handshake_wall is not None
+
+
+def test_responder_waits_for_confirmation_before_sending():
+    net, a, b = pair()
+    net.lose = lambda data: data[0] == 4  # lose the initiator's transport messages
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    pb = peer_of(b)
+    assert pb.current is None and pb.next is not None
+    net.lose = lambda data: False
+    n = len(net.wire)
+    net.send(b, ipv4_packet("10.0.0.2", "10.0.0.1"))
+    # b must not use the unconfirmed keys: it initiates its own handshake instead.
+    assert kinds(net, n)[0] == 1
+
+
+def test_padding_hides_length_and_is_stripped():
+    net, a, b = pair()
+    packet = ipv4_packet("10.0.0.1", "10.0.0.2", b"odd-sized!")
+    net.send(a, packet)
+    assert (len(net.wire[-1][2]) - KEEPALIVE_SIZE) % 16 == 0
+    assert b.delivered == [packet]
+
+
+def test_replayed_transport_message_is_dropped():
+    net, a, b = pair()
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    captured = net.wire[-1]
+    net.inject(captured[0], b, captured[2])
+    assert len(b.delivered) == 1
+    assert peer_of(b).drops.replay_or_forged == 1
+
+
+def test_inner_source_outside_allowed_ips_is_dropped():
+    net, a, b = pair()
+    a.iface.routes.insert(__import__("ipaddress").ip_network("10.9.0.0/16"), peer_of(a))
+    net.send(a, ipv4_packet("10.0.0.66", "10.9.0.1"))
+    assert b.delivered == [] and peer_of(b).drops.bad_source == 1
+
+
+def test_packet_without_route_is_dropped():
+    net, a, _ = pair()
+    net.send(a, ipv4_packet("10.0.0.1", "10.7.7.7"))
+    assert net.wire == [] and a.iface.drops["no_route"] == 1
+
+
+def test_keepalive_after_receiving_data_without_reply():
+    net, a, b = pair()
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    n = len(net.wire)
+    net.advance(KEEPALIVE_TIMEOUT + 0.2)
+    sent_by_b = [d for src, _, d in net.wire[n:] if src == b.address]
+    assert [len(d) for d in sent_by_b] == [KEEPALIVE_SIZE]
+
+
+def test_retransmits_initiation_then_gives_up():
+    net, a, b = pair()
+    del net.nodes[b.address]  # b is unreachable
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    net.advance(REKEY_TIMEOUT + 0.5)
+    assert kinds(net) == [1, 1]
+    net.advance(120)
+    assert len(net.wire) == MAX_TIMER_HANDSHAKES + 1
+    assert len(peer_of(a).staged) == 0  # queued packets are dropped, never leaked
+
+
+def test_new_handshake_when_data_goes_unanswered():
+    net, a, b = pair()
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    del net.nodes[b.address]
+    n = len(net.wire)
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    net.advance(KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + 0.5)
+    assert 1 in kinds(net, n + 1)
+
+
+def test_rekey_after_time_keeps_traffic_flowing():
+    net, a, b = pair()
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    first = peer_of(a).current
+    for _ in range(int(REKEY_AFTER_TIME) + 5):
+        net.advance(1.0, step=0.5)
+        net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+        net.send(b, ipv4_packet("10.0.0.2", "10.0.0.1"))
+    assert peer_of(a).current is not first
+    assert peer_of(a).previous is first or peer_of(a).previous is not None
+    assert len(b.delivered) == int(REKEY_AFTER_TIME) + 6
+    assert len(a.delivered) == int(REKEY_AFTER_TIME) + 5
+
+
+def test_no_keypair_is_used_past_reject_after_time():
+    net, a, b = pair()
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    old = peer_of(a).current
+    del net.nodes[b.address]
+    net.advance(REJECT_AFTER_TIME + 1, step=1.0)
+    n = len(net.wire)
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    assert old.expired(net.now)
+    assert all(d[0] != 4 for _, _, d in net.wire[n:])
+
+
+def test_key_material_is_zeroed_after_three_reject_times():
+    net, a, b = pair()
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    net.advance(REJECT_AFTER_TIME * 3 + 1, step=5.0)
+    assert peer_of(a).keypairs() == [] and peer_of(b).keypairs() == []
+    assert a.iface.indices == {} and b.iface.indices == {}
+
+
+def test_roaming_follows_last_authenticated_source():
+    net, a, b = pair()
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    del net.nodes[a.address]
+    a.address = ("198.18.0.11", 4444)
+    net.nodes[a.address] = a
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    assert peer_of(b).endpoint == ("198.18.0.11", 4444)
+    net.send(b, ipv4_packet("10.0.0.2", "10.0.0.1", b"back"))
+    assert a.delivered[-1].endswith(b"back")
+
+
+def test_forged_source_does_not_roam():
+    net, a, b = pair()
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    forged = bytearray(net.wire[-1][2])
+    forged[-1] ^= 1
+    net.inject(("203.0.113.5", 1), b, bytes(forged))
+    assert peer_of(b).endpoint == a.address
+
+
+def test_replayed_initiation_is_rejected():
+    net, a, b = pair()
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    initiation = net.wire[0][2]
+    net.advance(1.0)
+    n = len(net.wire)
+    net.inject(a.address, b, initiation)
+    assert len(net.wire) == n and b.iface.drops["replayed_initiation"] == 1
+
+
+def test_under_load_answers_with_cookie_and_mac2_gets_through():
+    net = SimNet()
+    a = net.node("a", "198.18.0.1")
+    b = net.node("b", "198.18.0.2", under_load_threshold=0)
+    net.connect(a, b, ["10.0.0.1/32"], ["10.0.0.2/32"])
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    assert kinds(net) == [1, 3]  # initiation answered by a cookie reply
+    assert peer_of(a).cookies.cookie
+    net.advance(REKEY_TIMEOUT + 0.5)  # the retransmission carries mac2
+    assert parse(net.wire[2][2]).mac2 != bytes(16)
+    assert kinds(net)[2:5] == [1, 2, 4]
+    assert len(b.delivered) == 1
+
+
+def test_three_peers_route_by_allowed_ips():
+    net = SimNet()
+    hub = net.node("hub", "198.18.0.1")
+    spokes = [net.node(f"s{i}", f"198.18.0.{i + 2}") for i in range(3)]
+    for i, s in enumerate(spokes):
+        net.connect(hub, s, ["10.0.0.0/24"], [f"10.0.0.{i + 2}/32"])
+    for i in range(3):
+        net.send(hub, ipv4_packet("10.0.0.1", f"10.0.0.{i + 2}", f"to {i}".encode()))
+    assert [s.delivered for s in spokes] == [
+        [ipv4_packet("10.0.0.1", f"10.0.0.{i + 2}", f"to {i}".encode())] for i in range(3)
+    ]
+
+
+def frame(dst: bytes, src: bytes, payload: bytes = b"\x88\xb5hello") -> bytes:
+    return dst + src + payload
+
+
+MAC = {n: bytes([2, 0, 0, 0, 0, n]) for n in range(1, 5)}
+BROADCAST = b"\xff" * 6
+
+
+def test_tap_switch_learns_floods_and_ages():
+    net = SimNet()
+    hub = net.node("hub", "198.18.0.1", l2=True, mac_ageing=30)
+    spokes = [net.node(f"s{i}", f"198.18.0.{i + 2}", l2=True) for i in range(3)]
+    for s in spokes:
+        net.connect(hub, s, [], [])
+    # Unknown destination: flooded to all three.
+    net.send(hub, frame(MAC[2], MAC[1]))
+    assert [len(s.delivered) for s in spokes] == [1, 1, 1]
+    # Spoke 0 answers from MAC 2: the hub learns it and unicasts from then on.
+    net.send(spokes[0], frame(MAC[1], MAC[2]))
+    net.send(hub, frame(MAC[2], MAC[1]))
+    assert [len(s.delivered) for s in spokes] == [2, 1, 1]
+    net.send(hub, frame(BROADCAST, MAC[1]))
+    assert [len(s.delivered) for s in spokes] == [3, 2, 2]
+    net.advance(31, step=1.0)
+    net.send(hub, frame(MAC[2], MAC[1]))
+    assert [len(s.delivered) for s in spokes] == [4, 3, 3]  # aged out: flooded again
+
+
+def test_tap_never_learns_a_mac_from_an_unauthenticated_frame():
+    net = SimNet()
+    hub = net.node("hub", "198.18.0.1", l2=True)
+    s = net.node("s", "198.18.0.2", l2=True)
+    net.connect(hub, s, [], [])
+    net.send(s, frame(BROADCAST, MAC[3]))
+    forged = bytearray(net.wire[-1][2])
+    forged[-1] ^= 1
+    net.inject(s.address, hub, bytes(forged))
+    assert [m for m, _, _ in hub.iface.macs.entries(net.now)] == [MAC[3]]
+
+
+def test_mode_mismatch_is_reported_on_both_sides(caplog):
+    net = SimNet()
+    a = net.node("a", "198.18.0.1", l2=True)
+    b = net.node("b", "198.18.0.2")
+    net.connect(a, b, ["10.0.0.1/32"], ["10.0.0.2/32"])
+    with caplog.at_level(logging.WARNING, logger="pyvpn"):
+        net.send(a, frame(BROADCAST, MAC[1]))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("configured for tap mode but this interface is tun" in m for m in messages)
+    assert any("configured for tun mode but this interface is tap" in m for m in messages)
+    assert b.delivered == [] and peer_of(a).current is None and peer_of(b).next is None

@@ -1,0 +1,617 @@
+"""The native data plane against an independent implementation of the wire format.
+
+The plane's device is a SOCK_DGRAM socketpair (one packet per read, like TUN),
+its control channel a SOCK_SEQPACKET socketpair, and the remote peer is this
+test: a UDP socket and `cryptography`'s ChaCha20Poly1305.  So every byte the C
+code puts on the wire is checked by code that shares nothing with it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+import time
+
+import pytest
+
+from tunnel import native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="tunnel._native not built")
+
+ChaCha20Poly1305 = pytest.importorskip(
+    "cryptography.hazmat.primitives.ciphers.aead"
+).ChaCha20Poly1305
+
+REJECT_AFTER_MESSAGES = 2**64 - 2**13 - 1
+WAIT = 2.0
+
+
+# ---- packet builders (RFC 791/793/768), independent of the C code ---------------
+
+
+def csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def ip4(a: str) -> bytes:
+    return socket.inet_aton(a)
+
+
+def ipv4(src: bytes, dst: bytes, proto: int, l4: bytes, ident: int = 7) -> bytes:
+    hdr = bytearray(
+        struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), ident, 0x4000, 64, proto, 0, src, dst)
+    )
+    hdr[10:12] = struct.pack("!H", csum(bytes(hdr)))
+    return bytes(hdr) + l4
+
+
+def pseudo4(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
+    return src + dst + struct.pack("!BBH", 0, proto, length)
+
+
+def udp_packet(src: str, dst: str, payload: bytes, sport: int = 4000, dport: int = 5000) -> bytes:
+    s, d = ip4(src), ip4(dst)
+    l4 = bytearray(struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload)
+    l4[6:8] = struct.pack("!H", csum(pseudo4(s, d, 17, len(l4)) + bytes(l4)) or 0xFFFF)
+    return ipv4(s, d, 17, bytes(l4))
+
+
+def tcp_segment(
+    src: str, dst: str, seq: int, payload: bytes, flags: int = 0x10, ack: int = 1, opts: bytes = b""
+) -> bytes:
+    s, d = ip4(src), ip4(dst)
+    doff = (20 + len(opts)) // 4
+    l4 = bytearray(
+        struct.pack("!HHIIBBHHH", 1234, 80, seq, ack, doff << 4, flags, 65535, 0, 0)
+        + opts
+        + payload
+    )
+    l4[16:18] = struct.pack("!H", csum(pseudo4(s, d, 6, len(l4)) + bytes(l4)))
+    return ipv4(s, d, 6, bytes(l4))
+
+
+def ether(dst: bytes, src: bytes, payload: bytes = b"x" * 50) -> bytes:
+    return dst + src + b"\x08\x00" + payload
+
+
+# ---- harness ------------------------------------------------------------------------
+
+
+class Harness:
+    """A NativePlane on a fake device, a dual-stack UDP socket and a control pair."""
+
+    def __init__(self, tap: bool = False, vnet: bool = False, mtu: int = 1420) -> None:
+        self.dev_plane, self.dev = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.ctrl_plane, self.ctrl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        self.udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self.udp.bind(("::", 0))
+        self.port = self.udp.getsockname()[1]
+        self.plane = native.NativePlane(
+            self.dev_plane.fileno(),
+            self.udp.fileno(),
+            self.ctrl_plane.fileno(),
+            tap=tap,
+            vnet_hdr=vnet,
+            mtu=mtu,
+        )
+        self.dev.settimeout(WAIT)
+        self.ctrl.settimeout(WAIT)
+
+    def start(self) -> None:
+        self.plane.start(1)
+
+    def close(self) -> None:
+        self.plane.close()
+        for s in (self.dev_plane, self.dev, self.ctrl_plane, self.ctrl, self.udp):
+            s.close()
+
+    def upcall(self, timeout: float = WAIT) -> native.Upcall:
+        self.ctrl.settimeout(timeout)
+        return native.parse_upcall(self.ctrl.recv(70000))
+
+    def no_upcall(self, timeout: float = 0.3) -> None:
+        self.ctrl.settimeout(timeout)
+        with pytest.raises(TimeoutError):
+            self.ctrl.recv(70000)
+
+    def read_dev(self, timeout: float = WAIT) -> bytes:
+        self.dev.settimeout(timeout)
+        return self.dev.recv(70000)
+
+    def no_dev(self, timeout: float = 0.3) -> None:
+        self.dev.settimeout(timeout)
+        with pytest.raises(TimeoutError):
+            self.dev.recv(70000)
+
+
+class Remote:
+    """The far end of one peer: its own UDP socket and session keys."""
+
+    def __init__(
+        self,
+        h: Harness,
+        peer_id: int,
+        local_index: int,
+        remote_index: int,
+        allowed: tuple[str, ...] = (),
+        tap: bool = False,
+    ) -> None:
+        self.h, self.peer_id, self.tap = h, peer_id, tap
+        self.local_index, self.remote_index = local_index, remote_index
+        self.to_remote, self.from_remote = os.urandom(32), os.urandom(32)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(WAIT)
+        self.counter = 0
+        h.plane.add_peer(peer_id)
+        h.plane.set_endpoint(peer_id, self.sock.getsockname())
+        for net in allowed:
+            h.plane.add_allowed_ip(peer_id, net)
+        h.plane.set_keypair(
+            peer_id,
+            native.SLOT_CURRENT,
+            local_index,
+            remote_index,
+            self.to_remote,
+            self.from_remote,
+        )
+
+    def seal(
+        self,
+        plaintext: bytes,
+        counter: int | None = None,
+        index: int | None = None,
+        key: bytes | None = None,
+    ) -> bytes:
+        if counter is None:
+            counter, self.counter = self.counter, self.counter + 1
+        if not self.tap:
+            plaintext += bytes(-len(plaintext) % 16)
+        head = bytes([4, 1 if self.tap else 0, 0, 0]) + struct.pack(
+            "<IQ", self.local_index if index is None else index, counter
+        )
+        nonce = bytes(4) + struct.pack("<Q", counter)
+        return head + ChaCha20Poly1305(key or self.from_remote).encrypt(nonce, plaintext, None)
+
+    def send(self, plaintext: bytes, **kw: object) -> None:
+        self.sock.sendto(self.seal(plaintext, **kw), ("127.0.0.1", self.h.port))
+
+    def recv(
+        self, timeout: float = WAIT, key: bytes | None = None, index: int | None = None
+    ) -> tuple[int, bytes, bytes]:
+        """Returns (counter, plaintext, raw message) of one message from the plane."""
+        self.sock.settimeout(timeout)
+        msg = self.sock.recv(70000)
+        assert msg[:4] == bytes([4, 1 if self.tap else 0, 0, 0])
+        receiver, counter = struct.unpack_from("<IQ", msg, 4)
+        assert receiver == (self.remote_index if index is None else index)
+        nonce = bytes(4) + struct.pack("<Q", counter)
+        return counter, ChaCha20Poly1305(key or self.to_remote).decrypt(nonce, msg[16:], None), msg
+
+    def nothing(self, timeout: float = 0.3) -> None:
+        self.sock.settimeout(timeout)
+        with pytest.raises(TimeoutError):
+            self.sock.recv(70000)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def h():
+    harness = Harness()
+    yield harness
+    harness.close()
+
+
+# ---- tests ---------------------------------------------------------------------------
+
+
+def test_rfc8439_aead_vector() -> None:
+    """RFC 8439 section 2.8.2 through the exact EVP code path the plane uses."""
+    key = bytes(range(0x80, 0xA0))
+    nonce = bytes.fromhex("070000004041424344454647")
+    aad = bytes.fromhex("50515253c0c1c2c3c4c5c6c7")
+    pt = (
+        b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip "
+        b"for the future, sunscreen would be it."
+    )
+    ct = bytes.fromhex(
+        "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d6"
+        "3dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b36"
+        "92ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc"
+        "3ff4def08e4b7a9de576d26586cec64b6116"
+    )
+    tag = bytes.fromhex("1ae10b594f09e26a7e902ecbd0600691")
+    assert native.aead_seal(key, nonce, aad, pt) == ct + tag
+    assert native.aead_open(key, nonce, aad, ct + tag) == pt
+    assert native.aead_open(key, nonce, aad, ct + bytes(16)) is None
+    assert native.aead_open(key, nonce, aad[:-1], ct + tag) is None
+
+
+def test_replay_window_semantics() -> None:
+    """The kernel's counter_validate(): once each, 8128 behind the highest."""
+    w = native.ReplayWindow()
+    assert native.ReplayWindow.window_size() >= 8128
+    assert w.check(0) and not w.check(0)
+    assert w.check(5) and w.check(2) and not w.check(2) and not w.check(5)
+    assert w.check(10000)
+    assert w.check(10000 - 8128) and not w.check(10000 - 8128)
+    assert not w.check(10000 - 8129)  # just outside the window
+    assert w.check(9000) and not w.check(9000)
+    assert w.check(30000) and not w.check(10000)  # a big jump clears the ring
+    assert w.check(30000 - 64) and w.check(29999)
+    assert not w.check(REJECT_AFTER_MESSAGES)
+    assert w.check(REJECT_AFTER_MESSAGES - 1)
+
+
+def test_send_agrees_with_cryptography(h: Harness) -> None:
+    r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+    h.start()
+    pkt = udp_packet("10.0.0.1", "10.0.0.2", b"A" * 33)  # 61 bytes -> padded to 64
+    h.dev.send(pkt)
+    counter, plain, msg = r.recv()
+    assert counter == 0
+    assert plain == pkt + bytes(3)
+    assert len(msg) == 16 + 64 + 16
+    big = udp_packet("10.0.0.1", "10.0.0.2", b"B" * (1420 - 28 - 3))  # 1417: pad to MTU only
+    h.dev.send(big)
+    counter, plain, _ = r.recv()
+    assert counter == 1 and plain == big + bytes(3)
+    st = h.plane.stats(1)
+    assert st.tx_packets == 2 and st.tx_bytes == len(msg) + 16 + 1420 + 16
+    assert st.last_tx_data_ns and st.current_send_counter == 2
+    assert st.endpoint == r.sock.getsockname()
+    r.close()
+
+
+def test_receive_agrees_with_cryptography(h: Harness) -> None:
+    r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+    h.start()
+    pkt = udp_packet("10.0.0.2", "10.0.0.1", b"hello")
+    r.send(pkt)
+    assert h.read_dev() == pkt  # padding stripped by the IPv4 total length
+    st = h.plane.stats(1)
+    assert st.rx_packets == 1 and st.last_rx_data_ns and st.drop_bad_tag == 0
+    # A forged tag is dropped and counted, and does not burn the counter.
+    bad = bytearray(r.seal(pkt, counter=1))
+    bad[-1] ^= 1
+    r.sock.sendto(bytes(bad), ("127.0.0.1", h.port))
+    r.send(pkt, counter=1)
+    assert h.read_dev() == pkt
+    assert h.plane.stats(1).drop_bad_tag == 1
+    r.close()
+
+
+def test_replay_through_datagrams(h: Harness) -> None:
+    r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+    h.start()
+
+    def pkt(n: int) -> bytes:
+        return udp_packet("10.0.0.2", "10.0.0.1", n.to_bytes(4, "big"))
+
+    for c in (5, 5, 3, 3, 9000, 9000 - 8128, 9000 - 8129, 4):
+        r.send(pkt(c), counter=c)
+        time.sleep(0.01)  # keep the order the test means
+    got = []
+    while True:
+        try:
+            got.append(int.from_bytes(h.read_dev(0.5)[-4:], "big"))
+        except TimeoutError:
+            break
+    assert got == [5, 3, 9000, 9000 - 8128]
+    assert h.plane.stats(1).drop_replay == 4
+    r.close()
+
+
+def test_keepalive_and_send_packet(h: Harness) -> None:
+    r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+    h.plane.send_packet(1, b"")
+    counter, plain, msg = r.recv()
+    assert (counter, plain, len(msg)) == (0, b"", 32)
+    st = h.plane.stats(1)
+    assert st.last_tx_ns and not st.last_tx_data_ns
+    pkt = udp_packet("10.0.0.1", "10.0.0.2", b"queued")
+    h.plane.send_packet(1, pkt)
+    assert r.recv()[1].rstrip(b"\0") == pkt.rstrip(b"\0")
+    h.plane.clear_keypair(1, native.SLOT_CURRENT)
+    with pytest.raises(OSError) as e:
+        h.plane.send_packet(1, pkt)
+    assert e.value.errno == errno.ENOKEY
+    r.close()
+
+
+def test_need_key_upcall(h: Harness) -> None:
+    h.plane.add_peer(7)
+    h.plane.add_allowed_ip(7, "10.7.0.0/16")
+    h.start()
+    pkt = udp_packet("10.0.0.1", "10.7.1.1", b"first packet")
+    h.dev.send(pkt)
+    up = h.upcall()
+    assert up.kind == native.UpcallKind.NEED_KEY and up.peer_id == 7 and up.payload == pkt
+    assert h.plane.stats(7).drop_no_keypair == 1
+
+
+def test_routing_longest_prefix(h: Harness) -> None:
+    r1 = Remote(h, 1, 0x11, 0x21, ("10.0.0.0/8",))
+    r2 = Remote(h, 2, 0x12, 0x22, ("10.1.0.0/16",))
+    h.start()
+    p2 = udp_packet("10.9.9.9", "10.1.2.3", b"to two")
+    p1 = udp_packet("10.9.9.9", "10.2.0.1", b"to one")
+    h.dev.send(p2)
+    h.dev.send(p1)
+    assert r2.recv()[1].startswith(p2)
+    assert r1.recv()[1].startswith(p1)
+    h.dev.send(udp_packet("10.9.9.9", "192.0.2.1", b"nowhere"))
+    r1.nothing()
+    r2.nothing()
+    assert h.plane.interface_stats().tx_no_route == 1
+    r1.close()
+    r2.close()
+
+
+def test_allowed_ips_source_check(h: Harness) -> None:
+    r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+    h.start()
+    r.send(udp_packet("10.0.0.3", "10.0.0.1", b"spoofed"))
+    h.no_dev()
+    assert h.plane.stats(1).drop_bad_source == 1
+    r.send(udp_packet("10.0.0.2", "10.0.0.1", b"fine"))
+    assert h.read_dev().endswith(b"fine")
+    # Malformed inner packets: wrong version, inconsistent length.
+    r.send(b"\x55" * 40)
+    r.send(bytearray(udp_packet("10.0.0.2", "10.0.0.1", b"x")) + b"")  # fine, control
+    assert h.read_dev().endswith(b"x")
+    bad = bytearray(udp_packet("10.0.0.2", "10.0.0.1", b"y" * 20))
+    bad[2:4] = struct.pack("!H", 200)  # claims more than it carries
+    r.send(bytes(bad))
+    h.no_dev()
+    assert h.plane.stats(1).drop_malformed == 2
+    r.close()
+
+
+def test_other_datagrams_go_up_unchanged(h: Harness) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    h.start()
+    junk = [
+        bytes([1, 0, 0, 0]) + os.urandom(144),  # a handshake initiation's shape
+        bytes([2, 0, 0, 0]) + os.urandom(88),
+        bytes([4, 1, 0, 0]) + os.urandom(60),  # a tap peer talking to a tun plane
+        b"\x04",
+        b"hello",
+    ]
+    for d in junk:
+        s.sendto(d, ("127.0.0.1", h.port))
+    for d in junk:
+        up = h.upcall()
+        assert up.kind == native.UpcallKind.DATAGRAM
+        assert up.payload == d and up.address == s.getsockname()
+    # A transport message with an unknown index is dropped, not sent up.
+    s.sendto(bytes([4, 0, 0, 0]) + os.urandom(60), ("127.0.0.1", h.port))
+    h.no_upcall()
+    assert h.plane.interface_stats().rx_unknown_index == 1
+    s.close()
+
+
+def test_roaming_updates_endpoint(h: Harness) -> None:
+    r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+    h.start()
+    moved = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    moved.bind(("127.0.0.1", 0))
+    moved.sendto(r.seal(udp_packet("10.0.0.2", "10.0.0.1", b"from afar")), ("127.0.0.1", h.port))
+    assert h.read_dev().endswith(b"from afar")
+    up = h.upcall()
+    assert up.kind == native.UpcallKind.ENDPOINT_CHANGED and up.peer_id == 1
+    assert up.address == moved.getsockname()
+    assert h.plane.stats(1).endpoint == moved.getsockname()
+    # Unauthenticated traffic from elsewhere does not move it.
+    r.sock.sendto(r.seal(b"", counter=99, key=os.urandom(32)), ("127.0.0.1", h.port))
+    h.no_upcall()
+    h.dev.send(udp_packet("10.0.0.1", "10.0.0.2", b"reply"))
+    moved.settimeout(WAIT)
+    assert moved.recv(2000)[:4] == b"\x04\0\0\0"
+    moved.close()
+    r.close()
+
+
+def test_keypair_confirmed_on_next(h: Harness) -> None:
+    r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+    new_to, new_from = os.urandom(32), os.urandom(32)
+    h.plane.set_keypair(1, native.SLOT_NEXT, 0x3333, 0x4444, new_to, new_from)
+    h.start()
+    h.dev.send(udp_packet("10.0.0.1", "10.0.0.2", b"old"))
+    assert r.recv()[1].startswith(udp_packet("10.0.0.1", "10.0.0.2", b"old"))
+    r.send(udp_packet("10.0.0.2", "10.0.0.1", b"on next"), counter=0, index=0x3333, key=new_from)
+    assert h.read_dev().endswith(b"on next")
+    up = h.upcall()
+    assert up.kind == native.UpcallKind.KEYPAIR_CONFIRMED and up.peer_id == 1
+    assert up.local_index == 0x3333
+    st = h.plane.stats(1)
+    assert st.has_current and st.has_previous and not st.has_next
+    assert st.current_send_counter == 0
+    h.dev.send(udp_packet("10.0.0.1", "10.0.0.2", b"new"))
+    counter, plain, _ = r.recv(key=new_to, index=0x4444)
+    assert counter == 0 and plain.startswith(udp_packet("10.0.0.1", "10.0.0.2", b"new"))
+    # PREVIOUS still decrypts late packets.
+    r.send(udp_packet("10.0.0.2", "10.0.0.1", b"late"), counter=5)
+    assert h.read_dev().endswith(b"late")
+    r.close()
+
+
+def test_install_keypair_follows_add_new_keypair(h: Harness) -> None:
+    h.plane.add_peer(1)
+    k = os.urandom(32)
+    h.plane.install_keypair(1, False, 1, 11, k, k)  # responder: NEXT
+    st = h.plane.stats(1)
+    assert (st.has_current, st.has_next) == (False, True)
+    h.plane.install_keypair(1, True, 2, 12, k, k)  # initiator: NEXT -> PREVIOUS
+    st = h.plane.stats(1)
+    assert (st.has_current, st.has_previous, st.has_next) == (True, True, False)
+    with pytest.raises(OSError) as e:
+        h.plane.install_keypair(1, True, 2, 13, k, k)  # index in use
+    assert e.value.errno == errno.EEXIST
+    h.plane.move_keypair(1, native.SLOT_CURRENT, native.SLOT_NEXT)
+    st = h.plane.stats(1)
+    assert (st.has_current, st.has_next) == (False, True)
+
+
+def test_reject_after_messages(h: Harness) -> None:
+    r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+    h.start()
+    pkt = udp_packet("10.0.0.2", "10.0.0.1", b"x")
+    r.send(pkt, counter=REJECT_AFTER_MESSAGES)
+    r.send(pkt, counter=REJECT_AFTER_MESSAGES - 1)
+    assert h.read_dev() == pkt
+    h.no_dev()
+    assert h.plane.stats(1).drop_expired_keypair == 1
+    r.close()
+
+
+def test_tap_learning_and_flooding() -> None:
+    h = Harness(tap=True)
+    try:
+        rs = [Remote(h, i, 0x100 + i, 0x200 + i, tap=True) for i in (1, 2, 3)]
+        h.start()
+        me = bytes.fromhex("020000000001")
+        macs = {i: bytes.fromhex(f"0200000000a{i}") for i in (1, 2, 3)}
+        bcast = ether(b"\xff" * 6, me, b"who-has" * 9)
+        h.dev.send(bcast)
+        for r in rs:
+            _, plain, msg = r.recv()
+            assert plain == bcast and len(msg) == 32 + len(bcast)  # tap: never padded
+        # Peer 2 speaks: its MAC is learned from the authenticated frame.
+        frame = ether(me, macs[2], b"is-at" * 10)
+        rs[1].send(frame)
+        assert h.read_dev() == frame
+        table = h.plane.mac_table()
+        assert [(e.mac, e.peer_id) for e in table] == [("02:00:00:00:00:a2", 2)]
+        uni = ether(macs[2], me, b"unicast" * 8)
+        h.dev.send(uni)
+        assert rs[1].recv()[1] == uni
+        rs[0].nothing()
+        rs[2].nothing()
+        # Unknown unicast floods.
+        unk = ether(macs[3], me)
+        h.dev.send(unk)
+        for r in rs:
+            assert r.recv()[1] == unk
+        # A tun-marked message is another mode's: it goes up, not to the device.
+        rs[0].sock.sendto(bytes([4, 0, 0, 0]) + os.urandom(60), ("127.0.0.1", h.port))
+        assert h.upcall().kind == native.UpcallKind.DATAGRAM
+        # Ageing.
+        h.plane.set_mac_ageing(0)
+        assert h.plane.mac_table() == []
+        for r in rs:
+            r.close()
+    finally:
+        h.close()
+
+
+def test_tso_super_packet_is_split() -> None:
+    """A virtio_net_hdr TCP super-packet (as TUN gives with TSO) becomes segments."""
+    h = Harness(vnet=True)
+    try:
+        r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+        h.start()
+        payload = os.urandom(4500)
+        sup = bytearray(
+            tcp_segment(
+                "10.0.0.1",
+                "10.0.0.2",
+                1000,
+                payload,
+                flags=0x18,
+                opts=b"\x01\x01\x08\x0a" + bytes(8),
+            )
+        )
+        sup[16 + 20 : 18 + 20] = b"\0\0"  # kernel leaves a partial sum; the plane recomputes
+        vh = struct.pack("<BBHHHH", 1, 1, 52, 1000, 20, 16)  # NEEDS_CSUM, TCPV4
+        h.dev.send(vh + bytes(sup))
+        got = b""
+        for i in range(5):
+            _, plain, _ = r.recv()
+            tot = struct.unpack_from("!H", plain, 2)[0]
+            seg = plain[:tot]
+            assert csum(seg[:20]) == 0, "IPv4 header checksum"
+            assert struct.unpack_from("!H", seg, 4)[0] == 7 + i  # IP id per segment
+            tcp = seg[20:]
+            assert csum(pseudo4(seg[12:16], seg[16:20], 6, len(tcp)) + tcp) == 0
+            assert struct.unpack_from("!I", tcp, 4)[0] == 1000 + 1000 * i
+            assert tcp[13] == (0x18 if i == 4 else 0x10)  # PSH only on the last
+            got += tcp[32:]
+        assert got == payload
+        assert h.plane.interface_stats().tx_super_packets == 1
+        # NEEDS_CSUM without GSO: the plane completes the checksum.
+        u = bytearray(udp_packet("10.0.0.1", "10.0.0.2", b"csum me"))
+        # The kernel leaves the folded pseudo-header sum in the field (CHECKSUM_PARTIAL).
+        u[26:28] = struct.pack("!H", ~csum(pseudo4(u[12:16], u[16:20], 17, len(u) - 20)) & 0xFFFF)
+        h.dev.send(struct.pack("<BBHHHH", 1, 0, 0, 0, 20, 6) + bytes(u))
+        plain = r.recv()[1][: len(u)]
+        assert csum(pseudo4(plain[12:16], plain[16:20], 17, len(u) - 20) + plain[20:]) == 0
+        r.close()
+    finally:
+        h.close()
+
+
+def test_gro_coalesces_in_order_tcp() -> None:
+    """Segments of one flow arriving in one batch are written as one super-packet."""
+    h = Harness(vnet=True)
+    try:
+        r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+        chunks = [os.urandom(1000) for _ in range(4)]
+        for i, c in enumerate(chunks):
+            r.send(
+                tcp_segment(
+                    "10.0.0.2", "10.0.0.1", 5000 + 1000 * i, c, flags=0x18 if i == 3 else 0x10
+                )
+            )
+        other = udp_packet("10.0.0.2", "10.0.0.1", b"not tcp")
+        r.send(other)
+        h.start()  # everything is queued: one recvmmsg batch
+        data = h.read_dev()
+        flags, gso_type, hdr_len, gso_size, cs_start, cs_off = struct.unpack_from("<BBHHHH", data)
+        assert (flags, gso_type, hdr_len, gso_size, cs_start, cs_off) == (1, 1, 40, 1000, 20, 16)
+        pkt = data[10:]
+        assert struct.unpack_from("!H", pkt, 2)[0] == len(pkt) == 40 + 4000
+        assert csum(pkt[:20]) == 0
+        assert pkt[40:] == b"".join(chunks)
+        assert pkt[20 + 13] == 0x18  # PSH carried over from the last segment
+        partial = struct.unpack_from("!H", pkt, 36)[0]
+        assert partial == (~csum(pseudo4(pkt[12:16], pkt[16:20], 6, 4020)) & 0xFFFF)
+        data = h.read_dev()
+        assert data[:10] == bytes(10) and data[10:] == other
+        assert h.plane.interface_stats().rx_coalesced == 1
+        r.close()
+    finally:
+        h.close()
+
+
+def test_ipv6_underlay_endpoint(h: Harness) -> None:
+    """An IPv6 endpoint on the dual-stack socket, both directions."""
+    r = Remote(h, 1, 0x1111, 0x2222, ("fd00::2/128",))
+    r.sock.close()
+    r.sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    r.sock.bind(("::1", 0))
+    h.plane.set_endpoint(1, r.sock.getsockname()[:2])
+    h.start()
+    a2, a1 = (
+        socket.inet_pton(socket.AF_INET6, "fd00::2"),
+        socket.inet_pton(socket.AF_INET6, "fd00::1"),
+    )
+    # IPv6, payload length 4, next header 59 (none), hop limit 64.
+    pkt = bytes([0x60, 0, 0, 0, 0, 4, 59, 64]) + a2 + a1 + b"abcd"
+    r.sock.sendto(r.seal(pkt), ("::1", h.port))
+    assert h.read_dev() == pkt
+    assert h.plane.stats(1).endpoint == r.sock.getsockname()[:2]
+    h.dev.send(pkt[:8] + a1 + a2 + b"abcd")  # reply to fd00::2
+    assert r.recv()[1].startswith(pkt[:8])
+    r.close()

@@ -1,0 +1,261 @@
+"""pyvpn tun tunnels between real network namespaces: real TUN devices, real UDP
+over veth, real ping and TCP, real `wg show`."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tunnel import keys
+from tunnel.testbed import (
+    INNER_A,
+    INNER_A6,
+    INNER_B,
+    INNER_B6,
+    UNDERLAY_A6,
+    UNDERLAY_B6,
+    pyvpn_pair,
+    start_pyvpn,
+    uapi_socket,
+    wait_reachable,
+    write_pair_configs,
+)
+
+from .conftest import ROOT, pyvpn
+from .traffic import tcp_transfer
+
+
+def status(ns, name):
+    result = pyvpn("show", name, "--json", netns=ns.name)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_ping_and_tcp_over_ipv4_and_ipv6_inside(bed, tmp_path):
+    with pyvpn_pair(bed, tmp_path, "tun"):
+        wait_reachable(bed.a, INNER_B)
+        wait_reachable(bed.a, INNER_B6)
+        sent, received = tcp_transfer(bed.b, bed.a, INNER_B, 4 << 20)
+        assert sent == received
+        sent, received = tcp_transfer(bed.a, bed.b, INNER_A6, 1 << 20)
+        assert sent == received
+
+
+def test_ipv6_underlay(bed, tmp_path):
+    with pyvpn_pair(bed, tmp_path, "tun", endpoints=(f"[{UNDERLAY_A6}]", f"[{UNDERLAY_B6}]")) as (
+        a,
+        _,
+    ):
+        wait_reachable(bed.a, INNER_B)
+        assert status(bed.a, a.name)["peers"][0]["endpoint"] == f"[{UNDERLAY_B6}]:51820"
+
+
+def test_show_and_wg_show_report_the_same_facts(bed, tmp_path):
+    path_a, path_b = write_pair_configs(tmp_path, "tun", persistent_keepalive=7)
+    with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b):
+        wait_reachable(bed.a, INNER_B)
+        s = status(bed.a, a.name)
+        peer = s["peers"][0]
+        assert s["mode"] == "tun" and s["listen_port"] == 51820
+        assert peer["endpoint"] == "198.18.0.2:51820" and peer["persistent_keepalive"] == 7
+        assert peer["rx_bytes"] > 0 and peer["tx_bytes"] > 0
+        assert abs(peer["latest_handshake"] - time.time()) < 30
+        wg = bed.a.run("wg", "show", a.name).stdout
+        assert f"peer: {peer['public_key']}" in wg
+        assert "endpoint: 198.18.0.2:51820" in wg
+        assert "allowed ips: 10.10.0.2/32, fd10::2/128" in wg
+        assert "latest handshake:" in wg and "transfer:" in wg
+        assert "persistent keepalive: every 7 seconds" in wg
+        dump = bed.a.run("wg", "show", a.name, "dump").stdout.splitlines()
+        assert dump[0].split("\t")[1] == s["public_key"]
+        text = pyvpn("show", a.name, netns=bed.a.name).stdout
+        assert f"peer: {peer['public_key']}" in text and "latest handshake:" in text
+        # No secret ever shows: the private key only in wg's UAPI for showconf.
+        private = tomllib_private(path_a)
+        assert private not in text and private not in json.dumps(s)
+
+
+def tomllib_private(path):
+    import tomllib
+
+    return tomllib.loads(path.read_text())["interface"]["private_key"]
+
+
+@pytest.mark.parametrize("how", ["down", "SIGTERM", "SIGINT"])
+def test_teardown_removes_device_addresses_routes_and_socket(bed, tmp_path, how):
+    path_a, path_b = write_pair_configs(tmp_path, "tun")
+    with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b):
+        wait_reachable(bed.a, INNER_B)
+        assert a.name in bed.a.run("ip", "-o", "link").stdout
+        assert "10.10.0.2 dev" in bed.a.run("ip", "route").stdout
+        if how == "down":
+            result = pyvpn("down", a.name)
+            assert result.returncode == 0, result.stderr
+        else:
+            a.proc.send_signal(getattr(signal, how))
+        assert a.proc.wait(timeout=10) == 0
+        assert a.name not in bed.a.run("ip", "-o", "link").stdout
+        assert "10.10.0" not in bed.a.run("ip", "route").stdout
+        assert "fd10::" not in bed.a.run("ip", "-6", "route").stdout
+        assert not uapi_socket(a.name).exists()
+
+
+def test_second_tunnel_with_same_name_is_refused_cleanly(bed, tmp_path):
+    path_a, _ = write_pair_configs(tmp_path, "tun")
+    with start_pyvpn(bed.a, path_a) as a:
+        result = pyvpn("up", str(path_a), netns=bed.b.name)
+        assert result.returncode == 1
+        assert (
+            result.stderr
+            == (f"pyvpn: {a.name}: a tunnel named {a.name} is already running (pid {a.proc.pid})\n")
+            or "already running" in result.stderr
+        )
+        assert a.alive()
+
+
+def test_hub_with_three_peers_routes_by_allowed_ips(tmp_path):
+    from tunnel.testbed import Testbed, device_name, render_config
+
+    with Testbed(n=4, tag="hub") as bed:
+        hub, spokes = bed.namespaces[0], bed.namespaces[1:]
+        # bed.a-bed.b already share 198.18.0.0/24; link the hub to the other two spokes.
+        for i, spoke in enumerate(spokes[1:], start=2):
+            bed.link(hub, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"])
+        spoke_underlay = ["198.18.0.2", "198.18.2.2", "198.18.3.2"]
+        hub_underlay = ["198.18.0.1", "198.18.2.1", "198.18.3.1"]
+        private = [keys.generate_private_key() for _ in range(4)]
+        public = [keys.encode(keys.public_key(k)) for k in private]
+        names = [device_name("pvhub", c) for c in "hxyz"]
+        hub_peers = [
+            {
+                "public_key": public[i + 1],
+                "endpoint": f"{spoke_underlay[i]}:51820",
+                "allowed_ips": [f"10.20.0.{i + 2}/32"],
+            }
+            for i in range(3)
+        ]
+        paths = [tmp_path / "hub.toml"]
+        paths[0].write_text(
+            render_config(
+                {
+                    "name": names[0],
+                    "private_key": keys.encode(private[0]),
+                    "listen_port": 51820,
+                    "address": ["10.20.0.1/24"],
+                },
+                hub_peers,
+            )
+        )
+        for i in range(3):
+            p = tmp_path / f"spoke{i}.toml"
+            p.write_text(
+                render_config(
+                    {
+                        "name": names[i + 1],
+                        "private_key": keys.encode(private[i + 1]),
+                        "listen_port": 51820,
+                        "address": [f"10.20.0.{i + 2}/24"],
+                    },
+                    [
+                        {
+                            "public_key": public[0],
+                            "endpoint": f"{hub_underlay[i]}:51820",
+                            "allowed_ips": ["10.20.0.0/24"],
+                        }
+                    ],
+                )
+            )
+            paths.append(p)
+        hub.sysctl("net.ipv4.ip_forward", 1)
+        daemons = [start_pyvpn(ns, p) for ns, p in zip([hub, *spokes], paths, strict=True)]
+        try:
+            for i in range(3):
+                wait_reachable(hub, f"10.20.0.{i + 2}")
+            # Spoke to spoke through the hub: the hub picks the peer by allowed_ips.
+            wait_reachable(spokes[0], "10.20.0.4")
+            sent, received = tcp_transfer(spokes[2], spokes[1], "10.20.0.4", 1 << 20)
+            assert sent == received
+            hub_status = status(hub, names[0])
+            assert all(p["rx_bytes"] > 0 and p["latest_handshake"] for p in hub_status["peers"])
+        finally:
+            for d in daemons:
+                d.stop()
+
+
+def test_inner_source_outside_allowed_ips_is_dropped(bed, tmp_path):
+    with pyvpn_pair(bed, tmp_path, "tun") as (a, b):
+        wait_reachable(bed.a, INNER_B)
+        # 10.10.0.77 is on A's tunnel device but not in B's allowed_ips for A.
+        bed.a.run("ip", "addr", "add", "10.10.0.77/32", "dev", a.name)
+        result = bed.a.run(
+            "ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.10.0.77", INNER_B, check=False
+        )
+        assert result.returncode != 0 and " 0 received" in result.stdout
+        assert status(bed.b, b.name)["peers"][0]["drops"]["bad_source"] >= 3
+
+
+def test_replayed_transport_packets_are_dropped(bed, tmp_path):
+    # A talks to B through a relay that sends every datagram a second time 30 ms later.
+    relay = bed.a.popen(
+        sys.executable,
+        "-m",
+        "tests.relay",
+        "198.18.0.1:40000",
+        "198.18.0.2:51820",
+        "--replay-ms",
+        "30",
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(ROOT),
+    )
+    try:
+        assert relay.stdout.readline().strip() == "ready"
+        with pyvpn_pair(
+            bed, tmp_path, "tun", peer_a={"endpoint": "198.18.0.1:40000"}, peer_b={"endpoint": None}
+        ) as (_, b):
+            wait_reachable(bed.a, INNER_B)
+            result = bed.a.run("ping", "-c", "10", "-i", "0.1", INNER_B)
+            assert " 0% packet loss" in result.stdout and "DUP!" not in result.stdout
+            drops = status(bed.b, b.name)["peers"][0]["drops"]
+            assert drops["replay_or_forged"] >= 10
+            # The replayed initiation was refused too, by its timestamp.
+            assert status(bed.b, b.name)["drops"].get("replayed_initiation", 0) >= 1
+    finally:
+        relay.terminate()
+        relay.wait()
+
+
+def test_roaming_follows_the_new_underlay_address(bed, tmp_path):
+    with pyvpn_pair(bed, tmp_path, "tun") as (_, b):
+        wait_reachable(bed.a, INNER_B)
+        bed.a.run("ip", "addr", "del", "198.18.0.1/24", "dev", bed.a_veth)
+        bed.a.run("ip", "addr", "add", "198.18.0.11/24", "dev", bed.a_veth)
+        wait_reachable(bed.a, INNER_B)
+        assert status(bed.b, b.name)["peers"][0]["endpoint"] == "198.18.0.11:51820"
+        # B reaches A at its new address without A sending first.
+        wait_reachable(bed.b, INNER_A)
+
+
+def test_rekey_with_short_timers_keeps_a_tcp_stream_alive(bed, tmp_path, monkeypatch):
+    # Timers at 1/20: REKEY_AFTER_TIME 6 s, REJECT_AFTER_TIME 9 s.
+    monkeypatch.setenv("PYVPN_TIMER_SCALE", "0.05")
+    with pyvpn_pair(bed, tmp_path, "tun") as (a, _):
+        wait_reachable(bed.a, INNER_B)
+        first = status(bed.a, a.name)["peers"][0]["latest_handshake"]
+        # A paced TCP stream for 20 s: more than two REJECT_AFTER_TIMEs.
+        server = bed.b.popen("iperf3", "-s", "-1", stdout=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)
+            out = bed.a.run(
+                "iperf3", "-c", INNER_B, "-t", "20", "-b", "20M", "-J", timeout=60
+            ).stdout
+        finally:
+            server.kill()
+            server.wait()
+        intervals = json.loads(out)["intervals"]
+        assert len(intervals) == 20
+        assert min(i["sum"]["bits_per_second"] for i in intervals) > 1e6  # never stalled a second
+        assert status(bed.a, a.name)["peers"][0]["latest_handshake"] > first + 10

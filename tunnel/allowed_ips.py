@@ -1,0 +1,45 @@
+"""Cryptokey routing (whitepaper section 2): the longest-prefix match from an inner
+address to the peer that owns it, used to pick the peer on send and to check the
+source on receive."""
+
+import ipaddress
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class AllowedIPs(Generic[T]):
+    def __init__(self) -> None:
+        # One table per (version, prefix length): a lookup tries the few distinct
+        # prefix lengths in use from longest to shortest.
+        self._tables: dict[tuple[int, int], dict[int, tuple[Network, T]]] = {}
+        self._lengths: dict[int, list[int]] = {4: [], 6: []}
+
+    def insert(self, network: Network, owner: T) -> None:
+        """Map the network to owner; an existing owner of the same network loses it."""
+        key = (network.version, network.prefixlen)
+        if key not in self._tables:
+            self._tables[key] = {}
+            self._lengths[network.version] = sorted(
+                {*self._lengths[network.version], network.prefixlen}, reverse=True
+            )
+        self._tables[key][int(network.network_address)] = (network, owner)
+
+    def remove_owner(self, owner: T) -> None:
+        for table in self._tables.values():
+            for net_int in [n for n, (_, o) in table.items() if o is owner]:
+                del table[net_int]
+
+    def networks_of(self, owner: T) -> list[Network]:
+        return [net for table in self._tables.values() for net, o in table.values() if o is owner]
+
+    def lookup(self, version: int, address: bytes) -> T | None:
+        bits = 32 if version == 4 else 128
+        value = int.from_bytes(address, "big")
+        for length in self._lengths[version]:
+            table = self._tables[(version, length)]
+            hit = table.get(value >> (bits - length) << (bits - length))
+            if hit is not None:
+                return hit[1]
+        return None

@@ -1,0 +1,195 @@
+"""The `pyvpn` command line. Usage and config errors are one line on stderr with
+exit status 2; runtime failures exit 1; nothing prints a traceback."""
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, NoReturn
+
+from . import keys, uapi
+from .config import ConfigError, load
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="pyvpn", description="A WireGuard-protocol VPN tunnel, tun (L3) or tap (L2)."
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=Parser
+    )
+    p = sub.add_parser("up", help="bring a tunnel up in the foreground")
+    p.add_argument("config", help="the peer's TOML config file")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every event")
+    p = sub.add_parser("down", help="stop a running tunnel")
+    p.add_argument("name", help="the tunnel's device name")
+    p = sub.add_parser("show", help="show running tunnels, like wg show")
+    p.add_argument("name", nargs="?", help="one tunnel's device name (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_parser("genkey", help="print a new private key")
+    sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
+    sub.add_parser("genpsk", help="print a new preshared key")
+    for name, help_text in (
+        ("demo", "two namespaces linked by pyvpn, tun and tap"),
+        ("bench", "benchmark pyvpn against veth and other VPNs"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(module=name)
+        _plugin(name).add_arguments(p)
+    return parser
+
+
+def _plugin(name: str) -> Any:
+    return importlib.import_module(f"tunnel.{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, UsageError) as e:
+        print(f"pyvpn: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .daemon import SetupError, up
+
+    config = load(args.config)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format=f"%(asctime)s pyvpn[{config.interface.name}] %(levelname)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if os.geteuid() != 0:
+        raise UsageError("up needs root (CAP_NET_ADMIN) to create the device")
+    try:
+        return up(config)
+    except SetupError as e:
+        print(f"pyvpn: {config.interface.name}: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    try:
+        pid = uapi.server_pid(args.name)
+    except uapi.NotRunning:
+        print(f"pyvpn: no tunnel named {args.name} is running", file=sys.stderr)
+        return 1
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while uapi.socket_path(args.name).exists():
+        if time.monotonic() > deadline:
+            print(f"pyvpn: {args.name} (pid {pid}) did not stop within 10 s", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    names = [args.name] if args.name else uapi.running_names()
+    try:
+        statuses = [uapi.status(n) for n in names]
+    except uapi.NotRunning:
+        print(f"pyvpn: no tunnel named {args.name} is running", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(statuses[0] if args.name else statuses, indent=2))
+    else:
+        print("\n\n".join(format_status(s) for s in statuses))
+    return 0
+
+
+def format_status(s: dict[str, Any]) -> str:
+    lines = [
+        f"interface: {s['name']}",
+        f"  public key: {s['public_key']}",
+        f"  listening port: {s['listen_port']}",
+        f"  mode: {s['mode']}, data plane: {s['datapath']}, mtu: {s['mtu']}",
+    ]
+    if s["drops"]:
+        lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(s["drops"].items())))
+    now = time.time()
+    for p in s["peers"]:
+        lines += ["", f"peer: {p['public_key']}"]
+        if p["endpoint"]:
+            lines.append(f"  endpoint: {p['endpoint']}")
+        lines.append(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
+        if p["latest_handshake"]:
+            lines.append(f"  latest handshake: {ago(now - p['latest_handshake'])}")
+        lines.append(
+            f"  transfer: {human_bytes(p['rx_bytes'])} received, {human_bytes(p['tx_bytes'])} sent"
+        )
+        if p["persistent_keepalive"]:
+            lines.append(f"  persistent keepalive: every {p['persistent_keepalive']} seconds")
+        drops = {k: v for k, v in p["drops"].items() if v}
+        if drops:
+            lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+        if p.get("macs"):
+            lines.append("  learned macs: " + ", ".join(m["mac"] for m in p["macs"]))
+    return "\n".join(lines)
+
+
+def ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    parts = [(seconds // 3600, "hour"), (seconds % 3600 // 60, "minute"), (seconds % 60, "second")]
+    text = ", ".join(f"{n} {unit}{'s' if n != 1 else ''}" for n, unit in parts if n)
+    return (text or "0 seconds") + " ago"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.2f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError
+
+
+def cmd_genkey(args: argparse.Namespace) -> int:
+    print(keys.encode(keys.generate_private_key()))
+    return 0
+
+
+def cmd_genpsk(args: argparse.Namespace) -> int:
+    print(keys.encode(keys.generate_preshared_key()))
+    return 0
+
+
+def cmd_pubkey(args: argparse.Namespace) -> int:
+    try:
+        private = keys.decode(sys.stdin.read())
+    except keys.InvalidKey as e:
+        raise UsageError(f"pubkey: stdin is not a private key: {e}") from None
+    print(keys.encode(keys.public_key(private)))
+    return 0
+
+
+def cmd_plugin(args: argparse.Namespace) -> int:
+    return _plugin(args.module).run(args)
+
+
+COMMANDS = {
+    "up": cmd_up,
+    "down": cmd_down,
+    "show": cmd_show,
+    "genkey": cmd_genkey,
+    "pubkey": cmd_pubkey,
+    "genpsk": cmd_genpsk,
+    "demo": cmd_plugin,
+    "bench": cmd_plugin,
+}

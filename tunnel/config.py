@@ -1,0 +1,283 @@
+"""The peer config file (TOML, wg-quick's keys in snake_case), validated into plain
+objects. Every error names the file, the key and what is wrong, in one line."""
+
+import ipaddress
+import os
+import re
+import socket
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import keys
+from .allowed_ips import Network
+from .constants import DEFAULT_MTU, DEFAULT_TAP_MTU
+from .cookie import Address
+from .peer import PeerConfig
+from .switch import DEFAULT_AGEING
+
+IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1, no '/', ':' or spaces
+MODES = ("tun", "tap")
+DATAPATHS = ("auto", "native", "python")
+INTERFACE_KEYS = {
+    "name",
+    "mode",
+    "private_key",
+    "private_key_file",
+    "listen_port",
+    "address",
+    "mtu",
+    "bridge",
+    "datapath",
+    "mac_ageing",
+}
+PEER_KEYS = {
+    "public_key",
+    "preshared_key",
+    "preshared_key_file",
+    "endpoint",
+    "allowed_ips",
+    "persistent_keepalive",
+}
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class ConfigError(Exception):
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        super().__init__(f"{path}: {key}: {problem}" if key else f"{path}: {problem}")
+
+
+@dataclass
+class InterfaceConfig:
+    private_key: bytes
+    name: str = "pyvpn0"
+    mode: str = "tun"
+    listen_port: int = 0
+    addresses: list[Interface] = field(default_factory=list)
+    mtu: int = DEFAULT_MTU
+    bridge: str | None = None
+    datapath: str = "auto"
+    mac_ageing: float = DEFAULT_AGEING
+
+    @property
+    def l2(self) -> bool:
+        return self.mode == "tap"
+
+
+@dataclass
+class Config:
+    path: str
+    interface: InterfaceConfig
+    peers: list[PeerConfig]
+    warnings: list[str] = field(default_factory=list)
+
+
+def load(path: str) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(path, "", f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "", f"not valid TOML: {e}") from None
+    return parse(data, path)
+
+
+def parse(data: dict[str, Any], path: str = "<config>") -> Config:
+    return _Parser(path).config(data)
+
+
+class _Parser:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.base = Path(path).parent
+        self.warnings: list[str] = []
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, key, problem)
+
+    def config(self, data: dict[str, Any]) -> Config:
+        self.only(data, {"interface", "peer"}, "")
+        section = data.get("interface")
+        if not isinstance(section, dict):
+            raise self.fail("interface", "missing [interface] section")
+        interface = self.interface(section)
+        peers_data = data.get("peer", [])
+        if not isinstance(peers_data, list):
+            raise self.fail("peer", "peers are written as [[peer]] tables")
+        peers = [self.peer(p, i, interface) for i, p in enumerate(peers_data)]
+        seen: set[bytes] = set()
+        own = keys.public_key(interface.private_key)
+        for i, p in enumerate(peers):
+            if p.public_key in seen:
+                raise self.fail(f"peer[{i}].public_key", "the same peer is listed twice")
+            if p.public_key == own:
+                raise self.fail(f"peer[{i}].public_key", "is this interface's own public key")
+            seen.add(p.public_key)
+        return Config(self.path, interface, peers, self.warnings)
+
+    def only(self, table: dict[str, Any], allowed: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in allowed:
+                raise self.fail(prefix + key, "unknown key")
+
+    def interface(self, t: dict[str, Any]) -> InterfaceConfig:
+        self.only(t, INTERFACE_KEYS, "interface.")
+        name = self.string(t, "name", "interface", "pyvpn0")
+        if not IFNAME.match(name):
+            raise self.fail(
+                "interface.name", f"{name!r} is not a valid device name (1-15 of A-Z a-z 0-9 _ . -)"
+            )
+        mode = self.choice(t, "mode", "interface", MODES, "tun")
+        private_key = self.key(t, "private_key", "interface", required=True)
+        assert private_key is not None
+        port = self.integer(t, "listen_port", "interface", 0, 65535, 0)
+        addresses = [
+            self.address(a, f"interface.address[{i}]")
+            for i, a in enumerate(self.string_list(t, "address", "interface"))
+        ]
+        default_mtu = DEFAULT_TAP_MTU if mode == "tap" else DEFAULT_MTU
+        mtu = self.integer(t, "mtu", "interface", 576, 65535 - 80, default_mtu)
+        if mtu < 1280 and any(a.version == 6 for a in addresses):
+            raise self.fail("interface.mtu", "IPv6 addresses need an MTU of at least 1280")
+        bridge = t.get("bridge")
+        if bridge is not None:
+            if mode != "tap":
+                raise self.fail("interface.bridge", "only a tap interface can join a bridge")
+            if not isinstance(bridge, str) or not IFNAME.match(bridge):
+                raise self.fail("interface.bridge", f"{bridge!r} is not a valid bridge name")
+        datapath = self.choice(t, "datapath", "interface", DATAPATHS, "auto")
+        ageing = self.integer(t, "mac_ageing", "interface", 1, 86400, int(DEFAULT_AGEING))
+        return InterfaceConfig(
+            private_key, name, mode, port, addresses, mtu, bridge, datapath, float(ageing)
+        )
+
+    def peer(self, t: Any, index: int, interface: InterfaceConfig) -> PeerConfig:
+        where = f"peer[{index}]"
+        if not isinstance(t, dict):
+            raise self.fail(where, "must be a table")
+        self.only(t, PEER_KEYS, where + ".")
+        public_key = self.key(t, "public_key", where, required=True, allow_file=False)
+        assert public_key is not None
+        psk = self.key(t, "preshared_key", where, required=False)
+        endpoint = None
+        if "endpoint" in t:
+            endpoint = self.endpoint(t["endpoint"], f"{where}.endpoint")
+        allowed = [
+            self.network(n, f"{where}.allowed_ips[{i}]")
+            for i, n in enumerate(self.string_list(t, "allowed_ips", where))
+        ]
+        if interface.mode == "tap" and allowed:
+            self.warnings.append(
+                f"{self.path}: {where}.allowed_ips: ignored in tap mode "
+                "(frames are switched by MAC address)"
+            )
+            allowed = []
+        keepalive = self.integer(t, "persistent_keepalive", where, 0, 65535, 0)
+        return PeerConfig(public_key, psk, endpoint, allowed, keepalive)
+
+    # Value parsers.
+
+    def string(self, t: dict[str, Any], key: str, where: str, default: str) -> str:
+        value = t.get(key, default)
+        if not isinstance(value, str):
+            raise self.fail(f"{where}.{key}", f"must be a string, got {value!r}")
+        return value
+
+    def choice(
+        self, t: dict[str, Any], key: str, where: str, options: tuple[str, ...], default: str
+    ) -> str:
+        value = self.string(t, key, where, default)
+        if value not in options:
+            raise self.fail(f"{where}.{key}", f"must be one of {', '.join(options)}; got {value!r}")
+        return value
+
+    def integer(
+        self, t: dict[str, Any], key: str, where: str, low: int, high: int, default: int
+    ) -> int:
+        value = t.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(
+                f"{where}.{key}", f"must be a whole number from {low} to {high}, got {value!r}"
+            )
+        return value
+
+    def string_list(self, t: dict[str, Any], key: str, where: str) -> list[str]:
+        value = t.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(f"{where}.{key}", "must be a list of strings")
+        return value
+
+    def key(
+        self, t: dict[str, Any], key: str, where: str, required: bool, allow_file: bool = True
+    ) -> bytes | None:
+        file_key = key + "_file"
+        if allow_file and key in t and file_key in t:
+            raise self.fail(f"{where}.{key}", f"give either {key} or {file_key}, not both")
+        if allow_file and file_key in t:
+            return self.key_file(t[file_key], f"{where}.{file_key}")
+        if key not in t:
+            if required:
+                raise self.fail(f"{where}.{key}", "missing")
+            return None
+        try:
+            return keys.decode(self.string(t, key, where, ""))
+        except keys.InvalidKey as e:
+            raise self.fail(f"{where}.{key}", f"not a key: {e}") from None
+
+    def key_file(self, value: Any, key: str) -> bytes:
+        if not isinstance(value, str):
+            raise self.fail(key, "must be a file name")
+        path = self.base / value
+        try:
+            text = path.read_text(encoding="ascii")
+            mode = os.stat(path).st_mode
+        except (OSError, UnicodeDecodeError) as e:
+            raise self.fail(
+                key, f"cannot read {str(path)!r}: {getattr(e, 'strerror', None) or e}"
+            ) from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            # As wg(8) does: a secret others can read is a warning, not an error.
+            self.warnings.append(
+                f"{path}: warning: key file is accessible by others "
+                f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
+            )
+        try:
+            return keys.decode(text)
+        except keys.InvalidKey as e:
+            raise self.fail(key, f"{str(path)!r} does not hold a key: {e}") from None
+
+    def address(self, value: str, key: str) -> Interface:
+        try:
+            return ipaddress.ip_interface(value)
+        except ValueError:
+            raise self.fail(
+                key, f"{value!r} is not an address with prefix, like 10.0.0.1/24"
+            ) from None
+
+    def network(self, value: str, key: str) -> Network:
+        try:
+            return ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise self.fail(key, f"{value!r} is not a network, like 10.0.0.2/32") from None
+
+    def endpoint(self, value: Any, key: str) -> Address:
+        if not isinstance(value, str):
+            raise self.fail(key, "must be a string like 192.0.2.1:51820 or [2001:db8::1]:51820")
+        match = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", value.strip())
+        if not match:
+            raise self.fail(key, f"{value!r} is not host:port (IPv6 as [addr]:port)")
+        host = match.group(1) or match.group(3)
+        port = int(match.group(2) or match.group(4))
+        if not 1 <= port <= 65535:
+            raise self.fail(key, f"port {port} is out of range 1-65535")
+        try:
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except (socket.gaierror, UnicodeError) as e:
+            raise self.fail(key, f"cannot resolve {host!r}: {e}") from None
+        return (str(ipaddress.ip_address(info[0][4][0])), port)

@@ -1,0 +1,67 @@
+"""Protocol constants, named as in the WireGuard whitepaper (section 5 and 6.1)
+and drivers/net/wireguard/messages.h."""
+
+import os
+
+# Testing aid: PYVPN_TIMER_SCALE=0.05 runs every protocol timer 20 times faster so
+# a test sees rekeys within seconds. Never set it in production: both ends of a
+# tunnel must agree on the timers.
+TIMER_SCALE = float(os.environ.get("PYVPN_TIMER_SCALE", "1"))
+
+CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
+IDENTIFIER = b"WireGuard v1 zx2c4 Jason@zx2c4.com"
+LABEL_MAC1 = b"mac1----"
+LABEL_COOKIE = b"cookie--"
+
+# Message types (the first byte of every message).
+MESSAGE_INITIATION = 1
+MESSAGE_RESPONSE = 2
+MESSAGE_COOKIE_REPLY = 3
+MESSAGE_TRANSPORT = 4
+
+# Message sizes in bytes.
+INITIATION_SIZE = 148
+RESPONSE_SIZE = 92
+COOKIE_REPLY_SIZE = 64
+TRANSPORT_HEADER_SIZE = 16
+TAG_SIZE = 16
+KEEPALIVE_SIZE = TRANSPORT_HEADER_SIZE + TAG_SIZE
+MESSAGE_PADDING_MULTIPLE = 16
+
+# Timers and limits (whitepaper section 6.1), seconds and message counts.
+REKEY_AFTER_MESSAGES = 2**60
+REJECT_AFTER_MESSAGES = 2**64 - 2**13 - 1
+REKEY_AFTER_TIME = 120.0 * TIMER_SCALE
+REJECT_AFTER_TIME = 180.0 * TIMER_SCALE
+REKEY_ATTEMPT_TIME = 90.0 * TIMER_SCALE
+REKEY_TIMEOUT = 5.0 * TIMER_SCALE
+KEEPALIVE_TIMEOUT = 10.0 * TIMER_SCALE
+COOKIE_SECRET_MAX_AGE = 120.0 * TIMER_SCALE
+# A peer accepts at most one initiation per this interval (drivers/net/wireguard/noise.c).
+INITIATIONS_PER_SECOND = 50
+MAX_TIMER_HANDSHAKES = 90 // 5  # REKEY_ATTEMPT_TIME / REKEY_TIMEOUT
+# Retransmitted initiations are jittered by up to a third of a second (timers.c).
+REKEY_TIMEOUT_JITTER_MAX = 1 / 3 * TIMER_SCALE
+
+# Anti-replay window: the kernel's COUNTER_WINDOW_SIZE = 8192 - BITS_PER_LONG.
+COUNTER_WINDOW_SIZE = 8192 - 64
+
+# Packets held for a peer while its handshake is in flight (wireguard-go QueueStagedSize).
+MAX_STAGED_PACKETS = 128
+
+# UDP + IPv6 + WireGuard transport overhead: 1500 - 80 = 1420, wg-quick's default.
+UNDERLAY_MTU = 1500
+OVERHEAD_IPV6_UDP = 40 + 8
+DEFAULT_MTU = UNDERLAY_MTU - OVERHEAD_IPV6_UDP - KEEPALIVE_SIZE
+ETHERNET_HEADER_SIZE = 14
+DEFAULT_TAP_MTU = DEFAULT_MTU - ETHERNET_HEADER_SIZE
+
+# Handshake rate limiting when under load (drivers/net/wireguard/ratelimiter.c).
+RATELIMIT_PACKETS_PER_SECOND = 20
+RATELIMIT_BURST = 5
+# Initiations per second across the interface before we demand cookies.
+UNDER_LOAD_INITIATIONS_PER_SECOND = 64
+
+DEFAULT_PORT = 51820
+# pyvpn extension: the first reserved header byte marks L2 (tap) messages.
+MARKER_L2 = 0x01

@@ -1,0 +1,77 @@
+"""The whitepaper's primitives (section 5.4), each from a maintained library:
+HASH/MAC/HMAC from hashlib's BLAKE2s, AEAD from `cryptography`, XAEAD from libsodium
+(PyNaCl) because `cryptography` has no XChaCha20-Poly1305."""
+
+import hashlib
+import hmac
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+)
+from nacl.exceptions import CryptoError
+
+
+class DecryptError(Exception):
+    """Authentication failed: the message was forged, corrupted or keyed wrongly."""
+
+
+def hash_(data: bytes) -> bytes:
+    return hashlib.blake2s(data).digest()
+
+
+def mac(key: bytes, data: bytes) -> bytes:
+    return hashlib.blake2s(data, key=key, digest_size=16).digest()
+
+
+def hmac_(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.blake2s).digest()
+
+
+def kdf(key: bytes, data: bytes, n: int) -> list[bytes]:
+    """HKDF over HMAC-BLAKE2s giving n 32-byte outputs (whitepaper KDF_n)."""
+    prk = hmac_(key, data)
+    out: list[bytes] = []
+    prev = b""
+    for i in range(1, n + 1):
+        prev = hmac_(prk, prev + bytes([i]))
+        out.append(prev)
+    return out
+
+
+def dh(private: bytes, public: bytes) -> bytes:
+    priv = X25519PrivateKey.from_private_bytes(private)
+    try:
+        return priv.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        # A low-order point gives an all-zero shared secret; the whitepaper rejects it.
+        raise DecryptError("invalid public key") from None
+
+
+def aead_nonce(counter: int) -> bytes:
+    return b"\x00\x00\x00\x00" + counter.to_bytes(8, "little")
+
+
+def aead_encrypt(key: bytes, counter: int, plaintext: bytes, aad: bytes) -> bytes:
+    return ChaCha20Poly1305(key).encrypt(aead_nonce(counter), plaintext, aad or None)
+
+
+def aead_decrypt(key: bytes, counter: int, ciphertext: bytes, aad: bytes) -> bytes:
+    try:
+        return ChaCha20Poly1305(key).decrypt(aead_nonce(counter), ciphertext, aad or None)
+    except InvalidTag:
+        raise DecryptError("authentication tag mismatch") from None
+
+
+def xaead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    return crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nonce, key)
+
+
+def xaead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    try:
+        return crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, aad, nonce, key)
+    except CryptoError:
+        raise DecryptError("authentication tag mismatch") from None

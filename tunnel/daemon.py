@@ -1,0 +1,141 @@
+"""`pyvpn up`: set the tunnel up from a config, serve until SIGINT/SIGTERM, and
+tear down everything it made, in reverse order, whatever happens."""
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+
+import uvloop
+
+from . import netlink, uapi
+from .config import Config
+from .device import DeviceError, open_device
+from .interface import Interface
+from .python_plane import PythonPlane
+from .status import snapshot
+from .udp import SocketError, open_socket
+
+log = logging.getLogger("pyvpn")
+
+
+class SetupError(Exception):
+    """The tunnel cannot come up here: a one-line reason for the user."""
+
+
+def up(config: Config) -> int:
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    c = config.interface
+    with contextlib.ExitStack() as teardown:
+        # Netlink work happens before the event loop starts: pyroute2 runs its own
+        # asyncio loop, which cannot nest inside uvloop.
+        try:
+            uapi.remove_stale(c.name)
+        except FileExistsError as e:
+            raise SetupError(str(e)) from None
+        if netlink.link_exists(c.name):
+            raise SetupError(f"a device named {c.name} already exists")
+        try:
+            dev_fd = open_device(c.name, c.l2)
+        except DeviceError as e:
+            raise SetupError(str(e)) from None
+        # Closing the fd deletes the device with its addresses and routes.
+        teardown.callback(os.close, dev_fd)
+        try:
+            sock = open_socket(c.listen_port)
+        except SocketError as e:
+            raise SetupError(str(e)) from None
+        teardown.callback(sock.close)
+        iface = Interface(
+            c.private_key,
+            l2=c.l2,
+            mtu=c.mtu,
+            wall_offset=time.time() - time.monotonic(),
+            mac_ageing=c.mac_ageing,
+        )
+        for peer in config.peers:
+            iface.add_peer(peer)
+        routes = [n for p in config.peers for n in p.allowed_ips]
+        try:
+            for warning in netlink.configure(c.name, c.mtu, c.addresses, routes, c.bridge):
+                log.warning("%s: %s", c.name, warning)
+        except netlink.NetlinkError_ as e:
+            raise SetupError(str(e)) from None
+        plane = PythonPlane(iface, dev_fd, sock)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(serve(c.name, c.mode, iface, plane, sock.getsockname()[1]))
+
+
+async def serve(
+    name: str, mode: str, iface: Interface, plane: PythonPlane, listen_port: int
+) -> int:
+    """Run the data plane and the UAPI socket until SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def status() -> dict:
+        plane.refresh()
+        return snapshot(iface, name, listen_port, plane.name, time.monotonic())
+
+    with contextlib.ExitStack() as teardown:
+        server = await _serve_uapi(name, iface, listen_port, status)
+        teardown.callback(_remove_socket, name)
+        teardown.callback(server.close)
+        plane.start(loop)
+        teardown.callback(plane.stop)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+            teardown.callback(loop.remove_signal_handler, sig)
+        log.info(
+            "%s up: %s mode, UDP port %d, %s data plane, public key %s",
+            name,
+            mode,
+            listen_port,
+            plane.name,
+            status()["public_key"],
+        )
+        await stop.wait()
+        log.info("%s: shutting down", name)
+    return 0
+
+
+async def _serve_uapi(
+    name: str, iface: Interface, listen_port: int, status
+) -> asyncio.AbstractServer:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = (await reader.readline()).decode(errors="replace").strip()
+                if not line:
+                    break
+                # An operation's arguments end at an empty line; get has none.
+                while (await reader.readline()).strip():
+                    pass
+                if line == "get=1":
+                    reply = uapi.get_response(iface, listen_port)
+                elif line == "get=pyvpn":
+                    reply = uapi.status_response(status())
+                else:
+                    reply = uapi.error_response(uapi.EPROTO)
+                writer.write(reply.encode())
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    uapi.SOCKET_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path = uapi.socket_path(name)
+    old_umask = os.umask(0o077)  # the socket hands out the private key: root only
+    try:
+        return await asyncio.start_unix_server(handle, path=str(path))
+    finally:
+        os.umask(old_umask)
+
+
+def _remove_socket(name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(uapi.socket_path(name))

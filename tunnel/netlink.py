@@ -1,0 +1,72 @@
+"""Addresses, MTU, link state, routes and bridge membership over rtnetlink
+(pyroute2), in the network namespace the process runs in."""
+
+from collections.abc import Iterable
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .allowed_ips import Network
+from .config import Interface
+
+
+class NetlinkError_(Exception):
+    """A link, address or route change the kernel refused."""
+
+
+def link_exists(name: str) -> bool:
+    with IPRoute() as ipr:
+        return bool(ipr.link_lookup(ifname=name))
+
+
+def configure(
+    name: str,
+    mtu: int,
+    addresses: Iterable[Interface],
+    routes: Iterable[Network],
+    bridge: str | None,
+) -> list[str]:
+    """Bring the device up with its addresses and a route per allowed network.
+    Returns warnings for routes deliberately not installed."""
+    warnings: list[str] = []
+    with IPRoute() as ipr:
+        index = _index(ipr, name)
+        step = "set the MTU"
+        try:
+            ipr.link("set", index=index, mtu=mtu)
+            if bridge is not None:
+                step = f"attach to bridge {bridge}"
+                master = ipr.link_lookup(ifname=bridge)
+                if not master:
+                    raise NetlinkError_(f"bridge {bridge} does not exist")
+                ipr.link("set", index=index, master=master[0])
+            for address in addresses:
+                step = f"add address {address}"
+                ipr.addr(
+                    "add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen
+                )
+            step = "bring the link up"
+            ipr.link("set", index=index, state="up")
+            connected = [a.network for a in addresses]
+            for network in routes:
+                if network.prefixlen == 0:
+                    # A default route through the tunnel would capture the tunnel's own
+                    # UDP packets; that needs policy routing, which pyvpn leaves to the user.
+                    warnings.append(f"allowed_ips {network}: default route not installed")
+                    continue
+                if network in connected:
+                    continue
+                step = f"add route {network}"
+                ipr.route("add", dst=str(network), oif=index)
+        except NetlinkError as e:
+            raise NetlinkError_(
+                f"cannot {step} on {name}: {e.args[1] if len(e.args) > 1 else e}"
+            ) from None
+    return warnings
+
+
+def _index(ipr: IPRoute, name: str) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise NetlinkError_(f"device {name} vanished")
+    return found[0]

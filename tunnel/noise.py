@@ -1,0 +1,206 @@
+"""Noise_IKpsk2 handshake as WireGuard defines it (whitepaper section 5.4.2-5.4.4,
+drivers/net/wireguard/noise.c). Sans-IO: ephemeral keys and timestamps are passed
+in; the caller owns sockets, clocks and randomness."""
+
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+from . import crypto
+from .constants import CONSTRUCTION, IDENTIFIER
+from .keys import public_key
+from .messages import Initiation, Response
+
+# C_i and H_i before any message: constants, so computed once (noise.c does the same).
+INITIAL_CHAINING_KEY = crypto.hash_(CONSTRUCTION)
+INITIAL_HASH = crypto.hash_(INITIAL_CHAINING_KEY + IDENTIFIER)
+EMPTY_MAC = bytes(16)
+
+
+class HandshakeError(Exception):
+    """A handshake message that does not authenticate or is not expected now."""
+
+
+class HandshakeState(Enum):
+    ZEROED = auto()
+    CREATED_INITIATION = auto()
+    CONSUMED_INITIATION = auto()
+    CREATED_RESPONSE = auto()
+    CONSUMED_RESPONSE = auto()
+
+
+@dataclass
+class StaticIdentity:
+    private_key: bytes
+    public_key: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.public_key = public_key(self.private_key)
+
+
+@dataclass
+class SessionKeys:
+    """The output of a completed handshake: transport keys and indices."""
+
+    local_index: int
+    remote_index: int
+    send_key: bytes
+    receive_key: bytes
+    is_initiator: bool
+
+
+@dataclass
+class Handshake:
+    """One peer's handshake state (noise_handshake in noise.c)."""
+
+    identity: StaticIdentity
+    remote_static: bytes
+    preshared_key: bytes = bytes(32)
+    state: HandshakeState = HandshakeState.ZEROED
+    hash: bytes = b""
+    chaining_key: bytes = b""
+    local_ephemeral: bytes = b""
+    remote_ephemeral: bytes = b""
+    local_index: int = 0
+    remote_index: int = 0
+    # Greatest TAI64N timestamp accepted from this peer: older ones are replays.
+    latest_timestamp: bytes = bytes(12)
+    precomputed_static_static: bytes = field(default=b"", repr=False)
+
+    def __post_init__(self) -> None:
+        self.precomputed_static_static = crypto.dh(self.identity.private_key, self.remote_static)
+
+    def zero(self) -> None:
+        self.state = HandshakeState.ZEROED
+        self.hash = self.chaining_key = self.local_ephemeral = self.remote_ephemeral = b""
+        self.local_index = self.remote_index = 0
+
+    def create_initiation(
+        self, local_index: int, ephemeral_private: bytes, timestamp: bytes, l2: bool = False
+    ) -> Initiation:
+        """Build an initiation without MACs (cookie.py adds them)."""
+        h = crypto.hash_(INITIAL_HASH + self.remote_static)
+        ephemeral_public = public_key(ephemeral_private)
+        (c,) = crypto.kdf(INITIAL_CHAINING_KEY, ephemeral_public, 1)
+        h = crypto.hash_(h + ephemeral_public)
+        c, k = crypto.kdf(c, crypto.dh(ephemeral_private, self.remote_static), 2)
+        encrypted_static = crypto.aead_encrypt(k, 0, self.identity.public_key, h)
+        h = crypto.hash_(h + encrypted_static)
+        c, k = crypto.kdf(c, self.precomputed_static_static, 2)
+        encrypted_timestamp = crypto.aead_encrypt(k, 0, timestamp, h)
+        h = crypto.hash_(h + encrypted_timestamp)
+        self.hash, self.chaining_key = h, c
+        self.local_ephemeral = ephemeral_private
+        self.local_index = local_index
+        self.state = HandshakeState.CREATED_INITIATION
+        return Initiation(
+            local_index,
+            ephemeral_public,
+            encrypted_static,
+            encrypted_timestamp,
+            EMPTY_MAC,
+            EMPTY_MAC,
+            l2,
+        )
+
+    def create_response(
+        self, local_index: int, ephemeral_private: bytes, l2: bool = False
+    ) -> Response:
+        if self.state is not HandshakeState.CONSUMED_INITIATION:
+            raise HandshakeError("no initiation to respond to")
+        h, c = self.hash, self.chaining_key
+        ephemeral_public = public_key(ephemeral_private)
+        (c,) = crypto.kdf(c, ephemeral_public, 1)
+        h = crypto.hash_(h + ephemeral_public)
+        (c,) = crypto.kdf(c, crypto.dh(ephemeral_private, self.remote_ephemeral), 1)
+        (c,) = crypto.kdf(c, crypto.dh(ephemeral_private, self.remote_static), 1)
+        c, t, k = crypto.kdf(c, self.preshared_key, 3)
+        h = crypto.hash_(h + t)
+        encrypted_nothing = crypto.aead_encrypt(k, 0, b"", h)
+        h = crypto.hash_(h + encrypted_nothing)
+        self.hash, self.chaining_key = h, c
+        self.local_ephemeral = ephemeral_private
+        self.local_index = local_index
+        self.state = HandshakeState.CREATED_RESPONSE
+        return Response(
+            local_index,
+            self.remote_index,
+            ephemeral_public,
+            encrypted_nothing,
+            EMPTY_MAC,
+            EMPTY_MAC,
+            l2,
+        )
+
+    def consume_response(self, msg: Response) -> None:
+        if self.state is not HandshakeState.CREATED_INITIATION or msg.receiver != self.local_index:
+            raise HandshakeError("response does not match an initiation in flight")
+        h, c = self.hash, self.chaining_key
+        (c,) = crypto.kdf(c, msg.ephemeral, 1)
+        h = crypto.hash_(h + msg.ephemeral)
+        (c,) = crypto.kdf(c, crypto.dh(self.local_ephemeral, msg.ephemeral), 1)
+        (c,) = crypto.kdf(c, crypto.dh(self.identity.private_key, msg.ephemeral), 1)
+        c, t, k = crypto.kdf(c, self.preshared_key, 3)
+        h = crypto.hash_(h + t)
+        try:
+            crypto.aead_decrypt(k, 0, msg.encrypted_nothing, h)
+        except crypto.DecryptError:
+            raise HandshakeError("response does not authenticate") from None
+        h = crypto.hash_(h + msg.encrypted_nothing)
+        self.hash, self.chaining_key = h, c
+        self.remote_index = msg.sender
+        self.remote_ephemeral = msg.ephemeral
+        self.state = HandshakeState.CONSUMED_RESPONSE
+
+    def derive_session(self) -> SessionKeys:
+        """Split the chaining key into transport keys and forget the handshake."""
+        if self.state is HandshakeState.CONSUMED_RESPONSE:
+            is_initiator = True
+        elif self.state is HandshakeState.CREATED_RESPONSE:
+            is_initiator = False
+        else:
+            raise HandshakeError("handshake is not complete")
+        first, second = crypto.kdf(self.chaining_key, b"", 2)
+        send, receive = (first, second) if is_initiator else (second, first)
+        keys = SessionKeys(self.local_index, self.remote_index, send, receive, is_initiator)
+        self.zero()
+        return keys
+
+
+@dataclass
+class ConsumedInitiation:
+    """What the responder learns from a valid initiation before choosing to accept it."""
+
+    remote_static: bytes
+    remote_ephemeral: bytes
+    remote_index: int
+    timestamp: bytes
+    hash: bytes
+    chaining_key: bytes
+
+
+def consume_initiation(identity: StaticIdentity, msg: Initiation) -> ConsumedInitiation:
+    """Decrypt an initiation's static key and timestamp. The caller maps the static key
+    to a peer, checks the timestamp and flood limits, then calls `accept_initiation`."""
+    h = crypto.hash_(INITIAL_HASH + identity.public_key)
+    (c,) = crypto.kdf(INITIAL_CHAINING_KEY, msg.ephemeral, 1)
+    h = crypto.hash_(h + msg.ephemeral)
+    try:
+        c, k = crypto.kdf(c, crypto.dh(identity.private_key, msg.ephemeral), 2)
+        remote_static = crypto.aead_decrypt(k, 0, msg.encrypted_static, h)
+        h = crypto.hash_(h + msg.encrypted_static)
+        c, k = crypto.kdf(c, crypto.dh(identity.private_key, remote_static), 2)
+        timestamp = crypto.aead_decrypt(k, 0, msg.encrypted_timestamp, h)
+    except crypto.DecryptError:
+        raise HandshakeError("initiation does not authenticate") from None
+    h = crypto.hash_(h + msg.encrypted_timestamp)
+    return ConsumedInitiation(remote_static, msg.ephemeral, msg.sender, timestamp, h, c)
+
+
+def accept_initiation(handshake: Handshake, consumed: ConsumedInitiation) -> None:
+    if consumed.timestamp <= handshake.latest_timestamp:
+        raise HandshakeError("initiation timestamp is not newer than the last one (replay)")
+    handshake.latest_timestamp = consumed.timestamp
+    handshake.hash, handshake.chaining_key = consumed.hash, consumed.chaining_key
+    handshake.remote_ephemeral = consumed.remote_ephemeral
+    handshake.remote_index = consumed.remote_index
+    handshake.state = HandshakeState.CONSUMED_INITIATION

@@ -1,0 +1,50 @@
+"""A plain-data snapshot of a running interface: what `pyvpn show`, `show --json`
+and the UAPI report. Public keys only; private and preshared keys never appear."""
+
+from typing import Any
+
+from .interface import Interface, mode_name
+from .keys import encode
+from .udp import format_address
+
+
+def snapshot(
+    iface: Interface, name: str, listen_port: int, datapath: str, now: float
+) -> dict[str, Any]:
+    peers = []
+    for peer in iface.peers.values():
+        macs = (
+            [
+                {"mac": mac.hex(":"), "age": round(age, 1)}
+                for mac, owner, age in iface.macs.entries(now)
+                if owner is peer
+            ]
+            if iface.l2
+            else None
+        )
+        peers.append(
+            {
+                "public_key": encode(peer.public_key),
+                "endpoint": format_address(peer.endpoint) if peer.endpoint else None,
+                "allowed_ips": [str(n) for n in iface.routes.networks_of(peer)],
+                "latest_handshake": peer.last_handshake_wall,
+                "rx_bytes": peer.rx_bytes,
+                "tx_bytes": peer.tx_bytes,
+                "persistent_keepalive": peer.persistent_keepalive,
+                "has_session": peer.current is not None and not peer.current.expired(now),
+                "drops": vars(peer.drops).copy(),
+                **({"macs": macs} if macs is not None else {}),
+            }
+        )
+    return {
+        "name": name,
+        "mode": mode_name(iface.l2),
+        "public_key": encode(iface.identity.public_key),
+        "listen_port": listen_port,
+        "datapath": datapath,
+        "mtu": iface.mtu,
+        "under_load": now < iface.under_load_until,
+        "cookie_replies_sent": iface.cookie_replies_sent,
+        "drops": dict(iface.drops),
+        "peers": peers,
+    }

@@ -1,0 +1,79 @@
+"""Every per-peer timer in one place, with the semantics of the whitepaper section
+6 and drivers/net/wireguard/timers.c. Timers are deadlines on the caller's monotonic
+clock; events arm and disarm them and `expired` reports those that fired."""
+
+from dataclasses import dataclass
+from enum import Enum
+
+from .constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT
+
+
+class Timer(Enum):
+    RETRANSMIT_HANDSHAKE = "retransmit_handshake"
+    SEND_KEEPALIVE = "send_keepalive"
+    NEW_HANDSHAKE = "new_handshake"
+    ZERO_KEY_MATERIAL = "zero_key_material"
+    PERSISTENT_KEEPALIVE = "persistent_keepalive"
+
+
+@dataclass
+class Timers:
+    persistent_keepalive_interval: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.deadlines: dict[Timer, float] = {}
+        self.need_another_keepalive = False
+        self.handshake_attempts = 0
+
+    def _arm(self, timer: Timer, at: float) -> None:
+        self.deadlines[timer] = at
+
+    def _arm_if_idle(self, timer: Timer, at: float) -> None:
+        self.deadlines.setdefault(timer, at)
+
+    def _disarm(self, timer: Timer) -> None:
+        self.deadlines.pop(timer, None)
+
+    def pending(self, timer: Timer) -> bool:
+        return timer in self.deadlines
+
+    # Events, named after the timers_* hooks in timers.c.
+
+    def data_sent(self, now: float) -> None:
+        # No reply to data for a while means the session may be dead: handshake again.
+        self._arm_if_idle(Timer.NEW_HANDSHAKE, now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT)
+
+    def data_received(self, now: float) -> None:
+        if self.pending(Timer.SEND_KEEPALIVE):
+            self.need_another_keepalive = True
+        else:
+            self._arm(Timer.SEND_KEEPALIVE, now + KEEPALIVE_TIMEOUT)
+
+    def any_authenticated_sent(self) -> None:
+        self._disarm(Timer.SEND_KEEPALIVE)
+
+    def any_authenticated_received(self) -> None:
+        self._disarm(Timer.NEW_HANDSHAKE)
+
+    def handshake_initiated(self, now: float, jitter: float) -> None:
+        self._arm(Timer.RETRANSMIT_HANDSHAKE, now + REKEY_TIMEOUT + jitter)
+
+    def handshake_complete(self) -> None:
+        self._disarm(Timer.RETRANSMIT_HANDSHAKE)
+        self.handshake_attempts = 0
+
+    def session_derived(self, now: float) -> None:
+        self._arm(Timer.ZERO_KEY_MATERIAL, now + REJECT_AFTER_TIME * 3)
+
+    def any_authenticated_traversal(self, now: float) -> None:
+        if self.persistent_keepalive_interval:
+            self._arm(Timer.PERSISTENT_KEEPALIVE, now + self.persistent_keepalive_interval)
+
+    def stop_all(self) -> None:
+        self.deadlines.clear()
+
+    def expired(self, now: float) -> list[Timer]:
+        fired = [t for t, at in self.deadlines.items() if at <= now]
+        for timer in fired:
+            del self.deadlines[timer]
+        return fired

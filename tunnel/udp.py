@@ -1,0 +1,53 @@
+"""The underlay UDP socket: one dual-stack socket for IPv4 and IPv6 peers, and the
+conversion between its socket addresses and the core's plain (host, port) pairs."""
+
+import ipaddress
+import socket
+
+from .cookie import Address
+
+SOCKET_BUFFER = 4 << 20  # room for bursts while the event loop is busy
+
+
+class SocketError(Exception):
+    pass
+
+
+def open_socket(port: int) -> socket.socket:
+    """Bind [::]:port accepting IPv4 too, or 0.0.0.0:port where IPv6 is disabled."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        address: tuple = ("::", port)
+    except OSError:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        address = ("0.0.0.0", port)
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise SocketError(f"cannot listen on UDP port {port}: {e.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def from_sockaddr(sockaddr: tuple) -> Address:
+    host = sockaddr[0].split("%")[0]
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return (str(ip.ipv4_mapped), sockaddr[1])
+    return (str(ip), sockaddr[1])
+
+
+def to_sockaddr(sock: socket.socket, address: Address) -> tuple:
+    host, port = address
+    if sock.family == socket.AF_INET6 and ipaddress.ip_address(host).version == 4:
+        return ("::ffff:" + host, port)
+    return (host, port)
+
+
+def format_address(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
