@@ -34,3 +34,9 @@ def bed(request):
     tag = "".join(c for c in request.node.name if c.isalnum())[-6:]
     with Testbed(tag=tag) as testbed:
         yield testbed
+
+
+@pytest.fixture(params=["python", "native"])
+def datapath(request):
+    """Every namespace test runs on both data planes; native must be built (setup does)."""
+    return request.param

@@ -24,7 +24,7 @@ from .traffic import tcp_transfer
 
 
 @pytest.mark.parametrize("initiator", ["pyvpn", "wireguard-go"])
-def test_pyvpn_and_wireguard_go_carry_traffic_both_ways(bed, tmp_path, initiator):
+def test_pyvpn_and_wireguard_go_carry_traffic_both_ways(bed, tmp_path, initiator, datapath):
     ours, theirs, psk = (
         keys.generate_private_key(),
         keys.generate_private_key(),
@@ -40,6 +40,7 @@ def test_pyvpn_and_wireguard_go_carry_traffic_both_ways(bed, tmp_path, initiator
                 "private_key": keys.encode(ours),
                 "listen_port": 51820,
                 "address": [f"{INNER_A}/24"],
+                "datapath": datapath,
             },
             [
                 {
@@ -76,3 +77,4 @@ def test_pyvpn_and_wireguard_go_carry_traffic_both_ways(bed, tmp_path, initiator
         status = json.loads(pyvpn("show", name, "--json").stdout)
         assert status["peers"][0]["endpoint"] == f"{UNDERLAY_B}:51820"
         assert status["peers"][0]["rx_bytes"] > 2 << 20
+        assert status["datapath"] == datapath

@@ -34,8 +34,8 @@ def status(ns, name):
     return json.loads(result.stdout)
 
 
-def test_ping_and_tcp_over_ipv4_and_ipv6_inside(bed, tmp_path):
-    with pyvpn_pair(bed, tmp_path, "tun"):
+def test_ping_and_tcp_over_ipv4_and_ipv6_inside(bed, tmp_path, datapath):
+    with pyvpn_pair(bed, tmp_path, "tun", datapath):
         wait_reachable(bed.a, INNER_B)
         wait_reachable(bed.a, INNER_B6)
         sent, received = tcp_transfer(bed.b, bed.a, INNER_B, 4 << 20)
@@ -44,8 +44,10 @@ def test_ping_and_tcp_over_ipv4_and_ipv6_inside(bed, tmp_path):
         assert sent == received
 
 
-def test_ipv6_underlay(bed, tmp_path):
-    with pyvpn_pair(bed, tmp_path, "tun", endpoints=(f"[{UNDERLAY_A6}]", f"[{UNDERLAY_B6}]")) as (
+def test_ipv6_underlay(bed, tmp_path, datapath):
+    with pyvpn_pair(
+        bed, tmp_path, "tun", datapath, endpoints=(f"[{UNDERLAY_A6}]", f"[{UNDERLAY_B6}]")
+    ) as (
         a,
         _,
     ):
@@ -53,13 +55,13 @@ def test_ipv6_underlay(bed, tmp_path):
         assert status(bed.a, a.name)["peers"][0]["endpoint"] == f"[{UNDERLAY_B6}]:51820"
 
 
-def test_show_and_wg_show_report_the_same_facts(bed, tmp_path):
-    path_a, path_b = write_pair_configs(tmp_path, "tun", persistent_keepalive=7)
+def test_show_and_wg_show_report_the_same_facts(bed, tmp_path, datapath):
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath, persistent_keepalive=7)
     with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b):
         wait_reachable(bed.a, INNER_B)
         s = status(bed.a, a.name)
         peer = s["peers"][0]
-        assert s["mode"] == "tun" and s["listen_port"] == 51820
+        assert s["mode"] == "tun" and s["listen_port"] == 51820 and s["datapath"] == datapath
         assert peer["endpoint"] == "198.18.0.2:51820" and peer["persistent_keepalive"] == 7
         assert peer["rx_bytes"] > 0 and peer["tx_bytes"] > 0
         assert abs(peer["latest_handshake"] - time.time()) < 30
@@ -85,8 +87,8 @@ def tomllib_private(path):
 
 
 @pytest.mark.parametrize("how", ["down", "SIGTERM", "SIGINT"])
-def test_teardown_removes_device_addresses_routes_and_socket(bed, tmp_path, how):
-    path_a, path_b = write_pair_configs(tmp_path, "tun")
+def test_teardown_removes_device_addresses_routes_and_socket(bed, tmp_path, datapath, how):
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath)
     with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b):
         wait_reachable(bed.a, INNER_B)
         assert a.name in bed.a.run("ip", "-o", "link").stdout
@@ -103,8 +105,8 @@ def test_teardown_removes_device_addresses_routes_and_socket(bed, tmp_path, how)
         assert not uapi_socket(a.name).exists()
 
 
-def test_second_tunnel_with_same_name_is_refused_cleanly(bed, tmp_path):
-    path_a, _ = write_pair_configs(tmp_path, "tun")
+def test_second_tunnel_with_same_name_is_refused_cleanly(bed, tmp_path, datapath):
+    path_a, _ = write_pair_configs(tmp_path, "tun", datapath)
     with start_pyvpn(bed.a, path_a) as a:
         result = pyvpn("up", str(path_a), netns=bed.b.name)
         assert result.returncode == 1
@@ -116,7 +118,7 @@ def test_second_tunnel_with_same_name_is_refused_cleanly(bed, tmp_path):
         assert a.alive()
 
 
-def test_hub_with_three_peers_routes_by_allowed_ips(tmp_path):
+def test_hub_with_three_peers_routes_by_allowed_ips(tmp_path, datapath):
     from tunnel.testbed import Testbed, device_name, render_config
 
     with Testbed(n=4, tag="hub") as bed:
@@ -145,6 +147,7 @@ def test_hub_with_three_peers_routes_by_allowed_ips(tmp_path):
                     "private_key": keys.encode(private[0]),
                     "listen_port": 51820,
                     "address": ["10.20.0.1/24"],
+                    "datapath": datapath,
                 },
                 hub_peers,
             )
@@ -158,6 +161,7 @@ def test_hub_with_three_peers_routes_by_allowed_ips(tmp_path):
                         "private_key": keys.encode(private[i + 1]),
                         "listen_port": 51820,
                         "address": [f"10.20.0.{i + 2}/24"],
+                        "datapath": datapath,
                     },
                     [
                         {
@@ -185,8 +189,8 @@ def test_hub_with_three_peers_routes_by_allowed_ips(tmp_path):
                 d.stop()
 
 
-def test_inner_source_outside_allowed_ips_is_dropped(bed, tmp_path):
-    with pyvpn_pair(bed, tmp_path, "tun") as (a, b):
+def test_inner_source_outside_allowed_ips_is_dropped(bed, tmp_path, datapath):
+    with pyvpn_pair(bed, tmp_path, "tun", datapath) as (a, b):
         wait_reachable(bed.a, INNER_B)
         # 10.10.0.77 is on A's tunnel device but not in B's allowed_ips for A.
         bed.a.run("ip", "addr", "add", "10.10.0.77/32", "dev", a.name)
@@ -197,7 +201,7 @@ def test_inner_source_outside_allowed_ips_is_dropped(bed, tmp_path):
         assert status(bed.b, b.name)["peers"][0]["drops"]["bad_source"] >= 3
 
 
-def test_replayed_transport_packets_are_dropped(bed, tmp_path):
+def test_replayed_transport_packets_are_dropped(bed, tmp_path, datapath):
     # A talks to B through a relay that sends every datagram a second time 30 ms later.
     relay = bed.a.popen(
         sys.executable,
@@ -214,7 +218,12 @@ def test_replayed_transport_packets_are_dropped(bed, tmp_path):
     try:
         assert relay.stdout.readline().strip() == "ready"
         with pyvpn_pair(
-            bed, tmp_path, "tun", peer_a={"endpoint": "198.18.0.1:40000"}, peer_b={"endpoint": None}
+            bed,
+            tmp_path,
+            "tun",
+            datapath,
+            peer_a={"endpoint": "198.18.0.1:40000"},
+            peer_b={"endpoint": None},
         ) as (_, b):
             wait_reachable(bed.a, INNER_B)
             result = bed.a.run("ping", "-c", "10", "-i", "0.1", INNER_B)
@@ -228,8 +237,8 @@ def test_replayed_transport_packets_are_dropped(bed, tmp_path):
         relay.wait()
 
 
-def test_roaming_follows_the_new_underlay_address(bed, tmp_path):
-    with pyvpn_pair(bed, tmp_path, "tun") as (_, b):
+def test_roaming_follows_the_new_underlay_address(bed, tmp_path, datapath):
+    with pyvpn_pair(bed, tmp_path, "tun", datapath) as (_, b):
         wait_reachable(bed.a, INNER_B)
         bed.a.run("ip", "addr", "del", "198.18.0.1/24", "dev", bed.a_veth)
         bed.a.run("ip", "addr", "add", "198.18.0.11/24", "dev", bed.a_veth)
@@ -239,10 +248,10 @@ def test_roaming_follows_the_new_underlay_address(bed, tmp_path):
         wait_reachable(bed.b, INNER_A)
 
 
-def test_rekey_with_short_timers_keeps_a_tcp_stream_alive(bed, tmp_path, monkeypatch):
+def test_rekey_with_short_timers_keeps_a_tcp_stream_alive(bed, tmp_path, datapath, monkeypatch):
     # Timers at 1/20: REKEY_AFTER_TIME 6 s, REJECT_AFTER_TIME 9 s.
     monkeypatch.setenv("PYVPN_TIMER_SCALE", "0.05")
-    with pyvpn_pair(bed, tmp_path, "tun") as (a, _):
+    with pyvpn_pair(bed, tmp_path, "tun", datapath) as (a, _):
         wait_reachable(bed.a, INNER_B)
         first = status(bed.a, a.name)["peers"][0]["latest_handshake"]
         # A paced TCP stream for 20 s: more than two REJECT_AFTER_TIMEs.

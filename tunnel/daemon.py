@@ -10,10 +10,11 @@ import time
 
 import uvloop
 
-from . import netlink, uapi
-from .config import Config
+from . import native, netlink, uapi
+from .config import Config, ConfigError
 from .device import DeviceError, open_device
 from .interface import Interface
+from .native_shell import NativeShell
 from .python_plane import PythonPlane
 from .status import snapshot
 from .udp import SocketError, open_socket
@@ -29,6 +30,7 @@ def up(config: Config) -> int:
     for warning in config.warnings:
         log.warning("%s", warning)
     c = config.interface
+    datapath = choose_datapath(config)
     with contextlib.ExitStack() as teardown:
         # Netlink work happens before the event loop starts: pyroute2 runs its own
         # asyncio loop, which cannot nest inside uvloop.
@@ -39,7 +41,8 @@ def up(config: Config) -> int:
         if netlink.link_exists(c.name):
             raise SetupError(f"a device named {c.name} already exists")
         try:
-            dev_fd = open_device(c.name, c.l2)
+            extra_flags = native.device_open_flags(c.l2) if datapath == "native" else 0
+            dev_fd = open_device(c.name, c.l2, extra_flags)
         except DeviceError as e:
             raise SetupError(str(e)) from None
         # Closing the fd deletes the device with its addresses and routes.
@@ -54,6 +57,7 @@ def up(config: Config) -> int:
             l2=c.l2,
             mtu=c.mtu,
             wall_offset=time.time() - time.monotonic(),
+            external_transport=datapath == "native",
             mac_ageing=c.mac_ageing,
         )
         for peer in config.peers:
@@ -64,13 +68,32 @@ def up(config: Config) -> int:
                 log.warning("%s: %s", c.name, warning)
         except netlink.NetlinkError_ as e:
             raise SetupError(str(e)) from None
-        plane = PythonPlane(iface, dev_fd, sock)
+        plane: PythonPlane | NativeShell
+        if datapath == "native":
+            plane = NativeShell(iface, dev_fd, sock, c.mtu)
+        else:
+            plane = PythonPlane(iface, dev_fd, sock)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(serve(c.name, c.mode, iface, plane, sock.getsockname()[1]))
 
 
+def choose_datapath(config: Config) -> str:
+    """ "auto" means native when the module is built; asking for native without it
+    is a config error, so the user learns why instead of getting a slow tunnel."""
+    wanted = config.interface.datapath
+    if wanted == "python" or (wanted == "auto" and not native.available()):
+        return "python"
+    if not native.available():
+        raise ConfigError(
+            config.path,
+            "interface.datapath",
+            "native, but the native module is not built (run scripts/setup)",
+        )
+    return "native"
+
+
 async def serve(
-    name: str, mode: str, iface: Interface, plane: PythonPlane, listen_port: int
+    name: str, mode: str, iface: Interface, plane: PythonPlane | NativeShell, listen_port: int
 ) -> int:
     """Run the data plane and the UAPI socket until SIGINT or SIGTERM."""
     loop = asyncio.get_running_loop()

@@ -54,13 +54,31 @@ class Deliver:
 
 
 @dataclass(frozen=True)
-class KeysChanged:
-    """A peer's keypairs changed: a data plane holding keys must copy them."""
+class Transmit:
+    """Encrypt and send a packet (empty: a keepalive) with the peer's current
+    keypair. Only with an external transport, which owns the send counters."""
+
+    peer: Peer
+    packet: bytes
+
+
+@dataclass(frozen=True)
+class KeypairInstalled:
+    """A handshake produced a keypair; an external transport must install it with
+    the same slot shuffle (Peer.install)."""
+
+    peer: Peer
+    keypair: Keypair
+
+
+@dataclass(frozen=True)
+class KeypairsCleared:
+    """Every keypair of the peer is gone (key material zeroed)."""
 
     peer: Peer
 
 
-Action = Send | Deliver | KeysChanged
+Action = Send | Deliver | Transmit | KeypairInstalled | KeypairsCleared
 
 
 def mode_name(l2: bool) -> str:
@@ -78,8 +96,13 @@ class Interface:
         wall_offset: float = 0.0,
         mac_ageing: float = DEFAULT_AGEING,
         under_load_threshold: int = UNDER_LOAD_INITIATIONS_PER_SECOND,
+        external_transport: bool = False,
     ) -> None:
         self.identity = StaticIdentity(private_key)
+        # With an external transport (the native plane) transport messages never
+        # pass through here: this core must then never encrypt, or two counters
+        # would use the same nonces.
+        self.external_transport = external_transport
         self.l2 = l2
         self.mtu = mtu
         self.randbytes = randbytes
@@ -203,7 +226,7 @@ class Interface:
         index = self._new_index(peer, None)
         response = peer.handshake.create_response(index, self._ephemeral(), self.l2)
         packed = peer.cookies.add_macs(response.pack(), now)
-        self._count_tx(peer, packed, now)
+        self._count_tx(peer, len(packed), now)
         if msg.l2 != self.l2:
             # Answer anyway so the initiator can authenticate us and report it too,
             # but derive no keys: frames of one mode are garbage to the other.
@@ -214,7 +237,7 @@ class Interface:
         keypair = Keypair(peer.handshake.derive_session(), now)
         self._install(peer, keypair)
         peer.timers.session_derived(now)
-        return [Send(source, packed), KeysChanged(peer)]
+        return [Send(source, packed), KeypairInstalled(peer, keypair)]
 
     def _receive_response(
         self, msg: Response, data: bytes, source: Address, now: float
@@ -245,7 +268,7 @@ class Interface:
         self._install(peer, keypair)
         self._handshake_complete(peer, now)
         peer.timers.session_derived(now)
-        actions: list[Action] = [KeysChanged(peer)]
+        actions: list[Action] = [KeypairInstalled(peer, keypair)]
         # The responder cannot send until it hears from us on the new keys.
         if not peer.staged:
             peer.staged.append(b"")
@@ -277,21 +300,10 @@ class Interface:
             return []
         actions: list[Action] = []
         if keypair is peer.next:
-            self._retire(peer.confirm(keypair))
-            self._handshake_complete(peer, now)
-            actions.append(KeysChanged(peer))
-            actions += self._flush_staged(peer, now)
-        self._authenticated(peer, len(data), source, now)
-        current = peer.current
-        if (
-            current is not None
-            and current.keys.is_initiator
-            and now - current.created > REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
-        ):
-            actions += self._initiate(peer, now, retry=False)
+            actions += self.confirmed(peer, keypair.local_index, now)
+        actions += self.transport_received(peer, source, len(data), bool(plaintext), now)
         if not plaintext:
             return actions  # a keepalive
-        peer.timers.data_received(now)
         if self.l2:
             if len(plaintext) < ETHERNET_HEADER:
                 peer.drops.not_ip += 1
@@ -306,6 +318,52 @@ class Interface:
             peer.drops.bad_source += 1
             return actions
         return [*actions, Deliver(plaintext[: header.length])]
+
+    # Transport events: from the path above, or reported by an external transport.
+
+    def confirmed(self, peer: Peer, local_index: int, now: float) -> list[Action]:
+        """The first transport message on `next` arrived: the responder's session
+        is confirmed (whitepaper 5.4.5) and staged packets may go."""
+        keypair = peer.next
+        if keypair is None or keypair.local_index != local_index:
+            return []
+        self._retire(peer.confirm(keypair))
+        self._handshake_complete(peer, now)
+        return self._flush_staged(peer, now)
+
+    def transport_received(
+        self, peer: Peer, source: Address, size: int, is_data: bool, now: float
+    ) -> list[Action]:
+        """Authenticated transport bytes arrived from the peer."""
+        self._authenticated(peer, size, source, now)
+        if is_data:
+            peer.timers.data_received(now)
+        current = peer.current
+        # Receiving-side freshness (timers.c keep_key_fresh): the initiator rekeys
+        # before the responder has to reject the session.
+        if (
+            current is not None
+            and current.keys.is_initiator
+            and now - current.created > REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+        ):
+            return self._initiate(peer, now, retry=False)
+        return []
+
+    def transport_sent(self, peer: Peer, size: int, is_data: bool, now: float) -> list[Action]:
+        """Transport bytes went to the peer; sending data may call for a rekey."""
+        self._count_tx(peer, size, now)
+        peer.timers.any_authenticated_sent()
+        if not is_data:
+            return []
+        peer.timers.data_sent(now)
+        return self._initiate(peer, now, retry=False) if peer.needs_rekey(now) else []
+
+    def stage(self, peer: Peer, packet: bytes, now: float) -> list[Action]:
+        """Queue a packet for the peer and send what can be sent."""
+        if len(peer.staged) == peer.staged.maxlen:
+            peer.drops.staged_overflow += 1
+        peer.staged.append(packet)
+        return self._flush_staged(peer, now)
 
     # Input from the device.
 
@@ -326,10 +384,7 @@ class Interface:
             targets = [owner]
         actions: list[Action] = []
         for peer in targets:
-            if len(peer.staged) == peer.staged.maxlen:
-                peer.drops.staged_overflow += 1
-            peer.staged.append(packet)
-            actions += self._flush_staged(peer, now)
+            actions += self.stage(peer, packet, now)
         return actions
 
     # Clock ticks.
@@ -372,7 +427,7 @@ class Interface:
             self._retire(peer.clear_keypairs())
             self._drop_handshake_index(peer)
             peer.handshake.zero()
-            return [KeysChanged(peer)]
+            return [KeypairsCleared(peer)]
         return self._keepalive(peer, now)  # PERSISTENT_KEEPALIVE
 
     # Sending.
@@ -384,25 +439,19 @@ class Interface:
         actions: list[Action] = []
         while peer.staged:
             packet = peer.staged.popleft()
+            if self.external_transport:
+                actions.append(Transmit(peer, packet))
+                continue
             plaintext = packet if self.l2 else pad(packet, self.mtu)
             data = keypair.encrypt(plaintext, now, self.l2)
-            actions.append(self._transmit(peer, data, now, is_data=bool(packet)))
-        if peer.needs_rekey(now):
-            actions += self._initiate(peer, now, retry=False)
+            actions.append(Send(peer.endpoint, data))
+            actions += self.transport_sent(peer, len(data), bool(packet), now)
         return actions
 
     def _keepalive(self, peer: Peer, now: float) -> list[Action]:
         if not peer.staged:
             peer.staged.append(b"")
         return self._flush_staged(peer, now)
-
-    def _transmit(self, peer: Peer, data: bytes, now: float, is_data: bool) -> Send:
-        assert peer.endpoint is not None
-        self._count_tx(peer, data, now)
-        peer.timers.any_authenticated_sent()
-        if is_data:
-            peer.timers.data_sent(now)
-        return Send(peer.endpoint, data)
 
     def _initiate(self, peer: Peer, now: float, retry: bool) -> list[Action]:
         if peer.endpoint is None:
@@ -421,7 +470,7 @@ class Interface:
         peer.last_initiation_sent = now
         jitter = int.from_bytes(self.randbytes(2), "little") / 65536 * REKEY_TIMEOUT_JITTER_MAX
         peer.timers.handshake_initiated(now, jitter)
-        self._count_tx(peer, data, now)
+        self._count_tx(peer, len(data), now)
         return [Send(peer.endpoint, data)]
 
     # Bookkeeping.
@@ -436,8 +485,8 @@ class Interface:
         peer.timers.any_authenticated_received()
         peer.timers.any_authenticated_traversal(now)
 
-    def _count_tx(self, peer: Peer, data: bytes, now: float) -> None:
-        peer.tx_bytes += len(data)
+    def _count_tx(self, peer: Peer, size: int, now: float) -> None:
+        peer.tx_bytes += size
         peer.timers.any_authenticated_traversal(now)
 
     def _handshake_complete(self, peer: Peer, now: float) -> None:

@@ -63,17 +63,17 @@ class Peer:
         The initiator may send at once; the responder must wait for the initiator's
         first transport message (confirmation) before sending, so it goes to `next`
         (whitepaper section 5.4.5, noise.c add_new_keypair)."""
-        retired: list[Keypair] = []
         if keypair.keys.is_initiator:
             if self.next is not None:
-                retired += [k for k in (self.next, self.previous) if k is not None]
+                # An unconfirmed responder session outranks the current one.
+                retired = [k for k in (self.current, self.previous) if k is not None]
                 self.previous, self.next = self.next, None
             else:
-                retired += [self.previous] if self.previous else []
+                retired = [self.previous] if self.previous else []
                 self.previous = self.current
             self.current = keypair
         else:
-            retired += [k for k in (self.next, self.previous) if k is not None]
+            retired = [k for k in (self.next, self.previous) if k is not None]
             self.next, self.previous = keypair, None
         return retired
 

@@ -1,0 +1,171 @@
+"""The native data plane behind `pyvpn up`: C threads move transport messages
+(native/), this shell keeps the protocol in the sans-IO core. It mirrors keypairs
+into C, feeds the core the datagrams and packets C hands up, and turns C's
+per-peer counters into the core's timer events."""
+
+import asyncio
+import logging
+import os
+import socket
+import time
+
+from . import native
+from .interface import (
+    Action,
+    Deliver,
+    Interface,
+    KeypairInstalled,
+    KeypairsCleared,
+    Send,
+    Transmit,
+)
+from .native import NativePlane, PeerStats, UpcallKind, parse_upcall
+from .peer import Peer
+from .udp import to_sockaddr
+
+log = logging.getLogger("pyvpn")
+
+TICK = 0.1
+UPCALL_BATCH = 256
+# A virtio_net_hdr of zeros (no offload, native/internal.h VNET_HDR_LEN) before
+# the packets Python itself writes into the device.
+VNET_HDR_NONE = bytes(10)
+
+
+class NativeShell:
+    name = "native"
+
+    def __init__(self, iface: Interface, dev_fd: int, sock: socket.socket, mtu: int) -> None:
+        self.iface = iface
+        self.dev_fd = dev_fd
+        self.sock = sock
+        self.ctrl, ctrl_native = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.ctrl.setblocking(False)
+        self._ctrl_native = ctrl_native  # the C side writes to it; closed after the plane
+        self.plane = NativePlane(
+            dev_fd, sock.fileno(), ctrl_native.fileno(), tap=iface.l2, vnet_hdr=True, mtu=mtu
+        )
+        self.plane.set_mac_ageing(int(iface.macs.ageing))
+        self.ids: dict[Peer, int] = {}
+        self.peers: dict[int, Peer] = {}
+        self.last: dict[int, PeerStats] = {}
+        for peer_id, peer in enumerate(iface.peers.values(), start=1):
+            self.ids[peer], self.peers[peer_id] = peer_id, peer
+            self.plane.add_peer(peer_id)
+            if peer.endpoint:
+                self.plane.set_endpoint(peer_id, peer.endpoint)
+            for network in iface.routes.networks_of(peer):
+                self.plane.add_allowed_ip(peer_id, network)
+            self.last[peer_id] = self.plane.stats(peer_id)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tick_handle: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.ctrl.fileno(), self._upcalls)
+        self.plane.start(workers=1)  # a TX and an RX thread: right for 2 cores
+        self.apply(self.iface.start(time.monotonic()))
+        self._tick()
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.ctrl.fileno())
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self.plane.stop()
+        self.plane.close()
+        self.ctrl.close()
+        self._ctrl_native.close()
+
+    def _tick(self) -> None:
+        self.refresh()
+        self.apply(self.iface.tick(time.monotonic()))
+        assert self._loop is not None
+        self._tick_handle = self._loop.call_later(TICK, self._tick)
+
+    def refresh(self) -> None:
+        """Turn what C counted since the last look into the core's transport events."""
+        for peer_id, peer in self.peers.items():
+            new, old = self.plane.stats(peer_id), self.last[peer_id]
+            self.last[peer_id] = new
+            if new.has_current and peer.current is not None:
+                peer.current.send_counter = new.current_send_counter
+            peer.drops.replay_or_forged += (new.drop_bad_tag - old.drop_bad_tag) + (
+                new.drop_replay - old.drop_replay
+            )
+            peer.drops.bad_source += new.drop_bad_source - old.drop_bad_source
+            peer.drops.not_ip += new.drop_malformed - old.drop_malformed
+            if new.last_tx_ns != old.last_tx_ns:
+                self.apply(
+                    self.iface.transport_sent(
+                        peer,
+                        new.tx_bytes - old.tx_bytes,
+                        new.last_tx_data_ns != old.last_tx_data_ns,
+                        new.last_tx_ns / 1e9,
+                    )
+                )
+            if new.last_rx_ns != old.last_rx_ns and new.endpoint is not None:
+                self.apply(
+                    self.iface.transport_received(
+                        peer,
+                        new.endpoint,
+                        new.rx_bytes - old.rx_bytes,
+                        new.last_rx_data_ns != old.last_rx_data_ns,
+                        new.last_rx_ns / 1e9,
+                    )
+                )
+
+    def _upcalls(self) -> None:
+        now = time.monotonic()
+        for _ in range(UPCALL_BATCH):
+            try:
+                data = self.ctrl.recv(65536 + 64)
+            except BlockingIOError:
+                return
+            upcall = parse_upcall(data)
+            peer = self.peers.get(upcall.peer_id)
+            if upcall.kind is UpcallKind.DATAGRAM and upcall.address is not None:
+                self.apply(self.iface.receive_datagram(upcall.payload, upcall.address, now))
+            elif peer is None:
+                continue
+            elif upcall.kind is UpcallKind.NEED_KEY:
+                self.apply(self.iface.stage(peer, upcall.payload, now))
+            elif upcall.kind is UpcallKind.KEYPAIR_CONFIRMED:
+                self.refresh()  # the confirming message's bytes and times first
+                self.apply(self.iface.confirmed(peer, upcall.local_index, now))
+            elif upcall.kind is UpcallKind.ENDPOINT_CHANGED and upcall.address is not None:
+                peer.endpoint = upcall.address
+
+    def apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                try:
+                    self.sock.sendto(action.data, to_sockaddr(self.sock, action.destination))
+                except OSError as e:
+                    log.debug("send to %s failed: %s", action.destination, e.strerror)
+            elif isinstance(action, KeypairInstalled):
+                keys = action.keypair.keys
+                peer_id = self.ids[action.peer]
+                if action.peer.endpoint:
+                    self.plane.set_endpoint(peer_id, action.peer.endpoint)
+                self.plane.install_keypair(
+                    peer_id,
+                    keys.is_initiator,
+                    keys.local_index,
+                    keys.remote_index,
+                    keys.send_key,
+                    keys.receive_key,
+                )
+            elif isinstance(action, Transmit):
+                try:
+                    self.plane.send_packet(self.ids[action.peer], action.packet)
+                except OSError as e:
+                    log.debug("native send failed: %s", e.strerror)
+            elif isinstance(action, KeypairsCleared):
+                for slot in (native.SLOT_CURRENT, native.SLOT_PREVIOUS, native.SLOT_NEXT):
+                    self.plane.clear_keypair(self.ids[action.peer], slot)
+            elif isinstance(action, Deliver):
+                try:
+                    os.write(self.dev_fd, VNET_HDR_NONE + action.packet)
+                except OSError as e:
+                    log.debug("device write failed: %s", e.strerror)
