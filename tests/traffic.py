@@ -1,12 +1,16 @@
 """Real traffic through a tunnel for the namespace tests: a TCP transfer whose
-bytes are compared end to end, and a long-lived TCP stream that reports stalls."""
+bytes are compared end to end, and raw Ethernet frames sent and captured."""
 
+import contextlib
 import hashlib
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from tunnel.testbed import Namespace
 
@@ -58,3 +62,78 @@ def tcp_transfer(
             srv.wait()
     assert received and int(received[0]) == size, f"received {received}"
     return hashlib.sha256(data).hexdigest(), received[1]
+
+
+# Raw Ethernet frames through AF_PACKET sockets, for what is not IP: any ethertype,
+# any source MAC, group destinations. 0x88B5 is IEEE 802's "local experimental".
+ETHERTYPE_EXPERIMENTAL = 0x88B5
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+
+SEND_FRAMES = textwrap.dedent("""
+    import socket, sys
+    dev, dst, src, ethertype, payload, count = sys.argv[1:]
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    sock.bind((dev, 0))
+    own = sock.getsockname()[4]
+    source = bytes.fromhex(src.replace(":", "")) if src else own
+    frame = bytes.fromhex(dst.replace(":", "")) + source + int(ethertype).to_bytes(2, "big")
+    for _ in range(int(count)):
+        sock.send(frame + bytes.fromhex(payload))
+""")
+
+CAPTURE_FRAMES = textwrap.dedent("""
+    import json, select, socket, sys, time
+    dev, ethertype, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
+    sock.bind((dev, ethertype))
+    print("ready", flush=True)
+    seen, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([sock], [], [], left)[0]:
+            data, address = sock.recvfrom(65535)
+            if address[2] != socket.PACKET_OUTGOING:
+                seen.append([data[:6].hex(":"), data[6:12].hex(":"), data[14:].hex()])
+    print(json.dumps(seen), flush=True)
+""")
+
+
+@dataclass(frozen=True)
+class Frame:
+    destination: str  # MAC addresses as "02:00:..."
+    source: str
+    payload: bytes
+
+
+def send_frames(
+    ns: Namespace,
+    dev: str,
+    destination: str,
+    payload: bytes,
+    *,
+    source: str | None = None,
+    ethertype: int = ETHERTYPE_EXPERIMENTAL,
+    count: int = 1,
+) -> None:
+    """Transmit raw frames on `dev` (from its own MAC unless `source` is given)."""
+    ns.run(sys.executable, "-c", SEND_FRAMES, dev, destination, source or "", str(ethertype),
+           payload.hex(), str(count))  # fmt: skip
+
+
+@contextlib.contextmanager
+def capture_frames(
+    ns: Namespace, dev: str, ethertype: int = ETHERTYPE_EXPERIMENTAL, seconds: float = 2.0
+) -> Iterator[list[Frame]]:
+    """Frames of `ethertype` that arrive on `dev` during a window of `seconds` that
+    opens before the block runs; the list fills when the window has closed."""
+    proc = ns.popen(sys.executable, "-c", CAPTURE_FRAMES, dev, str(ethertype), str(seconds),
+                    stdout=subprocess.PIPE, text=True)  # fmt: skip
+    seen: list[Frame] = []
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield seen
+        out, _ = proc.communicate(timeout=seconds + 10)
+        seen += [Frame(d, s, bytes.fromhex(p)) for d, s, p in json.loads(out)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

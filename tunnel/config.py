@@ -3,6 +3,7 @@ objects. Every error names the file, the key and what is wrong, in one line."""
 
 import ipaddress
 import os
+import pwd
 import re
 import socket
 import stat
@@ -32,6 +33,7 @@ INTERFACE_KEYS = {
     "bridge",
     "datapath",
     "mac_ageing",
+    "user",
 }
 PEER_KEYS = {
     "public_key",
@@ -60,6 +62,7 @@ class InterfaceConfig:
     bridge: str | None = None
     datapath: str = "auto"
     mac_ageing: float = DEFAULT_AGEING
+    user: str | None = None  # drop root to this user after setup (tunnel/privileges.py)
 
     @property
     def l2(self) -> bool:
@@ -151,8 +154,15 @@ class _Parser:
                 raise self.fail("interface.bridge", f"{bridge!r} is not a valid bridge name")
         datapath = self.choice(t, "datapath", "interface", DATAPATHS, "auto")
         ageing = self.integer(t, "mac_ageing", "interface", 1, 86400, int(DEFAULT_AGEING))
+        user = None
+        if "user" in t:
+            user = self.string(t, "user", "interface", "")
+            try:
+                pwd.getpwnam(user)
+            except KeyError:
+                raise self.fail("interface.user", f"no such user {user!r}") from None
         return InterfaceConfig(
-            private_key, name, mode, port, addresses, mtu, bridge, datapath, float(ageing)
+            private_key, name, mode, port, addresses, mtu, bridge, datapath, float(ageing), user
         )
 
     def peer(self, t: Any, index: int, interface: InterfaceConfig) -> PeerConfig:

@@ -15,6 +15,7 @@ from .config import Config, ConfigError
 from .device import DeviceError, open_device
 from .interface import Interface
 from .native_shell import NativeShell
+from .privileges import PrivilegeError, drop_privileges
 from .python_plane import PythonPlane
 from .status import snapshot
 from .udp import SocketError, open_socket
@@ -74,7 +75,9 @@ def up(config: Config) -> int:
         else:
             plane = PythonPlane(iface, dev_fd, sock)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(serve(c.name, c.mode, iface, plane, sock.getsockname()[1]))
+            return runner.run(
+                serve(c.name, c.mode, iface, plane, sock.getsockname()[1], user=c.user)
+            )
 
 
 def choose_datapath(config: Config) -> str:
@@ -93,7 +96,12 @@ def choose_datapath(config: Config) -> str:
 
 
 async def serve(
-    name: str, mode: str, iface: Interface, plane: PythonPlane | NativeShell, listen_port: int
+    name: str,
+    mode: str,
+    iface: Interface,
+    plane: PythonPlane | NativeShell,
+    listen_port: int,
+    user: str | None = None,
 ) -> int:
     """Run the data plane and the UAPI socket until SIGINT or SIGTERM."""
     loop = asyncio.get_running_loop()
@@ -107,6 +115,12 @@ async def serve(
         server = await _serve_uapi(name, iface, listen_port, status)
         teardown.callback(_remove_socket, name)
         teardown.callback(server.close)
+        if user is not None:
+            # Setup is done; before plane.start, whose threads inherit the capabilities.
+            try:
+                drop_privileges(user, uapi.socket_path(name))
+            except PrivilegeError as e:
+                raise SetupError(str(e)) from None
         plane.start(loop)
         teardown.callback(plane.stop)
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -160,5 +174,6 @@ async def _serve_uapi(
 
 
 def _remove_socket(name: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    # PermissionError: we dropped root; the janitor of privileges.py removes it.
+    with contextlib.suppress(FileNotFoundError, PermissionError):
         os.unlink(uapi.socket_path(name))

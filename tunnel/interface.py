@@ -28,6 +28,7 @@ from .messages import CookieReply, Initiation, MessageError, Response, Transport
 from .noise import HandshakeError, StaticIdentity, accept_initiation, consume_initiation
 from .packet import ETHERNET_HEADER, is_group_mac, parse_ip
 from .peer import Peer, PeerConfig
+from .pmtu import too_big_reply
 from .ratelimiter import RateLimiter
 from .switch import DEFAULT_AGEING, MacTable
 from .tai64n import tai64n
@@ -372,6 +373,13 @@ class Interface:
             if len(packet) < ETHERNET_HEADER:
                 self.drops["runt_frame"] += 1
                 return []
+            if len(packet) - ETHERNET_HEADER > self.mtu:
+                # Answer as a router would (tunnel/pmtu.py); what gets no answer
+                # goes anyway, and the underlay fragments the outer datagram.
+                reply = too_big_reply(packet, self.mtu)
+                if reply is not None:
+                    self.drops["frame_too_big"] += 1
+                    return [Deliver(reply)]
             destination = packet[:6]
             owner = None if is_group_mac(destination) else self.macs.lookup(destination, now)
             targets = [owner] if owner else list(self.peers.values())

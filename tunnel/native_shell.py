@@ -9,7 +9,7 @@ import os
 import socket
 import time
 
-from . import native
+from . import native, udp
 from .interface import (
     Action,
     Deliver,
@@ -21,11 +21,18 @@ from .interface import (
 )
 from .native import NativePlane, PeerStats, UpcallKind, parse_upcall
 from .peer import Peer
-from .udp import to_sockaddr
 
 log = logging.getLogger("pyvpn")
 
 TICK = 0.1
+# The C plane's interface-wide drop counters, under the core's names for them.
+INTERFACE_DROPS = {
+    "unknown_index": "rx_unknown_index",
+    "malformed": "rx_malformed",
+    "no_route": "tx_no_route",
+    "runt_frame": "tx_malformed",
+    "upcall_overflow": "upcalls_dropped",
+}
 UPCALL_BATCH = 256
 # A virtio_net_hdr of zeros (no offload, native/internal.h VNET_HDR_LEN) before
 # the packets Python itself writes into the device.
@@ -57,6 +64,7 @@ class NativeShell:
             for network in iface.routes.networks_of(peer):
                 self.plane.add_allowed_ip(peer_id, network)
             self.last[peer_id] = self.plane.stats(peer_id)
+        self.last_interface = self.plane.interface_stats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
 
@@ -85,6 +93,19 @@ class NativeShell:
 
     def refresh(self) -> None:
         """Turn what C counted since the last look into the core's transport events."""
+        if self.iface.l2:
+            learned = [
+                (bytes.fromhex(e.mac.replace(":", "")), self.peers[e.peer_id], e.age)
+                for e in self.plane.mac_table()
+                if e.peer_id in self.peers
+            ]
+            self.iface.macs.mirror(learned, time.monotonic())
+        new_if, old_if = self.plane.interface_stats(), self.last_interface
+        self.last_interface = new_if
+        for reason, field in INTERFACE_DROPS.items():
+            delta = getattr(new_if, field) - getattr(old_if, field)
+            if delta:
+                self.iface.drops[reason] += delta
         for peer_id, peer in self.peers.items():
             new, old = self.plane.stats(peer_id), self.last[peer_id]
             self.last[peer_id] = new
@@ -139,10 +160,7 @@ class NativeShell:
     def apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
-                try:
-                    self.sock.sendto(action.data, to_sockaddr(self.sock, action.destination))
-                except OSError as e:
-                    log.debug("send to %s failed: %s", action.destination, e.strerror)
+                udp.send(self.sock, action.destination, action.data)
             elif isinstance(action, KeypairInstalled):
                 keys = action.keypair.keys
                 peer_id = self.ids[action.peer]

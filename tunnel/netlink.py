@@ -27,19 +27,29 @@ def configure(
     bridge: str | None,
 ) -> list[str]:
     """Bring the device up with its addresses and a route per allowed network.
-    Returns warnings for routes deliberately not installed."""
+    Returns warnings for routes deliberately not installed.
+
+    `mtu` is the tunnel's. A device joining a bridge gets the segment's MTU if that
+    is larger: a bridge drops a frame bigger than the port's MTU without a trace,
+    so the device takes the frames the segment's hosts send and pyvpn answers the
+    ones too big for the tunnel with an ICMP error (tunnel/pmtu.py)."""
     warnings: list[str] = []
     with IPRoute() as ipr:
         index = _index(ipr, name)
         step = "set the MTU"
         try:
-            ipr.link("set", index=index, mtu=mtu)
+            master = None
             if bridge is not None:
-                step = f"attach to bridge {bridge}"
-                master = ipr.link_lookup(ifname=bridge)
-                if not master:
+                found = ipr.link_lookup(ifname=bridge)
+                if not found:
                     raise NetlinkError_(f"bridge {bridge} does not exist")
-                ipr.link("set", index=index, master=master[0])
+                master = found[0]
+                # Read before attaching: afterwards the bridge follows its smallest port.
+                mtu = max(mtu, ipr.get_links(master)[0].get("IFLA_MTU"))
+            ipr.link("set", index=index, mtu=mtu)
+            if master is not None:
+                step = f"attach to bridge {bridge}"
+                ipr.link("set", index=index, master=master)
             for address in addresses:
                 step = f"add address {address}"
                 ipr.addr(

@@ -8,8 +8,9 @@ import os
 import socket
 import time
 
+from . import udp
 from .interface import Action, Deliver, Interface, Send
-from .udp import from_sockaddr, to_sockaddr
+from .udp import from_sockaddr
 
 log = logging.getLogger("pyvpn")
 
@@ -77,10 +78,7 @@ class PythonPlane:
     def apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
-                try:
-                    self.sock.sendto(action.data, to_sockaddr(self.sock, action.destination))
-                except OSError as e:
-                    log.debug("send to %s failed: %s", action.destination, e.strerror)
+                udp.send(self.sock, action.destination, action.data)
             elif isinstance(action, Deliver):
                 try:
                     os.write(self.dev_fd, action.packet)

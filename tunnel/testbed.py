@@ -519,15 +519,18 @@ def _pyvpn_env() -> dict[str, str]:
 
 
 def start_pyvpn(
-    ns: Namespace, config_path: str | os.PathLike[str], timeout: float = 20.0
+    ns: Namespace,
+    config_path: str | os.PathLike[str],
+    timeout: float = 20.0,
+    args: Sequence[str] = (),
 ) -> Daemon:
-    """`python -m tunnel up CONFIG` in `ns`; returns once its UAPI socket answers."""
+    """`python -m tunnel up [ARGS] CONFIG` in `ns`; returns once its UAPI socket answers."""
     with open(config_path, "rb") as fh:
         name = tomllib.load(fh).get("interface", {}).get("name", "pyvpn0")
     _remove_dead_socket(name)
     daemon = start_daemon(
         ns,
-        [sys.executable, "-m", "tunnel", "up", str(config_path)],
+        [sys.executable, "-m", "tunnel", "up", *args, str(config_path)],
         name,
         {**_pyvpn_env(), "PYTHONUNBUFFERED": "1"},
         label=f"pyvpn up {Path(config_path).name}",

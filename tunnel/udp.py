@@ -2,9 +2,12 @@
 conversion between its socket addresses and the core's plain (host, port) pairs."""
 
 import ipaddress
+import logging
 import socket
 
 from .cookie import Address
+
+log = logging.getLogger("pyvpn")
 
 SOCKET_BUFFER = 4 << 20  # room for bursts while the event loop is busy
 
@@ -51,3 +54,11 @@ def to_sockaddr(sock: socket.socket, address: Address) -> tuple:
 def format_address(address: Address) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def send(sock: socket.socket, address: Address, data: bytes) -> None:
+    """Send one datagram; a failure (no route, buffer full) is the loss UDP allows."""
+    try:
+        sock.sendto(data, to_sockaddr(sock, address))
+    except OSError as e:
+        log.debug("send to %s failed: %s", format_address(address), e.strerror)

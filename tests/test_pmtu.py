@@ -1,0 +1,229 @@
+"""tunnel/pmtu.py: the ICMP errors a tap tunnel writes back for frames too big for
+it. Checksums are checked with an independent one's-complement sum (RFC 1071's
+verification: over a message holding its checksum, the sum is all ones); the
+namespace test in test_tunnel_tap.py shows real Linux hosts accept the replies."""
+
+import struct
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tunnel.pmtu import internet_checksum, too_big_reply
+
+MTU = 1406
+MAC_X = bytes.fromhex("020000000001")  # the sender
+MAC_Y = bytes.fromhex("020000000002")  # the host it sends to
+IP_X, IP_Y = bytes([10, 30, 0, 1]), bytes([10, 30, 0, 2])
+IP6_X = bytes.fromhex("fd300000000000000000000000000001")
+IP6_Y = bytes.fromhex("fe800000000000000000000000000002")
+
+
+def ones_sum(data: bytes) -> int:
+    """A second, deliberately different one's-complement sum: byte by byte, folding
+    each carry at once (RFC 1071 4.1's loop) instead of at the end."""
+    if len(data) % 2:
+        data += b"\0"
+    total = 0
+    for i in range(0, len(data), 2):
+        total += (data[i] << 8) | data[i + 1]
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def checksum_ok(data: bytes) -> bool:
+    return ones_sum(data) == 0xFFFF
+
+
+def fix_ipv4_checksum(header: bytearray) -> bytearray:
+    header[10:12] = b"\0\0"
+    header[10:12] = (~ones_sum(bytes(header)) & 0xFFFF).to_bytes(2, "big")
+    return header
+
+
+def ipv4(
+    size: int,
+    *,
+    df: bool = True,
+    offset: int = 0,
+    proto: int = 6,
+    src: bytes = IP_X,
+    dst: bytes = IP_Y,
+    options: bytes = b"",
+    payload: bytes = b"",
+) -> bytes:
+    header_length = 20 + len(options)
+    flags = (0x4000 if df else 0) | offset
+    header = bytearray(
+        struct.pack("!BBHHHBBH4s4s", 0x40 | header_length // 4, 0, size, 0x1234, flags, 64,
+                    proto, 0, src, dst) + options
+    )  # fmt: skip
+    body = (payload + bytes(range(256)) * 64)[: size - header_length]
+    return bytes(fix_ipv4_checksum(header)) + body
+
+
+def ipv6(
+    size: int, *, next_header: int = 6, src: bytes = IP6_X, dst: bytes = IP6_Y, payload: bytes = b""
+) -> bytes:
+    body = (payload + bytes(range(256)) * 64)[: size - 40]
+    return struct.pack("!IHBB16s16s", 6 << 28, size - 40, next_header, 64, src, dst) + body
+
+
+def frame(packet: bytes, ethertype: int, dst: bytes = MAC_Y, tags: bytes = b"") -> bytes:
+    return dst + MAC_X + tags + ethertype.to_bytes(2, "big") + packet
+
+
+def test_checksum_matches_rfc1071_example():
+    # RFC 1071 3: the words 0001 f203 f4f5 f6f7 sum to ddf2; the checksum is its complement.
+    assert internet_checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0x220D
+    assert internet_checksum(bytes.fromhex("0001f203f4f5f6f7220d")) == 0
+
+
+def test_ipv4_with_dont_fragment_gets_fragmentation_needed():
+    original = ipv4(1500)
+    reply = too_big_reply(frame(original, 0x0800), MTU)
+    assert reply is not None
+    assert reply[:6] == MAC_X and reply[6:12] == MAC_Y and reply[12:14] == b"\x08\x00"
+    ip = reply[14:]
+    assert ip[0] == 0x45 and ip[9] == 1 and ip[8] == 64
+    assert int.from_bytes(ip[2:4], "big") == len(ip) == 20 + 8 + 28
+    assert ip[12:16] == IP_Y and ip[16:20] == IP_X  # from the address it was sent to
+    assert checksum_ok(ip[:20])
+    icmp = ip[20:]
+    assert icmp[0] == 3 and icmp[1] == 4  # destination unreachable, fragmentation needed
+    assert icmp[4:6] == b"\0\0" and int.from_bytes(icmp[6:8], "big") == MTU
+    assert icmp[8:] == original[:28]  # RFC 792: IP header + 64 bits of data
+    assert checksum_ok(icmp)
+
+
+def test_ipv4_quote_covers_options():
+    original = ipv4(1500, options=b"\x01\x01\x01\x00")  # 3 NOPs + end of options
+    reply = too_big_reply(frame(original, 0x0800), MTU)
+    assert reply is not None and reply[14 + 28 :] == original[:32]
+    assert checksum_ok(reply[14 + 20 :])
+
+
+def test_icmp_echo_with_dont_fragment_is_answered():
+    # ping -M do: an ICMP *query* is answered; only errors about errors are not.
+    original = ipv4(1500, proto=1, payload=b"\x08\x00" + bytes(2000))
+    assert too_big_reply(frame(original, 0x0800), MTU) is not None
+
+
+def test_fitting_frames_are_not_touched():
+    assert too_big_reply(frame(ipv4(MTU), 0x0800), MTU) is None
+    assert too_big_reply(frame(ipv6(MTU), 0x86DD), MTU) is None
+    # An oversized frame whose IP packet fits (trailing bytes): nothing to report.
+    assert too_big_reply(frame(ipv4(1000) + bytes(600), 0x0800), MTU) is None
+
+
+def test_what_gets_no_icmp_error():
+    cases = {
+        "may be fragmented": frame(ipv4(1500, df=False), 0x0800),
+        "non-initial fragment": frame(ipv4(1500, offset=100), 0x0800),
+        "error about an error": frame(ipv4(1500, proto=1, payload=b"\x03\x04"), 0x0800),
+        "multicast destination": frame(ipv4(1500, dst=bytes([239, 1, 2, 3])), 0x0800),
+        "broadcast destination": frame(ipv4(1500, dst=bytes([255] * 4)), 0x0800),
+        "unspecified source": frame(ipv4(1500, src=bytes(4)), 0x0800),
+        "loopback source": frame(ipv4(1500, src=bytes([127, 0, 0, 1])), 0x0800),
+        "link-layer broadcast": frame(ipv4(1500), 0x0800, dst=b"\xff" * 6),
+        "link-layer multicast": frame(ipv4(1500), 0x0800, dst=bytes.fromhex("01005e010203")),
+        "not IP": frame(bytes(1500), 0x88B5),
+        "ARP": frame(bytes(1500), 0x0806),
+        "IPv4 ethertype, not IPv4": frame(ipv6(1500), 0x0800),
+        "truncated IPv4": frame(ipv4(1500)[:1450], 0x0800),
+        "IPv6 error about an error": frame(ipv6(1500, next_header=58, payload=b"\x01"), 0x86DD),
+        "IPv6 multicast destination": frame(ipv6(1500, dst=b"\xff\x02" + bytes(14)), 0x86DD),
+        "IPv6 unspecified source": frame(ipv6(1500, src=bytes(16)), 0x86DD),
+    }
+    for why, f in cases.items():
+        assert too_big_reply(f, MTU) is None, why
+
+
+def test_corrupt_ipv4_header_gets_no_answer():
+    original = bytearray(ipv4(1500))
+    original[8] ^= 0xFF  # TTL changed, checksum not
+    assert too_big_reply(frame(bytes(original), 0x0800), MTU) is None
+
+
+def test_ipv6_gets_packet_too_big_quoting_up_to_1280_bytes():
+    original = ipv6(1500, payload=b"marker")
+    reply = too_big_reply(frame(original, 0x86DD), MTU)
+    assert reply is not None
+    assert reply[:6] == MAC_X and reply[6:12] == MAC_Y and reply[12:14] == b"\x86\xdd"
+    ip = reply[14:]
+    assert len(ip) == 1280  # RFC 4443 3.2: as much as fits in the minimum MTU
+    assert ip[0] >> 4 == 6 and ip[6] == 58 and ip[7] == 64
+    assert int.from_bytes(ip[4:6], "big") == len(ip) - 40
+    assert ip[8:24] == IP6_Y and ip[24:40] == IP6_X
+    icmp = ip[40:]
+    assert icmp[0] == 2 and icmp[1] == 0 and int.from_bytes(icmp[4:8], "big") == MTU
+    assert icmp[8:] == original[: 1280 - 48]
+    pseudo = ip[8:40] + struct.pack("!I3xB", len(icmp), 58)
+    assert checksum_ok(pseudo + icmp)
+
+
+def test_ipv6_echo_request_is_answered():
+    # ping -M do: a query is answered, even one just over the minimum MTU.
+    original = ipv6(1281, next_header=58, payload=b"\x80\x00")
+    reply = too_big_reply(frame(original, 0x86DD), 1280)
+    assert reply is not None and reply[14 + 48 :] == original[: 1280 - 48]
+    assert int.from_bytes(reply[14 + 44 : 14 + 48], "big") == 1280
+
+
+def test_ipv6_below_its_minimum_mtu_is_left_to_underlay_fragmentation():
+    assert too_big_reply(frame(ipv6(1500), 0x86DD), 1200) is None
+    assert too_big_reply(frame(ipv4(1500), 0x0800), 1200) is not None
+
+
+def test_vlan_tags_are_kept_and_counted_against_the_mtu():
+    for tags in (bytes.fromhex("8100000a"), bytes.fromhex("88a8000b8100000a")):
+        # The IP packet plus the tags must fit: 1400 + tags > 1406 - nothing else.
+        size = MTU - len(tags) + 1
+        reply = too_big_reply(frame(ipv4(size), 0x0800, tags=tags), MTU)
+        assert reply is not None
+        assert reply[12 : 12 + len(tags)] == tags
+        assert reply[12 + len(tags) : 14 + len(tags)] == b"\x08\x00"
+        icmp = reply[14 + len(tags) + 20 :]
+        assert int.from_bytes(icmp[6:8], "big") == MTU - len(tags)
+        assert checksum_ok(icmp)
+        reply6 = too_big_reply(frame(ipv6(1500), 0x86DD, tags=tags), MTU)
+        assert reply6 is not None and reply6[12 : 12 + len(tags)] == tags
+        assert int.from_bytes(reply6[14 + len(tags) + 44 : 14 + len(tags) + 48], "big") == (
+            MTU - len(tags)
+        )
+    # Three tags are more than any switch stacks: left alone.
+    three = bytes.fromhex("88a8000b8100000a8100000c")
+    assert too_big_reply(frame(ipv4(1500), 0x0800, tags=three), MTU) is None
+
+
+@given(st.binary(max_size=2000), st.integers(min_value=0, max_value=70000))
+def test_never_raises_on_arbitrary_bytes(data, mtu):
+    reply = too_big_reply(data, mtu)
+    assert reply is None or isinstance(reply, bytes)
+
+
+@given(
+    st.integers(min_value=20, max_value=3000),
+    st.integers(min_value=576, max_value=2000),
+    st.binary(min_size=0, max_size=64),
+    st.booleans(),
+)
+def test_every_reply_is_well_formed(size, mtu, payload, v6):
+    if v6:
+        size = max(size, 40)
+        original = ipv6(size, next_header=58, payload=b"\x80" + payload)
+        reply = too_big_reply(frame(original, 0x86DD), mtu)
+    else:
+        original = ipv4(size, proto=1, payload=b"\x08" + payload)
+        reply = too_big_reply(frame(original, 0x0800), mtu)
+    ip_mtu_limit = 1280 if v6 else 68
+    if size <= mtu or mtu < ip_mtu_limit:
+        assert reply is None
+        return
+    assert reply is not None and reply[:12] == MAC_X + MAC_Y
+    ip = reply[14:]
+    if v6:
+        assert len(ip) <= 1280 and ip[48:] == original[: len(ip) - 48]
+        assert checksum_ok(ip[8:40] + struct.pack("!I3xB", len(ip) - 40, 58) + ip[40:])
+    else:
+        assert checksum_ok(ip[:20]) and checksum_ok(ip[20:])
+        assert ip[28:] == original[:28]

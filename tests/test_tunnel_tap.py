@@ -1,0 +1,319 @@
+"""pyvpn tap tunnels between real network namespaces: two Ethernet segments, each a
+Linux bridge with a host on it, joined into one by real TAP devices and real pyvpn
+processes; a hub whose learning switch serves three spokes; a tap end meeting a
+tun end."""
+
+import contextlib
+import json
+import re
+import signal
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tunnel import keys
+from tunnel.config import load
+from tunnel.testbed import (
+    EXIT_CONFIG,
+    Daemon,
+    Namespace,
+    Testbed,
+    TunnelStartError,
+    device_name,
+    pyvpn_status,
+    render_config,
+    start_pyvpn,
+    wait_reachable,
+    write_pair_configs,
+)
+
+from .conftest import ROOT
+from .traffic import BROADCAST, Frame, capture_frames, send_frames, tcp_transfer
+
+NATIVE_PENDING = "native plane not yet wired into pyvpn up"
+BRIDGE = "br0"
+HOST_X, HOST_Y = "10.30.0.1", "10.30.0.2"
+HOST_X6, HOST_Y6 = "fd30::1", "fd30::2"
+TAP_MTU = 1406  # the default: 1500 - IPv6 - UDP - WireGuard - Ethernet header
+
+
+@pytest.fixture(params=["python", "native"])
+def datapath(request) -> str:
+    return request.param
+
+
+def start(ns: Namespace, path: Path, datapath: str) -> Daemon:
+    """start_pyvpn, skipping the native runs while `pyvpn up` cannot run that plane."""
+    try:
+        daemon = start_pyvpn(ns, path)
+    except TunnelStartError as e:
+        if datapath == "native" and e.returncode == EXIT_CONFIG:
+            pytest.skip(NATIVE_PENDING)
+        raise
+    running = pyvpn_status(daemon.name)["datapath"]
+    if running != datapath:
+        daemon.stop()
+        if datapath == "native":
+            pytest.skip(NATIVE_PENDING)
+        pytest.fail(f"asked for the {datapath} data plane, pyvpn show says {running}")
+    return daemon
+
+
+def link_mac(ns: Namespace, dev: str) -> str:
+    return json.loads(ns.run("ip", "-j", "link", "show", dev).stdout)[0]["address"]
+
+
+def link_mtu(ns: Namespace, dev: str) -> int:
+    return json.loads(ns.run("ip", "-j", "link", "show", dev).stdout)[0]["mtu"]
+
+
+def link_local(ns: Namespace, dev: str) -> str:
+    info = json.loads(ns.run("ip", "-j", "-6", "addr", "show", dev).stdout)
+    return next(a["local"] for a in info[0]["addr_info"] if a.get("scope") == "link")
+
+
+def macs_by_peer(name: str) -> dict[str, list[str]]:
+    """`pyvpn show --json`: the MAC addresses learned behind each peer, by public key."""
+    peers = pyvpn_status(name)["peers"]
+    return {p["public_key"]: sorted(m["mac"] for m in p["macs"]) for p in peers}
+
+
+def poll(condition, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout:g} s")
+        time.sleep(0.1)
+
+
+def marker(label: str) -> bytes:
+    # 64 bytes: well above Ethernet's 46-byte minimum, so no padding blurs the comparison.
+    return f"pyvpn tap test {label}".encode().ljust(64, b".")
+
+
+# ---------------------------------------------------------------------------
+# Two bridged segments: host x - br0 in gateway a ==tunnel== gateway b - br0 - host y
+
+
+@pytest.fixture
+def segments(bed: Testbed) -> tuple[Namespace, Namespace]:
+    """Hosts x and y, each on bridge br0 of its gateway (bed.a, bed.b), one subnet."""
+    hosts = bed.add_namespace("x"), bed.add_namespace("y")
+    for gateway, host, v4, v6 in ((bed.a, hosts[0], HOST_X, HOST_X6),
+                                  (bed.b, hosts[1], HOST_Y, HOST_Y6)):  # fmt: skip
+        bed.add_bridge(gateway, BRIDGE)
+        bed.link(gateway, host, [], [f"{v4}/24", f"{v6}/64"], bridge1=BRIDGE)
+    return hosts
+
+
+def host_dev(gateway: Namespace) -> str:
+    """A host's veth toward its gateway (Testbed.link names it after the other end)."""
+    return f"to-{gateway.label}"
+
+
+@contextlib.contextmanager
+def bridged_pair(bed: Testbed, directory: Path, datapath: str) -> Iterator[tuple[Daemon, Daemon]]:
+    """pyvpn tap on both gateways, each device on br0 with no address and no allowed_ips."""
+    bridged = {"bridge": BRIDGE, "address": None}
+    no_allowed_ips = {"allowed_ips": None}
+    path_a, path_b = write_pair_configs(
+        directory, "tap", datapath, interface_a=bridged, interface_b=bridged,
+        peer_a=no_allowed_ips, peer_b=no_allowed_ips,
+    )  # fmt: skip
+    with start(bed.a, path_a, datapath) as a, start(bed.b, path_b, datapath) as b:
+        yield a, b
+
+
+def test_bridged_segments_are_one_ethernet_segment(bed, segments, tmp_path, datapath):
+    x, y = segments
+    dev_x, dev_y = host_dev(bed.a), host_dev(bed.b)
+    mac_x, mac_y = link_mac(x, dev_x), link_mac(y, dev_y)
+    with bridged_pair(bed, tmp_path, datapath) as (a, b):
+        # IPv4 over ARP (a broadcast) resolved across the tunnel.
+        wait_reachable(x, HOST_Y, timeout=15)
+        assert " 0% packet loss" in x.run("ping", "-c", "3", "-i", "0.2", HOST_Y).stdout
+        neighbour = x.run("ip", "neigh", "show", HOST_Y, "dev", dev_x).stdout
+        assert f"lladdr {mac_y}" in neighbour
+        # IPv6: neighbour discovery (multicast), global and link-local addresses.
+        wait_reachable(x, HOST_Y6)
+        ll_y = link_local(y, dev_y)
+        ping6 = x.run("ping", "-6", "-c", "3", "-i", "0.2", "-w", "10", f"{ll_y}%{dev_x}")
+        assert " 0% packet loss" in ping6.stdout
+        # Frames of a non-IP ethertype, to unicast, broadcast and multicast destinations.
+        sent = [
+            Frame(mac_y, mac_x, marker("unicast")),
+            Frame(BROADCAST, mac_x, marker("broadcast")),
+            Frame("03:b5:00:00:00:01", mac_x, marker("multicast")),
+        ]
+        with capture_frames(y, dev_y) as seen:
+            for frame in sent:
+                send_frames(x, dev_x, frame.destination, frame.payload)
+        assert sorted(seen, key=repr) == sorted(sent, key=repr)
+        # Each gateway lists the far host's MAC behind its one peer.
+        assert mac_y in next(iter(macs_by_peer(a.name).values()))
+        assert mac_x in next(iter(macs_by_peer(b.name).values()))
+        # tap peers need no allowed_ips: none given, nothing to warn about.
+        assert "allowed_ips" not in a.output() + b.output()
+
+
+def test_teardown_leaves_the_bridge_and_removes_the_device(bed, segments, tmp_path, datapath):
+    with bridged_pair(bed, tmp_path, datapath) as (a, _):
+        members = bed.a.run("ip", "-o", "link", "show", "master", BRIDGE).stdout
+        assert f" {a.name}:" in members and f" {host_dev(segments[0])}@" in members
+        a.proc.send_signal(signal.SIGTERM)
+        assert a.proc.wait(timeout=10) == 0
+        assert not bed.a.has_link(a.name)
+        members = bed.a.run("ip", "-o", "link", "show", "master", BRIDGE).stdout
+        assert a.name not in members and f" {host_dev(segments[0])}@" in members
+
+
+def test_oversized_frames_get_icmp_errors_not_a_black_hole(bed, segments, tmp_path, datapath):
+    x, y = segments
+    with bridged_pair(bed, tmp_path, datapath) as (a, _):
+        # The tunnel carries 1406-byte packets, the device takes the segment's 1500.
+        assert pyvpn_status(a.name)["mtu"] == TAP_MTU
+        assert link_mtu(bed.a, a.name) == 1500
+        wait_reachable(x, HOST_Y, timeout=15)
+        wait_reachable(x, HOST_Y6)
+        # Full-size packets with Don't Fragment: the sender hears why, and how big.
+        ping = x.run("ping", "-M", "do", "-s", "1472", "-c", "3", "-i", "0.3", "-W", "1",
+                     HOST_Y, check=False)  # fmt: skip
+        assert re.search(rf"mtu ?= ?{TAP_MTU}\b", ping.stdout + ping.stderr), ping.stdout
+        ping6 = x.run("ping", "-6", "-M", "do", "-s", "1452", "-c", "3", "-i", "0.3", "-W", "1",
+                      HOST_Y6, check=False)  # fmt: skip
+        assert re.search(rf"mtu ?= ?{TAP_MTU}\b", ping6.stdout + ping6.stderr), ping6.stdout
+        # TCP between 1500-MTU hosts learns the path MTU and completes.
+        for server, client, address in ((y, x, HOST_Y), (x, y, HOST_X6)):
+            sent, received = tcp_transfer(server, client, address, 2 << 20, timeout=60)
+            assert sent == received
+
+
+# ---------------------------------------------------------------------------
+# A hub with three spokes: pyvpn's learning switch
+
+
+SPOKE_MACS = ["02:00:00:00:b5:01", "02:00:00:00:b5:02", "02:00:00:00:b5:03"]
+MAC_AGEING = 5
+
+
+def write_star_configs(directory: Path, names: list[str], underlay: list[tuple[str, str]],
+                       datapath: str) -> list[Path]:  # fmt: skip
+    """A tap hub (names[0]) with one peer per spoke; spoke i reaches the hub at
+    underlay[i][0] and is reached at underlay[i][1]. No addresses: the only frames
+    are the test's."""
+    private = [keys.generate_private_key() for _ in names]
+    public = [keys.encode(keys.public_key(k)) for k in private]
+    common = {"mode": "tap", "listen_port": 51820, "datapath": datapath}
+    tables = [
+        (
+            {"name": names[0], "private_key": keys.encode(private[0]), **common,
+             "mac_ageing": MAC_AGEING},
+            [{"public_key": public[i + 1], "endpoint": f"{spoke}:51820"}
+             for i, (_, spoke) in enumerate(underlay)],
+        )
+    ]  # fmt: skip
+    for i, (hub, _) in enumerate(underlay):
+        tables.append(
+            (
+                {"name": names[i + 1], "private_key": keys.encode(private[i + 1]), **common},
+                # The spoke handshakes at once, so the hub knows every spoke's endpoint.
+                [{"public_key": public[0], "endpoint": f"{hub}:51820",
+                  "persistent_keepalive": 25}],
+            )
+        )  # fmt: skip
+    paths = []
+    for (interface, peers), name in zip(tables, names, strict=True):
+        path = directory / f"{name}.toml"
+        path.write_text(render_config(interface, peers))
+        paths.append(path)
+    return paths
+
+
+def test_hub_is_a_learning_switch_with_ageing(tmp_path, datapath):
+    with Testbed(n=4, tag="sw") as bed, contextlib.ExitStack() as stack:
+        hub, spokes = bed.namespaces[0], bed.namespaces[1:]
+        for i, spoke in enumerate(spokes[1:], start=2):
+            bed.link(hub, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"])
+        for ns in bed.namespaces:
+            # A tap device with IPv6 sends router solicitations and MLD reports on its
+            # own: without IPv6 the frames we count are only the test's.
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", 1)
+        underlay = [(f"198.18.{i}.1", f"198.18.{i}.2") for i in (0, 2, 3)]
+        names = [device_name("pvsw", c) for c in "hbcd"]
+        paths = write_star_configs(tmp_path, names, underlay, datapath)
+        daemons = [stack.enter_context(start(ns, p, datapath))
+                   for ns, p in zip(bed.namespaces, paths, strict=True)]  # fmt: skip
+        hub_dev, spoke_devs = names[0], names[1:]
+        poll(lambda: all(p["has_session"] for p in pyvpn_status(hub_dev)["peers"]),
+             "session with every spoke")  # fmt: skip
+        spoke_keys = [pyvpn_status(n)["public_key"] for n in spoke_devs]
+
+        def announce() -> None:
+            """Each spoke sends a frame from its own MAC: the hub learns (or refreshes)
+            it behind that spoke."""
+            for spoke, dev, mac in zip(spokes, spoke_devs, SPOKE_MACS, strict=True):
+                send_frames(spoke, dev, BROADCAST, marker(f"hello {mac}"), source=mac)
+
+        def deliveries(destination: str, label: str) -> list[int]:
+            """How often a frame from the hub to `destination` arrives at each spoke."""
+            with contextlib.ExitStack() as captures:
+                seen = [captures.enter_context(capture_frames(s, d, seconds=1.5))
+                        for s, d in zip(spokes, spoke_devs, strict=True)]  # fmt: skip
+                send_frames(hub, hub_dev, destination, marker(label), count=3)
+            return [sum(f.payload == marker(label) for f in s) for s in seen]
+
+        with capture_frames(hub, hub_dev) as at_hub:
+            announce()
+        assert sorted(f.source for f in at_hub) == SPOKE_MACS
+        learned = macs_by_peer(hub_dev)
+        assert [learned[k] for k in spoke_keys] == [[m] for m in SPOKE_MACS]
+        # Known unicast reaches only its spoke; broadcast reaches them all.
+        announce()  # fresh entries: each check outlasts a good part of MAC_AGEING
+        assert deliveries(SPOKE_MACS[0], "unicast") == [3, 0, 0]
+        announce()
+        assert deliveries(SPOKE_MACS[1], "unicast 2") == [0, 3, 0]
+        assert deliveries(BROADCAST, "broadcast") == [3, 3, 3]
+        # Ageing: silent for MAC_AGEING seconds, the entries go, and unicast floods.
+        poll(lambda: not any(macs_by_peer(hub_dev).values()), "ageing", MAC_AGEING + 5)
+        assert deliveries(SPOKE_MACS[0], "aged unicast") == [3, 3, 3]
+        assert all(d.alive() for d in daemons)
+
+
+# ---------------------------------------------------------------------------
+# A tap end meeting a tun end
+
+
+def test_mode_mismatch_is_reported_on_both_sides(bed, tmp_path, datapath):
+    path_a, path_b = write_pair_configs(
+        tmp_path, "tun", datapath,
+        interface_b={"mode": "tap", "name": device_name("pvtap", "b")},
+        peer_a={"persistent_keepalive": 25},  # a handshakes at once
+        peer_b={"allowed_ips": None},
+    )  # fmt: skip
+    key_of_b = tomllib.loads(path_a.read_text())["peer"][0]["public_key"]
+    key_of_a = tomllib.loads(path_b.read_text())["peer"][0]["public_key"]
+    with start(bed.b, path_b, datapath) as b, start(bed.a, path_a, datapath) as a:
+        expected = {
+            a: f"peer {key_of_b[:8]}… is configured for tap mode but this interface is tun",
+            b: f"peer {key_of_a[:8]}… is configured for tun mode but this interface is tap",
+        }
+        poll(lambda: all(line in d.output() for d, line in expected.items()), "report")
+        for daemon, line in expected.items():
+            # One clear line, not one per dropped packet.
+            assert daemon.output().count(line) == 1, daemon.output()
+            assert pyvpn_status(daemon.name)["drops"]["mode_mismatch"] >= 1
+
+
+# ---------------------------------------------------------------------------
+# configs/
+
+
+def test_example_tap_configs_are_a_matching_bridged_pair():
+    a, b = (load(str(ROOT / "configs" / f"tap-{side}.toml")) for side in "ab")
+    for this, other in ((a, b), (b, a)):
+        assert this.interface.mode == "tap" and this.interface.bridge == "br0"
+        assert this.peers[0].public_key == keys.public_key(other.interface.private_key)
+        assert not this.warnings
