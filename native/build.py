@@ -35,7 +35,8 @@ typedef struct dp dp_t;
 enum { DP_TAP = 1, DP_VNET_HDR = 2 };
 enum { DP_CURRENT = 0, DP_PREVIOUS = 1, DP_NEXT = 2 };
 enum { DP_UPCALL_DATAGRAM = 1, DP_UPCALL_NEED_KEY = 2,
-       DP_UPCALL_KEYPAIR_CONFIRMED = 3, DP_UPCALL_ENDPOINT_CHANGED = 4 };
+       DP_UPCALL_KEYPAIR_CONFIRMED = 3, DP_UPCALL_ENDPOINT_CHANGED = 4,
+       DP_UPCALL_TOO_BIG = 5 };
 struct dp_upcall_hdr { uint8_t kind; uint8_t family; uint16_t port; uint32_t peer_id;
                        uint8_t addr[16]; };
 struct dp_peer_stats {

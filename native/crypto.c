@@ -3,23 +3,43 @@
  * crypto.c -- ChaCha20-Poly1305 (RFC 8439) through OpenSSL's EVP interface.
  *
  * One EVP_CIPHER_CTX per thread and direction: the cipher is bound once at
- * creation, and each message only re-keys it (EVP_*Init_ex with a NULL
- * cipher), which is the cheap path in OpenSSL 3.
+ * creation.  A message under the key the context already holds only sets the
+ * nonce (EVP_*Init_ex with a NULL cipher and key, which in OpenSSL 3 resets
+ * the AEAD state: counters, AAD, the Poly1305 one-time key); a new key is
+ * loaded together with the nonce.  The tag goes in and out as an OSSL_PARAM
+ * directly, which skips EVP_CIPHER_CTX_ctrl()'s translation layer.
+ *
+ * Per-message EVP overhead (init, final, tag) is ~250 ns on the machines we
+ * measured, a quarter of the cost of sealing a 1420-byte packet, so it is
+ * worth every nanosecond trimmed here.
  */
 #include <string.h>
 
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/params.h>
+
 #include "internal.h"
 
-EVP_CIPHER_CTX *aead_ctx_new(int encrypt)
+int aead_init(struct aead *a, int encrypt)
 {
-	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-	if (!ctx)
-		return NULL;
-	if (EVP_CipherInit_ex(ctx, EVP_chacha20_poly1305(), NULL, NULL, NULL, encrypt) != 1) {
-		EVP_CIPHER_CTX_free(ctx);
-		return NULL;
+	memset(a, 0, sizeof(*a));
+	a->ctx = EVP_CIPHER_CTX_new();
+	if (!a->ctx)
+		return -1;
+	if (EVP_CipherInit_ex(a->ctx, EVP_chacha20_poly1305(), NULL, NULL, NULL, encrypt) != 1) {
+		EVP_CIPHER_CTX_free(a->ctx);
+		a->ctx = NULL;
+		return -1;
 	}
-	return ctx;
+	return 0;
+}
+
+void aead_free(struct aead *a)
+{
+	if (a->ctx)
+		EVP_CIPHER_CTX_free(a->ctx); /* cleanses the key schedule */
+	OPENSSL_cleanse(a, sizeof(*a));
 }
 
 void aead_nonce(uint8_t nonce[12], uint64_t counter)
@@ -31,34 +51,59 @@ void aead_nonce(uint8_t nonce[12], uint64_t counter)
 		nonce[4 + i] = (uint8_t)(counter >> (8 * i));
 }
 
-int aead_seal(EVP_CIPHER_CTX *ctx, const uint8_t key[32], const uint8_t nonce[12],
-	      const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t len, size_t pad,
-	      uint8_t *out)
+/* Start a message: the nonce, and the key only if it changed. */
+static int aead_start(struct aead *a, const uint8_t key[32], const uint8_t nonce[12])
 {
-	/* The zero padding is fed as a second update so a packet can be
-	 * encrypted straight from the read buffer into the send buffer. */
-	static const uint8_t zeros[MESSAGE_PADDING_MULTIPLE];
-	if (pad > sizeof(zeros))
+	if (a->keyed && !CRYPTO_memcmp(a->key, key, NOISE_SYMMETRIC_KEY_LEN))
+		return EVP_CipherInit_ex(a->ctx, NULL, NULL, NULL, nonce, -1) == 1 ? 0 : -1;
+	a->keyed = false;
+	if (EVP_CipherInit_ex(a->ctx, NULL, NULL, key, nonce, -1) != 1)
 		return -1;
-	int n;
-	if (EVP_EncryptInit_ex(ctx, NULL, NULL, key, nonce) != 1)
-		return -1;
-	if (aad_len && EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)aad_len) != 1)
-		return -1;
-	if (len && EVP_EncryptUpdate(ctx, out, &n, in, (int)len) != 1)
-		return -1;
-	if (pad && EVP_EncryptUpdate(ctx, out + len, &n, zeros, (int)pad) != 1)
-		return -1;
-	len += pad;
-	if (EVP_EncryptFinal_ex(ctx, out + len, &n) != 1)
-		return -1;
-	if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, NOISE_AUTHTAG_LEN, out + len) != 1)
-		return -1;
+	memcpy(a->key, key, NOISE_SYMMETRIC_KEY_LEN);
+	a->keyed = true;
 	return 0;
 }
 
-int aead_open(EVP_CIPHER_CTX *ctx, const uint8_t key[32], const uint8_t nonce[12],
-	      const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t len, uint8_t *out)
+static int aead_tag(struct aead *a, uint8_t tag[NOISE_AUTHTAG_LEN], int get)
+{
+	OSSL_PARAM p[2] = {
+		OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, NOISE_AUTHTAG_LEN),
+		OSSL_PARAM_construct_end()};
+	return (get ? EVP_CIPHER_CTX_get_params(a->ctx, p) : EVP_CIPHER_CTX_set_params(a->ctx, p)) == 1
+		       ? 0
+		       : -1;
+}
+
+int aead_seal(struct aead *a, const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
+	      size_t aad_len, const uint8_t *in, size_t len, size_t pad, uint8_t *out)
+{
+	int n;
+	if (pad > MESSAGE_PADDING_MULTIPLE)
+		return -1;
+	if (aead_start(a, key, nonce))
+		return -1;
+	if (aad_len && EVP_EncryptUpdate(a->ctx, NULL, &n, aad, (int)aad_len) != 1)
+		return -1;
+	if (pad) {
+		/* The padding is zeros after the packet: put them there and
+		 * seal it all in one update (one call costs less than two,
+		 * and a split stream leaves ChaCha20 its slow partial-block
+		 * path).  `out` has room for them either way. */
+		if (in != out)
+			memmove(out, in, len);
+		memset(out + len, 0, pad);
+		in = out;
+		len += pad;
+	}
+	if (len && EVP_EncryptUpdate(a->ctx, out, &n, in, (int)len) != 1)
+		return -1;
+	if (EVP_EncryptFinal_ex(a->ctx, out + len, &n) != 1)
+		return -1;
+	return aead_tag(a, out + len, 1);
+}
+
+int aead_open(struct aead *a, const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
+	      size_t aad_len, const uint8_t *in, size_t len, uint8_t *out)
 {
 	int n;
 	uint8_t tag[NOISE_AUTHTAG_LEN];
@@ -66,16 +111,16 @@ int aead_open(EVP_CIPHER_CTX *ctx, const uint8_t key[32], const uint8_t nonce[12
 		return -1;
 	len -= NOISE_AUTHTAG_LEN;
 	memcpy(tag, in + len, NOISE_AUTHTAG_LEN); /* in may be overwritten in place */
-	if (EVP_DecryptInit_ex(ctx, NULL, NULL, key, nonce) != 1)
+	if (aead_start(a, key, nonce))
 		return -1;
-	if (aad_len && EVP_DecryptUpdate(ctx, NULL, &n, aad, (int)aad_len) != 1)
+	if (aad_len && EVP_DecryptUpdate(a->ctx, NULL, &n, aad, (int)aad_len) != 1)
 		return -1;
-	if (len && EVP_DecryptUpdate(ctx, out, &n, in, (int)len) != 1)
+	if (len && EVP_DecryptUpdate(a->ctx, out, &n, in, (int)len) != 1)
 		return -1;
-	if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, NOISE_AUTHTAG_LEN, tag) != 1)
+	if (aead_tag(a, tag, 0) || EVP_DecryptFinal_ex(a->ctx, out + len, &n) != 1) {
+		a->keyed = false; /* tag mismatch: start the next one from scratch */
 		return -1;
-	if (EVP_DecryptFinal_ex(ctx, out + len, &n) != 1)
-		return -1; /* tag mismatch */
+	}
 	return 0;
 }
 
@@ -83,21 +128,21 @@ int aead_open(EVP_CIPHER_CTX *ctx, const uint8_t key[32], const uint8_t nonce[12
 int dp_test_aead_seal(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
 		      size_t aad_len, const uint8_t *pt, size_t len, uint8_t *out)
 {
-	EVP_CIPHER_CTX *ctx = aead_ctx_new(1);
-	if (!ctx)
+	struct aead a;
+	if (aead_init(&a, 1))
 		return -1;
-	int r = aead_seal(ctx, key, nonce, aad, aad_len, pt, len, 0, out);
-	EVP_CIPHER_CTX_free(ctx);
+	int r = aead_seal(&a, key, nonce, aad, aad_len, pt, len, 0, out);
+	aead_free(&a);
 	return r;
 }
 
 int dp_test_aead_open(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
 		      size_t aad_len, const uint8_t *ct, size_t len, uint8_t *out)
 {
-	EVP_CIPHER_CTX *ctx = aead_ctx_new(0);
-	if (!ctx)
+	struct aead a;
+	if (aead_init(&a, 0))
 		return -1;
-	int r = aead_open(ctx, key, nonce, aad, aad_len, ct, len, out);
-	EVP_CIPHER_CTX_free(ctx);
+	int r = aead_open(&a, key, nonce, aad, aad_len, ct, len, out);
+	aead_free(&a);
 	return r;
 }

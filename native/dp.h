@@ -36,6 +36,9 @@ enum {
 	DP_UPCALL_NEED_KEY = 2,          /* payload = plain packet/frame for peer_id */
 	DP_UPCALL_KEYPAIR_CONFIRMED = 3, /* payload = u32 LE local_index of new CURRENT */
 	DP_UPCALL_ENDPOINT_CHANGED = 4,  /* addr = new endpoint of peer_id */
+	DP_UPCALL_TOO_BIG = 5,           /* tap: payload = a frame over the MTU that deserves
+					  * an ICMP answer (tunnel/pmtu.py); Python answers it
+					  * or sends it on with dp_send_packet */
 };
 
 struct dp_upcall_hdr {

@@ -26,7 +26,7 @@
 
 struct rx_state {
 	dp_t *dp;
-	EVP_CIPHER_CTX *ctx;
+	struct aead aead;
 	uint8_t *bufs[RX_MSGS_PER_BATCH];
 	struct mmsghdr mm[RX_MSGS_PER_BATCH];
 	struct iovec iov[RX_MSGS_PER_BATCH];
@@ -40,6 +40,21 @@ struct rx_state {
 		uint32_t peer_id, local_index;
 	} confirms[RX_MAX_CONFIRMS];
 	int nconfirms;
+	/* Per-batch memo of the last inner source checked against allowed-ips
+	 * and the last MAC learned (a batch is mostly one flow).  Valid only
+	 * while the batch holds dp->lock, so rx_worker clears it each time it
+	 * takes the lock: configuration cannot change under it. */
+	struct {
+		bool valid;
+		int family;
+		uint8_t addr[16];
+		struct peer *peer;
+	} src_memo;
+	struct {
+		bool valid;
+		uint8_t mac[6];
+		uint32_t peer_id;
+	} mac_memo;
 };
 
 struct rx_state *rx_state_new(dp_t *dp)
@@ -48,9 +63,9 @@ struct rx_state *rx_state_new(dp_t *dp)
 	if (!r)
 		return NULL;
 	r->dp = dp;
-	r->ctx = aead_ctx_new(0);
+	int aead_err = aead_init(&r->aead, 0);
 	r->gro = gro_new(RX_GRO_PKTS);
-	if (!r->ctx || !r->gro)
+	if (aead_err || !r->gro)
 		goto fail;
 	for (int i = 0; i < RX_MSGS_PER_BATCH; i++)
 		if (!(r->bufs[i] = malloc(RX_BUF_SIZE)))
@@ -68,8 +83,7 @@ void rx_state_free(struct rx_state *r)
 	for (int i = 0; i < RX_MSGS_PER_BATCH; i++)
 		free(r->bufs[i]);
 	gro_free(r->gro);
-	if (r->ctx)
-		EVP_CIPHER_CTX_free(r->ctx);
+	aead_free(&r->aead);
 	free(r);
 }
 
@@ -179,7 +193,7 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 	uint8_t nonce[12];
 	aead_nonce(nonce, counter);
 	uint8_t *plain = d + MESSAGE_TRANSPORT_HDR;
-	if (aead_open(r->ctx, kp->recv_key, nonce, NULL, 0, plain, n - MESSAGE_TRANSPORT_HDR, plain)) {
+	if (aead_open(&r->aead, kp->recv_key, nonce, NULL, 0, plain, n - MESSAGE_TRANSPORT_HDR, plain)) {
 		STAT_ADD(p->drop_bad_tag, 1);
 		return;
 	}
@@ -205,7 +219,15 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 			STAT_ADD(p->drop_malformed, 1);
 			return;
 		}
-		mac_learn(dp, plain + 6, p->id, now);
+		/* `now` is per batch, so learning the same MAC for the same
+		 * peer twice in one batch changes nothing: skip the lock. */
+		if (!r->mac_memo.valid || r->mac_memo.peer_id != p->id ||
+		    memcmp(r->mac_memo.mac, plain + 6, 6)) {
+			mac_learn(dp, plain + 6, p->id, now);
+			memcpy(r->mac_memo.mac, plain + 6, 6);
+			r->mac_memo.peer_id = p->id;
+			r->mac_memo.valid = true;
+		}
 	} else {
 		int family;
 		const uint8_t *isrc;
@@ -214,16 +236,24 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 			STAT_ADD(p->drop_malformed, 1);
 			return;
 		}
-		if (allowedips_lookup(dp, family, isrc) != p) {
+		size_t alen = family == AF_INET ? 4 : 16;
+		if (!r->src_memo.valid || r->src_memo.family != family ||
+		    memcmp(r->src_memo.addr, isrc, alen)) {
+			r->src_memo.peer = allowedips_lookup(dp, family, isrc);
+			r->src_memo.family = family;
+			memcpy(r->src_memo.addr, isrc, alen);
+			r->src_memo.valid = true;
+		}
+		if (r->src_memo.peer != p) {
 			STAT_ADD(p->drop_bad_source, 1);
 			return;
 		}
 	}
-	if (!gro_add(r->gro, plain, plen)) {
+	int l3off = dp->tap ? ETH_HLEN_ : 0;
+	if (!gro_add(r->gro, plain, plen, l3off, dp->vnet)) {
 		STAT_ADD(dp->st.dev_write_errors,
-			 gro_flush(r->gro, dp->dev_fd, dp->vnet, dp->tap ? ETH_HLEN_ : 0, dp->vnet,
-				   &dp->st.rx_coalesced));
-		gro_add(r->gro, plain, plen);
+			 gro_flush(r->gro, dp->dev_fd, dp->vnet, l3off, dp->vnet, &dp->st.rx_coalesced));
+		gro_add(r->gro, plain, plen, l3off, dp->vnet);
 	}
 }
 
@@ -265,6 +295,7 @@ void *rx_worker(void *arg)
 		uint64_t now = now_ns();
 		r->nconfirms = 0;
 		pthread_rwlock_rdlock(&dp->lock);
+		r->src_memo.valid = r->mac_memo.valid = false;
 		for (int i = 0; i < n; i++) {
 			struct msghdr *h = &r->mm[i].msg_hdr;
 			size_t len = r->mm[i].msg_len;

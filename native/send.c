@@ -28,7 +28,7 @@ struct tx_msg {
 
 struct tx_state {
 	dp_t *dp;
-	EVP_CIPHER_CTX *ctx;
+	struct aead aead;
 	int nbufs;
 	size_t buf_size;
 	uint8_t **bufs;
@@ -66,7 +66,7 @@ static size_t padding_for(const dp_t *dp, size_t len)
 /* Build one transport message at out (room: 16 + len + 15 + 16).  `in` may
  * be out + 16 (in-place).  Returns the message length, or 0 if the keypair's
  * counter ran out under us. */
-static size_t message_build(dp_t *dp, EVP_CIPHER_CTX *ctx, struct keypair *kp,
+static size_t message_build(dp_t *dp, struct aead *aead, struct keypair *kp,
 			    const uint8_t *in, size_t len, uint8_t *out)
 {
 	uint64_t counter = atomic_fetch_add_explicit(&kp->send_counter, 1, memory_order_relaxed);
@@ -82,7 +82,7 @@ static size_t message_build(dp_t *dp, EVP_CIPHER_CTX *ctx, struct keypair *kp,
 		out[8 + i] = (uint8_t)(counter >> (8 * i)); /* LE */
 	uint8_t nonce[12];
 	aead_nonce(nonce, counter);
-	if (aead_seal(ctx, kp->send_key, nonce, NULL, 0, in, len, pad, out + MESSAGE_TRANSPORT_HDR))
+	if (aead_seal(aead, kp->send_key, nonce, NULL, 0, in, len, pad, out + MESSAGE_TRANSPORT_HDR))
 		return 0;
 	return MESSAGE_TRANSPORT_HDR + len + pad + NOISE_AUTHTAG_LEN;
 }
@@ -104,7 +104,7 @@ struct tx_state *tx_state_new(dp_t *dp)
 	t->dp = dp;
 	t->nbufs = dp->vnet ? TX_READS_PER_BATCH : TX_READS_PER_BATCH_PLAIN;
 	t->buf_size = dp->vnet ? VNET_HDR_LEN + MAX_SUPER_PACKET : (size_t)dp->mtu + 256;
-	t->ctx = aead_ctx_new(1);
+	int aead_err = aead_init(&t->aead, 1);
 	t->bufs = calloc(t->nbufs, sizeof(*t->bufs));
 	t->lens = calloc(t->nbufs, sizeof(*t->lens));
 	t->seg = malloc(MAX_SUPER_PACKET + 64);
@@ -113,7 +113,7 @@ struct tx_state *tx_state_new(dp_t *dp)
 	t->mm = calloc(TX_MAX_MSGS, sizeof(*t->mm));
 	t->iov = calloc(TX_MAX_MSGS, sizeof(*t->iov));
 	t->cmsg = calloc(TX_MAX_MSGS, sizeof(*t->cmsg));
-	if (!t->ctx || !t->bufs || !t->lens || !t->seg || !t->arena || !t->msgs || !t->mm ||
+	if (aead_err || !t->bufs || !t->lens || !t->seg || !t->arena || !t->msgs || !t->mm ||
 	    !t->iov || !t->cmsg)
 		goto fail;
 	for (int i = 0; i < t->nbufs; i++)
@@ -140,8 +140,7 @@ void tx_state_free(struct tx_state *t)
 	free(t->mm);
 	free(t->iov);
 	free(t->cmsg);
-	if (t->ctx)
-		EVP_CIPHER_CTX_free(t->ctx);
+	aead_free(&t->aead);
 	free(t);
 }
 
@@ -287,7 +286,7 @@ static void tx_to_peer(struct tx_state *t, struct peer *p, const struct gso_plan
 			in = g->pkt; /* encrypt straight from the read buffer */
 			len = g->len;
 		}
-		size_t mlen = message_build(dp, t->ctx, kp, in, len, out);
+		size_t mlen = message_build(dp, &t->aead, kp, in, len, out);
 		if (!mlen) {
 			STAT_ADD(p->drop_expired_keypair, 1);
 			continue;
@@ -309,6 +308,26 @@ static const uint8_t *route_dst(const uint8_t *ip, size_t len, int *family)
 		return ip + 24;
 	}
 	return NULL;
+}
+
+/* Whether an oversized tap frame could get a "fragmentation needed" or "packet too
+ * big" answer: IPv4 with Don't Fragment, or IPv6, behind up to two VLAN tags.
+ * Python (tunnel/pmtu.py) makes the final call; everything else is sent on and
+ * the underlay fragments the outer datagram. */
+static bool wants_too_big(const uint8_t *frame, size_t n)
+{
+	size_t off = 12;
+	for (int tags = 0; tags < 2 && off + 4 <= n; tags++) {
+		uint16_t type = (uint16_t)(frame[off] << 8 | frame[off + 1]);
+		if (type != 0x8100 && type != 0x88a8)
+			break;
+		off += 4;
+	}
+	if (off + 2 + 20 > n)
+		return false;
+	uint16_t type = (uint16_t)(frame[off] << 8 | frame[off + 1]);
+	const uint8_t *ip = frame + off + 2;
+	return (type == 0x0800 && (ip[6] & 0x40)) || type == 0x86dd;
 }
 
 /* One read from the device. Lock held (read). */
@@ -347,6 +366,13 @@ static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
 	}
 	if (n < ETH_HLEN_) {
 		STAT_ADD(dp->st.tx_malformed, 1);
+		return;
+	}
+	/* Segments too big for the tunnel: the sender should hear why, as from a
+	 * router, rather than have its frames fragmented underneath for ever. */
+	size_t seg_payload = g.gso ? (size_t)g.hdrs - ETH_HLEN_ + g.gso_size : n - ETH_HLEN_;
+	if (seg_payload > (size_t)dp->mtu && wants_too_big(buf, n)) {
+		upcall_send(dp, DP_UPCALL_TOO_BIG, 0, NULL, buf, n);
 		return;
 	}
 	uint32_t pid;
@@ -403,12 +429,13 @@ int dp_send_packet(dp_t *dp, uint32_t peer_id, const uint8_t *pkt, size_t len)
 	if (len > MAX_SUPER_PACKET)
 		return -EMSGSIZE;
 	uint8_t *out = malloc(len + MESSAGE_TRANSPORT_HDR + MESSAGE_PADDING_MULTIPLE + NOISE_AUTHTAG_LEN);
-	EVP_CIPHER_CTX *ctx = aead_ctx_new(1);
+	struct aead aead;
+	int aead_err = aead_init(&aead, 1);
 	struct sockaddr_storage ep;
 	socklen_t eplen = 0;
 	size_t mlen = 0;
 	int ret = 0;
-	if (!out || !ctx) {
+	if (!out || aead_err) {
 		ret = -ENOMEM;
 		goto out;
 	}
@@ -424,7 +451,7 @@ int dp_send_packet(dp_t *dp, uint32_t peer_id, const uint8_t *pkt, size_t len)
 		if (!eplen) {
 			ret = -EDESTADDRREQ;
 		} else {
-			mlen = message_build(dp, ctx, p->keypairs[DP_CURRENT], pkt, len, out);
+			mlen = message_build(dp, &aead, p->keypairs[DP_CURRENT], pkt, len, out);
 			if (mlen)
 				account_tx(p, mlen, len, now);
 			else
@@ -442,7 +469,6 @@ int dp_send_packet(dp_t *dp, uint32_t peer_id, const uint8_t *pkt, size_t len)
 	}
 out:
 	free(out);
-	if (ctx)
-		EVP_CIPHER_CTX_free(ctx);
+	aead_free(&aead);
 	return ret;
 }

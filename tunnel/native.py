@@ -80,6 +80,7 @@ class UpcallKind(enum.IntEnum):
     NEED_KEY = 2  # plain packet for a peer without a usable CURRENT keypair
     KEYPAIR_CONFIRMED = 3  # NEXT was used by the peer and is now CURRENT
     ENDPOINT_CHANGED = 4  # roaming: authenticated traffic from a new address
+    TOO_BIG = 5  # tap: an oversized frame for Python's PMTU answer (tunnel/pmtu.py)
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,8 @@ class NativeShell:
             peer = self.peers.get(upcall.peer_id)
             if upcall.kind is UpcallKind.DATAGRAM and upcall.address is not None:
                 self.apply(self.iface.receive_datagram(upcall.payload, upcall.address, now))
+            elif upcall.kind is UpcallKind.TOO_BIG:
+                self.apply(self.iface.send_packet(upcall.payload, now))
             elif peer is None:
                 continue
             elif upcall.kind is UpcallKind.NEED_KEY:
