@@ -67,7 +67,7 @@ def up(config: Config) -> int:
         try:
             for warning in netlink.configure(c.name, c.mtu, c.addresses, routes, c.bridge):
                 log.warning("%s: %s", c.name, warning)
-        except netlink.NetlinkError_ as e:
+        except netlink.LinkError as e:
             raise SetupError(str(e)) from None
         plane: PythonPlane | NativeShell
         if datapath == "native":

@@ -10,7 +10,7 @@ from .allowed_ips import Network
 from .config import Interface
 
 
-class NetlinkError_(Exception):
+class LinkError(Exception):
     """A link, address or route change the kernel refused."""
 
 
@@ -42,7 +42,7 @@ def configure(
             if bridge is not None:
                 found = ipr.link_lookup(ifname=bridge)
                 if not found:
-                    raise NetlinkError_(f"bridge {bridge} does not exist")
+                    raise LinkError(f"bridge {bridge} does not exist")
                 master = found[0]
                 # Read before attaching: afterwards the bridge follows its smallest port.
                 mtu = max(mtu, ipr.get_links(master)[0].get("IFLA_MTU"))
@@ -69,7 +69,7 @@ def configure(
                 step = f"add route {network}"
                 ipr.route("add", dst=str(network), oif=index)
         except NetlinkError as e:
-            raise NetlinkError_(
+            raise LinkError(
                 f"cannot {step} on {name}: {e.args[1] if len(e.args) > 1 else e}"
             ) from None
     return warnings
@@ -78,5 +78,5 @@ def configure(
 def _index(ipr: IPRoute, name: str) -> int:
     found = ipr.link_lookup(ifname=name)
     if not found:
-        raise NetlinkError_(f"device {name} vanished")
+        raise LinkError(f"device {name} vanished")
     return found[0]

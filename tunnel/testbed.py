@@ -661,11 +661,11 @@ def write_pair_configs(
     private = (keys.generate_private_key(), keys.generate_private_key())
     inner = ((INNER_A, INNER_A6), (INNER_B, INNER_B6))
     # tun routes by allowed-IPs, so each side allows exactly the other's address;
-    # tap carries whole segments (hosts behind a bridge), so allow the subnets.
+    # tap switches frames by MAC address and takes no allowed_ips at all.
     allowed = (
         [[f"{INNER_B}/32", f"{INNER_B6}/128"], [f"{INNER_A}/32", f"{INNER_A6}/128"]]
         if mode == "tun"
-        else [["10.10.0.0/24", "fd10::/64"]] * 2
+        else [None, None]
     )
     paths = []
     for i in range(2):
