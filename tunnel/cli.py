@@ -110,7 +110,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         print(json.dumps(statuses[0] if args.name else statuses, indent=2))
-    else:
+    elif statuses:
         print("\n\n".join(format_status(s) for s in statuses))
     return 0
 
