@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -127,6 +128,51 @@ dp_t *dp_create(int dev_fd, int udp_fd, int ctrl_fd, uint32_t flags, int mtu)
 	return dp;
 }
 
+/* One worker: both directions in one thread.  Each pass runs one bounded
+ * batch of each ready direction (TX: up to 16 device reads, RX: one recvmmsg
+ * of 32), so a busy direction cannot starve the other.  A direction whose
+ * last batch came back short is drained; poll() finds out when it has work
+ * again, without blocking while the other direction is still busy.  On a
+ * 2-core box this takes the ACK path's thread wakeups and context switches
+ * out of a TCP stream. */
+#define DEV_ERROR_BACKOFF_NS 10000000ULL /* device gone: stop polling it for 10 ms */
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	dp_t *dp = w->dp;
+	bool dev_ready = false, udp_ready = false, dev_err = false;
+	uint64_t dev_backoff_until = 0;
+	while (!atomic_load(&dp->stopping)) {
+		if (!dev_ready || !udp_ready) {
+			bool skip_dev = dev_backoff_until && now_ns() < dev_backoff_until;
+			bool busy = dev_ready || udp_ready;
+			struct pollfd pfd[3] = {{skip_dev || dev_ready ? -1 : dp->dev_fd, POLLIN, 0},
+						{udp_ready ? -1 : dp->udp_fd, POLLIN, 0},
+						{dp->stop_efd, POLLIN, 0}};
+			int r = poll(pfd, 3, busy ? 0 : skip_dev ? 10 : 1000);
+			if (r < 0 && !busy)
+				continue;
+			if (r > 0) {
+				if (pfd[0].revents & (POLLIN | POLLERR | POLLHUP)) {
+					dev_ready = true;
+					dev_err = pfd[0].revents & (POLLERR | POLLHUP);
+				}
+				udp_ready |= (pfd[1].revents & POLLIN) != 0;
+			}
+		}
+		if (dev_ready) {
+			int n = tx_batch(w->tx);
+			dev_ready = n == tx_batch_max(w->tx);
+			/* Device gone down: don't spin on its POLLERR/POLLHUP. */
+			dev_backoff_until = !n && dev_err ? now_ns() + DEV_ERROR_BACKOFF_NS : 0;
+		}
+		if (udp_ready)
+			udp_ready = rx_batch(w->rx) == RX_MSGS_PER_BATCH;
+	}
+	return NULL;
+}
+
 int dp_start(dp_t *dp, int workers)
 {
 	if (workers < 1 || workers > 16)
@@ -156,12 +202,9 @@ int dp_start(dp_t *dp, int workers)
 			err = -ENOMEM;
 			break;
 		}
-		if ((err = -pthread_create(&w->tx_thread, NULL, tx_worker, w)))
+		if ((err = -pthread_create(&w->thread, NULL, worker_main, w)))
 			break;
-		w->tx_started = true;
-		if ((err = -pthread_create(&w->rx_thread, NULL, rx_worker, w)))
-			break;
-		w->rx_started = true;
+		w->started = true;
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (err)
@@ -180,10 +223,8 @@ void dp_stop(dp_t *dp)
 	}
 	for (int i = 0; i < dp->nworkers; i++) {
 		struct worker *w = &dp->workers[i];
-		if (w->tx_started)
-			pthread_join(w->tx_thread, NULL);
-		if (w->rx_started)
-			pthread_join(w->rx_thread, NULL);
+		if (w->started)
+			pthread_join(w->thread, NULL);
 		tx_state_free(w->tx);
 		rx_state_free(w->rx);
 	}

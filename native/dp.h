@@ -88,7 +88,11 @@ struct dp_mac_entry {
 };
 
 dp_t *dp_create(int dev_fd, int udp_fd, int ctrl_fd, uint32_t flags, int mtu);
-int dp_start(dp_t *, int workers); /* spawn `workers` TX and `workers` RX threads */
+/* Spawn `workers` (1..16) worker threads.  Each serves both directions:
+ * it polls the device and the UDP socket and runs one bounded batch of
+ * whichever is ready (device -> UDP and UDP -> device), so one thread per
+ * tunnel carries a TCP stream and its ACKs without waking another. */
+int dp_start(dp_t *, int workers);
 void dp_stop(dp_t *);              /* join threads; idempotent */
 void dp_destroy(dp_t *);           /* stops, frees; does not close the fds */
 

@@ -246,19 +246,24 @@ bool gro_add(struct gro_batch *, uint8_t *pkt, size_t len, int l3off, bool coale
 int gro_flush(struct gro_batch *, int fd, bool vnet, int l3off, bool coalesce,
 	      _Atomic uint64_t *coalesced);
 
-/* --- send.c / receive.c: the two directions ---------------------------- */
+/* --- send.c / receive.c: the two directions, device.c: the workers ---- */
+/* A worker is one thread serving both directions (device.c worker_main):
+ * it polls the device and the UDP socket and runs one bounded batch of
+ * whichever is ready, so neither direction can starve the other and the
+ * ACK path costs no wakeup of a second thread. */
 struct worker {
 	dp_t *dp;
-	pthread_t tx_thread, rx_thread;
-	bool tx_started, rx_started;
+	pthread_t thread;
+	bool started;
 	struct tx_state *tx;
 	struct rx_state *rx;
 };
-void *tx_worker(void *arg);
-void *rx_worker(void *arg);
 struct tx_state *tx_state_new(dp_t *dp);
 void tx_state_free(struct tx_state *);
+int tx_batch(struct tx_state *);           /* device reads done; 0 = none */
+int tx_batch_max(const struct tx_state *); /* fewer reads than this: drained */
 struct rx_state *rx_state_new(dp_t *dp);
 void rx_state_free(struct rx_state *);
+int rx_batch(struct rx_state *); /* datagrams received; < RX_MSGS_PER_BATCH: drained */
 
 #endif

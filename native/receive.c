@@ -13,7 +13,6 @@
 #include <errno.h>
 #include <linux/udp.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -269,66 +268,62 @@ static int gro_size_of(struct msghdr *h)
 	return 0;
 }
 
-void *rx_worker(void *arg)
+/* One batch UDP -> device: one recvmmsg of up to RX_MSGS_PER_BATCH
+ * datagrams (each maybe a GRO train).  Returns the number received; fewer
+ * than RX_MSGS_PER_BATCH means the socket is drained. */
+int rx_batch(struct rx_state *r)
 {
-	struct worker *w = arg;
-	dp_t *dp = w->dp;
-	struct rx_state *r = w->rx;
-	while (!atomic_load(&dp->stopping)) {
-		struct pollfd pfd[2] = {{dp->udp_fd, POLLIN, 0}, {dp->stop_efd, POLLIN, 0}};
-		if (poll(pfd, 2, 1000) <= 0 || !(pfd[0].revents & POLLIN))
+	dp_t *dp = r->dp;
+	for (int i = 0; i < RX_MSGS_PER_BATCH; i++) {
+		r->iov[i] = (struct iovec){r->bufs[i], RX_BUF_SIZE};
+		struct msghdr *h = &r->mm[i].msg_hdr;
+		memset(h, 0, sizeof(*h));
+		h->msg_iov = &r->iov[i];
+		h->msg_iovlen = 1;
+		h->msg_name = &r->src[i];
+		h->msg_namelen = sizeof(r->src[i]);
+		h->msg_control = r->cmsg[i].buf;
+		h->msg_controllen = sizeof(r->cmsg[i].buf);
+	}
+	int n = recvmmsg(dp->udp_fd, r->mm, RX_MSGS_PER_BATCH, MSG_DONTWAIT, NULL);
+	if (n <= 0)
+		return 0;
+	uint64_t now = now_ns();
+	r->nconfirms = 0;
+	pthread_rwlock_rdlock(&dp->lock);
+	r->src_memo.valid = r->mac_memo.valid = false;
+	for (int i = 0; i < n; i++) {
+		struct msghdr *h = &r->mm[i].msg_hdr;
+		size_t len = r->mm[i].msg_len;
+		if (h->msg_flags & MSG_TRUNC) {
+			STAT_ADD(dp->st.rx_malformed, 1);
 			continue;
-		for (int i = 0; i < RX_MSGS_PER_BATCH; i++) {
-			r->iov[i] = (struct iovec){r->bufs[i], RX_BUF_SIZE};
-			struct msghdr *h = &r->mm[i].msg_hdr;
-			memset(h, 0, sizeof(*h));
-			h->msg_iov = &r->iov[i];
-			h->msg_iovlen = 1;
-			h->msg_name = &r->src[i];
-			h->msg_namelen = sizeof(r->src[i]);
-			h->msg_control = r->cmsg[i].buf;
-			h->msg_controllen = sizeof(r->cmsg[i].buf);
 		}
-		int n = recvmmsg(dp->udp_fd, r->mm, RX_MSGS_PER_BATCH, MSG_DONTWAIT, NULL);
-		if (n <= 0)
+		size_t seg = (size_t)gro_size_of(h);
+		if (!seg || seg > len)
+			seg = len;
+		if (!seg) { /* an empty datagram is still Python's to see */
+			upcall_send(dp, DP_UPCALL_DATAGRAM, 0, (struct sockaddr *)&r->src[i],
+				    NULL, 0);
 			continue;
-		uint64_t now = now_ns();
-		r->nconfirms = 0;
-		pthread_rwlock_rdlock(&dp->lock);
-		r->src_memo.valid = r->mac_memo.valid = false;
-		for (int i = 0; i < n; i++) {
-			struct msghdr *h = &r->mm[i].msg_hdr;
-			size_t len = r->mm[i].msg_len;
-			if (h->msg_flags & MSG_TRUNC) {
-				STAT_ADD(dp->st.rx_malformed, 1);
-				continue;
-			}
-			size_t seg = (size_t)gro_size_of(h);
-			if (!seg || seg > len)
-				seg = len;
-			if (!seg) { /* an empty datagram is still Python's to see */
-				upcall_send(dp, DP_UPCALL_DATAGRAM, 0, (struct sockaddr *)&r->src[i],
-					    NULL, 0);
-				continue;
-			}
-			for (size_t off = 0; off < len; off += seg)
-				rx_datagram(r, r->bufs[i] + off, len - off < seg ? len - off : seg,
-					    &r->src[i], now);
 		}
-		pthread_rwlock_unlock(&dp->lock);
-		int errs = gro_flush(r->gro, dp->dev_fd, dp->vnet, dp->tap ? ETH_HLEN_ : 0, dp->vnet,
-				     &dp->st.rx_coalesced);
-		if (errs)
-			STAT_ADD(dp->st.dev_write_errors, errs);
-		for (int i = 0; i < r->nconfirms; i++) {
-			if (peer_confirm_next(dp, r->confirms[i].peer_id, r->confirms[i].local_index)) {
-				uint8_t idx[4];
-				for (int b = 0; b < 4; b++)
-					idx[b] = (uint8_t)(r->confirms[i].local_index >> (8 * b));
-				upcall_send(dp, DP_UPCALL_KEYPAIR_CONFIRMED, r->confirms[i].peer_id,
-					    NULL, idx, 4);
-			}
+		for (size_t off = 0; off < len; off += seg)
+			rx_datagram(r, r->bufs[i] + off, len - off < seg ? len - off : seg,
+				    &r->src[i], now);
+	}
+	pthread_rwlock_unlock(&dp->lock);
+	int errs = gro_flush(r->gro, dp->dev_fd, dp->vnet, dp->tap ? ETH_HLEN_ : 0, dp->vnet,
+			     &dp->st.rx_coalesced);
+	if (errs)
+		STAT_ADD(dp->st.dev_write_errors, errs);
+	for (int i = 0; i < r->nconfirms; i++) {
+		if (peer_confirm_next(dp, r->confirms[i].peer_id, r->confirms[i].local_index)) {
+			uint8_t idx[4];
+			for (int b = 0; b < 4; b++)
+				idx[b] = (uint8_t)(r->confirms[i].local_index >> (8 * b));
+			upcall_send(dp, DP_UPCALL_KEYPAIR_CONFIRMED, r->confirms[i].peer_id,
+				    NULL, idx, 4);
 		}
 	}
-	return NULL;
+	return n;
 }

@@ -390,38 +390,36 @@ static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
 		STAT_ADD(dp->st.tx_no_route, g.nseg);
 }
 
-void *tx_worker(void *arg)
+/* One batch device -> UDP: up to t->nbufs reads, then encrypt and send them.
+ * Returns the number of reads; fewer than tx_batch_max() means the device
+ * is drained. */
+int tx_batch(struct tx_state *t)
 {
-	struct worker *w = arg;
-	dp_t *dp = w->dp;
-	struct tx_state *t = w->tx;
-	while (!atomic_load(&dp->stopping)) {
-		struct pollfd pfd[2] = {{dp->dev_fd, POLLIN, 0}, {dp->stop_efd, POLLIN, 0}};
-		if (poll(pfd, 2, 1000) <= 0 || !(pfd[0].revents & (POLLIN | POLLERR | POLLHUP)))
-			continue;
-		int n = 0;
-		while (n < t->nbufs) {
-			ssize_t r = read(dp->dev_fd, t->bufs[n], t->buf_size);
-			if (r < 0) {
-				if (errno == EINTR)
-					continue;
-				break; /* EAGAIN: drained; other errors: retry at next poll */
-			}
-			t->lens[n++] = r;
+	dp_t *dp = t->dp;
+	int n = 0;
+	while (n < t->nbufs) {
+		ssize_t r = read(dp->dev_fd, t->bufs[n], t->buf_size);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			break; /* EAGAIN: drained; other errors: retry at next poll */
 		}
-		if (!n) {
-			if (pfd[0].revents & (POLLERR | POLLHUP))
-				usleep(10000); /* device gone down; don't spin */
-			continue;
-		}
-		uint64_t now = now_ns();
-		pthread_rwlock_rdlock(&dp->lock);
-		for (int i = 0; i < n; i++)
-			tx_packet(t, t->bufs[i], (size_t)t->lens[i], now);
-		pthread_rwlock_unlock(&dp->lock);
-		tx_flush(t);
+		t->lens[n++] = r;
 	}
-	return NULL;
+	if (!n)
+		return 0;
+	uint64_t now = now_ns();
+	pthread_rwlock_rdlock(&dp->lock);
+	for (int i = 0; i < n; i++)
+		tx_packet(t, t->bufs[i], (size_t)t->lens[i], now);
+	pthread_rwlock_unlock(&dp->lock);
+	tx_flush(t);
+	return n;
+}
+
+int tx_batch_max(const struct tx_state *t)
+{
+	return t->nbufs;
 }
 
 int dp_send_packet(dp_t *dp, uint32_t peer_id, const uint8_t *pkt, size_t len)

@@ -226,7 +226,8 @@ class NativePlane:
         return self._dp
 
     def start(self, workers: int = 1) -> None:
-        """Spawn ``workers`` TX and RX thread pairs.
+        """Spawn ``workers`` threads, each serving both directions (device to UDP
+        and UDP to device) from one poll loop.
 
         1 is right on 2 cores, and keeps per-flow order; more threads share the
         same fds and may reorder packets (the replay window tolerates it, TCP

@@ -71,7 +71,7 @@ class NativeShell:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         loop.add_reader(self.ctrl.fileno(), self._upcalls)
-        self.plane.start(workers=1)  # a TX and an RX thread: right for 2 cores
+        self.plane.start(workers=1)  # one thread for both directions: right for 2 cores
         self.apply(self.iface.start(time.monotonic()))
         self._tick()
 
