@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tunnel import keys
+from tunnel import keys, measure
 from tunnel.constants import (
     INITIATION_SIZE,
     KEEPALIVE_SIZE,
@@ -98,13 +98,7 @@ def udp_rcvbuf_errors(ns: Namespace) -> int:
 
 def ping(ns: Namespace, address: str, count: int, interval: float = 0.1) -> int:
     """How many of `count` echo requests were answered."""
-    result = ns.run(
-        "ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "1", address,
-        check=False, timeout=count * interval + 15,
-    )  # fmt: skip
-    match = re.search(r"(\d+) received", result.stdout)
-    assert match, result.stdout + result.stderr
-    return int(match.group(1))
+    return measure.ping(ns, address, count, interval).received
 
 
 def send_marker(ns: Namespace, address: str, marker: bytes, count: int = 5) -> None:

@@ -17,11 +17,9 @@ import pytest
 from tunnel import keys
 from tunnel.config import load
 from tunnel.testbed import (
-    EXIT_CONFIG,
     Daemon,
     Namespace,
     Testbed,
-    TunnelStartError,
     device_name,
     pyvpn_status,
     render_config,
@@ -33,31 +31,18 @@ from tunnel.testbed import (
 from .conftest import ROOT
 from .traffic import BROADCAST, Frame, capture_frames, send_frames, tcp_transfer
 
-NATIVE_PENDING = "native plane not yet wired into pyvpn up"
 BRIDGE = "br0"
 HOST_X, HOST_Y = "10.30.0.1", "10.30.0.2"
 HOST_X6, HOST_Y6 = "fd30::1", "fd30::2"
 TAP_MTU = 1406  # the default: 1500 - IPv6 - UDP - WireGuard - Ethernet header
 
 
-@pytest.fixture(params=["python", "native"])
-def datapath(request) -> str:
-    return request.param
-
-
 def start(ns: Namespace, path: Path, datapath: str) -> Daemon:
-    """start_pyvpn, skipping the native runs while `pyvpn up` cannot run that plane."""
-    try:
-        daemon = start_pyvpn(ns, path)
-    except TunnelStartError as e:
-        if datapath == "native" and e.returncode == EXIT_CONFIG:
-            pytest.skip(NATIVE_PENDING)
-        raise
+    """start_pyvpn, failing unless the tunnel runs the data plane asked for."""
+    daemon = start_pyvpn(ns, path)
     running = pyvpn_status(daemon.name)["datapath"]
     if running != datapath:
         daemon.stop()
-        if datapath == "native":
-            pytest.skip(NATIVE_PENDING)
         pytest.fail(f"asked for the {datapath} data plane, pyvpn show says {running}")
     return daemon
 

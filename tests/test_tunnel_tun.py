@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 
 import pytest
 
@@ -18,6 +19,7 @@ from tunnel.testbed import (
     UNDERLAY_A6,
     UNDERLAY_B6,
     pyvpn_pair,
+    pyvpn_status,
     start_pyvpn,
     uapi_socket,
     wait_reachable,
@@ -26,12 +28,6 @@ from tunnel.testbed import (
 
 from .conftest import ROOT, pyvpn
 from .traffic import tcp_transfer
-
-
-def status(ns, name):
-    result = pyvpn("show", name, "--json", netns=ns.name)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def test_ping_and_tcp_over_ipv4_and_ipv6_inside(bed, tmp_path, datapath):
@@ -52,14 +48,14 @@ def test_ipv6_underlay(bed, tmp_path, datapath):
         _,
     ):
         wait_reachable(bed.a, INNER_B)
-        assert status(bed.a, a.name)["peers"][0]["endpoint"] == f"[{UNDERLAY_B6}]:51820"
+        assert pyvpn_status(a.name)["peers"][0]["endpoint"] == f"[{UNDERLAY_B6}]:51820"
 
 
 def test_show_and_wg_show_report_the_same_facts(bed, tmp_path, datapath):
     path_a, path_b = write_pair_configs(tmp_path, "tun", datapath, persistent_keepalive=7)
     with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b):
         wait_reachable(bed.a, INNER_B)
-        s = status(bed.a, a.name)
+        s = pyvpn_status(a.name)
         peer = s["peers"][0]
         assert s["mode"] == "tun" and s["listen_port"] == 51820 and s["datapath"] == datapath
         assert peer["endpoint"] == "198.18.0.2:51820" and peer["persistent_keepalive"] == 7
@@ -81,8 +77,6 @@ def test_show_and_wg_show_report_the_same_facts(bed, tmp_path, datapath):
 
 
 def tomllib_private(path):
-    import tomllib
-
     return tomllib.loads(path.read_text())["interface"]["private_key"]
 
 
@@ -182,7 +176,7 @@ def test_hub_with_three_peers_routes_by_allowed_ips(tmp_path, datapath):
             wait_reachable(spokes[0], "10.20.0.4")
             sent, received = tcp_transfer(spokes[2], spokes[1], "10.20.0.4", 1 << 20)
             assert sent == received
-            hub_status = status(hub, names[0])
+            hub_status = pyvpn_status(names[0])
             assert all(p["rx_bytes"] > 0 and p["latest_handshake"] for p in hub_status["peers"])
         finally:
             for d in daemons:
@@ -198,7 +192,7 @@ def test_inner_source_outside_allowed_ips_is_dropped(bed, tmp_path, datapath):
             "ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.10.0.77", INNER_B, check=False
         )
         assert result.returncode != 0 and " 0 received" in result.stdout
-        assert status(bed.b, b.name)["peers"][0]["drops"]["bad_source"] >= 3
+        assert pyvpn_status(b.name)["peers"][0]["drops"]["bad_source"] >= 3
 
 
 def test_replayed_transport_packets_are_dropped(bed, tmp_path, datapath):
@@ -228,10 +222,10 @@ def test_replayed_transport_packets_are_dropped(bed, tmp_path, datapath):
             wait_reachable(bed.a, INNER_B)
             result = bed.a.run("ping", "-c", "10", "-i", "0.1", INNER_B)
             assert " 0% packet loss" in result.stdout and "DUP!" not in result.stdout
-            drops = status(bed.b, b.name)["peers"][0]["drops"]
+            drops = pyvpn_status(b.name)["peers"][0]["drops"]
             assert drops["replay_or_forged"] >= 10
             # The replayed initiation was refused too, by its timestamp.
-            assert status(bed.b, b.name)["drops"].get("replayed_initiation", 0) >= 1
+            assert pyvpn_status(b.name)["drops"].get("replayed_initiation", 0) >= 1
     finally:
         relay.terminate()
         relay.wait()
@@ -243,7 +237,7 @@ def test_roaming_follows_the_new_underlay_address(bed, tmp_path, datapath):
         bed.a.run("ip", "addr", "del", "198.18.0.1/24", "dev", bed.a_veth)
         bed.a.run("ip", "addr", "add", "198.18.0.11/24", "dev", bed.a_veth)
         wait_reachable(bed.a, INNER_B)
-        assert status(bed.b, b.name)["peers"][0]["endpoint"] == "198.18.0.11:51820"
+        assert pyvpn_status(b.name)["peers"][0]["endpoint"] == "198.18.0.11:51820"
         # B reaches A at its new address without A sending first.
         wait_reachable(bed.b, INNER_A)
 
@@ -253,7 +247,7 @@ def test_rekey_with_short_timers_keeps_a_tcp_stream_alive(bed, tmp_path, datapat
     monkeypatch.setenv("PYVPN_TIMER_SCALE", "0.05")
     with pyvpn_pair(bed, tmp_path, "tun", datapath) as (a, _):
         wait_reachable(bed.a, INNER_B)
-        first = status(bed.a, a.name)["peers"][0]["latest_handshake"]
+        first = pyvpn_status(a.name)["peers"][0]["latest_handshake"]
         # A paced TCP stream for 20 s: more than two REJECT_AFTER_TIMEs.
         server = bed.b.popen("iperf3", "-s", "-1", stdout=subprocess.DEVNULL)
         try:
@@ -267,4 +261,4 @@ def test_rekey_with_short_timers_keeps_a_tcp_stream_alive(bed, tmp_path, datapat
         intervals = json.loads(out)["intervals"]
         assert len(intervals) == 20
         assert min(i["sum"]["bits_per_second"] for i in intervals) > 1e6  # never stalled a second
-        assert status(bed.a, a.name)["peers"][0]["latest_handshake"] > first + 10
+        assert pyvpn_status(a.name)["peers"][0]["latest_handshake"] > first + 10

@@ -62,6 +62,10 @@ RATELIMIT_BURST = 5
 # Initiations per second across the interface before we demand cookies.
 UNDER_LOAD_INITIATIONS_PER_SECOND = 64
 
+# How often the I/O shell runs the core's timers: WireGuard's shortest timer is
+# hundreds of milliseconds.
+TIMER_TICK = 0.1
+
 DEFAULT_PORT = 51820
 # pyvpn extension: the first reserved header byte marks L2 (tap) messages.
 MARKER_L2 = 0x01

@@ -71,7 +71,7 @@ def up(config: Config) -> int:
             raise SetupError(str(e)) from None
         plane: PythonPlane | NativeShell
         if datapath == "native":
-            plane = NativeShell(iface, dev_fd, sock, c.mtu)
+            plane = NativeShell(iface, dev_fd, sock)
         else:
             plane = PythonPlane(iface, dev_fd, sock)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

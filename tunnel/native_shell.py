@@ -10,6 +10,7 @@ import socket
 import time
 
 from . import native, udp
+from .constants import TIMER_TICK
 from .interface import (
     Action,
     Deliver,
@@ -24,7 +25,6 @@ from .peer import Peer
 
 log = logging.getLogger("pyvpn")
 
-TICK = 0.1
 # The C plane's interface-wide drop counters, under the core's names for them.
 INTERFACE_DROPS = {
     "unknown_index": "rx_unknown_index",
@@ -42,7 +42,7 @@ VNET_HDR_NONE = bytes(10)
 class NativeShell:
     name = "native"
 
-    def __init__(self, iface: Interface, dev_fd: int, sock: socket.socket, mtu: int) -> None:
+    def __init__(self, iface: Interface, dev_fd: int, sock: socket.socket) -> None:
         self.iface = iface
         self.dev_fd = dev_fd
         self.sock = sock
@@ -50,7 +50,7 @@ class NativeShell:
         self.ctrl.setblocking(False)
         self._ctrl_native = ctrl_native  # the C side writes to it; closed after the plane
         self.plane = NativePlane(
-            dev_fd, sock.fileno(), ctrl_native.fileno(), tap=iface.l2, vnet_hdr=True, mtu=mtu
+            dev_fd, sock.fileno(), ctrl_native.fileno(), tap=iface.l2, vnet_hdr=True, mtu=iface.mtu
         )
         self.plane.set_mac_ageing(int(iface.macs.ageing))
         self.ids: dict[Peer, int] = {}
@@ -89,7 +89,7 @@ class NativeShell:
         self.refresh()
         self.apply(self.iface.tick(time.monotonic()))
         assert self._loop is not None
-        self._tick_handle = self._loop.call_later(TICK, self._tick)
+        self._tick_handle = self._loop.call_later(TIMER_TICK, self._tick)
 
     def refresh(self) -> None:
         """Turn what C counted since the last look into the core's transport events."""

@@ -9,6 +9,7 @@ import socket
 import time
 
 from . import udp
+from .constants import TIMER_TICK
 from .interface import Action, Deliver, Interface, Send
 from .udp import from_sockaddr
 
@@ -16,7 +17,6 @@ log = logging.getLogger("pyvpn")
 
 BATCH = 64  # packets per wakeup before yielding to the other file descriptor
 MAX_DATAGRAM = 65535
-TICK = 0.1  # timer resolution: WireGuard's shortest timer is hundreds of ms
 
 
 class PythonPlane:
@@ -49,7 +49,7 @@ class PythonPlane:
     def _tick(self) -> None:
         self.apply(self.iface.tick(time.monotonic()))
         assert self._loop is not None
-        self._tick_handle = self._loop.call_later(TICK, self._tick)
+        self._tick_handle = self._loop.call_later(TIMER_TICK, self._tick)
 
     def _device_readable(self) -> None:
         now = time.monotonic()
