@@ -3,8 +3,8 @@
  * crypto.c -- ChaCha20-Poly1305 (RFC 8439) through OpenSSL's EVP interface.
  *
  * One EVP_CIPHER_CTX per thread and direction: the cipher is bound once at
- * creation.  A message under the key the context already holds only sets the
- * nonce (EVP_*Init_ex with a NULL cipher and key, which in OpenSSL 3 resets
+ * creation.  A message under the key the context already holds (by keypair
+ * id) only sets the nonce (EVP_*Init_ex with a NULL cipher and key, which in OpenSSL 3 resets
  * the AEAD state: counters, AAD, the Poly1305 one-time key); a new key is
  * loaded together with the nonce.  The tag goes in and out as an OSSL_PARAM
  * directly, which skips EVP_CIPHER_CTX_ctrl()'s translation layer.
@@ -16,7 +16,6 @@
 #include <string.h>
 
 #include <openssl/core_names.h>
-#include <openssl/crypto.h>
 #include <openssl/params.h>
 
 #include "internal.h"
@@ -39,7 +38,8 @@ void aead_free(struct aead *a)
 {
 	if (a->ctx)
 		EVP_CIPHER_CTX_free(a->ctx); /* cleanses the key schedule */
-	OPENSSL_cleanse(a, sizeof(*a));
+	a->ctx = NULL;
+	a->key_id = 0;
 }
 
 void aead_nonce(uint8_t nonce[12], uint64_t counter)
@@ -51,16 +51,18 @@ void aead_nonce(uint8_t nonce[12], uint64_t counter)
 		nonce[4 + i] = (uint8_t)(counter >> (8 * i));
 }
 
-/* Start a message: the nonce, and the key only if it changed. */
-static int aead_start(struct aead *a, const uint8_t key[32], const uint8_t nonce[12])
+/* Start a message: the nonce, and the key only if it changed.  Keys are
+ * told apart by id, not compared: a compare of key bytes per packet must be
+ * constant-time, and that cost ~1% of a TCP stream's CPU. */
+static int aead_start(struct aead *a, const uint8_t key[32], uint64_t key_id,
+		      const uint8_t nonce[12])
 {
-	if (a->keyed && !CRYPTO_memcmp(a->key, key, NOISE_SYMMETRIC_KEY_LEN))
+	if (key_id && a->key_id == key_id)
 		return EVP_CipherInit_ex(a->ctx, NULL, NULL, NULL, nonce, -1) == 1 ? 0 : -1;
-	a->keyed = false;
+	a->key_id = 0;
 	if (EVP_CipherInit_ex(a->ctx, NULL, NULL, key, nonce, -1) != 1)
 		return -1;
-	memcpy(a->key, key, NOISE_SYMMETRIC_KEY_LEN);
-	a->keyed = true;
+	a->key_id = key_id;
 	return 0;
 }
 
@@ -74,13 +76,14 @@ static int aead_tag(struct aead *a, uint8_t tag[NOISE_AUTHTAG_LEN], int get)
 		       : -1;
 }
 
-int aead_seal(struct aead *a, const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
-	      size_t aad_len, const uint8_t *in, size_t len, size_t pad, uint8_t *out)
+int aead_seal(struct aead *a, const uint8_t key[32], uint64_t key_id, const uint8_t nonce[12],
+	      const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t len, size_t pad,
+	      uint8_t *out)
 {
 	int n;
 	if (pad > MESSAGE_PADDING_MULTIPLE)
 		return -1;
-	if (aead_start(a, key, nonce))
+	if (aead_start(a, key, key_id, nonce))
 		return -1;
 	if (aad_len && EVP_EncryptUpdate(a->ctx, NULL, &n, aad, (int)aad_len) != 1)
 		return -1;
@@ -102,8 +105,8 @@ int aead_seal(struct aead *a, const uint8_t key[32], const uint8_t nonce[12], co
 	return aead_tag(a, out + len, 1);
 }
 
-int aead_open(struct aead *a, const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
-	      size_t aad_len, const uint8_t *in, size_t len, uint8_t *out)
+int aead_open(struct aead *a, const uint8_t key[32], uint64_t key_id, const uint8_t nonce[12],
+	      const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t len, uint8_t *out)
 {
 	int n;
 	uint8_t tag[NOISE_AUTHTAG_LEN];
@@ -111,14 +114,14 @@ int aead_open(struct aead *a, const uint8_t key[32], const uint8_t nonce[12], co
 		return -1;
 	len -= NOISE_AUTHTAG_LEN;
 	memcpy(tag, in + len, NOISE_AUTHTAG_LEN); /* in may be overwritten in place */
-	if (aead_start(a, key, nonce))
+	if (aead_start(a, key, key_id, nonce))
 		return -1;
 	if (aad_len && EVP_DecryptUpdate(a->ctx, NULL, &n, aad, (int)aad_len) != 1)
 		return -1;
 	if (len && EVP_DecryptUpdate(a->ctx, out, &n, in, (int)len) != 1)
 		return -1;
 	if (aead_tag(a, tag, 0) || EVP_DecryptFinal_ex(a->ctx, out + len, &n) != 1) {
-		a->keyed = false; /* tag mismatch: start the next one from scratch */
+		a->key_id = 0; /* tag mismatch: start the next one from scratch */
 		return -1;
 	}
 	return 0;
@@ -131,7 +134,7 @@ int dp_test_aead_seal(const uint8_t key[32], const uint8_t nonce[12], const uint
 	struct aead a;
 	if (aead_init(&a, 1))
 		return -1;
-	int r = aead_seal(&a, key, nonce, aad, aad_len, pt, len, 0, out);
+	int r = aead_seal(&a, key, 0, nonce, aad, aad_len, pt, len, 0, out);
 	aead_free(&a);
 	return r;
 }
@@ -142,7 +145,7 @@ int dp_test_aead_open(const uint8_t key[32], const uint8_t nonce[12], const uint
 	struct aead a;
 	if (aead_init(&a, 0))
 		return -1;
-	int r = aead_open(&a, key, nonce, aad, aad_len, ct, len, out);
+	int r = aead_open(&a, key, 0, nonce, aad, aad_len, ct, len, out);
 	aead_free(&a);
 	return r;
 }

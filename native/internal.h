@@ -33,6 +33,7 @@
 #define MESSAGE_MINIMUM_LENGTH (MESSAGE_TRANSPORT_HDR + NOISE_AUTHTAG_LEN) /* keepalive */
 #define MESSAGE_PADDING_MULTIPLE 16
 #define NOISE_SYMMETRIC_KEY_LEN 32
+#define CHACHA20_BLOCK_LEN 64           /* RFC 8439 2.3 */
 /* pyvpn extension: byte 1 of a transport message marks tap (L2) payloads. */
 #define PYVPN_L2_MARKER 0x01
 
@@ -73,22 +74,22 @@ bool replay_validate(struct dp_replay *r, uint64_t their_counter); /* caller loc
 
 /* --- crypto.c ---------------------------------------------------------- */
 /* One per thread and direction: an EVP context with the cipher bound once,
- * and the key it holds, so a message under the same key only sets the nonce
+ * and which key it holds, so a message under the same key only sets the nonce
  * (re-keying through EVP costs ~50 ns a message for nothing). */
 struct aead {
 	EVP_CIPHER_CTX *ctx;
-	bool keyed;
-	uint8_t key[NOISE_SYMMETRIC_KEY_LEN];
+	uint64_t key_id; /* keypair key_id of the loaded key; 0: none */
 };
 int aead_init(struct aead *a, int encrypt); /* 0 or -1 */
-void aead_free(struct aead *a);             /* also wipes the cached key */
+void aead_free(struct aead *a);
 /* nonce = 4 zero bytes || u64 LE counter (WireGuard transport nonce). */
 void aead_nonce(uint8_t nonce[12], uint64_t counter);
-int aead_seal(struct aead *, const uint8_t key[32], const uint8_t nonce[12],
+/* key_id names the key (struct keypair's); 0 loads it unconditionally. */
+int aead_seal(struct aead *, const uint8_t key[32], uint64_t key_id, const uint8_t nonce[12],
 	      const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t len,
 	      size_t pad /* zero bytes appended, <= 16 */,
 	      uint8_t *out /* len + pad + 16, may equal in */);
-int aead_open(struct aead *, const uint8_t key[32], const uint8_t nonce[12],
+int aead_open(struct aead *, const uint8_t key[32], uint64_t key_id, const uint8_t nonce[12],
 	      const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t len /* incl tag */,
 	      uint8_t *out /* may equal in */);
 
@@ -98,6 +99,7 @@ struct keypair {
 	struct peer *peer;
 	struct keypair *index_next; /* chain in the index hash table */
 	uint32_t local_index, remote_index;
+	uint64_t key_id; /* never reused: names the keys to an AEAD context */
 	uint64_t birth_ns;
 	_Atomic uint64_t send_counter;
 	pthread_mutex_t replay_lock; /* several RX workers may validate at once */

@@ -231,6 +231,7 @@ int dp_allowed_ips_clear(dp_t *dp, uint32_t peer_id)
 static struct keypair *keypair_new(struct peer *p, uint32_t local_index, uint32_t remote_index,
 				   const uint8_t send_key[32], const uint8_t recv_key[32])
 {
+	static _Atomic uint64_t next_key_id = 1;
 	struct keypair *kp = calloc(1, sizeof(*kp));
 	if (!kp)
 		return NULL;
@@ -241,6 +242,7 @@ static struct keypair *keypair_new(struct peer *p, uint32_t local_index, uint32_
 	atomic_init(&kp->send_counter, 0);
 	pthread_mutex_init(&kp->replay_lock, NULL);
 	replay_init(&kp->replay);
+	kp->key_id = atomic_fetch_add(&next_key_id, 1);
 	memcpy(kp->send_key, send_key, 32);
 	memcpy(kp->recv_key, recv_key, 32);
 	return kp;

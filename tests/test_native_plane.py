@@ -516,7 +516,18 @@ def test_tap_learning_and_flooding() -> None:
         h.close()
 
 
-def test_tso_super_packet_is_split() -> None:
+@pytest.mark.parametrize(
+    ("gso_size", "segment"),
+    [
+        # A 1420-byte MTU stream (52 bytes of IPv4 + TCP with timestamps): the
+        # plane cuts 1356-byte segments, so each plaintext is 1408 bytes, 22
+        # whole ChaCha20 blocks, which OpenSSL seals faster than 1420.
+        (1368, 1356),
+        # Small segments are cut where the kernel asked.
+        (536, 536),
+    ],
+)
+def test_tso_super_packet_is_split(gso_size: int, segment: int) -> None:
     """A virtio_net_hdr TCP super-packet (as TUN gives with TSO) becomes segments."""
     h = Harness(vnet=True)
     try:
@@ -534,19 +545,21 @@ def test_tso_super_packet_is_split() -> None:
             )
         )
         sup[16 + 20 : 18 + 20] = b"\0\0"  # kernel leaves a partial sum; the plane recomputes
-        vh = struct.pack("<BBHHHH", 1, 1, 52, 1000, 20, 16)  # NEEDS_CSUM, TCPV4
+        vh = struct.pack("<BBHHHH", 1, 1, 52, gso_size, 20, 16)  # NEEDS_CSUM, TCPV4
         h.dev.send(vh + bytes(sup))
         got = b""
-        for i in range(5):
+        count = -(-len(payload) // segment)
+        for i in range(count):
             _, plain, _ = r.recv()
             tot = struct.unpack_from("!H", plain, 2)[0]
             seg = plain[:tot]
+            assert len(seg) == 52 + min(segment, len(payload) - segment * i)
             assert csum(seg[:20]) == 0, "IPv4 header checksum"
             assert struct.unpack_from("!H", seg, 4)[0] == 7 + i  # IP id per segment
             tcp = seg[20:]
             assert csum(pseudo4(seg[12:16], seg[16:20], 6, len(tcp)) + tcp) == 0
-            assert struct.unpack_from("!I", tcp, 4)[0] == 1000 + 1000 * i
-            assert tcp[13] == (0x18 if i == 4 else 0x10)  # PSH only on the last
+            assert struct.unpack_from("!I", tcp, 4)[0] == 1000 + segment * i
+            assert tcp[13] == (0x18 if i == count - 1 else 0x10)  # PSH only on the last
             got += tcp[32:]
         assert got == payload
         assert h.plane.interface_stats().tx_super_packets == 1
