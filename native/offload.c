@@ -128,17 +128,19 @@ static void store_l4_csum(uint8_t *at, uint64_t sum)
 
 /* ---- TX: segmentation ---------------------------------------------------- */
 
+/* Below this a cut of up to 63 bytes would cost more messages than it saves. */
+#define WHOLE_BLOCK_SEGMENT_MIN 1024
+
 /* TCP payload per segment: gso_size, or a little less so that each segment
  * (the AEAD plaintext) is a whole number of ChaCha20 blocks.  OpenSSL's
  * ChaCha20-Poly1305 computes a trailing partial block in a call of its own,
  * which costs ~150 ns on a ~930 ns seal of 1424 bytes (the segment of a
  * 1420-byte MTU, padded); a 1408-byte segment seals in ~790 ns.  TCP takes
- * segments of any size, so this only moves where the cuts fall.  Below
- * 1 KiB a cut of up to 63 bytes would cost more messages than it saves. */
+ * segments of any size, so this only moves where the cuts fall. */
 static uint16_t tcp_segment_size(int hdrs, uint16_t gso_size)
 {
 	size_t whole = ((size_t)hdrs + gso_size) / CHACHA20_BLOCK_LEN * CHACHA20_BLOCK_LEN;
-	if (whole < 1024 || whole <= (size_t)hdrs)
+	if (whole < WHOLE_BLOCK_SEGMENT_MIN || whole <= (size_t)hdrs)
 		return gso_size;
 	return (uint16_t)(whole - (size_t)hdrs);
 }
@@ -199,9 +201,8 @@ int gso_plan_init(struct gso_plan *g, const struct vnet_hdr *h, const uint8_t *p
 		return -1;
 	size_t payload = len - g->hdrs;
 	g->gso = gso_type;
-	g->gso_size = h->gso_size;
-	if (g->l4proto == IPPROTO_TCP)
-		g->gso_size = tcp_segment_size(g->hdrs, h->gso_size);
+	g->gso_size = g->l4proto == IPPROTO_TCP ? tcp_segment_size(g->hdrs, h->gso_size)
+						: h->gso_size;
 	g->nseg = payload ? (int)((payload + g->gso_size - 1) / g->gso_size) : 1;
 	return g->nseg;
 }

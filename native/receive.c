@@ -192,7 +192,8 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 	uint8_t nonce[12];
 	aead_nonce(nonce, counter);
 	uint8_t *plain = d + MESSAGE_TRANSPORT_HDR;
-	if (aead_open(&r->aead, kp->recv_key, kp->key_id, nonce, NULL, 0, plain, n - MESSAGE_TRANSPORT_HDR, plain)) {
+	if (aead_open(&r->aead, kp->recv_key, kp->key_id, nonce, NULL, 0, plain,
+		      n - MESSAGE_TRANSPORT_HDR, plain)) {
 		STAT_ADD(p->drop_bad_tag, 1);
 		return;
 	}

@@ -82,7 +82,8 @@ static size_t message_build(dp_t *dp, struct aead *aead, struct keypair *kp,
 		out[8 + i] = (uint8_t)(counter >> (8 * i)); /* LE */
 	uint8_t nonce[12];
 	aead_nonce(nonce, counter);
-	if (aead_seal(aead, kp->send_key, kp->key_id, nonce, NULL, 0, in, len, pad, out + MESSAGE_TRANSPORT_HDR))
+	if (aead_seal(aead, kp->send_key, kp->key_id, nonce, NULL, 0, in, len, pad,
+		      out + MESSAGE_TRANSPORT_HDR))
 		return 0;
 	return MESSAGE_TRANSPORT_HDR + len + pad + NOISE_AUTHTAG_LEN;
 }
