@@ -15,6 +15,7 @@ from .config import Config, ConfigError
 from .device import DeviceError, open_device
 from .interface import Interface
 from .native_shell import NativeShell
+from .plane import Plane
 from .privileges import PrivilegeError, drop_privileges
 from .python_plane import PythonPlane
 from .status import snapshot
@@ -69,7 +70,7 @@ def up(config: Config) -> int:
                 log.warning("%s: %s", c.name, warning)
         except netlink.LinkError as e:
             raise SetupError(str(e)) from None
-        plane: PythonPlane | NativeShell
+        plane: Plane
         if datapath == "native":
             plane = NativeShell(iface, dev_fd, sock)
         else:
@@ -99,7 +100,7 @@ async def serve(
     name: str,
     mode: str,
     iface: Interface,
-    plane: PythonPlane | NativeShell,
+    plane: Plane,
     listen_port: int,
     user: str | None = None,
 ) -> int:

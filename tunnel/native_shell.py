@@ -5,23 +5,15 @@ per-peer counters into the core's timer events."""
 
 import asyncio
 import logging
-import os
 import socket
 import time
+from collections.abc import Callable
 
-from . import native, udp
-from .constants import TIMER_TICK
-from .interface import (
-    Action,
-    Deliver,
-    Interface,
-    KeypairInstalled,
-    KeypairsCleared,
-    Send,
-    Transmit,
-)
+from . import native
+from .interface import Action, Interface, KeypairInstalled, KeypairsCleared, Transmit
 from .native import NativePlane, PeerStats, UpcallKind, parse_upcall
 from .peer import Peer
+from .plane import Plane
 
 log = logging.getLogger("pyvpn")
 
@@ -39,13 +31,12 @@ UPCALL_BATCH = 256
 VNET_HDR_NONE = bytes(10)
 
 
-class NativeShell:
+class NativeShell(Plane):
     name = "native"
+    device_prefix = VNET_HDR_NONE
 
     def __init__(self, iface: Interface, dev_fd: int, sock: socket.socket) -> None:
-        self.iface = iface
-        self.dev_fd = dev_fd
-        self.sock = sock
+        super().__init__(iface, dev_fd, sock)
         self.ctrl, ctrl_native = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.ctrl.setblocking(False)
         self._ctrl_native = ctrl_native  # the C side writes to it; closed after the plane
@@ -65,31 +56,20 @@ class NativeShell:
                 self.plane.add_allowed_ip(peer_id, network)
             self.last[peer_id] = self.plane.stats(peer_id)
         self.last_interface = self.plane.interface_stats()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._tick_handle: asyncio.TimerHandle | None = None
+
+    def readers(self) -> dict[int, Callable[[], None]]:
+        return {self.ctrl.fileno(): self._upcalls}
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        loop.add_reader(self.ctrl.fileno(), self._upcalls)
         self.plane.start(workers=1)  # one thread for both directions: right for 2 cores
-        self.apply(self.iface.start(time.monotonic()))
-        self._tick()
+        super().start(loop)
 
     def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_reader(self.ctrl.fileno())
-        if self._tick_handle is not None:
-            self._tick_handle.cancel()
+        super().stop()
         self.plane.stop()
         self.plane.close()
         self.ctrl.close()
         self._ctrl_native.close()
-
-    def _tick(self) -> None:
-        self.refresh()
-        self.apply(self.iface.tick(time.monotonic()))
-        assert self._loop is not None
-        self._tick_handle = self._loop.call_later(TIMER_TICK, self._tick)
 
     def refresh(self) -> None:
         """Turn what C counted since the last look into the core's transport events."""
@@ -159,33 +139,25 @@ class NativeShell:
             elif upcall.kind is UpcallKind.ENDPOINT_CHANGED and upcall.address is not None:
                 peer.endpoint = upcall.address
 
-    def apply(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Send):
-                udp.send(self.sock, action.destination, action.data)
-            elif isinstance(action, KeypairInstalled):
-                keys = action.keypair.keys
-                peer_id = self.ids[action.peer]
-                if action.peer.endpoint:
-                    self.plane.set_endpoint(peer_id, action.peer.endpoint)
-                self.plane.install_keypair(
-                    peer_id,
-                    keys.is_initiator,
-                    keys.local_index,
-                    keys.remote_index,
-                    keys.send_key,
-                    keys.receive_key,
-                )
-            elif isinstance(action, Transmit):
-                try:
-                    self.plane.send_packet(self.ids[action.peer], action.packet)
-                except OSError as e:
-                    log.debug("native send failed: %s", e.strerror)
-            elif isinstance(action, KeypairsCleared):
-                for slot in (native.SLOT_CURRENT, native.SLOT_PREVIOUS, native.SLOT_NEXT):
-                    self.plane.clear_keypair(self.ids[action.peer], slot)
-            elif isinstance(action, Deliver):
-                try:
-                    os.write(self.dev_fd, VNET_HDR_NONE + action.packet)
-                except OSError as e:
-                    log.debug("device write failed: %s", e.strerror)
+    def carry_out(self, action: Action) -> None:
+        if isinstance(action, KeypairInstalled):
+            keys = action.keypair.keys
+            peer_id = self.ids[action.peer]
+            if action.peer.endpoint:
+                self.plane.set_endpoint(peer_id, action.peer.endpoint)
+            self.plane.install_keypair(
+                peer_id,
+                keys.is_initiator,
+                keys.local_index,
+                keys.remote_index,
+                keys.send_key,
+                keys.receive_key,
+            )
+        elif isinstance(action, Transmit):
+            try:
+                self.plane.send_packet(self.ids[action.peer], action.packet)
+            except OSError as e:
+                log.debug("native send failed: %s", e.strerror)
+        elif isinstance(action, KeypairsCleared):
+            for slot in (native.SLOT_CURRENT, native.SLOT_PREVIOUS, native.SLOT_NEXT):
+                self.plane.clear_keypair(self.ids[action.peer], slot)
