@@ -20,8 +20,8 @@ import ipaddress
 import os
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 try:  # the extension is optional: pyvpn falls back to the Python plane
     from tunnel._native import ffi, lib
@@ -35,6 +35,8 @@ except ImportError as e:  # pragma: no cover - depends on the build
 # IFF_NO_PI: IFF_VNET_HDR lets the kernel hand over 64 KiB TSO super-packets
 # and take coalesced ones back (<linux/if_tun.h>).
 IFF_VNET_HDR = 0x4000
+
+T = TypeVar("T")
 
 SLOT_CURRENT, SLOT_PREVIOUS, SLOT_NEXT = 0, 1, 2
 
@@ -182,6 +184,17 @@ class InterfaceStats:
     udp_gro: bool
     tun_offload: int  # TUN_F_* bits accepted by TUNSETOFFLOAD
     workers: int
+
+
+def _from_struct(cls: type[T], st: Any, **given: Any) -> T:
+    """A stats dataclass from the dp.h struct whose fields have the same names
+    (C's uint32_t flags become bools), with `given` for those that need more."""
+    values = dict(given)
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name not in given:
+            value = getattr(st, f.name)
+            values[f.name] = bool(value) if f.type == "bool" else value
+    return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -346,48 +359,13 @@ class NativePlane:
         st = ffi.new("struct dp_peer_stats *")
         _check(lib.dp_peer_stats(self._handle(), peer_id, st), "stats")
         ep = ffi.buffer(ffi.addressof(st, "endpoint"), st.endpoint_len)[:]
-        return PeerStats(
-            rx_bytes=st.rx_bytes,
-            tx_bytes=st.tx_bytes,
-            rx_packets=st.rx_packets,
-            tx_packets=st.tx_packets,
-            last_tx_ns=st.last_tx_ns,
-            last_tx_data_ns=st.last_tx_data_ns,
-            last_rx_ns=st.last_rx_ns,
-            last_rx_data_ns=st.last_rx_data_ns,
-            current_send_counter=st.current_send_counter,
-            current_age_ns=st.current_age_ns,
-            has_current=bool(st.has_current),
-            has_previous=bool(st.has_previous),
-            has_next=bool(st.has_next),
-            endpoint=_from_sockaddr(ep) if st.endpoint_len else None,
-            drop_bad_tag=st.drop_bad_tag,
-            drop_replay=st.drop_replay,
-            drop_bad_source=st.drop_bad_source,
-            drop_no_keypair=st.drop_no_keypair,
-            drop_expired_keypair=st.drop_expired_keypair,
-            drop_malformed=st.drop_malformed,
-        )
+        endpoint = _from_sockaddr(ep) if st.endpoint_len else None
+        return _from_struct(PeerStats, st, endpoint=endpoint)
 
     def interface_stats(self) -> InterfaceStats:
         st = ffi.new("struct dp_if_stats *")
         lib.dp_if_stats(self._handle(), st)
-        return InterfaceStats(
-            rx_unknown_index=st.rx_unknown_index,
-            rx_malformed=st.rx_malformed,
-            tx_no_route=st.tx_no_route,
-            tx_malformed=st.tx_malformed,
-            tx_send_errors=st.tx_send_errors,
-            upcalls_sent=st.upcalls_sent,
-            upcalls_dropped=st.upcalls_dropped,
-            dev_write_errors=st.dev_write_errors,
-            tx_super_packets=st.tx_super_packets,
-            rx_coalesced=st.rx_coalesced,
-            udp_gso=bool(st.udp_gso),
-            udp_gro=bool(st.udp_gro),
-            tun_offload=st.tun_offload,
-            workers=st.workers,
-        )
+        return _from_struct(InterfaceStats, st)
 
     def mac_table(self, max_entries: int = 8192) -> list[MacEntry]:
         out = ffi.new("struct dp_mac_entry[]", max_entries)
