@@ -14,7 +14,7 @@ import pytest
 
 from tunnel import bench, bench_contenders, measure
 from tunnel.bench_contenders import header_overhead
-from tunnel.bench_report import FIGURE_KEYS, Result, ratios, write_chart
+from tunnel.bench_report import FIGURE_KEYS, Result, combine, ratios, write_chart
 from tunnel.testbed import host_problem, leftovers
 
 _PROBLEM = host_problem(("ip", "ping", "iperf3", "ss", "wireguard-go", "wg"))
@@ -104,6 +104,35 @@ def test_a_failing_test_costs_one_figure(tmp_path: Path, monkeypatch) -> None:
     assert leftovers() == []
 
 
+@root_only
+def test_rounds_alternate_contenders_and_report_medians(tmp_path: Path, capsys) -> None:
+    out_json = tmp_path / "b.json"
+    argv = ("--time", "1", "--only", "veth,wireguard-go", "--rounds", "2", "--json", str(out_json))
+    assert bench.run(_args(*argv)) == 0
+    printed = capsys.readouterr()
+    # Contenders take turns: a drift of the machine during the run reaches both.
+    begun = [line.split(":")[1].strip() for line in printed.err.splitlines() if "starting" in line]
+    assert begun == ["veth (1/2)", "wireguard-go (1/2)", "veth (2/2)", "wireguard-go (2/2)"]
+    doc = json.loads(out_json.read_text())
+    assert doc["settings"]["rounds"] == 2
+    for contender in doc["contenders"]:
+        rounds = contender["details"]["rounds"]
+        assert [r["status"] for r in rounds] == ["ok", "ok"], contender["notes"]
+        for key in FIGURE_KEYS:
+            per_round = [r["figures"][key] for r in rounds]
+            if key in contender["not_applicable"]:
+                assert contender["figures"][key] is None
+            else:
+                assert contender["figures"][key] == pytest.approx(sum(per_round) / 2)
+    assert "median of 2 rounds" in printed.out
+    assert leftovers() == []
+
+
+def test_rounds_must_be_positive(capsys) -> None:
+    assert bench.run(_args("--rounds", "0")) == 2
+    assert "--rounds" in capsys.readouterr().err
+
+
 def test_unknown_contender_is_a_usage_error(capsys) -> None:
     assert bench.run(_args("--only", "veth,nonsense")) == 2
     err = capsys.readouterr().err
@@ -148,6 +177,22 @@ def test_chart_with_missing_figures_is_a_png(tmp_path: Path) -> None:
     ]
     write_chart(tmp_path / "c.png", results)
     assert (tmp_path / "c.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_combine_takes_each_figures_median_over_the_rounds_that_got_it() -> None:
+    rounds = [
+        _result("x-tun", "tun", tcp, rtt) for tcp, rtt in ((1e9, 0.4), (3e9, 0.2), (None, 9.0))
+    ]
+    rounds[2].notes.append("TCP, 1 stream: iperf3 failed")
+    combined = combine(rounds)
+    assert combined.figures["tcp_1_stream_bps"] == 2e9  # the round without it does not count
+    assert combined.figures["rtt_median_ms"] == 0.4
+    assert combined.figures["udp_64b_pps"] is None
+    assert combined.notes == ["round 3: TCP, 1 stream: iperf3 failed"]
+    assert len(combined.details["rounds"]) == 3
+    assert combined.status == "partial"
+    skipped = Result("y-tun", "y", "tun", 60, status="skipped", notes=["y is not installed"])
+    assert combine([skipped]) is skipped
 
 
 def test_settle_status() -> None:

@@ -18,7 +18,14 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tunnel import measure
 from tunnel.bench_contenders import CONTENDERS, NAMES, Contender, Endpoints, Skip, header_overhead
-from tunnel.bench_report import Result, render_table, to_json, write_chart, write_json
+from tunnel.bench_report import (
+    Result,
+    combine,
+    render_table,
+    to_json,
+    write_chart,
+    write_json,
+)
 from tunnel.testbed import (
     CommandError,
     Testbed,
@@ -56,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MTU,
         help=f"inner MTU of every tunnel, tun and tap alike (default {DEFAULT_MTU})",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure every contender N times, in turns, and show each figure's median (default 1)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
     parser.add_argument("--chart", metavar="FILE.png", help="write a bar chart to FILE.png")
 
@@ -76,8 +90,10 @@ def run(args: argparse.Namespace) -> int:
         out = Console(width=160)  # a file or pipe gets the whole table, not 80 columns
     try:
         contenders = selected(args.only)
-        if args.time <= 0 or not 576 <= args.mtu <= 9000:
-            raise ValueError("--time must be positive and --mtu between 576 and 9000")
+        if args.time <= 0 or not 576 <= args.mtu <= 9000 or not 1 <= args.rounds <= 100:
+            raise ValueError(
+                "--time must be positive, --mtu between 576 and 9000, --rounds between 1 and 100"
+            )
     except ValueError as exc:
         err.print(f"pyvpn bench: {exc}", highlight=False)
         return 2
@@ -87,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         with sigterm_as_interrupt():
-            results = bench(contenders, args.time, args.mtu, Display(err))
+            results = bench(contenders, args.time, args.mtu, Display(err), args.rounds)
     except KeyboardInterrupt:
         err.print("pyvpn bench: interrupted; everything it set up is torn down")
         return 130
@@ -100,10 +116,16 @@ def run(args: argparse.Namespace) -> int:
         f"Header overhead per inner packet over an IPv4 underlay: tun {tun} B, tap {tap} B "
         f"(IP + UDP + 32 B WireGuard; tap adds the 14 B Ethernet header; +20 B over IPv6). "
         f"Inner MTU {args.mtu} for every tunnel; {args.time:g} s per iperf3 test. "
-        "CPU: seconds used by the tunnel processes per gigabit moved in the 1-stream test.",
+        "CPU: seconds used by the tunnel processes per gigabit moved in the 1-stream test."
+        + (f" Each figure is the median of {args.rounds} rounds." if args.rounds > 1 else ""),
         highlight=False,
     )
-    settings = {"time_s": args.time, "mtu": args.mtu, "only": [c.name for c in contenders]}
+    settings = {
+        "time_s": args.time,
+        "mtu": args.mtu,
+        "rounds": args.rounds,
+        "only": [c.name for c in contenders],
+    }
     if args.json:
         write_json(args.json, to_json(results, settings))
         out.print(f"JSON: {args.json}", highlight=False)
@@ -150,18 +172,26 @@ class Display:
         self.progress.update(self.task, completed=1)
 
 
-def bench(contenders: list[Contender], seconds: float, mtu: int, display: Display) -> list[Result]:
-    """Measure every contender in turn over one testbed; torn down whatever happens."""
-    results = []
+def bench(
+    contenders: list[Contender], seconds: float, mtu: int, display: Display, rounds: int = 1
+) -> list[Result]:
+    """Measure every contender in turn over one testbed, `rounds` times over, so
+    that slow drifts of the machine reach every contender alike (a contender
+    skipped for a missing tool is not retried); torn down whatever happens."""
+    runs: dict[str, list[Result]] = {c.name: [] for c in contenders}
     with Testbed() as tb, tempfile.TemporaryDirectory(prefix="pyvpn-bench-") as tmp, display:
-        for contender in contenders:
-            display.begin(contender.name)
-            workdir = Path(tmp) / contender.name
-            workdir.mkdir()
-            result = measure_contender(contender, tb, workdir, seconds, mtu, display)
-            display.end(result)
-            results.append(result)
-    return results
+        for n in range(1, rounds + 1):
+            for contender in contenders:
+                done = runs[contender.name]
+                if done and done[0].status == "skipped":
+                    continue
+                display.begin(contender.name if rounds == 1 else f"{contender.name} ({n}/{rounds})")
+                workdir = Path(tmp) / f"{contender.name}-{n}"
+                workdir.mkdir()
+                result = measure_contender(contender, tb, workdir, seconds, mtu, display)
+                display.end(result)
+                done.append(result)
+    return [combine(runs[c.name]) for c in contenders]
 
 
 def measure_contender(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,29 @@ class Result:
         wanted = [k for k in FIGURE_KEYS if k not in self.not_applicable]
         got = [k for k in wanted if self.figures[k] is not None]
         self.status = "ok" if len(got) == len(wanted) else "partial" if got else "failed"
+
+
+def combine(rounds: Sequence[Result]) -> Result:
+    """One contender's rounds as one result: each figure is the median over the
+    rounds that obtained it, so one noisy round moves nothing; every round's own
+    figures stay in the details."""
+    if len(rounds) == 1:
+        return rounds[0]
+    first = rounds[0]
+    out = Result(first.name, first.family, first.mode, first.overhead_bytes)
+    out.not_applicable = list(first.not_applicable)
+    for key in FIGURE_KEYS:
+        got = [r.figures[key] for r in rounds if r.figures[key] is not None]
+        out.figures[key] = statistics.median(got) if got else None
+    for n, r in enumerate(rounds, start=1):
+        out.notes += [f"round {n}: {note}" for note in r.notes]
+    out.details["rounds"] = [
+        {"status": r.status, "figures": r.figures, "details": r.details} for r in rounds
+    ]
+    if all(r.status == "skipped" for r in rounds):
+        out.status = "skipped"
+    out.settle()
+    return out
 
 
 def ratios(results: Sequence[Result]) -> dict[str, dict[str, float | None]]:
