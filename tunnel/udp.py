@@ -1,6 +1,7 @@
 """The underlay UDP socket: one dual-stack socket for IPv4 and IPv6 peers, and the
 conversion between its socket addresses and the core's plain (host, port) pairs."""
 
+import functools
 import ipaddress
 import logging
 import socket
@@ -36,6 +37,13 @@ def open_socket(port: int) -> socket.socket:
     return sock
 
 
+# Both conversions are memoized: a peer sends from one address for a long time, and
+# parsing the address text of every datagram was a fifth of the Python plane's CPU
+# (py-spy). The caches are bounded, so a flood from many sources only churns them.
+ADDRESS_CACHE = 1024
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE)
 def from_sockaddr(sockaddr: tuple) -> Address:
     host = sockaddr[0].split("%")[0]
     ip = ipaddress.ip_address(host)
@@ -45,8 +53,13 @@ def from_sockaddr(sockaddr: tuple) -> Address:
 
 
 def to_sockaddr(sock: socket.socket, address: Address) -> tuple:
+    return _sockaddr(sock.family, address)
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE)
+def _sockaddr(family: int, address: Address) -> tuple:
     host, port = address
-    if sock.family == socket.AF_INET6 and ipaddress.ip_address(host).version == 4:
+    if family == socket.AF_INET6 and ipaddress.ip_address(host).version == 4:
         return ("::ffff:" + host, port)
     return (host, port)
 
