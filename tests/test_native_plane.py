@@ -312,6 +312,31 @@ def test_replay_through_datagrams(h: Harness) -> None:
     r.close()
 
 
+def test_several_workers_share_one_counter_and_lose_nothing(h: Harness) -> None:
+    """dp_start(N): workers race for the same device and socket; every message
+    still gets its own nonce, and everything arrives once."""
+    r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+    h.plane.start(3)
+    assert h.plane.interface_stats().workers == 3
+    out = [udp_packet("10.0.0.1", "10.0.0.2", i.to_bytes(4, "big")) for i in range(300)]
+    got = []
+    for i in range(0, len(out), 50):  # within the remote socket's receive buffer
+        for pkt in out[i : i + 50]:
+            h.dev.send(pkt)
+        got += [r.recv() for _ in out[i : i + 50]]
+    assert sorted(counter for counter, _, _ in got) == list(range(len(out)))
+    assert sorted(plain[: len(out[0])] for _, plain, _ in got) == sorted(out)
+    back = [udp_packet("10.0.0.2", "10.0.0.1", i.to_bytes(4, "big")) for i in range(300)]
+    delivered = []
+    for i in range(0, len(back), 8):  # the fake device queues 10 datagrams at most
+        for pkt in back[i : i + 8]:
+            r.send(pkt)
+        delivered += [h.read_dev() for _ in back[i : i + 8]]
+    assert sorted(delivered) == sorted(back)
+    h.no_dev()
+    r.close()
+
+
 def test_keepalive_and_send_packet(h: Harness) -> None:
     r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
     h.plane.send_packet(1, b"")
