@@ -6,8 +6,9 @@
  * creation.  A message under the key the context already holds (known by
  * keypair id) only sets the nonce (EVP_*Init_ex with a NULL cipher and key,
  * which in OpenSSL 3 resets the AEAD state: counters, AAD, the Poly1305
- * one-time key); a new key is loaded together with the nonce.  The tag goes in and out as an OSSL_PARAM
- * directly, which skips EVP_CIPHER_CTX_ctrl()'s translation layer.
+ * one-time key); a new key is loaded together with the nonce.  The tag goes
+ * in and out as an OSSL_PARAM directly, which skips EVP_CIPHER_CTX_ctrl()'s
+ * translation layer.
  *
  * Per-message EVP overhead (init, final, tag) is ~250 ns on the machines we
  * measured, a quarter of the cost of sealing a 1420-byte packet, so it is

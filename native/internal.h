@@ -249,10 +249,7 @@ int gro_flush(struct gro_batch *, int fd, bool vnet, int l3off, bool coalesce,
 	      _Atomic uint64_t *coalesced);
 
 /* --- send.c / receive.c: the two directions, device.c: the workers ---- */
-/* A worker is one thread serving both directions (device.c worker_main):
- * it polls the device and the UDP socket and runs one bounded batch of
- * whichever is ready, so neither direction can starve the other and the
- * ACK path costs no wakeup of a second thread. */
+/* One thread serving both directions: device.c worker_main says how. */
 struct worker {
 	dp_t *dp;
 	pthread_t thread;

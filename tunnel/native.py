@@ -193,7 +193,8 @@ def _from_struct(cls: type[T], st: Any, **given: Any) -> T:
     for f in fields(cls):  # type: ignore[arg-type]
         if f.name not in given:
             value = getattr(st, f.name)
-            values[f.name] = bool(value) if f.type == "bool" else value
+            # f.type is the annotation's text under `from __future__ import annotations`.
+            values[f.name] = bool(value) if f.type in (bool, "bool") else value
     return cls(**values)
 
 
