@@ -52,6 +52,7 @@
 #define UDP_GSO_MAX_SEGS 64        /* kernel UDP_MAX_SEGMENTS */
 #define UDP_GSO_MAX_BYTES 65000    /* a GSO send is one <64 KiB UDP datagram */
 #define ETH_HLEN_ 14
+#define ETH_MAX_VLAN_TAGS 2        /* 802.1Q and 802.1ad (QinQ), as tunnel/pmtu.py */
 
 static inline uint64_t now_ns(void)
 {
@@ -216,12 +217,15 @@ struct vnet_hdr {
 };
 uint16_t csum_fold_complement(uint64_t sum);
 uint64_t csum_partial(const uint8_t *p, size_t len, uint64_t sum);
+/* tap: where a frame's L3 header starts, behind up to ETH_MAX_VLAN_TAGS tags,
+ * with its ethertype in *type; -1 for less than an Ethernet header. */
+int eth_l3_offset(const uint8_t *frame, size_t len, uint16_t *type);
 /* Parse a device read into segments.  Returns the number of segments
- * (>= 1) or -1 if malformed.  seg_len(i) gives each segment's length. */
+ * (>= 1) or -1 if malformed.  gso_plan_segment() writes each. */
 struct gso_plan {
 	const uint8_t *pkt;
 	size_t len;
-	int l3off;          /* 0 for tun, 14 for tap */
+	int l3off;          /* 0 for tun; tap: eth_l3_offset() */
 	int nseg;
 	int gso;            /* 0: plain packet (maybe needing a checksum) */
 	bool needs_csum;
@@ -242,11 +246,11 @@ struct gro_batch;
 struct gro_batch *gro_new(int max_pkts);
 void gro_free(struct gro_batch *);
 void gro_reset(struct gro_batch *);
-/* false: full, flush first.  l3off/coalesce: as gro_flush() will be given. */
-bool gro_add(struct gro_batch *, uint8_t *pkt, size_t len, int l3off, bool coalesce);
+/* false: full, flush first.  tap: pkt is an Ethernet frame.  coalesce: a
+ * candidate for a super-packet (the device takes virtio headers). */
+bool gro_add(struct gro_batch *, uint8_t *pkt, size_t len, bool tap, bool coalesce);
 /* Writes everything; returns number of write errors. */
-int gro_flush(struct gro_batch *, int fd, bool vnet, int l3off, bool coalesce,
-	      _Atomic uint64_t *coalesced);
+int gro_flush(struct gro_batch *, int fd, bool vnet, _Atomic uint64_t *coalesced);
 
 /* --- send.c / receive.c: the two directions, device.c: the workers ---- */
 /* One thread serving both directions: device.c worker_main says how. */

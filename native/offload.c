@@ -97,6 +97,23 @@ static inline void put32(uint8_t *p, uint32_t v)
 	put16(p + 2, v & 0xffff);
 }
 
+/* A tag cut short leaves *type a tag's ethertype, which no caller takes for IP:
+ * such a frame is carried as it is, like any other non-IP frame. */
+int eth_l3_offset(const uint8_t *frame, size_t len, uint16_t *type)
+{
+	if (len < ETH_HLEN_)
+		return -1;
+	size_t off = 12;
+	*type = get16(frame + off);
+	for (int tags = 0; tags < ETH_MAX_VLAN_TAGS && (*type == 0x8100 || *type == 0x88a8) &&
+			   off + 4 + 2 <= len;
+	     tags++) {
+		off += 4;
+		*type = get16(frame + off);
+	}
+	return (int)off + 2;
+}
+
 /* Pseudo-header sum (RFC 793 / RFC 8200 section 8.1) for an L4 length. */
 static uint64_t pseudo_sum(const uint8_t *ip, bool v6, uint8_t proto, uint32_t l4len)
 {
@@ -259,6 +276,7 @@ struct gro_pkt {
 	int next;           /* next packet appended to the same item, -1 = none */
 	int8_t kind;        /* tcp_parse(): 1 candidate, 0 TCP but not, -1 not TCP */
 	bool csum_ok;       /* candidates only: the TCP checksum verified */
+	uint8_t l3off;      /* tap: Ethernet header and VLAN tags; tun: 0 */
 	uint8_t iphl, thl;
 };
 
@@ -307,33 +325,32 @@ void gro_reset(struct gro_batch *b)
 	b->n = b->nitems = 0;
 }
 
-static bool is_ip_frame(const uint8_t *frame, size_t len);
 static int tcp_parse(const uint8_t *ip, size_t len, uint8_t *iphl, uint8_t *thl);
 static bool tcp_csum_ok(const uint8_t *ip, size_t len, int iphl);
 
 /* Classify the packet and verify a candidate's checksum now, right after
  * decryption, while it is still in L1 (at flush time a batch can be a couple
  * of hundred KiB). */
-bool gro_add(struct gro_batch *b, uint8_t *pkt, size_t len, int l3off, bool coalesce)
+bool gro_add(struct gro_batch *b, uint8_t *pkt, size_t len, bool tap, bool coalesce)
 {
 	if (b->n == b->max)
 		return false;
 	struct gro_pkt *pk = &b->pkts[b->n++];
-	*pk = (struct gro_pkt){pkt, len, -1, -1, false, 0, 0};
-	bool ip_ok = l3off ? is_ip_frame(pkt, len) : len > 0;
-	if (coalesce && ip_ok) {
-		pk->kind = (int8_t)tcp_parse(pkt + l3off, len - l3off, &pk->iphl, &pk->thl);
-		if (pk->kind == 1)
-			pk->csum_ok = tcp_csum_ok(pkt + l3off, len - l3off, pk->iphl);
+	*pk = (struct gro_pkt){pkt, len, -1, -1, false, 0, 0, 0};
+	if (!coalesce)
+		return true;
+	int l3off = 0;
+	if (tap) {
+		uint16_t type;
+		l3off = eth_l3_offset(pkt, len, &type);
+		if (l3off < 0 || (type != 0x0800 && type != 0x86dd))
+			return true;
 	}
+	pk->l3off = (uint8_t)l3off;
+	pk->kind = (int8_t)tcp_parse(pkt + l3off, len - l3off, &pk->iphl, &pk->thl);
+	if (pk->kind == 1)
+		pk->csum_ok = tcp_csum_ok(pkt + l3off, len - l3off, pk->iphl);
 	return true;
-}
-
-static bool is_ip_frame(const uint8_t *frame, size_t len)
-{
-	/* tap: coalesce only untagged IPv4/IPv6 Ethernet frames. */
-	return len > ETH_HLEN_ && ((frame[12] == 0x08 && frame[13] == 0x00) ||
-				   (frame[12] == 0x86 && frame[13] == 0xdd));
 }
 
 /* A TCP segment we know how to coalesce: IPv4 without options or fragments,
@@ -365,10 +382,15 @@ static int tcp_parse(const uint8_t *ip, size_t len, uint8_t *iphl, uint8_t *thl)
 	return 1;
 }
 
-static bool same_flow(const uint8_t *a, const uint8_t *b, int iphl)
+static bool same_flow(const struct gro_pkt *pa, const struct gro_pkt *pb)
 {
-	/* Addresses, ports and the ACK number: wireguard-go's flowKey, which
-	 * treats a changed ACK as another flow (Linux GRO flushes on it too). */
+	/* tap: MACs and VLAN tags.  Then addresses, ports and the ACK number:
+	 * wireguard-go's flowKey, which treats a changed ACK as another flow
+	 * (Linux GRO flushes on it too). */
+	int iphl = pa->iphl;
+	if (pb->iphl != iphl || pb->l3off != pa->l3off || memcmp(pa->p, pb->p, pa->l3off))
+		return false;
+	const uint8_t *a = pa->p + pa->l3off, *b = pb->p + pb->l3off;
 	if (iphl == 20)
 		return !memcmp(a + 12, b + 12, 8) && !memcmp(a + 20, b + 20, 4) &&
 		       !memcmp(a + 28, b + 28, 4);
@@ -385,13 +407,12 @@ static bool tcp_csum_ok(const uint8_t *ip, size_t len, int iphl)
 
 static bool can_merge(const struct gro_batch *b, const struct gro_item *it,
 		      const struct gro_pkt *pk, const uint8_t *ip, size_t len, uint8_t iphl,
-		      uint8_t thl, int l3off)
+		      uint8_t thl)
 {
-	const uint8_t *hp = b->pkts[it->head].p, *h = hp + l3off;
+	const struct gro_pkt *head = &b->pkts[it->head];
+	const uint8_t *h = head->p + head->l3off; /* same_flow(): same l3off */
 	if (!it->open || iphl != it->iphl || thl != it->thl || it->nseg >= GRO_MAX_SEGS)
 		return false;
-	if (l3off && memcmp(hp, ip - l3off, l3off))
-		return false; /* tap: Ethernet header must match */
 	if (iphl == 20) {
 		/* TOS, TTL, DF: what Linux inet_gro_receive() compares. */
 		if (h[1] != ip[1] || h[8] != ip[8] || (h[6] & 0x40) != (ip[6] & 0x40))
@@ -410,9 +431,10 @@ static bool can_merge(const struct gro_batch *b, const struct gro_item *it,
 	return pk->csum_ok;
 }
 
-static int write_item(struct gro_batch *b, struct gro_item *it, int fd, bool vnet, int l3off)
+static int write_item(struct gro_batch *b, struct gro_item *it, int fd, bool vnet)
 {
 	struct gro_pkt *hp = &b->pkts[it->head];
+	int l3off = hp->l3off; /* the same for every packet of the item (can_merge) */
 	struct virtio_net_hdr vh;
 	memset(&vh, 0, sizeof(vh));
 	int n = 0;
@@ -447,17 +469,16 @@ static int write_item(struct gro_batch *b, struct gro_item *it, int fd, bool vne
 	return writev(fd, b->iov, n) < 0 ? -1 : 0;
 }
 
-int gro_flush(struct gro_batch *b, int fd, bool vnet, int l3off, bool coalesce,
-	      _Atomic uint64_t *coalesced)
+int gro_flush(struct gro_batch *b, int fd, bool vnet, _Atomic uint64_t *coalesced)
 {
 	int errors = 0;
 	b->nitems = 0;
 	for (int i = 0; i < b->n; i++) {
 		struct gro_pkt *pk = &b->pkts[i];
-		uint8_t *ip = pk->p + l3off;
-		size_t len = pk->len - l3off;
+		uint8_t *ip = pk->p + pk->l3off;
+		size_t len = pk->len - pk->l3off;
 		uint8_t iphl = pk->iphl, thl = pk->thl;
-		int kind = coalesce ? pk->kind : -1; /* classified by gro_add() */
+		int kind = pk->kind; /* classified by gro_add() */
 		if (kind == 0 && iphl == 0) {
 			/* TCP we cannot even locate the ports of (IPv4 options or
 			 * fragments): close every open item to keep order. */
@@ -468,12 +489,11 @@ int gro_flush(struct gro_batch *b, int fd, bool vnet, int l3off, bool coalesce,
 			int lo = b->nitems > GRO_OPEN_SCAN ? b->nitems - GRO_OPEN_SCAN : 0;
 			for (int j = b->nitems - 1; j >= lo; j--) {
 				struct gro_item *it = &b->items[j];
-				if (it->iphl != iphl ||
-				    !same_flow(b->pkts[it->head].p + l3off, ip, iphl))
+				if (!same_flow(&b->pkts[it->head], pk))
 					continue;
 				if (!it->open)
 					break; /* newest item of this flow is closed */
-				if (kind == 1 && can_merge(b, it, pk, ip, len, iphl, thl, l3off)) {
+				if (kind == 1 && can_merge(b, it, pk, ip, len, iphl, thl)) {
 					uint32_t seg = (uint32_t)(len - iphl - thl);
 					b->pkts[it->tail].next = i;
 					it->tail = i;
@@ -507,7 +527,7 @@ int gro_flush(struct gro_batch *b, int fd, bool vnet, int l3off, bool coalesce,
 next:;
 	}
 	for (int j = 0; j < b->nitems; j++) {
-		if (write_item(b, &b->items[j], fd, vnet, l3off) < 0)
+		if (write_item(b, &b->items[j], fd, vnet) < 0)
 			errors++;
 		else if (b->items[j].nseg > 1)
 			STAT_ADD(*coalesced, 1);

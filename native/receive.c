@@ -249,11 +249,10 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 			return;
 		}
 	}
-	int l3off = dp->tap ? ETH_HLEN_ : 0;
-	if (!gro_add(r->gro, plain, plen, l3off, dp->vnet)) {
+	if (!gro_add(r->gro, plain, plen, dp->tap, dp->vnet)) {
 		STAT_ADD(dp->st.dev_write_errors,
-			 gro_flush(r->gro, dp->dev_fd, dp->vnet, l3off, dp->vnet, &dp->st.rx_coalesced));
-		gro_add(r->gro, plain, plen, l3off, dp->vnet);
+			 gro_flush(r->gro, dp->dev_fd, dp->vnet, &dp->st.rx_coalesced));
+		gro_add(r->gro, plain, plen, dp->tap, dp->vnet);
 	}
 }
 
@@ -313,8 +312,7 @@ int rx_batch(struct rx_state *r)
 				    &r->src[i], now);
 	}
 	pthread_rwlock_unlock(&dp->lock);
-	int errs = gro_flush(r->gro, dp->dev_fd, dp->vnet, dp->tap ? ETH_HLEN_ : 0, dp->vnet,
-			     &dp->st.rx_coalesced);
+	int errs = gro_flush(r->gro, dp->dev_fd, dp->vnet, &dp->st.rx_coalesced);
 	if (errs)
 		STAT_ADD(dp->st.dev_write_errors, errs);
 	for (int i = 0; i < r->nconfirms; i++) {

@@ -312,23 +312,14 @@ static const uint8_t *route_dst(const uint8_t *ip, size_t len, int *family)
 }
 
 /* Whether an oversized tap frame could get a "fragmentation needed" or "packet too
- * big" answer: IPv4 with Don't Fragment, or IPv6, behind up to two VLAN tags.
- * Python (tunnel/pmtu.py) makes the final call; everything else is sent on and
- * the underlay fragments the outer datagram. */
-static bool wants_too_big(const uint8_t *frame, size_t n)
+ * big" answer: IPv4 with Don't Fragment, or IPv6, behind its VLAN tags (l3off,
+ * type: eth_l3_offset()).  Python (tunnel/pmtu.py) makes the final call;
+ * everything else is sent on and the underlay fragments the outer datagram. */
+static bool wants_too_big(const uint8_t *frame, size_t n, int l3off, uint16_t type)
 {
-	size_t off = 12;
-	for (int tags = 0; tags < 2 && off + 4 <= n; tags++) {
-		uint16_t type = (uint16_t)(frame[off] << 8 | frame[off + 1]);
-		if (type != 0x8100 && type != 0x88a8)
-			break;
-		off += 4;
-	}
-	if (off + 2 + 20 > n)
+	if ((size_t)l3off + 20 > n)
 		return false;
-	uint16_t type = (uint16_t)(frame[off] << 8 | frame[off + 1]);
-	const uint8_t *ip = frame + off + 2;
-	return (type == 0x0800 && (ip[6] & 0x40)) || type == 0x86dd;
+	return (type == 0x0800 && (frame[l3off + 6] & 0x40)) || type == 0x86dd;
 }
 
 /* One read from the device. Lock held (read). */
@@ -348,8 +339,12 @@ static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
 		buf += VNET_HDR_LEN;
 		n -= VNET_HDR_LEN;
 	}
+	int l3off = 0;
+	uint16_t type = 0;
+	if (dp->tap)
+		l3off = eth_l3_offset(buf, n, &type);
 	struct gso_plan g;
-	if (gso_plan_init(&g, &vh, buf, n, dp->tap ? ETH_HLEN_ : 0) < 0) {
+	if (l3off < 0 || gso_plan_init(&g, &vh, buf, n, l3off) < 0) {
 		STAT_ADD(dp->st.tx_malformed, 1);
 		return;
 	}
@@ -365,14 +360,10 @@ static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
 			STAT_ADD(dp->st.tx_no_route, g.nseg);
 		return;
 	}
-	if (n < ETH_HLEN_) {
-		STAT_ADD(dp->st.tx_malformed, 1);
-		return;
-	}
 	/* Segments too big for the tunnel: the sender should hear why, as from a
 	 * router, rather than have its frames fragmented underneath for ever. */
 	size_t seg_payload = g.gso ? (size_t)g.hdrs - ETH_HLEN_ + g.gso_size : n - ETH_HLEN_;
-	if (seg_payload > (size_t)dp->mtu && wants_too_big(buf, n)) {
+	if (seg_payload > (size_t)dp->mtu && wants_too_big(buf, n, l3off, type)) {
 		upcall_send(dp, DP_UPCALL_TOO_BIG, 0, NULL, buf, n);
 		return;
 	}

@@ -94,13 +94,22 @@ DRIVER = textwrap.dedent(r"""
         return ~s & 0xFFFF
 
     def tcp4(seq, payload, flags=0x10, dst=b"\x0a\x00\x00\x02"):
+        # With a correct TCP checksum, so that received segments can coalesce.
         l4 = struct.pack("!HHIIBBHHH", 1, 2, seq, 7, 0x50, flags, 100, 0, 0) + payload
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0x4000, 64, 6, 0,
-                         b"\x0a\x00\x00\x01", dst)
+        src = b"\x0a\x00\x00\x01"
+        pseudo = src + dst + struct.pack("!BBH", 0, 6, len(l4))
+        l4 = l4[:16] + struct.pack("!H", csum(pseudo + l4)) + l4[18:]
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0x4000, 64, 6, 0, src, dst)
         return ip + l4
 
     def vnet(flags=0, gso=0, hdr=0, size=0, start=0, off=0):
         return struct.pack("<BBHHHH", flags, gso, hdr, size, start, off)
+
+    def tagged(inner, vid=10, ntags=None):
+        # An Ethernet frame behind 0 to 3 VLAN tags (the plane parses up to two).
+        ntags = rnd.randrange(4) if ntags is None else ntags
+        tags = b"".join(struct.pack("!HH", 0x88a8 if t else 0x8100, vid) for t in range(ntags))
+        return b"\x02" * 6 + b"\x04" * 6 + tags + b"\x08\x00" + inner
 
     # 1. Real traffic: plain, TSO (v4), USO, NEEDS_CSUM, NEED_KEY, through A to B.
     for i in range(300):
@@ -122,7 +131,10 @@ DRIVER = textwrap.dedent(r"""
                        rnd.randrange(60), rnd.choice([6, 16, rnd.randrange(100)]))
         body = rnd.choice([tcp4(i, os.urandom(rnd.randrange(0, 3000))),
                            os.urandom(rnd.randrange(0, 200)),
-                           bytes([0x60]) + os.urandom(rnd.randrange(0, 3000))])
+                           bytes([0x60]) + os.urandom(rnd.randrange(0, 3000)),
+                           tagged(tcp4(i, os.urandom(rnd.randrange(0, 3000))))])
+        if rnd.random() < 0.2:
+            body = body[: rnd.randrange(len(body) + 1)]
         try:
             (devA if i % 3 else devT).send(hdr[: rnd.choice([10, 10, 10, 3])] + body)
         except BlockingIOError:
@@ -135,6 +147,19 @@ DRIVER = textwrap.dedent(r"""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
     aead = ChaCha20Poly1305(kba)
+
+    def transport(tap, receiver, counter, inner):
+        return (bytes([4, tap, 0, 0]) + struct.pack("<IQ", receiver, counter) +
+                aead.encrypt(bytes(4) + struct.pack("<Q", counter), inner, None))
+
+    def send(d, i, to):
+        try:
+            s.sendto(d, ("127.0.0.1", to.getsockname()[1]))
+        except OSError:
+            pass
+        if i % 2000 == 0:
+            time.sleep(0.005)
+
     counter = 10**6
     for i in range(100000):
         k = i % 10
@@ -165,14 +190,19 @@ DRIVER = textwrap.dedent(r"""
             else:
                 inner = os.urandom(rnd.randrange(0, 64))
             inner += bytes(-len(inner) % 16)
-            d = (b"\x04\0\0\0" + struct.pack("<IQ", 1, counter) +
-                 aead.encrypt(bytes(4) + struct.pack("<Q", counter), inner, None))
-        try:
-            s.sendto(d, ("127.0.0.1", udpA.getsockname()[1]))
-        except OSError:
-            pass
-        if i % 2000 == 0:
-            time.sleep(0.005)
+            d = transport(0, 1, counter, inner)
+        send(d, i, udpA)
+    # 4. Authenticated frames into the tap plane: TCP segments in and out of
+    #    order on VLANs (tags parsed, GRO), whole, corrupted and cut short.
+    for i in range(20000):
+        # Three VLANs (i % 3) with 0, 1 and 2 tags, mostly full segments in sequence.
+        seg = tcp4(1000 * (i // 3), os.urandom(rnd.choice([0, 10, 1000, 1000, 1000])),
+                   flags=rnd.choice([0x10, 0x10, 0x10, 0x18, 0x11]))
+        inner = tagged(seg, vid=i % 3, ntags=None if i % 5 == 0 else i % 3)
+        inner = bytearray(inner[: rnd.randrange(len(inner) + 1)] if i % 7 == 0 else inner)
+        if i % 11 == 0 and inner:
+            inner[rnd.randrange(len(inner))] = rnd.getrandbits(8)
+        send(transport(1, 101, i, bytes(inner)), i, udpT)
     time.sleep(1.0)
     # Reconfigure while running.
     for i in range(200):
@@ -181,7 +211,8 @@ DRIVER = textwrap.dedent(r"""
         A.clear_allowed_ips(2)
         A.add_peer(50 + i); A.remove_peer(50 + i)
         T.mac_table(); A.stats(1); A.interface_stats()
-    print("stats", A.interface_stats(), B.stats(1), flush=True)
+    print("stats", A.interface_stats(), B.stats(1), T.interface_stats(), T.stats(1), flush=True)
+    assert T.interface_stats().rx_coalesced > 0, "tap GRO never ran"
     stop.set()
     for p in (A, B, T):
         p.close()

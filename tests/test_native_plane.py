@@ -18,6 +18,19 @@ import pytest
 
 from tunnel import native
 
+from .packets import (
+    QINQ,
+    VIRTIO_NET_HDR_GSO_TCPV4,
+    csum,
+    ether,
+    partial_tcp_csum,
+    pseudo4,
+    tcp_segment,
+    udp_packet,
+    virtio_net_hdr,
+    vlan_tag,
+)
+
 pytestmark = pytest.mark.skipif(not native.available(), reason="tunnel._native not built")
 
 ChaCha20Poly1305 = pytest.importorskip(
@@ -26,59 +39,6 @@ ChaCha20Poly1305 = pytest.importorskip(
 
 REJECT_AFTER_MESSAGES = 2**64 - 2**13 - 1
 WAIT = 2.0
-
-
-# ---- packet builders (RFC 791/793/768), independent of the C code ---------------
-
-
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def ip4(a: str) -> bytes:
-    return socket.inet_aton(a)
-
-
-def ipv4(src: bytes, dst: bytes, proto: int, l4: bytes, ident: int = 7) -> bytes:
-    hdr = bytearray(
-        struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), ident, 0x4000, 64, proto, 0, src, dst)
-    )
-    hdr[10:12] = struct.pack("!H", csum(bytes(hdr)))
-    return bytes(hdr) + l4
-
-
-def pseudo4(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
-    return src + dst + struct.pack("!BBH", 0, proto, length)
-
-
-def udp_packet(src: str, dst: str, payload: bytes, sport: int = 4000, dport: int = 5000) -> bytes:
-    s, d = ip4(src), ip4(dst)
-    l4 = bytearray(struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload)
-    l4[6:8] = struct.pack("!H", csum(pseudo4(s, d, 17, len(l4)) + bytes(l4)) or 0xFFFF)
-    return ipv4(s, d, 17, bytes(l4))
-
-
-def tcp_segment(
-    src: str, dst: str, seq: int, payload: bytes, flags: int = 0x10, ack: int = 1, opts: bytes = b""
-) -> bytes:
-    s, d = ip4(src), ip4(dst)
-    doff = (20 + len(opts)) // 4
-    l4 = bytearray(
-        struct.pack("!HHIIBBHHH", 1234, 80, seq, ack, doff << 4, flags, 65535, 0, 0)
-        + opts
-        + payload
-    )
-    l4[16:18] = struct.pack("!H", csum(pseudo4(s, d, 6, len(l4)) + bytes(l4)))
-    return ipv4(s, d, 6, bytes(l4))
-
-
-def ether(dst: bytes, src: bytes, payload: bytes = b"x" * 50) -> bytes:
-    return dst + src + b"\x08\x00" + payload
 
 
 # ---- harness ------------------------------------------------------------------------
@@ -628,6 +588,74 @@ def test_gro_coalesces_in_order_tcp() -> None:
         data = h.read_dev()
         assert data[:10] == bytes(10) and data[10:] == other
         assert h.plane.interface_stats().rx_coalesced == 1
+        r.close()
+    finally:
+        h.close()
+
+
+ME, FAR = bytes.fromhex("020000000001"), bytes.fromhex("0200000000a1")
+
+
+@pytest.mark.parametrize(
+    "tags", [vlan_tag(10), vlan_tag(20, QINQ) + vlan_tag(10)], ids=["802.1Q", "QinQ"]
+)
+def test_tagged_tso_super_frame_is_split(tags: bytes) -> None:
+    """tap: a TCP super-frame on a VLAN (TAP hands them over with TSO, tag in the
+    data) becomes segments on the same VLAN."""
+    h = Harness(tap=True, vnet=True)
+    try:
+        r = Remote(h, 1, 0x1111, 0x2222, tap=True)
+        h.start()
+        payload, gso_size, l3 = os.urandom(4000), 536, 14 + len(tags)
+        ip = partial_tcp_csum(tcp_segment("10.0.0.1", "10.0.0.2", 1000, payload, flags=0x18))
+        sup = ether(FAR, ME, ip, tags)
+        h.dev.send(virtio_net_hdr(VIRTIO_NET_HDR_GSO_TCPV4, l3 + 40, gso_size, l3 + 20) + sup)
+        got = b""
+        for i in range(-(-len(payload) // gso_size)):
+            frame = r.recv()[1]
+            assert frame[:l3] == sup[:l3]  # MACs, tags and ethertype
+            seg = frame[l3:]
+            assert len(seg) == 40 + min(gso_size, len(payload) - gso_size * i)
+            assert struct.unpack_from("!H", seg, 2)[0] == len(seg)
+            assert csum(seg[:20]) == 0, "IPv4 header checksum"
+            assert csum(pseudo4(seg[12:16], seg[16:20], 6, len(seg) - 20) + seg[20:]) == 0
+            assert struct.unpack_from("!I", seg, 24)[0] == 1000 + gso_size * i
+            got += seg[40:]
+        assert got == payload
+        stats = h.plane.interface_stats()
+        assert (stats.tx_super_packets, stats.tx_malformed) == (1, 0)
+        r.close()
+    finally:
+        h.close()
+
+
+def test_gro_coalesces_tagged_frames_per_vlan() -> None:
+    """tap: one TCP flow's segments coalesce on their VLAN; the same addresses and
+    ports on another VLAN are another flow, even interleaved."""
+    h = Harness(tap=True, vnet=True)
+    try:
+        r = Remote(h, 1, 0x1111, 0x2222, tap=True)
+        chunks = {
+            10: [os.urandom(1000) for _ in range(3)],
+            20: [os.urandom(1000) for _ in range(3)],
+        }
+        for i in range(3):
+            for vid, seq in ((10, 5000), (20, 9000)):
+                ip = tcp_segment("10.0.0.2", "10.0.0.1", seq + 1000 * i, chunks[vid][i])
+                r.send(ether(ME, FAR, ip, vlan_tag(vid)))
+        h.start()  # everything is queued: one recvmmsg batch
+        for vid, seq in ((10, 5000), (20, 9000)):
+            data = h.read_dev()
+            assert struct.unpack_from("<BBHHHH", data) == (1, 1, 18 + 40, 1000, 18 + 20, 16)
+            frame = data[10:]
+            assert frame[:18] == ME + FAR + vlan_tag(vid) + b"\x08\x00"
+            pkt = frame[18:]
+            assert struct.unpack_from("!H", pkt, 2)[0] == len(pkt) == 40 + 3000
+            assert csum(pkt[:20]) == 0
+            assert struct.unpack_from("!I", pkt, 24)[0] == seq
+            assert pkt[40:] == b"".join(chunks[vid])
+        h.no_dev()
+        assert h.plane.interface_stats().rx_coalesced == 2
         r.close()
     finally:
         h.close()

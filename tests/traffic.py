@@ -67,6 +67,7 @@ def tcp_transfer(
 # Raw Ethernet frames through AF_PACKET sockets, for what is not IP: any ethertype,
 # any source MAC, group destinations. 0x88B5 is IEEE 802's "local experimental".
 ETHERTYPE_EXPERIMENTAL = 0x88B5
+ETH_P_ALL = 3  # capture every ethertype
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 
 SEND_FRAMES = textwrap.dedent("""
@@ -81,18 +82,39 @@ SEND_FRAMES = textwrap.dedent("""
         sock.send(frame + bytes.fromhex(payload))
 """)
 
+# A frame with a virtio_net_hdr in front (PACKET_VNET_HDR), as a host's TSO would
+# hand a TCP super-frame to its bridge.
+SEND_OFFLOADED_FRAME = textwrap.dedent("""
+    import socket, sys
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    sock.setsockopt(263, 15, 1)  # SOL_PACKET, PACKET_VNET_HDR
+    sock.bind((sys.argv[1], 0))
+    sock.send(bytes.fromhex(sys.argv[2]))
+""")
+
+# The kernel takes a received frame's VLAN tag off into metadata; PACKET_AUXDATA
+# (struct tpacket_auxdata) gives it back, to ETH_P_ALL captures only: without a VLAN
+# device the tag is gone before the taps of one ethertype see the frame.
 CAPTURE_FRAMES = textwrap.dedent("""
-    import json, select, socket, sys, time
+    import json, select, socket, struct, sys, time
     dev, ethertype, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
+    sock.setsockopt(263, 8, 1)  # SOL_PACKET, PACKET_AUXDATA
     sock.bind((dev, ethertype))
     print("ready", flush=True)
     seen, deadline = [], time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         if select.select([sock], [], [], left)[0]:
-            data, address = sock.recvfrom(65535)
-            if address[2] != socket.PACKET_OUTGOING:
-                seen.append([data[:6].hex(":"), data[6:12].hex(":"), data[14:].hex()])
+            data, ancillary, _, address = sock.recvmsg(65535, socket.CMSG_SPACE(20))
+            if address[2] == socket.PACKET_OUTGOING:
+                continue
+            vlan = None
+            for level, kind, aux in ancillary:
+                if (level, kind) == (263, 8):  # struct tpacket_auxdata
+                    status, _, _, _, _, tci, _ = struct.unpack("=IIIHHHH", aux[:20])
+                    if status & 0x10:  # TP_STATUS_VLAN_VALID
+                        vlan = tci & 0xFFF
+            seen.append([data[:6].hex(":"), data[6:12].hex(":"), data[14:].hex(), vlan])
     print(json.dumps(seen), flush=True)
 """)
 
@@ -102,6 +124,7 @@ class Frame:
     destination: str  # MAC addresses as "02:00:..."
     source: str
     payload: bytes
+    vlan: int | None = None  # the VLAN id it arrived with (ETH_P_ALL captures)
 
 
 def send_frames(
@@ -119,6 +142,11 @@ def send_frames(
            payload.hex(), str(count))  # fmt: skip
 
 
+def send_offloaded_frame(ns: Namespace, dev: str, frame: bytes) -> None:
+    """Transmit `frame`, which starts with a virtio_net_hdr (packets.virtio_net_hdr)."""
+    ns.run(sys.executable, "-c", SEND_OFFLOADED_FRAME, dev, frame.hex())
+
+
 @contextlib.contextmanager
 def capture_frames(
     ns: Namespace, dev: str, ethertype: int = ETHERTYPE_EXPERIMENTAL, seconds: float = 2.0
@@ -132,7 +160,7 @@ def capture_frames(
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         yield seen
         out, _ = proc.communicate(timeout=seconds + 10)
-        seen += [Frame(d, s, bytes.fromhex(p)) for d, s, p in json.loads(out)]
+        seen += [Frame(d, s, bytes.fromhex(p), vlan) for d, s, p, vlan in json.loads(out)]
     finally:
         if proc.poll() is None:
             proc.kill()
