@@ -8,6 +8,7 @@ VLAN = 0x8100  # IEEE 802.1Q
 QINQ = 0x88A8  # IEEE 802.1ad, the outer tag of two
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1  # <linux/virtio_net.h>
 VIRTIO_NET_HDR_GSO_TCPV4 = 1
+VIRTIO_NET_HDR_GSO_UDP_L4 = 5
 
 
 def csum(data: bytes) -> int:

@@ -21,6 +21,7 @@ from tunnel import native
 from .packets import (
     QINQ,
     VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_UDP_L4,
     csum,
     ether,
     partial_tcp_csum,
@@ -555,6 +556,32 @@ def test_tso_super_packet_is_split(gso_size: int, segment: int) -> None:
         h.dev.send(struct.pack("<BBHHHH", 1, 0, 0, 0, 20, 6) + bytes(u))
         plain = r.recv()[1][: len(u)]
         assert csum(pseudo4(plain[12:16], plain[16:20], 17, len(u) - 20) + plain[20:]) == 0
+        r.close()
+    finally:
+        h.close()
+
+
+def test_uso_super_packet_is_split() -> None:
+    """A UDP GSO super-packet (what TUN gives with USO, from a UDP_SEGMENT sender)
+    becomes one datagram per gso_size, each with its own length and checksum."""
+    h = Harness(vnet=True)
+    try:
+        r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+        h.start()
+        chunks = [bytes([i]) * 1000 for i in range(4)] + [b"tail"]
+        sup = bytearray(udp_packet("10.0.0.1", "10.0.0.2", b"".join(chunks)))
+        sup[26:28] = b"\0\0"  # the plane computes each datagram's checksum
+        h.dev.send(struct.pack("<BBHHHH", 1, VIRTIO_NET_HDR_GSO_UDP_L4, 28, 1000, 20, 6) + sup)
+        for i, chunk in enumerate(chunks):
+            plain = r.recv()[1]
+            dgram = plain[: struct.unpack_from("!H", plain, 2)[0]]
+            assert len(dgram) == 28 + len(chunk) and dgram[28:] == chunk
+            assert csum(dgram[:20]) == 0, "IPv4 header checksum"
+            assert struct.unpack_from("!H", dgram, 4)[0] == 7 + i  # IP id per datagram
+            udp = dgram[20:]
+            assert struct.unpack_from("!HH", udp, 2)[1] == len(udp)
+            assert csum(pseudo4(dgram[12:16], dgram[16:20], 17, len(udp)) + udp) == 0
+        assert h.plane.interface_stats().tx_super_packets == 1
         r.close()
     finally:
         h.close()
