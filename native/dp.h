@@ -129,6 +129,7 @@ int dp_send_packet(dp_t *, uint32_t peer_id, const uint8_t *pkt, size_t len);
 int dp_peer_stats(dp_t *, uint32_t peer_id, struct dp_peer_stats *out);
 int dp_if_stats(dp_t *, struct dp_if_stats *out);
 int dp_mac_table(dp_t *, struct dp_mac_entry *out, int max); /* returns count */
+int dp_mac_owner(dp_t *, const uint8_t mac[6], uint32_t *peer_id); /* 1: learned, live */
 void dp_set_mac_ageing(dp_t *, uint32_t seconds);           /* tap; default 300 */
 
 /* Test hooks (small, pure, no dp_t): the AEAD exactly as the data path uses

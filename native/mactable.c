@@ -128,6 +128,11 @@ int dp_mac_table(dp_t *dp, struct dp_mac_entry *out, int max)
 	return n;
 }
 
+int dp_mac_owner(dp_t *dp, const uint8_t mac[6], uint32_t *peer_id)
+{
+	return mac_lookup(dp, mac, now_ns(), peer_id);
+}
+
 void dp_set_mac_ageing(dp_t *dp, uint32_t seconds)
 {
 	atomic_store(&dp->mac_ageing_ns, (uint64_t)seconds * 1000000000ULL);

@@ -480,6 +480,7 @@ def test_tap_learning_and_flooding() -> None:
         assert h.read_dev() == frame
         table = h.plane.mac_table()
         assert [(e.mac, e.peer_id) for e in table] == [("02:00:00:00:00:a2", 2)]
+        assert (h.plane.mac_owner(macs[2]), h.plane.mac_owner(macs[1])) == (2, None)
         uni = ether(macs[2], me, b"unicast" * 8)
         h.dev.send(uni)
         assert rs[1].recv()[1] == uni
@@ -496,6 +497,7 @@ def test_tap_learning_and_flooding() -> None:
         # Ageing.
         h.plane.set_mac_ageing(0)
         assert h.plane.mac_table() == []
+        assert h.plane.mac_owner(macs[2]) is None
         for r in rs:
             r.close()
     finally:

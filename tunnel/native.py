@@ -380,6 +380,11 @@ class NativePlane:
             for i in range(n)
         ]
 
+    def mac_owner(self, mac: bytes) -> int | None:
+        """The id of the peer a learned MAC address sits behind, if it has not aged out."""
+        peer_id = ffi.new("uint32_t *")
+        return peer_id[0] if lib.dp_mac_owner(self._handle(), mac, peer_id) else None
+
     def set_mac_ageing(self, seconds: int) -> None:
         lib.dp_set_mac_ageing(self._handle(), seconds)
 

@@ -14,6 +14,7 @@ from .interface import Action, Interface, KeypairInstalled, KeypairsCleared, Tra
 from .native import NativePlane, PeerStats, UpcallKind, parse_upcall
 from .peer import Peer
 from .plane import Plane
+from .switch import MacTable
 
 log = logging.getLogger("pyvpn")
 
@@ -29,6 +30,35 @@ UPCALL_BATCH = 256
 # A virtio_net_hdr of zeros (no offload, native/internal.h VNET_HDR_LEN) before
 # the packets Python itself writes into the device.
 VNET_HDR_NONE = bytes(10)
+
+
+class NativeMacTable(MacTable[Peer]):
+    """tap: the learning switch C keeps, as the core asks it (a lookup for a frame
+    Python sends, `show`). Read on demand, never copied: copying it every tick cost
+    up to 20 ms of Python per tick with a full table."""
+
+    def __init__(self, plane: NativePlane, peers: dict[int, Peer], ageing: float) -> None:
+        super().__init__(ageing)
+        self.plane, self.peers = plane, peers
+
+    def learn(self, mac: bytes, owner: Peer, now: float) -> None:
+        """C learns from every frame it decrypts. Python decrypts one only when C
+        did not hold its keypair yet (a race with installing it); the next frame
+        from that address teaches C."""
+
+    def lookup(self, mac: bytes, now: float) -> Peer | None:
+        peer_id = self.plane.mac_owner(mac)
+        return None if peer_id is None else self.peers.get(peer_id)
+
+    def forget_owner(self, owner: Peer) -> None:
+        """dp_remove_peer() forgets the peer's MAC addresses in C."""
+
+    def entries(self, now: float) -> list[tuple[bytes, Peer, float]]:
+        return [
+            (bytes.fromhex(e.mac.replace(":", "")), self.peers[e.peer_id], e.age)
+            for e in self.plane.mac_table()
+            if e.peer_id in self.peers
+        ]
 
 
 class NativeShell(Plane):
@@ -56,6 +86,7 @@ class NativeShell(Plane):
                 self.plane.add_allowed_ip(peer_id, network)
             self.last[peer_id] = self.plane.stats(peer_id)
         self.last_interface = self.plane.interface_stats()
+        iface.macs = NativeMacTable(self.plane, self.peers, iface.macs.ageing)
 
     def readers(self) -> dict[int, Callable[[], None]]:
         return {self.ctrl.fileno(): self._upcalls}
@@ -73,13 +104,6 @@ class NativeShell(Plane):
 
     def refresh(self) -> None:
         """Turn what C counted since the last look into the core's transport events."""
-        if self.iface.l2:
-            learned = [
-                (bytes.fromhex(e.mac.replace(":", "")), self.peers[e.peer_id], e.age)
-                for e in self.plane.mac_table()
-                if e.peer_id in self.peers
-            ]
-            self.iface.macs.mirror(learned, time.monotonic())
         new_if, old_if = self.plane.interface_stats(), self.last_interface
         self.last_interface = new_if
         for reason, field in INTERFACE_DROPS.items():

@@ -26,11 +26,6 @@ class MacTable(Generic[T]):
             return None
         return entry[0]
 
-    def mirror(self, entries: list[tuple[bytes, T, float]], now: float) -> None:
-        """Replace the table with (mac, owner, age) entries learned elsewhere (the
-        native plane switches in C; `show` reads them from here)."""
-        self._entries = {mac: (owner, now - age) for mac, owner, age in entries}
-
     def forget_owner(self, owner: T) -> None:
         self._entries = {m: e for m, e in self._entries.items() if e[0] is not owner}
 
