@@ -12,11 +12,12 @@ def snapshot(
     iface: Interface, name: str, listen_port: int, datapath: str, now: float
 ) -> dict[str, Any]:
     peers = []
+    learned = iface.macs.entries(now) if iface.l2 else []  # once: C may hold the table
     for peer in iface.peers.values():
         macs = (
             [
                 {"mac": mac.hex(":"), "age": round(age, 1)}
-                for mac, owner, age in iface.macs.entries(now)
+                for mac, owner, age in learned
                 if owner is peer
             ]
             if iface.l2
