@@ -38,6 +38,7 @@ DRIVER = textwrap.dedent(r"""
     from tunnel import native
     assert native.lib is mod.lib
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from tests.packets import QINQ, VLAN, ether, tcp_segment, vlan_tag
 
     rnd = random.Random(1234)
     stop = threading.Event()
@@ -85,22 +86,9 @@ DRIVER = textwrap.dedent(r"""
     for p in (A, B, T):
         p.start(2)
 
-    def csum(b):
-        if len(b) % 2:
-            b += b"\0"
-        s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-        while s >> 16:
-            s = (s & 0xFFFF) + (s >> 16)
-        return ~s & 0xFFFF
-
-    def tcp4(seq, payload, flags=0x10, dst=b"\x0a\x00\x00\x02"):
+    def tcp4(seq, payload, flags=0x10, dst="10.0.0.2"):
         # With a correct TCP checksum, so that received segments can coalesce.
-        l4 = struct.pack("!HHIIBBHHH", 1, 2, seq, 7, 0x50, flags, 100, 0, 0) + payload
-        src = b"\x0a\x00\x00\x01"
-        pseudo = src + dst + struct.pack("!BBH", 0, 6, len(l4))
-        l4 = l4[:16] + struct.pack("!H", csum(pseudo + l4)) + l4[18:]
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0x4000, 64, 6, 0, src, dst)
-        return ip + l4
+        return tcp_segment("10.0.0.1", dst, seq, payload, flags)
 
     def vnet(flags=0, gso=0, hdr=0, size=0, start=0, off=0):
         return struct.pack("<BBHHHH", flags, gso, hdr, size, start, off)
@@ -108,8 +96,8 @@ DRIVER = textwrap.dedent(r"""
     def tagged(inner, vid=10, ntags=None):
         # An Ethernet frame behind 0 to 3 VLAN tags (the plane parses up to two).
         ntags = rnd.randrange(4) if ntags is None else ntags
-        tags = b"".join(struct.pack("!HH", 0x88a8 if t else 0x8100, vid) for t in range(ntags))
-        return b"\x02" * 6 + b"\x04" * 6 + tags + b"\x08\x00" + inner
+        tags = b"".join(vlan_tag(vid, QINQ if t else VLAN) for t in range(ntags))
+        return ether(b"\x02" * 6, b"\x04" * 6, inner, tags)
 
     # 1. Real traffic: plain, TSO (v4), USO, NEEDS_CSUM, NEED_KEY, through A to B.
     for i in range(300):
@@ -121,7 +109,7 @@ DRIVER = textwrap.dedent(r"""
                          b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02")
         devA.send(vnet(1, 5, 28, 1000, 20, 6) + ip + udp)
         devA.send(vnet(1, 0, 0, 0, 20, 16) + tcp4(5, b"abc"))
-        devA.send(vnet() + tcp4(5, b"need key", dst=b"\x0a\x63\x00\x01"))
+        devA.send(vnet() + tcp4(5, b"need key", dst="10.99.0.1"))
         devT.send(vnet() + b"\xff" * 6 + os.urandom(6) + b"\x08\x00" + os.urandom(100))
     # 2. Fuzz the device side: random virtio headers and packets.
     for i in range(20000):
