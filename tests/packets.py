@@ -24,9 +24,21 @@ def ip4(a: str) -> bytes:
     return socket.inet_aton(a)
 
 
-def ipv4(src: bytes, dst: bytes, proto: int, l4: bytes, ident: int = 7) -> bytes:
+def ipv4(
+    src: bytes,
+    dst: bytes,
+    proto: int,
+    l4: bytes,
+    ident: int = 7,
+    flags: int = 0x4000,
+    options: bytes = b"",
+) -> bytes:
+    """`flags` is the flags and fragment offset field (default: don't fragment)."""
+    ihl = (20 + len(options)) // 4
+    total = 4 * ihl + len(l4)
     hdr = bytearray(
-        struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), ident, 0x4000, 64, proto, 0, src, dst)
+        struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, total, ident, flags, 64, proto, 0, src, dst)
+        + options
     )
     hdr[10:12] = struct.pack("!H", csum(bytes(hdr)))
     return bytes(hdr) + l4
@@ -69,9 +81,11 @@ def vlan_tag(vid: int, tpid: int = VLAN) -> bytes:
     return struct.pack("!HH", tpid, vid)
 
 
-def ether(dst: bytes, src: bytes, payload: bytes = b"x" * 50, tags: bytes = b"") -> bytes:
-    """An IPv4 Ethernet frame, behind `tags` (vlan_tag()s, outermost first)."""
-    return dst + src + tags + b"\x08\x00" + payload
+def ether(
+    dst: bytes, src: bytes, payload: bytes = b"x" * 50, tags: bytes = b"", ethertype: int = 0x0800
+) -> bytes:
+    """An Ethernet frame (IPv4 by default), behind `tags` (vlan_tag()s, outermost first)."""
+    return dst + src + tags + ethertype.to_bytes(2, "big") + payload
 
 
 def virtio_net_hdr(gso_type: int, hdr_len: int, gso_size: int, csum_start: int) -> bytes:

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from tunnel.pmtu import internet_checksum, too_big_reply
 
+from . import packets
+
 MTU = 1406
 MAC_X = bytes.fromhex("020000000001")  # the sender
 MAC_Y = bytes.fromhex("020000000002")  # the host it sends to
@@ -34,12 +36,6 @@ def checksum_ok(data: bytes) -> bool:
     return ones_sum(data) == 0xFFFF
 
 
-def fix_ipv4_checksum(header: bytearray) -> bytearray:
-    header[10:12] = b"\0\0"
-    header[10:12] = (~ones_sum(bytes(header)) & 0xFFFF).to_bytes(2, "big")
-    return header
-
-
 def ipv4(
     size: int,
     *,
@@ -51,14 +47,10 @@ def ipv4(
     options: bytes = b"",
     payload: bytes = b"",
 ) -> bytes:
-    header_length = 20 + len(options)
+    """An IPv4 packet of `size` bytes, its body `payload` then filler."""
+    body = (payload + bytes(range(256)) * 64)[: size - 20 - len(options)]
     flags = (0x4000 if df else 0) | offset
-    header = bytearray(
-        struct.pack("!BBHHHBBH4s4s", 0x40 | header_length // 4, 0, size, 0x1234, flags, 64,
-                    proto, 0, src, dst) + options
-    )  # fmt: skip
-    body = (payload + bytes(range(256)) * 64)[: size - header_length]
-    return bytes(fix_ipv4_checksum(header)) + body
+    return packets.ipv4(src, dst, proto, body, ident=0x1234, flags=flags, options=options)
 
 
 def ipv6(
@@ -69,7 +61,7 @@ def ipv6(
 
 
 def frame(packet: bytes, ethertype: int, dst: bytes = MAC_Y, tags: bytes = b"") -> bytes:
-    return dst + MAC_X + tags + ethertype.to_bytes(2, "big") + packet
+    return packets.ether(dst, MAC_X, packet, tags, ethertype)
 
 
 def test_checksum_matches_rfc1071_example():
