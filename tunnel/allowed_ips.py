@@ -26,6 +26,13 @@ class AllowedIPs(Generic[T]):
             )
         self._tables[key][int(network.network_address)] = (network, owner)
 
+    def remove(self, network: Network, owner: T) -> None:
+        """Drop the network if owner holds it (another owner's entry stays)."""
+        table = self._tables.get((network.version, network.prefixlen), {})
+        hit = table.get(int(network.network_address))
+        if hit is not None and hit[1] is owner:
+            del table[int(network.network_address)]
+
     def remove_owner(self, owner: T) -> None:
         for table in self._tables.values():
             for net_int in [n for n, (_, o) in table.items() if o is owner]:

@@ -122,6 +122,8 @@ def format_status(s: dict[str, Any]) -> str:
         f"  listening port: {s['listen_port']}",
         f"  mode: {s['mode']}, data plane: {s['datapath']}, mtu: {s['mtu']}",
     ]
+    if s["fwmark"]:
+        lines.append(f"  fwmark: {s['fwmark']:#x}")
     if s["drops"]:
         lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(s["drops"].items())))
     now = time.time()

@@ -18,6 +18,7 @@ from .constants import DEFAULT_MTU, DEFAULT_TAP_MTU
 from .cookie import Address
 from .peer import PeerConfig
 from .switch import DEFAULT_AGEING
+from .udp import split_address
 
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1, no '/', ':' or spaces
 MODES = ("tun", "tap")
@@ -279,13 +280,10 @@ class _Parser:
     def endpoint(self, value: Any, key: str) -> Address:
         if not isinstance(value, str):
             raise self.fail(key, "must be a string like 192.0.2.1:51820 or [2001:db8::1]:51820")
-        match = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", value.strip())
-        if not match:
-            raise self.fail(key, f"{value!r} is not host:port (IPv6 as [addr]:port)")
-        host = match.group(1) or match.group(3)
-        port = int(match.group(2) or match.group(4))
-        if not 1 <= port <= 65535:
-            raise self.fail(key, f"port {port} is out of range 1-65535")
+        try:
+            host, port = split_address(value)
+        except ValueError as e:
+            raise self.fail(key, str(e)) from None
         try:
             info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         except (socket.gaierror, UnicodeError) as e:

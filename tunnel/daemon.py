@@ -3,6 +3,7 @@ tear down everything it made, in reverse order, whatever happens."""
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -10,7 +11,7 @@ import time
 
 import uvloop
 
-from . import native, netlink, uapi
+from . import native, netlink, reconfig, uapi, udp
 from .config import Config, ConfigError
 from .device import DeviceError, open_device
 from .interface import Interface
@@ -110,10 +111,12 @@ async def serve(
 
     def status() -> dict:
         plane.refresh()
-        return snapshot(iface, name, listen_port, plane.name, time.monotonic())
+        return snapshot(
+            iface, name, listen_port, plane.name, time.monotonic(), udp.mark(plane.sock)
+        )
 
     with contextlib.ExitStack() as teardown:
-        server = await _serve_uapi(name, iface, listen_port, status)
+        server = await _serve_uapi(name, iface, plane, listen_port, status)
         teardown.callback(_remove_socket, name)
         teardown.callback(server.close)
         if user is not None:
@@ -141,7 +144,7 @@ async def serve(
 
 
 async def _serve_uapi(
-    name: str, iface: Interface, listen_port: int, status
+    name: str, iface: Interface, plane: Plane, listen_port: int, status
 ) -> asyncio.AbstractServer:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -150,12 +153,15 @@ async def _serve_uapi(
                 if not line:
                     break
                 # An operation's arguments end at an empty line; get has none.
-                while (await reader.readline()).strip():
-                    pass
+                args = []
+                while arg := (await reader.readline()).decode(errors="replace").strip():
+                    args.append(arg)
                 if line == "get=1":
-                    reply = uapi.get_response(iface, listen_port)
+                    reply = uapi.get_response(iface, listen_port, udp.mark(plane.sock))
                 elif line == "get=pyvpn":
                     reply = uapi.status_response(status())
+                elif line == "set=1":
+                    reply = await _set(name, iface, plane, listen_port, args)
                 else:
                     reply = uapi.error_response(uapi.EPROTO)
                 writer.write(reply.encode())
@@ -172,6 +178,48 @@ async def _serve_uapi(
         return await asyncio.start_unix_server(handle, path=str(path))
     finally:
         os.umask(old_umask)
+
+
+async def _set(name: str, iface: Interface, plane: Plane, listen_port: int, args: list[str]) -> str:
+    """`wg set`, `wg setconf`, `wg syncconf`: checked whole, then applied to the core,
+    the plane, the socket's fwmark and the kernel's routes."""
+    try:
+        change = uapi.parse_set(args)
+        reconfig.check(iface, change, listen_port)
+        if change.fwmark is not None:
+            udp.set_mark(plane.sock, change.fwmark)
+    except reconfig.Refused as e:
+        log.warning("%s: set refused: %s", name, e)
+        return uapi.set_error_response(e.errno)
+    except OSError as e:
+        log.warning("%s: set refused: fwmark: %s", name, e.strerror)
+        return uapi.set_error_response(e.errno or errno.EIO)
+    before = _routed_networks(iface)
+    applied = reconfig.apply(iface, change, time.monotonic())
+    plane.reconfigured(applied)
+    after = _routed_networks(iface)
+    log.info(
+        "%s: set: %d peers added, %d removed, %d changed",
+        name,
+        len(applied.added),
+        len(applied.removed),
+        len(applied.updated),
+    )
+    # pyroute2 runs its own event loop: in a worker thread, not inside this one.
+    try:
+        warnings = await asyncio.get_running_loop().run_in_executor(
+            None, netlink.update_routes, name, after - before, before - after
+        )
+    except netlink.LinkError as e:
+        log.warning("%s: %s", name, e)
+        return uapi.set_error_response(e.errno)
+    for warning in warnings:
+        log.warning("%s: %s", name, warning)
+    return uapi.error_response(0)
+
+
+def _routed_networks(iface: Interface) -> set:
+    return {n for peer in iface.peers.values() for n in iface.routes.networks_of(peer)}
 
 
 def _remove_socket(name: str) -> None:

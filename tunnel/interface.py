@@ -139,13 +139,31 @@ class Interface:
         self.macs.forget_owner(peer)
         self._forget_indices(peer)
 
+    def set_private_key(self, private_key: bytes) -> list[Action]:
+        """A new identity (device.go SetPrivateKey): sessions made under the old one
+        are dropped, so the next packet handshakes with the new key."""
+        self.identity = StaticIdentity(private_key)
+        self.cookie_checker = CookieChecker(self.identity.public_key, self.randbytes)
+        actions: list[Action] = []
+        for peer in self.peers.values():
+            self._drop_handshake_index(peer)
+            peer.rekey_identity(self.identity)
+            self._retire(peer.clear_keypairs())
+            actions.append(KeypairsCleared(peer))
+        return actions
+
     def start(self, now: float) -> list[Action]:
         """Peers with a persistent keepalive announce themselves at once, as wg does."""
         actions: list[Action] = []
         for peer in self.peers.values():
-            if peer.persistent_keepalive and peer.endpoint:
-                actions += self._keepalive(peer, now)
+            actions += self.announce(peer, now)
         return actions
+
+    def announce(self, peer: Peer, now: float) -> list[Action]:
+        """A keepalive now if the peer has a persistent keepalive and an endpoint."""
+        if peer.persistent_keepalive and peer.endpoint:
+            return self._keepalive(peer, now)
+        return []
 
     # Input from the UDP socket.
 

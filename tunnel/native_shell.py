@@ -14,6 +14,7 @@ from .interface import Action, Interface, KeypairInstalled, KeypairsCleared, Tra
 from .native import NativePlane, PeerStats, UpcallKind, parse_upcall
 from .peer import Peer
 from .plane import Plane
+from .reconfig import Applied
 from .switch import MacTable
 
 log = logging.getLogger("pyvpn")
@@ -77,16 +78,38 @@ class NativeShell(Plane):
         self.ids: dict[Peer, int] = {}
         self.peers: dict[int, Peer] = {}
         self.last: dict[int, PeerStats] = {}
-        for peer_id, peer in enumerate(iface.peers.values(), start=1):
-            self.ids[peer], self.peers[peer_id] = peer_id, peer
-            self.plane.add_peer(peer_id)
-            if peer.endpoint:
-                self.plane.set_endpoint(peer_id, peer.endpoint)
-            for network in iface.routes.networks_of(peer):
-                self.plane.add_allowed_ip(peer_id, network)
-            self.last[peer_id] = self.plane.stats(peer_id)
+        self._next_id = 1
+        for peer in iface.peers.values():
+            self._add(peer)
         self.last_interface = self.plane.interface_stats()
         iface.macs = NativeMacTable(self.plane, self.peers, iface.macs.ageing)
+
+    def _add(self, peer: Peer) -> None:
+        peer_id, self._next_id = self._next_id, self._next_id + 1
+        self.ids[peer], self.peers[peer_id] = peer_id, peer
+        self.plane.add_peer(peer_id)
+        self._sync(peer)
+        self.last[peer_id] = self.plane.stats(peer_id)
+
+    def _sync(self, peer: Peer) -> None:
+        """C takes the core's endpoint and allowed IPs for the peer."""
+        peer_id = self.ids[peer]
+        if peer.endpoint:
+            self.plane.set_endpoint(peer_id, peer.endpoint)
+        self.plane.clear_allowed_ips(peer_id)
+        for network in self.iface.routes.networks_of(peer):
+            self.plane.add_allowed_ip(peer_id, network)
+
+    def reconfigured(self, applied: Applied) -> None:
+        for peer in applied.removed:
+            peer_id = self.ids.pop(peer)
+            del self.peers[peer_id], self.last[peer_id]
+            self.plane.remove_peer(peer_id)  # its keypairs and MAC addresses too
+        for peer in applied.added:
+            self._add(peer)
+        for peer in applied.updated:
+            self._sync(peer)
+        super().reconfigured(applied)
 
     def readers(self) -> dict[int, Callable[[], None]]:
         return {self.ctrl.fileno(): self._upcalls}

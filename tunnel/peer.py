@@ -55,6 +55,18 @@ class Peer:
     def persistent_keepalive(self) -> int:
         return int(self.timers.persistent_keepalive_interval)
 
+    def set_preshared_key(self, preshared_key: bytes | None) -> None:
+        """Used from the next handshake on; the current session keeps its keys."""
+        self.preshared_key = preshared_key
+        self.handshake.preshared_key = preshared_key or bytes(32)
+
+    def rekey_identity(self, identity: StaticIdentity) -> None:
+        """Our static key changed: a fresh handshake state precomputes the new
+        static-static DH, keeping the replay guard on the peer's timestamps."""
+        latest = self.handshake.latest_timestamp
+        self.handshake = Handshake(identity, self.public_key, self.preshared_key or bytes(32))
+        self.handshake.latest_timestamp = latest
+
     def keypairs(self) -> list[Keypair]:
         return [k for k in (self.current, self.previous, self.next) if k is not None]
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from . import udp
 from .constants import TIMER_TICK
 from .interface import Action, Deliver, Interface, Send
+from .reconfig import Applied
 
 log = logging.getLogger("pyvpn")
 
@@ -71,6 +72,11 @@ class Plane:
                     log.debug("device write failed: %s", e.strerror)
             else:
                 self.carry_out(action)
+
+    def reconfigured(self, applied: Applied) -> None:
+        """The core's peers changed (reconfig.apply); a plane holding its own copy
+        of them follows before the change's actions are carried out."""
+        self.apply(applied.actions)
 
     def carry_out(self, action: Action) -> None:
         """Keypair and Transmit actions are for a plane that moves transport

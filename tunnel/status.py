@@ -9,7 +9,7 @@ from .udp import format_address
 
 
 def snapshot(
-    iface: Interface, name: str, listen_port: int, datapath: str, now: float
+    iface: Interface, name: str, listen_port: int, datapath: str, now: float, fwmark: int = 0
 ) -> dict[str, Any]:
     peers = []
     learned = iface.macs.entries(now) if iface.l2 else []  # once: C may hold the table
@@ -42,6 +42,7 @@ def snapshot(
         "mode": mode_name(iface.l2),
         "public_key": encode(iface.identity.public_key),
         "listen_port": listen_port,
+        "fwmark": fwmark,
         "datapath": datapath,
         "mtu": iface.mtu,
         "under_load": now < iface.under_load_until,

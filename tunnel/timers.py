@@ -69,6 +69,11 @@ class Timers:
         if self.persistent_keepalive_interval:
             self._arm(Timer.PERSISTENT_KEEPALIVE, now + self.persistent_keepalive_interval)
 
+    def set_persistent_keepalive(self, interval: float) -> None:
+        self.persistent_keepalive_interval = interval
+        if not interval:
+            self._disarm(Timer.PERSISTENT_KEEPALIVE)
+
     def stop_all(self) -> None:
         self.deadlines.clear()
 

@@ -4,6 +4,7 @@ conversion between its socket addresses and the core's plain (host, port) pairs.
 import functools
 import ipaddress
 import logging
+import re
 import socket
 
 from .cookie import Address
@@ -62,6 +63,26 @@ def _sockaddr(family: int, address: Address) -> tuple:
     if family == socket.AF_INET6 and ipaddress.ip_address(host).version == 4:
         return ("::ffff:" + host, port)
     return (host, port)
+
+
+def split_address(text: str) -> tuple[str, int]:
+    """host:port or [IPv6]:port into (host, port); ValueError says what is wrong."""
+    match = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not host:port (IPv6 as [addr]:port)")
+    port = int(match.group(2) or match.group(4))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 1-65535")
+    return match.group(1) or match.group(3), port
+
+
+def set_mark(sock: socket.socket, mark: int) -> None:
+    """The fwmark on every datagram the tunnel sends (wg's fwmark, for policy routing)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+
+
+def mark(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK)
 
 
 def format_address(address: Address) -> str:

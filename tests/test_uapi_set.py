@@ -1,0 +1,175 @@
+"""Changing running tunnels with the real wireguard-tools: `wg set`, `wg setconf`
+and `wg syncconf` over pyvpn's UAPI socket, in namespaces, on both data planes.
+What a user sees: traffic starts or stops, `wg show` and the kernel's routes follow,
+and a refused change says why and changes nothing."""
+
+import tomllib
+
+from tunnel import keys, uapi
+from tunnel.testbed import (
+    INNER_A,
+    INNER_A6,
+    INNER_B,
+    UNDERLAY_A,
+    UNDERLAY_B,
+    Namespace,
+    start_pyvpn,
+    wait_reachable,
+    write_pair_configs,
+)
+
+from .conftest import pyvpn
+
+
+def reachable(ns: Namespace, addr: str, seconds: int = 2) -> bool:
+    argv = ["ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", str(seconds), addr]
+    return ns.run(*argv, check=False).returncode == 0
+
+
+def wg(ns: Namespace, *argv: str, check: bool = True):
+    return ns.run("wg", *argv, check=check)
+
+
+def public_of(path) -> str:
+    private = keys.decode(tomllib.loads(path.read_text())["interface"]["private_key"])
+    return keys.encode(keys.public_key(private))
+
+
+def peers_of(ns: Namespace, name: str) -> dict[str, list[str]]:
+    """wg show NAME dump: each peer's public key and its allowed IPs."""
+    rows = wg(ns, "show", name, "dump").stdout.splitlines()[1:]
+    return {r.split("\t")[0]: sorted(r.split("\t")[3].split(",")) for r in rows}
+
+
+def routes(ns: Namespace, name: str) -> str:
+    return ns.run("ip", "route", "show", "dev", name).stdout
+
+
+def test_wg_set_adds_changes_and_removes_peers_of_a_running_tunnel(bed, tmp_path, datapath):
+    # B starts knowing some other peer, not A: A's handshakes go unanswered.
+    stranger = keys.encode(keys.public_key(keys.generate_private_key()))
+    path_a, path_b = write_pair_configs(
+        tmp_path, "tun", datapath, peer_b={"public_key": stranger, "allowed_ips": ["10.66.0.0/24"]}
+    )
+    key_a = public_of(path_a)
+    with start_pyvpn(bed.a, path_a), start_pyvpn(bed.b, path_b) as b:
+        assert not reachable(bed.a, INNER_B)
+        wg(
+            bed.b,
+            "set",
+            b.name,
+            "peer",
+            key_a,
+            "endpoint",
+            f"{UNDERLAY_A}:51820",
+            "allowed-ips",
+            f"{INNER_A}/32,{INNER_A6}/128,10.77.0.0/24",
+        )
+        wait_reachable(bed.a, INNER_B)
+        wait_reachable(bed.b, INNER_A)
+        assert peers_of(bed.b, b.name)[key_a] == sorted(
+            [f"{INNER_A}/32", f"{INNER_A6}/128", "10.77.0.0/24"]
+        )
+        assert "10.77.0.0/24 " in routes(bed.b, b.name)
+        assert "10.66.0.0/24 " in routes(bed.b, b.name)
+
+        wg(bed.b, "set", b.name, "peer", stranger, "remove")
+        assert list(peers_of(bed.b, b.name)) == [key_a]
+        assert "10.66.0.0/24" not in routes(bed.b, b.name)
+
+        # allowed-ips replaces the list: the dropped network's route goes with it.
+        wg(bed.b, "set", b.name, "peer", key_a, "allowed-ips", f"{INNER_A}/32")
+        assert peers_of(bed.b, b.name)[key_a] == [f"{INNER_A}/32"]
+        assert "10.77.0.0/24" not in routes(bed.b, b.name)
+        assert reachable(bed.a, INNER_B)
+
+        wg(bed.b, "set", b.name, "peer", key_a, "remove")
+        assert peers_of(bed.b, b.name) == {}
+        assert not reachable(bed.a, INNER_B)
+        assert b.alive()
+
+
+def test_wg_set_adds_and_removes_a_peer_of_a_running_tap_tunnel(bed, tmp_path, datapath):
+    stranger = keys.encode(keys.public_key(keys.generate_private_key()))
+    path_a, path_b = write_pair_configs(tmp_path, "tap", datapath, peer_b={"public_key": stranger})
+    with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b) as b:
+        assert not reachable(bed.a, INNER_B)
+        wg(bed.b, "set", b.name, "peer", public_of(path_a), "endpoint", f"{UNDERLAY_A}:51820")
+        # The failed ARP entry would fail the next ping at once: ask again.
+        bed.a.run("ip", "neigh", "flush", "dev", a.name)
+        wait_reachable(bed.a, INNER_B)
+        # Frames are switched by MAC address: allowed IPs are refused, not ignored.
+        ips = wg(bed.b, "set", b.name, "peer", public_of(path_a), "allowed-ips", "10.0.0.0/8",
+                 check=False)  # fmt: skip
+        assert ips.returncode != 0 and "Invalid argument" in ips.stderr
+        assert "tap mode switches by MAC address" in b.output()
+        wg(bed.b, "set", b.name, "peer", public_of(path_a), "remove")
+        assert not reachable(bed.a, INNER_B)
+
+
+def test_setconf_round_trips_and_a_new_private_key_takes_over(bed, tmp_path, datapath):
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath, persistent_keepalive=5)
+    with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b) as b:
+        wait_reachable(bed.a, INNER_B)
+        # What `wg showconf` prints, `wg setconf` and `wg syncconf` take back unchanged.
+        conf = tmp_path / "b.conf"
+        conf.write_text(wg(bed.b, "showconf", b.name).stdout)
+        for verb in ("setconf", "syncconf"):
+            wg(bed.b, verb, b.name, str(conf))
+            assert list(peers_of(bed.b, b.name)) == [public_of(path_a)]
+            wait_reachable(bed.a, INNER_B)
+
+        # B takes a new key: A cannot reach it until A is told the new public key.
+        old_b = public_of(path_b)
+        new_private = keys.generate_private_key()
+        (tmp_path / "new.key").write_text(keys.encode(new_private))
+        wg(bed.b, "set", b.name, "private-key", str(tmp_path / "new.key"))
+        new_b = keys.encode(keys.public_key(new_private))
+        assert wg(bed.b, "show", b.name, "public-key").stdout.strip() == new_b
+        assert not reachable(bed.a, INNER_B)
+        wg(
+            bed.a,
+            "set",
+            a.name,
+            "peer",
+            old_b,
+            "remove",
+            "peer",
+            new_b,
+            "endpoint",
+            f"{UNDERLAY_B}:51820",
+            "allowed-ips",
+            f"{INNER_B}/32",
+        )
+        wait_reachable(bed.a, INNER_B)
+        assert "persistent keepalive: every 5 seconds" in wg(bed.b, "show", b.name).stdout
+
+
+def test_refused_changes_say_why_and_change_nothing(bed, tmp_path, datapath):
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath)
+    with start_pyvpn(bed.a, path_a), start_pyvpn(bed.b, path_b) as b:
+        wait_reachable(bed.a, INNER_B)
+        before = wg(bed.b, "showconf", b.name).stdout
+
+        moved = wg(bed.b, "set", b.name, "listen-port", "4000", check=False)
+        assert moved.returncode != 0 and "Operation not supported" in moved.stderr
+        assert "listen_port cannot change while the tunnel runs" in b.output()
+
+        # A request that goes bad halfway is refused whole: the valid first half
+        # (a new peer) is not applied either.
+        new_peer = keys.public_key(keys.generate_private_key()).hex()
+        reply = uapi.exchange(
+            b.name, f"set=1\npublic_key={new_peer}\nallowed_ip=10.88.0.0/24\nendpoint=x\n\n"
+        )
+        assert reply == "errno=-22\n\n"
+        assert "set refused: endpoint" in b.output()
+        assert wg(bed.b, "showconf", b.name).stdout == before
+        assert "10.88.0.0" not in routes(bed.b, b.name)
+
+        # fwmark is set on the live socket and reported; traffic keeps flowing.
+        wg(bed.b, "set", b.name, "fwmark", "0x42")
+        assert "fwmark: 0x42" in wg(bed.b, "show", b.name).stdout
+        assert "fwmark: 0x42" in pyvpn("show", b.name, netns=bed.b.name).stdout
+        assert reachable(bed.a, INNER_B)
+        wg(bed.b, "set", b.name, "fwmark", "0")
+        assert "fwmark" not in wg(bed.b, "show", b.name).stdout
