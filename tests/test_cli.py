@@ -62,6 +62,7 @@ BAD_CONFIGS = [
     ("interface.address[0]", config('address = ["10.0.0.300/24"]'), "not an address"),
     ("interface.mtu", config("mtu = 100"), "576"),
     ("interface.bridge", config('bridge = "br0"'), "only a tap interface"),
+    ("interface.fwmark", config("fwmark = 0x100000000"), "0 to 4294967295"),
     (
         "interface.name",
         config().replace('name = "pvcfg', 'name = "far/too/long/a/name'),

@@ -273,9 +273,14 @@ def test_psk_applies_from_the_next_handshake_and_keepalive_announces_when_turned
     assert not peer_b.timers.pending(Timer.PERSISTENT_KEEPALIVE)
 
 
-def test_check_refuses_a_port_change_and_allowed_ips_in_tap_mode():
+def test_check_refuses_a_port_change_a_full_tunnels_mark_and_allowed_ips_in_tap_mode():
     net, a, _b = pair()
     check(a.iface, Change(listen_port=51820), 51820)  # wg setconf sends the same port
+    check(a.iface, Change(fwmark=7), 51820)
+    check(a.iface, Change(fwmark=0x51820), 51820, full_tunnel_mark=0x51820)
+    with pytest.raises(Refused) as refused:
+        check(a.iface, Change(fwmark=0), 51820, full_tunnel_mark=0x51820)
+    assert refused.value.errno == errno.EBUSY
     with pytest.raises(Refused) as refused:
         check(a.iface, Change(listen_port=4000), 51820)
     assert refused.value.errno == errno.EOPNOTSUPP

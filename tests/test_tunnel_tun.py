@@ -183,6 +183,50 @@ def test_hub_with_three_peers_routes_by_allowed_ips(tmp_path, datapath):
                 d.stop()
 
 
+def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_path, datapath):
+    """allowed_ips 0.0.0.0/0: A reaches a host behind B that only B routes to, while A's
+    own default route (the one the tunnel's datagrams need) leads elsewhere."""
+    from tunnel.testbed import Testbed
+
+    with Testbed(n=3, tag="full") as bed:
+        far = bed.namespaces[2]
+        bed.link(bed.b, far, ["198.19.0.1/24"], ["198.19.0.2/24"])
+        # B's endpoint is an address A reaches only through its main default route:
+        # a default route through the tunnel would capture the tunnel's own datagrams.
+        bed.b.add_address("lo", "198.18.9.2/32")
+        bed.a.run("ip", "route", "add", "default", "via", "198.18.0.2")
+        # The far host answers only the tunnel's inner addresses, only through B.
+        far.run("ip", "route", "add", "10.10.0.0/24", "via", "198.19.0.1")
+        bed.b.sysctl("net.ipv4.ip_forward", 1)
+        rules_before = bed.a.run("ip", "rule").stdout
+        # What a crashed run would have left: replaced, then gone with the tunnel.
+        bed.a.run("ip", "rule", "add", "not", "fwmark", "51820", "table", "51820", "pref", "100")
+        path_a, path_b = write_pair_configs(
+            tmp_path,
+            "tun",
+            datapath,
+            endpoints=("198.18.0.1", "198.18.9.2"),
+            peer_a={"allowed_ips": ["0.0.0.0/0"]},
+        )
+        with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b):
+            wait_reachable(bed.a, "198.19.0.2")
+            wait_reachable(bed.a, INNER_B)
+            sent, received = tcp_transfer(far, bed.a, "198.19.0.2", 1 << 20)
+            assert sent == received
+            status = pyvpn_status(a.name)
+            assert status["fwmark"] == 51820 and status["peers"][0]["tx_bytes"] > 1 << 20
+            assert "not from all fwmark 0xca6c lookup 51820" in bed.a.run("ip", "rule").stdout
+            # Its rules rely on the mark: `wg set` may not pull it away.
+            unmarked = bed.a.run("wg", "set", a.name, "fwmark", "0", check=False)
+            assert unmarked.returncode != 0 and "busy" in unmarked.stderr
+            # The underlay's own neighbours stay outside the tunnel.
+            route = bed.a.run("ip", "route", "get", "198.18.0.2").stdout
+            assert "dev to-b" in route
+            a.stop()
+        assert bed.a.run("ip", "rule").stdout == rules_before
+        assert bed.a.run("ip", "route", "show", "table", "51820", check=False).stdout == ""
+
+
 def test_inner_source_outside_allowed_ips_is_dropped(bed, tmp_path, datapath):
     with pyvpn_pair(bed, tmp_path, "tun", datapath) as (a, b):
         wait_reachable(bed.a, INNER_B)

@@ -35,6 +35,7 @@ INTERFACE_KEYS = {
     "datapath",
     "mac_ageing",
     "user",
+    "fwmark",
 }
 PEER_KEYS = {
     "public_key",
@@ -64,6 +65,7 @@ class InterfaceConfig:
     datapath: str = "auto"
     mac_ageing: float = DEFAULT_AGEING
     user: str | None = None  # drop root to this user after setup (tunnel/privileges.py)
+    fwmark: int = 0  # on the tunnel's own datagrams; a full tunnel's routing table too
 
     @property
     def l2(self) -> bool:
@@ -162,9 +164,11 @@ class _Parser:
                 pwd.getpwnam(user)
             except KeyError:
                 raise self.fail("interface.user", f"no such user {user!r}") from None
+        fwmark = self.integer(t, "fwmark", "interface", 0, 0xFFFFFFFF, 0)
         return InterfaceConfig(
-            private_key, name, mode, port, addresses, mtu, bridge, datapath, float(ageing), user
-        )
+            private_key, name, mode, port, addresses, mtu, bridge, datapath, float(ageing), user,
+            fwmark,
+        )  # fmt: skip
 
     def peer(self, t: Any, index: int, interface: InterfaceConfig) -> PeerConfig:
         where = f"peer[{index}]"

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+from dataclasses import dataclass
 
 import uvloop
 
@@ -66,9 +67,17 @@ def up(config: Config) -> int:
         for peer in config.peers:
             iface.add_peer(peer)
         routes = [n for p in config.peers for n in p.allowed_ips]
+        defaults = {n.version for n in routes if n.prefixlen == 0}
         try:
-            for warning in netlink.configure(c.name, c.mtu, c.addresses, routes, c.bridge):
-                log.warning("%s: %s", c.name, warning)
+            netlink.configure(c.name, c.mtu, c.addresses, routes, c.bridge)
+            mark = c.fwmark or (netlink.free_table() if defaults else 0)
+            if mark:
+                udp.set_mark(sock, mark)
+            if defaults:
+                teardown.callback(netlink.remove_rules, netlink.full_tunnel(c.name, defaults, mark))
+                log.info(
+                    "%s: all traffic goes through the tunnel but its own (fwmark %#x)", c.name, mark
+                )
         except netlink.LinkError as e:
             raise SetupError(str(e)) from None
         plane: Plane
@@ -76,10 +85,23 @@ def up(config: Config) -> int:
             plane = NativeShell(iface, dev_fd, sock)
         else:
             plane = PythonPlane(iface, dev_fd, sock)
+        tunnel = Tunnel(
+            c.name, c.mode, iface, plane, sock.getsockname()[1], mark if defaults else 0
+        )
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(
-                serve(c.name, c.mode, iface, plane, sock.getsockname()[1], user=c.user)
-            )
+            return runner.run(serve(tunnel, user=c.user))
+
+
+@dataclass
+class Tunnel:
+    """A tunnel that is up, as serving it needs it."""
+
+    name: str
+    mode: str
+    iface: Interface
+    plane: Plane
+    listen_port: int
+    full_tunnel_mark: int  # 0: no full tunnel, so the fwmark may change
 
 
 def choose_datapath(config: Config) -> str:
@@ -97,26 +119,25 @@ def choose_datapath(config: Config) -> str:
     return "native"
 
 
-async def serve(
-    name: str,
-    mode: str,
-    iface: Interface,
-    plane: Plane,
-    listen_port: int,
-    user: str | None = None,
-) -> int:
+async def serve(tunnel: Tunnel, user: str | None = None) -> int:
     """Run the data plane and the UAPI socket until SIGINT or SIGTERM."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    name, plane = tunnel.name, tunnel.plane
 
     def status() -> dict:
         plane.refresh()
         return snapshot(
-            iface, name, listen_port, plane.name, time.monotonic(), udp.mark(plane.sock)
+            tunnel.iface,
+            name,
+            tunnel.listen_port,
+            plane.name,
+            time.monotonic(),
+            udp.mark(plane.sock),
         )
 
     with contextlib.ExitStack() as teardown:
-        server = await _serve_uapi(name, iface, plane, listen_port, status)
+        server = await _serve_uapi(tunnel, status)
         teardown.callback(_remove_socket, name)
         teardown.callback(server.close)
         if user is not None:
@@ -133,8 +154,8 @@ async def serve(
         log.info(
             "%s up: %s mode, UDP port %d, %s data plane, public key %s",
             name,
-            mode,
-            listen_port,
+            tunnel.mode,
+            tunnel.listen_port,
             plane.name,
             status()["public_key"],
         )
@@ -143,9 +164,7 @@ async def serve(
     return 0
 
 
-async def _serve_uapi(
-    name: str, iface: Interface, plane: Plane, listen_port: int, status
-) -> asyncio.AbstractServer:
+async def _serve_uapi(tunnel: Tunnel, status) -> asyncio.AbstractServer:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
@@ -157,11 +176,13 @@ async def _serve_uapi(
                 while arg := (await reader.readline()).decode(errors="replace").strip():
                     args.append(arg)
                 if line == "get=1":
-                    reply = uapi.get_response(iface, listen_port, udp.mark(plane.sock))
+                    reply = uapi.get_response(
+                        tunnel.iface, tunnel.listen_port, udp.mark(tunnel.plane.sock)
+                    )
                 elif line == "get=pyvpn":
                     reply = uapi.status_response(status())
                 elif line == "set=1":
-                    reply = await _set(name, iface, plane, listen_port, args)
+                    reply = await _set(tunnel, args)
                 else:
                     reply = uapi.error_response(uapi.EPROTO)
                 writer.write(reply.encode())
@@ -172,7 +193,7 @@ async def _serve_uapi(
             writer.close()
 
     uapi.SOCKET_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
-    path = uapi.socket_path(name)
+    path = uapi.socket_path(tunnel.name)
     old_umask = os.umask(0o077)  # the socket hands out the private key: root only
     try:
         return await asyncio.start_unix_server(handle, path=str(path))
@@ -180,12 +201,13 @@ async def _serve_uapi(
         os.umask(old_umask)
 
 
-async def _set(name: str, iface: Interface, plane: Plane, listen_port: int, args: list[str]) -> str:
+async def _set(tunnel: Tunnel, args: list[str]) -> str:
     """`wg set`, `wg setconf`, `wg syncconf`: checked whole, then applied to the core,
     the plane, the socket's fwmark and the kernel's routes."""
+    name, iface, plane = tunnel.name, tunnel.iface, tunnel.plane
     try:
         change = uapi.parse_set(args)
-        reconfig.check(iface, change, listen_port)
+        reconfig.check(iface, change, tunnel.listen_port, tunnel.full_tunnel_mark)
         if change.fwmark is not None:
             udp.set_mark(plane.sock, change.fwmark)
     except reconfig.Refused as e:

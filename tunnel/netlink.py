@@ -4,13 +4,19 @@
 import contextlib
 import errno
 import ipaddress
+import socket
 from collections.abc import Iterable
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .allowed_ips import Network
 from .config import Interface
+
+RT_TABLE_MAIN = 254  # <linux/rtnetlink.h>
+FIB_RULE_INVERT = 2  # <linux/fib_rules.h>: the rule matches what the selector does not
+FIRST_TABLE = 51820  # where wg-quick starts looking for a free routing table
 
 
 class LinkError(Exception):
@@ -32,15 +38,14 @@ def configure(
     addresses: Iterable[Interface],
     routes: Iterable[Network],
     bridge: str | None,
-) -> list[str]:
-    """Bring the device up with its addresses and a route per allowed network.
-    Returns warnings for routes deliberately not installed.
+) -> None:
+    """Bring the device up with its addresses and a route per allowed network
+    (a default route is full_tunnel's).
 
     `mtu` is the tunnel's. A device joining a bridge gets the segment's MTU if that
     is larger: a bridge drops a frame bigger than the port's MTU without a trace,
     so the device takes the frames the segment's hosts send and pyvpn answers the
     ones too big for the tunnel with an ICMP error (tunnel/pmtu.py)."""
-    warnings: list[str] = []
     with IPRoute() as ipr:
         index = _index(ipr, name)
         step = "set the MTU"
@@ -66,12 +71,11 @@ def configure(
             ipr.link("set", index=index, state="up")
             connected = [a.network for a in addresses]
             for network in routes:
-                if _routed(network, connected, warnings):
+                if _routed(network, connected):
                     step = f"add route {network}"
                     ipr.route("add", dst=str(network), oif=index)
         except NetlinkError as e:
             raise LinkError(f"cannot {step} on {name}: {_reason(e)}") from None
-    return warnings
 
 
 def update_routes(name: str, add: Iterable[Network], remove: Iterable[Network]) -> list[str]:
@@ -85,11 +89,18 @@ def update_routes(name: str, add: Iterable[Network], remove: Iterable[Network]) 
             for a in ipr.get_addr(index=index)
         ]
         for network in remove:
-            if _routed(network, connected, []):
+            if network.prefixlen == 0:
+                warnings.append(f"allowed_ips {network}: a full tunnel stays until restart")
+            if _routed(network, connected):
                 with contextlib.suppress(NetlinkError):  # already gone: fine
                     ipr.route("del", dst=str(network), oif=index)
         for network in add:
-            if _routed(network, connected, warnings):
+            if network.prefixlen == 0:
+                warnings.append(
+                    f"allowed_ips {network}: default route not installed: a full tunnel is "
+                    "set up by `pyvpn up` from the config"
+                )
+            if _routed(network, connected):
                 try:
                     ipr.route("add", dst=str(network), oif=index)
                 except NetlinkError as e:
@@ -99,14 +110,71 @@ def update_routes(name: str, add: Iterable[Network], remove: Iterable[Network]) 
     return warnings
 
 
-def _routed(network: Network, connected: list[Network], warnings: list[str]) -> bool:
-    """Whether an allowed network gets a route through the device."""
-    if network.prefixlen == 0:
-        # A default route through the tunnel would capture the tunnel's own
-        # UDP packets; that needs policy routing, which pyvpn leaves to the user.
-        warnings.append(f"allowed_ips {network}: default route not installed")
-        return False
-    return network not in connected  # the address's own prefix route covers it
+def _routed(network: Network, connected: list[Network]) -> bool:
+    """Whether an allowed network gets a route of its own through the device: a
+    default route does not (full_tunnel), a connected prefix has one already."""
+    return network.prefixlen != 0 and network not in connected
+
+
+def free_table() -> int:
+    """The first routing table from 51820 that holds no route, as wg-quick picks one."""
+    with IPRoute() as ipr:
+        table = FIRST_TABLE
+        while any(ipr.get_routes(family=f, table=table) for f in (socket.AF_INET, socket.AF_INET6)):
+            table += 1
+        return table
+
+
+def full_tunnel(name: str, versions: Iterable[int], table: int) -> list[dict[str, Any]]:
+    """A default route through the tunnel that does not capture the tunnel's own
+    datagrams, the way wg-quick does it: the default route sits in its own table,
+    which a rule consults for every packet NOT carrying fwmark `table` (the socket
+    marks the tunnel's datagrams so); a rule before it looks up the main table
+    ignoring its default route, so more specific routes (the LAN) still win.
+    Returns the rules added, for remove_rules at teardown (the route goes with
+    the device)."""
+    added: list[dict[str, Any]] = []
+    with IPRoute() as ipr:
+        index = _index(ipr, name)
+        try:
+            for version in sorted(set(versions)):
+                family = socket.AF_INET if version == 4 else socket.AF_INET6
+                ipr.route("add", dst="default", oif=index, table=table, family=family)
+                mine = dict(family=family, table=table, fwmark=table, flags=FIB_RULE_INVERT)
+                # A crashed run's rule for this table (free again, so no one else's).
+                for stale in ipr.get_rules(family=family):
+                    if stale.get("FRA_TABLE") == table and stale.get("FRA_FWMARK") == table:
+                        ipr.rule("del", **mine, priority=stale.get("FRA_PRIORITY"))
+                rules = ipr.get_rules(family=family)
+                # Ahead of the main table's rule, as `ip rule add` places a rule.
+                first = min(r.get("FRA_PRIORITY") for r in rules if r.get("FRA_PRIORITY"))
+                wanted = [{**mine, "priority": first - 1}]
+                if not any(_suppresses_default(r) for r in rules):
+                    main = dict(family=family, table=RT_TABLE_MAIN, suppress_prefixlen=0)
+                    wanted.append({**main, "priority": first - 2})
+                for rule in wanted:
+                    ipr.rule("add", **rule)
+                    added.append(rule)
+        except NetlinkError as e:
+            _delete_rules(ipr, added)
+            raise LinkError(f"cannot route all traffic through {name}: {_reason(e)}") from None
+    return added
+
+
+def _suppresses_default(rule: Any) -> bool:
+    """A rule looking up main without its default route (another full tunnel's)."""
+    return rule.get("FRA_TABLE") == RT_TABLE_MAIN and rule.get("FRA_SUPPRESS_PREFIXLEN") == 0
+
+
+def remove_rules(rules: list[dict[str, Any]]) -> None:
+    with IPRoute() as ipr:
+        _delete_rules(ipr, rules)
+
+
+def _delete_rules(ipr: IPRoute, rules: list[dict[str, Any]]) -> None:
+    for rule in rules:
+        with contextlib.suppress(NetlinkError):  # already gone: fine
+            ipr.rule("del", **rule)
 
 
 def _reason(e: NetlinkError) -> str:

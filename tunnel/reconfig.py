@@ -61,12 +61,19 @@ class Applied:
     actions: list[Action] = field(default_factory=list)
 
 
-def check(iface: Interface, change: Change, listen_port: int) -> None:
-    """Refuse what a running pyvpn cannot do, before anything changes."""
+def check(iface: Interface, change: Change, listen_port: int, full_tunnel_mark: int = 0) -> None:
+    """Refuse what a running pyvpn cannot do, before anything changes. A full
+    tunnel's routing rules rely on its fwmark (netlink.full_tunnel)."""
     if change.listen_port is not None and change.listen_port != listen_port:
         raise Refused(
             errno.EOPNOTSUPP,
             f"listen_port cannot change while the tunnel runs (it is {listen_port}): "
+            "change the config and restart",
+        )
+    if full_tunnel_mark and change.fwmark not in (None, full_tunnel_mark):
+        raise Refused(
+            errno.EBUSY,
+            f"fwmark: the full tunnel's routing rules use {full_tunnel_mark:#x}: "
             "change the config and restart",
         )
     if iface.l2 and any(not e.remove for pc in change.peers for e in pc.allowed_ips):
