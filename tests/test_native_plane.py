@@ -479,7 +479,7 @@ def test_tap_learning_and_flooding() -> None:
         rs[1].send(frame)
         assert h.read_dev() == frame
         table = h.plane.mac_table()
-        assert [(e.mac, e.peer_id) for e in table] == [("02:00:00:00:00:a2", 2)]
+        assert [(e.mac, e.peer_id) for e in table] == [(bytes.fromhex("0200000000a2"), 2)]
         assert (h.plane.mac_owner(macs[2]), h.plane.mac_owner(macs[1])) == (2, None)
         uni = ether(macs[2], me, b"unicast" * 8)
         h.dev.send(uni)

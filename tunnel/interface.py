@@ -30,7 +30,7 @@ from .packet import ETHERNET_HEADER, is_group_mac, parse_ip
 from .peer import Peer, PeerConfig
 from .pmtu import too_big_reply
 from .ratelimiter import RateLimiter
-from .switch import DEFAULT_AGEING, MacTable
+from .switch import DEFAULT_AGEING, MacTable, Switch
 from .tai64n import tai64n
 from .timers import Timer
 
@@ -113,7 +113,7 @@ class Interface:
         self.peers: dict[bytes, Peer] = {}
         self.indices: dict[int, tuple[Peer, Keypair | None]] = {}
         self.routes: AllowedIPs[Peer] = AllowedIPs()
-        self.macs: MacTable[Peer] = MacTable(mac_ageing)
+        self.macs: Switch[Peer] = MacTable(mac_ageing)
         self.limiter = RateLimiter()
         self.under_load_threshold = under_load_threshold
         self.under_load_until = float("-inf")

@@ -200,7 +200,7 @@ def _from_struct(cls: type[T], st: Any, **given: Any) -> T:
 
 @dataclass(frozen=True)
 class MacEntry:
-    mac: str
+    mac: bytes
     peer_id: int
     age: float  # seconds since last seen in an authenticated frame
 
@@ -371,14 +371,7 @@ class NativePlane:
     def mac_table(self, max_entries: int = 8192) -> list[MacEntry]:
         out = ffi.new("struct dp_mac_entry[]", max_entries)
         n = lib.dp_mac_table(self._handle(), out, max_entries)
-        return [
-            MacEntry(
-                ":".join(f"{b:02x}" for b in bytes(out[i].mac)),
-                out[i].peer_id,
-                out[i].age_ms / 1000,
-            )
-            for i in range(n)
-        ]
+        return [MacEntry(bytes(out[i].mac), out[i].peer_id, out[i].age_ms / 1000) for i in range(n)]
 
     def mac_owner(self, mac: bytes) -> int | None:
         """The id of the peer a learned MAC address sits behind, if it has not aged out."""

@@ -15,7 +15,6 @@ from .native import NativePlane, PeerStats, UpcallKind, parse_upcall
 from .peer import Peer
 from .plane import Plane
 from .reconfig import Applied
-from .switch import MacTable
 
 log = logging.getLogger("pyvpn")
 
@@ -33,14 +32,13 @@ UPCALL_BATCH = 256
 VNET_HDR_NONE = bytes(10)
 
 
-class NativeMacTable(MacTable[Peer]):
+class NativeMacTable:
     """tap: the learning switch C keeps, as the core asks it (a lookup for a frame
     Python sends, `show`). Read on demand, never copied: copying it every tick cost
     up to 20 ms of Python per tick with a full table."""
 
     def __init__(self, plane: NativePlane, peers: dict[int, Peer], ageing: float) -> None:
-        super().__init__(ageing)
-        self.plane, self.peers = plane, peers
+        self.plane, self.peers, self.ageing = plane, peers, ageing
 
     def learn(self, mac: bytes, owner: Peer, now: float) -> None:
         """C learns from every frame it decrypts. Python decrypts one only when C
@@ -56,7 +54,7 @@ class NativeMacTable(MacTable[Peer]):
 
     def entries(self, now: float) -> list[tuple[bytes, Peer, float]]:
         return [
-            (bytes.fromhex(e.mac.replace(":", "")), self.peers[e.peer_id], e.age)
+            (e.mac, self.peers[e.peer_id], e.age)
             for e in self.plane.mac_table()
             if e.peer_id in self.peers
         ]

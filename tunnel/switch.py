@@ -2,10 +2,24 @@
 Entries are learned only from frames that authenticated from that peer, and age
 out like a Linux bridge's forwarding database (default ageing 300 s)."""
 
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 DEFAULT_AGEING = 300.0
+
+
+class Switch(Protocol[T]):
+    """What the core asks of a MAC table: MacTable here, or the native plane's."""
+
+    ageing: float
+
+    def learn(self, mac: bytes, owner: T, now: float) -> None: ...
+
+    def lookup(self, mac: bytes, now: float) -> T | None: ...
+
+    def forget_owner(self, owner: T) -> None: ...
+
+    def entries(self, now: float) -> list[tuple[bytes, T, float]]: ...
 
 
 class MacTable(Generic[T]):
