@@ -10,12 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tunnel import keys
+from tunnel.config import parse
 from tunnel.constants import REKEY_TIMEOUT
 from tunnel.interface import KeypairsCleared, Send
 from tunnel.peer import PeerConfig
 from tunnel.reconfig import Change, IPEdit, PeerChange, Refused, apply, check
 from tunnel.timers import Timer
-from tunnel.uapi import parse_set
+from tunnel.uapi import parse_set, sync_request
 
 from .simnet import SimNet, ipv4_packet
 
@@ -29,6 +30,18 @@ def pair():
     b = net.node("b", "198.18.0.2")
     net.connect(a, b, ["10.0.0.1/32"], ["10.0.0.2/32"])
     return net, a, b
+
+
+def peer_with_everything(key, endpoint, networks):
+    """A peer section setting every key, with PSK and a 25 s keepalive."""
+    return PeerChange(
+        key,
+        preshared_key=PSK,
+        endpoint=endpoint,
+        persistent_keepalive=25,
+        replace_allowed_ips=True,
+        allowed_ips=[IPEdit(net4(n)) for n in networks],
+    )
 
 
 def test_parses_what_wg_set_sends():
@@ -50,14 +63,7 @@ def test_parses_what_wg_set_sends():
     )
     assert change.fwmark == 7 and change.private_key is None and not change.replace_peers
     first, second = change.peers
-    assert first == PeerChange(
-        K1,
-        preshared_key=PSK,
-        endpoint=("fd00::1", 51820),
-        persistent_keepalive=25,
-        replace_allowed_ips=True,
-        allowed_ips=[IPEdit(net4("10.1.0.0/16")), IPEdit(net4("fd01::/64"))],
-    )
+    assert first == peer_with_everything(K1, ("fd00::1", 51820), ["10.1.0.0/16", "fd01::/64"])
     assert second == PeerChange(K2, remove=True)
 
 
@@ -127,6 +133,38 @@ def test_every_value_parser_refuses_garbage_cleanly(pairs):
         parse_set([f"{k}={v}" for k, v in pairs])
     except Refused as e:
         assert e.errno in (errno.EINVAL, errno.EPROTO)
+
+
+def test_reload_request_round_trips_through_the_parser():
+    config = parse(
+        {
+            "interface": {"private_key": keys.encode(K1), "listen_port": 51820, "fwmark": 9},
+            "peer": [
+                {
+                    "public_key": keys.encode(K2),
+                    "preshared_key": keys.encode(PSK),
+                    "endpoint": "[fd00::2]:51820",
+                    "allowed_ips": ["10.0.0.2/32", "fd10::/64"],
+                    "persistent_keepalive": 25,
+                }
+            ],
+        }
+    )
+    gone = bytes([9] * 32)
+    text = sync_request(config, [K2, gone])
+    assert text.startswith("set=1\n")
+    change = parse_set(text.splitlines()[1:])
+    assert change == Change(
+        private_key=K1,
+        listen_port=51820,
+        fwmark=9,
+        peers=[
+            PeerChange(gone, remove=True),
+            peer_with_everything(K2, ("fd00::2", 51820), ["10.0.0.2/32", "fd10::/64"]),
+        ],
+    )
+    # Not replace_peers: a peer that stays keeps its session.
+    assert "replace_peers" not in text
 
 
 def test_a_peer_added_at_runtime_handshakes_and_carries_traffic():

@@ -13,6 +13,8 @@ from tunnel.testbed import (
     UNDERLAY_A,
     UNDERLAY_B,
     Namespace,
+    pyvpn_status,
+    render_config,
     start_pyvpn,
     wait_reachable,
     write_pair_configs,
@@ -143,6 +145,57 @@ def test_setconf_round_trips_and_a_new_private_key_takes_over(bed, tmp_path, dat
         )
         wait_reachable(bed.a, INNER_B)
         assert "persistent keepalive: every 5 seconds" in wg(bed.b, "show", b.name).stdout
+
+
+def test_pyvpn_reload_applies_a_changed_config_and_keeps_sessions(bed, tmp_path, datapath):
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath)
+    with start_pyvpn(bed.a, path_a), start_pyvpn(bed.b, path_b) as b:
+        wait_reachable(bed.a, INNER_B)
+        handshake = pyvpn_status(b.name)["peers"][0]["latest_handshake"]
+        # The config grows a network for A and a second peer, then B reloads it.
+        config = tomllib.loads(path_b.read_text())
+        config["peer"][0]["allowed_ips"].append("10.77.0.0/24")
+        stranger = keys.encode(keys.public_key(keys.generate_private_key()))
+        config["peer"].append({"public_key": stranger, "allowed_ips": ["10.66.0.0/24"]})
+        path_b.write_text(render_config(config["interface"], config["peer"]))
+        reload = pyvpn("reload", str(path_b))
+        assert reload.returncode == 0, reload.stderr
+        assert reload.stdout == f"{b.name}: reloaded from {path_b}: peers added 1, removed 0\n"
+        peers = peers_of(bed.b, b.name)
+        assert set(peers) == {public_of(path_a), stranger}
+        assert "10.77.0.0/24" in peers[public_of(path_a)]
+        assert "10.77.0.0/24 " in routes(bed.b, b.name)
+        assert reachable(bed.a, INNER_B)
+        # A stayed a peer: same session, no new handshake.
+        after = next(p for p in pyvpn_status(b.name)["peers"] if p["public_key"] != stranger)
+        assert after["latest_handshake"] == handshake
+
+        # Back to the first config: the stranger goes, sessions still stay.
+        config["peer"].pop()
+        path_b.write_text(render_config(config["interface"], config["peer"]))
+        assert "peers added 0, removed 1" in pyvpn("reload", str(path_b)).stdout
+        assert list(peers_of(bed.b, b.name)) == [public_of(path_a)]
+
+        # What a reload cannot do, it says, and changes nothing.
+        tap = dict(config["interface"], mode="tap")
+        path_b.write_text(render_config(tap, [{"public_key": stranger}]))
+        refused = pyvpn("reload", str(path_b))
+        assert refused.returncode == 1
+        assert refused.stderr == (
+            f"pyvpn: {b.name} runs in tun mode, {path_b} says tap: restart it to change the mode\n"
+        )
+        moved = dict(config["interface"], listen_port=4000)
+        path_b.write_text(render_config(moved, config["peer"]))
+        refused = pyvpn("reload", str(path_b))
+        assert refused.returncode == 1
+        assert refused.stderr == (
+            f"pyvpn: {b.name}: set=1 failed: Operation not supported (the tunnel's log says why)\n"
+        )
+        gone = dict(config["interface"], name="pvnotthere")
+        path_b.write_text(render_config(gone, config["peer"]))
+        refused = pyvpn("reload", str(path_b))
+        assert refused.returncode == 1 and "no tunnel named pvnotthere" in refused.stderr
+        assert list(peers_of(bed.b, b.name)) == [public_of(path_a)]
 
 
 def test_refused_changes_say_why_and_change_nothing(bed, tmp_path, datapath):

@@ -34,6 +34,8 @@ def build_parser() -> Parser:
     p = sub.add_parser("up", help="bring a tunnel up in the foreground")
     p.add_argument("config", help="the peer's TOML config file")
     p.add_argument("-v", "--verbose", action="store_true", help="log every event")
+    p = sub.add_parser("reload", help="apply a changed config to its running tunnel")
+    p.add_argument("config", help="the TOML config the tunnel runs from")
     p = sub.add_parser("down", help="stop a running tunnel")
     p.add_argument("name", help="the tunnel's device name")
     p = sub.add_parser("show", help="show running tunnels, like wg show")
@@ -83,6 +85,34 @@ def cmd_up(args: argparse.Namespace) -> int:
     except SetupError as e:
         print(f"pyvpn: {config.interface.name}: {e}", file=sys.stderr)
         return 1
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    c = config.interface
+    for warning in config.warnings:
+        print(f"pyvpn: {warning}", file=sys.stderr)
+    try:
+        status = uapi.status(c.name)
+        if status["mode"] != c.mode:
+            print(
+                f"pyvpn: {c.name} runs in {status['mode']} mode, {args.config} says {c.mode}: "
+                "restart it to change the mode",
+                file=sys.stderr,
+            )
+            return 1
+        running = [keys.decode(p["public_key"]) for p in status["peers"]]
+        uapi.request(c.name, uapi.sync_request(config, running))
+    except uapi.NotRunning:
+        print(f"pyvpn: no tunnel named {c.name} is running", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"pyvpn: {e.strerror} (the tunnel's log says why)", file=sys.stderr)
+        return 1
+    wanted = {p.public_key for p in config.peers}
+    added, removed = len(wanted - set(running)), len(set(running) - wanted)
+    print(f"{c.name}: reloaded from {args.config}: peers added {added}, removed {removed}")
+    return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -187,6 +217,7 @@ def cmd_plugin(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "up": cmd_up,
+    "reload": cmd_reload,
     "down": cmd_down,
     "show": cmd_show,
     "genkey": cmd_genkey,

@@ -221,7 +221,7 @@ async def _set(tunnel: Tunnel, args: list[str]) -> str:
     plane.reconfigured(applied)
     after = _routed_networks(iface)
     log.info(
-        "%s: set: %d peers added, %d removed, %d changed",
+        "%s: set: peers added %d, removed %d, changed %d",
         name,
         len(applied.added),
         len(applied.removed),

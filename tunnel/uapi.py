@@ -14,9 +14,10 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from .config import Config
 from .interface import Interface
 from .reconfig import Change, IPEdit, PeerChange, Refused
-from .udp import split_address
+from .udp import format_address, split_address
 
 SOCKET_DIR = Path("/var/run/wireguard")
 EPROTO = errno.EPROTO
@@ -156,7 +157,30 @@ def _network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise Refused(errno.EINVAL, f"allowed_ip: {value[:50]!r} is not a network") from None
 
 
-# Client side, used by `pyvpn show` and `pyvpn down`.
+# Client side, used by `pyvpn show`, `pyvpn reload` and `pyvpn down`.
+
+
+def sync_request(config: Config, running: list[bytes]) -> str:
+    """The set=1 operation that brings a running tunnel to what `config` says. Peers
+    that stay are updated, not replaced, so their sessions live on (as `wg syncconf`
+    does it, not `wg setconf`). Keys the config leaves out are left as they are."""
+    c = config.interface
+    lines = ["set=1", f"private_key={c.private_key.hex()}"]
+    if c.listen_port:
+        lines.append(f"listen_port={c.listen_port}")
+    if c.fwmark:
+        lines.append(f"fwmark={c.fwmark}")
+    wanted = {p.public_key for p in config.peers}
+    lines += [f"public_key={k.hex()}\nremove=true" for k in running if k not in wanted]
+    for p in config.peers:
+        lines.append(f"public_key={p.public_key.hex()}")
+        lines.append(f"preshared_key={(p.preshared_key or bytes(32)).hex()}")
+        if p.endpoint:
+            lines.append(f"endpoint={format_address(p.endpoint)}")
+        lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
+        lines.append("replace_allowed_ips=true")
+        lines += [f"allowed_ip={n}" for n in p.allowed_ips]
+    return "\n".join(lines)
 
 
 class NotRunning(Exception):
@@ -207,7 +231,8 @@ def request(name: str, operation: str) -> dict[str, str]:
     reply = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     if reply.get("errno", "0") != "0":
         code = abs(int(reply["errno"]))  # set replies carry it negative
-        raise OSError(code, f"{name}: {operation} failed: {os.strerror(code)}")
+        verb = operation.partition("\n")[0]  # a set's lines hold keys: never echoed
+        raise OSError(code, f"{name}: {verb} failed: {os.strerror(code)}")
     return reply
 
 
