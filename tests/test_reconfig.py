@@ -76,7 +76,7 @@ def test_parses_setconf_and_newer_wg_removals():
             f"public_key={K2.hex()}",
             "protocol_version=1",
             "update_only=true",
-            "allowed_ip=-10.2.0.0/24",  # wg >= 1.0.20250521: remove just this one
+            "allowed_ip=-10.2.0.0/24",  # newer wg: remove just this one
             "allowed_ip=10.3.0.0/24",
         ]
     )

@@ -113,7 +113,7 @@ def _peer_line(peer: PeerChange, key: str, value: str) -> None:
     elif key == "replace_allowed_ips":
         peer.replace_allowed_ips = _true(key, value)
     elif key == "allowed_ip":
-        # wg 1.0.20250521+ asks to remove one with a leading '-'.
+        # wg-tools from 2025 on (incremental allowed-ips) removes one with a leading '-'.
         removing = value.startswith("-")
         peer.allowed_ips.append(IPEdit(_network(value[1:] if removing else value), removing))
     elif key == "protocol_version":
