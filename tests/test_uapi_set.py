@@ -14,6 +14,7 @@ from tunnel.testbed import (
     UNDERLAY_B,
     Namespace,
     pyvpn_status,
+    reachable,
     render_config,
     start_pyvpn,
     wait_reachable,
@@ -21,11 +22,6 @@ from tunnel.testbed import (
 )
 
 from .conftest import pyvpn
-
-
-def reachable(ns: Namespace, addr: str, seconds: int = 2) -> bool:
-    argv = ["ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", str(seconds), addr]
-    return ns.run(*argv, check=False).returncode == 0
 
 
 def wg(ns: Namespace, *argv: str, check: bool = True):

@@ -38,6 +38,10 @@ class AllowedIPs(Generic[T]):
             for net_int in [n for n, (_, o) in table.items() if o is owner]:
                 del table[net_int]
 
+    def networks(self) -> set[Network]:
+        """Every network that has an owner."""
+        return {net for table in self._tables.values() for net, _ in table.values()}
+
     def networks_of(self, owner: T) -> list[Network]:
         return [net for table in self._tables.values() for net, o in table.values() if o is owner]
 

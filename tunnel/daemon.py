@@ -216,10 +216,10 @@ async def _set(tunnel: Tunnel, args: list[str]) -> str:
     except OSError as e:
         log.warning("%s: set refused: fwmark: %s", name, e.strerror)
         return uapi.set_error_response(e.errno or errno.EIO)
-    before = _routed_networks(iface)
+    before = iface.routes.networks()
     applied = reconfig.apply(iface, change, time.monotonic())
     plane.reconfigured(applied)
-    after = _routed_networks(iface)
+    after = iface.routes.networks()
     log.info(
         "%s: set: peers added %d, removed %d, changed %d",
         name,
@@ -238,10 +238,6 @@ async def _set(tunnel: Tunnel, args: list[str]) -> str:
     for warning in warnings:
         log.warning("%s: %s", name, warning)
     return uapi.error_response(0)
-
-
-def _routed_networks(iface: Interface) -> set:
-    return {n for peer in iface.peers.values() for n in iface.routes.networks_of(peer)}
 
 
 def _remove_socket(name: str) -> None:

@@ -614,12 +614,17 @@ def start_wireguard_go(
     return daemon
 
 
+def reachable(ns: Namespace, addr: str, timeout: float = 2.0) -> bool:
+    """Whether `addr` answers a ping from `ns` within `timeout` seconds."""
+    # -w: keep probing every 0.2 s until the first reply or the deadline.
+    argv = ["ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", f"{max(1, round(timeout))}", addr]
+    return ns.run(*argv, check=False, timeout=timeout + 5).returncode == 0
+
+
 def wait_reachable(ns: Namespace, addr: str, timeout: float = 10.0) -> None:
     """Ping until `addr` answers once: a fresh veth drops packets until the kernel's link
     watcher activates it (up to 1 s), and a tunnel's first packets wait for its handshake."""
-    # -w: keep probing every 0.2 s until the first reply or the deadline.
-    argv = ["ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", f"{max(1, round(timeout))}", addr]
-    if ns.run(*argv, check=False, timeout=timeout + 5).returncode != 0:
+    if not reachable(ns, addr, timeout):
         raise TimeoutError(f"{addr} not reachable from namespace {ns.name} within {timeout:g} s")
 
 

@@ -14,6 +14,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from .allowed_ips import Network
 from .config import Config
 from .interface import Interface
 from .reconfig import Change, IPEdit, PeerChange, Refused
@@ -150,7 +151,7 @@ def _endpoint(value: str) -> tuple[str, int]:
         raise Refused(errno.EINVAL, f"endpoint: {e}") from None
 
 
-def _network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def _network(value: str) -> Network:
     try:
         return ipaddress.ip_network(value, strict=False)
     except ValueError:
