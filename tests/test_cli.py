@@ -64,6 +64,11 @@ BAD_CONFIGS = [
     ("interface.bridge", config('bridge = "br0"'), "only a tap interface"),
     ("interface.fwmark", config("fwmark = 0x100000000"), "0 to 4294967295"),
     (
+        "interface.fwmark",
+        config("fwmark = 254", 'allowed_ips = ["0.0.0.0/0"]'),
+        "the kernel's main routing table",
+    ),
+    (
         "interface.name",
         config().replace('name = "pvcfg', 'name = "far/too/long/a/name'),
         "valid device name",

@@ -227,6 +227,27 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
         assert bed.a.run("ip", "route", "show", "table", "51820", check=False).stdout == ""
 
 
+def test_a_network_listed_by_two_peers_is_routed_once_to_the_later(bed, tmp_path, datapath):
+    from tunnel.testbed import render_config
+
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath)
+    data = tomllib.loads(path_a.read_text())
+    decoy = {
+        "public_key": keys.encode(keys.public_key(keys.generate_private_key())),
+        "allowed_ips": [f"{INNER_B}/32"],
+    }
+    # B, listed after the decoy, takes the network, as wg gives it to the last peer.
+    path_a.write_text(render_config(data["interface"], [decoy, *data["peer"]]))
+    with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b):
+        wait_reachable(bed.a, INNER_B)
+        routes = bed.a.run("ip", "route", "show", f"{INNER_B}/32").stdout
+        assert routes.count(f"dev {a.name}") == 1, routes
+        peers = {p["public_key"]: p["allowed_ips"] for p in pyvpn_status(a.name)["peers"]}
+        assert peers[decoy["public_key"]] == []
+        assert peers[data["peer"][0]["public_key"]][0] == f"{INNER_B}/32"
+        assert "peer[1].allowed_ips: 10.10.0.2/32 is also in peer[0]'s" in a.output()
+
+
 def test_inner_source_outside_allowed_ips_is_dropped(bed, tmp_path, datapath):
     with pyvpn_pair(bed, tmp_path, "tun", datapath) as (a, b):
         wait_reachable(bed.a, INNER_B)

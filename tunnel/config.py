@@ -23,6 +23,8 @@ from .udp import split_address
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1, no '/', ':' or spaces
 MODES = ("tun", "tap")
 DATAPATHS = ("auto", "native", "python")
+RT_TABLE_MAIN = 254  # <linux/rtnetlink.h>
+RESERVED_TABLES = {253: "default", RT_TABLE_MAIN: "main", 255: "local"}
 INTERFACE_KEYS = {
     "name",
     "mode",
@@ -123,7 +125,30 @@ class _Parser:
             if p.public_key == own:
                 raise self.fail(f"peer[{i}].public_key", "is this interface's own public key")
             seen.add(p.public_key)
+        # As in wg, a network listed twice belongs to the peer listed last.
+        owners: dict[Network, int] = {}
+        for i, p in enumerate(peers):
+            for network in p.allowed_ips:
+                before = owners.get(network, i)
+                if before != i:
+                    self.warnings.append(
+                        f"{self.path}: peer[{i}].allowed_ips: {network} is also in "
+                        f"peer[{before}]'s; peer[{i}], listed later, gets it"
+                    )
+                owners[network] = i
+        self.full_tunnel_table(interface, peers)
         return Config(self.path, interface, peers, self.warnings)
+
+    def full_tunnel_table(self, interface: InterfaceConfig, peers: list[PeerConfig]) -> None:
+        """A full tunnel names its routing table after the fwmark (as wg-quick does),
+        so the mark must not be one of the kernel's own tables."""
+        full = any(n.prefixlen == 0 for p in peers for n in p.allowed_ips)
+        if full and interface.fwmark in RESERVED_TABLES:
+            raise self.fail(
+                "interface.fwmark",
+                f"{interface.fwmark} is the kernel's {RESERVED_TABLES[interface.fwmark]} "
+                "routing table, which a full tunnel (a /0 in allowed_ips) would take over",
+            )
 
     def only(self, table: dict[str, Any], allowed: set[str], prefix: str) -> None:
         for key in table:

@@ -66,7 +66,8 @@ def up(config: Config) -> int:
         )
         for peer in config.peers:
             iface.add_peer(peer)
-        routes = [n for p in config.peers for n in p.allowed_ips]
+        # The core's table, not the config's lists: a network listed twice is routed once.
+        routes = iface.routes.networks()
         defaults = {n.version for n in routes if n.prefixlen == 0}
         try:
             netlink.configure(c.name, c.mtu, c.addresses, routes, c.bridge)

@@ -12,9 +12,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .allowed_ips import Network
-from .config import Interface
+from .config import RT_TABLE_MAIN, Interface
 
-RT_TABLE_MAIN = 254  # <linux/rtnetlink.h>
 FIB_RULE_INVERT = 2  # <linux/fib_rules.h>: the rule matches what the selector does not
 FIRST_TABLE = 51820  # where wg-quick starts looking for a free routing table
 
