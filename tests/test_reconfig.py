@@ -315,9 +315,9 @@ def test_check_refuses_a_port_change_a_full_tunnels_mark_and_allowed_ips_in_tap_
     net, a, _b = pair()
     check(a.iface, Change(listen_port=51820), 51820)  # wg setconf sends the same port
     check(a.iface, Change(fwmark=7), 51820)
-    check(a.iface, Change(fwmark=0x51820), 51820, full_tunnel_mark=0x51820)
+    check(a.iface, Change(fwmark=0x51820), 51820, 0x51820, full_tunnel=True)
     with pytest.raises(Refused) as refused:
-        check(a.iface, Change(fwmark=0), 51820, full_tunnel_mark=0x51820)
+        check(a.iface, Change(fwmark=0), 51820, 0x51820, full_tunnel=True)
     assert refused.value.errno == errno.EBUSY
     with pytest.raises(Refused) as refused:
         check(a.iface, Change(listen_port=4000), 51820)
@@ -328,3 +328,18 @@ def test_check_refuses_a_port_change_a_full_tunnels_mark_and_allowed_ips_in_tap_
         added = PeerChange(K1, allowed_ips=[IPEdit(net4("10.0.0.0/8"))])
         check(tap.iface, Change(peers=[added]), 51820)
     assert refused.value.errno == errno.EINVAL
+
+
+def test_check_refuses_a_full_tunnel_whose_fwmark_names_a_kernel_table():
+    _net, a, _b = pair()
+    default = PeerChange(K1, allowed_ips=[IPEdit(net4("0.0.0.0/0"))])
+    check(a.iface, Change(peers=[default]), 51820, 0)  # a free table is picked
+    check(a.iface, Change(fwmark=0x51820, peers=[default]), 51820, 254)
+    check(a.iface, Change(fwmark=254), 51820, 0)  # no full tunnel: a mark is only a mark
+    for fwmark, change in [
+        (254, Change(peers=[default])),
+        (0, Change(fwmark=255, peers=[default])),
+    ]:
+        with pytest.raises(Refused) as refused:
+            check(a.iface, change, 51820, fwmark)
+        assert refused.value.errno == errno.EINVAL and "the kernel's" in str(refused.value)

@@ -20,6 +20,7 @@ from tunnel.testbed import (
     UNDERLAY_B6,
     pyvpn_pair,
     pyvpn_status,
+    reachable,
     start_pyvpn,
     uapi_socket,
     wait_reachable,
@@ -185,7 +186,8 @@ def test_hub_with_three_peers_routes_by_allowed_ips(tmp_path, datapath):
 
 def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_path, datapath):
     """allowed_ips 0.0.0.0/0: A reaches a host behind B that only B routes to, while A's
-    own default route (the one the tunnel's datagrams need) leads elsewhere."""
+    own default route (the one the tunnel's datagrams need) leads elsewhere; `wg set`
+    turns the policy off and on again."""
     from tunnel.testbed import Testbed
 
     with Testbed(n=3, tag="full") as bed:
@@ -222,6 +224,16 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
             # The underlay's own neighbours stay outside the tunnel.
             route = bed.a.run("ip", "route", "get", "198.18.0.2").stdout
             assert "dev to-b" in route
+            # `wg set` taking the default route away ends the policy; giving it back
+            # brings it back, under the same mark.
+            peer_b = status["peers"][0]["public_key"]
+            bed.a.run("wg", "set", a.name, "peer", peer_b, "allowed-ips", f"{INNER_B}/32")
+            assert bed.a.run("ip", "rule").stdout == rules_before
+            assert not reachable(bed.a, "198.19.0.2", timeout=1)
+            wait_reachable(bed.a, INNER_B)
+            bed.a.run("wg", "set", a.name, "peer", peer_b, "allowed-ips", "0.0.0.0/0")
+            wait_reachable(bed.a, "198.19.0.2")
+            assert pyvpn_status(a.name)["fwmark"] == 51820
             a.stop()
         assert bed.a.run("ip", "rule").stdout == rules_before
         assert bed.a.run("ip", "route", "show", "table", "51820", check=False).stdout == ""

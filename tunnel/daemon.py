@@ -8,13 +8,14 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import uvloop
 
 from . import native, netlink, reconfig, uapi, udp
 from .config import Config, ConfigError
 from .device import DeviceError, open_device
+from .full_tunnel import FullTunnel
 from .interface import Interface
 from .native_shell import NativeShell
 from .plane import Plane
@@ -66,19 +67,14 @@ def up(config: Config) -> int:
         )
         for peer in config.peers:
             iface.add_peer(peer)
-        # The core's table, not the config's lists: a network listed twice is routed once.
-        routes = iface.routes.networks()
-        defaults = {n.version for n in routes if n.prefixlen == 0}
+        full_tunnel = FullTunnel(c.name, sock)
         try:
-            netlink.configure(c.name, c.mtu, c.addresses, routes, c.bridge)
-            mark = c.fwmark or (netlink.free_table() if defaults else 0)
-            if mark:
-                udp.set_mark(sock, mark)
-            if defaults:
-                teardown.callback(netlink.remove_rules, netlink.full_tunnel(c.name, defaults, mark))
-                log.info(
-                    "%s: all traffic goes through the tunnel but its own (fwmark %#x)", c.name, mark
-                )
+            # The core's table, not the config's lists: a network listed twice is routed once.
+            netlink.configure(c.name, c.mtu, c.addresses, iface.routes.networks(), c.bridge)
+            if c.fwmark:
+                udp.set_mark(sock, c.fwmark)
+            teardown.callback(full_tunnel.remove)
+            full_tunnel.fit(iface.routes.networks())
         except netlink.LinkError as e:
             raise SetupError(str(e)) from None
         plane: Plane
@@ -86,9 +82,7 @@ def up(config: Config) -> int:
             plane = NativeShell(iface, dev_fd, sock)
         else:
             plane = PythonPlane(iface, dev_fd, sock)
-        tunnel = Tunnel(
-            c.name, c.mode, iface, plane, sock.getsockname()[1], mark if defaults else 0
-        )
+        tunnel = Tunnel(c.name, c.mode, iface, plane, sock.getsockname()[1], full_tunnel)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(serve(tunnel, user=c.user))
 
@@ -102,7 +96,9 @@ class Tunnel:
     iface: Interface
     plane: Plane
     listen_port: int
-    full_tunnel_mark: int  # 0: no full tunnel, so the fwmark may change
+    full_tunnel: FullTunnel
+    # One set request at a time: each ends with netlink work in an executor thread.
+    setting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def choose_datapath(config: Config) -> str:
@@ -183,7 +179,8 @@ async def _serve_uapi(tunnel: Tunnel, status) -> asyncio.AbstractServer:
                 elif line == "get=pyvpn":
                     reply = uapi.status_response(status())
                 elif line == "set=1":
-                    reply = await _set(tunnel, args)
+                    async with tunnel.setting:
+                        reply = await _set(tunnel, args)
                 else:
                     reply = uapi.error_response(uapi.EPROTO)
                 writer.write(reply.encode())
@@ -205,10 +202,11 @@ async def _serve_uapi(tunnel: Tunnel, status) -> asyncio.AbstractServer:
 async def _set(tunnel: Tunnel, args: list[str]) -> str:
     """`wg set`, `wg setconf`, `wg syncconf`: checked whole, then applied to the core,
     the plane, the socket's fwmark and the kernel's routes."""
-    name, iface, plane = tunnel.name, tunnel.iface, tunnel.plane
+    name, iface, plane, full_tunnel = tunnel.name, tunnel.iface, tunnel.plane, tunnel.full_tunnel
     try:
         change = uapi.parse_set(args)
-        reconfig.check(iface, change, tunnel.listen_port, tunnel.full_tunnel_mark)
+        fwmark = udp.mark(plane.sock)
+        reconfig.check(iface, change, tunnel.listen_port, fwmark, bool(full_tunnel.versions))
         if change.fwmark is not None:
             udp.set_mark(plane.sock, change.fwmark)
     except reconfig.Refused as e:
@@ -228,16 +226,17 @@ async def _set(tunnel: Tunnel, args: list[str]) -> str:
         len(applied.removed),
         len(applied.updated),
     )
+
+    def follow() -> None:
+        netlink.update_routes(name, after - before, before - after)
+        full_tunnel.fit(after)
+
     # pyroute2 runs its own event loop: in a worker thread, not inside this one.
     try:
-        warnings = await asyncio.get_running_loop().run_in_executor(
-            None, netlink.update_routes, name, after - before, before - after
-        )
+        await asyncio.get_running_loop().run_in_executor(None, follow)
     except netlink.LinkError as e:
         log.warning("%s: %s", name, e)
         return uapi.set_error_response(e.errno)
-    for warning in warnings:
-        log.warning("%s: %s", name, warning)
     return uapi.error_response(0)
 
 

@@ -77,10 +77,9 @@ def configure(
             raise LinkError(f"cannot {step} on {name}: {_reason(e)}") from None
 
 
-def update_routes(name: str, add: Iterable[Network], remove: Iterable[Network]) -> list[str]:
-    """Follow a change of the allowed networks on a running tunnel. Returns warnings
-    as configure does; a route the kernel refuses raises LinkError."""
-    warnings: list[str] = []
+def update_routes(name: str, add: Iterable[Network], remove: Iterable[Network]) -> None:
+    """Follow a change of the allowed networks on a running tunnel (a default route
+    is full_tunnel's). A route the kernel refuses raises LinkError."""
     with IPRoute() as ipr:
         index = _index(ipr, name)
         connected = [
@@ -88,17 +87,10 @@ def update_routes(name: str, add: Iterable[Network], remove: Iterable[Network]) 
             for a in ipr.get_addr(index=index)
         ]
         for network in remove:
-            if network.prefixlen == 0:
-                warnings.append(f"allowed_ips {network}: a full tunnel stays until restart")
             if _routed(network, connected):
                 with contextlib.suppress(NetlinkError):  # already gone: fine
                     ipr.route("del", dst=str(network), oif=index)
         for network in add:
-            if network.prefixlen == 0:
-                warnings.append(
-                    f"allowed_ips {network}: default route not installed: a full tunnel is "
-                    "set up by `pyvpn up` from the config"
-                )
             if _routed(network, connected):
                 try:
                     ipr.route("add", dst=str(network), oif=index)
@@ -106,7 +98,6 @@ def update_routes(name: str, add: Iterable[Network], remove: Iterable[Network]) 
                     raise LinkError(
                         f"cannot add route {network} on {name}: {_reason(e)}", e.code
                     ) from None
-    return warnings
 
 
 def _routed(network: Network, connected: list[Network]) -> bool:
@@ -158,6 +149,21 @@ def full_tunnel(name: str, versions: Iterable[int], table: int) -> list[dict[str
             _delete_rules(ipr, added)
             raise LinkError(f"cannot route all traffic through {name}: {_reason(e)}") from None
     return added
+
+
+def end_full_tunnel(
+    name: str, versions: Iterable[int], table: int, rules: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Undo full_tunnel for these IP versions: their default route in `table` and
+    their rules go. Returns the rules that stay, the other versions'."""
+    families = {socket.AF_INET if v == 4 else socket.AF_INET6 for v in versions}
+    with IPRoute() as ipr:
+        index = _index(ipr, name)
+        for family in families:
+            with contextlib.suppress(NetlinkError):  # already gone: fine
+                ipr.route("del", dst="default", oif=index, table=table, family=family)
+        _delete_rules(ipr, [r for r in rules if r["family"] in families])
+    return [r for r in rules if r["family"] not in families]
 
 
 def _suppresses_default(rule: Any) -> bool:

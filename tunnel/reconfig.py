@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .allowed_ips import Network
+from .config import RESERVED_TABLES
 from .cookie import Address
 from .interface import Action, Deliver, Interface, Send
 from .keys import public_key
@@ -61,23 +62,34 @@ class Applied:
     actions: list[Action] = field(default_factory=list)
 
 
-def check(iface: Interface, change: Change, listen_port: int, full_tunnel_mark: int = 0) -> None:
+def check(
+    iface: Interface, change: Change, listen_port: int, fwmark: int = 0, full_tunnel: bool = False
+) -> None:
     """Refuse what a running pyvpn cannot do, before anything changes. A full
-    tunnel's routing rules rely on its fwmark (netlink.full_tunnel)."""
+    tunnel's routing rules rely on its fwmark, which also names its routing table
+    (netlink.full_tunnel)."""
     if change.listen_port is not None and change.listen_port != listen_port:
         raise Refused(
             errno.EOPNOTSUPP,
             f"listen_port cannot change while the tunnel runs (it is {listen_port}): "
             "change the config and restart",
         )
-    if full_tunnel_mark and change.fwmark not in (None, full_tunnel_mark):
+    if full_tunnel and change.fwmark not in (None, fwmark):
         raise Refused(
             errno.EBUSY,
-            f"fwmark: the full tunnel's routing rules use {full_tunnel_mark:#x}: "
+            f"fwmark: the full tunnel's routing rules use {fwmark:#x}: "
             "change the config and restart",
         )
-    if iface.l2 and any(not e.remove for pc in change.peers for e in pc.allowed_ips):
+    added = [e.network for pc in change.peers for e in pc.allowed_ips if not e.remove]
+    if iface.l2 and added:
         raise Refused(errno.EINVAL, "allowed_ip: tap mode switches by MAC address, not by IP")
+    mark = fwmark if change.fwmark is None else change.fwmark
+    if not full_tunnel and mark in RESERVED_TABLES and any(n.prefixlen == 0 for n in added):
+        raise Refused(
+            errno.EINVAL,
+            f"allowed_ip: a full tunnel would route through table {mark} (its fwmark), "
+            f"the kernel's {RESERVED_TABLES[mark]} table",
+        )
 
 
 def apply(iface: Interface, change: Change, now: float) -> Applied:

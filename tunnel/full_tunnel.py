@@ -1,0 +1,54 @@
+"""A full tunnel: all traffic of an IP version goes through the tunnel while a
+peer's allowed_ips hold that version's default route, at `pyvpn up` or later by
+`wg set` and `pyvpn reload`. The policy is netlink.full_tunnel's; this keeps
+what is in place, so a change adds or removes only the difference and teardown
+removes the rest."""
+
+import logging
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from . import netlink, udp
+from .allowed_ips import Network
+
+log = logging.getLogger("pyvpn")
+
+
+class FullTunnel:
+    def __init__(self, name: str, sock: socket.socket) -> None:
+        self.name, self.sock = name, sock
+        self.versions: set[int] = set()  # IP versions routed through the tunnel
+        self.table = 0  # the routing table, named by the socket's fwmark
+        self.rules: list[dict[str, Any]] = []
+
+    def fit(self, networks: Iterable[Network]) -> None:
+        """Route through the tunnel exactly the IP versions whose default route is
+        among the allowed networks. Blocking netlink work: not on the event loop."""
+        wanted = {n.version for n in networks if n.prefixlen == 0}
+        gone, new = self.versions - wanted, wanted - self.versions
+        if gone:
+            self.rules = netlink.end_full_tunnel(self.name, gone, self.table, self.rules)
+            self.versions -= gone
+            log.info("%s: %s traffic no longer goes through the tunnel", self.name, _names(gone))
+        if new:
+            if not self.versions:
+                # The configured mark, else a free table; kept if the policy comes back.
+                self.table = udp.mark(self.sock) or netlink.free_table()
+                udp.set_mark(self.sock, self.table)
+            self.rules += netlink.full_tunnel(self.name, new, self.table)
+            self.versions |= new
+            log.info(
+                "%s: all %s traffic goes through the tunnel but its own (fwmark %#x)",
+                self.name,
+                _names(new),
+                self.table,
+            )
+
+    def remove(self) -> None:
+        """At teardown: the rules go; the routes go with the device."""
+        netlink.remove_rules(self.rules)
+
+
+def _names(versions: set[int]) -> str:
+    return " and ".join(f"IPv{v}" for v in sorted(versions))
