@@ -196,10 +196,16 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
         # B's endpoint is an address A reaches only through its main default route:
         # a default route through the tunnel would capture the tunnel's own datagrams.
         bed.b.add_address("lo", "198.18.9.2/32")
+        # ...and B's datagrams come from there, so the endpoint stays beyond the gateway.
+        bed.b.run("ip", "route", "replace", "198.18.0.0/24", "dev", "to-a", "src", "198.18.9.2")
         bed.a.run("ip", "route", "add", "default", "via", "198.18.0.2")
         # The far host answers only the tunnel's inner addresses, only through B.
         far.run("ip", "route", "add", "10.10.0.0/24", "via", "198.19.0.1")
         bed.b.sysctl("net.ipv4.ip_forward", 1)
+        # Strict reverse-path filtering: replies from B come in on to-b, while an
+        # unmarked lookup of their source leads into the tunnel.
+        for conf in ("all", "to-b"):
+            bed.a.sysctl(f"net.ipv4.conf.{conf}.rp_filter", 1)
         rules_before = bed.a.run("ip", "rule").stdout
         # What a crashed run would have left: replaced, then gone with the tunnel.
         bed.a.run("ip", "rule", "add", "not", "fwmark", "51820", "table", "51820", "pref", "100")
@@ -210,7 +216,12 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
             endpoints=("198.18.0.1", "198.18.9.2"),
             peer_a={"allowed_ips": ["0.0.0.0/0"]},
         )
+        stale = f"pyvpn-{tomllib.loads(path_a.read_text())['interface']['name']}"
+        bed.a.run(
+            "nft", f"add table inet {stale}; add chain inet {stale} c; add rule inet {stale} c drop"
+        )
         with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b):
+            assert "chain c {" not in bed.a.run("nft", "list", "table", "inet", stale).stdout
             wait_reachable(bed.a, "198.19.0.2")
             wait_reachable(bed.a, INNER_B)
             sent, received = tcp_transfer(far, bed.a, "198.19.0.2", 1 << 20)
@@ -218,6 +229,7 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
             status = pyvpn_status(a.name)
             assert status["fwmark"] == 51820 and status["peers"][0]["tx_bytes"] > 1 << 20
             assert "not from all fwmark 0xca6c lookup 51820" in bed.a.run("ip", "rule").stdout
+            assert f"pyvpn-{a.name}" in bed.a.run("nft", "list", "tables").stdout
             # Its rules rely on the mark: `wg set` may not pull it away.
             unmarked = bed.a.run("wg", "set", a.name, "fwmark", "0", check=False)
             assert unmarked.returncode != 0 and "busy" in unmarked.stderr
@@ -229,6 +241,7 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
             peer_b = status["peers"][0]["public_key"]
             bed.a.run("wg", "set", a.name, "peer", peer_b, "allowed-ips", f"{INNER_B}/32")
             assert bed.a.run("ip", "rule").stdout == rules_before
+            assert bed.a.run("nft", "list", "tables").stdout == ""
             assert not reachable(bed.a, "198.19.0.2", timeout=1)
             wait_reachable(bed.a, INNER_B)
             bed.a.run("wg", "set", a.name, "peer", peer_b, "allowed-ips", "0.0.0.0/0")
@@ -236,6 +249,7 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
             assert pyvpn_status(a.name)["fwmark"] == 51820
             a.stop()
         assert bed.a.run("ip", "rule").stdout == rules_before
+        assert bed.a.run("nft", "list", "tables").stdout == ""
         assert bed.a.run("ip", "route", "show", "table", "51820", check=False).stdout == ""
 
 

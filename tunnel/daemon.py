@@ -67,7 +67,7 @@ def up(config: Config) -> int:
         )
         for peer in config.peers:
             iface.add_peer(peer)
-        full_tunnel = FullTunnel(c.name, sock)
+        full_tunnel = FullTunnel(c.name, sock, c.addresses)
         try:
             # The core's table, not the config's lists: a network listed twice is routed once.
             netlink.configure(c.name, c.mtu, c.addresses, iface.routes.networks(), c.bridge)

@@ -9,15 +9,16 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from . import netlink, udp
+from . import netlink, nftables, udp
 from .allowed_ips import Network
+from .config import Interface
 
 log = logging.getLogger("pyvpn")
 
 
 class FullTunnel:
-    def __init__(self, name: str, sock: socket.socket) -> None:
-        self.name, self.sock = name, sock
+    def __init__(self, name: str, sock: socket.socket, addresses: list[Interface]) -> None:
+        self.name, self.sock, self.addresses = name, sock, addresses
         self.versions: set[int] = set()  # IP versions routed through the tunnel
         self.table = 0  # the routing table, named by the socket's fwmark
         self.rules: list[dict[str, Any]] = []
@@ -27,6 +28,8 @@ class FullTunnel:
         among the allowed networks. Blocking netlink work: not on the event loop."""
         wanted = {n.version for n in networks if n.prefixlen == 0}
         gone, new = self.versions - wanted, wanted - self.versions
+        if not (gone or new):
+            return
         if gone:
             self.rules = netlink.end_full_tunnel(self.name, gone, self.table, self.rules)
             self.versions -= gone
@@ -44,10 +47,19 @@ class FullTunnel:
                 _names(new),
                 self.table,
             )
+        if self.versions:
+            nftables.mark_replies(self.name, self.table, self.versions, self.addresses)
+        else:
+            nftables.remove(self.name)
 
     def remove(self) -> None:
-        """At teardown: the rules go; the routes go with the device."""
+        """At teardown: the rules and firewall marks go; the routes go with the device."""
         netlink.remove_rules(self.rules)
+        if self.versions:
+            try:
+                nftables.remove(self.name)
+            except netlink.LinkError as e:
+                log.warning("%s", e)
 
 
 def _names(versions: set[int]) -> str:

@@ -1,0 +1,98 @@
+"""A full tunnel's firewall marks, the ones wg-quick sets, so that strict
+reverse-path filtering (rp_filter=1) passes the tunnel's own replies: an
+unmarked lookup of the endpoint's address would lead into the tunnel, not out of
+the interface the reply came in on.
+
+- The tunnel's outgoing datagrams (fwmark M) leave M in their conntrack entry;
+  replies get M back as their mark, and net.ipv4.conf.all.src_valid_mark=1 makes
+  the reverse-path lookup use it, so it skips the tunnel's table.
+- Packets for the tunnel's own addresses that come in on another interface are
+  dropped, unless they come from this host: nobody on the LAN may reach them.
+
+Through libnftables in-process (as python3-nftables does, with ctypes) rather
+than an `nft` child: after the drop to `user` this process keeps CAP_NET_ADMIN,
+but cannot hand it to a program it runs."""
+
+import ctypes
+import functools
+from collections.abc import Collection, Iterable
+from pathlib import Path
+
+from .config import Interface
+from .netlink import LinkError
+
+SRC_VALID_MARK = Path("/proc/sys/net/ipv4/conf/all/src_valid_mark")
+
+
+def mark_replies(
+    name: str, mark: int, versions: Collection[int], addresses: Iterable[Interface]
+) -> None:
+    """Put the table of `name`'s full tunnel (of IP `versions`) in place, replacing
+    any earlier one, also a killed run's, in the same transaction."""
+    table = _table(name)
+    commands = [
+        f"add table inet {table}",
+        f"delete table inet {table}",
+        f"add table inet {table}",
+        f"add chain inet {table} preraw {{ type filter hook prerouting priority -300; }}",
+        f"add chain inet {table} premangle {{ type filter hook prerouting priority -150; }}",
+        f"add chain inet {table} postmangle {{ type filter hook postrouting priority -150; }}",
+    ]
+    for address in (a for a in addresses if a.version in versions):
+        family = "ip" if address.version == 4 else "ip6"
+        commands.append(
+            f'add rule inet {table} preraw iifname != "{name}" {family} daddr {address.ip} '
+            "fib saddr type != local drop"
+        )
+    commands += [
+        f"add rule inet {table} postmangle meta l4proto udp mark {mark:#x} ct mark set mark",
+        f"add rule inet {table} premangle meta l4proto udp meta mark set ct mark",
+    ]
+    _run(name, commands)
+    if 4 in versions:  # IPv6 has no rp_filter sysctl: only nftables' fib checks it
+        SRC_VALID_MARK.write_text("1\n")
+
+
+def remove(name: str) -> None:
+    table = _table(name)
+    _run(name, [f"add table inet {table}", f"delete table inet {table}"])
+
+
+def _table(name: str) -> str:
+    # Unquoted: a device name (config.IFNAME) is also a valid nft identifier here.
+    return f"pyvpn-{name}"
+
+
+def _run(name: str, commands: list[str]) -> None:
+    lib = _load()
+    ctx = lib.nft_ctx_new(0)
+    if not ctx:
+        raise LinkError(f"cannot set the firewall marks of {name}: nft_ctx_new failed")
+    try:
+        lib.nft_ctx_buffer_output(ctx)
+        lib.nft_ctx_buffer_error(ctx)
+        if lib.nft_run_cmd_from_buffer(ctx, "\n".join(commands).encode()) != 0:
+            error = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+            lines = [line for line in error.splitlines() if line.startswith("Error")]
+            reason = lines[0] if lines else error.strip() or "failed"
+            raise LinkError(f"cannot set the firewall marks of {name}: nftables: {reason}")
+    finally:
+        lib.nft_ctx_free(ctx)
+
+
+@functools.cache
+def _load() -> ctypes.CDLL:
+    try:
+        lib = ctypes.CDLL("libnftables.so.1")
+    except OSError:
+        raise LinkError(
+            "a full tunnel needs libnftables (apt install nftables) for its firewall marks"
+        ) from None
+    lib.nft_ctx_new.restype = ctypes.c_void_p
+    lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+    for f in (lib.nft_ctx_free, lib.nft_ctx_buffer_output, lib.nft_ctx_buffer_error):
+        f.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+    lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+    lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    return lib
