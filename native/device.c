@@ -55,8 +55,13 @@ static int setup_udp(dp_t *dp)
 	v = 1;
 	dp->udp_gro = setsockopt(dp->udp_fd, SOL_UDP, UDP_GRO, &v, sizeof(v)) == 0;
 	l = sizeof(v);
-	atomic_init(&dp->udp_gso, getsockopt(dp->udp_fd, SOL_UDP, UDP_SEGMENT, &v, &l) == 0);
+	atomic_store(&dp->udp_gso, getsockopt(dp->udp_fd, SOL_UDP, UDP_SEGMENT, &v, &l) == 0);
 	return 0;
+}
+
+int dp_udp_replaced(dp_t *dp)
+{
+	return dp->running ? -EBUSY : setup_udp(dp);
 }
 
 static int setup_device(dp_t *dp)

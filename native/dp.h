@@ -94,6 +94,10 @@ dp_t *dp_create(int dev_fd, int udp_fd, int ctrl_fd, uint32_t flags, int mtu);
  * tunnel carries a TCP stream and its ACKs without waking another. */
 int dp_start(dp_t *, int workers);
 void dp_stop(dp_t *);              /* join threads; idempotent */
+/* The UDP fd now holds another socket (the caller dup2()ed a new one onto it
+ * while stopped, for a new listen port): set it up as dp_create did.
+ * -EBUSY while running. */
+int dp_udp_replaced(dp_t *);
 void dp_destroy(dp_t *);           /* stops, frees; does not close the fds */
 
 int dp_peer_add(dp_t *, uint32_t peer_id);

@@ -39,6 +39,7 @@ ChaCha20Poly1305 = pytest.importorskip(
 ).ChaCha20Poly1305
 
 REJECT_AFTER_MESSAGES = 2**64 - 2**13 - 1
+UDP_GRO = 104  # <linux/udp.h>
 WAIT = 2.0
 
 
@@ -295,6 +296,32 @@ def test_several_workers_share_one_counter_and_lose_nothing(h: Harness) -> None:
         delivered += [h.read_dev() for _ in back[i : i + 8]]
     assert sorted(delivered) == sorted(back)
     h.no_dev()
+    r.close()
+
+
+def test_a_new_socket_on_the_udp_fd_carries_on_set_up_as_the_first(h: Harness) -> None:
+    """A new listen port (NativeShell.replace_socket): the new socket is dup2()ed onto
+    the UDP fd while the workers are stopped, then set up as dp_create did."""
+    r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+    h.start()
+    new = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    new.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    new.bind(("::", 0))
+    with pytest.raises(OSError) as busy:
+        h.plane.udp_replaced()
+    assert busy.value.errno == errno.EBUSY
+    h.plane.stop()
+    os.dup2(new.fileno(), h.udp.fileno())
+    new.close()
+    h.plane.udp_replaced()
+    h.plane.start(1)
+    h.port = h.udp.getsockname()[1]
+    assert h.udp.getsockopt(socket.SOL_UDP, UDP_GRO) == 1  # set up as the first was
+    h.dev.send(udp_packet("10.0.0.1", "10.0.0.2", b"out"))
+    counter, _, _ = r.recv()
+    assert counter == 0
+    r.send(udp_packet("10.0.0.2", "10.0.0.1", b"in"))
+    assert h.read_dev().endswith(b"in")
     r.close()
 
 

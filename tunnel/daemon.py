@@ -206,10 +206,9 @@ async def _set(tunnel: Tunnel, args: list[str]) -> str:
     try:
         change = uapi.parse_set(args)
         fwmark = udp.mark(plane.sock)
-        reconfig.check(iface, change, tunnel.listen_port, fwmark, bool(full_tunnel.versions))
-        if change.fwmark is not None:
-            udp.set_mark(plane.sock, change.fwmark)
-    except reconfig.Refused as e:
+        reconfig.check(iface, change, fwmark, bool(full_tunnel.versions))
+        _set_socket(tunnel, change)
+    except (reconfig.Refused, udp.SocketError) as e:
         log.warning("%s: set refused: %s", name, e)
         return uapi.set_error_response(e.errno)
     except OSError as e:
@@ -238,6 +237,28 @@ async def _set(tunnel: Tunnel, args: list[str]) -> str:
         log.warning("%s: %s", name, e)
         return uapi.set_error_response(e.errno)
     return uapi.error_response(0)
+
+
+def _set_socket(tunnel: Tunnel, change: reconfig.Change) -> None:
+    """The socket's part of a set request: its fwmark and its port. A new port gets
+    a new socket, bound (or refused) before anything else changes."""
+    sock = tunnel.plane.sock
+    new = None
+    if change.listen_port is not None and change.listen_port != tunnel.listen_port:
+        new = udp.open_socket(change.listen_port)
+    try:
+        if change.fwmark is not None:
+            udp.set_mark(sock, change.fwmark)
+        if new is not None:
+            udp.set_mark(new, udp.mark(sock))
+    except OSError:
+        if new is not None:
+            new.close()
+        raise
+    if new is not None:
+        tunnel.plane.replace_socket(new)
+        tunnel.listen_port = sock.getsockname()[1]
+        log.info("%s: now listening on UDP port %d", tunnel.name, tunnel.listen_port)
 
 
 def _remove_socket(name: str) -> None:

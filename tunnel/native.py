@@ -252,6 +252,10 @@ class NativePlane:
         if self._dp is not None:
             lib.dp_stop(self._dp)
 
+    def udp_replaced(self) -> None:
+        """After a new socket was dup2()ed onto the UDP fd, while stopped."""
+        _check(lib.dp_udp_replaced(self._handle()), "dp_udp_replaced")
+
     def close(self) -> None:
         if self._dp is not None:
             lib.dp_destroy(self._dp)

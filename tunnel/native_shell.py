@@ -27,6 +27,7 @@ INTERFACE_DROPS = {
     "upcall_overflow": "upcalls_dropped",
 }
 UPCALL_BATCH = 256
+WORKERS = 1  # one thread for both directions: right for 2 cores (README, measured)
 # A virtio_net_hdr of zeros (no offload, native/internal.h VNET_HDR_LEN) before
 # the packets Python itself writes into the device.
 VNET_HDR_NONE = bytes(10)
@@ -113,8 +114,15 @@ class NativeShell(Plane):
         return {self.ctrl.fileno(): self._upcalls}
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.plane.start(workers=1)  # one thread for both directions: right for 2 cores
+        self.plane.start(workers=WORKERS)
         super().start(loop)
+
+    def replace_socket(self, new: socket.socket) -> None:
+        # The workers hold the fd in their polls: it changes while they are stopped.
+        self.plane.stop()
+        super().replace_socket(new)
+        self.plane.udp_replaced()
+        self.plane.start(workers=WORKERS)
 
     def stop(self) -> None:
         super().stop()

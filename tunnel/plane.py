@@ -51,6 +51,19 @@ class Plane:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
 
+    def replace_socket(self, new: socket.socket) -> None:
+        """Listen on `new` from now on (a new listen port). It takes over the old
+        socket's fd number, so whatever holds that number (C, the socket object)
+        follows without being told."""
+        fd = self.sock.fileno()
+        handler = self.readers().get(fd) if fd in self._watched else None
+        if handler is not None and self._loop is not None:
+            self._loop.remove_reader(fd)
+        os.dup2(new.fileno(), fd, inheritable=False)
+        new.close()
+        if handler is not None and self._loop is not None:
+            self._loop.add_reader(fd, handler)
+
     def refresh(self) -> None:
         """Bring the core's figures up to date before it is read (a no-op where
         the core itself moves every packet)."""

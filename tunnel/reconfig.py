@@ -62,18 +62,10 @@ class Applied:
     actions: list[Action] = field(default_factory=list)
 
 
-def check(
-    iface: Interface, change: Change, listen_port: int, fwmark: int = 0, full_tunnel: bool = False
-) -> None:
+def check(iface: Interface, change: Change, fwmark: int = 0, full_tunnel: bool = False) -> None:
     """Refuse what a running pyvpn cannot do, before anything changes. A full
     tunnel's routing rules rely on its fwmark, which also names its routing table
     (netlink.full_tunnel)."""
-    if change.listen_port is not None and change.listen_port != listen_port:
-        raise Refused(
-            errno.EOPNOTSUPP,
-            f"listen_port cannot change while the tunnel runs (it is {listen_port}): "
-            "change the config and restart",
-        )
     if full_tunnel and change.fwmark not in (None, fwmark):
         raise Refused(
             errno.EBUSY,

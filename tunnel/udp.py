@@ -1,6 +1,7 @@
 """The underlay UDP socket: one dual-stack socket for IPv4 and IPv6 peers, and the
 conversion between its socket addresses and the core's plain (host, port) pairs."""
 
+import errno
 import functools
 import ipaddress
 import logging
@@ -15,7 +16,9 @@ SOCKET_BUFFER = 4 << 20  # room for bursts while the event loop is busy
 
 
 class SocketError(Exception):
-    pass
+    def __init__(self, message: str, code: int = errno.EIO) -> None:
+        super().__init__(message)
+        self.errno = code
 
 
 def open_socket(port: int) -> socket.socket:
@@ -33,7 +36,7 @@ def open_socket(port: int) -> socket.socket:
         sock.bind(address)
     except OSError as e:
         sock.close()
-        raise SocketError(f"cannot listen on UDP port {port}: {e.strerror}") from None
+        raise SocketError(f"cannot listen on UDP port {port}: {e.strerror}", e.errno) from None
     sock.setblocking(False)
     return sock
 
