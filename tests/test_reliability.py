@@ -40,6 +40,7 @@ from tunnel.testbed import (
     children,
     pyvpn_pair,
     pyvpn_status,
+    reachable,
     start_pyvpn,
     uapi_socket,
     wait_reachable,
@@ -533,7 +534,17 @@ def test_dropped_privileges_keep_only_cap_net_admin(bed, tmp_path, datapath):
         assert sent == received
         assert peer_of(pyvpn_status(a.name))["tx_bytes"] > 1 << 20
         assert "latest handshake" in bed.a.run("wg", "show", a.name).stdout
-        # Teardown as nobody: device, routes and (via the janitor) socket all gone.
+        # Changes that need CAP_NET_ADMIN: a new port (with the fwmark carried over)
+        # and a full tunnel (rules, nftables, src_valid_mark) made at runtime.
+        rules = bed.a.run("ip", "rule").stdout
+        peer = peer_of(pyvpn_status(a.name))["public_key"]
+        bed.a.run("wg", "set", a.name, "listen-port", "4002")
+        bed.a.run("wg", "set", a.name, "peer", peer, "allowed-ips", f"{INNER_B}/32,0.0.0.0/0")
+        assert "lookup 51820" in bed.a.run("ip", "rule").stdout
+        assert bed.a.run("sysctl", "-n", "net.ipv4.conf.all.src_valid_mark").stdout == "1\n"
+        assert bed.a.run("wg", "show", a.name, "fwmark").stdout == "0xca6c\n"
+        assert reachable(bed.a, INNER_B)
+        # Teardown as nobody: device, routes, rules and (via the janitor) socket all gone.
         a.proc.send_signal(signal.SIGTERM)
         assert a.proc.wait(timeout=10) == 0
         deadline = time.monotonic() + 3
@@ -542,6 +553,8 @@ def test_dropped_privileges_keep_only_cap_net_admin(bed, tmp_path, datapath):
         assert not uapi_socket(a.name).exists()
         assert not bed.a.has_link(a.name)
         assert "10.10.0" not in bed.a.run("ip", "route").stdout
+        assert bed.a.run("ip", "rule").stdout == rules
+        assert bed.a.run("nft", "list", "tables").stdout == ""
         assert bed.a.pids() == []
         no_traceback(a)
 
