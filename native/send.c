@@ -367,17 +367,24 @@ static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
 		upcall_send(dp, DP_UPCALL_TOO_BIG, 0, NULL, buf, n);
 		return;
 	}
-	uint32_t pid;
+	/* Split horizon: a frame whose source was learned behind a peer came from
+	 * that peer, and a bridge port in hairpin mode hands it back to relay it
+	 * to the others; it must never return to where it came from. */
+	uint32_t pid, from = 0;
 	struct peer *p;
+	bool relayed = mac_lookup(dp, buf + 6, now, &from);
 	if (!(buf[0] & 1) && mac_lookup(dp, buf, now, &pid) && (p = peer_lookup(dp, pid))) {
-		tx_to_peer(t, p, &g, now); /* known unicast */
+		if (!relayed || pid != from)
+			tx_to_peer(t, p, &g, now); /* known unicast */
 		return;
 	}
 	/* Broadcast, multicast, unknown unicast: flood, like a bridge.  Peers
 	 * without a usable keypair get a NEED_KEY upcall instead (tx_to_peer),
 	 * so Python can start the handshake that lets the frame through. */
-	for (int i = 0; i < dp->npeers; i++)
-		tx_to_peer(t, dp->peer_list[i], &g, now);
+	for (int i = 0; i < dp->npeers; i++) {
+		if (!relayed || dp->peer_list[i]->id != from)
+			tx_to_peer(t, dp->peer_list[i], &g, now);
+	}
 	if (!dp->npeers)
 		STAT_ADD(dp->st.tx_no_route, g.nseg);
 }

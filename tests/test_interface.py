@@ -235,6 +235,24 @@ def test_tap_switch_learns_floods_and_ages():
     assert [len(s.delivered) for s in spokes] == [4, 3, 3]  # aged out: flooded again
 
 
+def test_tap_hub_relays_a_frame_back_from_its_bridge_but_never_to_its_sender():
+    net = SimNet()
+    hub = net.node("hub", "198.18.0.1", l2=True)
+    spokes = [net.node(f"s{i}", f"198.18.0.{i + 2}", l2=True) for i in range(3)]
+    for s in spokes:
+        net.connect(hub, s, [], [])
+    net.send(spokes[0], frame(BROADCAST, MAC[1]))
+    net.send(spokes[1], frame(BROADCAST, MAC[2]))
+    # What the hub's bridge hands back through its hairpin port, as read from the device.
+    relayed = hub.delivered[:]
+    for f in relayed:
+        net.send(hub, f)
+    assert [s.delivered for s in spokes] == [[relayed[1]], [relayed[0]], relayed]
+    net.send(hub, frame(MAC[2], MAC[1]))  # unicast from spoke 0 to spoke 1
+    net.send(hub, frame(MAC[1], MAC[1]))  # a frame for its own source goes nowhere
+    assert [len(s.delivered) for s in spokes] == [1, 2, 2]
+
+
 def test_tap_never_learns_a_mac_from_an_unauthenticated_frame():
     net = SimNet()
     hub = net.node("hub", "198.18.0.1", l2=True)

@@ -13,6 +13,7 @@ import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -233,17 +234,17 @@ MAC_AGEING = 5
 
 
 def write_star_configs(directory: Path, names: list[str], underlay: list[tuple[str, str]],
-                       datapath: str) -> list[Path]:  # fmt: skip
-    """A tap hub (names[0]) with one peer per spoke; spoke i reaches the hub at
-    underlay[i][0] and is reached at underlay[i][1]. No addresses: the only frames
-    are the test's."""
+                       datapath: str, hub: dict[str, Any] | None = None) -> list[Path]:  # fmt: skip
+    """A tap hub (names[0], with the `hub` settings) with one peer per spoke; spoke i
+    reaches the hub at underlay[i][0] and is reached at underlay[i][1]. No addresses:
+    the only frames are the test's."""
     private = [keys.generate_private_key() for _ in names]
     public = [keys.encode(keys.public_key(k)) for k in private]
     common = {"mode": "tap", "listen_port": 51820, "datapath": datapath}
     tables = [
         (
             {"name": names[0], "private_key": keys.encode(private[0]), **common,
-             "mac_ageing": MAC_AGEING},
+             "mac_ageing": MAC_AGEING, **(hub or {})},
             [{"public_key": public[i + 1], "endpoint": f"{spoke}:51820"}
              for i, (_, spoke) in enumerate(underlay)],
         )
@@ -313,6 +314,44 @@ def test_hub_is_a_learning_switch_with_ageing(tmp_path, datapath):
         poll(lambda: not any(macs_by_peer(hub_dev).values()), "ageing", MAC_AGEING + 5)
         assert deliveries(SPOKE_MACS[0], "aged unicast") == [3, 3, 3]
         assert all(d.alive() for d in daemons)
+
+
+def test_a_bridged_hub_relays_between_spokes_never_back_to_the_sender(tmp_path, datapath):
+    """Spokes of a hub whose device is in a bridge reach each other at L2: the hub's
+    bridge port is in hairpin mode, so a frame from one spoke comes back to pyvpn,
+    which sends it on to the others but never to the spoke it came from."""
+    with Testbed(n=4, tag="rl") as bed, contextlib.ExitStack() as stack:
+        hub, spokes = bed.namespaces[0], bed.namespaces[1:]
+        for i, spoke in enumerate(spokes[1:], start=2):
+            bed.link(hub, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"])
+        for ns in bed.namespaces:
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", 1)  # only the test's frames
+        bridge = bed.add_bridge(hub, "br0")
+        underlay = [(f"198.18.{i}.1", f"198.18.{i}.2") for i in (0, 2, 3)]
+        names = [device_name("pvrl", c) for c in "hbcd"]
+        paths = write_star_configs(tmp_path, names, underlay, datapath, {"bridge": bridge})
+        for ns, path in zip(bed.namespaces, paths, strict=True):
+            stack.enter_context(start(ns, path, datapath))
+        assert "hairpin on" in hub.run("ip", "-d", "link", "show", names[0]).stdout
+        poll(lambda: all(p["has_session"] for p in pyvpn_status(names[0])["peers"]),
+             "session with every spoke")  # fmt: skip
+
+        def deliveries(sender: int, destination: str, label: str) -> list[int]:
+            """How often a frame from spoke `sender` arrives at each spoke."""
+            with contextlib.ExitStack() as captures:
+                seen = [captures.enter_context(capture_frames(s, d, seconds=1.5))
+                        for s, d in zip(spokes, names[1:], strict=True)]  # fmt: skip
+                send_frames(spokes[sender], names[sender + 1], destination, marker(label),
+                            source=SPOKE_MACS[sender], count=3)  # fmt: skip
+            return [sum(f.payload == marker(label) for f in s) for s in seen]
+
+        # A broadcast reaches the other spokes, not its sender: a frame coming back
+        # would teach the sender's own bridge that its hosts live behind the tunnel.
+        assert deliveries(0, BROADCAST, "from b") == [0, 3, 3]
+        assert deliveries(1, BROADCAST, "from c") == [3, 0, 3]
+        # Both sources are now learned: unicast goes to its spoke alone.
+        assert deliveries(0, SPOKE_MACS[1], "b to c") == [0, 3, 0]
+        assert deliveries(1, SPOKE_MACS[0], "c to b") == [3, 0, 0]
 
 
 # ---------------------------------------------------------------------------

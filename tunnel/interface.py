@@ -400,7 +400,10 @@ class Interface:
                     return [Deliver(reply)]
             destination = packet[:6]
             owner = None if is_group_mac(destination) else self.macs.lookup(destination, now)
-            targets = [owner] if owner else list(self.peers.values())
+            # Split horizon: a frame from a MAC learned behind a peer came from it (a
+            # bridge port in hairpin mode relays it back); it must not return there.
+            source = self.macs.lookup(packet[6:12], now)
+            targets = [p for p in ([owner] if owner else self.peers.values()) if p is not source]
         else:
             header = parse_ip(packet)
             owner = header and self.routes.lookup(header.version, header.destination)

@@ -61,6 +61,10 @@ def configure(
             if master is not None:
                 step = f"attach to bridge {bridge}"
                 ipr.link("set", index=index, master=master)
+                # Hairpin: frames between two peers turn around in the bridge and
+                # come back to be relayed (split horizon keeps them off their source).
+                step = f"turn hairpin mode on for its port of {bridge}"
+                ipr.brport("set", index=index, mode=1)
             for address in addresses:
                 step = f"add address {address}"
                 ipr.addr(
