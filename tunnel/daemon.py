@@ -211,8 +211,8 @@ async def _set(tunnel: Tunnel, args: list[str]) -> str:
     except (reconfig.Refused, udp.SocketError) as e:
         log.warning("%s: set refused: %s", name, e)
         return uapi.set_error_response(e.errno)
-    except OSError as e:
-        log.warning("%s: set refused: fwmark: %s", name, e.strerror)
+    except OSError as e:  # setting the fwmark, or the new socket's setup
+        log.warning("%s: set refused: socket: %s", name, e.strerror)
         return uapi.set_error_response(e.errno or errno.EIO)
     before = iface.routes.networks()
     applied = reconfig.apply(iface, change, time.monotonic())

@@ -50,7 +50,10 @@ def mark_replies(
     ]
     _run(name, commands)
     if 4 in versions:  # IPv6 has no rp_filter sysctl: only nftables' fib checks it
-        SRC_VALID_MARK.write_text("1\n")
+        try:
+            SRC_VALID_MARK.write_text("1\n")
+        except OSError as e:
+            raise LinkError(f"cannot set {SRC_VALID_MARK}: {e.strerror}") from None
 
 
 def remove(name: str) -> None:
