@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import uvloop
 
-from . import native, netlink, reconfig, uapi, udp
+from . import native, netlink, reconfig, sd_notify, uapi, udp
 from .config import Config, ConfigError
 from .device import DeviceError, open_device
 from .full_tunnel import FullTunnel
@@ -148,16 +148,15 @@ async def serve(tunnel: Tunnel, user: str | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
             teardown.callback(loop.remove_signal_handler, sig)
-        log.info(
-            "%s up: %s mode, UDP port %d, %s data plane, public key %s",
-            name,
-            tunnel.mode,
-            tunnel.listen_port,
-            plane.name,
-            status()["public_key"],
+        up = (
+            f"{name} up: {tunnel.mode} mode, UDP port {tunnel.listen_port}, "
+            f"{plane.name} data plane, public key {status()['public_key']}"
         )
+        log.info("%s", up)
+        sd_notify.notify(f"READY=1\nSTATUS={up}")
         await stop.wait()
         log.info("%s: shutting down", name)
+        sd_notify.notify("STOPPING=1")
     return 0
 
 

@@ -1,0 +1,49 @@
+"""pyvpn under systemd: the unit template systemd itself accepts, and the
+readiness protocol a `Type=notify` unit waits for."""
+
+import configparser
+import signal
+import socket
+import subprocess
+
+from tunnel.testbed import start_pyvpn, uapi_listening, write_pair_configs
+
+from .conftest import ROOT
+
+UNIT = ROOT / "configs" / "pyvpn@.service"
+
+
+def test_unit_template_passes_systemd_analyze_verify(tmp_path):
+    # The template's paths, pointed at this checkout, whose .venv scripts/setup made.
+    instance = tmp_path / "pyvpn@tun-a.service"
+    instance.write_text(UNIT.read_text().replace("/opt/pyvpn", str(ROOT)))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(instance)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    unit = configparser.ConfigParser(interpolation=None)
+    unit.read_string(UNIT.read_text())
+    service = unit["Service"]
+    assert service["Type"] == "notify"
+    assert service["ExecStart"].endswith("pyvpn up /etc/pyvpn/%i.toml")
+    assert service["ExecReload"].endswith("pyvpn reload /etc/pyvpn/%i.toml")
+
+
+def test_ready_once_the_tunnel_is_up_and_stopping_at_shutdown(bed, tmp_path, monkeypatch):
+    path_a, _ = write_pair_configs(tmp_path)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(20)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    with notify, start_pyvpn(bed.a, path_a) as a:
+        ready = notify.recv(4096).decode().split("\n")
+        # By READY=1 what depends on the tunnel can use it: device and UAPI are there.
+        assert ready[0] == "READY=1"
+        assert ready[1].startswith(f"STATUS={a.name} up: tun mode, UDP port 51820")
+        assert bed.a.has_link(a.name) and uapi_listening(a.name)
+        a.proc.send_signal(signal.SIGTERM)
+        assert notify.recv(4096) == b"STOPPING=1"
+        assert a.proc.wait(timeout=10) == 0
