@@ -73,6 +73,8 @@ BAD_CONFIGS = [
         config().replace('name = "pvcfg', 'name = "far/too/long/a/name'),
         "valid device name",
     ),
+    ("interface.table", config('table = "sometimes"'), '"auto", "off", "main" or a table'),
+    ("interface.table", config("table = 255"), "the kernel's local table"),
     ("interface.colour", config('colour = "blue"'), "unknown key"),
     ("peer[0].endpoint", config(peer='endpoint = "10.0.0.1"'), "host:port"),
     ("peer[0].allowed_ips[0]", config(peer='allowed_ips = ["banana"]'), "not a network"),

@@ -332,6 +332,7 @@ def test_check_refuses_a_full_tunnel_whose_fwmark_names_a_kernel_table():
     check(a.iface, Change(peers=[default]), 0)  # a free table is picked
     check(a.iface, Change(fwmark=0x51820, peers=[default]), 254)
     check(a.iface, Change(fwmark=254), 0)  # no full tunnel: a mark is only a mark
+    check(a.iface, Change(peers=[default]), 254, policy=False)  # table = N: a plain route
     for fwmark, change in [
         (254, Change(peers=[default])),
         (0, Change(fwmark=255, peers=[default])),

@@ -274,6 +274,37 @@ def test_a_network_listed_by_two_peers_is_routed_once_to_the_later(bed, tmp_path
         assert "peer[1].allowed_ips: 10.10.0.2/32 is also in peer[0]'s" in a.output()
 
 
+def test_table_puts_every_allowed_network_in_the_users_table_or_nowhere(bed, tmp_path):
+    """wg-quick's Table: a number routes every allowed network, a default route too,
+    in that table with no policy rules; "off" routes none."""
+    allowed = [f"{INNER_B}/32", "10.99.0.0/24", "0.0.0.0/0"]
+    path_a, path_b = write_pair_configs(
+        tmp_path, interface_a={"table": 1234}, peer_a={"allowed_ips": allowed}
+    )
+    rules = bed.a.run("ip", "rule").stdout
+    with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b) as b:
+        table = bed.a.run("ip", "route", "show", "table", "1234").stdout
+        assert all(f"{n.removesuffix('/32')} dev {a.name}" in table for n in allowed[:2])
+        assert f"default dev {a.name}" in table
+        assert f"dev {a.name}" not in bed.a.run("ip", "route", "show", "10.99.0.0/24").stdout
+        assert bed.a.run("ip", "rule").stdout == rules
+        assert bed.a.run("nft", "list", "tables").stdout == ""
+        peer = pyvpn_status(a.name)["peers"][0]["public_key"]
+        bed.a.run("wg", "set", a.name, "peer", peer, "allowed-ips", f"{INNER_B}/32,10.98.0.0/24")
+        table = bed.a.run("ip", "route", "show", "table", "1234").stdout
+        assert "10.98.0.0/24" in table and "10.99.0.0/24" not in table and "default" not in table
+        # Only table 1234 knows the way to 10.98.0.0/24: a rule of the user's uses it.
+        bed.b.run("ip", "addr", "add", "10.98.0.1/32", "dev", b.name)
+        assert not reachable(bed.a, "10.98.0.1", timeout=1)
+        bed.a.run("ip", "rule", "add", "to", "10.98.0.0/24", "lookup", "1234", "pref", "100")
+        wait_reachable(bed.a, "10.98.0.1")
+    path_a.write_text(path_a.read_text().replace("table = 1234", 'table = "off"'))
+    with start_pyvpn(bed.a, path_a) as a:
+        main = bed.a.run("ip", "route", "show", "dev", a.name).stdout
+        assert "10.99.0.0/24" not in main and INNER_B not in main and "default" not in main
+        assert bed.a.run("ip", "route", "show", "table", "1234").stdout == ""
+
+
 def test_inner_source_outside_allowed_ips_is_dropped(bed, tmp_path, datapath):
     with pyvpn_pair(bed, tmp_path, "tun", datapath) as (a, b):
         wait_reachable(bed.a, INNER_B)

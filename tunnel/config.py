@@ -24,7 +24,8 @@ IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1, no '/', ':' or s
 MODES = ("tun", "tap")
 DATAPATHS = ("auto", "native", "python")
 RT_TABLE_MAIN = 254  # <linux/rtnetlink.h>
-RESERVED_TABLES = {253: "default", RT_TABLE_MAIN: "main", 255: "local"}
+RT_TABLE_LOCAL = 255
+RESERVED_TABLES = {253: "default", RT_TABLE_MAIN: "main", RT_TABLE_LOCAL: "local"}
 INTERFACE_KEYS = {
     "name",
     "mode",
@@ -38,6 +39,7 @@ INTERFACE_KEYS = {
     "mac_ageing",
     "user",
     "fwmark",
+    "table",
 }
 PEER_KEYS = {
     "public_key",
@@ -68,6 +70,9 @@ class InterfaceConfig:
     mac_ageing: float = DEFAULT_AGEING
     user: str | None = None  # drop root to this user after setup (tunnel/privileges.py)
     fwmark: int = 0  # on the tunnel's own datagrams; a full tunnel's routing table too
+    # Where allowed_ips are routed, as wg-quick's Table: "auto" (the main table, and a
+    # full tunnel for a default route), "off" (nowhere), or a table number.
+    table: str | int = "auto"
 
     @property
     def l2(self) -> bool:
@@ -143,7 +148,7 @@ class _Parser:
         """A full tunnel names its routing table after the fwmark (as wg-quick does),
         so the mark must not be one of the kernel's own tables."""
         full = any(n.prefixlen == 0 for p in peers for n in p.allowed_ips)
-        if full and interface.fwmark in RESERVED_TABLES:
+        if full and interface.table == "auto" and interface.fwmark in RESERVED_TABLES:
             raise self.fail(
                 "interface.fwmark",
                 f"{interface.fwmark} is the kernel's {RESERVED_TABLES[interface.fwmark]} "
@@ -192,8 +197,23 @@ class _Parser:
         fwmark = self.integer(t, "fwmark", "interface", 0, 0xFFFFFFFF, 0)
         return InterfaceConfig(
             private_key, name, mode, port, addresses, mtu, bridge, datapath, float(ageing), user,
-            fwmark,
+            fwmark, self.table(t.get("table", "auto")),
         )  # fmt: skip
+
+    def table(self, value: Any) -> str | int:
+        if value in ("auto", "off"):
+            return value
+        if value == "main":
+            return RT_TABLE_MAIN
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 0xFFFFFFFF:
+            raise self.fail(
+                "interface.table",
+                f'must be "auto", "off", "main" or a table number from 1 to 4294967295, '
+                f"got {value!r}",
+            )
+        if value == RT_TABLE_LOCAL:
+            raise self.fail("interface.table", "255 is the kernel's local table")
+        return value
 
     def peer(self, t: Any, index: int, interface: InterfaceConfig) -> PeerConfig:
         where = f"peer[{index}]"

@@ -70,11 +70,13 @@ def up(config: Config) -> int:
         full_tunnel = FullTunnel(c.name, sock, c.addresses)
         try:
             # The core's table, not the config's lists: a network listed twice is routed once.
-            netlink.configure(c.name, c.mtu, c.addresses, iface.routes.networks(), c.bridge)
+            routes = set() if c.table == "off" else iface.routes.networks()
+            netlink.configure(c.name, c.mtu, c.addresses, routes, c.bridge, _numbered(c.table))
             if c.fwmark:
                 udp.set_mark(sock, c.fwmark)
-            teardown.callback(full_tunnel.remove)
-            full_tunnel.fit(iface.routes.networks())
+            if c.table == "auto":
+                teardown.callback(full_tunnel.remove)
+                full_tunnel.fit(routes)
         except netlink.LinkError as e:
             raise SetupError(str(e)) from None
         plane: Plane
@@ -82,7 +84,7 @@ def up(config: Config) -> int:
             plane = NativeShell(iface, dev_fd, sock)
         else:
             plane = PythonPlane(iface, dev_fd, sock)
-        tunnel = Tunnel(c.name, c.mode, iface, plane, sock.getsockname()[1], full_tunnel)
+        tunnel = Tunnel(c.name, c.mode, iface, plane, sock.getsockname()[1], c.table, full_tunnel)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(serve(tunnel, user=c.user))
 
@@ -96,6 +98,7 @@ class Tunnel:
     iface: Interface
     plane: Plane
     listen_port: int
+    table: str | int  # config.InterfaceConfig.table
     full_tunnel: FullTunnel
     # One set request at a time: each ends with netlink work in an executor thread.
     setting: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -205,7 +208,7 @@ async def _set(tunnel: Tunnel, args: list[str]) -> str:
     try:
         change = uapi.parse_set(args)
         fwmark = udp.mark(plane.sock)
-        reconfig.check(iface, change, fwmark, bool(full_tunnel.versions))
+        reconfig.check(iface, change, fwmark, bool(full_tunnel.versions), tunnel.table == "auto")
         _set_socket(tunnel, change)
     except (reconfig.Refused, udp.SocketError) as e:
         log.warning("%s: set refused: %s", name, e)
@@ -226,8 +229,11 @@ async def _set(tunnel: Tunnel, args: list[str]) -> str:
     )
 
     def follow() -> None:
-        netlink.update_routes(name, after - before, before - after)
-        full_tunnel.fit(after)
+        if tunnel.table == "off":
+            return
+        netlink.update_routes(name, after - before, before - after, _numbered(tunnel.table))
+        if tunnel.table == "auto":
+            full_tunnel.fit(after)
 
     # pyroute2 runs its own event loop: in a worker thread, not inside this one.
     try:
@@ -236,6 +242,11 @@ async def _set(tunnel: Tunnel, args: list[str]) -> str:
         log.warning("%s: %s", name, e)
         return uapi.set_error_response(e.errno)
     return uapi.error_response(0)
+
+
+def _numbered(table: str | int) -> int | None:
+    """netlink's table: a number of the user's, or None for wg-quick's "auto"."""
+    return table if isinstance(table, int) else None
 
 
 def _set_socket(tunnel: Tunnel, change: reconfig.Change) -> None:

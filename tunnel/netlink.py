@@ -37,9 +37,10 @@ def configure(
     addresses: Iterable[Interface],
     routes: Iterable[Network],
     bridge: str | None,
+    table: int | None = None,
 ) -> None:
-    """Bring the device up with its addresses and a route per allowed network
-    (a default route is full_tunnel's).
+    """Bring the device up with its addresses and a route per allowed network (see
+    _routed for which, and where).
 
     `mtu` is the tunnel's. A device joining a bridge gets the segment's MTU if that
     is larger: a bridge drops a frame bigger than the port's MTU without a trace,
@@ -74,16 +75,18 @@ def configure(
             ipr.link("set", index=index, state="up")
             connected = [a.network for a in addresses]
             for network in routes:
-                if _routed(network, connected):
+                if _routed(network, connected, table):
                     step = f"add route {network}"
-                    ipr.route("add", dst=str(network), oif=index)
+                    ipr.route("add", dst=str(network), oif=index, **_in(table))
         except NetlinkError as e:
             raise LinkError(f"cannot {step} on {name}: {_reason(e)}") from None
 
 
-def update_routes(name: str, add: Iterable[Network], remove: Iterable[Network]) -> None:
-    """Follow a change of the allowed networks on a running tunnel (a default route
-    is full_tunnel's). A route the kernel refuses raises LinkError."""
+def update_routes(
+    name: str, add: Iterable[Network], remove: Iterable[Network], table: int | None = None
+) -> None:
+    """Follow a change of the allowed networks on a running tunnel, as configure
+    routes them. A route the kernel refuses raises LinkError."""
     with IPRoute() as ipr:
         index = _index(ipr, name)
         connected = [
@@ -91,23 +94,29 @@ def update_routes(name: str, add: Iterable[Network], remove: Iterable[Network]) 
             for a in ipr.get_addr(index=index)
         ]
         for network in remove:
-            if _routed(network, connected):
+            if _routed(network, connected, table):
                 with contextlib.suppress(NetlinkError):  # already gone: fine
-                    ipr.route("del", dst=str(network), oif=index)
+                    ipr.route("del", dst=str(network), oif=index, **_in(table))
         for network in add:
-            if _routed(network, connected):
+            if _routed(network, connected, table):
                 try:
-                    ipr.route("add", dst=str(network), oif=index)
+                    ipr.route("add", dst=str(network), oif=index, **_in(table))
                 except NetlinkError as e:
                     raise LinkError(
                         f"cannot add route {network} on {name}: {_reason(e)}", e.code
                     ) from None
 
 
-def _routed(network: Network, connected: list[Network]) -> bool:
-    """Whether an allowed network gets a route of its own through the device: a
-    default route does not (full_tunnel), a connected prefix has one already."""
-    return network.prefixlen != 0 and network not in connected
+def _routed(network: Network, connected: list[Network], table: int | None) -> bool:
+    """Whether an allowed network gets a route of its own through the device. In
+    the main table (table None: wg-quick's Table = auto) a default route does not
+    (full_tunnel) and a connected prefix has one already; a table of the user's
+    own (Table = N) gets every allowed network as it is, as wg-quick does it."""
+    return table is not None or (network.prefixlen != 0 and network not in connected)
+
+
+def _in(table: int | None) -> dict[str, int]:
+    return {} if table is None else {"table": table}
 
 
 def free_table() -> int:

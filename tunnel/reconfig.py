@@ -62,10 +62,17 @@ class Applied:
     actions: list[Action] = field(default_factory=list)
 
 
-def check(iface: Interface, change: Change, fwmark: int = 0, full_tunnel: bool = False) -> None:
+def check(
+    iface: Interface,
+    change: Change,
+    fwmark: int = 0,
+    full_tunnel: bool = False,
+    policy: bool = True,
+) -> None:
     """Refuse what a running pyvpn cannot do, before anything changes. A full
     tunnel's routing rules rely on its fwmark, which also names its routing table
-    (netlink.full_tunnel)."""
+    (netlink.full_tunnel); without the policy (a routing table other than "auto")
+    a default route is a route like any other."""
     if full_tunnel and change.fwmark not in (None, fwmark):
         raise Refused(
             errno.EBUSY,
@@ -76,7 +83,8 @@ def check(iface: Interface, change: Change, fwmark: int = 0, full_tunnel: bool =
     if iface.l2 and added:
         raise Refused(errno.EINVAL, "allowed_ip: tap mode switches by MAC address, not by IP")
     mark = fwmark if change.fwmark is None else change.fwmark
-    if not full_tunnel and mark in RESERVED_TABLES and any(n.prefixlen == 0 for n in added):
+    starts = policy and not full_tunnel and any(n.prefixlen == 0 for n in added)
+    if starts and mark in RESERVED_TABLES:
         raise Refused(
             errno.EINVAL,
             f"allowed_ip: a full tunnel would route through table {mark} (its fwmark), "
