@@ -253,6 +253,39 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
         assert bed.a.run("ip", "route", "show", "table", "51820", check=False).stdout == ""
 
 
+def test_an_ipv6_default_route_makes_an_ipv6_full_tunnel(tmp_path):
+    """::/0 over an IPv6 underlay: A reaches an IPv6 host behind B while its own IPv6
+    default route, which the tunnel's datagrams need, leads elsewhere; IPv4 is left
+    alone."""
+    from tunnel.testbed import Testbed
+
+    with Testbed(n=3, tag="full6") as bed:
+        far = bed.namespaces[2]
+        bed.link(bed.b, far, ["fd19::1/64"], ["fd19::2/64"])
+        bed.b.add_address("lo", "fd18:9::2/128")
+        bed.b.run(
+            "ip", "-6", "route", "add", f"{UNDERLAY_A6}/128", "dev", "to-a", "src", "fd18:9::2"
+        )
+        bed.a.run("ip", "-6", "route", "add", "default", "via", UNDERLAY_B6)
+        far.run("ip", "-6", "route", "add", "fd10::/64", "via", "fd19::1")
+        bed.b.sysctl("net.ipv6.conf.all.forwarding", 1)
+        rules4, rules6 = bed.a.run("ip", "-4", "rule").stdout, bed.a.run("ip", "-6", "rule").stdout
+        path_a, path_b = write_pair_configs(
+            tmp_path,
+            endpoints=(f"[{UNDERLAY_A6}]", "[fd18:9::2]"),
+            peer_a={"allowed_ips": ["::/0", f"{INNER_B}/32"]},
+        )
+        with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b):
+            wait_reachable(bed.a, "fd19::2")
+            assert pyvpn_status(a.name)["peers"][0]["endpoint"] == "[fd18:9::2]:51820"
+            assert "not from all fwmark 0xca6c lookup 51820" in bed.a.run("ip", "-6", "rule").stdout
+            assert bed.a.run("ip", "-4", "rule").stdout == rules4
+            assert "ip6 daddr fd10::1" in bed.a.run("nft", "list", "ruleset").stdout
+            a.stop()
+        assert bed.a.run("ip", "-6", "rule").stdout == rules6
+        assert bed.a.run("nft", "list", "tables").stdout == ""
+
+
 def test_a_network_listed_by_two_peers_is_routed_once_to_the_later(bed, tmp_path, datapath):
     from tunnel.testbed import render_config
 
