@@ -286,6 +286,23 @@ def test_an_ipv6_default_route_makes_an_ipv6_full_tunnel(tmp_path):
         assert bed.a.run("nft", "list", "tables").stdout == ""
 
 
+def test_mtu_is_taken_from_the_underlay_unless_given(bed, tmp_path):
+    """As wg-quick: the underlay's MTU toward the endpoint less 80 bytes (1400 -> 1320),
+    so full-size packets cross without the underlay fragmenting them."""
+    for ns, dev in ((bed.a, bed.a_veth), (bed.b, bed.b_veth)):
+        ns.link_up(dev, mtu=1400)
+    path_a, path_b = write_pair_configs(tmp_path, interface_b={"mtu": 1280})
+    with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b) as b:
+        assert "mtu 1320 " in bed.a.run("ip", "link", "show", a.name).stdout
+        assert "mtu 1280 " in bed.b.run("ip", "link", "show", b.name).stdout
+        assert "MTU 1320 (the underlay's 1400 less 80)" in a.output()
+        fits = ["ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(1320 - 28), INNER_B]
+        wait_reachable(bed.a, INNER_B)
+        assert bed.a.run(*fits, check=False).returncode == 0
+        sent, received = tcp_transfer(bed.b, bed.a, INNER_B, 1 << 20)
+        assert sent == received
+
+
 def test_a_network_listed_by_two_peers_is_routed_once_to_the_later(bed, tmp_path, datapath):
     from tunnel.testbed import render_config
 

@@ -26,6 +26,7 @@ from tunnel.bench_report import (
     write_chart,
     write_json,
 )
+from tunnel.constants import DEFAULT_MTU
 from tunnel.testbed import (
     CommandError,
     Testbed,
@@ -36,7 +37,6 @@ from tunnel.testbed import (
 )
 
 DEFAULT_TIME = 5.0
-DEFAULT_MTU = 1420  # fits WireGuard's 80 bytes of IPv6 overhead in a 1500-byte underlay
 PING_INTERVAL = 0.2
 # What a failing tool or tunnel raises; anything else is a bug and propagates.
 EXPECTED_ERRORS = (measure.MeasurementError, CommandError, TunnelStartError, TimeoutError)

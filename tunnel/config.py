@@ -14,7 +14,7 @@ from typing import Any
 
 from . import keys
 from .allowed_ips import Network
-from .constants import DEFAULT_MTU, DEFAULT_TAP_MTU
+from .constants import MIN_MTU, TUNNEL_OVERHEAD
 from .cookie import Address
 from .peer import PeerConfig
 from .switch import DEFAULT_AGEING
@@ -64,7 +64,7 @@ class InterfaceConfig:
     mode: str = "tun"
     listen_port: int = 0
     addresses: list[Interface] = field(default_factory=list)
-    mtu: int = DEFAULT_MTU
+    mtu: int | None = None  # None: from the underlay, as wg-quick does (daemon.tunnel_mtu)
     bridge: str | None = None
     datapath: str = "auto"
     mac_ageing: float = DEFAULT_AGEING
@@ -175,10 +175,11 @@ class _Parser:
             self.address(a, f"interface.address[{i}]")
             for i, a in enumerate(self.string_list(t, "address", "interface"))
         ]
-        default_mtu = DEFAULT_TAP_MTU if mode == "tap" else DEFAULT_MTU
-        mtu = self.integer(t, "mtu", "interface", 576, 65535 - 80, default_mtu)
-        if mtu < 1280 and any(a.version == 6 for a in addresses):
-            raise self.fail("interface.mtu", "IPv6 addresses need an MTU of at least 1280")
+        mtu = None
+        if "mtu" in t:
+            mtu = self.integer(t, "mtu", "interface", MIN_MTU, 65535 - TUNNEL_OVERHEAD, 0)
+            if mtu < 1280 and any(a.version == 6 for a in addresses):
+                raise self.fail("interface.mtu", "IPv6 addresses need an MTU of at least 1280")
         bridge = t.get("bridge")
         if bridge is not None:
             if mode != "tap":

@@ -52,9 +52,12 @@ MAX_STAGED_PACKETS = 128
 # UDP + IPv6 + WireGuard transport overhead: 1500 - 80 = 1420, wg-quick's default.
 UNDERLAY_MTU = 1500
 OVERHEAD_IPV6_UDP = 40 + 8
-DEFAULT_MTU = UNDERLAY_MTU - OVERHEAD_IPV6_UDP - KEEPALIVE_SIZE
+TUNNEL_OVERHEAD = OVERHEAD_IPV6_UDP + KEEPALIVE_SIZE
+DEFAULT_MTU = UNDERLAY_MTU - TUNNEL_OVERHEAD
 ETHERNET_HEADER_SIZE = 14
 DEFAULT_TAP_MTU = DEFAULT_MTU - ETHERNET_HEADER_SIZE
+MIN_MTU = 576
+MAX_MTU = 65535 - 128  # what native/device.c takes: headers still fit a 64 KiB buffer
 
 # Handshake rate limiting when under load (drivers/net/wireguard/ratelimiter.c).
 RATELIMIT_PACKETS_PER_SECOND = 20

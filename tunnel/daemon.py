@@ -14,6 +14,7 @@ import uvloop
 
 from . import native, netlink, reconfig, sd_notify, uapi, udp
 from .config import Config, ConfigError
+from .constants import ETHERNET_HEADER_SIZE, MAX_MTU, MIN_MTU, TUNNEL_OVERHEAD
 from .device import DeviceError, open_device
 from .full_tunnel import FullTunnel
 from .interface import Interface
@@ -57,10 +58,11 @@ def up(config: Config) -> int:
         except SocketError as e:
             raise SetupError(str(e)) from None
         teardown.callback(sock.close)
+        mtu = tunnel_mtu(config)
         iface = Interface(
             c.private_key,
             l2=c.l2,
-            mtu=c.mtu,
+            mtu=mtu,
             wall_offset=time.time() - time.monotonic(),
             external_transport=datapath == "native",
             mac_ageing=c.mac_ageing,
@@ -71,7 +73,7 @@ def up(config: Config) -> int:
         try:
             # The core's table, not the config's lists: a network listed twice is routed once.
             routes = set() if c.table == "off" else iface.routes.networks()
-            netlink.configure(c.name, c.mtu, c.addresses, routes, c.bridge, _numbered(c.table))
+            netlink.configure(c.name, mtu, c.addresses, routes, c.bridge, _numbered(c.table))
             if c.fwmark:
                 udp.set_mark(sock, c.fwmark)
             if c.table == "auto":
@@ -102,6 +104,25 @@ class Tunnel:
     full_tunnel: FullTunnel
     # One set request at a time: each ends with netlink work in an executor thread.
     setting: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def tunnel_mtu(config: Config) -> int:
+    """The config's mtu, or as wg-quick picks it: the underlay's MTU toward the
+    endpoints less what the tunnel adds (80 bytes, tap 94), so a PPPoE or a jumbo
+    underlay gets a tunnel that fits it."""
+    c = config.interface
+    if c.mtu is not None:
+        return c.mtu
+    underlay = netlink.underlay_mtu(p.endpoint[0] for p in config.peers if p.endpoint)
+    overhead = TUNNEL_OVERHEAD + (ETHERNET_HEADER_SIZE if c.l2 else 0)
+    mtu = min(max(underlay - overhead, MIN_MTU), MAX_MTU)
+    if mtu < 1280 and any(a.version == 6 for a in c.addresses):
+        raise SetupError(
+            f"the underlay's MTU ({underlay}) leaves {mtu} for the tunnel, and IPv6 addresses "
+            "need 1280: give mtu in the config"
+        )
+    log.info("%s: MTU %d (the underlay's %d less %d)", c.name, mtu, underlay, overhead)
+    return mtu
 
 
 def choose_datapath(config: Config) -> str:

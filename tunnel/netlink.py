@@ -13,6 +13,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from .allowed_ips import Network
 from .config import RT_TABLE_MAIN, Interface
+from .constants import UNDERLAY_MTU
 
 FIB_RULE_INVERT = 2  # <linux/fib_rules.h>: the rule matches what the selector does not
 FIRST_TABLE = 51820  # where wg-quick starts looking for a free routing table
@@ -117,6 +118,30 @@ def _routed(network: Network, connected: list[Network], table: int | None) -> bo
 
 def _in(table: int | None) -> dict[str, int]:
     return {} if table is None else {"table": table}
+
+
+def underlay_mtu(hosts: Iterable[str]) -> int:
+    """The MTU on the way to the peers' endpoints (the largest, if they differ), else
+    on the default route, else 1500: what wg-quick takes its 80 bytes from."""
+    with IPRoute() as ipr:
+        found = []
+        for host in hosts:
+            with contextlib.suppress(NetlinkError):  # no route to it (yet): not counted
+                found += [_mtu(ipr, r) for r in ipr.route("get", dst=host)]
+        if not any(found):
+            for family in (socket.AF_INET, socket.AF_INET6):
+                found += [_mtu(ipr, r) for r in ipr.get_default_routes(family=family)]
+        return max(found, default=0) or UNDERLAY_MTU
+
+
+def _mtu(ipr: IPRoute, route: Any) -> int:
+    """A route's own MTU (`ip route ... mtu N`), else its device's; 0 if neither."""
+    metrics = route.get_attr("RTA_METRICS")
+    if metrics is not None and metrics.get_attr("RTAX_MTU"):
+        return metrics.get_attr("RTAX_MTU")
+    oif = route.get_attr("RTA_OIF")
+    links = ipr.get_links(oif) if oif is not None else []
+    return (links[0].get_attr("IFLA_MTU") or 0) if links else 0
 
 
 def free_table() -> int:
