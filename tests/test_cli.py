@@ -61,6 +61,7 @@ BAD_CONFIGS = [
     ("interface.private_key", config().replace(GOOD_KEY, "Zm9v"), "not a key"),
     ("interface.address[0]", config('address = ["10.0.0.300/24"]'), "not an address"),
     ("interface.mtu", config("mtu = 100"), "576"),
+    ("interface.mtu", config("mtu = 65450"), "576 to 65407"),
     ("interface.bridge", config('bridge = "br0"'), "only a tap interface"),
     ("interface.fwmark", config("fwmark = 0x100000000"), "0 to 4294967295"),
     (

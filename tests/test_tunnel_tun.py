@@ -228,6 +228,8 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
             assert sent == received
             status = pyvpn_status(a.name)
             assert status["fwmark"] == 51820 and status["peers"][0]["tx_bytes"] > 1 << 20
+            shown = pyvpn("show", a.name, netns=bed.a.name).stdout
+            assert "full tunnel: all IPv4 traffic but the tunnel's own" in shown
             assert "not from all fwmark 0xca6c lookup 51820" in bed.a.run("ip", "rule").stdout
             assert f"pyvpn-{a.name}" in bed.a.run("nft", "list", "tables").stdout
             # Its rules rely on the mark: `wg set` may not pull it away.
@@ -242,6 +244,7 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
             bed.a.run("wg", "set", a.name, "peer", peer_b, "allowed-ips", f"{INNER_B}/32")
             assert bed.a.run("ip", "rule").stdout == rules_before
             assert bed.a.run("nft", "list", "tables").stdout == ""
+            assert pyvpn_status(a.name)["full_tunnel"] == []
             assert not reachable(bed.a, "198.19.0.2", timeout=1)
             wait_reachable(bed.a, INNER_B)
             bed.a.run("wg", "set", a.name, "peer", peer_b, "allowed-ips", "0.0.0.0/0")
@@ -339,6 +342,7 @@ def test_table_puts_every_allowed_network_in_the_users_table_or_nowhere(bed, tmp
         assert f"dev {a.name}" not in bed.a.run("ip", "route", "show", "10.99.0.0/24").stdout
         assert bed.a.run("ip", "rule").stdout == rules
         assert bed.a.run("nft", "list", "tables").stdout == ""
+        assert "routes: table 1234" in pyvpn("show", a.name, netns=bed.a.name).stdout
         peer = pyvpn_status(a.name)["peers"][0]["public_key"]
         bed.a.run("wg", "set", a.name, "peer", peer, "allowed-ips", f"{INNER_B}/32,10.98.0.0/24")
         table = bed.a.run("ip", "route", "show", "table", "1234").stdout

@@ -154,6 +154,11 @@ def format_status(s: dict[str, Any]) -> str:
     ]
     if s["fwmark"]:
         lines.append(f"  fwmark: {s['fwmark']:#x}")
+    where = {"auto": "main table", "off": "none (table off)"}.get(s["table"], f"table {s['table']}")
+    lines.append(f"  routes: {where}")
+    if s["full_tunnel"]:
+        versions = " and ".join(f"IPv{v}" for v in s["full_tunnel"])
+        lines.append(f"  full tunnel: all {versions} traffic but the tunnel's own")
     if s["drops"]:
         lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(s["drops"].items())))
     now = time.time()

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import keys
 from .allowed_ips import Network
-from .constants import MIN_MTU, TUNNEL_OVERHEAD
+from .constants import MAX_MTU, MIN_MTU
 from .cookie import Address
 from .peer import PeerConfig
 from .switch import DEFAULT_AGEING
@@ -177,7 +177,7 @@ class _Parser:
         ]
         mtu = None
         if "mtu" in t:
-            mtu = self.integer(t, "mtu", "interface", MIN_MTU, 65535 - TUNNEL_OVERHEAD, 0)
+            mtu = self.integer(t, "mtu", "interface", MIN_MTU, MAX_MTU, 0)
             if mtu < 1280 and any(a.version == 6 for a in addresses):
                 raise self.fail("interface.mtu", "IPv6 addresses need an MTU of at least 1280")
         bridge = t.get("bridge")

@@ -155,6 +155,8 @@ async def serve(tunnel: Tunnel, user: str | None = None) -> int:
             plane.name,
             time.monotonic(),
             udp.mark(plane.sock),
+            tunnel.table,
+            tunnel.full_tunnel.versions,
         )
 
     with contextlib.ExitStack() as teardown:

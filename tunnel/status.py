@@ -1,6 +1,7 @@
 """A plain-data snapshot of a running interface: what `pyvpn show`, `show --json`
 and the UAPI report. Public keys only; private and preshared keys never appear."""
 
+from collections.abc import Iterable
 from typing import Any
 
 from .interface import Interface, mode_name
@@ -9,7 +10,14 @@ from .udp import format_address
 
 
 def snapshot(
-    iface: Interface, name: str, listen_port: int, datapath: str, now: float, fwmark: int = 0
+    iface: Interface,
+    name: str,
+    listen_port: int,
+    datapath: str,
+    now: float,
+    fwmark: int = 0,
+    table: str | int = "auto",
+    full_tunnel: Iterable[int] = (),
 ) -> dict[str, Any]:
     peers = []
     learned = iface.macs.entries(now) if iface.l2 else []  # once: C may hold the table
@@ -43,6 +51,8 @@ def snapshot(
         "public_key": encode(iface.identity.public_key),
         "listen_port": listen_port,
         "fwmark": fwmark,
+        "table": table,  # config.InterfaceConfig.table
+        "full_tunnel": sorted(full_tunnel),  # IP versions all traffic of which goes through
         "datapath": datapath,
         "mtu": iface.mtu,
         "under_load": now < iface.under_load_until,
