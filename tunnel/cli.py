@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 from . import keys, uapi
 from .config import ConfigError, load
+from .status import ip_versions
 
 
 class UsageError(Exception):
@@ -157,7 +158,7 @@ def format_status(s: dict[str, Any]) -> str:
     where = {"auto": "main table", "off": "none (table off)"}.get(s["table"], f"table {s['table']}")
     lines.append(f"  routes: {where}")
     if s["full_tunnel"]:
-        versions = " and ".join(f"IPv{v}" for v in s["full_tunnel"])
+        versions = ip_versions(s["full_tunnel"])
         lines.append(f"  full tunnel: all {versions} traffic but the tunnel's own")
     if s["drops"]:
         lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(s["drops"].items())))

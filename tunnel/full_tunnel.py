@@ -12,6 +12,7 @@ from typing import Any
 from . import netlink, nftables, udp
 from .allowed_ips import Network
 from .config import Interface
+from .status import ip_versions
 
 log = logging.getLogger("pyvpn")
 
@@ -33,7 +34,9 @@ class FullTunnel:
         if gone:
             self.rules = netlink.end_full_tunnel(self.name, gone, self.table, self.rules)
             self.versions -= gone
-            log.info("%s: %s traffic no longer goes through the tunnel", self.name, _names(gone))
+            log.info(
+                "%s: %s traffic no longer goes through the tunnel", self.name, ip_versions(gone)
+            )
         if new:
             if not self.versions:
                 # The configured mark, else a free table; kept if the policy comes back.
@@ -44,7 +47,7 @@ class FullTunnel:
             log.info(
                 "%s: all %s traffic goes through the tunnel but its own (fwmark %#x)",
                 self.name,
-                _names(new),
+                ip_versions(new),
                 self.table,
             )
         if self.versions:
@@ -60,7 +63,3 @@ class FullTunnel:
                 nftables.remove(self.name)
             except netlink.LinkError as e:
                 log.warning("%s", e)
-
-
-def _names(versions: set[int]) -> str:
-    return " and ".join(f"IPv{v}" for v in sorted(versions))

@@ -166,7 +166,7 @@ def full_tunnel(name: str, versions: Iterable[int], table: int) -> list[dict[str
         index = _index(ipr, name)
         try:
             for version in sorted(set(versions)):
-                family = socket.AF_INET if version == 4 else socket.AF_INET6
+                family = _family(version)
                 ipr.route("add", dst="default", oif=index, table=table, family=family)
                 mine = dict(family=family, table=table, fwmark=table, flags=FIB_RULE_INVERT)
                 # A crashed run's rule for this table (free again, so no one else's).
@@ -194,7 +194,7 @@ def end_full_tunnel(
 ) -> list[dict[str, Any]]:
     """Undo full_tunnel for these IP versions: their default route in `table` and
     their rules go. Returns the rules that stay, the other versions'."""
-    families = {socket.AF_INET if v == 4 else socket.AF_INET6 for v in versions}
+    families = {_family(v) for v in versions}
     with IPRoute() as ipr:
         index = _index(ipr, name)
         for family in families:
@@ -202,6 +202,10 @@ def end_full_tunnel(
                 ipr.route("del", dst="default", oif=index, table=table, family=family)
         _delete_rules(ipr, [r for r in rules if r["family"] in families])
     return [r for r in rules if r["family"] not in families]
+
+
+def _family(version: int) -> int:
+    return socket.AF_INET if version == 4 else socket.AF_INET6
 
 
 def _suppresses_default(rule: Any) -> bool:

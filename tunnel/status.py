@@ -9,6 +9,11 @@ from .keys import encode
 from .udp import format_address
 
 
+def ip_versions(versions: Iterable[int]) -> str:
+    """IP versions as show and the log name them: "IPv4 and IPv6"."""
+    return " and ".join(f"IPv{v}" for v in sorted(versions))
+
+
 def snapshot(
     iface: Interface,
     name: str,
