@@ -207,7 +207,7 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
         for conf in ("all", "to-b"):
             bed.a.sysctl(f"net.ipv4.conf.{conf}.rp_filter", 1)
         rules_before = bed.a.run("ip", "rule").stdout
-        # What a crashed run would have left: replaced, then gone with the tunnel.
+        # What a killed run would have left: gone when the tunnel starts.
         bed.a.run("ip", "rule", "add", "not", "fwmark", "51820", "table", "51820", "pref", "100")
         path_a, path_b = write_pair_configs(
             tmp_path,
@@ -287,6 +287,35 @@ def test_an_ipv6_default_route_makes_an_ipv6_full_tunnel(tmp_path):
             a.stop()
         assert bed.a.run("ip", "-6", "rule").stdout == rules6
         assert bed.a.run("nft", "list", "tables").stdout == ""
+
+
+def test_a_killed_full_tunnels_leftovers_go_when_the_next_tunnel_starts(bed, tmp_path):
+    """SIGKILL leaves a full tunnel's ip rules and nftables table behind; the next
+    pyvpn to start, here the same tunnel without a default route, removes them and
+    nothing else: not a live policy of the same shape, not the user's own rules."""
+    bed.a.run("ip", "route", "add", "192.0.2.0/24", "dev", bed.a_veth, "table", "99")
+    bed.a.run("ip", "rule", "add", "not", "fwmark", "99", "table", "99", "pref", "200")
+    bed.a.run("ip", "rule", "add", "fwmark", "7", "table", "7", "pref", "300")
+    rules_before = bed.a.run("ip", "rule").stdout
+    path, _ = write_pair_configs(tmp_path, peer_a={"allowed_ips": ["0.0.0.0/0"]})
+    a = start_pyvpn(bed.a, path)
+    try:
+        table = f"pyvpn-{a.name}"
+        a.proc.kill()  # no teardown at all: the kernel closes the TUN fd
+        a.proc.wait()
+        rules = bed.a.run("ip", "rule").stdout
+        assert "not from all fwmark 0xca6c lookup main suppress_prefixlength 0" in rules
+        assert "not from all fwmark 0xca6c lookup 51820" in rules
+        assert table in bed.a.run("nft", "list", "tables").stdout
+        a.stop()
+        path.write_text(path.read_text().replace('"0.0.0.0/0"', f'"{INNER_B}/32"'))
+        a = start_pyvpn(bed.a, path)
+        assert bed.a.run("ip", "rule").stdout == rules_before
+        assert bed.a.run("nft", "list", "tables").stdout == ""
+        assert pyvpn_status(a.name)["full_tunnel"] == []
+        assert f"killed full tunnels left: 2 ip rules; nftables tables: inet {table}" in a.output()
+    finally:
+        a.stop()
 
 
 def test_mtu_is_taken_from_the_underlay_unless_given(bed, tmp_path):

@@ -16,7 +16,7 @@ from . import native, netlink, reconfig, sd_notify, uapi, udp
 from .config import Config, ConfigError
 from .constants import ETHERNET_HEADER_SIZE, MAX_MTU, MIN_MTU, TUNNEL_OVERHEAD
 from .device import DeviceError, open_device
-from .full_tunnel import FullTunnel
+from .full_tunnel import FullTunnel, remove_leftovers
 from .interface import Interface
 from .native_shell import NativeShell
 from .plane import Plane
@@ -46,6 +46,10 @@ def up(config: Config) -> int:
             raise SetupError(str(e)) from None
         if netlink.link_exists(c.name):
             raise SetupError(f"a device named {c.name} already exists")
+        try:
+            remove_leftovers()
+        except netlink.LinkError as e:
+            raise SetupError(str(e)) from None
         try:
             extra_flags = native.device_open_flags(c.l2) if datapath == "native" else 0
             dev_fd = open_device(c.name, c.l2, extra_flags)

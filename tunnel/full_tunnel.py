@@ -17,6 +17,20 @@ from .status import ip_versions
 log = logging.getLogger("pyvpn")
 
 
+def remove_leftovers() -> None:
+    """Before a tunnel starts: the rules and firewall tables of full tunnels whose
+    device is gone (killed runs, of any name) go. They route nothing any more, but
+    the tables still drop packets for the old tunnel addresses."""
+    rules = netlink.remove_leftover_rules()
+    tables = nftables.remove_leftovers(netlink.link_exists)
+    if rules or tables:
+        log.info(
+            "removed what killed full tunnels left: %d ip rules; nftables tables: %s",
+            rules,
+            ", ".join(f"inet {t}" for t in tables) or "none",
+        )
+
+
 class FullTunnel:
     def __init__(self, name: str, sock: socket.socket, addresses: list[Interface]) -> None:
         self.name, self.sock, self.addresses = name, sock, addresses

@@ -164,29 +164,68 @@ def full_tunnel(name: str, versions: Iterable[int], table: int) -> list[dict[str
     added: list[dict[str, Any]] = []
     with IPRoute() as ipr:
         index = _index(ipr, name)
+        _remove_leftover_rules(ipr)  # a killed run's, perhaps for this very table
         try:
             for version in sorted(set(versions)):
                 family = _family(version)
                 ipr.route("add", dst="default", oif=index, table=table, family=family)
-                mine = dict(family=family, table=table, fwmark=table, flags=FIB_RULE_INVERT)
-                # A crashed run's rule for this table (free again, so no one else's).
-                for stale in ipr.get_rules(family=family):
-                    if stale.get("FRA_TABLE") == table and stale.get("FRA_FWMARK") == table:
-                        ipr.rule("del", **mine, priority=stale.get("FRA_PRIORITY"))
-                rules = ipr.get_rules(family=family)
                 # Ahead of the main table's rule, as `ip rule add` places a rule.
-                first = min(r.get("FRA_PRIORITY") for r in rules if r.get("FRA_PRIORITY"))
-                wanted = [{**mine, "priority": first - 1}]
-                if not any(_suppresses_default(r) for r in rules):
-                    main = dict(family=family, table=RT_TABLE_MAIN, suppress_prefixlen=0)
-                    wanted.append({**main, "priority": first - 2})
-                for rule in wanted:
+                first = min(
+                    r.get("FRA_PRIORITY")
+                    for r in ipr.get_rules(family=family)
+                    if r.get("FRA_PRIORITY")
+                )
+                # Unlike wg-quick's, the main-table rule also skips the tunnel's own
+                # datagrams, which changes nothing for them (main is looked up next
+                # anyway) but ties it to this table: each full tunnel has its own pair,
+                # and a killed run's pair is told by its empty table.
+                mine = dict(family=family, fwmark=table, flags=FIB_RULE_INVERT)
+                for rule in (
+                    {
+                        **mine,
+                        "table": RT_TABLE_MAIN,
+                        "suppress_prefixlen": 0,
+                        "priority": first - 2,
+                    },
+                    {**mine, "table": table, "priority": first - 1},
+                ):
                     ipr.rule("add", **rule)
                     added.append(rule)
         except NetlinkError as e:
             _delete_rules(ipr, added)
             raise LinkError(f"cannot route all traffic through {name}: {_reason(e)}") from None
     return added
+
+
+def remove_leftover_rules() -> int:
+    """Remove the full-tunnel rules of tunnels whose device is gone, a killed run's;
+    returns how many went."""
+    with IPRoute() as ipr:
+        return _remove_leftover_rules(ipr)
+
+
+def _remove_leftover_rules(ipr: IPRoute) -> int:
+    """Rules of full_tunnel's shape whose table holds no route of their family: the
+    table's default route went with its device, so they route nothing. A live full
+    tunnel's table always holds its default route (added before its rules, removed
+    after them)."""
+    gone = 0
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for rule in ipr.get_rules(family=family):
+            mark, table = rule.get("FRA_FWMARK"), rule.get("FRA_TABLE")
+            suppress = rule.get("FRA_SUPPRESS_PREFIXLEN")
+            shaped = (
+                rule["flags"] & FIB_RULE_INVERT
+                and mark
+                and (table == mark or (table == RT_TABLE_MAIN and suppress == 0))
+            )
+            if not shaped or ipr.get_routes(family=family, table=mark):
+                continue
+            found = dict(family=family, table=table, fwmark=mark, flags=FIB_RULE_INVERT)
+            with contextlib.suppress(NetlinkError):  # another run removed it first
+                ipr.rule("del", **found, priority=rule.get("FRA_PRIORITY"))
+                gone += 1
+    return gone
 
 
 def end_full_tunnel(
@@ -206,11 +245,6 @@ def end_full_tunnel(
 
 def _family(version: int) -> int:
     return socket.AF_INET if version == 4 else socket.AF_INET6
-
-
-def _suppresses_default(rule: Any) -> bool:
-    """A rule looking up main without its default route (another full tunnel's)."""
-    return rule.get("FRA_TABLE") == RT_TABLE_MAIN and rule.get("FRA_SUPPRESS_PREFIXLEN") == 0
 
 
 def remove_rules(rules: list[dict[str, Any]]) -> None:

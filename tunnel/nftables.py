@@ -15,7 +15,7 @@ but cannot hand it to a program it runs."""
 
 import ctypes
 import functools
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 from .config import Interface
@@ -28,7 +28,7 @@ def mark_replies(
     name: str, mark: int, versions: Collection[int], addresses: Iterable[Interface]
 ) -> None:
     """Put the table of `name`'s full tunnel (of IP `versions`) in place, replacing
-    any earlier one, also a killed run's, in the same transaction."""
+    any earlier one in the same transaction."""
     table = _table(name)
     commands = [
         f"add table inet {table}",
@@ -48,7 +48,7 @@ def mark_replies(
         f"add rule inet {table} postmangle meta l4proto udp mark {mark:#x} ct mark set mark",
         f"add rule inet {table} premangle meta l4proto udp meta mark set ct mark",
     ]
-    _run(name, commands)
+    _run(f"set the firewall marks of {name}", commands)
     if 4 in versions:  # IPv6 has no rp_filter sysctl: only nftables' fib checks it
         try:
             SRC_VALID_MARK.write_text("1\n")
@@ -58,7 +58,33 @@ def mark_replies(
 
 def remove(name: str) -> None:
     table = _table(name)
-    _run(name, [f"add table inet {table}", f"delete table inet {table}"])
+    _run(
+        f"remove the firewall marks of {name}",
+        [f"add table inet {table}", f"delete table inet {table}"],
+    )
+
+
+def remove_leftovers(live: Callable[[str], bool]) -> list[str]:
+    """Delete the tables of tunnels whose device is gone (a killed run's, which
+    would still drop packets for its old addresses); returns their names. The
+    table goes before its device at teardown, so a live tunnel's is never taken.
+    Without libnftables no full tunnel could have made one."""
+    try:
+        listed = _run("list the firewall tables", ["list tables inet"])
+    except LinkError:
+        return []
+    prefix = f"table inet {_table('')}"
+    dead = [
+        line.removeprefix(prefix)
+        for line in listed.splitlines()
+        if line.startswith(prefix) and not live(line.removeprefix(prefix))
+    ]
+    if dead:
+        _run(
+            "remove leftover firewall tables",
+            [f"delete table inet {_table(name)}" for name in dead],
+        )
+    return [_table(name) for name in dead]
 
 
 def _table(name: str) -> str:
@@ -66,11 +92,12 @@ def _table(name: str) -> str:
     return f"pyvpn-{name}"
 
 
-def _run(name: str, commands: list[str]) -> None:
+def _run(what: str, commands: list[str]) -> str:
+    """Run nft commands in one transaction; returns what they print."""
     lib = _load()
     ctx = lib.nft_ctx_new(0)
     if not ctx:
-        raise LinkError(f"cannot set the firewall marks of {name}: nft_ctx_new failed")
+        raise LinkError(f"cannot {what}: nft_ctx_new failed")
     try:
         lib.nft_ctx_buffer_output(ctx)
         lib.nft_ctx_buffer_error(ctx)
@@ -78,7 +105,8 @@ def _run(name: str, commands: list[str]) -> None:
             error = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
             lines = [line for line in error.splitlines() if line.startswith("Error")]
             reason = lines[0] if lines else error.strip() or "failed"
-            raise LinkError(f"cannot set the firewall marks of {name}: nftables: {reason}")
+            raise LinkError(f"cannot {what}: nftables: {reason}")
+        return (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
     finally:
         lib.nft_ctx_free(ctx)
 
@@ -95,7 +123,8 @@ def _load() -> ctypes.CDLL:
     lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
     for f in (lib.nft_ctx_free, lib.nft_ctx_buffer_output, lib.nft_ctx_buffer_error):
         f.argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
-    lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+    for f in (lib.nft_ctx_get_output_buffer, lib.nft_ctx_get_error_buffer):
+        f.restype = ctypes.c_char_p
+        f.argtypes = [ctypes.c_void_p]
     lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     return lib
