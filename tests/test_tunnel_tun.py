@@ -18,6 +18,7 @@ from tunnel.testbed import (
     INNER_B6,
     UNDERLAY_A6,
     UNDERLAY_B6,
+    device_name,
     pyvpn_pair,
     pyvpn_status,
     reachable,
@@ -316,6 +317,29 @@ def test_a_killed_full_tunnels_leftovers_go_when_the_next_tunnel_starts(bed, tmp
         assert f"killed full tunnels left: 2 ip rules; nftables tables: inet {table}" in a.output()
     finally:
         a.stop()
+
+
+def test_two_full_tunnels_each_keep_their_own_rules(bed, tmp_path):
+    """The second full tunnel gets the next free table and its own pair of rules, so
+    stopping the first leaves the second's in place."""
+    rules_before = bed.a.run("ip", "rule").stdout
+    paths = [
+        write_pair_configs(
+            tmp_path,
+            names=(device_name("pvfull", side), device_name("pvfull", side + "b")),
+            ports=(port, port),
+            peer_a={"allowed_ips": ["0.0.0.0/0"]},
+        )[0]
+        for side, port in (("a", 51820), ("c", 51821))
+    ]
+    with start_pyvpn(bed.a, paths[0]) as first, start_pyvpn(bed.a, paths[1]) as second:
+        assert pyvpn_status(second.name)["fwmark"] == 51821
+        first.stop()
+        rules = bed.a.run("ip", "rule").stdout
+        assert "0xca6c" not in rules
+        assert "not from all fwmark 0xca6d lookup main suppress_prefixlength 0" in rules
+        assert "not from all fwmark 0xca6d lookup 51821" in rules
+    assert bed.a.run("ip", "rule").stdout == rules_before
 
 
 def test_mtu_is_taken_from_the_underlay_unless_given(bed, tmp_path):
