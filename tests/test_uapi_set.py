@@ -210,6 +210,17 @@ def test_pyvpn_reload_applies_a_changed_config_and_keeps_sessions(bed, tmp_path,
             f"pyvpn: {b.name}: set=1 failed: Address already in use (the tunnel's log says why)\n"
         )
         assert "cannot listen on UDP port 4000: Address already in use" in b.output()
+        # What only a restart applies, it names; the rest of the config still applies.
+        changed = dict(config["interface"], mtu=1300, address=["10.10.0.9/24"])
+        path_b.write_text(render_config(changed, config["peer"]))
+        unapplied = pyvpn("reload", str(path_b))
+        assert unapplied.returncode == 0, unapplied.stderr
+        assert unapplied.stderr.splitlines() == [
+            f"pyvpn: {b.name} runs with mtu 1420, {path_b} says 1300: restart it to apply that",
+            f"pyvpn: {b.name} runs with address 10.10.0.2/24, fd10::2/64, {path_b} says "
+            "10.10.0.9/24: restart it to apply that",
+        ]
+        assert pyvpn_status(b.name)["mtu"] == 1420
         gone = dict(config["interface"], name="pvnotthere")
         path_b.write_text(render_config(gone, config["peer"]))
         refused = pyvpn("reload", str(path_b))

@@ -9,10 +9,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from . import keys, uapi
-from .config import ConfigError, load
+from .config import Config, ConfigError, load
 from .status import ip_versions
 
 
@@ -102,6 +103,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        unapplied = restart_needed(config, status)
         running = [keys.decode(p["public_key"]) for p in status["peers"]]
         uapi.request(c.name, uapi.sync_request(config, running))
     except uapi.NotRunning:
@@ -113,7 +115,33 @@ def cmd_reload(args: argparse.Namespace) -> int:
     wanted = {p.public_key for p in config.peers}
     added, removed = len(wanted - set(running)), len(set(running) - wanted)
     print(f"{c.name}: reloaded from {args.config}: peers added {added}, removed {removed}")
+    for key, now, wanted in unapplied:
+        print(
+            f"pyvpn: {c.name} runs with {key} {now}, {args.config} says {wanted}: "
+            "restart it to apply that",
+            file=sys.stderr,
+        )
     return 0
+
+
+def restart_needed(config: Config, status: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Where the config differs from the running tunnel in what only a restart
+    applies (reload applies keys, port, fwmark and peers): (key, running, config)
+    for each. An mtu the config leaves to the underlay was picked at start."""
+    from .daemon import choose_datapath
+
+    c = config.interface
+    pairs = [
+        ("mtu", status["mtu"], status["mtu"] if c.mtu is None else c.mtu),
+        ("table", status["table"], c.table),
+        ("datapath", status["datapath"], choose_datapath(config)),
+        ("address", _listed(status["addresses"]), _listed(map(str, c.addresses))),
+    ]
+    return [(key, str(now), str(wanted)) for key, now, wanted in pairs if now != wanted]
+
+
+def _listed(addresses: Iterable[str]) -> str:
+    return ", ".join(sorted(addresses)) or "none"
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -151,6 +179,7 @@ def format_status(s: dict[str, Any]) -> str:
         f"interface: {s['name']}",
         f"  public key: {s['public_key']}",
         f"  listening port: {s['listen_port']}",
+        f"  address: {', '.join(s['addresses']) or '(none)'}",
         f"  mode: {s['mode']}, data plane: {s['datapath']}, mtu: {s['mtu']}",
     ]
     if s["fwmark"]:

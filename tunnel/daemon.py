@@ -14,6 +14,7 @@ import uvloop
 
 from . import native, netlink, reconfig, sd_notify, uapi, udp
 from .config import Config, ConfigError
+from .config import Interface as Address
 from .constants import ETHERNET_HEADER_SIZE, MAX_MTU, MIN_MTU, TUNNEL_OVERHEAD
 from .device import DeviceError, open_device
 from .full_tunnel import FullTunnel, remove_leftovers
@@ -90,7 +91,9 @@ def up(config: Config) -> int:
             plane = NativeShell(iface, dev_fd, sock)
         else:
             plane = PythonPlane(iface, dev_fd, sock)
-        tunnel = Tunnel(c.name, c.mode, iface, plane, sock.getsockname()[1], c.table, full_tunnel)
+        tunnel = Tunnel(
+            c.name, c.mode, iface, plane, sock.getsockname()[1], c.table, full_tunnel, c.addresses
+        )
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(serve(tunnel, user=c.user))
 
@@ -106,6 +109,7 @@ class Tunnel:
     listen_port: int
     table: str | int  # config.InterfaceConfig.table
     full_tunnel: FullTunnel
+    addresses: list[Address]
     # One set request at a time: each ends with netlink work in an executor thread.
     setting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -161,6 +165,7 @@ async def serve(tunnel: Tunnel, user: str | None = None) -> int:
             udp.mark(plane.sock),
             tunnel.table,
             tunnel.full_tunnel.versions,
+            tunnel.addresses,
         )
 
     with contextlib.ExitStack() as teardown:

@@ -4,6 +4,7 @@ and the UAPI report. Public keys only; private and preshared keys never appear."
 from collections.abc import Iterable
 from typing import Any
 
+from .config import Interface as Address
 from .interface import Interface, mode_name
 from .keys import encode
 from .udp import format_address
@@ -23,6 +24,7 @@ def snapshot(
     fwmark: int = 0,
     table: str | int = "auto",
     full_tunnel: Iterable[int] = (),
+    addresses: Iterable[Address] = (),
 ) -> dict[str, Any]:
     peers = []
     learned = iface.macs.entries(now) if iface.l2 else []  # once: C may hold the table
@@ -60,6 +62,7 @@ def snapshot(
         "full_tunnel": sorted(full_tunnel),  # IP versions all traffic of which goes through
         "datapath": datapath,
         "mtu": iface.mtu,
+        "addresses": [str(a) for a in addresses],  # as the config gives them
         "under_load": now < iface.under_load_until,
         "cookie_replies_sent": iface.cookie_replies_sent,
         "drops": dict(iface.drops),
