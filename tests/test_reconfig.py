@@ -123,7 +123,7 @@ def test_arbitrary_requests_parse_or_are_refused(lines):
 UAPI_KEYS = [
     "private_key", "listen_port", "fwmark", "replace_peers", "public_key", "remove",
     "update_only", "preshared_key", "endpoint", "persistent_keepalive_interval",
-    "replace_allowed_ips", "allowed_ip", "protocol_version",
+    "replace_allowed_ips", "allowed_ip", "protocol_version", "pyvpn_endpoint_name",
 ]  # fmt: skip
 
 
@@ -165,6 +165,31 @@ def test_reload_request_round_trips_through_the_parser():
     )
     # Not replace_peers: a peer that stays keeps its session.
     assert "replace_peers" not in text
+
+
+def test_an_endpoint_name_travels_with_reload_and_an_address_alone_drops_it():
+    config = parse(
+        {
+            "interface": {"private_key": keys.encode(K1)},
+            "peer": [{"public_key": keys.encode(K2), "endpoint": "localhost:51820"}],
+        }
+    )
+    assert config.peers[0].endpoint_name == ("localhost", 51820)
+    text = sync_request(config, [])
+    assert "\npyvpn_endpoint_name=localhost:51820\n" in text
+    change = parse_set(text.splitlines()[1:])
+    assert change.peers[0].endpoint_name == ("localhost", 51820)
+    _net, a, b = pair()
+    peer = a.iface.peers[b.iface.identity.public_key]
+    named = PeerChange(peer.public_key, endpoint=("198.18.0.9", 51820), endpoint_name=("b.test", 1))
+    apply(a.iface, Change(peers=[named]), 0.0)
+    assert (peer.endpoint, peer.endpoint_name) == (("198.18.0.9", 51820), ("b.test", 1))
+    # `wg set ... endpoint ADDRESS` (no name): the address is the user's, not resolved again.
+    apply(a.iface, Change(peers=[PeerChange(peer.public_key, endpoint=("198.18.0.9", 51820))]), 0)
+    assert peer.endpoint_name is None
+    for bad in ("198.18.0.9:51820", "b.test", "b test:1", "[fd00::1]:1"):
+        with pytest.raises(Refused):
+            parse_set([f"public_key={K2.hex()}", f"pyvpn_endpoint_name={bad}"])
 
 
 def test_a_peer_added_at_runtime_handshakes_and_carries_traffic():

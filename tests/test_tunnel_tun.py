@@ -2,11 +2,13 @@
 over veth, real ping and TCP, real `wg show`."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -471,6 +473,41 @@ def test_roaming_follows_the_new_underlay_address(bed, tmp_path, datapath):
         assert pyvpn_status(b.name)["peers"][0]["endpoint"] == "198.18.0.11:51820"
         # B reaches A at its new address without A sending first.
         wait_reachable(bed.b, INNER_A)
+
+
+def test_an_endpoint_given_by_name_follows_the_name(bed, tmp_path, datapath, monkeypatch):
+    """A names B's endpoint by a host name that points at the wrong address, as DNS
+    does for a while after a server moves; B knows no endpoint for A, so it never
+    sends first. Once the name points at B, A's next look at it brings the tunnel up."""
+    monkeypatch.setenv("PYVPN_TIMER_SCALE", "0.05")  # names looked at every 1.5 s
+    etc = Path("/etc/netns") / bed.a.name  # `ip netns exec` mounts its hosts on /etc/hosts
+    etc.mkdir(parents=True)
+    hosts = etc / "hosts"
+    try:
+        hosts.write_text("198.18.0.99 pvpeer-b.test\n")
+        with pyvpn_pair(
+            bed,
+            tmp_path,
+            "tun",
+            datapath,
+            peer_a={"endpoint": "pvpeer-b.test:51820"},
+            peer_b={"endpoint": None},
+        ) as (a, _):
+            peer = pyvpn_status(a.name)["peers"][0]
+            assert peer["endpoint"] == "198.18.0.99:51820"
+            assert peer["endpoint_name"] == "pvpeer-b.test:51820"
+            assert not reachable(bed.a, INNER_B, timeout=2)
+            hosts.write_text("198.18.0.2 pvpeer-b.test\n")  # in place: the mount follows
+            wait_reachable(bed.a, INNER_B, timeout=20)
+            assert pyvpn_status(a.name)["peers"][0]["endpoint"] == "198.18.0.2:51820"
+            assert (
+                "pvpeer-b.test:51820 now resolves to 198.18.0.2:51820 (was 198.18.0.99:51820)"
+                in a.output()
+            )
+            shown = pyvpn("show", a.name, netns=bed.a.name).stdout
+            assert "endpoint: 198.18.0.2:51820 (pvpeer-b.test:51820)" in shown
+    finally:
+        shutil.rmtree(etc)
 
 
 def test_rekey_with_short_timers_keeps_a_tcp_stream_alive(bed, tmp_path, datapath, monkeypatch):

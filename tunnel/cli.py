@@ -195,7 +195,8 @@ def format_status(s: dict[str, Any]) -> str:
     for p in s["peers"]:
         lines += ["", f"peer: {p['public_key']}"]
         if p["endpoint"]:
-            lines.append(f"  endpoint: {p['endpoint']}")
+            named = f" ({p['endpoint_name']})" if p["endpoint_name"] else ""
+            lines.append(f"  endpoint: {p['endpoint']}{named}")
         lines.append(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
         if p["latest_handshake"]:
             lines.append(f"  latest handshake: {ago(now - p['latest_handshake'])}")

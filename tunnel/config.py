@@ -5,7 +5,6 @@ import ipaddress
 import os
 import pwd
 import re
-import socket
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from .constants import MAX_MTU, MIN_MTU
 from .cookie import Address
 from .peer import PeerConfig
 from .switch import DEFAULT_AGEING
-from .udp import split_address
+from .udp import is_name, resolve, split_address
 
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1, no '/', ':' or spaces
 MODES = ("tun", "tap")
@@ -224,9 +223,9 @@ class _Parser:
         public_key = self.key(t, "public_key", where, required=True, allow_file=False)
         assert public_key is not None
         psk = self.key(t, "preshared_key", where, required=False)
-        endpoint = None
+        endpoint = endpoint_name = None
         if "endpoint" in t:
-            endpoint = self.endpoint(t["endpoint"], f"{where}.endpoint")
+            endpoint, endpoint_name = self.endpoint(t["endpoint"], f"{where}.endpoint")
         allowed = [
             self.network(n, f"{where}.allowed_ips[{i}]")
             for i, n in enumerate(self.string_list(t, "allowed_ips", where))
@@ -238,7 +237,7 @@ class _Parser:
             )
             allowed = []
         keepalive = self.integer(t, "persistent_keepalive", where, 0, 65535, 0)
-        return PeerConfig(public_key, psk, endpoint, allowed, keepalive)
+        return PeerConfig(public_key, psk, endpoint, allowed, keepalive, endpoint_name)
 
     # Value parsers.
 
@@ -327,7 +326,8 @@ class _Parser:
         except ValueError:
             raise self.fail(key, f"{value!r} is not a network, like 10.0.0.2/32") from None
 
-    def endpoint(self, value: Any, key: str) -> Address:
+    def endpoint(self, value: Any, key: str) -> tuple[Address, Address | None]:
+        """The endpoint's address, and (name, port) if the host is a name."""
         if not isinstance(value, str):
             raise self.fail(key, "must be a string like 192.0.2.1:51820 or [2001:db8::1]:51820")
         try:
@@ -335,7 +335,7 @@ class _Parser:
         except ValueError as e:
             raise self.fail(key, str(e)) from None
         try:
-            info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except (socket.gaierror, UnicodeError) as e:
+            address = resolve(host, port)
+        except (OSError, UnicodeError) as e:
             raise self.fail(key, f"cannot resolve {host!r}: {e}") from None
-        return (str(ipaddress.ip_address(info[0][4][0])), port)
+        return address, (host, port) if is_name(host) else None

@@ -23,6 +23,7 @@ from .native_shell import NativeShell
 from .plane import Plane
 from .privileges import PrivilegeError, drop_privileges
 from .python_plane import PythonPlane
+from .reresolve import follow_names
 from .status import snapshot
 from .udp import SocketError, open_socket
 
@@ -180,6 +181,8 @@ async def serve(tunnel: Tunnel, user: str | None = None) -> int:
                 raise SetupError(str(e)) from None
         plane.start(loop)
         teardown.callback(plane.stop)
+        names = loop.create_task(follow_names(name, tunnel.iface, plane, tunnel.setting))
+        teardown.callback(names.cancel)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
             teardown.callback(loop.remove_signal_handler, sig)

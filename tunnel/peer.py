@@ -19,6 +19,9 @@ class PeerConfig:
     endpoint: Address | None = None
     allowed_ips: list[Network] = field(default_factory=list)
     persistent_keepalive: int = 0
+    # (host name, port) when the endpoint was given by name: resolved again while
+    # handshakes fail (tunnel/reresolve.py).
+    endpoint_name: Address | None = None
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Peer:
         self.public_key = config.public_key
         self.preshared_key = config.preshared_key
         self.endpoint = config.endpoint
+        self.endpoint_name = config.endpoint_name
         self.handshake = Handshake(identity, config.public_key, config.preshared_key or bytes(32))
         self.cookies = CookieGenerator(config.public_key)
         self.timers = Timers(float(config.persistent_keepalive))

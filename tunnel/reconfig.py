@@ -38,6 +38,7 @@ class PeerChange:
     update_only: bool = False
     preshared_key: bytes | None = None  # None: unchanged; all zeros: none
     endpoint: Address | None = None
+    endpoint_name: Address | None = None  # pyvpn's: the (name, port) `endpoint` came from
     persistent_keepalive: int | None = None
     replace_allowed_ips: bool = False
     allowed_ips: list[IPEdit] = field(default_factory=list)  # in the order given
@@ -141,9 +142,12 @@ def apply(iface: Interface, change: Change, now: float) -> Applied:
 def _update(iface: Interface, peer: Peer, pc: PeerChange, now: float, applied: Applied) -> None:
     if pc.preshared_key is not None:
         peer.set_preshared_key(pc.preshared_key if any(pc.preshared_key) else None)
-    if pc.endpoint is not None and pc.endpoint != peer.endpoint:
-        peer.endpoint = pc.endpoint
-        applied.updated.append(peer)
+    if pc.endpoint is not None:
+        # An address given without a name replaces the name too: it is not resolved again.
+        peer.endpoint_name = pc.endpoint_name
+        if pc.endpoint != peer.endpoint:
+            peer.endpoint = pc.endpoint
+            applied.updated.append(peer)
     if pc.replace_allowed_ips or pc.allowed_ips:
         if pc.replace_allowed_ips:
             iface.routes.remove_owner(peer)

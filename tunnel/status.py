@@ -42,6 +42,10 @@ def snapshot(
             {
                 "public_key": encode(peer.public_key),
                 "endpoint": format_address(peer.endpoint) if peer.endpoint else None,
+                # The host name the endpoint follows (tunnel/reresolve.py), if any.
+                "endpoint_name": (
+                    format_address(peer.endpoint_name) if peer.endpoint_name else None
+                ),
                 "allowed_ips": [str(n) for n in iface.routes.networks_of(peer)],
                 "latest_handshake": peer.last_handshake_wall,
                 "rx_bytes": peer.rx_bytes,

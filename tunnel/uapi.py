@@ -18,7 +18,7 @@ from .allowed_ips import Network
 from .config import Config
 from .interface import Interface
 from .reconfig import Change, IPEdit, PeerChange, Refused
-from .udp import format_address, split_address
+from .udp import format_address, is_name, split_address
 
 SOCKET_DIR = Path("/var/run/wireguard")
 EPROTO = errno.EPROTO
@@ -109,6 +109,8 @@ def _peer_line(peer: PeerChange, key: str, value: str) -> None:
         peer.preshared_key = _key(key, value)
     elif key == "endpoint":
         peer.endpoint = _endpoint(value)
+    elif key == "pyvpn_endpoint_name":  # pyvpn's own key, sent by `pyvpn reload`
+        peer.endpoint_name = _endpoint_name(value)
     elif key == "persistent_keepalive_interval":
         peer.persistent_keepalive = _number(key, value, 0xFFFF)
     elif key == "replace_allowed_ips":
@@ -151,6 +153,16 @@ def _endpoint(value: str) -> tuple[str, int]:
         raise Refused(errno.EINVAL, f"endpoint: {e}") from None
 
 
+def _endpoint_name(value: str) -> tuple[str, int]:
+    try:
+        host, port = split_address(value)
+    except ValueError as e:
+        raise Refused(errno.EINVAL, f"pyvpn_endpoint_name: {e}") from None
+    if not is_name(host) or len(host) > 253 or not host.isprintable() or " " in host:
+        raise Refused(errno.EINVAL, f"pyvpn_endpoint_name: {host[:40]!r} is not a host name")
+    return host, port
+
+
 def _network(value: str) -> Network:
     try:
         return ipaddress.ip_network(value, strict=False)
@@ -178,6 +190,8 @@ def sync_request(config: Config, running: list[bytes]) -> str:
         lines.append(f"preshared_key={(p.preshared_key or bytes(32)).hex()}")
         if p.endpoint:
             lines.append(f"endpoint={format_address(p.endpoint)}")
+        if p.endpoint_name:
+            lines.append(f"pyvpn_endpoint_name={format_address(p.endpoint_name)}")
         lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
         lines.append("replace_allowed_ips=true")
         lines += [f"allowed_ip={n}" for n in p.allowed_ips]

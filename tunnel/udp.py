@@ -88,6 +88,22 @@ def mark(sock: socket.socket) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK)
 
 
+def resolve(host: str, port: int) -> Address:
+    """An endpoint's address: a name resolved (the first answer, as wg takes it), a
+    literal as it is. Raises OSError (socket.gaierror) or UnicodeError."""
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    return (str(ipaddress.ip_address(info[0][4][0])), port)
+
+
+def is_name(host: str) -> bool:
+    """A host name rather than an address literal: what can be resolved again."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
+
+
 def format_address(address: Address) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
