@@ -26,6 +26,7 @@ from tunnel.testbed import (
     reachable,
     start_pyvpn,
     uapi_socket,
+    wait_for,
     wait_reachable,
     write_pair_configs,
 )
@@ -476,15 +477,18 @@ def test_roaming_follows_the_new_underlay_address(bed, tmp_path, datapath):
 
 
 def test_an_endpoint_given_by_name_follows_the_name(bed, tmp_path, datapath, monkeypatch):
-    """A names B's endpoint by a host name that points at the wrong address, as DNS
-    does for a while after a server moves; B knows no endpoint for A, so it never
-    sends first. Once the name points at B, A's next look at it brings the tunnel up."""
+    """A names B's endpoint by a host name, and B knows no endpoint for A, so it never
+    sends first. The name cannot be resolved when A starts (no DNS yet, as at boot),
+    then points at the wrong address (as DNS does for a while after a server moves),
+    then at B: A follows each step, and the tunnel comes up at the last."""
     monkeypatch.setenv("PYVPN_TIMER_SCALE", "0.05")  # names looked at every 1.5 s
-    etc = Path("/etc/netns") / bed.a.name  # `ip netns exec` mounts its hosts on /etc/hosts
+    etc = Path("/etc/netns") / bed.a.name  # `ip netns exec` mounts these over /etc's
     etc.mkdir(parents=True)
     hosts = etc / "hosts"
     try:
-        hosts.write_text("198.18.0.99 pvpeer-b.test\n")
+        # A DNS server that refuses at once, on A's own loopback: a temporary failure.
+        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        hosts.write_text("127.0.0.1 localhost\n")
         with pyvpn_pair(
             bed,
             tmp_path,
@@ -493,13 +497,21 @@ def test_an_endpoint_given_by_name_follows_the_name(bed, tmp_path, datapath, mon
             peer_a={"endpoint": "pvpeer-b.test:51820"},
             peer_b={"endpoint": None},
         ) as (a, _):
+            assert "cannot resolve 'pvpeer-b.test' for now" in a.output()
             peer = pyvpn_status(a.name)["peers"][0]
-            assert peer["endpoint"] == "198.18.0.99:51820"
+            assert peer["endpoint"] is None
             assert peer["endpoint_name"] == "pvpeer-b.test:51820"
+            # In place, not replaced: the mount holds the file, not its name.
+            hosts.write_text("198.18.0.99 pvpeer-b.test\n")
+
+            def endpoint() -> str | None:
+                return pyvpn_status(a.name)["peers"][0]["endpoint"]
+
+            wait_for(a, lambda: endpoint() == "198.18.0.99:51820", "it resolved the name", 10)
             assert not reachable(bed.a, INNER_B, timeout=2)
-            hosts.write_text("198.18.0.2 pvpeer-b.test\n")  # in place: the mount follows
+            hosts.write_text("198.18.0.2 pvpeer-b.test\n")
             wait_reachable(bed.a, INNER_B, timeout=20)
-            assert pyvpn_status(a.name)["peers"][0]["endpoint"] == "198.18.0.2:51820"
+            assert endpoint() == "198.18.0.2:51820"
             assert (
                 "pvpeer-b.test:51820 now resolves to 198.18.0.2:51820 (was 198.18.0.99:51820)"
                 in a.output()

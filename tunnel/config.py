@@ -5,6 +5,7 @@ import ipaddress
 import os
 import pwd
 import re
+import socket
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -326,8 +327,10 @@ class _Parser:
         except ValueError:
             raise self.fail(key, f"{value!r} is not a network, like 10.0.0.2/32") from None
 
-    def endpoint(self, value: Any, key: str) -> tuple[Address, Address | None]:
-        """The endpoint's address, and (name, port) if the host is a name."""
+    def endpoint(self, value: Any, key: str) -> tuple[Address | None, Address | None]:
+        """The endpoint's address, and (name, port) if the host is a name. A name that
+        cannot be resolved for now (no DNS yet, as at boot) leaves the address to
+        tunnel/reresolve.py; one that does not exist is an error."""
         if not isinstance(value, str):
             raise self.fail(key, "must be a string like 192.0.2.1:51820 or [2001:db8::1]:51820")
         try:
@@ -336,6 +339,14 @@ class _Parser:
             raise self.fail(key, str(e)) from None
         try:
             address = resolve(host, port)
+        except socket.gaierror as e:
+            if e.errno != socket.EAI_AGAIN:
+                raise self.fail(key, f"cannot resolve {host!r}: {e.strerror}") from None
+            self.warnings.append(
+                f"{self.path}: {key}: cannot resolve {host!r} for now ({e.strerror}); "
+                "tried again every 30 s until it resolves"
+            )
+            return None, (host, port)
         except (OSError, UnicodeError) as e:
             raise self.fail(key, f"cannot resolve {host!r}: {e}") from None
         return address, (host, port) if is_name(host) else None

@@ -142,10 +142,10 @@ def apply(iface: Interface, change: Change, now: float) -> Applied:
 def _update(iface: Interface, peer: Peer, pc: PeerChange, now: float, applied: Applied) -> None:
     if pc.preshared_key is not None:
         peer.set_preshared_key(pc.preshared_key if any(pc.preshared_key) else None)
-    if pc.endpoint is not None:
+    if pc.endpoint is not None or pc.endpoint_name is not None:
         # An address given without a name replaces the name too: it is not resolved again.
         peer.endpoint_name = pc.endpoint_name
-        if pc.endpoint != peer.endpoint:
+        if pc.endpoint is not None and pc.endpoint != peer.endpoint:
             peer.endpoint = pc.endpoint
             applied.updated.append(peer)
     if pc.replace_allowed_ips or pc.allowed_ips:
