@@ -105,8 +105,16 @@ int dp_peer_remove(dp_t *, uint32_t peer_id);
 /* AF_INET or AF_INET6 sockaddr; an AF_INET one is mapped to ::ffff:a.b.c.d
  * when the UDP socket is AF_INET6. */
 int dp_peer_set_endpoint(dp_t *, uint32_t peer_id, const struct sockaddr *sa, socklen_t len);
-int dp_allowed_ip_add(dp_t *, uint32_t peer_id, int family, const uint8_t *addr, uint8_t cidr);
-int dp_allowed_ips_clear(dp_t *, uint32_t peer_id);
+struct dp_prefix {
+	int family;       /* AF_INET or AF_INET6 */
+	uint8_t addr[16]; /* network order; AF_INET uses the first 4 bytes */
+	uint8_t cidr;
+};
+/* Replace the peer's allowed IPs with these n prefixes, all under one write
+ * lock: a packet in flight finds the old set or the new one, never neither.
+ * Like WireGuard, a prefix another peer owns moves to this one.  Checked whole
+ * before anything changes (-EINVAL). */
+int dp_allowed_ips_set(dp_t *, uint32_t peer_id, const struct dp_prefix *prefixes, size_t n);
 
 /* Put a fresh keypair into `slot`, replacing (and forgetting) whatever was
  * there; send counter starts at 0, replay window empty, birthdate = now. */

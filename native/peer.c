@@ -206,26 +206,27 @@ int dp_peer_set_endpoint(dp_t *dp, uint32_t peer_id, const struct sockaddr *sa, 
 	return p ? 0 : -ENOENT;
 }
 
-int dp_allowed_ip_add(dp_t *dp, uint32_t peer_id, int family, const uint8_t *addr, uint8_t cidr)
+int dp_allowed_ips_set(dp_t *dp, uint32_t peer_id, const struct dp_prefix *prefixes, size_t n)
 {
-	if ((family != AF_INET && family != AF_INET6) || !addr ||
-	    cidr > (family == AF_INET ? 32 : 128))
+	if (n && !prefixes)
 		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		int family = prefixes[i].family;
+		if ((family != AF_INET && family != AF_INET6) ||
+		    prefixes[i].cidr > (family == AF_INET ? 32 : 128))
+			return -EINVAL;
+	}
 	pthread_rwlock_wrlock(&dp->lock);
 	struct peer *p = peer_lookup(dp, peer_id);
-	int ret = p ? allowedips_insert(dp, family, addr, cidr, p) : -ENOENT;
+	int ret = p ? 0 : -ENOENT;
+	if (p) {
+		allowedips_remove_peer(dp, p);
+		for (size_t i = 0; i < n && !ret; i++)
+			ret = allowedips_insert(dp, prefixes[i].family, prefixes[i].addr,
+						prefixes[i].cidr, p);
+	}
 	pthread_rwlock_unlock(&dp->lock);
 	return ret;
-}
-
-int dp_allowed_ips_clear(dp_t *dp, uint32_t peer_id)
-{
-	pthread_rwlock_wrlock(&dp->lock);
-	struct peer *p = peer_lookup(dp, peer_id);
-	if (p)
-		allowedips_remove_peer(dp, p);
-	pthread_rwlock_unlock(&dp->lock);
-	return p ? 0 : -ENOENT;
 }
 
 static struct keypair *keypair_new(struct peer *p, uint32_t local_index, uint32_t remote_index,

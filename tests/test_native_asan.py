@@ -73,11 +73,10 @@ DRIVER = textwrap.dedent(r"""
                                            (B, udpB, udpA, kba, kab, 2, 1)):
         p.add_peer(1)
         p.set_endpoint(1, ("127.0.0.1", other.getsockname()[1]))
-        p.add_allowed_ip(1, "0.0.0.0/0")
-        p.add_allowed_ip(1, "::/0")
+        p.set_allowed_ips(1, ["0.0.0.0/0", "::/0"])
         p.set_keypair(1, native.SLOT_CURRENT, li, ri, snd, rcv)
         p.add_peer(2)  # no keypair: NEED_KEY path
-        p.add_allowed_ip(2, "10.99.0.0/16")
+        p.set_allowed_ips(2, ["10.99.0.0/16"])
     for pid in (1, 2, 3):
         T.add_peer(pid)
         T.set_endpoint(pid, ("127.0.0.1", udpB.getsockname()[1]))
@@ -195,8 +194,8 @@ DRIVER = textwrap.dedent(r"""
     # Reconfigure while running.
     for i in range(200):
         A.set_keypair(1, native.SLOT_NEXT, 1000 + i, 5, kab, kba)
-        A.add_allowed_ip(1, "10.%d.0.0/16" % (i % 250))
-        A.clear_allowed_ips(2)
+        A.set_allowed_ips(1, ["0.0.0.0/0", "::/0", "10.%d.0.0/16" % (i % 250)])
+        A.set_allowed_ips(2, [])
         A.add_peer(50 + i); A.remove_peer(50 + i)
         T.mac_table(); A.stats(1); A.interface_stats()
     print("stats", A.interface_stats(), B.stats(1), T.interface_stats(), T.stats(1), flush=True)

@@ -115,8 +115,7 @@ class Remote:
         self.counter = 0
         h.plane.add_peer(peer_id)
         h.plane.set_endpoint(peer_id, self.sock.getsockname())
-        for net in allowed:
-            h.plane.add_allowed_ip(peer_id, net)
+        h.plane.set_allowed_ips(peer_id, allowed)
         h.plane.set_keypair(
             peer_id,
             native.SLOT_CURRENT,
@@ -344,7 +343,7 @@ def test_keepalive_and_send_packet(h: Harness) -> None:
 
 def test_need_key_upcall(h: Harness) -> None:
     h.plane.add_peer(7)
-    h.plane.add_allowed_ip(7, "10.7.0.0/16")
+    h.plane.set_allowed_ips(7, ["10.7.0.0/16"])
     h.start()
     pkt = udp_packet("10.0.0.1", "10.7.1.1", b"first packet")
     h.dev.send(pkt)
@@ -363,10 +362,40 @@ def test_routing_longest_prefix(h: Harness) -> None:
     h.dev.send(p1)
     assert r2.recv()[1].startswith(p2)
     assert r1.recv()[1].startswith(p1)
-    h.dev.send(udp_packet("10.9.9.9", "192.0.2.1", b"nowhere"))
-    r1.nothing()
-    r2.nothing()
-    assert h.plane.interface_stats().tx_no_route == 1
+    unrouted(h, "192.0.2.1", r1, r2)
+    r1.close()
+    r2.close()
+
+
+def unrouted(h: Harness, dst: str, *remotes: Remote) -> None:
+    """A packet to `dst` reaches none of the remotes and is counted as unrouted."""
+    before = h.plane.interface_stats().tx_no_route
+    h.dev.send(udp_packet("10.9.9.9", dst, b"nowhere"))
+    for remote in remotes:
+        remote.nothing()
+    assert h.plane.interface_stats().tx_no_route == before + 1
+
+
+def test_allowed_ips_are_replaced_whole_and_moved_between_peers(h: Harness) -> None:
+    r1 = Remote(h, 1, 0x11, 0x21, ("10.1.0.0/16", "10.3.0.0/16"))
+    r2 = Remote(h, 2, 0x12, 0x22, ())
+    h.start()
+    # A bad prefix anywhere in the list refuses the whole set: nothing changes.
+    bad = native.ffi.new("struct dp_prefix[]", 2)
+    bad[0].family, bad[0].cidr = socket.AF_INET, 16
+    bad[1].family, bad[1].cidr = socket.AF_INET, 33
+    assert native.lib.dp_allowed_ips_set(h.plane._handle(), 1, bad, 2) == -errno.EINVAL
+    for dst in ("10.1.0.1", "10.3.0.1"):
+        pkt = udp_packet("10.9.9.9", dst, dst.encode())
+        h.dev.send(pkt)
+        assert r1.recv()[1].startswith(pkt)
+    h.plane.set_allowed_ips(1, ["10.2.0.0/16"])  # 10.1/16 and 10.3/16 go
+    h.plane.set_allowed_ips(2, ["10.3.0.0/16"])
+    for dst, remote in (("10.2.0.1", r1), ("10.3.0.1", r2)):
+        pkt = udp_packet("10.9.9.9", dst, dst.encode())
+        h.dev.send(pkt)
+        assert remote.recv()[1].startswith(pkt)
+    unrouted(h, "10.1.0.1", r1, r2)
     r1.close()
     r2.close()
 

@@ -6,6 +6,7 @@ and a refused change says why and changes nothing."""
 import contextlib
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 
@@ -226,6 +227,31 @@ def test_pyvpn_reload_applies_a_changed_config_and_keeps_sessions(bed, tmp_path,
         refused = pyvpn("reload", str(path_b))
         assert refused.returncode == 1 and "no tunnel named pvnotthere" in refused.stderr
         assert list(peers_of(bed.b, b.name)) == [public_of(path_a)]
+
+
+def test_reload_under_a_tcp_stream_drops_no_packet(bed, tmp_path, datapath):
+    """Every reload hands each peer's allowed IPs to the plane again; they are swapped
+    whole, so no packet in flight finds its peer missing meanwhile."""
+    # The kernel's router solicitations would be counted as no_route: none, so the
+    # count is the test's.
+    bed.a.sysctl("net.ipv6.conf.default.router_solicitations", 0)
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath)
+    with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b):
+        wait_reachable(bed.a, INNER_B)
+        before = pyvpn_status(a.name)["drops"].get("no_route", 0)
+        server = bed.b.popen("iperf3", "-s", "-1", stdout=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)  # the server listening
+            client = bed.a.popen("iperf3", "-c", INNER_B, "-t", "6", stdout=subprocess.DEVNULL)
+            for _ in range(15):
+                assert pyvpn("reload", str(path_a)).returncode == 0
+            assert client.wait(timeout=30) == 0
+        finally:
+            server.kill()
+            server.wait()
+        status = pyvpn_status(a.name)
+        assert status["drops"].get("no_route", 0) == before, status["drops"]
+        assert status["peers"][0]["drops"]["bad_source"] == 0, status["peers"][0]["drops"]
 
 
 def test_wg_set_listen_port_moves_the_running_tunnel(bed, tmp_path, datapath):

@@ -20,6 +20,7 @@ import ipaddress
 import os
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
@@ -288,20 +289,22 @@ class NativePlane:
             "set_endpoint",
         )
 
-    def add_allowed_ip(
-        self, peer_id: int, network: ipaddress.IPv4Network | ipaddress.IPv6Network | str
+    def set_allowed_ips(
+        self, peer_id: int, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network | str]
     ) -> None:
-        net = ipaddress.ip_network(network, strict=False)
-        family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+        """The peer's allowed IPs become exactly these, in one step (dp.h)."""
+        nets = [ipaddress.ip_network(n, strict=False) for n in networks]
+        prefixes = ffi.new("struct dp_prefix[]", len(nets))
+        for i, net in enumerate(nets):
+            prefix = prefixes[i]
+            prefix.family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+            packed = net.network_address.packed
+            ffi.memmove(prefix.addr, packed, len(packed))
+            prefix.cidr = net.prefixlen
         _check(
-            lib.dp_allowed_ip_add(
-                self._handle(), peer_id, family, net.network_address.packed, net.prefixlen
-            ),
-            "add_allowed_ip",
+            lib.dp_allowed_ips_set(self._handle(), peer_id, prefixes, len(nets)),
+            "set_allowed_ips",
         )
-
-    def clear_allowed_ips(self, peer_id: int) -> None:
-        _check(lib.dp_allowed_ips_clear(self._handle(), peer_id), "clear_allowed_ips")
 
     # keypairs (Python decides; the plane only holds them)
     def set_keypair(

@@ -95,9 +95,7 @@ class NativeShell(Plane):
         peer_id = self.ids[peer]
         if peer.endpoint:
             self.plane.set_endpoint(peer_id, peer.endpoint)
-        self.plane.clear_allowed_ips(peer_id)
-        for network in self.iface.routes.networks_of(peer):
-            self.plane.add_allowed_ip(peer_id, network)
+        self.plane.set_allowed_ips(peer_id, self.iface.routes.networks_of(peer))
 
     def reconfigured(self, applied: Applied) -> None:
         for peer in applied.removed:
