@@ -39,6 +39,9 @@ enum {
 	DP_UPCALL_TOO_BIG = 5,           /* tap: payload = a frame over the MTU that deserves
 					  * an ICMP answer (tunnel/pmtu.py); Python answers it
 					  * or sends it on with dp_send_packet */
+	DP_UPCALL_UNROUTED = 6,          /* tun: payload = a packet no peer's allowed IPs
+					  * cover (counted in tx_no_route); Python answers
+					  * it with ICMP unreachable (tunnel/icmp.py) */
 };
 
 struct dp_upcall_hdr {

@@ -354,10 +354,12 @@ static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
 		int family;
 		const uint8_t *dst = route_dst(buf, n, &family);
 		struct peer *p = dst ? allowedips_lookup(dp, family, dst) : NULL;
-		if (p)
+		if (p) {
 			tx_to_peer(t, p, &g, now);
-		else
+		} else {
 			STAT_ADD(dp->st.tx_no_route, g.nseg);
+			upcall_send(dp, DP_UPCALL_UNROUTED, 0, NULL, buf, n);
+		}
 		return;
 	}
 	/* Segments too big for the tunnel: the sender should hear why, as from a

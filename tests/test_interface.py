@@ -4,6 +4,8 @@ transport, every timer of the whitepaper, cookies, roaming, routing, tap switchi
 import logging
 
 from tunnel.constants import (
+    ICMP_ERRORS_BURST,
+    ICMP_ERRORS_PER_SECOND,
     KEEPALIVE_SIZE,
     KEEPALIVE_TIMEOUT,
     MAX_TIMER_HANDSHAKES,
@@ -11,8 +13,10 @@ from tunnel.constants import (
     REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
 )
+from tunnel.icmp import unreachable
 from tunnel.messages import parse
 
+from .packets import udp_packet
 from .simnet import SimNet, ipv4_packet
 
 
@@ -79,10 +83,18 @@ def test_inner_source_outside_allowed_ips_is_dropped():
     assert b.delivered == [] and peer_of(b).drops.bad_source == 1
 
 
-def test_packet_without_route_is_dropped():
+def test_packet_without_route_gets_unreachable_as_often_as_linux_allows():
     net, a, _ = pair()
-    net.send(a, ipv4_packet("10.0.0.1", "10.7.7.7"))
-    assert net.wire == [] and a.iface.drops["no_route"] == 1
+    packet = udp_packet("10.0.0.1", "10.7.7.7", b"nobody")
+    for _ in range(ICMP_ERRORS_BURST + 10):
+        net.send(a, packet)
+    assert net.wire == [] and a.iface.drops["no_route"] == ICMP_ERRORS_BURST + 10
+    assert a.delivered == [unreachable(packet)] * ICMP_ERRORS_BURST
+    net.advance(2.5 / ICMP_ERRORS_PER_SECOND, step=1 / ICMP_ERRORS_PER_SECOND)  # 2 tokens
+    net.send(a, packet)
+    net.send(a, packet)
+    net.send(a, packet)
+    assert len(a.delivered) == ICMP_ERRORS_BURST + 2
 
 
 def test_keepalive_after_receiving_data_without_reply():

@@ -368,12 +368,16 @@ def test_routing_longest_prefix(h: Harness) -> None:
 
 
 def unrouted(h: Harness, dst: str, *remotes: Remote) -> None:
-    """A packet to `dst` reaches none of the remotes and is counted as unrouted."""
+    """A packet to `dst` reaches none of the remotes, is counted as unrouted and goes
+    up to Python for its ICMP answer."""
     before = h.plane.interface_stats().tx_no_route
-    h.dev.send(udp_packet("10.9.9.9", dst, b"nowhere"))
+    pkt = udp_packet("10.9.9.9", dst, b"nowhere")
+    h.dev.send(pkt)
     for remote in remotes:
         remote.nothing()
     assert h.plane.interface_stats().tx_no_route == before + 1
+    up = h.upcall()
+    assert up.kind == native.UpcallKind.UNROUTED and up.payload == pkt
 
 
 def test_allowed_ips_are_replaced_whole_and_moved_between_peers(h: Harness) -> None:

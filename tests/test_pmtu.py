@@ -1,14 +1,16 @@
-"""tunnel/pmtu.py: the ICMP errors a tap tunnel writes back for frames too big for
-it. Checksums are checked with an independent one's-complement sum (RFC 1071's
+"""tunnel/pmtu.py and tunnel/icmp.py: the ICMP errors pyvpn writes back into its
+device, tap's for frames too big for the tunnel and tun's for packets no peer
+takes. Checksums are checked with an independent one's-complement sum (RFC 1071's
 verification: over a message holding its checksum, the sum is all ones); the
-namespace test in test_tunnel_tap.py shows real Linux hosts accept the replies."""
+namespace tests show real Linux hosts accept the replies."""
 
 import struct
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnel.pmtu import internet_checksum, too_big_reply
+from tunnel.icmp import internet_checksum, unreachable
+from tunnel.pmtu import too_big_reply
 
 from . import packets
 
@@ -219,3 +221,50 @@ def test_every_reply_is_well_formed(size, mtu, payload, v6):
     else:
         assert checksum_ok(ip[:20]) and checksum_ok(ip[20:])
         assert ip[28:] == original[:28]
+
+
+def test_a_packet_no_peer_takes_gets_host_unreachable():
+    original = ipv4(600, proto=17)
+    reply = unreachable(original)
+    assert reply is not None
+    assert reply[0] == 0x45 and reply[9] == 1 and checksum_ok(reply[:20])
+    assert reply[12:16] == IP_Y and reply[16:20] == IP_X  # from the address it was sent to
+    assert int.from_bytes(reply[2:4], "big") == len(reply) == 20 + 8 + 28
+    icmp = reply[20:]
+    assert icmp[:2] == b"\x03\x01" and icmp[4:8] == bytes(4)  # host unreachable
+    assert icmp[8:] == original[:28] and checksum_ok(icmp)
+
+
+def test_an_ipv6_packet_no_peer_takes_gets_address_unreachable():
+    dst = bytes.fromhex("fd300000000000000000000000000099")
+    original = ipv6(1400, next_header=17, dst=dst)
+    reply = unreachable(original)
+    assert reply is not None and reply[6] == 58
+    assert reply[8:24] == dst and reply[24:40] == IP6_X
+    icmp = reply[40:]
+    assert icmp[:2] == b"\x01\x03" and icmp[4:8] == bytes(4)  # address unreachable
+    assert icmp[8:] == original[: 1280 - 48]  # as much as fits in 1280 bytes
+    pseudo = dst + IP6_X + struct.pack("!I3xB", len(icmp), 58)
+    assert checksum_ok(pseudo + icmp)
+
+
+def test_what_gets_no_unreachable():
+    cases = {
+        "non-initial fragment": ipv4(600, offset=100),
+        "error about an error": ipv4(600, proto=1, payload=b"\x03\x01"),
+        "multicast destination": ipv4(600, dst=bytes([224, 0, 0, 251])),
+        "truncated": ipv4(600)[:500],
+        "IPv6 router solicitation": ipv6(56, next_header=58, dst=b"\xff\x02" + bytes(13) + b"\x02"),
+        "not IP": bytes(60),
+        "empty": b"",
+    }
+    for why, packet in cases.items():
+        assert unreachable(packet) is None, why
+
+
+@given(st.binary(max_size=200))
+def test_unreachable_takes_any_bytes(data):
+    reply = unreachable(data)
+    if reply is not None:  # then the input was a sound IP packet of the same version
+        assert reply[0] >> 4 == data[0] >> 4
+        assert reply[0] >> 4 == 6 or checksum_ok(reply[:20])

@@ -429,6 +429,31 @@ def test_inner_source_outside_allowed_ips_is_dropped(bed, tmp_path, datapath):
         assert pyvpn_status(b.name)["peers"][0]["drops"]["bad_source"] >= 3
 
 
+CONNECT = """
+import socket, sys, time
+started = time.monotonic()
+try:
+    socket.create_connection((sys.argv[1], 80), timeout=10)
+except OSError as e:
+    print(e.strerror, round(time.monotonic() - started, 2))
+"""
+
+
+def test_an_address_no_peer_takes_is_unreachable_at_once(bed, tmp_path, datapath):
+    """As with kernel WireGuard: a packet for an address inside the tunnel's subnet that
+    no peer's allowed IPs cover gets ICMP unreachable, so ping says so and a TCP
+    connect fails at once instead of timing out."""
+    with pyvpn_pair(bed, tmp_path, "tun", datapath) as (a, _):
+        wait_reachable(bed.a, INNER_B)
+        ping = bed.a.run("ping", "-c", "1", "-W", "2", "10.10.0.77", check=False).stdout
+        assert "From 10.10.0.77 icmp_seq=1 Destination Host Unreachable" in ping
+        ping6 = bed.a.run("ping", "-c", "1", "-W", "2", "fd10::77", check=False).stdout
+        assert "From fd10::77 icmp_seq=1 Destination unreachable: Address unreachable" in ping6
+        refused = bed.a.run(sys.executable, "-c", CONNECT, "10.10.0.77").stdout.split()
+        assert refused[:-1] == ["No", "route", "to", "host"] and float(refused[-1]) < 1
+        assert pyvpn_status(a.name)["drops"]["no_route"] >= 3
+
+
 def test_replayed_transport_packets_are_dropped(bed, tmp_path, datapath):
     # A talks to B through a relay that sends every datagram a second time 30 ms later.
     relay = bed.a.popen(

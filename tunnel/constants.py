@@ -62,6 +62,10 @@ MAX_MTU = 65535 - 128  # what native/device.c takes: headers still fit a 64 KiB 
 # Handshake rate limiting when under load (drivers/net/wireguard/ratelimiter.c).
 RATELIMIT_PACKETS_PER_SECOND = 20
 RATELIMIT_BURST = 5
+# ICMP errors pyvpn writes into its device (tunnel/icmp.py), as Linux limits its own:
+# net.ipv4.icmp_msgs_per_sec and icmp_msgs_burst (Documentation/networking/ip-sysctl.rst).
+ICMP_ERRORS_PER_SECOND = 1000
+ICMP_ERRORS_BURST = 50
 # Initiations per second across the interface before we demand cookies.
 UNDER_LOAD_INITIATIONS_PER_SECOND = 64
 

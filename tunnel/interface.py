@@ -12,6 +12,8 @@ from . import messages
 from .allowed_ips import AllowedIPs
 from .constants import (
     DEFAULT_MTU,
+    ICMP_ERRORS_BURST,
+    ICMP_ERRORS_PER_SECOND,
     INITIATIONS_PER_SECOND,
     KEEPALIVE_TIMEOUT,
     MAX_TIMER_HANDSHAKES,
@@ -22,6 +24,7 @@ from .constants import (
 )
 from .cookie import Address, CookieChecker
 from .crypto import DecryptError
+from .icmp import unreachable
 from .keypair import Keypair, pad
 from .keys import encode
 from .messages import CookieReply, Initiation, MessageError, Response, Transport
@@ -115,6 +118,7 @@ class Interface:
         self.routes: AllowedIPs[Peer] = AllowedIPs()
         self.macs: Switch[Peer] = MacTable(mac_ageing)
         self.limiter = RateLimiter()
+        self.icmp_limiter = RateLimiter(ICMP_ERRORS_PER_SECOND, ICMP_ERRORS_BURST)  # one bucket
         self.under_load_threshold = under_load_threshold
         self.under_load_until = float("-inf")
         self._load_second = 0
@@ -377,6 +381,14 @@ class Interface:
         peer.timers.data_sent(now)
         return self._initiate(peer, now, retry=False) if peer.needs_rekey(now) else []
 
+    def unreachable(self, packet: bytes, now: float) -> list[Action]:
+        """tun: the ICMP error for a packet no peer's allowed IPs cover (tunnel/icmp.py),
+        at most ICMP_ERRORS_PER_SECOND of them, as Linux limits its own."""
+        reply = unreachable(packet)
+        if reply is None or not self.icmp_limiter.allow("", now):
+            return []
+        return [Deliver(reply)]
+
     def stage(self, peer: Peer, packet: bytes, now: float) -> list[Action]:
         """Queue a packet for the peer and send what can be sent."""
         if len(peer.staged) == peer.staged.maxlen:
@@ -409,7 +421,7 @@ class Interface:
             owner = header and self.routes.lookup(header.version, header.destination)
             if not owner:
                 self.drops["no_route"] += 1
-                return []
+                return self.unreachable(packet, now)
             targets = [owner]
         actions: list[Action] = []
         for peer in targets:

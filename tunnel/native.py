@@ -84,6 +84,7 @@ class UpcallKind(enum.IntEnum):
     KEYPAIR_CONFIRMED = 3  # NEXT was used by the peer and is now CURRENT
     ENDPOINT_CHANGED = 4  # roaming: authenticated traffic from a new address
     TOO_BIG = 5  # tap: an oversized frame for Python's PMTU answer (tunnel/pmtu.py)
+    UNROUTED = 6  # tun: a packet no peer takes, for Python's ICMP answer (tunnel/icmp.py)
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,8 @@ class NativeShell(Plane):
                 self.apply(self.iface.receive_datagram(upcall.payload, upcall.address, now))
             elif upcall.kind is UpcallKind.TOO_BIG:
                 self.apply(self.iface.send_packet(upcall.payload, now))
+            elif upcall.kind is UpcallKind.UNROUTED:  # C counted it
+                self.apply(self.iface.unreachable(upcall.payload, now))
             elif peer is None:
                 continue
             elif upcall.kind is UpcallKind.NEED_KEY:

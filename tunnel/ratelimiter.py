@@ -1,5 +1,6 @@
-"""Per-source token buckets for handshake processing under load
-(drivers/net/wireguard/ratelimiter.c: 20 packets per second, bursts of 5)."""
+"""Token buckets per key: by default per source address, for handshake processing
+under load (drivers/net/wireguard/ratelimiter.c: 20 packets per second, bursts
+of 5); one bucket under one key for the ICMP errors of interface.unreachable."""
 
 from .constants import RATELIMIT_BURST, RATELIMIT_PACKETS_PER_SECOND
 
