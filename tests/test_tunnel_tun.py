@@ -526,6 +526,8 @@ def test_an_endpoint_given_by_name_follows_the_name(bed, tmp_path, datapath, mon
             peer = pyvpn_status(a.name)["peers"][0]
             assert peer["endpoint"] is None
             assert peer["endpoint_name"] == "pvpeer-b.test:51820"
+            shown = pyvpn("show", a.name, netns=bed.a.name).stdout
+            assert "endpoint: none yet (pvpeer-b.test:51820 does not resolve)" in shown
             # In place, not replaced: the mount holds the file, not its name.
             hosts.write_text("198.18.0.99 pvpeer-b.test\n")
 

@@ -197,6 +197,8 @@ def format_status(s: dict[str, Any]) -> str:
         if p["endpoint"]:
             named = f" ({p['endpoint_name']})" if p["endpoint_name"] else ""
             lines.append(f"  endpoint: {p['endpoint']}{named}")
+        elif p["endpoint_name"]:
+            lines.append(f"  endpoint: none yet ({p['endpoint_name']} does not resolve)")
         lines.append(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
         if p["latest_handshake"]:
             lines.append(f"  latest handshake: {ago(now - p['latest_handshake'])}")
