@@ -36,7 +36,7 @@ def _args(*argv: str) -> argparse.Namespace:
 def test_short_run_writes_every_figure_and_a_png(tmp_path: Path, capsys) -> None:
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
     code = bench.run(
-        _args("--time", "1", "--only", "veth,wireguard-go",
+        _args("--time", "1", "--only", "veth,wireguard-go", "--congestion", "reno",
               "--json", str(out_json), "--chart", str(out_png))
     )  # fmt: skip
     printed = capsys.readouterr()
@@ -53,9 +53,12 @@ def test_short_run_writes_every_figure_and_a_png(tmp_path: Path, capsys) -> None
             else:
                 assert isinstance(value, float) and value > 0, (contender["name"], key)
         assert contender["ratio_to_veth"]["tcp_1_stream_bps"] > 0
+        assert contender["details"]["tcp_congestion"] == "reno"  # as iperf3 saw it
     assert doc["contenders"][0]["not_applicable"] == ["cpu_s_per_gbit"]
     assert doc["contenders"][1]["header_overhead_bytes"] == 60
     assert doc["settings"]["time_s"] == 1 and doc["settings"]["mtu"] == bench.DEFAULT_MTU
+    assert doc["settings"]["tcp_congestion"] == "reno"
+    assert "TCP congestion control: reno (--congestion)." in " ".join(printed.out.split())
     assert out_png.read_bytes()[:8] == PNG_MAGIC
     assert matplotlib.image.imread(out_png).shape[0] > 100
     assert "wireguard-go" in printed.out and "Header overhead" in printed.out
@@ -131,6 +134,12 @@ def test_rounds_alternate_contenders_and_report_medians(tmp_path: Path, capsys) 
 def test_rounds_must_be_positive(capsys) -> None:
     assert bench.run(_args("--rounds", "0")) == 2
     assert "--rounds" in capsys.readouterr().err
+
+
+def test_unknown_congestion_control_is_a_usage_error(capsys) -> None:
+    assert bench.run(_args("--congestion", "nonsense")) == 2
+    err = capsys.readouterr().err
+    assert "--congestion nonsense is not available here" in err and "cubic" in err
 
 
 def test_unknown_contender_is_a_usage_error(capsys) -> None:

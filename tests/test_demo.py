@@ -26,6 +26,9 @@ def test_demo_runs_tun_and_tap(capsys) -> None:
     for line in ("pyvpn tun: ping 10.10.0.2", "pyvpn tap: ping 10.10.0.2", "raw veth"):
         assert line in printed.out
     assert printed.out.count("Gbit/s") >= 6  # three live lines, three summary rows
+    congestion = measure.host_congestion()
+    assert printed.out.count(f"TCP {congestion}: ") == 3
+    assert f"TCP congestion control: {congestion}, the host's default." in printed.out
     assert leftovers() == []
 
 

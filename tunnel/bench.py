@@ -70,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="measure every contender N times, in turns, and show each figure's median (default 1)",
     )
+    parser.add_argument(
+        "--congestion",
+        metavar="NAME",
+        help="TCP congestion control for the TCP tests, e.g. cubic or bbr (default: the "
+        "host's); it moves raw veth's ceiling far more than any tunnel's",
+    )
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
     parser.add_argument("--chart", metavar="FILE.png", help="write a bar chart to FILE.png")
 
@@ -94,6 +100,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(
                 "--time must be positive, --mtu between 576 and 9000, --rounds between 1 and 100"
             )
+        available = measure.available_congestion()
+        if args.congestion is not None and args.congestion not in available:
+            raise ValueError(
+                f"--congestion {args.congestion} is not available here "
+                f"(available: {', '.join(available)})"
+            )
     except ValueError as exc:
         err.print(f"pyvpn bench: {exc}", highlight=False)
         return 2
@@ -103,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         with sigterm_as_interrupt():
-            results = bench(contenders, args.time, args.mtu, Display(err), args.rounds)
+            results = bench(
+                contenders, args.time, args.mtu, Display(err), args.rounds, args.congestion
+            )
     except KeyboardInterrupt:
         err.print("pyvpn bench: interrupted; everything it set up is torn down")
         return 130
@@ -111,12 +125,15 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"pyvpn bench: {first_line(exc)}", highlight=False)
         return 1
     render_table(results, out)
+    congestion = args.congestion or measure.host_congestion()
     tun, tap = header_overhead("tun"), header_overhead("tap")
     out.print(
         f"Header overhead per inner packet over an IPv4 underlay: tun {tun} B, tap {tap} B "
         f"(IP + UDP + 32 B WireGuard; tap adds the 14 B Ethernet header; +20 B over IPv6). "
         f"Inner MTU {args.mtu} for every tunnel; {args.time:g} s per iperf3 test. "
-        "CPU: seconds used by the tunnel processes per gigabit moved in the 1-stream test."
+        "CPU: seconds used by the tunnel processes per gigabit moved in the 1-stream test. "
+        f"TCP congestion control: {congestion}"
+        + (" (--congestion)." if args.congestion else " (the host's default).")
         + (f" Each figure is the median of {args.rounds} rounds." if args.rounds > 1 else ""),
         highlight=False,
     )
@@ -125,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         "mtu": args.mtu,
         "rounds": args.rounds,
         "only": [c.name for c in contenders],
+        "tcp_congestion": congestion,
     }
     if args.json:
         write_json(args.json, to_json(results, settings))
@@ -173,7 +191,12 @@ class Display:
 
 
 def bench(
-    contenders: list[Contender], seconds: float, mtu: int, display: Display, rounds: int = 1
+    contenders: list[Contender],
+    seconds: float,
+    mtu: int,
+    display: Display,
+    rounds: int = 1,
+    congestion: str | None = None,
 ) -> list[Result]:
     """Measure every contender in turn over one testbed, `rounds` times over, so
     that slow drifts of the machine reach every contender alike (a contender
@@ -188,7 +211,9 @@ def bench(
                 display.begin(contender.name if rounds == 1 else f"{contender.name} ({n}/{rounds})")
                 workdir = Path(tmp) / f"{contender.name}-{n}"
                 workdir.mkdir()
-                result = measure_contender(contender, tb, workdir, seconds, mtu, display)
+                result = measure_contender(
+                    contender, tb, workdir, seconds, mtu, display, congestion
+                )
                 display.end(result)
                 done.append(result)
     return [combine(runs[c.name]) for c in contenders]
@@ -201,6 +226,7 @@ def measure_contender(
     seconds: float,
     mtu: int,
     display: Display,
+    congestion: str | None = None,
 ) -> Result:
     result = Result(contender.name, contender.family, contender.mode, contender.overhead_bytes())
     missing = contender.missing_tool()
@@ -209,7 +235,7 @@ def measure_contender(
         return result
     try:
         with contender.up(tb, workdir, mtu) as ends:
-            run_tests(result, ends, seconds, display)
+            run_tests(result, ends, seconds, display, congestion)
     except Skip as exc:
         result.status, result.notes = "skipped", [str(exc)]
     except EXPECTED_ERRORS as exc:
@@ -219,7 +245,13 @@ def measure_contender(
     return result
 
 
-def run_tests(result: Result, ends: Endpoints, seconds: float, display: Display) -> None:
+def run_tests(
+    result: Result,
+    ends: Endpoints,
+    seconds: float,
+    display: Display,
+    congestion: str | None = None,
+) -> None:
     """Every test runs even if one fails: a failure costs one figure, noted, not the row."""
     figures, details = result.figures, result.details
 
@@ -243,19 +275,24 @@ def run_tests(result: Result, ends: Endpoints, seconds: float, display: Display)
 
     def tcp_single() -> measure.TcpResult:
         with meter:
-            return measure.iperf_tcp(ends.client, ends.server, ends.server_addr, seconds, 1)
+            return measure.iperf_tcp(
+                ends.client, ends.server, ends.server_addr, seconds, 1, congestion
+            )
 
     single = attempt("TCP, 1 stream", tcp_single)
     if single is not None:
         figures["tcp_1_stream_bps"] = single.bits_per_second
         details["tcp_1_stream_retransmits"] = single.retransmits
+        details["tcp_congestion"] = single.congestion
         if ends.pids and single.bytes:
             figures["cpu_s_per_gbit"] = meter.seconds / (single.bytes * 8 / 1e9)
             details["cpu_seconds_tcp_1_stream"] = meter.seconds
 
     parallel = attempt(
         "TCP, 4 streams",
-        lambda: measure.iperf_tcp(ends.client, ends.server, ends.server_addr, seconds, 4),
+        lambda: measure.iperf_tcp(
+            ends.client, ends.server, ends.server_addr, seconds, 4, congestion
+        ),
     )
     if parallel is not None:
         figures["tcp_4_streams_bps"] = parallel.bits_per_second

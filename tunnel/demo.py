@@ -112,7 +112,10 @@ def measure_path(
     rtt_text = f"{rtt:.3f} ms" if rtt is not None else "no reply"
     console.print(f"  {what}: ping {addr}: median RTT {rtt_text}, loss {stats.loss:.0%}")
     tcp = measure.iperf_tcp(tb.a, tb.b, addr, seconds)
-    console.print(f"  {what}: iperf3 {seconds:g} s: {tcp.bits_per_second / 1e9:.2f} Gbit/s")
+    console.print(
+        f"  {what}: iperf3 {seconds:g} s, TCP {tcp.congestion}: "
+        f"{tcp.bits_per_second / 1e9:.2f} Gbit/s"
+    )
     return Row(what, plane, rtt, tcp.bits_per_second)
 
 
@@ -136,3 +139,8 @@ def summary(console: Console, rows: list[Row]) -> None:
             f"{row.bits_per_second / ceiling:.1%}" if ceiling else "-",
         )
     console.print(table)
+    console.print(
+        f"TCP congestion control: {measure.host_congestion()}, the host's default. It moves "
+        "raw veth's figure, and so every ratio, far more than a tunnel's (README, Benchmark).",
+        highlight=False,
+    )
