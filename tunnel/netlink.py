@@ -211,7 +211,11 @@ def _remove_leftover_rules(ipr: IPRoute) -> int:
     after them)."""
     gone = 0
     for family in (socket.AF_INET, socket.AF_INET6):
-        for rule in ipr.get_rules(family=family):
+        try:
+            rules = ipr.get_rules(family=family)
+        except NetlinkError:  # a kernel without IPv6: no rules of it either
+            continue
+        for rule in rules:
             mark, table = rule.get("FRA_FWMARK"), rule.get("FRA_TABLE")
             suppress = rule.get("FRA_SUPPRESS_PREFIXLEN")
             shaped = (
@@ -222,6 +226,8 @@ def _remove_leftover_rules(ipr: IPRoute) -> int:
             if not shaped or ipr.get_routes(family=family, table=mark):
                 continue
             found = dict(family=family, table=table, fwmark=mark, flags=FIB_RULE_INVERT)
+            if table == RT_TABLE_MAIN:
+                found["suppress_prefixlen"] = 0
             with contextlib.suppress(NetlinkError):  # another run removed it first
                 ipr.rule("del", **found, priority=rule.get("FRA_PRIORITY"))
                 gone += 1
@@ -236,10 +242,12 @@ def end_full_tunnel(
     families = {_family(v) for v in versions}
     with IPRoute() as ipr:
         index = _index(ipr, name)
+        # Rules before the route: a table with rules always holds its route, which
+        # is how _remove_leftover_rules tells a live tunnel's rules from a dead one's.
+        _delete_rules(ipr, [r for r in rules if r["family"] in families])
         for family in families:
             with contextlib.suppress(NetlinkError):  # already gone: fine
                 ipr.route("del", dst="default", oif=index, table=table, family=family)
-        _delete_rules(ipr, [r for r in rules if r["family"] in families])
     return [r for r in rules if r["family"] not in families]
 
 
