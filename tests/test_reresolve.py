@@ -1,12 +1,14 @@
 """When an endpoint given by name is resolved again (tunnel/reresolve.py): as
-wireguard-tools' reresolve-dns.sh decides it. The namespace test is in
-test_tunnel_tun.py."""
+wireguard-tools' reresolve-dns.sh decides it, but never for an idle peer. The
+namespace test is in test_tunnel_tun.py."""
 
 from tunnel.noise import StaticIdentity
 from tunnel.peer import Peer, PeerConfig
 from tunnel.reresolve import STALE_AFTER, due
 
 from .test_reconfig import K1, K2
+
+WALL = 1_700_000_000.0  # wall clock = monotonic + WALL
 
 
 def test_a_name_is_resolved_again_only_while_handshakes_fail():
@@ -16,9 +18,16 @@ def test_a_name_is_resolved_again_only_while_handshakes_fail():
         identity,
         PeerConfig(K2, endpoint=("192.0.2.1", 51820), endpoint_name=("vpn.test", 51820)),
     )
-    assert not due(by_address, 1000.0)
-    assert due(named, 1000.0)  # never a handshake
-    named.last_handshake_wall = 1000.0 - STALE_AFTER + 1
-    assert not due(named, 1000.0)
-    named.last_handshake_wall = 1000.0 - STALE_AFTER - 1
-    assert due(named, 1000.0)
+    now = 1000.0
+    assert not due(by_address, now, WALL)
+    assert not due(named, now, WALL)  # never tried: idle
+    named.last_initiation_sent = now - 1
+    assert due(named, now, WALL)  # tried, never a handshake
+    named.last_handshake_wall = WALL + now - STALE_AFTER + 1
+    assert not due(named, now, WALL)  # a rekey still within its time
+    named.last_handshake_wall = WALL + now - STALE_AFTER - 1
+    assert due(named, now, WALL)
+    named.last_initiation_sent = now - STALE_AFTER - 2  # before that handshake: idle since
+    assert not due(named, now, WALL)
+    unresolved = Peer(identity, PeerConfig(K2, endpoint_name=("vpn.test", 51820)))
+    assert due(unresolved, now, WALL)  # no address at all yet

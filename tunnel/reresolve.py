@@ -2,7 +2,8 @@
 its name is resolved again, and a new address replaces the old, as wireguard-tools'
 contrib/reresolve-dns/reresolve-dns.sh does from a timer: for a peer whose latest
 handshake is more than 135 s old, it sets the endpoint from the config again.
-An endpoint that works, also one learned by roaming, is left alone."""
+Unlike the script, an idle peer is left alone, so an endpoint learned by roaming
+(a NAT's port, which the name does not know) stays until handshakes fail."""
 
 import asyncio
 import contextlib
@@ -26,12 +27,19 @@ INTERVAL = 30.0 * TIMER_SCALE  # how often names are looked at; reresolve-dns ru
 STALE_AFTER = 135.0 * TIMER_SCALE
 
 
-def due(peer: Peer, wall_now: float) -> bool:
-    """Whether the peer's endpoint name is to be resolved again: no handshake, or none
-    for STALE_AFTER."""
+def due(peer: Peer, now: float, wall_offset: float) -> bool:
+    """Whether the peer's endpoint name is to be resolved again (`now` monotonic): it
+    has no address yet, or it is being tried and failing, an initiation having gone
+    out since a handshake more than STALE_AFTER old (or none ever). An idle peer is
+    not due, however old its handshake: its endpoint may be a NAT's, learned by
+    roaming, which the name does not know."""
     if peer.endpoint_name is None:
         return False
-    return peer.last_handshake_wall is None or wall_now - peer.last_handshake_wall > STALE_AFTER
+    if peer.endpoint is None:
+        return True
+    wall = peer.last_handshake_wall
+    handshake = float("-inf") if wall is None else wall - wall_offset
+    return peer.last_initiation_sent > handshake and now - handshake > STALE_AFTER
 
 
 async def follow_names(name: str, iface: Interface, plane: Plane, setting: asyncio.Lock) -> None:
@@ -39,35 +47,52 @@ async def follow_names(name: str, iface: Interface, plane: Plane, setting: async
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(INTERVAL)
-        wall_now = time.monotonic() + iface.wall_offset
-        for peer in [p for p in iface.peers.values() if due(p, wall_now)]:
-            named = peer.endpoint_name
-            assert named is not None
+        now = time.monotonic()
+        for peer in [p for p in iface.peers.values() if due(p, now, iface.wall_offset)]:
             try:
-                address = await _resolve(loop, named)
-            except (OSError, UnicodeError) as e:
-                log.debug("%s: cannot resolve %s: %s", name, named[0], e)
-                continue
-            async with setting:
-                # A set request may have changed or removed the peer meanwhile.
-                if iface.peers.get(peer.public_key) is not peer or peer.endpoint_name != named:
-                    continue
-                if address == peer.endpoint:
-                    continue
-                old = peer.endpoint
-                change = reconfig.PeerChange(
-                    peer.public_key, update_only=True, endpoint=address, endpoint_name=named
-                )
-                plane.reconfigured(
-                    reconfig.apply(iface, reconfig.Change(peers=[change]), time.monotonic())
-                )
-            log.info(
-                "%s: %s now resolves to %s (was %s): the peer's new endpoint",
-                name,
-                format_address(named),
-                format_address(address),
-                format_address(old) if old else "none",
-            )
+                await _follow(name, iface, plane, setting, peer, loop)
+            except Exception:  # one peer's failure must not end the others' following
+                log.exception("%s: following the endpoint name of a peer failed", name)
+
+
+async def _follow(
+    name: str,
+    iface: Interface,
+    plane: Plane,
+    setting: asyncio.Lock,
+    peer: Peer,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    named = peer.endpoint_name
+    assert named is not None
+    try:
+        address = await _resolve(loop, named)
+    except (OSError, UnicodeError) as e:
+        log.debug("%s: cannot resolve %s: %s", name, named[0], e)
+        return
+    async with setting:
+        now = time.monotonic()
+        # The lookup may have taken long: a set request may have changed or removed
+        # the peer, or a handshake or roaming made its endpoint work, meanwhile.
+        if iface.peers.get(peer.public_key) is not peer or peer.endpoint_name != named:
+            return
+        if address == peer.endpoint or not due(peer, now, iface.wall_offset):
+            return
+        old = peer.endpoint
+        change = reconfig.PeerChange(
+            peer.public_key, update_only=True, endpoint=address, endpoint_name=named
+        )
+        plane.reconfigured(reconfig.apply(iface, reconfig.Change(peers=[change]), now))
+        # A persistent keepalive reaches out to the new address at once, as at start:
+        # its retries toward the old one may have given up.
+        plane.apply(iface.announce(peer, now))
+    log.info(
+        "%s: %s now resolves to %s (was %s): the peer's new endpoint",
+        name,
+        format_address(named),
+        format_address(address),
+        format_address(old) if old else "none",
+    )
 
 
 def _resolve(loop: asyncio.AbstractEventLoop, named: Address) -> asyncio.Future[Address]:
@@ -75,7 +100,7 @@ def _resolve(loop: asyncio.AbstractEventLoop, named: Address) -> asyncio.Future[
     of its own, which shutdown does not wait for (the default executor's would be)."""
     future: asyncio.Future[Address] = loop.create_future()
 
-    def settle(result: Address | None, error: BaseException | None) -> None:
+    def settle(result: Address | None, error: Exception | None) -> None:
         if future.done():  # cancelled: shutting down
             return
         if error is not None:
@@ -86,7 +111,7 @@ def _resolve(loop: asyncio.AbstractEventLoop, named: Address) -> asyncio.Future[
     def work() -> None:
         try:
             result, error = resolve(*named), None
-        except (OSError, UnicodeError) as e:
+        except Exception as e:  # whatever it is, the waiting task must hear of it
             result, error = None, e
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(settle, result, error)
