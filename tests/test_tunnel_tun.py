@@ -214,7 +214,10 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
             bed.a.sysctl(f"net.ipv4.conf.{conf}.rp_filter", 1)
         rules_before = bed.a.run("ip", "rule").stdout
         # What a killed run would have left: gone when the tunnel starts.
-        bed.a.run("ip", "rule", "add", "not", "fwmark", "51820", "table", "51820", "pref", "100")
+        bed.a.run(
+            "ip", "rule", "add", "not", "fwmark", "51820", "table", "51820", "pref", "100",
+            "proto", "245",
+        )  # fmt: skip
         path_a, path_b = write_pair_configs(
             tmp_path,
             "tun",
@@ -301,6 +304,8 @@ def test_a_killed_full_tunnels_leftovers_go_when_the_next_tunnel_starts(bed, tmp
     nothing else: not a live policy of the same shape, not the user's own rules."""
     bed.a.run("ip", "route", "add", "192.0.2.0/24", "dev", bed.a_veth, "table", "99")
     bed.a.run("ip", "rule", "add", "not", "fwmark", "99", "table", "99", "pref", "200")
+    # The user's own, of the same shape and with an empty table: not pyvpn's (no "proto 245").
+    bed.a.run("ip", "rule", "add", "not", "fwmark", "98", "table", "98", "pref", "250")
     bed.a.run("ip", "rule", "add", "fwmark", "7", "table", "7", "pref", "300")
     rules_before = bed.a.run("ip", "rule").stdout
     path, _ = write_pair_configs(tmp_path, peer_a={"allowed_ips": ["0.0.0.0/0"]})
@@ -310,8 +315,8 @@ def test_a_killed_full_tunnels_leftovers_go_when_the_next_tunnel_starts(bed, tmp
         a.proc.kill()  # no teardown at all: the kernel closes the TUN fd
         a.proc.wait()
         rules = bed.a.run("ip", "rule").stdout
-        assert "not from all fwmark 0xca6c lookup main suppress_prefixlength 0" in rules
-        assert "not from all fwmark 0xca6c lookup 51820" in rules
+        assert "not from all fwmark 0xca6c lookup main suppress_prefixlength 0 proto 245" in rules
+        assert "not from all fwmark 0xca6c lookup 51820 proto 245" in rules
         assert table in bed.a.run("nft", "list", "tables").stdout
         a.stop()
         path.write_text(path.read_text().replace('"0.0.0.0/0"', f'"{INNER_B}/32"'))

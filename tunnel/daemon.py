@@ -48,10 +48,7 @@ def up(config: Config) -> int:
             raise SetupError(str(e)) from None
         if netlink.link_exists(c.name):
             raise SetupError(f"a device named {c.name} already exists")
-        try:
-            remove_leftovers()
-        except netlink.LinkError as e:
-            raise SetupError(str(e)) from None
+        remove_leftovers()
         try:
             extra_flags = native.device_open_flags(c.l2) if datapath == "native" else 0
             dev_fd = open_device(c.name, c.l2, extra_flags)

@@ -21,8 +21,12 @@ def remove_leftovers() -> None:
     """Before a tunnel starts: the rules and firewall tables of full tunnels whose
     device is gone (killed runs, of any name) go. They route nothing any more, but
     the tables still drop packets for the old tunnel addresses."""
-    rules = netlink.remove_leftover_rules()
-    tables = nftables.remove_leftovers(netlink.link_exists)
+    try:
+        rules = netlink.remove_leftover_rules()
+        tables = nftables.remove_leftovers(netlink.link_exists)
+    except netlink.LinkError as e:  # inert leftovers: not worth failing to start for
+        log.warning("leftovers of killed full tunnels stay: %s", e)
+        return
     if rules or tables:
         log.info(
             "removed what killed full tunnels left: %d ip rules; nftables tables: %s",

@@ -16,6 +16,9 @@ from .config import RT_TABLE_MAIN, Interface
 from .constants import UNDERLAY_MTU
 
 FIB_RULE_INVERT = 2  # <linux/fib_rules.h>: the rule matches what the selector does not
+# FRA_PROTOCOL on pyvpn's own rules (`ip rule` shows "proto 245"), so that a killed
+# run's are told from the user's; a value no routing daemon in iproute2's rt_protos uses.
+RULE_PROTOCOL = 245
 FIRST_TABLE = 51820  # where wg-quick starts looking for a free routing table
 
 
@@ -179,7 +182,9 @@ def full_tunnel(name: str, versions: Iterable[int], table: int) -> list[dict[str
                 # datagrams, which changes nothing for them (main is looked up next
                 # anyway) but ties it to this table: each full tunnel has its own pair,
                 # and a killed run's pair is told by its empty table.
-                mine = dict(family=family, fwmark=table, flags=FIB_RULE_INVERT)
+                mine = dict(
+                    family=family, fwmark=table, flags=FIB_RULE_INVERT, protocol=RULE_PROTOCOL
+                )
                 for rule in (
                     {
                         **mine,
@@ -201,11 +206,14 @@ def remove_leftover_rules() -> int:
     """Remove the full-tunnel rules of tunnels whose device is gone, a killed run's;
     returns how many went."""
     with IPRoute() as ipr:
-        return _remove_leftover_rules(ipr)
+        try:
+            return _remove_leftover_rules(ipr)
+        except NetlinkError as e:
+            raise LinkError(f"cannot remove leftover rules: {_reason(e)}") from None
 
 
 def _remove_leftover_rules(ipr: IPRoute) -> int:
-    """Rules of full_tunnel's shape whose table holds no route of their family: the
+    """pyvpn's rules (RULE_PROTOCOL) whose table holds no route of their family: the
     table's default route went with its device, so they route nothing. A live full
     tunnel's table always holds its default route (added before its rules, removed
     after them)."""
@@ -218,14 +226,21 @@ def _remove_leftover_rules(ipr: IPRoute) -> int:
         for rule in rules:
             mark, table = rule.get("FRA_FWMARK"), rule.get("FRA_TABLE")
             suppress = rule.get("FRA_SUPPRESS_PREFIXLEN")
-            shaped = (
-                rule["flags"] & FIB_RULE_INVERT
+            ours = (
+                rule.get("FRA_PROTOCOL") == RULE_PROTOCOL
+                and rule["flags"] & FIB_RULE_INVERT
                 and mark
                 and (table == mark or (table == RT_TABLE_MAIN and suppress == 0))
             )
-            if not shaped or ipr.get_routes(family=family, table=mark):
+            if not ours or ipr.get_routes(family=family, table=mark):
                 continue
-            found = dict(family=family, table=table, fwmark=mark, flags=FIB_RULE_INVERT)
+            found = dict(
+                family=family,
+                table=table,
+                fwmark=mark,
+                flags=FIB_RULE_INVERT,
+                protocol=RULE_PROTOCOL,
+            )
             if table == RT_TABLE_MAIN:
                 found["suppress_prefixlen"] = 0
             with contextlib.suppress(NetlinkError):  # another run removed it first

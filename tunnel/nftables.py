@@ -74,17 +74,13 @@ def remove_leftovers(live: Callable[[str], bool]) -> list[str]:
     except LinkError:
         return []
     prefix = f"table inet {_table('')}"
-    dead = [
-        line.removeprefix(prefix)
-        for line in listed.splitlines()
-        if line.startswith(prefix) and not live(line.removeprefix(prefix))
-    ]
-    if dead:
-        _run(
-            "remove leftover firewall tables",
-            [f"delete table inet {_table(name)}" for name in dead],
-        )
-    return [_table(name) for name in dead]
+    gone = []
+    for line in listed.splitlines():
+        name = line.removeprefix(prefix)
+        if line.startswith(prefix) and not live(name):
+            remove(name)  # whether or not another starting run removed it first
+            gone.append(_table(name))
+    return gone
 
 
 def _table(name: str) -> str:
