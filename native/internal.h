@@ -162,6 +162,9 @@ struct dp {
 	int mac_count;
 	_Atomic uint64_t mac_ageing_ns;
 
+	/* tun: when the next DP_UPCALL_UNROUTED is due (send.c unrouted_upcall_allowed). */
+	_Atomic uint64_t unrouted_due_ns;
+
 	/* Workers. */
 	struct worker *workers;
 	int nworkers;

@@ -323,6 +323,29 @@ static bool wants_too_big(const uint8_t *frame, size_t n, int l3off, uint16_t ty
 }
 
 /* One read from the device. Lock held (read). */
+/* Unrouted packets go up for their ICMP answer no faster than Python answers them
+ * (tunnel/constants.py ICMP_ERRORS_PER_SECOND and ICMP_ERRORS_BURST): a flood of
+ * them must not fill the control socket that handshakes share.  A token bucket as
+ * GCRA, one timestamp, so workers share it without a lock. */
+#define UNROUTED_UPCALLS_PER_SECOND 1000
+#define UNROUTED_UPCALLS_BURST 50
+
+static bool unrouted_upcall_allowed(dp_t *dp, uint64_t now)
+{
+	const uint64_t interval = 1000000000ULL / UNROUTED_UPCALLS_PER_SECOND;
+	const uint64_t tolerance = interval * (UNROUTED_UPCALLS_BURST - 1);
+	uint64_t due = atomic_load_explicit(&dp->unrouted_due_ns, memory_order_relaxed);
+	for (;;) {
+		uint64_t from = due > now ? due : now;
+		if (from - now > tolerance)
+			return false;
+		if (atomic_compare_exchange_weak_explicit(&dp->unrouted_due_ns, &due,
+							  from + interval, memory_order_relaxed,
+							  memory_order_relaxed))
+			return true;
+	}
+}
+
 static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
 {
 	dp_t *dp = t->dp;
@@ -358,7 +381,8 @@ static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
 			tx_to_peer(t, p, &g, now);
 		} else {
 			STAT_ADD(dp->st.tx_no_route, g.nseg);
-			upcall_send(dp, DP_UPCALL_UNROUTED, 0, NULL, buf, n);
+			if (unrouted_upcall_allowed(dp, now))
+				upcall_send(dp, DP_UPCALL_UNROUTED, 0, NULL, buf, n);
 		}
 		return;
 	}

@@ -8,6 +8,7 @@ code puts on the wire is checked by code that shares nothing with it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -17,6 +18,7 @@ import time
 import pytest
 
 from tunnel import native
+from tunnel.constants import ICMP_ERRORS_BURST, ICMP_ERRORS_PER_SECOND
 
 from .packets import (
     QINQ,
@@ -402,6 +404,26 @@ def test_allowed_ips_are_replaced_whole_and_moved_between_peers(h: Harness) -> N
     unrouted(h, "10.1.0.1", r1, r2)
     r1.close()
     r2.close()
+
+
+def test_unrouted_packets_go_up_no_faster_than_python_answers(h: Harness) -> None:
+    h.start()
+    sent = 400
+    started = time.monotonic()
+    for i in range(sent):
+        h.dev.send(udp_packet("10.9.9.9", "192.0.2.1", b"%d" % i))
+    while h.plane.interface_stats().tx_no_route < sent and time.monotonic() < started + WAIT:
+        time.sleep(0.001)
+    elapsed = time.monotonic() - started
+    assert h.plane.interface_stats().tx_no_route == sent  # every one counted
+    ups = 0
+    with contextlib.suppress(TimeoutError):
+        while h.upcall(timeout=0.2).kind == native.UpcallKind.UNROUTED:
+            ups += 1
+    # The burst, and one more per millisecond the packets took to arrive.
+    assert ICMP_ERRORS_BURST <= ups <= ICMP_ERRORS_BURST + elapsed * ICMP_ERRORS_PER_SECOND + 1
+    assert ups < sent
+    assert h.plane.interface_stats().upcalls_dropped == 0
 
 
 def test_allowed_ips_source_check(h: Harness) -> None:
