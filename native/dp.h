@@ -116,7 +116,7 @@ struct dp_prefix {
 /* Replace the peer's allowed IPs with these n prefixes, all under one write
  * lock: a packet in flight finds the old set or the new one, never neither.
  * Like WireGuard, a prefix another peer owns moves to this one.  Checked whole
- * before anything changes (-EINVAL). */
+ * before anything changes (-EINVAL); -ENOMEM midway leaves part of the new set. */
 int dp_allowed_ips_set(dp_t *, uint32_t peer_id, const struct dp_prefix *prefixes, size_t n);
 
 /* Put a fresh keypair into `slot`, replacing (and forgetting) whatever was

@@ -118,6 +118,7 @@ def test_rounds_alternate_contenders_and_report_medians(tmp_path: Path, capsys) 
     assert begun == ["veth (1/2)", "wireguard-go (1/2)", "veth (2/2)", "wireguard-go (2/2)"]
     doc = json.loads(out_json.read_text())
     assert doc["settings"]["rounds"] == 2
+    assert doc["settings"]["tcp_congestion"] == measure.host_congestion()  # from the rounds
     for contender in doc["contenders"]:
         rounds = contender["details"]["rounds"]
         assert [r["status"] for r in rounds] == ["ok", "ok"], contender["notes"]

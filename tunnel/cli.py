@@ -131,12 +131,17 @@ def restart_needed(config: Config, status: dict[str, Any]) -> list[tuple[str, st
     from .daemon import choose_datapath
 
     c = config.interface
+    try:
+        datapath = choose_datapath(config)
+    except ConfigError:  # native asked for, not built for this Python: as the daemon says
+        datapath = status["datapath"]
     pairs = [
         ("mtu", status["mtu"], status["mtu"] if c.mtu is None else c.mtu),
         ("table", status["table"], c.table),
-        ("datapath", status["datapath"], choose_datapath(config)),
-        ("address", _listed(status["addresses"]), _listed(map(str, c.addresses))),
+        ("datapath", status["datapath"], datapath),
     ]
+    if "addresses" in status:  # a daemon from before pyvpn reported them does not
+        pairs.append(("address", _listed(status["addresses"]), _listed(map(str, c.addresses))))
     return [(key, str(now), str(wanted)) for key, now, wanted in pairs if now != wanted]
 
 
@@ -179,7 +184,7 @@ def format_status(s: dict[str, Any]) -> str:
         f"interface: {s['name']}",
         f"  public key: {s['public_key']}",
         f"  listening port: {s['listen_port']}",
-        f"  address: {', '.join(s['addresses']) or '(none)'}",
+        f"  address: {', '.join(s.get('addresses', [])) or '(none)'}",
         f"  mode: {s['mode']}, data plane: {s['datapath']}, mtu: {s['mtu']}",
     ]
     if s["fwmark"]:
@@ -194,11 +199,12 @@ def format_status(s: dict[str, Any]) -> str:
     now = time.time()
     for p in s["peers"]:
         lines += ["", f"peer: {p['public_key']}"]
+        name = p.get("endpoint_name")  # a daemon from before names were followed: none
         if p["endpoint"]:
-            named = f" ({p['endpoint_name']})" if p["endpoint_name"] else ""
+            named = f" ({name})" if name else ""
             lines.append(f"  endpoint: {p['endpoint']}{named}")
-        elif p["endpoint_name"]:
-            lines.append(f"  endpoint: none yet ({p['endpoint_name']} does not resolve)")
+        elif name:
+            lines.append(f"  endpoint: none yet ({name} does not resolve)")
         lines.append(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
         if p["latest_handshake"]:
             lines.append(f"  latest handshake: {ago(now - p['latest_handshake'])}")

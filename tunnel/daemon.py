@@ -14,7 +14,7 @@ import uvloop
 
 from . import native, netlink, reconfig, sd_notify, uapi, udp
 from .config import Config, ConfigError
-from .config import Interface as Address
+from .config import Interface as InterfaceAddress
 from .constants import ETHERNET_HEADER_SIZE, MAX_MTU, MIN_MTU, TUNNEL_OVERHEAD
 from .device import DeviceError, open_device
 from .full_tunnel import FullTunnel, remove_leftovers
@@ -107,7 +107,7 @@ class Tunnel:
     listen_port: int
     table: str | int  # config.InterfaceConfig.table
     full_tunnel: FullTunnel
-    addresses: list[Address]
+    addresses: list[InterfaceAddress]
     # One set request at a time: each ends with netlink work in an executor thread.
     setting: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import statistics
 import subprocess
 import time
@@ -93,13 +94,29 @@ CONGESTION_AVAILABLE = "/proc/sys/net/ipv4/tcp_available_congestion_control"
 
 
 def host_congestion() -> str:
-    with open(CONGESTION) as f:
-        return f.read().strip()
+    try:
+        with open(CONGESTION) as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
 
 
-def available_congestion() -> list[str]:
-    with open(CONGESTION_AVAILABLE) as f:
-        return f.read().split()
+def check_congestion(name: str) -> None:
+    """ValueError unless TCP can use congestion control `name` here. Setting it on a
+    socket, as iperf3 -C does, also loads its module (tcp_NAME) for root, which the
+    list of available ones does not show until then."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
+        except OSError:
+            try:
+                with open(CONGESTION_AVAILABLE) as f:
+                    available = ", ".join(f.read().split())
+            except OSError:
+                available = "unknown"
+            raise ValueError(
+                f"--congestion {name} is not available here (available: {available})"
+            ) from None
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,9 @@ def full_tunnel(name: str, versions: Iterable[int], table: int) -> list[dict[str
     added: list[dict[str, Any]] = []
     with IPRoute() as ipr:
         index = _index(ipr, name)
-        _remove_leftover_rules(ipr)  # a killed run's, perhaps for this very table
+        # A killed run's, perhaps for this very table. `pyvpn up` swept just before;
+        # this is for a full tunnel that `wg set` starts later.
+        _remove_leftover_rules(ipr)
         try:
             for version in sorted(set(versions)):
                 family = _family(version)

@@ -4,7 +4,7 @@ and the UAPI report. Public keys only; private and preshared keys never appear."
 from collections.abc import Iterable
 from typing import Any
 
-from .config import Interface as Address
+from .config import Interface as InterfaceAddress
 from .interface import Interface, mode_name
 from .keys import encode
 from .udp import format_address
@@ -24,7 +24,7 @@ def snapshot(
     fwmark: int = 0,
     table: str | int = "auto",
     full_tunnel: Iterable[int] = (),
-    addresses: Iterable[Address] = (),
+    addresses: Iterable[InterfaceAddress] = (),
 ) -> dict[str, Any]:
     peers = []
     learned = iface.macs.entries(now) if iface.l2 else []  # once: C may hold the table
