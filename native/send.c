@@ -322,7 +322,6 @@ static bool wants_too_big(const uint8_t *frame, size_t n, int l3off, uint16_t ty
 	return (type == 0x0800 && (frame[l3off + 6] & 0x40)) || type == 0x86dd;
 }
 
-/* One read from the device. Lock held (read). */
 /* Unrouted packets go up for their ICMP answer no faster than Python answers them
  * (tunnel/constants.py ICMP_ERRORS_PER_SECOND and ICMP_ERRORS_BURST): a flood of
  * them must not fill the control socket that handshakes share.  A token bucket as
@@ -346,6 +345,7 @@ static bool unrouted_upcall_allowed(dp_t *dp, uint64_t now)
 	}
 }
 
+/* One read from the device. Lock held (read). */
 static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
 {
 	dp_t *dp = t->dp;

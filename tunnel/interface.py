@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import messages
+from . import icmp, messages
 from .allowed_ips import AllowedIPs
 from .constants import (
     DEFAULT_MTU,
@@ -24,7 +24,6 @@ from .constants import (
 )
 from .cookie import Address, CookieChecker
 from .crypto import DecryptError
-from .icmp import unreachable
 from .keypair import Keypair, pad
 from .keys import encode
 from .messages import CookieReply, Initiation, MessageError, Response, Transport
@@ -384,7 +383,7 @@ class Interface:
     def unreachable(self, packet: bytes, now: float) -> list[Action]:
         """tun: the ICMP error for a packet no peer's allowed IPs cover (tunnel/icmp.py),
         at most ICMP_ERRORS_PER_SECOND of them, as Linux limits its own."""
-        reply = unreachable(packet)
+        reply = icmp.unreachable(packet)
         if reply is None or not self.icmp_limiter.allow("", now):
             return []
         return [Deliver(reply)]

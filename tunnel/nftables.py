@@ -31,8 +31,7 @@ def mark_replies(
     any earlier one in the same transaction."""
     table = _table(name)
     commands = [
-        f"add table inet {table}",
-        f"delete table inet {table}",
+        *_deleted(table),
         f"add table inet {table}",
         f"add chain inet {table} preraw {{ type filter hook prerouting priority -300; }}",
         f"add chain inet {table} premangle {{ type filter hook prerouting priority -150; }}",
@@ -57,11 +56,7 @@ def mark_replies(
 
 
 def remove(name: str) -> None:
-    table = _table(name)
-    _run(
-        f"remove the firewall marks of {name}",
-        [f"add table inet {table}", f"delete table inet {table}"],
-    )
+    _run(f"remove the firewall marks of {name}", _deleted(_table(name)))
 
 
 def remove_leftovers(live: Callable[[str], bool]) -> list[str]:
@@ -81,6 +76,11 @@ def remove_leftovers(live: Callable[[str], bool]) -> list[str]:
             remove(name)  # whether or not another starting run removed it first
             gone.append(_table(name))
     return gone
+
+
+def _deleted(table: str) -> list[str]:
+    # Added first, so that deleting it succeeds whether or not it was there.
+    return [f"add table inet {table}", f"delete table inet {table}"]
 
 
 def _table(name: str) -> str:
