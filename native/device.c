@@ -115,6 +115,7 @@ dp_t *dp_create(int dev_fd, int udp_fd, int ctrl_fd, uint32_t flags, int mtu)
 	dp->tap = flags & DP_TAP;
 	dp->vnet = flags & DP_VNET_HDR;
 	atomic_init(&dp->mac_ageing_ns, 300ULL * 1000000000ULL);
+	upcall_sources_init(dp);
 	pthread_rwlockattr_t a;
 	pthread_rwlockattr_init(&a);
 	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -269,6 +270,7 @@ int dp_if_stats(dp_t *dp, struct dp_if_stats *out)
 	out->dev_write_errors = STAT_GET(dp->st.dev_write_errors);
 	out->tx_super_packets = STAT_GET(dp->st.tx_super_packets);
 	out->rx_coalesced = STAT_GET(dp->st.rx_coalesced);
+	out->rx_ratelimited = STAT_GET(dp->st.rx_ratelimited);
 	out->udp_gso = (uint32_t)atomic_load(&dp->udp_gso);
 	out->udp_gro = (uint32_t)dp->udp_gro;
 	out->tun_offload = dp->tun_offload;

@@ -34,7 +34,8 @@ enum { DP_CURRENT = 0, DP_PREVIOUS = 1, DP_NEXT = 2 }; /* keypair slots */
 enum {
 	DP_UPCALL_DATAGRAM = 1,          /* payload = the UDP datagram, addr = its source */
 	DP_UPCALL_NEED_KEY = 2,          /* payload = plain packet/frame for peer_id */
-	DP_UPCALL_KEYPAIR_CONFIRMED = 3, /* payload = u32 LE local_index of new CURRENT */
+	DP_UPCALL_KEYPAIR_CONFIRMED = 3, /* peer_id's NEXT became CURRENT: dp_peer_stats()
+					  * tells which, also when this was lost */
 	DP_UPCALL_ENDPOINT_CHANGED = 4,  /* addr = new endpoint of peer_id */
 	DP_UPCALL_TOO_BIG = 5,           /* tap: payload = a frame over the MTU that deserves
 					  * an ICMP answer (tunnel/pmtu.py); Python answers it
@@ -59,6 +60,7 @@ struct dp_peer_stats {
 	uint64_t current_send_counter;    /* next counter CURRENT will use */
 	uint64_t current_age_ns;          /* age of CURRENT since dp_keypair_set */
 	uint32_t has_current;             /* CURRENT installed (usable or not) */
+	uint32_t current_local_index;     /* CURRENT's, when has_current */
 	uint32_t has_previous, has_next;
 	uint32_t endpoint_len;            /* 0 = no endpoint */
 	struct sockaddr_storage endpoint;
@@ -79,6 +81,8 @@ struct dp_if_stats {
 	uint64_t dev_write_errors;
 	uint64_t tx_super_packets; /* device reads that were TSO/USO super-packets */
 	uint64_t rx_coalesced;     /* GRO super-packets written to the device */
+	uint64_t rx_ratelimited;   /* datagrams kept from Python while it was behind:
+				    * over their source's share (upcall.c) */
 	uint32_t udp_gso, udp_gro, tun_offload; /* offloads in effect (bitmask for tun) */
 	uint32_t workers;
 };

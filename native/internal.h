@@ -53,6 +53,7 @@
 #define UDP_GSO_MAX_BYTES 65000    /* a GSO send is one <64 KiB UDP datagram */
 #define ETH_HLEN_ 14
 #define ETH_MAX_VLAN_TAGS 2        /* 802.1Q and 802.1ad (QinQ), as tunnel/pmtu.py */
+#define DP_SOURCE_BUCKET_BITS 12   /* 4096 buckets of sources while Python is behind */
 
 static inline uint64_t now_ns(void)
 {
@@ -162,8 +163,13 @@ struct dp {
 	int mac_count;
 	_Atomic uint64_t mac_ageing_ns;
 
-	/* tun: when the next DP_UPCALL_UNROUTED is due (send.c unrouted_upcall_allowed). */
+	/* upcall.c: how many upcalls floods may cause.  When the next
+	 * DP_UPCALL_UNROUTED is due; until when Python counts as behind; and, meanwhile,
+	 * when each bucket of sources may send the next datagram up. */
 	_Atomic uint64_t unrouted_due_ns;
+	_Atomic uint64_t upcall_load_until_ns;
+	uint64_t source_hash_key;
+	_Atomic uint64_t source_due_ns[1 << DP_SOURCE_BUCKET_BITS];
 
 	/* Workers. */
 	struct worker *workers;
@@ -180,7 +186,7 @@ struct dp {
 	struct {
 		_Atomic uint64_t rx_unknown_index, rx_malformed, tx_no_route, tx_malformed;
 		_Atomic uint64_t tx_send_errors, upcalls_sent, upcalls_dropped, dev_write_errors;
-		_Atomic uint64_t tx_super_packets, rx_coalesced;
+		_Atomic uint64_t tx_super_packets, rx_coalesced, rx_ratelimited;
 	} st;
 };
 
@@ -211,6 +217,11 @@ void mac_free(dp_t *dp);
 /* --- upcall.c ---------------------------------------------------------- */
 void upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa,
 		 const uint8_t *payload, size_t len);
+void upcall_sources_init(dp_t *dp); /* dp_create: the key of the sources' hash */
+/* Whether a DP_UPCALL_UNROUTED may go up now (counted in tx_no_route either way). */
+bool upcall_unrouted_allowed(dp_t *dp, uint64_t now);
+/* Whether a DP_UPCALL_DATAGRAM from src may go up now; counts a refusal. */
+bool upcall_datagram_allowed(dp_t *dp, const struct sockaddr_storage *src, uint64_t now);
 
 /* --- offload.c: virtio_net_hdr, segmentation, coalescing, checksums ---- */
 struct vnet_hdr {

@@ -393,6 +393,7 @@ int dp_peer_stats(dp_t *dp, uint32_t peer_id, struct dp_peer_stats *out)
 		struct keypair *cur = p->keypairs[DP_CURRENT];
 		if (cur) {
 			out->has_current = 1;
+			out->current_local_index = cur->local_index;
 			out->current_send_counter = STAT_GET(cur->send_counter);
 			out->current_age_ns = now_ns() - cur->birth_ns;
 		}

@@ -171,7 +171,8 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 	    d[2] || d[3]) {
 		/* Handshakes, cookies, the other mode's transport, garbage:
 		 * Python decides. */
-		upcall_send(dp, DP_UPCALL_DATAGRAM, 0, (const struct sockaddr *)src, d, n);
+		if (upcall_datagram_allowed(dp, src, now))
+			upcall_send(dp, DP_UPCALL_DATAGRAM, 0, (const struct sockaddr *)src, d, n);
 		return;
 	}
 	if (n < MESSAGE_MINIMUM_LENGTH) {
@@ -303,8 +304,9 @@ int rx_batch(struct rx_state *r)
 		if (!seg || seg > len)
 			seg = len;
 		if (!seg) { /* an empty datagram is still Python's to see */
-			upcall_send(dp, DP_UPCALL_DATAGRAM, 0, (struct sockaddr *)&r->src[i],
-				    NULL, 0);
+			if (upcall_datagram_allowed(dp, &r->src[i], now))
+				upcall_send(dp, DP_UPCALL_DATAGRAM, 0,
+					    (struct sockaddr *)&r->src[i], NULL, 0);
 			continue;
 		}
 		for (size_t off = 0; off < len; off += seg)
@@ -316,13 +318,9 @@ int rx_batch(struct rx_state *r)
 	if (errs)
 		STAT_ADD(dp->st.dev_write_errors, errs);
 	for (int i = 0; i < r->nconfirms; i++) {
-		if (peer_confirm_next(dp, r->confirms[i].peer_id, r->confirms[i].local_index)) {
-			uint8_t idx[4];
-			for (int b = 0; b < 4; b++)
-				idx[b] = (uint8_t)(r->confirms[i].local_index >> (8 * b));
+		if (peer_confirm_next(dp, r->confirms[i].peer_id, r->confirms[i].local_index))
 			upcall_send(dp, DP_UPCALL_KEYPAIR_CONFIRMED, r->confirms[i].peer_id,
-				    NULL, idx, 4);
-		}
+				    NULL, NULL, 0);
 	}
 	return n;
 }

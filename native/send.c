@@ -256,15 +256,16 @@ static void tx_to_peer(struct tx_state *t, struct peer *p, const struct gso_plan
 	struct keypair *kp = p->keypairs[DP_CURRENT];
 	int usable = keypair_usable_for_send(kp, now);
 	if (usable) {
-		/* No usable session: Python handshakes and re-sends these. */
-		for (int i = 0; i < g->nseg; i++) {
-			size_t n = gso_plan_segment(g, i, t->seg);
-			upcall_send(dp, DP_UPCALL_NEED_KEY, p->id, NULL, t->seg, n);
-		}
+		/* No usable session: Python handshakes and re-sends these.  Counted
+		 * first, so that whoever reads an upcall finds it counted. */
 		if (usable == -ENOKEY)
 			STAT_ADD(p->drop_no_keypair, g->nseg);
 		else
 			STAT_ADD(p->drop_expired_keypair, g->nseg);
+		for (int i = 0; i < g->nseg; i++) {
+			size_t n = gso_plan_segment(g, i, t->seg);
+			upcall_send(dp, DP_UPCALL_NEED_KEY, p->id, NULL, t->seg, n);
+		}
 		return;
 	}
 	for (int i = 0; i < g->nseg; i++) {
@@ -322,29 +323,6 @@ static bool wants_too_big(const uint8_t *frame, size_t n, int l3off, uint16_t ty
 	return (type == 0x0800 && (frame[l3off + 6] & 0x40)) || type == 0x86dd;
 }
 
-/* Unrouted packets go up for their ICMP answer no faster than Python answers them
- * (tunnel/constants.py ICMP_ERRORS_PER_SECOND and ICMP_ERRORS_BURST): a flood of
- * them must not fill the control socket that handshakes share.  A token bucket as
- * GCRA, one timestamp, so workers share it without a lock. */
-#define UNROUTED_UPCALLS_PER_SECOND 1000
-#define UNROUTED_UPCALLS_BURST 50
-
-static bool unrouted_upcall_allowed(dp_t *dp, uint64_t now)
-{
-	const uint64_t interval = 1000000000ULL / UNROUTED_UPCALLS_PER_SECOND;
-	const uint64_t tolerance = interval * (UNROUTED_UPCALLS_BURST - 1);
-	uint64_t due = atomic_load_explicit(&dp->unrouted_due_ns, memory_order_relaxed);
-	for (;;) {
-		uint64_t from = due > now ? due : now;
-		if (from - now > tolerance)
-			return false;
-		if (atomic_compare_exchange_weak_explicit(&dp->unrouted_due_ns, &due,
-							  from + interval, memory_order_relaxed,
-							  memory_order_relaxed))
-			return true;
-	}
-}
-
 /* One read from the device. Lock held (read). */
 static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
 {
@@ -381,7 +359,7 @@ static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
 			tx_to_peer(t, p, &g, now);
 		} else {
 			STAT_ADD(dp->st.tx_no_route, g.nseg);
-			if (unrouted_upcall_allowed(dp, now))
+			if (upcall_unrouted_allowed(dp, now))
 				upcall_send(dp, DP_UPCALL_UNROUTED, 0, NULL, buf, n);
 		}
 		return;

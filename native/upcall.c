@@ -1,18 +1,26 @@
 /* SPDX-License-Identifier: MIT
  *
- * upcall.c -- messages to Python over the SOCK_SEQPACKET control socket.
+ * upcall.c -- messages to Python over the SOCK_SEQPACKET control socket, and
+ * how many of them a flood may cause.
  *
  * One message per event: struct dp_upcall_hdr then the payload.  Sent with
  * MSG_DONTWAIT: a worker must never block on Python; if Python falls behind
  * the upcall is dropped and counted (handshake packets are retransmitted by
- * the protocol's timers anyway).
+ * the protocol's timers anyway, and Python reads the state changes that the
+ * other kinds announce from dp_peer_stats() too).
  */
 #include <errno.h>
 #include <netinet/in.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/uio.h>
 
 #include "internal.h"
+
+/* Python is behind for this long after the control socket last overflowed or a
+ * source was last refused: the kernel's under-load hold (receive.c,
+ * wg_receive_handshake_packet). */
+#define UPCALL_LOAD_HOLD_NS 1000000000ULL
 
 void upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa,
 		 const uint8_t *payload, size_t len)
@@ -34,8 +42,91 @@ void upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa
 	}
 	struct iovec iov[2] = {{&h, sizeof(h)}, {(void *)payload, len}};
 	struct msghdr m = {.msg_iov = iov, .msg_iovlen = len ? 2 : 1};
-	if (sendmsg(dp->ctrl_fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+	if (sendmsg(dp->ctrl_fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
 		STAT_ADD(dp->st.upcalls_dropped, 1);
-	else
+		atomic_store_explicit(&dp->upcall_load_until_ns, now_ns() + UPCALL_LOAD_HOLD_NS,
+				      memory_order_relaxed);
+	} else {
 		STAT_ADD(dp->st.upcalls_sent, 1);
+	}
+}
+
+/* A token bucket as GCRA: one timestamp, the time the next event is due, so
+ * workers share a bucket without a lock. */
+static bool gcra_allow(_Atomic uint64_t *due_ns, uint64_t now, uint64_t per_second,
+		       uint64_t burst)
+{
+	const uint64_t interval = 1000000000ULL / per_second;
+	const uint64_t tolerance = interval * (burst - 1);
+	uint64_t due = atomic_load_explicit(due_ns, memory_order_relaxed);
+	for (;;) {
+		uint64_t from = due > now ? due : now;
+		if (from - now > tolerance)
+			return false;
+		if (atomic_compare_exchange_weak_explicit(due_ns, &due, from + interval,
+							  memory_order_relaxed,
+							  memory_order_relaxed))
+			return true;
+	}
+}
+
+/* Unrouted packets go up for their ICMP answer no faster than Python answers them
+ * (tunnel/constants.py ICMP_ERRORS_PER_SECOND and ICMP_ERRORS_BURST): a flood of
+ * them must not fill the control socket that handshakes share. */
+#define UNROUTED_UPCALLS_PER_SECOND 1000
+#define UNROUTED_UPCALLS_BURST 50
+
+bool upcall_unrouted_allowed(dp_t *dp, uint64_t now)
+{
+	return gcra_allow(&dp->unrouted_due_ns, now, UNROUTED_UPCALLS_PER_SECOND,
+			  UNROUTED_UPCALLS_BURST);
+}
+
+/* While Python keeps up, every datagram that is not ours goes up: Python alone
+ * judges handshakes, cookies and what is garbage.  Once it falls behind, a
+ * source flooding at line rate would take all of the control socket and starve
+ * the peers handshaking beside it, so then each source gets the kernel's
+ * handshake rate (ratelimiter.c: 20 a second, bursts of 5; tunnel/constants.py
+ * RATELIMIT_*), an IPv4 address or an IPv6 /64 as there.  Sources share
+ * DP_SOURCE_BUCKETS buckets by a keyed hash, so which sources share one cannot
+ * be chosen from outside. */
+#define SOURCE_PACKETS_PER_SECOND 20
+#define SOURCE_BURST 5
+
+void upcall_sources_init(dp_t *dp)
+{
+	uint64_t key = 0;
+	if (getrandom(&key, sizeof(key), 0) != sizeof(key))
+		key = now_ns() * 0x9e3779b97f4a7c15ULL;
+	dp->source_hash_key = key | 1; /* odd: multiply-shift hashing */
+}
+
+static uint64_t source_of(const struct sockaddr_storage *src)
+{
+	uint64_t k = 0;
+	if (src->ss_family == AF_INET) {
+		const struct sockaddr_in *s = (const void *)src;
+		memcpy(&k, &s->sin_addr, 4);
+		return k | 1ULL << 32;
+	}
+	const struct sockaddr_in6 *s = (const void *)src;
+	if (IN6_IS_ADDR_V4MAPPED(&s->sin6_addr)) { /* IPv4 on the dual-stack socket */
+		memcpy(&k, &s->sin6_addr.s6_addr[12], 4);
+		return k | 1ULL << 32;
+	}
+	memcpy(&k, &s->sin6_addr, 8);
+	return k;
+}
+
+bool upcall_datagram_allowed(dp_t *dp, const struct sockaddr_storage *src, uint64_t now)
+{
+	if (now >= atomic_load_explicit(&dp->upcall_load_until_ns, memory_order_relaxed))
+		return true;
+	uint64_t bucket = (source_of(src) * dp->source_hash_key) >> (64 - DP_SOURCE_BUCKET_BITS);
+	if (gcra_allow(&dp->source_due_ns[bucket], now, SOURCE_PACKETS_PER_SECOND, SOURCE_BURST))
+		return true;
+	STAT_ADD(dp->st.rx_ratelimited, 1);
+	atomic_store_explicit(&dp->upcall_load_until_ns, now + UPCALL_LOAD_HOLD_NS,
+			      memory_order_relaxed);
+	return false;
 }

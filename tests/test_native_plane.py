@@ -18,7 +18,12 @@ import time
 import pytest
 
 from tunnel import native
-from tunnel.constants import ICMP_ERRORS_BURST, ICMP_ERRORS_PER_SECOND
+from tunnel.constants import (
+    ICMP_ERRORS_BURST,
+    ICMP_ERRORS_PER_SECOND,
+    RATELIMIT_BURST,
+    RATELIMIT_PACKETS_PER_SECOND,
+)
 
 from .packets import (
     QINQ,
@@ -470,6 +475,54 @@ def test_other_datagrams_go_up_unchanged(h: Harness) -> None:
     s.close()
 
 
+def test_a_flooding_source_gets_its_share_while_python_is_behind(h: Harness) -> None:
+    flooder, other = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    flooder.bind(("127.0.0.1", 0))
+    other.bind(("127.0.0.2", 0))
+    target = ("127.0.0.1", h.port)
+    initiation = bytes([1, 0, 0, 0]) + bytes(144)
+    h.start()
+
+    def drained() -> list[native.Upcall]:
+        ups = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                ups.append(h.upcall(timeout=0.2))
+        return ups
+
+    # While Python (this test) keeps up, everything goes up, however much.
+    for _ in range(50):
+        flooder.sendto(initiation, target)
+    assert len(drained()) == 50
+    # Python stops reading, and the control socket overflows.
+    deadline = time.monotonic() + WAIT
+    while h.plane.interface_stats().upcalls_dropped == 0 and time.monotonic() < deadline:
+        for _ in range(50):
+            flooder.sendto(initiation, target)
+    assert h.plane.interface_stats().upcalls_dropped > 0
+    drained()
+    # Now the flooding source gets a source's share, and another source still
+    # gets through beside it.
+    limited = h.plane.interface_stats().rx_ratelimited
+    started = time.monotonic()
+    for _ in range(200):
+        flooder.sendto(initiation, target)
+    other.sendto(b"another source", target)
+    ups = drained()
+    elapsed = time.monotonic() - started
+    up_from_flooder = sum(up.address == flooder.getsockname() for up in ups)
+    assert [up.payload for up in ups if up.address == other.getsockname()] == [b"another source"]
+    assert up_from_flooder <= RATELIMIT_BURST + elapsed * RATELIMIT_PACKETS_PER_SECOND + 1
+    assert h.plane.interface_stats().rx_ratelimited - limited == 200 - up_from_flooder
+    # A second after the last refusal Python counts as keeping up again.
+    time.sleep(1.1)
+    for _ in range(50):
+        flooder.sendto(initiation, target)
+    assert len(drained()) == 50
+    flooder.close()
+    other.close()
+
+
 def test_roaming_updates_endpoint(h: Harness) -> None:
     r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
     h.start()
@@ -502,9 +555,9 @@ def test_keypair_confirmed_on_next(h: Harness) -> None:
     assert h.read_dev().endswith(b"on next")
     up = h.upcall()
     assert up.kind == native.UpcallKind.KEYPAIR_CONFIRMED and up.peer_id == 1
-    assert up.local_index == 0x3333
     st = h.plane.stats(1)
     assert st.has_current and st.has_previous and not st.has_next
+    assert st.current_local_index == 0x3333
     assert st.current_send_counter == 0
     h.dev.send(udp_packet("10.0.0.1", "10.0.0.2", b"new"))
     counter, plain, _ = r.recv(key=new_to, index=0x4444)

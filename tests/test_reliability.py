@@ -248,6 +248,37 @@ def test_handshake_flood_gets_rate_limited_cookie_replies(bed, tmp_path):
         no_traceback(a)
 
 
+def test_a_peer_handshakes_beside_a_source_flooding_at_line_rate(bed, tmp_path):
+    """One source floods valid-mac1 initiations as fast as it can, far faster than
+    Python judges them. The native plane gives that source one source's share, so
+    a peer that starts meanwhile handshakes at once, without a cookie round."""
+    path_a, path_b = write_pair_configs(tmp_path, "tun", "native", peer_a={"endpoint": None})
+    with start_pyvpn(bed.a, path_a) as a:
+        public = pyvpn_status(a.name)["public_key"]
+        source = "198.18.0.3"
+        bed.b.add_address(bed.b_veth, f"{source}/24")
+        flood = bed.b.popen(
+            "env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "tests.hostile",
+            f"{UNDERLAY_A}:{PORT}", "--public-key", public, "--initiations",
+            "--source", source, "--seconds", "9", "--rate", "1000000",
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            time.sleep(1.5)
+            with start_pyvpn(bed.b, path_b):
+                received = ping(bed.b, INNER_A, 30)
+            status = pyvpn_status(a.name)
+        finally:
+            report = json.loads(flood.communicate(timeout=30)[0])
+        assert flood.returncode == 0
+        assert received >= 27, f"only {received}/30 pings through during the flood"
+        assert peer_of(status)["latest_handshake"] is not None
+        # The flood was on all along, and C held it back.
+        assert report["sent"][source] > 100_000, report
+        assert status["drops"]["ratelimited"] > report["sent"][source] // 2, status["drops"]
+        no_traceback(a)
+
+
 # Faults on the underlay.
 
 

@@ -94,11 +94,6 @@ class Upcall:
     address: tuple[str, int] | None
     payload: bytes
 
-    @property
-    def local_index(self) -> int:
-        """KEYPAIR_CONFIRMED: local index of the keypair that became CURRENT."""
-        return struct.unpack_from("<I", self.payload)[0]
-
 
 def _address(family: int, port: int, raw: bytes) -> tuple[str, int] | None:
     if family == socket.AF_INET:
@@ -159,6 +154,7 @@ class PeerStats:
     current_send_counter: int
     current_age_ns: int
     has_current: bool
+    current_local_index: int
     has_previous: bool
     has_next: bool
     endpoint: tuple[str, int] | None
@@ -182,6 +178,7 @@ class InterfaceStats:
     dev_write_errors: int
     tx_super_packets: int  # TSO/USO super-packets read from the device and split
     rx_coalesced: int  # GRO super-packets written to the device
+    rx_ratelimited: int  # datagrams over their source's share while Python was behind
     udp_gso: bool
     udp_gro: bool
     tun_offload: int  # TUN_F_* bits accepted by TUNSETOFFLOAD

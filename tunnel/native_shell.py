@@ -25,6 +25,7 @@ INTERFACE_DROPS = {
     "no_route": "tx_no_route",
     "runt_frame": "tx_malformed",
     "upcall_overflow": "upcalls_dropped",
+    "ratelimited": "rx_ratelimited",
 }
 UPCALL_BATCH = 256
 WORKERS = 1  # one thread for both directions: right for 2 cores (README, measured)
@@ -131,6 +132,7 @@ class NativeShell(Plane):
 
     def refresh(self) -> None:
         """Turn what C counted since the last look into the core's transport events."""
+        now = time.monotonic()
         new_if, old_if = self.plane.interface_stats(), self.last_interface
         self.last_interface = new_if
         for reason, field in INTERFACE_DROPS.items():
@@ -166,6 +168,11 @@ class NativeShell(Plane):
                         new.last_rx_ns / 1e9,
                     )
                 )
+            if new.has_current:
+                # C promotes `next` on its first message and says so in an upcall,
+                # which a flood can crowd out of the control socket: the stats
+                # always tell.
+                self.apply(self.iface.confirmed(peer, new.current_local_index, now))
 
     def _upcalls(self) -> None:
         now = time.monotonic()
@@ -187,8 +194,7 @@ class NativeShell(Plane):
             elif upcall.kind is UpcallKind.NEED_KEY:
                 self.apply(self.iface.stage(peer, upcall.payload, now))
             elif upcall.kind is UpcallKind.KEYPAIR_CONFIRMED:
-                self.refresh()  # the confirming message's bytes and times first
-                self.apply(self.iface.confirmed(peer, upcall.local_index, now))
+                self.refresh()  # now rather than at the next tick: staged packets wait
             elif upcall.kind is UpcallKind.ENDPOINT_CHANGED and upcall.address is not None:
                 peer.endpoint = upcall.address
 
