@@ -9,6 +9,7 @@ from tunnel.constants import (
     KEEPALIVE_SIZE,
     KEEPALIVE_TIMEOUT,
     MAX_TIMER_HANDSHAKES,
+    RATELIMIT_BURST,
     REJECT_AFTER_TIME,
     REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
@@ -204,6 +205,23 @@ def test_under_load_answers_with_cookie_and_mac2_gets_through():
     assert parse(net.wire[2][2]).mac2 != bytes(16)
     assert kinds(net)[2:5] == [1, 2, 4]
     assert len(b.delivered) == 1
+
+
+def test_under_load_an_ipv6_slash_64_is_one_source():
+    """One host holds a whole /64, so the cookie replies' rate limit counts it as
+    one source, as ratelimiter.c does."""
+    net = SimNet()
+    a = net.node("a", "198.18.0.1")
+    b = net.node("b", "198.18.0.2", under_load_threshold=0)
+    net.connect(a, b, ["10.0.0.1/32"], ["10.0.0.2/32"])
+    net.lose = lambda data: True  # a's initiation is sent to b from elsewhere below
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    initiation = net.wire[0][2]
+    for i in range(1, 21):
+        net.inject((f"2001:db8:0:1::{i:x}", 51820), b, initiation)
+    assert b.iface.cookie_replies_sent == RATELIMIT_BURST
+    net.inject(("2001:db8:0:2::1", 51820), b, initiation)
+    assert b.iface.cookie_replies_sent == RATELIMIT_BURST + 1
 
 
 def test_three_peers_route_by_allowed_ips():

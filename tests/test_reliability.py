@@ -248,11 +248,11 @@ def test_handshake_flood_gets_rate_limited_cookie_replies(bed, tmp_path):
         no_traceback(a)
 
 
-def test_a_peer_handshakes_beside_a_source_flooding_at_line_rate(bed, tmp_path):
-    """One source floods valid-mac1 initiations as fast as it can, far faster than
-    Python judges them. The native plane gives that source one source's share, so
-    a peer that starts meanwhile handshakes at once, without a cookie round."""
-    path_a, path_b = write_pair_configs(tmp_path, "tun", "native", peer_a={"endpoint": None})
+def test_a_peer_handshakes_beside_a_source_flooding_at_line_rate(bed, tmp_path, datapath):
+    """One source floods valid-mac1 initiations as fast as it can, faster than the
+    core judges them. While the plane is behind it gives each source its share, so a
+    peer that starts meanwhile handshakes at once, without a cookie round."""
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath, peer_a={"endpoint": None})
     with start_pyvpn(bed.a, path_a) as a:
         public = pyvpn_status(a.name)["public_key"]
         source = "198.18.0.3"
@@ -273,7 +273,7 @@ def test_a_peer_handshakes_beside_a_source_flooding_at_line_rate(bed, tmp_path):
         assert flood.returncode == 0
         assert received >= 27, f"only {received}/30 pings through during the flood"
         assert peer_of(status)["latest_handshake"] is not None
-        # The flood was on all along, and C held it back.
+        # The flood was on all along, and the plane held it back.
         assert report["sent"][source] > 100_000, report
         assert status["drops"]["ratelimited"] > report["sent"][source] // 2, status["drops"]
         no_traceback(a)

@@ -31,7 +31,7 @@ from .noise import HandshakeError, StaticIdentity, accept_initiation, consume_in
 from .packet import ETHERNET_HEADER, is_group_mac, parse_ip
 from .peer import Peer, PeerConfig
 from .pmtu import too_big_reply
-from .ratelimiter import RateLimiter
+from .ratelimiter import RateLimiter, source_key
 from .switch import DEFAULT_AGEING, MacTable, Switch
 from .tai64n import tai64n
 from .timers import Timer
@@ -194,7 +194,7 @@ class Interface:
             return []
         if not self._under_load(now):
             return None
-        host = source[0]
+        host = source_key(source[0])
         if not self.cookie_checker.mac2_valid(data, mac1_offset, source, now):
             if not self.limiter.allow(host, now):
                 self.drops["ratelimited"] += 1

@@ -4,20 +4,37 @@ rest. Always available; the fallback when native/ is not built."""
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 
+from .constants import MESSAGE_TRANSPORT
+from .interface import Interface
 from .plane import Plane
+from .ratelimiter import RateLimiter, source_key
 from .udp import from_sockaddr
 
 log = logging.getLogger("pyvpn")
 
 BATCH = 64  # packets per wakeup before yielding to the other file descriptor
 MAX_DATAGRAM = 65535
+# Behind for this long after the socket last held more than a batch or a source was
+# last refused: the kernel's under-load hold, as native/upcall.c.
+BEHIND_HOLD = 1.0
+TRANSPORT = bytes([MESSAGE_TRANSPORT])
 
 
 class PythonPlane(Plane):
     name = "python"
+
+    def __init__(self, iface: Interface, dev_fd: int, sock: socket.socket) -> None:
+        super().__init__(iface, dev_fd, sock)
+        # While the socket holds a backlog, a datagram that is not a transport
+        # message gets its source's share before the core spends anything on it
+        # (native/upcall.c does the same in C): one source flooding handshakes
+        # cannot crowd out the peers handshaking beside it.
+        self.sources = RateLimiter()
+        self.behind_until = float("-inf")
 
     def readers(self) -> dict[int, Callable[[], None]]:
         return {self.dev_fd: self._device_readable, self.sock.fileno(): self._socket_readable}
@@ -44,4 +61,14 @@ class PythonPlane(Plane):
             except OSError:
                 # ICMP errors from earlier sends surface here (ECONNREFUSED): not ours to act on.
                 continue
-            self.apply(self.iface.receive_datagram(data, from_sockaddr(sockaddr), now))
+            source = from_sockaddr(sockaddr)
+            if (
+                now < self.behind_until
+                and data[:1] != TRANSPORT
+                and not self.sources.allow(source_key(source[0]), now)
+            ):
+                self.iface.drops["ratelimited"] += 1
+                self.behind_until = now + BEHIND_HOLD
+                continue
+            self.apply(self.iface.receive_datagram(data, source, now))
+        self.behind_until = now + BEHIND_HOLD  # a whole batch, and more may wait

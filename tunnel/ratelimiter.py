@@ -1,8 +1,21 @@
-"""Token buckets per key: by default per source address, for handshake processing
-under load (drivers/net/wireguard/ratelimiter.c: 20 packets per second, bursts
-of 5); one bucket under one key for the ICMP errors of interface.unreachable."""
+"""Token buckets per key: by default per source, for handshake processing under
+load (drivers/net/wireguard/ratelimiter.c: 20 packets per second, bursts of 5);
+one bucket under one key for the ICMP errors of interface.unreachable."""
+
+import functools
+import ipaddress
 
 from .constants import RATELIMIT_BURST, RATELIMIT_PACKETS_PER_SECOND
+
+
+@functools.lru_cache(maxsize=1024)
+def source_key(host: str) -> str:
+    """The key a source address is limited under: an IPv4 address, or the /64 of an
+    IPv6 one, as ratelimiter.c keys it (one host holds a whole /64)."""
+    address = ipaddress.ip_address(host)
+    if address.version == 4:
+        return host
+    return str(ipaddress.ip_network(f"{host}/64", strict=False))
 
 
 class RateLimiter:
