@@ -6,6 +6,9 @@ import subprocess
 import pytest
 
 from tunnel import keys
+from tunnel.cli import restart_needed
+from tunnel.config import parse
+from tunnel.daemon import choose_datapath
 
 from .conftest import pyvpn
 
@@ -126,3 +129,28 @@ def test_down_unknown_tunnel():
     assert (
         result.returncode == 1 and result.stderr == "pyvpn: no tunnel named pvnosuch is running\n"
     )
+
+
+def test_reload_names_each_setting_only_a_restart_applies():
+    config = parse(
+        {
+            "interface": {
+                "mode": "tap",
+                "private_key": keys.encode(keys.generate_private_key()),
+                "mtu": 1300,
+                "bridge": "br1",
+                "mac_ageing": 60,
+                "user": "nobody",
+            }
+        }
+    )
+    running = {"mtu": 1420, "table": "auto", "datapath": choose_datapath(config)}
+    # A daemon of an older pyvpn reports fewer settings: only those are compared.
+    assert restart_needed(config, running) == [("mtu", "1420", "1300")]
+    running |= {"addresses": [], "bridge": "br0", "user": None, "mac_ageing": 300.0}
+    assert restart_needed(config, running) == [
+        ("mtu", "1420", "1300"),
+        ("bridge", "br0", "br1"),
+        ("user", "root", "nobody"),
+        ("mac_ageing", "300", "60"),
+    ]

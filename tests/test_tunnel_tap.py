@@ -31,7 +31,7 @@ from tunnel.testbed import (
     write_pair_configs,
 )
 
-from .conftest import ROOT
+from .conftest import ROOT, pyvpn
 from .packets import (
     VIRTIO_NET_HDR_GSO_TCPV4,
     ether,
@@ -168,6 +168,9 @@ def test_teardown_leaves_the_bridge_and_removes_the_device(bed, segments, tmp_pa
     with bridged_pair(bed, tmp_path, datapath) as (a, _):
         members = bed.a.run("ip", "-o", "link", "show", "master", BRIDGE).stdout
         assert f" {a.name}:" in members and f" {host_dev(segments[0])}@" in members
+        status = pyvpn_status(a.name)
+        assert status["bridge"] == BRIDGE and status["mac_ageing"] == 300
+        assert f"  bridge: {BRIDGE}\n" in pyvpn("show", a.name, netns=bed.a.name).stdout
         a.proc.send_signal(signal.SIGTERM)
         assert a.proc.wait(timeout=10) == 0
         assert not bed.a.has_link(a.name)

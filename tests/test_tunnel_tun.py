@@ -77,6 +77,7 @@ def test_show_and_wg_show_report_the_same_facts(bed, tmp_path, datapath):
         text = pyvpn("show", a.name, netns=bed.a.name).stdout
         assert f"peer: {peer['public_key']}" in text and "latest handshake:" in text
         assert s["addresses"] == ["10.10.0.1/24", "fd10::1/64"]
+        assert s["bridge"] is None and s["user"] is None and "mac_ageing" not in s
         assert "  address: 10.10.0.1/24, fd10::1/64\n" in text
         # No secret ever shows: the private key only in wg's UAPI for showconf.
         private = tomllib_private(path_a)

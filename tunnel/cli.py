@@ -140,8 +140,15 @@ def restart_needed(config: Config, status: dict[str, Any]) -> list[tuple[str, st
         ("table", status["table"], c.table),
         ("datapath", status["datapath"], datapath),
     ]
-    if "addresses" in status:  # a daemon from before pyvpn reported them does not
+    # Daemons of older pyvpn versions report fewer settings: only those they report.
+    if "addresses" in status:
         pairs.append(("address", _listed(status["addresses"]), _listed(map(str, c.addresses))))
+    if "bridge" in status:
+        pairs.append(("bridge", status["bridge"] or "none", c.bridge or "none"))
+    if "user" in status:
+        pairs.append(("user", status["user"] or "root", c.user or "root"))
+    if "mac_ageing" in status:
+        pairs.append(("mac_ageing", int(status["mac_ageing"]), int(c.mac_ageing)))
     return [(key, str(now), str(wanted)) for key, now, wanted in pairs if now != wanted]
 
 
@@ -187,6 +194,8 @@ def format_status(s: dict[str, Any]) -> str:
         f"  address: {', '.join(s.get('addresses', [])) or '(none)'}",
         f"  mode: {s['mode']}, data plane: {s['datapath']}, mtu: {s['mtu']}",
     ]
+    if s.get("bridge"):
+        lines.append(f"  bridge: {s['bridge']}")
     if s["fwmark"]:
         lines.append(f"  fwmark: {s['fwmark']:#x}")
     where = {"auto": "main table", "off": "none (table off)"}.get(s["table"], f"table {s['table']}")

@@ -90,10 +90,19 @@ def up(config: Config) -> int:
         else:
             plane = PythonPlane(iface, dev_fd, sock)
         tunnel = Tunnel(
-            c.name, c.mode, iface, plane, sock.getsockname()[1], c.table, full_tunnel, c.addresses
+            c.name,
+            c.mode,
+            iface,
+            plane,
+            sock.getsockname()[1],
+            c.table,
+            full_tunnel,
+            c.addresses,
+            c.bridge,
+            c.user,
         )
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(serve(tunnel, user=c.user))
+            return runner.run(serve(tunnel))
 
 
 @dataclass
@@ -108,6 +117,8 @@ class Tunnel:
     table: str | int  # config.InterfaceConfig.table
     full_tunnel: FullTunnel
     addresses: list[InterfaceAddress]
+    bridge: str | None
+    user: str | None
     # One set request at a time: each ends with netlink work in an executor thread.
     setting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -146,7 +157,7 @@ def choose_datapath(config: Config) -> str:
     return "native"
 
 
-async def serve(tunnel: Tunnel, user: str | None = None) -> int:
+async def serve(tunnel: Tunnel) -> int:
     """Run the data plane and the UAPI socket until SIGINT or SIGTERM."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -164,16 +175,18 @@ async def serve(tunnel: Tunnel, user: str | None = None) -> int:
             tunnel.table,
             tunnel.full_tunnel.versions,
             tunnel.addresses,
+            tunnel.bridge,
+            tunnel.user,
         )
 
     with contextlib.ExitStack() as teardown:
         server = await _serve_uapi(tunnel, status)
         teardown.callback(_remove_socket, name)
         teardown.callback(server.close)
-        if user is not None:
+        if tunnel.user is not None:
             # Setup is done; before plane.start, whose threads inherit the capabilities.
             try:
-                drop_privileges(user, uapi.socket_path(name))
+                drop_privileges(tunnel.user, uapi.socket_path(name))
             except PrivilegeError as e:
                 raise SetupError(str(e)) from None
         plane.start(loop)

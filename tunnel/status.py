@@ -25,6 +25,8 @@ def snapshot(
     table: str | int = "auto",
     full_tunnel: Iterable[int] = (),
     addresses: Iterable[InterfaceAddress] = (),
+    bridge: str | None = None,
+    user: str | None = None,
 ) -> dict[str, Any]:
     peers = []
     learned = iface.macs.entries(now) if iface.l2 else []  # once: C may hold the table
@@ -67,6 +69,9 @@ def snapshot(
         "datapath": datapath,
         "mtu": iface.mtu,
         "addresses": [str(a) for a in addresses],  # as the config gives them
+        "bridge": bridge,  # the one joined at start (tap)
+        **({"mac_ageing": iface.macs.ageing} if iface.l2 else {}),
+        "user": user,  # the one run as after setup; None: root
         "under_load": now < iface.under_load_until,
         "cookie_replies_sent": iface.cookie_replies_sent,
         "drops": dict(iface.drops),
