@@ -168,7 +168,7 @@ struct dp {
 	 * when each bucket of sources may send the next datagram up. */
 	_Atomic uint64_t unrouted_due_ns;
 	_Atomic uint64_t upcall_load_until_ns;
-	uint64_t source_hash_key;
+	uint64_t source_key4, source_key6;
 	_Atomic uint64_t source_due_ns[1 << DP_SOURCE_BUCKET_BITS];
 
 	/* Workers. */
@@ -217,7 +217,7 @@ void mac_free(dp_t *dp);
 /* --- upcall.c ---------------------------------------------------------- */
 void upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa,
 		 const uint8_t *payload, size_t len);
-void upcall_sources_init(dp_t *dp); /* dp_create: the key of the sources' hash */
+void upcall_sources_init(dp_t *dp); /* dp_create: the keys of the sources' hash */
 /* Whether a DP_UPCALL_UNROUTED may go up now (counted in tx_no_route either way). */
 bool upcall_unrouted_allowed(dp_t *dp, uint64_t now);
 /* Whether a DP_UPCALL_DATAGRAM from src may go up now; counts a refusal. */

@@ -17,9 +17,9 @@
 
 #include "internal.h"
 
-/* Python is behind for this long after the control socket last overflowed or a
- * source was last refused: the kernel's under-load hold (receive.c,
- * wg_receive_handshake_packet). */
+/* Python counts as behind for this long after the control socket last
+ * overflowed, as the kernel stays under load for a second after its handshake
+ * queue was last long (receive.c, wg_receive_handshake_packet). */
 #define UPCALL_LOAD_HOLD_NS 1000000000ULL
 
 void upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa,
@@ -44,8 +44,9 @@ void upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa
 	struct msghdr m = {.msg_iov = iov, .msg_iovlen = len ? 2 : 1};
 	if (sendmsg(dp->ctrl_fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
 		STAT_ADD(dp->st.upcalls_dropped, 1);
-		atomic_store_explicit(&dp->upcall_load_until_ns, now_ns() + UPCALL_LOAD_HOLD_NS,
-				      memory_order_relaxed);
+		if (errno == EAGAIN || errno == ENOBUFS) /* full: Python is behind */
+			atomic_store_explicit(&dp->upcall_load_until_ns,
+					      now_ns() + UPCALL_LOAD_HOLD_NS, memory_order_relaxed);
 	} else {
 		STAT_ADD(dp->st.upcalls_sent, 1);
 	}
@@ -87,46 +88,56 @@ bool upcall_unrouted_allowed(dp_t *dp, uint64_t now)
  * source flooding at line rate would take all of the control socket and starve
  * the peers handshaking beside it, so then each source gets the kernel's
  * handshake rate (ratelimiter.c: 20 a second, bursts of 5; tunnel/constants.py
- * RATELIMIT_*), an IPv4 address or an IPv6 /64 as there.  Sources share
- * DP_SOURCE_BUCKETS buckets by a keyed hash, so which sources share one cannot
- * be chosen from outside. */
+ * RATELIMIT_*), an IPv4 address or an IPv6 /64 as there.
+ *
+ * Unlike the kernel's, this share is taken before any MAC is checked, so from
+ * the address a datagram claims: a spoofer can use up another's share.  Hence
+ * only a real overflow starts or prolongs it, never a refusal: a spoofer must
+ * outrun Python as any flood must, and then costs the spoofed peer no more than
+ * the flood would.  Sources share 2^DP_SOURCE_BUCKET_BITS buckets under a keyed
+ * hash, one key per family: which sources share a peer's bucket is chance, not
+ * known outside. */
 #define SOURCE_PACKETS_PER_SECOND 20
 #define SOURCE_BURST 5
 
-void upcall_sources_init(dp_t *dp)
+static uint64_t random_odd(void)
 {
 	uint64_t key = 0;
 	if (getrandom(&key, sizeof(key), 0) != sizeof(key))
 		key = now_ns() * 0x9e3779b97f4a7c15ULL;
-	dp->source_hash_key = key | 1; /* odd: multiply-shift hashing */
+	return key | 1; /* odd: multiply-shift hashing */
 }
 
-static uint64_t source_of(const struct sockaddr_storage *src)
+void upcall_sources_init(dp_t *dp)
 {
-	uint64_t k = 0;
+	dp->source_key4 = random_odd();
+	dp->source_key6 = random_odd();
+}
+
+static uint64_t source_bucket(const dp_t *dp, const struct sockaddr_storage *src)
+{
+	uint64_t k = 0, key = dp->source_key4;
 	if (src->ss_family == AF_INET) {
-		const struct sockaddr_in *s = (const void *)src;
-		memcpy(&k, &s->sin_addr, 4);
-		return k | 1ULL << 32;
+		memcpy(&k, &((const struct sockaddr_in *)src)->sin_addr, 4);
+	} else {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)src)->sin6_addr;
+		if (IN6_IS_ADDR_V4MAPPED(a)) { /* IPv4 on the dual-stack socket */
+			memcpy(&k, &a->s6_addr[12], 4);
+		} else {
+			memcpy(&k, a, 8);
+			key = dp->source_key6;
+		}
 	}
-	const struct sockaddr_in6 *s = (const void *)src;
-	if (IN6_IS_ADDR_V4MAPPED(&s->sin6_addr)) { /* IPv4 on the dual-stack socket */
-		memcpy(&k, &s->sin6_addr.s6_addr[12], 4);
-		return k | 1ULL << 32;
-	}
-	memcpy(&k, &s->sin6_addr, 8);
-	return k;
+	return (k * key) >> (64 - DP_SOURCE_BUCKET_BITS);
 }
 
 bool upcall_datagram_allowed(dp_t *dp, const struct sockaddr_storage *src, uint64_t now)
 {
 	if (now >= atomic_load_explicit(&dp->upcall_load_until_ns, memory_order_relaxed))
 		return true;
-	uint64_t bucket = (source_of(src) * dp->source_hash_key) >> (64 - DP_SOURCE_BUCKET_BITS);
-	if (gcra_allow(&dp->source_due_ns[bucket], now, SOURCE_PACKETS_PER_SECOND, SOURCE_BURST))
+	if (gcra_allow(&dp->source_due_ns[source_bucket(dp, src)], now, SOURCE_PACKETS_PER_SECOND,
+		       SOURCE_BURST))
 		return true;
 	STAT_ADD(dp->st.rx_ratelimited, 1);
-	atomic_store_explicit(&dp->upcall_load_until_ns, now + UPCALL_LOAD_HOLD_NS,
-			      memory_order_relaxed);
 	return false;
 }

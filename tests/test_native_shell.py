@@ -3,6 +3,7 @@ upcall is lost, here the responder's confirmation, which a flood can crowd out
 of the control socket. The device is a socketpair; the initiator is a sans-IO
 Interface whose datagrams this test carries over real loopback UDP."""
 
+import select
 import socket
 import time
 
@@ -46,7 +47,9 @@ def test_a_confirmation_lost_with_its_upcall_is_read_from_the_plane() -> None:
         assert dev.recv(2048).endswith(ipv4_packet("10.0.0.2", "10.0.0.1"))
         (peer,) = a.iface.peers.values()
         assert peer.current is None and peer.next is not None
-        # The upcall is lost, as to a full control socket.
+        # The upcall is lost, as to a full control socket. (C writes the packet to
+        # the device before it promotes the keypair and says so: wait for it.)
+        assert select.select([shell.ctrl], [], [], 2)[0]
         lost = native.parse_upcall(shell.ctrl.recv(2048))
         assert lost.kind is native.UpcallKind.KEYPAIR_CONFIRMED
         shell.refresh()

@@ -29,6 +29,7 @@ from tunnel.constants import (
     MESSAGE_TRANSPORT,
     RATELIMIT_BURST,
     RATELIMIT_PACKETS_PER_SECOND,
+    REKEY_TIMEOUT,
 )
 from tunnel.testbed import (
     INNER_A,
@@ -250,8 +251,9 @@ def test_handshake_flood_gets_rate_limited_cookie_replies(bed, tmp_path):
 
 def test_a_peer_handshakes_beside_a_source_flooding_at_line_rate(bed, tmp_path, datapath):
     """One source floods valid-mac1 initiations as fast as it can, faster than the
-    core judges them. While the plane is behind it gives each source its share, so a
-    peer that starts meanwhile handshakes at once, without a cookie round."""
+    core judges them. The plane gives each source its share while it overflows, so
+    a peer that starts meanwhile gets its handshake through: after one cookie round,
+    as from WireGuard under load, not by luck against the flood."""
     path_a, path_b = write_pair_configs(tmp_path, "tun", datapath, peer_a={"endpoint": None})
     with start_pyvpn(bed.a, path_a) as a:
         public = pyvpn_status(a.name)["public_key"]
@@ -260,22 +262,26 @@ def test_a_peer_handshakes_beside_a_source_flooding_at_line_rate(bed, tmp_path, 
         flood = bed.b.popen(
             "env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "tests.hostile",
             f"{UNDERLAY_A}:{PORT}", "--public-key", public, "--initiations",
-            "--source", source, "--seconds", "9", "--rate", "1000000",
+            "--source", source, "--seconds", "14", "--rate", "1000000",
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
             time.sleep(1.5)
             with start_pyvpn(bed.b, path_b):
-                received = ping(bed.b, INNER_A, 30)
-            status = pyvpn_status(a.name)
+                started = time.monotonic()
+                while not reachable(bed.b, INNER_A, 1) and time.monotonic() < started + 15:
+                    pass
+                waited = time.monotonic() - started
+                received = ping(bed.b, INNER_A, 20)
+                status = pyvpn_status(a.name)
         finally:
             report = json.loads(flood.communicate(timeout=30)[0])
         assert flood.returncode == 0
-        assert received >= 27, f"only {received}/30 pings through during the flood"
-        assert peer_of(status)["latest_handshake"] is not None
+        assert waited < REKEY_TIMEOUT + 2, f"the first ping got through after {waited:.1f} s"
+        assert received >= 18, f"only {received}/20 pings through during the flood"
         # The flood was on all along, and the plane held it back.
         assert report["sent"][source] > 100_000, report
-        assert status["drops"]["ratelimited"] > report["sent"][source] // 2, status["drops"]
+        assert status["drops"]["ratelimited"] > report["sent"][source] // 4, status["drops"]
         no_traceback(a)
 
 

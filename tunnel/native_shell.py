@@ -142,8 +142,9 @@ class NativeShell(Plane):
         for peer_id, peer in self.peers.items():
             new, old = self.plane.stats(peer_id), self.last[peer_id]
             self.last[peer_id] = new
-            if new.has_current and peer.current is not None:
-                peer.current.send_counter = new.current_send_counter
+            current = peer.current
+            if new.has_current and current and current.local_index == new.current_local_index:
+                current.send_counter = new.current_send_counter
             peer.drops.replay_or_forged += (new.drop_bad_tag - old.drop_bad_tag) + (
                 new.drop_replay - old.drop_replay
             )
@@ -171,7 +172,8 @@ class NativeShell(Plane):
             if new.has_current:
                 # C promotes `next` on its first message and says so in an upcall,
                 # which a flood can crowd out of the control socket: the stats
-                # always tell.
+                # always tell. confirmed() acts only when the core's `next` is C's
+                # new current, so asking every tick is safe.
                 self.apply(self.iface.confirmed(peer, new.current_local_index, now))
 
     def _upcalls(self) -> None:

@@ -8,18 +8,18 @@ import socket
 import time
 from collections.abc import Callable
 
+from . import udp
 from .constants import MESSAGE_TRANSPORT
 from .interface import Interface
 from .plane import Plane
 from .ratelimiter import RateLimiter, source_key
-from .udp import from_sockaddr
 
 log = logging.getLogger("pyvpn")
 
 BATCH = 64  # packets per wakeup before yielding to the other file descriptor
 MAX_DATAGRAM = 65535
-# Behind for this long after the socket last held more than a batch or a source was
-# last refused: the kernel's under-load hold, as native/upcall.c.
+# Behind for this long after the socket last dropped a datagram for a full buffer,
+# as the kernel stays under load for a second (native/upcall.c says more).
 BEHIND_HOLD = 1.0
 TRANSPORT = bytes([MESSAGE_TRANSPORT])
 
@@ -29,12 +29,13 @@ class PythonPlane(Plane):
 
     def __init__(self, iface: Interface, dev_fd: int, sock: socket.socket) -> None:
         super().__init__(iface, dev_fd, sock)
-        # While the socket holds a backlog, a datagram that is not a transport
-        # message gets its source's share before the core spends anything on it
-        # (native/upcall.c does the same in C): one source flooding handshakes
-        # cannot crowd out the peers handshaking beside it.
+        # While the socket overflows, a datagram that is not a transport message
+        # gets its source's share before the core judges it (native/upcall.c does
+        # the same in C, and says why only overflows count): one source flooding
+        # handshakes cannot crowd out the peers handshaking beside it.
         self.sources = RateLimiter()
         self.behind_until = float("-inf")
+        self.drops = udp.drops(sock)
 
     def readers(self) -> dict[int, Callable[[], None]]:
         return {self.dev_fd: self._device_readable, self.sock.fileno(): self._socket_readable}
@@ -53,6 +54,9 @@ class PythonPlane(Plane):
 
     def _socket_readable(self) -> None:
         now = time.monotonic()
+        drops = udp.drops(self.sock)
+        if drops != self.drops:
+            self.drops, self.behind_until = drops, now + BEHIND_HOLD
         for _ in range(BATCH):
             try:
                 data, sockaddr = self.sock.recvfrom(MAX_DATAGRAM)
@@ -61,14 +65,12 @@ class PythonPlane(Plane):
             except OSError:
                 # ICMP errors from earlier sends surface here (ECONNREFUSED): not ours to act on.
                 continue
-            source = from_sockaddr(sockaddr)
+            source = udp.from_sockaddr(sockaddr)
             if (
                 now < self.behind_until
                 and data[:1] != TRANSPORT
                 and not self.sources.allow(source_key(source[0]), now)
             ):
                 self.iface.drops["ratelimited"] += 1
-                self.behind_until = now + BEHIND_HOLD
                 continue
             self.apply(self.iface.receive_datagram(data, source, now))
-        self.behind_until = now + BEHIND_HOLD  # a whole batch, and more may wait

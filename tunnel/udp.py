@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import re
 import socket
+import struct
 
 from .cookie import Address
 
@@ -77,6 +78,17 @@ def split_address(text: str) -> tuple[str, int]:
     if not 1 <= port <= 65535:
         raise ValueError(f"port {port} is out of range 1-65535")
     return match.group(1) or match.group(3), port
+
+
+# getsockopt SO_MEMINFO: the socket's memory figures, u32 each, the last of them
+# the datagrams dropped for a full receive buffer (<linux/sock_diag.h>).
+SO_MEMINFO = 55
+SK_MEMINFO = struct.Struct("=9I")
+
+
+def drops(sock: socket.socket) -> int:
+    """Datagrams the kernel dropped because the socket's receive buffer was full."""
+    return SK_MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, SK_MEMINFO.size))[8]
 
 
 def set_mark(sock: socket.socket, mark: int) -> None:
