@@ -16,6 +16,7 @@ address and counts the cookie replies that come back. Both print one JSON line.
 """
 
 import argparse
+import contextlib
 import json
 import random
 import select
@@ -25,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from tunnel import crypto, keys
+from tunnel import crypto, keys, messages
 from tunnel.constants import (
     COOKIE_REPLY_SIZE,
     INITIATION_SIZE,
@@ -36,6 +37,7 @@ from tunnel.constants import (
     MESSAGE_RESPONSE,
     RESPONSE_SIZE,
 )
+from tunnel.cookie import CookieGenerator
 
 SIZES = {
     MESSAGE_INITIATION: INITIATION_SIZE,
@@ -50,6 +52,7 @@ class Forger:
 
     def __init__(self, rng: random.Random, public_key: bytes, live_index: int | None) -> None:
         self.rng = rng
+        self.public_key = public_key
         self.mac1_key = crypto.hash_(LABEL_MAC1 + public_key)
         self.live_index = live_index
 
@@ -168,41 +171,53 @@ def flood_mixed(target: tuple[str, int], forger: Forger, count: int, rate: float
 def flood_initiations(
     target: tuple[str, int], forger: Forger, sources: list[str], seconds: float, rate: float
 ) -> dict:
-    """Valid-mac1 initiations at `rate` per source; count the cookie replies back."""
-    socks = []
+    """Valid-mac1 initiations at `rate` per source. Each source takes the cookies the
+    target hands out, as a sender at a real address can, so once the target is
+    under load its initiations carry a valid mac2 too. Counts the cookie replies
+    back and the initiations sent with a cookie."""
+    socks, cookies = [], []
     for address in sources:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((address, 0))
         sock.setblocking(False)
         socks.append(sock)
+        cookies.append(CookieGenerator(forger.public_key))
     sent: Counter[str] = Counter()
+    with_cookie: Counter[str] = Counter()
     replies: Counter[str] = Counter()
     started = time.monotonic()
     n = 0
-    while time.monotonic() - started < seconds:
-        for sock, address in zip(socks, sources, strict=True):
+    while (now := time.monotonic()) - started < seconds:
+        for sock, address, cookie in zip(socks, sources, cookies, strict=True):
+            initiation = bytes((1, 0, 0, 0)) + forger.bytes_(INITIATION_SIZE - 4)
             try:
-                sock.sendto(forger.initiation_valid_mac1(), target)
+                sock.sendto(cookie.add_macs(initiation, now), target)
                 sent[address] += 1
+                with_cookie[address] += bool(cookie.cookie)
             except OSError:
                 pass
         n += 1
         for sock in select.select(socks, [], [], 0)[0]:
-            _drain(sock, replies, sources[socks.index(sock)])
+            i = socks.index(sock)
+            _drain(sock, replies, sources[i], cookies[i], now)
         pace(started, n, rate)
     # Replies to the last initiations are still on their way.
     deadline = time.monotonic() + 0.5
     while (left := deadline - time.monotonic()) > 0:
         for sock in select.select(socks, [], [], left)[0]:
-            _drain(sock, replies, sources[socks.index(sock)])
+            i = socks.index(sock)
+            _drain(sock, replies, sources[i], cookies[i], time.monotonic())
     return {
         "sent": dict(sent),
+        "with_cookie": dict(with_cookie),
         "cookie_replies": dict(replies),
         "seconds": round(time.monotonic() - started, 2),
     }
 
 
-def _drain(sock: socket.socket, replies: Counter[str], address: str) -> None:
+def _drain(
+    sock: socket.socket, replies: Counter[str], address: str, cookie: CookieGenerator, now: float
+) -> None:
     while True:
         try:
             data = sock.recv(2048)
@@ -210,6 +225,10 @@ def _drain(sock: socket.socket, replies: Counter[str], address: str) -> None:
             return
         if len(data) == COOKIE_REPLY_SIZE and data[0] == MESSAGE_COOKIE_REPLY:
             replies[address] += 1
+            # It opens only for the initiation sent last; a reply to an earlier one
+            # is no use.
+            with contextlib.suppress(crypto.DecryptError):
+                cookie.consume_reply(messages.parse(data), now)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from tunnel.constants import (
     REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
 )
+from tunnel.cookie import CookieGenerator
 from tunnel.icmp import unreachable
 from tunnel.messages import parse
 
@@ -207,21 +208,55 @@ def test_under_load_answers_with_cookie_and_mac2_gets_through():
     assert len(b.delivered) == 1
 
 
-def test_under_load_an_ipv6_slash_64_is_one_source():
-    """One host holds a whole /64, so the cookie replies' rate limit counts it as
-    one source, as ratelimiter.c does."""
+def initiation_and_cookie_from(net: SimNet, a, b, source: tuple[str, int]) -> bytes:
+    """a's initiation as sent from `source` with the mac2 of the cookie b hands out
+    there under load: what only a sender that receives at `source` can make."""
+    net.lose = lambda data: True  # a's initiation reaches b only as sent below
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    net.lose = lambda data: False
+    initiation = net.wire[-1][2]
+    (reply,) = b.iface.receive_datagram(initiation, source, net.now)
+    cookies = CookieGenerator(b.iface.identity.public_key)
+    cookies.add_macs(initiation, net.now)
+    cookies.consume_reply(parse(reply.data), net.now)
+    return cookies.add_macs(initiation, net.now)
+
+
+def test_under_load_cookie_replies_are_not_limited_so_spoofing_cannot_withhold_one():
+    """A spoofer sending initiations in a real peer's name under load must not spend
+    that peer's share: cookie replies go out unlimited (cookie.c), and only messages
+    whose mac2 proves their source are rate limited."""
     net = SimNet()
     a = net.node("a", "198.18.0.1")
     b = net.node("b", "198.18.0.2", under_load_threshold=0)
     net.connect(a, b, ["10.0.0.1/32"], ["10.0.0.2/32"])
-    net.lose = lambda data: True  # a's initiation is sent to b from elsewhere below
+    net.lose = lambda data: True
     net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
-    initiation = net.wire[0][2]
+    spoofed = net.wire[-1][2]
+    for _ in range(100):
+        net.inject(a.address, b, spoofed)
+    assert b.iface.cookie_replies_sent == 100 and not b.iface.drops["ratelimited"]
+    # a itself still gets its cookie (retrying: its first initiation was lost) and,
+    # one retry later, through.
+    net.lose = lambda data: False
+    net.advance(2 * (REKEY_TIMEOUT + 0.5))
+    assert peer_of(a).cookies.cookie and len(b.delivered) == 1
+
+
+def test_under_load_an_ipv6_slash_64_is_one_source():
+    """One host holds a whole /64, so the rate limit of proven sources counts it as
+    one, as ratelimiter.c does."""
+    net = SimNet()
+    a = net.node("a", "198.18.0.1")
+    b = net.node("b", "198.18.0.2", under_load_threshold=0)
+    net.connect(a, b, ["10.0.0.1/32"], ["10.0.0.2/32"])
     for i in range(1, 21):
-        net.inject((f"2001:db8:0:1::{i:x}", 51820), b, initiation)
-    assert b.iface.cookie_replies_sent == RATELIMIT_BURST
-    net.inject(("2001:db8:0:2::1", 51820), b, initiation)
-    assert b.iface.cookie_replies_sent == RATELIMIT_BURST + 1
+        source = (f"2001:db8:0:1::{i:x}", 51820)
+        b.iface.receive_datagram(initiation_and_cookie_from(net, a, b, source), source, net.now)
+    assert b.iface.drops["ratelimited"] == 20 - RATELIMIT_BURST
+    source = ("2001:db8:0:2::1", 51820)
+    b.iface.receive_datagram(initiation_and_cookie_from(net, a, b, source), source, net.now)
+    assert b.iface.drops["ratelimited"] == 20 - RATELIMIT_BURST
 
 
 def test_three_peers_route_by_allowed_ips():

@@ -194,15 +194,15 @@ class Interface:
             return []
         if not self._under_load(now):
             return None
-        host = source_key(source[0])
         if not self.cookie_checker.mac2_valid(data, mac1_offset, source, now):
-            if not self.limiter.allow(host, now):
-                self.drops["ratelimited"] += 1
-                return []
+            # Not rate limited, as in cookie.c: the source is unproven, so a
+            # spoofer could otherwise spend a real peer's share and keep it from
+            # ever getting the cookie it needs.
             self.cookie_replies_sent += 1
             reply = self.cookie_checker.create_reply(data, mac1_offset, sender, source, now, l2)
             return [Send(source, reply.pack())]
-        if not self.limiter.allow(host, now):
+        # mac2 proves the source, so only now is its share counted.
+        if not self.limiter.allow(source_key(source[0]), now):
             self.drops["ratelimited"] += 1
             return []
         return None
