@@ -187,11 +187,18 @@ def flood_initiations(
     replies: Counter[str] = Counter()
     started = time.monotonic()
     n = 0
+    # A cookie reply opens with the mac1 of the initiation it answers, which it
+    # names by that initiation's sender index: each source's recent ones.
+    mac1s: list[dict[int, bytes]] = [{} for _ in sources]
     while (now := time.monotonic()) - started < seconds:
-        for sock, address, cookie in zip(socks, sources, cookies, strict=True):
-            initiation = bytes((1, 0, 0, 0)) + forger.bytes_(INITIATION_SIZE - 4)
+        for i, (sock, address, cookie) in enumerate(zip(socks, sources, cookies, strict=True)):
+            body = bytes((1, 0, 0, 0)) + forger.bytes_(INITIATION_SIZE - 4)
+            initiation = cookie.add_macs(body, now)
+            if len(mac1s[i]) > 4096:
+                mac1s[i].clear()
+            mac1s[i][struct.unpack_from("<I", initiation, 4)[0]] = cookie.last_mac1
             try:
-                sock.sendto(cookie.add_macs(initiation, now), target)
+                sock.sendto(initiation, target)
                 sent[address] += 1
                 with_cookie[address] += bool(cookie.cookie)
             except OSError:
@@ -199,14 +206,14 @@ def flood_initiations(
         n += 1
         for sock in select.select(socks, [], [], 0)[0]:
             i = socks.index(sock)
-            _drain(sock, replies, sources[i], cookies[i], now)
+            _drain(sock, replies, sources[i], cookies[i], mac1s[i], now)
         pace(started, n, rate)
     # Replies to the last initiations are still on their way.
     deadline = time.monotonic() + 0.5
     while (left := deadline - time.monotonic()) > 0:
         for sock in select.select(socks, [], [], left)[0]:
             i = socks.index(sock)
-            _drain(sock, replies, sources[i], cookies[i], time.monotonic())
+            _drain(sock, replies, sources[i], cookies[i], mac1s[i], time.monotonic())
     return {
         "sent": dict(sent),
         "with_cookie": dict(with_cookie),
@@ -216,7 +223,12 @@ def flood_initiations(
 
 
 def _drain(
-    sock: socket.socket, replies: Counter[str], address: str, cookie: CookieGenerator, now: float
+    sock: socket.socket,
+    replies: Counter[str],
+    address: str,
+    cookie: CookieGenerator,
+    mac1s: dict[int, bytes],
+    now: float,
 ) -> None:
     while True:
         try:
@@ -225,10 +237,10 @@ def _drain(
             return
         if len(data) == COOKIE_REPLY_SIZE and data[0] == MESSAGE_COOKIE_REPLY:
             replies[address] += 1
-            # It opens only for the initiation sent last; a reply to an earlier one
-            # is no use.
+            reply = messages.parse(data)
+            cookie.last_mac1 = mac1s.get(reply.receiver, b"")
             with contextlib.suppress(crypto.DecryptError):
-                cookie.consume_reply(messages.parse(data), now)
+                cookie.consume_reply(reply, now)
 
 
 def main() -> None:
