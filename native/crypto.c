@@ -13,10 +13,14 @@
  * Per-message EVP overhead (init, final, tag) is ~250 ns on the machines we
  * measured, a quarter of the cost of sealing a 1420-byte packet, so it is
  * worth every nanosecond trimmed here.
+ *
+ * Also mac1 (whitepaper 5.4.4): keyed BLAKE2s with a 16-byte digest, OpenSSL's
+ * BLAKE2SMAC, so junk handshakes are dropped without waking Python.
  */
 #include <string.h>
 
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/params.h>
 
 #include "internal.h"
@@ -126,6 +130,33 @@ int aead_open(struct aead *a, const uint8_t key[32], uint64_t key_id, const uint
 		return -1;
 	}
 	return 0;
+}
+
+int mac1_init(struct mac1 *m)
+{
+	EVP_MAC *mac = EVP_MAC_fetch(NULL, "BLAKE2SMAC", NULL);
+	m->ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
+	EVP_MAC_free(mac); /* the context holds its own reference */
+	return m->ctx ? 0 : -1;
+}
+
+void mac1_free(struct mac1 *m)
+{
+	EVP_MAC_CTX_free(m->ctx);
+	m->ctx = NULL;
+}
+
+bool mac1_valid(struct mac1 *m, const uint8_t key[32], const uint8_t *msg, size_t len)
+{
+	size_t size = COOKIE_LEN, n = 0;
+	OSSL_PARAM params[] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &size),
+			       OSSL_PARAM_construct_end()};
+	uint8_t mac[COOKIE_LEN];
+	const size_t at = len - 2 * COOKIE_LEN; /* mac1, then mac2, end the message */
+	return EVP_MAC_init(m->ctx, key, 32, params) == 1 &&
+	       EVP_MAC_update(m->ctx, msg, at) == 1 &&
+	       EVP_MAC_final(m->ctx, mac, &n, sizeof(mac)) == 1 && n == COOKIE_LEN &&
+	       CRYPTO_memcmp(mac, msg + at, COOKIE_LEN) == 0;
 }
 
 /* Test hooks: the same code path with a fresh context. */

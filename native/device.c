@@ -271,6 +271,7 @@ int dp_if_stats(dp_t *dp, struct dp_if_stats *out)
 	out->tx_super_packets = STAT_GET(dp->st.tx_super_packets);
 	out->rx_coalesced = STAT_GET(dp->st.rx_coalesced);
 	out->rx_ratelimited = STAT_GET(dp->st.rx_ratelimited);
+	out->rx_bad_mac1 = STAT_GET(dp->st.rx_bad_mac1);
 	out->udp_gso = (uint32_t)atomic_load(&dp->udp_gso);
 	out->udp_gro = (uint32_t)dp->udp_gro;
 	out->tun_offload = dp->tun_offload;

@@ -83,6 +83,7 @@ struct dp_if_stats {
 	uint64_t rx_coalesced;     /* GRO super-packets written to the device */
 	uint64_t rx_ratelimited;   /* datagrams kept from Python while it was behind:
 				    * over their source's share (upcall.c) */
+	uint64_t rx_bad_mac1;      /* handshake messages with a wrong mac1 */
 	uint32_t udp_gso, udp_gro, tun_offload; /* offloads in effect (bitmask for tun) */
 	uint32_t workers;
 };
@@ -150,6 +151,10 @@ int dp_if_stats(dp_t *, struct dp_if_stats *out);
 int dp_mac_table(dp_t *, struct dp_mac_entry *out, int max); /* returns count */
 int dp_mac_owner(dp_t *, const uint8_t mac[6], uint32_t *peer_id); /* 1: learned, live */
 void dp_set_mac_ageing(dp_t *, uint32_t seconds);           /* tap; default 300 */
+/* HASH(LABEL_MAC1 || our public key): from now on a handshake initiation or
+ * response whose mac1 is wrong is dropped and counted in rx_bad_mac1 instead of
+ * going up.  Until it is set, every one goes up. */
+void dp_set_mac1_key(dp_t *, const uint8_t key[32]);
 
 /* Test hooks (small, pure, no dp_t): the AEAD exactly as the data path uses
  * it, and the replay window.  Return 0 / 1 (accepted) as documented. */

@@ -27,7 +27,12 @@
  * drivers/net/wireguard/messages.h. */
 #define REJECT_AFTER_MESSAGES (UINT64_MAX - (1ULL << 13)) /* 2^64 - 2^13 - 1 */
 #define REJECT_AFTER_TIME_NS (180ULL * 1000000000ULL)     /* Reject-After-Time 180 s */
+#define MESSAGE_INITIATION_TYPE 1
+#define MESSAGE_RESPONSE_TYPE 2
 #define MESSAGE_TRANSPORT_TYPE 4
+#define MESSAGE_INITIATION_SIZE 148
+#define MESSAGE_RESPONSE_SIZE 92
+#define COOKIE_LEN 16                     /* mac1, mac2 */
 #define MESSAGE_TRANSPORT_HDR 16          /* type, 3 reserved, receiver, counter */
 #define NOISE_AUTHTAG_LEN 16
 #define MESSAGE_MINIMUM_LENGTH (MESSAGE_TRANSPORT_HDR + NOISE_AUTHTAG_LEN) /* keepalive */
@@ -84,6 +89,14 @@ struct aead {
 };
 int aead_init(struct aead *a, int encrypt); /* 0 or -1 */
 void aead_free(struct aead *a);
+/* mac1 of a handshake message: one per thread, its key given per call. */
+struct mac1 {
+	EVP_MAC_CTX *ctx;
+};
+int mac1_init(struct mac1 *m); /* 0 or -1 */
+void mac1_free(struct mac1 *m);
+/* Whether the message's mac1 (its second-last 16 bytes) is right under key. */
+bool mac1_valid(struct mac1 *m, const uint8_t key[32], const uint8_t *msg, size_t len);
 /* nonce = 4 zero bytes || u64 LE counter (WireGuard transport nonce). */
 void aead_nonce(uint8_t nonce[12], uint64_t counter);
 /* key_id names the key (struct keypair's); 0 loads it unconditionally. */
@@ -163,6 +176,10 @@ struct dp {
 	int mac_count;
 	_Atomic uint64_t mac_ageing_ns;
 
+	/* HASH(LABEL_MAC1 || our public key), for mac1 (dp_set_mac1_key). */
+	uint8_t mac1_key[32];
+	bool has_mac1_key;
+
 	/* upcall.c: how many upcalls floods may cause.  When the next
 	 * DP_UPCALL_UNROUTED is due; until when Python counts as behind; and, meanwhile,
 	 * when each bucket of sources may send the next datagram up. */
@@ -186,7 +203,7 @@ struct dp {
 	struct {
 		_Atomic uint64_t rx_unknown_index, rx_malformed, tx_no_route, tx_malformed;
 		_Atomic uint64_t tx_send_errors, upcalls_sent, upcalls_dropped, dev_write_errors;
-		_Atomic uint64_t tx_super_packets, rx_coalesced, rx_ratelimited;
+		_Atomic uint64_t tx_super_packets, rx_coalesced, rx_ratelimited, rx_bad_mac1;
 	} st;
 };
 

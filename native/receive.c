@@ -26,6 +26,7 @@
 struct rx_state {
 	dp_t *dp;
 	struct aead aead;
+	struct mac1 mac1;
 	uint8_t *bufs[RX_MSGS_PER_BATCH];
 	struct mmsghdr mm[RX_MSGS_PER_BATCH];
 	struct iovec iov[RX_MSGS_PER_BATCH];
@@ -62,9 +63,9 @@ struct rx_state *rx_state_new(dp_t *dp)
 	if (!r)
 		return NULL;
 	r->dp = dp;
-	int aead_err = aead_init(&r->aead, 0);
+	int crypto_err = aead_init(&r->aead, 0) | mac1_init(&r->mac1);
 	r->gro = gro_new(RX_GRO_PKTS);
-	if (aead_err || !r->gro)
+	if (crypto_err || !r->gro)
 		goto fail;
 	for (int i = 0; i < RX_MSGS_PER_BATCH; i++)
 		if (!(r->bufs[i] = malloc(RX_BUF_SIZE)))
@@ -83,6 +84,7 @@ void rx_state_free(struct rx_state *r)
 		free(r->bufs[i]);
 	gro_free(r->gro);
 	aead_free(&r->aead);
+	mac1_free(&r->mac1);
 	free(r);
 }
 
@@ -162,6 +164,27 @@ static size_t inner_ip(const uint8_t *ip, size_t len, int *family, const uint8_t
 	return 0;
 }
 
+void dp_set_mac1_key(dp_t *dp, const uint8_t key[32])
+{
+	pthread_rwlock_wrlock(&dp->lock);
+	memcpy(dp->mac1_key, key, sizeof(dp->mac1_key));
+	dp->has_mac1_key = true;
+	pthread_rwlock_unlock(&dp->lock);
+}
+
+/* An initiation or a response, well formed as far as its header and size go
+ * (so that Python would get as far as its mac1), whose mac1 is wrong: made by
+ * someone who does not know our public key.  The kernel drops these first of
+ * all (cookie.c), and so can C, without waking Python.  Lock held (read). */
+static bool bad_mac1(struct rx_state *r, const uint8_t *d, size_t n)
+{
+	const dp_t *dp = r->dp;
+	bool handshake = (d[0] == MESSAGE_INITIATION_TYPE && n == MESSAGE_INITIATION_SIZE) ||
+			 (d[0] == MESSAGE_RESPONSE_TYPE && n == MESSAGE_RESPONSE_SIZE);
+	return dp->has_mac1_key && handshake && (d[1] == 0 || d[1] == PYVPN_L2_MARKER) &&
+	       !d[2] && !d[3] && !mac1_valid(&r->mac1, dp->mac1_key, d, n);
+}
+
 /* One datagram. Lock held (read). */
 static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 			const struct sockaddr_storage *src, uint64_t now)
@@ -170,8 +193,10 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 	if (n < 4 || d[0] != MESSAGE_TRANSPORT_TYPE || d[1] != (dp->tap ? PYVPN_L2_MARKER : 0) ||
 	    d[2] || d[3]) {
 		/* Handshakes, cookies, the other mode's transport, garbage:
-		 * Python decides. */
-		if (upcall_datagram_allowed(dp, src, now))
+		 * Python decides, on all but what fails mac1. */
+		if (n >= 4 && bad_mac1(r, d, n))
+			STAT_ADD(dp->st.rx_bad_mac1, 1);
+		else if (upcall_datagram_allowed(dp, src, now))
 			upcall_send(dp, DP_UPCALL_DATAGRAM, 0, (const struct sockaddr *)src, d, n);
 		return;
 	}

@@ -17,10 +17,11 @@ import time
 
 import pytest
 
-from tunnel import native, udp
+from tunnel import crypto, native, udp
 from tunnel.constants import (
     ICMP_ERRORS_BURST,
     ICMP_ERRORS_PER_SECOND,
+    LABEL_MAC1,
     RATELIMIT_BURST,
     RATELIMIT_PACKETS_PER_SECOND,
 )
@@ -533,6 +534,35 @@ def test_a_flooding_source_gets_its_share_while_python_is_behind(h: Harness) -> 
     assert len(ups) < sent  # rationed until then
     flooder.close()
     other.close()
+
+
+def test_handshakes_with_a_wrong_mac1_stay_in_c(h: Harness) -> None:
+    key = crypto.hash_(LABEL_MAC1 + os.urandom(32))
+    h.plane.set_mac1_key(key)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    h.start()
+
+    def macs(body: bytes, right: bool = True) -> bytes:
+        return body + (crypto.mac(key, body) if right else os.urandom(16)) + bytes(16)
+
+    initiation = bytes([1, 0, 0, 0]) + os.urandom(112)
+    tap_initiation = bytes([1, 1, 0, 0]) + os.urandom(112)
+    response = bytes([2, 0, 0, 0]) + os.urandom(56)
+    wrong = [macs(m, right=False) for m in (initiation, tap_initiation, response)]
+    python_judges = [
+        *(macs(m) for m in (initiation, tap_initiation, response)),
+        bytes([3, 0, 0, 0]) + os.urandom(60),  # a cookie reply has no mac1
+        bytes([1, 0, 0, 0]) + os.urandom(100),  # a wrong size is Python's to count
+        bytes([1, 2, 0, 0]) + os.urandom(144),  # and so are bad reserved bytes
+    ]
+    for d in wrong + python_judges:
+        s.sendto(d, ("127.0.0.1", h.port))
+    up = sorted(h.upcall().payload for _ in python_judges)
+    assert up == sorted(python_judges)
+    h.no_upcall()
+    assert h.plane.interface_stats().rx_bad_mac1 == len(wrong)
+    s.close()
 
 
 def test_roaming_updates_endpoint(h: Harness) -> None:

@@ -179,6 +179,7 @@ class InterfaceStats:
     tx_super_packets: int  # TSO/USO super-packets read from the device and split
     rx_coalesced: int  # GRO super-packets written to the device
     rx_ratelimited: int  # datagrams over their source's share while Python was behind
+    rx_bad_mac1: int  # handshake messages with a wrong mac1, dropped in C
     udp_gso: bool
     udp_gro: bool
     tun_offload: int  # TUN_F_* bits accepted by TUNSETOFFLOAD
@@ -385,6 +386,12 @@ class NativePlane:
 
     def set_mac_ageing(self, seconds: int) -> None:
         lib.dp_set_mac_ageing(self._handle(), seconds)
+
+    def set_mac1_key(self, key: bytes) -> None:
+        """HASH(LABEL_MAC1 || our public key): C drops handshakes with a wrong mac1."""
+        if len(key) != 32:
+            raise ValueError("the mac1 key is 32 bytes")
+        lib.dp_set_mac1_key(self._handle(), key)
 
 
 def _keys(*keys: bytes) -> None:

@@ -26,6 +26,7 @@ INTERFACE_DROPS = {
     "runt_frame": "tx_malformed",
     "upcall_overflow": "upcalls_dropped",
     "ratelimited": "rx_ratelimited",
+    "bad_mac1": "rx_bad_mac1",
 }
 UPCALL_BATCH = 256
 WORKERS = 1  # one thread for both directions: right for 2 cores (README, measured)
@@ -75,6 +76,7 @@ class NativeShell(Plane):
             dev_fd, sock.fileno(), ctrl_native.fileno(), tap=iface.l2, vnet_hdr=True, mtu=iface.mtu
         )
         self.plane.set_mac_ageing(int(iface.macs.ageing))
+        self.plane.set_mac1_key(iface.cookie_checker.mac1_key)
         self.ids: dict[Peer, int] = {}
         self.peers: dict[int, Peer] = {}
         self.last: dict[int, PeerStats] = {}
@@ -107,6 +109,7 @@ class NativeShell(Plane):
             self._add(peer)
         for peer in applied.updated:
             self._sync(peer)
+        self.plane.set_mac1_key(self.iface.cookie_checker.mac1_key)  # a new private key's
         super().reconfigured(applied)
 
     def readers(self) -> dict[int, Callable[[], None]]:
