@@ -235,10 +235,13 @@ void mac_free(dp_t *dp);
 void upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa,
 		 const uint8_t *payload, size_t len);
 void upcall_sources_init(dp_t *dp); /* dp_create: the keys of the sources' hash */
-/* Whether a DP_UPCALL_UNROUTED may go up now (counted in tx_no_route either way). */
-bool upcall_unrouted_allowed(dp_t *dp, uint64_t now);
-/* Whether a DP_UPCALL_DATAGRAM from src may go up now; counts a refusal. */
-bool upcall_datagram_allowed(dp_t *dp, const struct sockaddr_storage *src, uint64_t now);
+/* DP_UPCALL_UNROUTED, unless too many went up just now (the caller counts the
+ * packet in tx_no_route either way). */
+void upcall_unrouted(dp_t *dp, const uint8_t *pkt, size_t len, uint64_t now);
+/* DP_UPCALL_DATAGRAM from src, unless its source has had its share while Python
+ * is behind (counted in rx_ratelimited). */
+void upcall_datagram(dp_t *dp, const struct sockaddr_storage *src, const uint8_t *d, size_t n,
+		     uint64_t now);
 
 /* --- offload.c: virtio_net_hdr, segmentation, coalescing, checksums ---- */
 struct vnet_hdr {

@@ -196,8 +196,8 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 		 * Python decides, on all but what fails mac1. */
 		if (n >= 4 && bad_mac1(r, d, n))
 			STAT_ADD(dp->st.rx_bad_mac1, 1);
-		else if (upcall_datagram_allowed(dp, src, now))
-			upcall_send(dp, DP_UPCALL_DATAGRAM, 0, (const struct sockaddr *)src, d, n);
+		else
+			upcall_datagram(dp, src, d, n, now);
 		return;
 	}
 	if (n < MESSAGE_MINIMUM_LENGTH) {
@@ -329,9 +329,7 @@ int rx_batch(struct rx_state *r)
 		if (!seg || seg > len)
 			seg = len;
 		if (!seg) { /* an empty datagram is still Python's to see */
-			if (upcall_datagram_allowed(dp, &r->src[i], now))
-				upcall_send(dp, DP_UPCALL_DATAGRAM, 0,
-					    (struct sockaddr *)&r->src[i], NULL, 0);
+			upcall_datagram(dp, &r->src[i], NULL, 0, now);
 			continue;
 		}
 		for (size_t off = 0; off < len; off += seg)

@@ -359,8 +359,7 @@ static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
 			tx_to_peer(t, p, &g, now);
 		} else {
 			STAT_ADD(dp->st.tx_no_route, g.nseg);
-			if (upcall_unrouted_allowed(dp, now))
-				upcall_send(dp, DP_UPCALL_UNROUTED, 0, NULL, buf, n);
+			upcall_unrouted(dp, buf, n, now);
 		}
 		return;
 	}

@@ -77,10 +77,11 @@ static bool gcra_allow(_Atomic uint64_t *due_ns, uint64_t now, uint64_t per_seco
 #define UNROUTED_UPCALLS_PER_SECOND 1000
 #define UNROUTED_UPCALLS_BURST 50
 
-bool upcall_unrouted_allowed(dp_t *dp, uint64_t now)
+void upcall_unrouted(dp_t *dp, const uint8_t *pkt, size_t len, uint64_t now)
 {
-	return gcra_allow(&dp->unrouted_due_ns, now, UNROUTED_UPCALLS_PER_SECOND,
-			  UNROUTED_UPCALLS_BURST);
+	if (gcra_allow(&dp->unrouted_due_ns, now, UNROUTED_UPCALLS_PER_SECOND,
+		       UNROUTED_UPCALLS_BURST))
+		upcall_send(dp, DP_UPCALL_UNROUTED, 0, NULL, pkt, len);
 }
 
 /* While Python keeps up, every datagram that is not ours goes up: Python alone
@@ -131,13 +132,14 @@ static uint64_t source_bucket(const dp_t *dp, const struct sockaddr_storage *src
 	return (k * key) >> (64 - DP_SOURCE_BUCKET_BITS);
 }
 
-bool upcall_datagram_allowed(dp_t *dp, const struct sockaddr_storage *src, uint64_t now)
+void upcall_datagram(dp_t *dp, const struct sockaddr_storage *src, const uint8_t *d, size_t n,
+		     uint64_t now)
 {
-	if (now >= atomic_load_explicit(&dp->upcall_load_until_ns, memory_order_relaxed))
-		return true;
-	if (gcra_allow(&dp->source_due_ns[source_bucket(dp, src)], now, SOURCE_PACKETS_PER_SECOND,
-		       SOURCE_BURST))
-		return true;
-	STAT_ADD(dp->st.rx_ratelimited, 1);
-	return false;
+	if (now < atomic_load_explicit(&dp->upcall_load_until_ns, memory_order_relaxed) &&
+	    !gcra_allow(&dp->source_due_ns[source_bucket(dp, src)], now,
+			SOURCE_PACKETS_PER_SECOND, SOURCE_BURST)) {
+		STAT_ADD(dp->st.rx_ratelimited, 1);
+		return;
+	}
+	upcall_send(dp, DP_UPCALL_DATAGRAM, 0, (const struct sockaddr *)src, d, n);
 }
