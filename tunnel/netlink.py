@@ -180,22 +180,9 @@ def full_tunnel(name: str, versions: Iterable[int], table: int) -> list[dict[str
                     for r in ipr.get_rules(family=family)
                     if r.get("FRA_PRIORITY")
                 )
-                # Unlike wg-quick's, the main-table rule also skips the tunnel's own
-                # datagrams, which changes nothing for them (main is looked up next
-                # anyway) but ties it to this table: each full tunnel has its own pair,
-                # and a killed run's pair is told by its empty table.
-                mine = dict(
-                    family=family, fwmark=table, flags=FIB_RULE_INVERT, protocol=RULE_PROTOCOL
-                )
-                for rule in (
-                    {
-                        **mine,
-                        "table": RT_TABLE_MAIN,
-                        "suppress_prefixlen": 0,
-                        "priority": first - 2,
-                    },
-                    {**mine, "table": table, "priority": first - 1},
-                ):
+                pair = _rule_pair(family, table)
+                for rule, priority in zip(pair, (first - 2, first - 1), strict=True):
+                    rule["priority"] = priority
                     ipr.rule("add", **rule)
                     added.append(rule)
         except NetlinkError as e:
@@ -236,15 +223,8 @@ def _remove_leftover_rules(ipr: IPRoute) -> int:
             )
             if not ours or ipr.get_routes(family=family, table=mark):
                 continue
-            found = dict(
-                family=family,
-                table=table,
-                fwmark=mark,
-                flags=FIB_RULE_INVERT,
-                protocol=RULE_PROTOCOL,
-            )
-            if table == RT_TABLE_MAIN:
-                found["suppress_prefixlen"] = 0
+            main, own = _rule_pair(family, mark)
+            found = main if table == RT_TABLE_MAIN else own
             with contextlib.suppress(NetlinkError):  # another run removed it first
                 ipr.rule("del", **found, priority=rule.get("FRA_PRIORITY"))
                 gone += 1
@@ -266,6 +246,17 @@ def end_full_tunnel(
             with contextlib.suppress(NetlinkError):  # already gone: fine
                 ipr.route("del", dst="default", oif=index, table=table, family=family)
     return [r for r in rules if r["family"] not in families]
+
+
+def _rule_pair(family: int, table: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A full tunnel's two rules for `family`, in order and without priorities: main
+    without its default route, then `table`, both for packets not marked `table`.
+    Unlike wg-quick's, the main-table rule also skips the tunnel's own datagrams,
+    which changes nothing for them (main is looked up next anyway) but ties it to
+    this table: each full tunnel has its own pair, and a killed run's pair is told
+    by its empty table."""
+    mine = dict(family=family, fwmark=table, flags=FIB_RULE_INVERT, protocol=RULE_PROTOCOL)
+    return {**mine, "table": RT_TABLE_MAIN, "suppress_prefixlen": 0}, {**mine, "table": table}
 
 
 def _family(version: int) -> int:
