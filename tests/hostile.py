@@ -30,7 +30,6 @@ from tunnel import crypto, keys, messages
 from tunnel.constants import (
     COOKIE_REPLY_SIZE,
     INITIATION_SIZE,
-    LABEL_MAC1,
     MARKER_L2,
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
@@ -52,8 +51,7 @@ class Forger:
 
     def __init__(self, rng: random.Random, public_key: bytes, live_index: int | None) -> None:
         self.rng = rng
-        self.public_key = public_key
-        self.mac1_key = crypto.hash_(LABEL_MAC1 + public_key)
+        self.macs = CookieGenerator(public_key)  # never given a cookie: mac2 stays empty
         self.live_index = live_index
 
     def bytes_(self, n: int) -> bytes:
@@ -67,7 +65,7 @@ class Forger:
     def with_mac1(self, body: bytes) -> bytes:
         """A handshake message whose mac1 is right and mac2 empty: it passes the
         cheap check and costs the target its Curve25519 work (or a cookie reply)."""
-        return body + crypto.mac(self.mac1_key, body) + bytes(16)
+        return self.macs.add_macs(body + bytes(32), 0.0)
 
     # The kinds; each returns one datagram.
 
@@ -181,7 +179,7 @@ def flood_initiations(
         sock.bind((address, 0))
         sock.setblocking(False)
         socks.append(sock)
-        cookies.append(CookieGenerator(forger.public_key))
+        cookies.append(CookieGenerator(forger.macs.remote_public_key))
     sent: Counter[str] = Counter()
     with_cookie: Counter[str] = Counter()
     replies: Counter[str] = Counter()

@@ -208,13 +208,18 @@ def test_under_load_answers_with_cookie_and_mac2_gets_through():
     assert len(b.delivered) == 1
 
 
+def lost_initiation(net: SimNet, a) -> bytes:
+    """An initiation a sends to b that never arrives: for the test to send as it likes."""
+    net.lose = lambda data: True
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    net.lose = lambda data: False
+    return net.wire[-1][2]
+
+
 def initiation_and_cookie_from(net: SimNet, a, b, source: tuple[str, int]) -> bytes:
     """a's initiation as sent from `source` with the mac2 of the cookie b hands out
     there under load: what only a sender that receives at `source` can make."""
-    net.lose = lambda data: True  # a's initiation reaches b only as sent below
-    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
-    net.lose = lambda data: False
-    initiation = net.wire[-1][2]
+    initiation = lost_initiation(net, a)
     (reply,) = b.iface.receive_datagram(initiation, source, net.now)
     cookies = CookieGenerator(b.iface.identity.public_key)
     cookies.add_macs(initiation, net.now)
@@ -230,9 +235,8 @@ def test_under_load_cookie_replies_are_not_limited_so_spoofing_cannot_withhold_o
     a = net.node("a", "198.18.0.1")
     b = net.node("b", "198.18.0.2", under_load_threshold=0)
     net.connect(a, b, ["10.0.0.1/32"], ["10.0.0.2/32"])
-    net.lose = lambda data: True
-    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
-    spoofed = net.wire[-1][2]
+    spoofed = lost_initiation(net, a)
+    net.lose = lambda data: True  # the cookie replies go to a, but not through
     for _ in range(100):
         net.inject(a.address, b, spoofed)
     assert b.iface.cookie_replies_sent == 100 and not b.iface.drops["ratelimited"]

@@ -140,10 +140,13 @@ def relay(ns: Namespace, listen: str, target: str, *options: str) -> Iterator[su
             proc.wait(timeout=10)
 
 
+def hostile_argv(*args: str) -> list[str]:
+    """tests/hostile.py, run in a namespace from this checkout."""
+    return ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "tests.hostile", *args]
+
+
 def hostile(ns: Namespace, *args: str, timeout: float = 60) -> dict[str, Any]:
-    result = ns.run(
-        "env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "tests.hostile", *args, timeout=timeout
-    )
+    result = ns.run(*hostile_argv(*args), timeout=timeout)
     report: dict[str, Any] = json.loads(result.stdout)
     return report
 
@@ -266,9 +269,10 @@ def test_a_peer_handshakes_beside_a_source_flooding_at_line_rate(bed, tmp_path, 
         source = "198.18.0.3"
         bed.b.add_address(bed.b_veth, f"{source}/24")
         flood = bed.b.popen(
-            "env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "tests.hostile",
-            f"{UNDERLAY_A}:{PORT}", "--public-key", public, "--initiations",
-            "--source", source, "--seconds", "14", "--rate", "1000000",
+            *hostile_argv(
+                f"{UNDERLAY_A}:{PORT}", "--public-key", public, "--initiations",
+                "--source", source, "--seconds", "14", "--rate", "1000000",
+            ),
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
