@@ -71,10 +71,10 @@ static int aead_start(struct aead *a, const uint8_t key[32], uint64_t key_id,
 	return 0;
 }
 
-static int aead_tag(struct aead *a, uint8_t tag[NOISE_AUTHTAG_LEN], int get)
+static int aead_tag(struct aead *a, uint8_t tag[TAG_SIZE], int get)
 {
 	OSSL_PARAM p[2] = {
-		OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, NOISE_AUTHTAG_LEN),
+		OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, TAG_SIZE),
 		OSSL_PARAM_construct_end()};
 	return (get ? EVP_CIPHER_CTX_get_params(a->ctx, p) : EVP_CIPHER_CTX_set_params(a->ctx, p)) == 1
 		       ? 0
@@ -114,11 +114,11 @@ int aead_open(struct aead *a, const uint8_t key[32], uint64_t key_id, const uint
 	      const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t len, uint8_t *out)
 {
 	int n;
-	uint8_t tag[NOISE_AUTHTAG_LEN];
-	if (len < NOISE_AUTHTAG_LEN)
+	uint8_t tag[TAG_SIZE];
+	if (len < TAG_SIZE)
 		return -1;
-	len -= NOISE_AUTHTAG_LEN;
-	memcpy(tag, in + len, NOISE_AUTHTAG_LEN); /* in may be overwritten in place */
+	len -= TAG_SIZE;
+	memcpy(tag, in + len, TAG_SIZE); /* in may be overwritten in place */
 	if (aead_start(a, key, key_id, nonce))
 		return -1;
 	if (aad_len && EVP_DecryptUpdate(a->ctx, NULL, &n, aad, (int)aad_len) != 1)
@@ -148,15 +148,15 @@ void mac1_free(struct mac1 *m)
 
 bool mac1_valid(struct mac1 *m, const uint8_t key[32], const uint8_t *msg, size_t len)
 {
-	size_t size = COOKIE_LEN, n = 0;
+	size_t size = MAC_SIZE, n = 0;
 	OSSL_PARAM params[] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &size),
 			       OSSL_PARAM_construct_end()};
-	uint8_t mac[COOKIE_LEN];
-	const size_t at = len - 2 * COOKIE_LEN; /* mac1, then mac2, end the message */
+	uint8_t mac[MAC_SIZE];
+	const size_t at = len - 2 * MAC_SIZE; /* mac1, then mac2, end the message */
 	return EVP_MAC_init(m->ctx, key, 32, params) == 1 &&
 	       EVP_MAC_update(m->ctx, msg, at) == 1 &&
-	       EVP_MAC_final(m->ctx, mac, &n, sizeof(mac)) == 1 && n == COOKIE_LEN &&
-	       CRYPTO_memcmp(mac, msg + at, COOKIE_LEN) == 0;
+	       EVP_MAC_final(m->ctx, mac, &n, sizeof(mac)) == 1 && n == MAC_SIZE &&
+	       CRYPTO_memcmp(mac, msg + at, MAC_SIZE) == 0;
 }
 
 /* Test hooks: the same code path with a fresh context. */

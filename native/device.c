@@ -99,7 +99,7 @@ static int setup_device(dp_t *dp)
 
 dp_t *dp_create(int dev_fd, int udp_fd, int ctrl_fd, uint32_t flags, int mtu)
 {
-	if (dev_fd < 0 || udp_fd < 0 || ctrl_fd < 0 || mtu < 68 || mtu > 65535 - 128 ||
+	if (dev_fd < 0 || udp_fd < 0 || ctrl_fd < 0 || mtu < 68 || mtu > MAX_MTU ||
 	    (flags & ~(uint32_t)(DP_TAP | DP_VNET_HDR))) {
 		errno = EINVAL;
 		return NULL;
@@ -114,7 +114,7 @@ dp_t *dp_create(int dev_fd, int udp_fd, int ctrl_fd, uint32_t flags, int mtu)
 	dp->mtu = mtu;
 	dp->tap = flags & DP_TAP;
 	dp->vnet = flags & DP_VNET_HDR;
-	atomic_init(&dp->mac_ageing_ns, 300ULL * 1000000000ULL);
+	atomic_init(&dp->mac_ageing_ns, DEFAULT_MAC_AGEING * 1000000000ULL);
 	upcall_sources_init(dp);
 	pthread_rwlockattr_t a;
 	pthread_rwlockattr_init(&a);

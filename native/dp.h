@@ -2,7 +2,7 @@
  *
  * dp.h -- the narrow C API of pyvpn's native data plane.
  *
- * The split (DESIGN.md): Python runs the Noise handshake, the timers and the
+ * The split (docs/internals.md): Python runs the Noise handshake, the timers and the
  * configuration and decides every session key; this plane only moves
  * WireGuard transport messages (type 4) between the TUN/TAP device and the
  * UDP socket, in its own threads, without the GIL.  Everything it does not
@@ -27,6 +27,9 @@
 typedef struct dp dp_t;
 
 enum { DP_TAP = 1, DP_VNET_HDR = 2 };                  /* dp_create flags */
+/* With DP_VNET_HDR, a virtio_net_hdr of this size precedes every packet on the
+ * device, both ways (Python writes one of zeros before its own). */
+enum { DP_VNET_HDR_LEN = 10 };
 enum { DP_CURRENT = 0, DP_PREVIOUS = 1, DP_NEXT = 2 }; /* keypair slots */
 
 /* Control-channel upcalls: one SOCK_SEQPACKET message each, a 24-byte
@@ -38,11 +41,11 @@ enum {
 					  * tells which, also when this was lost */
 	DP_UPCALL_ENDPOINT_CHANGED = 4,  /* addr = new endpoint of peer_id */
 	DP_UPCALL_TOO_BIG = 5,           /* tap: payload = a frame over the MTU that deserves
-					  * an ICMP answer (tunnel/pmtu.py); Python answers it
+					  * an ICMP answer (tunnel/core/l2.py); Python answers it
 					  * or sends it on with dp_send_packet */
 	DP_UPCALL_UNROUTED = 6,          /* tun: payload = a packet no peer's allowed IPs
 					  * cover (counted in tx_no_route); Python answers
-					  * it with ICMP unreachable (tunnel/icmp.py) */
+					  * it with ICMP unreachable (tunnel/core/l3.py) */
 };
 
 struct dp_upcall_hdr {

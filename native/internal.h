@@ -13,6 +13,7 @@
 
 #include <openssl/evp.h>
 
+#include "constants.h"
 #include "dp.h"
 
 #ifndef SOL_UDP
@@ -23,41 +24,21 @@
 #endif
 
 /* --- Protocol constants ------------------------------------------------
- * WireGuard whitepaper, section 6.1 (table of constants), and the kernel's
- * drivers/net/wireguard/messages.h. */
-#define REJECT_AFTER_MESSAGES (UINT64_MAX - (1ULL << 13)) /* 2^64 - 2^13 - 1 */
-#define REJECT_AFTER_TIME_NS (180ULL * 1000000000ULL)     /* Reject-After-Time 180 s */
-#define MESSAGE_INITIATION_TYPE 1
-#define MESSAGE_RESPONSE_TYPE 2
-#define MESSAGE_TRANSPORT_TYPE 4
-#define MESSAGE_INITIATION_SIZE 148
-#define MESSAGE_RESPONSE_SIZE 92
-#define COOKIE_LEN 16                     /* mac1, mac2 */
-#define MESSAGE_TRANSPORT_HDR 16          /* type, 3 reserved, receiver, counter */
-#define NOISE_AUTHTAG_LEN 16
-#define MESSAGE_MINIMUM_LENGTH (MESSAGE_TRANSPORT_HDR + NOISE_AUTHTAG_LEN) /* keepalive */
-#define MESSAGE_PADDING_MULTIPLE 16
+ * constants.h, generated from tunnel/protocol/constants.py (the one source of
+ * what C and Python share), has the whitepaper's (section 6.1) and
+ * messages.h's, and pyvpn's limits, under Python's names.  Only C's own
+ * follow here. */
 #define NOISE_SYMMETRIC_KEY_LEN 32
 #define CHACHA20_BLOCK_LEN 64           /* RFC 8439 2.3 */
-/* pyvpn extension: byte 1 of a transport message marks tap (L2) payloads. */
-#define PYVPN_L2_MARKER 0x01
-
-/* Replay window: the kernel's receive.c counter_validate(), a ring of
- * unsigned longs of which one is always being recycled. */
-#define COUNTER_BITS_TOTAL 8192
-#define COUNTER_REDUNDANT_BITS 64
-#define COUNTER_WINDOW_SIZE (COUNTER_BITS_TOTAL - COUNTER_REDUNDANT_BITS)
 
 /* --- Sizes of the hot path -------------------------------------------- */
-#define VNET_HDR_LEN 10            /* sizeof(struct virtio_net_hdr) */
+#define VNET_HDR_LEN DP_VNET_HDR_LEN /* sizeof(struct virtio_net_hdr) */
 #define MAX_SUPER_PACKET 65535     /* biggest thing a TUN read / UDP GRO read gives */
 #define TX_READS_PER_BATCH 16      /* device reads per wakeup (vnet: super-packets) */
 #define TX_READS_PER_BATCH_PLAIN 128
 #define RX_MSGS_PER_BATCH 32       /* recvmmsg vector length */
 #define UDP_GSO_MAX_SEGS 64        /* kernel UDP_MAX_SEGMENTS */
 #define UDP_GSO_MAX_BYTES 65000    /* a GSO send is one <64 KiB UDP datagram */
-#define ETH_HLEN_ 14
-#define ETH_MAX_VLAN_TAGS 2        /* 802.1Q and 802.1ad (QinQ), as tunnel/pmtu.py */
 #define DP_SOURCE_BUCKET_BITS 12   /* 4096 buckets of sources while Python is behind */
 
 static inline uint64_t now_ns(void)
@@ -139,7 +120,6 @@ struct peer {
 #define PEER_HASH_SIZE 256
 #define INDEX_HASH_SIZE 1024
 #define MAC_HASH_SIZE 1024
-#define MAC_TABLE_MAX 8192
 
 struct trie_node {
 	struct trie_node *child[2];
@@ -251,7 +231,7 @@ struct vnet_hdr {
 };
 uint16_t csum_fold_complement(uint64_t sum);
 uint64_t csum_partial(const uint8_t *p, size_t len, uint64_t sum);
-/* tap: where a frame's L3 header starts, behind up to ETH_MAX_VLAN_TAGS tags,
+/* tap: where a frame's L3 header starts, behind up to MAX_VLAN_TAGS tags,
  * with its ethertype in *type; -1 for less than an Ethernet header. */
 int eth_l3_offset(const uint8_t *frame, size_t len, uint16_t *type);
 /* Parse a device read into segments.  Returns the number of segments

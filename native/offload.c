@@ -102,11 +102,11 @@ static inline void put32(uint8_t *p, uint32_t v)
  * such a frame is carried as it is, like any other non-IP frame. */
 int eth_l3_offset(const uint8_t *frame, size_t len, uint16_t *type)
 {
-	if (len < ETH_HLEN_)
+	if (len < ETHERNET_HEADER_SIZE)
 		return -1;
 	size_t off = 12;
 	*type = get16(frame + off);
-	for (int tags = 0; tags < ETH_MAX_VLAN_TAGS && (*type == 0x8100 || *type == 0x88a8) &&
+	for (int tags = 0; tags < MAX_VLAN_TAGS && (*type == 0x8100 || *type == 0x88a8) &&
 			   off + 4 + 2 <= len;
 	     tags++) {
 		off += 4;

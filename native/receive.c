@@ -179,9 +179,9 @@ void dp_set_mac1_key(dp_t *dp, const uint8_t key[32])
 static bool bad_mac1(struct rx_state *r, const uint8_t *d, size_t n)
 {
 	const dp_t *dp = r->dp;
-	bool handshake = (d[0] == MESSAGE_INITIATION_TYPE && n == MESSAGE_INITIATION_SIZE) ||
-			 (d[0] == MESSAGE_RESPONSE_TYPE && n == MESSAGE_RESPONSE_SIZE);
-	return dp->has_mac1_key && handshake && (d[1] == 0 || d[1] == PYVPN_L2_MARKER) &&
+	bool handshake = (d[0] == MESSAGE_INITIATION && n == INITIATION_SIZE) ||
+			 (d[0] == MESSAGE_RESPONSE && n == RESPONSE_SIZE);
+	return dp->has_mac1_key && handshake && (d[1] == 0 || d[1] == MARKER_L2) &&
 	       !d[2] && !d[3] && !mac1_valid(&r->mac1, dp->mac1_key, d, n);
 }
 
@@ -190,7 +190,7 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 			const struct sockaddr_storage *src, uint64_t now)
 {
 	dp_t *dp = r->dp;
-	if (n < 4 || d[0] != MESSAGE_TRANSPORT_TYPE || d[1] != (dp->tap ? PYVPN_L2_MARKER : 0) ||
+	if (n < 4 || d[0] != MESSAGE_TRANSPORT || d[1] != (dp->tap ? MARKER_L2 : 0) ||
 	    d[2] || d[3]) {
 		/* Handshakes, cookies, the other mode's transport, garbage:
 		 * Python decides, on all but what fails mac1. */
@@ -200,7 +200,7 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 			upcall_datagram(dp, src, d, n, now);
 		return;
 	}
-	if (n < MESSAGE_MINIMUM_LENGTH) {
+	if (n < KEEPALIVE_SIZE) {
 		STAT_ADD(dp->st.rx_malformed, 1);
 		return;
 	}
@@ -217,9 +217,9 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 	}
 	uint8_t nonce[12];
 	aead_nonce(nonce, counter);
-	uint8_t *plain = d + MESSAGE_TRANSPORT_HDR;
+	uint8_t *plain = d + TRANSPORT_HEADER_SIZE;
 	if (aead_open(&r->aead, kp->recv_key, kp->key_id, nonce, NULL, 0, plain,
-		      n - MESSAGE_TRANSPORT_HDR, plain)) {
+		      n - TRANSPORT_HEADER_SIZE, plain)) {
 		STAT_ADD(p->drop_bad_tag, 1);
 		return;
 	}
@@ -236,12 +236,12 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 	update_endpoint(dp, p, src);
 	if (p->keypairs[DP_NEXT] == kp)
 		note_confirm(r, kp); /* the initiator used it: handshake confirmed */
-	size_t plen = n - MESSAGE_MINIMUM_LENGTH;
+	size_t plen = n - KEEPALIVE_SIZE;
 	if (!plen)
 		return; /* keepalive */
 	STAT_SET(p->last_rx_data_ns, now);
 	if (dp->tap) {
-		if (plen < ETH_HLEN_) {
+		if (plen < ETHERNET_HEADER_SIZE) {
 			STAT_ADD(p->drop_malformed, 1);
 			return;
 		}

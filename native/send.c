@@ -73,8 +73,8 @@ static size_t message_build(dp_t *dp, struct aead *aead, struct keypair *kp,
 	if (counter >= REJECT_AFTER_MESSAGES)
 		return 0;
 	size_t pad = padding_for(dp, len);
-	out[0] = MESSAGE_TRANSPORT_TYPE;
-	out[1] = dp->tap ? PYVPN_L2_MARKER : 0;
+	out[0] = MESSAGE_TRANSPORT;
+	out[1] = dp->tap ? MARKER_L2 : 0;
 	out[2] = out[3] = 0;
 	for (int i = 0; i < 4; i++)
 		out[4 + i] = (uint8_t)(kp->remote_index >> (8 * i)); /* LE */
@@ -83,9 +83,9 @@ static size_t message_build(dp_t *dp, struct aead *aead, struct keypair *kp,
 	uint8_t nonce[12];
 	aead_nonce(nonce, counter);
 	if (aead_seal(aead, kp->send_key, kp->key_id, nonce, NULL, 0, in, len, pad,
-		      out + MESSAGE_TRANSPORT_HDR))
+		      out + TRANSPORT_HEADER_SIZE))
 		return 0;
-	return MESSAGE_TRANSPORT_HDR + len + pad + NOISE_AUTHTAG_LEN;
+	return TRANSPORT_HEADER_SIZE + len + pad + TAG_SIZE;
 }
 
 static void account_tx(struct peer *p, size_t mlen, size_t plain_len, uint64_t now)
@@ -269,8 +269,8 @@ static void tx_to_peer(struct tx_state *t, struct peer *p, const struct gso_plan
 		return;
 	}
 	for (int i = 0; i < g->nseg; i++) {
-		size_t room = MESSAGE_TRANSPORT_HDR + (g->gso ? (size_t)g->hdrs + g->gso_size : g->len) +
-			      MESSAGE_PADDING_MULTIPLE + NOISE_AUTHTAG_LEN;
+		size_t room = TRANSPORT_HEADER_SIZE + (g->gso ? (size_t)g->hdrs + g->gso_size : g->len) +
+			      MESSAGE_PADDING_MULTIPLE + TAG_SIZE;
 		if (t->used + room > TX_ARENA_SIZE || t->nmsgs == TX_MAX_MSGS)
 			tx_flush(t); /* rare: flush under the read lock */
 		int ep = endpoint_slot(t, p);
@@ -282,8 +282,8 @@ static void tx_to_peer(struct tx_state *t, struct peer *p, const struct gso_plan
 		const uint8_t *in;
 		size_t len;
 		if (g->gso || g->needs_csum) {
-			len = gso_plan_segment(g, i, out + MESSAGE_TRANSPORT_HDR);
-			in = out + MESSAGE_TRANSPORT_HDR;
+			len = gso_plan_segment(g, i, out + TRANSPORT_HEADER_SIZE);
+			in = out + TRANSPORT_HEADER_SIZE;
 		} else {
 			in = g->pkt; /* encrypt straight from the read buffer */
 			len = g->len;
@@ -314,7 +314,7 @@ static const uint8_t *route_dst(const uint8_t *ip, size_t len, int *family)
 
 /* Whether an oversized tap frame could get a "fragmentation needed" or "packet too
  * big" answer: IPv4 with Don't Fragment, or IPv6, behind its VLAN tags (l3off,
- * type: eth_l3_offset()).  Python (tunnel/pmtu.py) makes the final call;
+ * type: eth_l3_offset()).  Python (tunnel/core/l2.py) makes the final call;
  * everything else is sent on and the underlay fragments the outer datagram. */
 static bool wants_too_big(const uint8_t *frame, size_t n, int l3off, uint16_t type)
 {
@@ -365,7 +365,7 @@ static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
 	}
 	/* Segments too big for the tunnel: the sender should hear why, as from a
 	 * router, rather than have its frames fragmented underneath for ever. */
-	size_t seg_payload = g.gso ? (size_t)g.hdrs - ETH_HLEN_ + g.gso_size : n - ETH_HLEN_;
+	size_t seg_payload = g.gso ? (size_t)g.hdrs - ETHERNET_HEADER_SIZE + g.gso_size : n - ETHERNET_HEADER_SIZE;
 	if (seg_payload > (size_t)dp->mtu && wants_too_big(buf, n, l3off, type)) {
 		upcall_send(dp, DP_UPCALL_TOO_BIG, 0, NULL, buf, n);
 		return;
@@ -428,7 +428,7 @@ int dp_send_packet(dp_t *dp, uint32_t peer_id, const uint8_t *pkt, size_t len)
 {
 	if (len > MAX_SUPER_PACKET)
 		return -EMSGSIZE;
-	uint8_t *out = malloc(len + MESSAGE_TRANSPORT_HDR + MESSAGE_PADDING_MULTIPLE + NOISE_AUTHTAG_LEN);
+	uint8_t *out = malloc(len + TRANSPORT_HEADER_SIZE + MESSAGE_PADDING_MULTIPLE + TAG_SIZE);
 	struct aead aead;
 	int aead_err = aead_init(&aead, 1);
 	struct sockaddr_storage ep;

@@ -17,10 +17,9 @@
 
 #include "internal.h"
 
-/* Python counts as behind for this long after the control socket last
+/* Python counts as behind for UNDER_LOAD_HOLD_NS after the control socket last
  * overflowed, as the kernel stays under load for a second after its handshake
  * queue was last long (receive.c, wg_receive_handshake_packet). */
-#define UPCALL_LOAD_HOLD_NS 1000000000ULL
 
 void upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa,
 		 const uint8_t *payload, size_t len)
@@ -46,7 +45,7 @@ void upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa
 		STAT_ADD(dp->st.upcalls_dropped, 1);
 		if (errno == EAGAIN || errno == ENOBUFS) /* full: Python is behind */
 			atomic_store_explicit(&dp->upcall_load_until_ns,
-					      now_ns() + UPCALL_LOAD_HOLD_NS, memory_order_relaxed);
+					      now_ns() + UNDER_LOAD_HOLD_NS, memory_order_relaxed);
 	} else {
 		STAT_ADD(dp->st.upcalls_sent, 1);
 	}
@@ -72,15 +71,13 @@ static bool gcra_allow(_Atomic uint64_t *due_ns, uint64_t now, uint64_t per_seco
 }
 
 /* Unrouted packets go up for their ICMP answer no faster than Python answers them
- * (tunnel/constants.py ICMP_ERRORS_PER_SECOND and ICMP_ERRORS_BURST): a flood of
- * them must not fill the control socket that handshakes share. */
-#define UNROUTED_UPCALLS_PER_SECOND 1000
-#define UNROUTED_UPCALLS_BURST 50
+ * (ICMP_ERRORS_PER_SECOND and ICMP_ERRORS_BURST): a flood of them must not fill
+ * the control socket that handshakes share. */
 
 void upcall_unrouted(dp_t *dp, const uint8_t *pkt, size_t len, uint64_t now)
 {
-	if (gcra_allow(&dp->unrouted_due_ns, now, UNROUTED_UPCALLS_PER_SECOND,
-		       UNROUTED_UPCALLS_BURST))
+	if (gcra_allow(&dp->unrouted_due_ns, now, ICMP_ERRORS_PER_SECOND,
+		       ICMP_ERRORS_BURST))
 		upcall_send(dp, DP_UPCALL_UNROUTED, 0, NULL, pkt, len);
 }
 
@@ -88,8 +85,8 @@ void upcall_unrouted(dp_t *dp, const uint8_t *pkt, size_t len, uint64_t now)
  * judges handshakes, cookies and what is garbage.  Once it falls behind, a
  * source flooding at line rate would take all of the control socket and starve
  * the peers handshaking beside it, so then each source gets the kernel's
- * handshake rate (ratelimiter.c: 20 a second, bursts of 5; tunnel/constants.py
- * RATELIMIT_*), an IPv4 address or an IPv6 /64 as there.
+ * handshake rate (ratelimiter.c: RATELIMIT_PACKETS_PER_SECOND, bursts of
+ * RATELIMIT_BURST), an IPv4 address or an IPv6 /64 as there.
  *
  * Unlike the kernel's, this share is taken before any MAC is checked, so from
  * the address a datagram claims: a spoofer can use up another's share.  Hence
@@ -98,8 +95,6 @@ void upcall_unrouted(dp_t *dp, const uint8_t *pkt, size_t len, uint64_t now)
  * the flood would.  Sources share 2^DP_SOURCE_BUCKET_BITS buckets under a keyed
  * hash, one key per family: which sources share a peer's bucket is chance, not
  * known outside. */
-#define SOURCE_PACKETS_PER_SECOND 20
-#define SOURCE_BURST 5
 
 static uint64_t random_odd(void)
 {
@@ -137,7 +132,7 @@ void upcall_datagram(dp_t *dp, const struct sockaddr_storage *src, const uint8_t
 {
 	if (now < atomic_load_explicit(&dp->upcall_load_until_ns, memory_order_relaxed) &&
 	    !gcra_allow(&dp->source_due_ns[source_bucket(dp, src)], now,
-			SOURCE_PACKETS_PER_SECOND, SOURCE_BURST)) {
+			RATELIMIT_PACKETS_PER_SECOND, RATELIMIT_BURST)) {
 		STAT_ADD(dp->st.rx_ratelimited, 1);
 		return;
 	}

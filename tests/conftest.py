@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tunnel.testbed import Testbed, cleanup_stale
+from tunnel.lab.testbed import Testbed, cleanup_stale
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,8 +26,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from tunnel import crypto, keys, messages
-from tunnel.constants import (
+from tunnel.protocol import crypto, keys, messages
+from tunnel.protocol.constants import (
     COOKIE_REPLY_SIZE,
     INITIATION_SIZE,
     MARKER_L2,
@@ -36,7 +36,7 @@ from tunnel.constants import (
     MESSAGE_RESPONSE,
     RESPONSE_SIZE,
 )
-from tunnel.cookie import CookieGenerator
+from tunnel.protocol.cookie import CookieGenerator
 
 SIZES = {
     MESSAGE_INITIATION: INITIATION_SIZE,

@@ -4,9 +4,10 @@ import ipaddress
 import random
 from dataclasses import dataclass, field
 
-from tunnel import keys
-from tunnel.interface import Deliver, Interface, Send
-from tunnel.peer import PeerConfig
+from tunnel.core.actions import Deliver, Send
+from tunnel.core.interface import Interface
+from tunnel.protocol import keys
+from tunnel.protocol.peer import PeerConfig
 
 
 def ipv4_packet(src: str, dst: str, payload: bytes = b"x" * 20) -> bytes:

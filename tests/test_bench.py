@@ -12,10 +12,10 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from tunnel import bench, bench_contenders, measure
-from tunnel.bench_contenders import header_overhead
-from tunnel.bench_report import FIGURE_KEYS, Result, combine, ratios, write_chart
-from tunnel.testbed import host_problem, leftovers
+from tunnel.lab import bench, contenders, measure
+from tunnel.lab.contenders import header_overhead
+from tunnel.lab.report import FIGURE_KEYS, Result, combine, ratios, write_chart
+from tunnel.lab.testbed import host_problem, leftovers
 
 _PROBLEM = host_problem(("ip", "ping", "iperf3", "ss", "wireguard-go", "wg"))
 root_only = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
@@ -67,9 +67,9 @@ def test_short_run_writes_every_figure_and_a_png(tmp_path: Path, capsys) -> None
 
 @root_only
 def test_missing_tool_is_skipped_with_a_note(tmp_path: Path, monkeypatch, capsys) -> None:
-    real_which = bench_contenders.shutil.which
+    real_which = contenders.shutil.which
     monkeypatch.setattr(
-        bench_contenders.shutil, "which", lambda t: None if t == "openvpn" else real_which(t)
+        contenders.shutil, "which", lambda t: None if t == "openvpn" else real_which(t)
     )
     out_json = tmp_path / "b.json"
     assert bench.run(_args("--time", "1", "--only", "openvpn-tap", "--json", str(out_json))) == 0
@@ -150,7 +150,7 @@ def test_unknown_contender_is_a_usage_error(capsys) -> None:
 
 
 def test_contender_names() -> None:
-    assert set(bench_contenders.NAMES) == {
+    assert set(contenders.NAMES) == {
         "veth", "pyvpn-tun-native", "pyvpn-tap-native", "pyvpn-tun-python", "pyvpn-tap-python",
         "wireguard-go", "openvpn-tun", "openvpn-tap",
     }  # fmt: skip

@@ -5,10 +5,10 @@ import subprocess
 
 import pytest
 
-from tunnel import keys
 from tunnel.cli import restart_needed
-from tunnel.config import parse
+from tunnel.control.config import parse
 from tunnel.daemon import choose_datapath
+from tunnel.protocol import keys
 
 from .conftest import pyvpn
 
@@ -115,7 +115,7 @@ def test_missing_config_file(tmp_path):
 def test_world_readable_key_file_warns(tmp_path):
     (tmp_path / "a.key").write_text(GOOD_KEY + "\n")
     (tmp_path / "a.key").chmod(0o644)
-    from tunnel.config import load
+    from tunnel.control.config import load
 
     path = tmp_path / "a.toml"
     path.write_text(config().replace(f'private_key = "{GOOD_KEY}"', 'private_key_file = "a.key"'))

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from tunnel import demo, measure
-from tunnel.testbed import TunnelStartError, host_problem, leftovers
+from tunnel.lab import demo, measure
+from tunnel.lab.testbed import TunnelStartError, host_problem, leftovers
 
 _PROBLEM = host_problem()
 pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")

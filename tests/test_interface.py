@@ -3,20 +3,22 @@ transport, every timer of the whitepaper, cookies, roaming, routing, tap switchi
 
 import logging
 
-from tunnel.constants import (
+from tunnel.core.l2 import MacTable
+from tunnel.core.l3 import unreachable
+from tunnel.protocol.constants import (
     ICMP_ERRORS_BURST,
     ICMP_ERRORS_PER_SECOND,
     KEEPALIVE_SIZE,
     KEEPALIVE_TIMEOUT,
+    MAC_TABLE_MAX,
     MAX_TIMER_HANDSHAKES,
     RATELIMIT_BURST,
     REJECT_AFTER_TIME,
     REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
 )
-from tunnel.cookie import CookieGenerator
-from tunnel.icmp import unreachable
-from tunnel.messages import parse
+from tunnel.protocol.cookie import CookieGenerator
+from tunnel.protocol.messages import parse
 
 from .packets import udp_packet
 from .simnet import SimNet, ipv4_packet
@@ -320,6 +322,20 @@ def test_tap_hub_relays_a_frame_back_from_its_bridge_but_never_to_its_sender():
     net.send(hub, frame(MAC[2], MAC[1]))  # unicast from spoke 0 to spoke 1
     net.send(hub, frame(MAC[1], MAC[1]))  # a frame for its own source goes nowhere
     assert [len(s.delivered) for s in spokes] == [1, 2, 2]
+
+
+def test_tap_switch_holds_as_many_macs_as_c_and_ages_room_free():
+    table = MacTable(ageing=30)
+    macs = [bytes([2, 0]) + i.to_bytes(4, "big") for i in range(MAC_TABLE_MAX + 1)]
+    for mac in macs[:-1]:
+        table.learn(mac, "x", now=0)
+    table.learn(macs[-1], "x", now=1)  # full: not learned, so flooded to every peer
+    assert table.lookup(macs[-1], now=1) is None
+    assert len(table.entries(now=1)) == MAC_TABLE_MAX
+    table.learn(macs[0], "y", now=2)  # one it holds is still moved
+    assert table.lookup(macs[0], now=2) == "y"
+    table.learn(macs[-1], "x", now=31)  # the rest aged out: room again
+    assert table.lookup(macs[-1], now=31) == "x"
 
 
 def test_tap_never_learns_a_mac_from_an_unauthenticated_frame():

@@ -5,8 +5,7 @@ import json
 
 import pytest
 
-from tunnel import keys
-from tunnel.testbed import (
+from tunnel.lab.testbed import (
     INNER_A,
     INNER_B,
     UNDERLAY_A,
@@ -18,6 +17,7 @@ from tunnel.testbed import (
     start_wireguard_go,
     wait_reachable,
 )
+from tunnel.protocol import keys
 
 from .conftest import pyvpn
 from .traffic import tcp_transfer

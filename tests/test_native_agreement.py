@@ -8,11 +8,12 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnel import crypto, keys, native
-from tunnel.constants import COUNTER_WINDOW_SIZE
-from tunnel.messages import Response, Transport, parse
-from tunnel.noise import Handshake, StaticIdentity
-from tunnel.replay import ReplayWindow
+from tunnel.planes import dp
+from tunnel.protocol import crypto, keys
+from tunnel.protocol.constants import COUNTER_WINDOW_SIZE
+from tunnel.protocol.messages import Response, Transport, parse
+from tunnel.protocol.noise import Handshake, StaticIdentity
+from tunnel.protocol.replay import ReplayWindow
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "wireguard_go.json").read_text())
 KEYS = {k: bytes.fromhex(v) for k, v in VECTORS["keys"].items()}
@@ -36,11 +37,11 @@ def test_native_aead_opens_and_seals_wireguard_go_transport_like_python():
     python = crypto.aead_decrypt(
         session.receive_key, received.counter, received.encrypted_packet, b""
     )
-    assert native.aead_open(session.receive_key, nonce, b"", received.encrypted_packet) == python
+    assert dp.aead_open(session.receive_key, nonce, b"", received.encrypted_packet) == python
     sent = parse(bytes.fromhex(v["transport_sent"]))
     assert isinstance(sent, Transport)
     plaintext = crypto.aead_decrypt(session.send_key, sent.counter, sent.encrypted_packet, b"")
-    sealed = native.aead_seal(session.send_key, crypto.aead_nonce(sent.counter), b"", plaintext)
+    sealed = dp.aead_seal(session.send_key, crypto.aead_nonce(sent.counter), b"", plaintext)
     assert sealed == sent.encrypted_packet  # byte for byte what wireguard-go accepted
 
 
@@ -51,14 +52,14 @@ def test_native_aead_rejects_a_flipped_bit():
     forged = bytearray(received.encrypted_packet)
     forged[5] ^= 0x20
     nonce = crypto.aead_nonce(received.counter)
-    assert native.aead_open(session.receive_key, nonce, b"", bytes(forged)) is None
+    assert dp.aead_open(session.receive_key, nonce, b"", bytes(forged)) is None
 
 
 @given(st.lists(st.integers(min_value=0, max_value=3 * COUNTER_WINDOW_SIZE), max_size=300))
 def test_native_and_python_replay_windows_agree(counters):
-    python, c = ReplayWindow(), native.ReplayWindow()
+    python, c = ReplayWindow(), dp.ReplayWindow()
     assert [python.accept(n) for n in counters] == [c.check(n) for n in counters]
 
 
 def test_windows_have_the_same_width():
-    assert native.ReplayWindow.window_size() == ReplayWindow().size == COUNTER_WINDOW_SIZE
+    assert dp.ReplayWindow.window_size() == ReplayWindow().size == COUNTER_WINDOW_SIZE

@@ -1,6 +1,6 @@
 """Memory safety of the native plane under AddressSanitizer (select with -k asan).
 
-Builds tunnel._native with PYVPN_ASAN=1 semantics (-fsanitize=address) into a
+Builds tunnel.planes._native with PYVPN_ASAN=1 semantics (-fsanitize=address) into a
 temp dir, then runs a driver in a subprocess with libasan preloaded (python
 itself is not instrumented) that pushes real traffic through two planes and
 then 100k garbage, truncated, oversized and authenticated-but-malformed
@@ -19,24 +19,24 @@ from pathlib import Path
 
 import pytest
 
-from tunnel import native
+from tunnel.planes import dp
 
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(
-    not native.available() or not shutil.which("gcc"), reason="needs gcc and the native plane"
+    not dp.available() or not shutil.which("gcc"), reason="needs gcc and the native plane"
 )
 
 DRIVER = textwrap.dedent(r"""
     import importlib.machinery, importlib.util, os, random, socket, struct, sys, threading, time
     so = sys.argv[1]
-    loader = importlib.machinery.ExtensionFileLoader("tunnel._native", so)
-    spec = importlib.util.spec_from_file_location("tunnel._native", so, loader=loader)
+    loader = importlib.machinery.ExtensionFileLoader("tunnel.planes._native", so)
+    spec = importlib.util.spec_from_file_location("tunnel.planes._native", so, loader=loader)
     mod = importlib.util.module_from_spec(spec)
     loader.exec_module(mod)
-    sys.modules["tunnel._native"] = mod
-    from tunnel import native
-    assert native.lib is mod.lib
+    sys.modules["tunnel.planes._native"] = mod
+    from tunnel.planes import dp
+    assert dp.lib is mod.lib
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
     from tests.packets import QINQ, VLAN, ether, tcp_segment, vlan_tag
 
@@ -59,7 +59,7 @@ DRIVER = textwrap.dedent(r"""
         udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         udp.bind(("::", 0))
-        p = native.NativePlane(dev_p.fileno(), udp.fileno(), ctl_p.fileno(), tap=tap,
+        p = dp.NativePlane(dev_p.fileno(), udp.fileno(), ctl_p.fileno(), tap=tap,
                                vnet_hdr=vnet, mtu=1420)
         for s in (dev, ctl):
             threading.Thread(target=drain, args=(s,), daemon=True).start()
@@ -74,14 +74,14 @@ DRIVER = textwrap.dedent(r"""
         p.add_peer(1)
         p.set_endpoint(1, ("127.0.0.1", other.getsockname()[1]))
         p.set_allowed_ips(1, ["0.0.0.0/0", "::/0"])
-        p.set_keypair(1, native.SLOT_CURRENT, li, ri, snd, rcv)
+        p.set_keypair(1, dp.SLOT_CURRENT, li, ri, snd, rcv)
         p.add_peer(2)  # no keypair: NEED_KEY path
         p.set_allowed_ips(2, ["10.99.0.0/16"])
     for pid in (1, 2, 3):
         T.add_peer(pid)
         T.set_endpoint(pid, ("127.0.0.1", udpB.getsockname()[1]))
         if pid != 3:
-            T.set_keypair(pid, native.SLOT_CURRENT, 100 + pid, 200 + pid, kab, kba)
+            T.set_keypair(pid, dp.SLOT_CURRENT, 100 + pid, 200 + pid, kab, kba)
     for p in (A, B, T):
         p.start(2)
 
@@ -193,7 +193,7 @@ DRIVER = textwrap.dedent(r"""
     time.sleep(1.0)
     # Reconfigure while running.
     for i in range(200):
-        A.set_keypair(1, native.SLOT_NEXT, 1000 + i, 5, kab, kba)
+        A.set_keypair(1, dp.SLOT_NEXT, 1000 + i, 5, kab, kba)
         A.set_allowed_ips(1, ["0.0.0.0/0", "::/0", "10.%d.0.0/16" % (i % 250)])
         A.set_allowed_ips(2, [])
         A.add_peer(50 + i); A.remove_peer(50 + i)

@@ -21,13 +21,13 @@ import sys
 
 import pytest
 
-from tunnel import native
+from tunnel.planes import dp
 
 TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_TAP, IFF_NO_PI = 0x0001, 0x0002, 0x1000
 
 pytestmark = [
-    pytest.mark.skipif(not native.available(), reason="tunnel._native not built"),
+    pytest.mark.skipif(not dp.available(), reason="tunnel.planes._native not built"),
     pytest.mark.skipif(
         os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or not shutil.which("ip"),
         reason="needs root, /dev/net/tun and ip",
@@ -64,7 +64,7 @@ def sh(*args: str) -> None:
 
 def open_tun(name: str, tap: bool = False) -> int:
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-    flags = (IFF_TAP if tap else IFF_TUN) | IFF_NO_PI | native.device_open_flags(tap=tap)
+    flags = (IFF_TAP if tap else IFF_TUN) | IFF_NO_PI | dp.device_open_flags(tap=tap)
     fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
     return fd
 
@@ -78,7 +78,7 @@ def tunnel_pair(request, tmp_path):
     fds: list[int] = []
     socks: list[socket.socket] = []
     ctrls: list[socket.socket] = []
-    planes: list[native.NativePlane] = []
+    planes: list[dp.NativePlane] = []
     try:
         for i, (ns, dev) in enumerate(zip(spaces, devs, strict=True)):
             sh("ip", "netns", "add", ns)
@@ -96,14 +96,14 @@ def tunnel_pair(request, tmp_path):
             other = 1 - i
             ctrl_plane, ctrl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             ctrls += [ctrl_plane, ctrl]
-            p = native.NativePlane(
+            p = dp.NativePlane(
                 fds[i], socks[i].fileno(), ctrl_plane.fileno(), tap=tap, vnet_hdr=True, mtu=1420
             )
             planes.append(p)
             p.add_peer(1)
             p.set_endpoint(1, socks[other].getsockname())
             p.set_allowed_ips(1, [f"10.201.0.{other + 1}/32", f"fd00:201::{other + 1}/128"])
-            p.set_keypair(1, native.SLOT_CURRENT, 100 + i, 100 + other, keys[i], keys[other])
+            p.set_keypair(1, dp.SLOT_CURRENT, 100 + i, 100 + other, keys[i], keys[other])
             p.start(1)
         yield spaces, planes, tmp_path
     finally:

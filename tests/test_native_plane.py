@@ -17,8 +17,10 @@ import time
 
 import pytest
 
-from tunnel import crypto, native, udp
-from tunnel.constants import (
+from tunnel.host import udp
+from tunnel.planes import dp
+from tunnel.protocol import crypto
+from tunnel.protocol.constants import (
     ICMP_ERRORS_BURST,
     ICMP_ERRORS_PER_SECOND,
     LABEL_MAC1,
@@ -40,7 +42,7 @@ from .packets import (
     vlan_tag,
 )
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="tunnel._native not built")
+pytestmark = pytest.mark.skipif(not dp.available(), reason="tunnel.planes._native not built")
 
 ChaCha20Poly1305 = pytest.importorskip(
     "cryptography.hazmat.primitives.ciphers.aead"
@@ -64,7 +66,7 @@ class Harness:
         self.udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         self.udp.bind(("::", 0))
         self.port = self.udp.getsockname()[1]
-        self.plane = native.NativePlane(
+        self.plane = dp.NativePlane(
             self.dev_plane.fileno(),
             self.udp.fileno(),
             self.ctrl_plane.fileno(),
@@ -83,9 +85,9 @@ class Harness:
         for s in (self.dev_plane, self.dev, self.ctrl_plane, self.ctrl, self.udp):
             s.close()
 
-    def upcall(self, timeout: float = WAIT) -> native.Upcall:
+    def upcall(self, timeout: float = WAIT) -> dp.Upcall:
         self.ctrl.settimeout(timeout)
-        return native.parse_upcall(self.ctrl.recv(70000))
+        return dp.parse_upcall(self.ctrl.recv(70000))
 
     def no_upcall(self, timeout: float = 0.3) -> None:
         self.ctrl.settimeout(timeout)
@@ -126,7 +128,7 @@ class Remote:
         h.plane.set_allowed_ips(peer_id, allowed)
         h.plane.set_keypair(
             peer_id,
-            native.SLOT_CURRENT,
+            dp.SLOT_CURRENT,
             local_index,
             remote_index,
             self.to_remote,
@@ -200,16 +202,16 @@ def test_rfc8439_aead_vector() -> None:
         "3ff4def08e4b7a9de576d26586cec64b6116"
     )
     tag = bytes.fromhex("1ae10b594f09e26a7e902ecbd0600691")
-    assert native.aead_seal(key, nonce, aad, pt) == ct + tag
-    assert native.aead_open(key, nonce, aad, ct + tag) == pt
-    assert native.aead_open(key, nonce, aad, ct + bytes(16)) is None
-    assert native.aead_open(key, nonce, aad[:-1], ct + tag) is None
+    assert dp.aead_seal(key, nonce, aad, pt) == ct + tag
+    assert dp.aead_open(key, nonce, aad, ct + tag) == pt
+    assert dp.aead_open(key, nonce, aad, ct + bytes(16)) is None
+    assert dp.aead_open(key, nonce, aad[:-1], ct + tag) is None
 
 
 def test_replay_window_semantics() -> None:
     """The kernel's counter_validate(): once each, 8128 behind the highest."""
-    w = native.ReplayWindow()
-    assert native.ReplayWindow.window_size() >= 8128
+    w = dp.ReplayWindow()
+    assert dp.ReplayWindow.window_size() >= 8128
     assert w.check(0) and not w.check(0)
     assert w.check(5) and w.check(2) and not w.check(2) and not w.check(5)
     assert w.check(10000)
@@ -342,7 +344,7 @@ def test_keepalive_and_send_packet(h: Harness) -> None:
     pkt = udp_packet("10.0.0.1", "10.0.0.2", b"queued")
     h.plane.send_packet(1, pkt)
     assert r.recv()[1].rstrip(b"\0") == pkt.rstrip(b"\0")
-    h.plane.clear_keypair(1, native.SLOT_CURRENT)
+    h.plane.clear_keypair(1, dp.SLOT_CURRENT)
     with pytest.raises(OSError) as e:
         h.plane.send_packet(1, pkt)
     assert e.value.errno == errno.ENOKEY
@@ -356,7 +358,7 @@ def test_need_key_upcall(h: Harness) -> None:
     pkt = udp_packet("10.0.0.1", "10.7.1.1", b"first packet")
     h.dev.send(pkt)
     up = h.upcall()
-    assert up.kind == native.UpcallKind.NEED_KEY and up.peer_id == 7 and up.payload == pkt
+    assert up.kind == dp.UpcallKind.NEED_KEY and up.peer_id == 7 and up.payload == pkt
     assert h.plane.stats(7).drop_no_keypair == 1
 
 
@@ -385,7 +387,7 @@ def unrouted(h: Harness, dst: str, *remotes: Remote) -> None:
         remote.nothing()
     assert h.plane.interface_stats().tx_no_route == before + 1
     up = h.upcall()
-    assert up.kind == native.UpcallKind.UNROUTED and up.payload == pkt
+    assert up.kind == dp.UpcallKind.UNROUTED and up.payload == pkt
 
 
 def test_allowed_ips_are_replaced_whole_and_moved_between_peers(h: Harness) -> None:
@@ -393,10 +395,10 @@ def test_allowed_ips_are_replaced_whole_and_moved_between_peers(h: Harness) -> N
     r2 = Remote(h, 2, 0x12, 0x22, ())
     h.start()
     # A bad prefix anywhere in the list refuses the whole set: nothing changes.
-    bad = native.ffi.new("struct dp_prefix[]", 2)
+    bad = dp.ffi.new("struct dp_prefix[]", 2)
     bad[0].family, bad[0].cidr = socket.AF_INET, 16
     bad[1].family, bad[1].cidr = socket.AF_INET, 33
-    assert native.lib.dp_allowed_ips_set(h.plane._handle(), 1, bad, 2) == -errno.EINVAL
+    assert dp.lib.dp_allowed_ips_set(h.plane._handle(), 1, bad, 2) == -errno.EINVAL
     for dst in ("10.1.0.1", "10.3.0.1"):
         pkt = udp_packet("10.9.9.9", dst, dst.encode())
         h.dev.send(pkt)
@@ -424,7 +426,7 @@ def test_unrouted_packets_go_up_no_faster_than_python_answers(h: Harness) -> Non
     assert h.plane.interface_stats().tx_no_route == sent  # every one counted
     ups = 0
     with contextlib.suppress(TimeoutError):
-        while h.upcall(timeout=0.2).kind == native.UpcallKind.UNROUTED:
+        while h.upcall(timeout=0.2).kind == dp.UpcallKind.UNROUTED:
             ups += 1
     # The burst, and one more per millisecond the packets took to arrive.
     assert ICMP_ERRORS_BURST <= ups <= ICMP_ERRORS_BURST + elapsed * ICMP_ERRORS_PER_SECOND + 1
@@ -467,7 +469,7 @@ def test_other_datagrams_go_up_unchanged(h: Harness) -> None:
         s.sendto(d, ("127.0.0.1", h.port))
     for d in junk:
         up = h.upcall()
-        assert up.kind == native.UpcallKind.DATAGRAM
+        assert up.kind == dp.UpcallKind.DATAGRAM
         assert up.payload == d and up.address == s.getsockname()
     # A transport message with an unknown index is dropped, not sent up.
     s.sendto(bytes([4, 0, 0, 0]) + os.urandom(60), ("127.0.0.1", h.port))
@@ -484,7 +486,7 @@ def test_a_flooding_source_gets_its_share_while_python_is_behind(h: Harness) -> 
     initiation = bytes([1, 0, 0, 0]) + bytes(144)
     h.start()
 
-    def drained() -> list[native.Upcall]:
+    def drained() -> list[dp.Upcall]:
         ups = []
         with contextlib.suppress(TimeoutError):
             while True:
@@ -573,7 +575,7 @@ def test_roaming_updates_endpoint(h: Harness) -> None:
     moved.sendto(r.seal(udp_packet("10.0.0.2", "10.0.0.1", b"from afar")), ("127.0.0.1", h.port))
     assert h.read_dev().endswith(b"from afar")
     up = h.upcall()
-    assert up.kind == native.UpcallKind.ENDPOINT_CHANGED and up.peer_id == 1
+    assert up.kind == dp.UpcallKind.ENDPOINT_CHANGED and up.peer_id == 1
     assert up.address == moved.getsockname()
     assert h.plane.stats(1).endpoint == moved.getsockname()
     # Unauthenticated traffic from elsewhere does not move it.
@@ -589,14 +591,14 @@ def test_roaming_updates_endpoint(h: Harness) -> None:
 def test_keypair_confirmed_on_next(h: Harness) -> None:
     r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
     new_to, new_from = os.urandom(32), os.urandom(32)
-    h.plane.set_keypair(1, native.SLOT_NEXT, 0x3333, 0x4444, new_to, new_from)
+    h.plane.set_keypair(1, dp.SLOT_NEXT, 0x3333, 0x4444, new_to, new_from)
     h.start()
     h.dev.send(udp_packet("10.0.0.1", "10.0.0.2", b"old"))
     assert r.recv()[1].startswith(udp_packet("10.0.0.1", "10.0.0.2", b"old"))
     r.send(udp_packet("10.0.0.2", "10.0.0.1", b"on next"), counter=0, index=0x3333, key=new_from)
     assert h.read_dev().endswith(b"on next")
     up = h.upcall()
-    assert up.kind == native.UpcallKind.KEYPAIR_CONFIRMED and up.peer_id == 1
+    assert up.kind == dp.UpcallKind.KEYPAIR_CONFIRMED and up.peer_id == 1
     st = h.plane.stats(1)
     assert st.has_current and st.has_previous and not st.has_next
     assert st.current_local_index == 0x3333
@@ -622,7 +624,7 @@ def test_install_keypair_follows_add_new_keypair(h: Harness) -> None:
     with pytest.raises(OSError) as e:
         h.plane.install_keypair(1, True, 2, 13, k, k)  # index in use
     assert e.value.errno == errno.EEXIST
-    h.plane.move_keypair(1, native.SLOT_CURRENT, native.SLOT_NEXT)
+    h.plane.move_keypair(1, dp.SLOT_CURRENT, dp.SLOT_NEXT)
     st = h.plane.stats(1)
     assert (st.has_current, st.has_next) == (False, True)
 
@@ -670,7 +672,7 @@ def test_tap_learning_and_flooding() -> None:
             assert r.recv()[1] == unk
         # A tun-marked message is another mode's: it goes up, not to the device.
         rs[0].sock.sendto(bytes([4, 0, 0, 0]) + os.urandom(60), ("127.0.0.1", h.port))
-        assert h.upcall().kind == native.UpcallKind.DATAGRAM
+        assert h.upcall().kind == dp.UpcallKind.DATAGRAM
         # Ageing.
         h.plane.set_mac_ageing(0)
         assert h.plane.mac_table() == []

@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-from tunnel import native
-from tunnel.interface import Send
-from tunnel.native_shell import NativeShell
+from tunnel.core.actions import Send
+from tunnel.planes import dp
+from tunnel.planes.native import NativeShell
 
 from .simnet import SimNet, ipv4_packet
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="tunnel._native not built")
+pytestmark = pytest.mark.skipif(not dp.available(), reason="tunnel.planes._native not built")
 
 
 def sends(actions: list) -> list[Send]:
@@ -50,8 +50,8 @@ def test_a_confirmation_lost_with_its_upcall_is_read_from_the_plane() -> None:
         # The upcall is lost, as to a full control socket. (C writes the packet to
         # the device before it promotes the keypair and says so: wait for it.)
         assert select.select([shell.ctrl], [], [], 2)[0]
-        lost = native.parse_upcall(shell.ctrl.recv(2048))
-        assert lost.kind is native.UpcallKind.KEYPAIR_CONFIRMED
+        lost = dp.parse_upcall(shell.ctrl.recv(2048))
+        assert lost.kind is dp.UpcallKind.KEYPAIR_CONFIRMED
         shell.refresh()
         assert peer.current is not None and peer.next is None
         assert peer.current.local_index == shell.plane.stats(shell.ids[peer]).current_local_index

@@ -1,4 +1,4 @@
-"""tunnel/pmtu.py and tunnel/icmp.py: the ICMP errors pyvpn writes back into its
+"""tunnel/core/l2.py and tunnel/core/l3.py: the ICMP errors pyvpn writes back into its
 device, tap's for frames too big for the tunnel and tun's for packets no peer
 takes. Checksums are checked with an independent one's-complement sum (RFC 1071's
 verification: over a message holding its checksum, the sum is all ones); the
@@ -9,8 +9,8 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnel.icmp import internet_checksum, unreachable
-from tunnel.pmtu import too_big_reply
+from tunnel.core.l2 import too_big_reply
+from tunnel.core.l3 import internet_checksum, unreachable
 
 from . import packets
 

@@ -4,9 +4,9 @@ interface, and the replay window accepts each counter at most once."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnel.constants import COUNTER_WINDOW_SIZE, REJECT_AFTER_MESSAGES
-from tunnel.messages import MessageError, parse
-from tunnel.replay import ReplayWindow
+from tunnel.protocol.constants import COUNTER_WINDOW_SIZE, REJECT_AFTER_MESSAGES
+from tunnel.protocol.messages import MessageError, parse
+from tunnel.protocol.replay import ReplayWindow
 
 from .simnet import SimNet, ipv4_packet
 

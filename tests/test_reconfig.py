@@ -9,14 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnel import keys
-from tunnel.config import parse
-from tunnel.constants import REKEY_TIMEOUT
-from tunnel.interface import KeypairsCleared, Send
-from tunnel.peer import PeerConfig
-from tunnel.reconfig import Change, IPEdit, PeerChange, Refused, apply, check
-from tunnel.timers import Timer
-from tunnel.uapi import parse_set, sync_request
+from tunnel.control.config import parse
+from tunnel.control.uapi import check, parse_set
+from tunnel.control.uapi_client import sync_request
+from tunnel.core.actions import KeypairsCleared, Send
+from tunnel.core.reconfig import Change, IPEdit, PeerChange, Refused, apply
+from tunnel.protocol import keys
+from tunnel.protocol.constants import REKEY_TIMEOUT
+from tunnel.protocol.peer import PeerConfig
+from tunnel.protocol.timers import Timer
 
 from .simnet import SimNet, ipv4_packet
 

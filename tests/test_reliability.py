@@ -21,18 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tunnel import keys, measure
-from tunnel.constants import (
-    INITIATION_SIZE,
-    KEEPALIVE_SIZE,
-    MESSAGE_INITIATION,
-    MESSAGE_TRANSPORT,
-    RATELIMIT_BURST,
-    RATELIMIT_PACKETS_PER_SECOND,
-    REKEY_TIMEOUT,
-    UNDER_LOAD_INITIATIONS_PER_SECOND,
-)
-from tunnel.testbed import (
+from tunnel.lab import measure
+from tunnel.lab.testbed import (
     INNER_A,
     INNER_B,
     UNDERLAY_A,
@@ -47,6 +37,17 @@ from tunnel.testbed import (
     uapi_socket,
     wait_reachable,
     write_pair_configs,
+)
+from tunnel.protocol import keys
+from tunnel.protocol.constants import (
+    INITIATION_SIZE,
+    KEEPALIVE_SIZE,
+    MESSAGE_INITIATION,
+    MESSAGE_TRANSPORT,
+    RATELIMIT_BURST,
+    RATELIMIT_PACKETS_PER_SECOND,
+    REKEY_TIMEOUT,
+    UNDER_LOAD_INITIATIONS_PER_SECOND,
 )
 
 from .conftest import ROOT, pyvpn

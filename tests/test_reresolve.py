@@ -1,10 +1,10 @@
-"""When an endpoint given by name is resolved again (tunnel/reresolve.py): as
+"""When an endpoint given by name is resolved again (tunnel/control/reresolve.py): as
 wireguard-tools' reresolve-dns.sh decides it, but never for an idle peer. The
 namespace test is in test_tunnel_tun.py."""
 
-from tunnel.noise import StaticIdentity
-from tunnel.peer import Peer, PeerConfig
-from tunnel.reresolve import STALE_AFTER, due
+from tunnel.control.reresolve import STALE_AFTER, due
+from tunnel.protocol.noise import StaticIdentity
+from tunnel.protocol.peer import Peer, PeerConfig
 
 from .test_reconfig import K1, K2
 

@@ -6,7 +6,7 @@ import signal
 import socket
 import subprocess
 
-from tunnel.testbed import start_pyvpn, uapi_listening, write_pair_configs
+from tunnel.lab.testbed import start_pyvpn, uapi_listening, write_pair_configs
 
 from .conftest import ROOT
 

@@ -10,8 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tunnel import keys
-from tunnel.testbed import (
+from tunnel.lab.testbed import (
     IFNAMSIZ,
     INNER_A,
     INNER_B,
@@ -29,6 +28,7 @@ from tunnel.testbed import (
     wait_reachable,
     write_pair_configs,
 )
+from tunnel.protocol import keys
 
 _PROBLEM = host_problem(("ip", "ping"))
 _WG_PROBLEM = host_problem(("wireguard-go", "wg"))
@@ -142,7 +142,7 @@ def test_pair_config_overrides_set_and_remove_keys(tmp_path) -> None:
 
 
 def test_pair_configs_are_valid_pyvpn_configs(tmp_path) -> None:
-    config = pytest.importorskip("tunnel.config")
+    config = pytest.importorskip("tunnel.control.config")
     for mode in ("tun", "tap"):
         for path in write_pair_configs(tmp_path, mode, persistent_keepalive=5):
             loaded = config.load(str(path))

@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from tunnel import keys
-from tunnel.config import load
-from tunnel.testbed import (
+from tunnel.control.config import load
+from tunnel.lab.testbed import (
     Daemon,
     Namespace,
     Testbed,
@@ -30,6 +29,7 @@ from tunnel.testbed import (
     wait_reachable,
     write_pair_configs,
 )
+from tunnel.protocol import keys
 
 from .conftest import ROOT, pyvpn
 from .packets import (

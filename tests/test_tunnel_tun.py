@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tunnel import keys
-from tunnel.testbed import (
+from tunnel.lab.testbed import (
     INNER_A,
     INNER_A6,
     INNER_B,
@@ -30,6 +29,7 @@ from tunnel.testbed import (
     wait_reachable,
     write_pair_configs,
 )
+from tunnel.protocol import keys
 
 from .conftest import ROOT, pyvpn
 from .traffic import tcp_transfer
@@ -121,7 +121,7 @@ def test_second_tunnel_with_same_name_is_refused_cleanly(bed, tmp_path, datapath
 
 
 def test_hub_with_three_peers_routes_by_allowed_ips(tmp_path, datapath):
-    from tunnel.testbed import Testbed, device_name, render_config
+    from tunnel.lab.testbed import Testbed, device_name, render_config
 
     with Testbed(n=4, tag="hub") as bed:
         hub, spokes = bed.namespaces[0], bed.namespaces[1:]
@@ -195,7 +195,7 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
     """allowed_ips 0.0.0.0/0: A reaches a host behind B that only B routes to, while A's
     own default route (the one the tunnel's datagrams need) leads elsewhere; `wg set`
     turns the policy off and on again."""
-    from tunnel.testbed import Testbed
+    from tunnel.lab.testbed import Testbed
 
     with Testbed(n=3, tag="full") as bed:
         far = bed.namespaces[2]
@@ -270,7 +270,7 @@ def test_an_ipv6_default_route_makes_an_ipv6_full_tunnel(tmp_path):
     """::/0 over an IPv6 underlay: A reaches an IPv6 host behind B while its own IPv6
     default route, which the tunnel's datagrams need, leads elsewhere; IPv4 is left
     alone."""
-    from tunnel.testbed import Testbed
+    from tunnel.lab.testbed import Testbed
 
     with Testbed(n=3, tag="full6") as bed:
         far = bed.namespaces[2]
@@ -371,7 +371,7 @@ def test_mtu_is_taken_from_the_underlay_unless_given(bed, tmp_path):
 
 
 def test_a_network_listed_by_two_peers_is_routed_once_to_the_later(bed, tmp_path, datapath):
-    from tunnel.testbed import render_config
+    from tunnel.lab.testbed import render_config
 
     path_a, path_b = write_pair_configs(tmp_path, "tun", datapath)
     data = tomllib.loads(path_a.read_text())

@@ -10,8 +10,8 @@ import time
 import tomllib
 from collections.abc import Iterator
 
-from tunnel import keys, uapi
-from tunnel.testbed import (
+from tunnel.control import uapi_client
+from tunnel.lab.testbed import (
     INNER_A,
     INNER_A6,
     INNER_B,
@@ -25,6 +25,7 @@ from tunnel.testbed import (
     wait_reachable,
     write_pair_configs,
 )
+from tunnel.protocol import keys
 
 from .conftest import pyvpn
 from .traffic import tcp_transfer
@@ -278,7 +279,7 @@ def test_refused_changes_say_why_and_change_nothing(bed, tmp_path, datapath):
         # A request that goes bad halfway is refused whole: the valid first half
         # (a new peer) is not applied either.
         new_peer = keys.public_key(keys.generate_private_key()).hex()
-        reply = uapi.exchange(
+        reply = uapi_client.exchange(
             b.name, f"set=1\npublic_key={new_peer}\nallowed_ip=10.88.0.0/24\nendpoint=x\n\n"
         )
         assert reply == "errno=-22\n\n"

@@ -1,8 +1,8 @@
-"""Socket addresses to and from the core's (host, port) pairs (tunnel/udp.py)."""
+"""Socket addresses to and from the core's (host, port) pairs (tunnel/host/udp.py)."""
 
 import socket
 
-from tunnel.udp import from_sockaddr, to_sockaddr
+from tunnel.host.udp import from_sockaddr, to_sockaddr
 
 
 def test_from_sockaddr_unmaps_ipv4_and_drops_the_scope() -> None:

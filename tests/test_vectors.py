@@ -8,18 +8,18 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from tunnel import crypto, keys
-from tunnel.cookie import CookieGenerator
-from tunnel.keypair import Keypair, pad
-from tunnel.messages import Response, Transport, parse
-from tunnel.noise import (
+from tunnel.core.l3 import parse_ip
+from tunnel.protocol import crypto, keys
+from tunnel.protocol.cookie import CookieGenerator
+from tunnel.protocol.keypair import Keypair, pad
+from tunnel.protocol.messages import Response, Transport, parse
+from tunnel.protocol.noise import (
     Handshake,
     HandshakeError,
     StaticIdentity,
     accept_initiation,
     consume_initiation,
 )
-from tunnel.packet import parse_ip
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "wireguard_go.json").read_text())
 KEYS = {k: bytes.fromhex(v) for k, v in VECTORS["keys"].items()}

@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tunnel.testbed import Namespace
+from tunnel.lab.testbed import Namespace
 
 SERVER = textwrap.dedent("""
     import hashlib, socket, sys

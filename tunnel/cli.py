@@ -12,9 +12,10 @@ import time
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from . import keys, uapi
-from .config import Config, ConfigError, load
-from .status import ip_versions
+from tunnel.control import uapi, uapi_client
+from tunnel.control.config import Config, ConfigError, load
+from tunnel.host.netlink import ip_versions
+from tunnel.protocol import keys
 
 
 class UsageError(Exception):
@@ -57,7 +58,7 @@ def build_parser() -> Parser:
 
 
 def _plugin(name: str) -> Any:
-    return importlib.import_module(f"tunnel.{name}")
+    return importlib.import_module(f"tunnel.lab.{name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +96,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         print(f"pyvpn: {warning}", file=sys.stderr)
     try:
-        status = uapi.status(c.name)
+        status = uapi_client.status(c.name)
         if status["mode"] != c.mode:
             print(
                 f"pyvpn: {c.name} runs in {status['mode']} mode, {args.config} says {c.mode}: "
@@ -105,8 +106,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
             return 1
         unapplied = restart_needed(config, status)
         running = [keys.decode(p["public_key"]) for p in status["peers"]]
-        uapi.request(c.name, uapi.sync_request(config, running))
-    except uapi.NotRunning:
+        uapi_client.request(c.name, uapi_client.sync_request(config, running))
+    except uapi_client.NotRunning:
         print(f"pyvpn: no tunnel named {c.name} is running", file=sys.stderr)
         return 1
     except OSError as e:
@@ -158,8 +159,8 @@ def _listed(addresses: Iterable[str]) -> str:
 
 def cmd_down(args: argparse.Namespace) -> int:
     try:
-        pid = uapi.server_pid(args.name)
-    except uapi.NotRunning:
+        pid = uapi_client.server_pid(args.name)
+    except uapi_client.NotRunning:
         print(f"pyvpn: no tunnel named {args.name} is running", file=sys.stderr)
         return 1
     os.kill(pid, signal.SIGTERM)
@@ -173,10 +174,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    names = [args.name] if args.name else uapi.running_names()
+    names = [args.name] if args.name else uapi_client.running_names()
     try:
-        statuses = [uapi.status(n) for n in names]
-    except uapi.NotRunning:
+        statuses = [uapi_client.status(n) for n in names]
+    except uapi_client.NotRunning:
         print(f"pyvpn: no tunnel named {args.name} is running", file=sys.stderr)
         return 1
     if args.json:

@@ -12,20 +12,23 @@ from dataclasses import dataclass, field
 
 import uvloop
 
-from . import native, netlink, reconfig, sd_notify, uapi, udp
-from .config import Config, ConfigError
-from .config import Interface as InterfaceAddress
-from .constants import ETHERNET_HEADER_SIZE, MAX_MTU, MIN_MTU, TUNNEL_OVERHEAD
-from .device import DeviceError, open_device
-from .full_tunnel import FullTunnel, remove_leftovers
-from .interface import Interface
-from .native_shell import NativeShell
-from .plane import Plane
-from .privileges import PrivilegeError, drop_privileges
-from .python_plane import PythonPlane
-from .reresolve import follow_names
-from .status import snapshot
-from .udp import SocketError, open_socket
+from tunnel.control import uapi, uapi_client
+from tunnel.control.config import Config, ConfigError
+from tunnel.control.reresolve import follow_names
+from tunnel.control.status import snapshot
+from tunnel.core import reconfig
+from tunnel.core.interface import Interface
+from tunnel.host import netlink, sd_notify, udp
+from tunnel.host.device import DeviceError, open_device
+from tunnel.host.full_tunnel import FullTunnel, remove_leftovers
+from tunnel.host.netlink import InterfaceAddress
+from tunnel.host.privileges import PrivilegeError, drop_privileges
+from tunnel.host.udp import SocketError, open_socket
+from tunnel.planes import dp
+from tunnel.planes.base import Plane
+from tunnel.planes.native import NativeShell
+from tunnel.planes.python import PythonPlane
+from tunnel.protocol.constants import ETHERNET_HEADER_SIZE, MAX_MTU, MIN_MTU, TUNNEL_OVERHEAD
 
 log = logging.getLogger("pyvpn")
 
@@ -43,14 +46,14 @@ def up(config: Config) -> int:
         # Netlink work happens before the event loop starts: pyroute2 runs its own
         # asyncio loop, which cannot nest inside uvloop.
         try:
-            uapi.remove_stale(c.name)
+            uapi_client.remove_stale(c.name)
         except FileExistsError as e:
             raise SetupError(str(e)) from None
         if netlink.link_exists(c.name):
             raise SetupError(f"a device named {c.name} already exists")
         remove_leftovers()
         try:
-            extra_flags = native.device_open_flags(c.l2) if datapath == "native" else 0
+            extra_flags = dp.device_open_flags(c.l2) if datapath == "native" else 0
             dev_fd = open_device(c.name, c.l2, extra_flags)
         except DeviceError as e:
             raise SetupError(str(e)) from None
@@ -146,9 +149,9 @@ def choose_datapath(config: Config) -> str:
     """ "auto" means native when the module is built; asking for native without it
     is a config error, so the user learns why instead of getting a slow tunnel."""
     wanted = config.interface.datapath
-    if wanted == "python" or (wanted == "auto" and not native.available()):
+    if wanted == "python" or (wanted == "auto" and not dp.available()):
         return "python"
-    if not native.available():
+    if not dp.available():
         raise ConfigError(
             config.path,
             "interface.datapath",
@@ -253,7 +256,7 @@ async def _set(tunnel: Tunnel, args: list[str]) -> str:
     try:
         change = uapi.parse_set(args)
         fwmark = udp.mark(plane.sock)
-        reconfig.check(iface, change, fwmark, bool(full_tunnel.versions), tunnel.table == "auto")
+        uapi.check(iface, change, fwmark, bool(full_tunnel.versions), tunnel.table == "auto")
         _set_socket(tunnel, change)
     except (reconfig.Refused, udp.SocketError) as e:
         log.warning("%s: set refused: %s", name, e)

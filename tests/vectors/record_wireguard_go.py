@@ -18,13 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-from tunnel import keys
-from tunnel.cookie import CookieGenerator
-from tunnel.keypair import Keypair
-from tunnel.messages import Response, Transport, parse
-from tunnel.noise import Handshake, StaticIdentity, accept_initiation, consume_initiation
-from tunnel.tai64n import tai64n
-from tunnel.testbed import Testbed, WgPeer, start_wireguard_go
+from tunnel.lab.testbed import Testbed, WgPeer, start_wireguard_go
+from tunnel.protocol import keys
+from tunnel.protocol.cookie import CookieGenerator
+from tunnel.protocol.keypair import Keypair
+from tunnel.protocol.messages import Response, Transport, parse
+from tunnel.protocol.noise import Handshake, StaticIdentity, accept_initiation, consume_initiation
+from tunnel.protocol.tai64n import tai64n
 
 OURS = bytes(range(32))
 THEIRS = bytes(range(32, 64))

@@ -1,0 +1,348 @@
+"""The peer config file (TOML, wg-quick's keys in snake_case), validated into plain
+objects. Every error names the file, the key and what is wrong, in one line."""
+
+import ipaddress
+import os
+import pwd
+import re
+import socket
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunnel.host.netlink import RESERVED_TABLES, RT_TABLE_LOCAL, RT_TABLE_MAIN, InterfaceAddress
+from tunnel.host.udp import is_name, resolve, split_address
+from tunnel.protocol import keys
+from tunnel.protocol.address import Address
+from tunnel.protocol.allowed_ips import Network
+from tunnel.protocol.constants import DEFAULT_MAC_AGEING, MAX_MTU, MIN_MTU
+from tunnel.protocol.peer import PeerConfig
+
+IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1, no '/', ':' or spaces
+MODES = ("tun", "tap")
+DATAPATHS = ("auto", "native", "python")
+INTERFACE_KEYS = {
+    "name",
+    "mode",
+    "private_key",
+    "private_key_file",
+    "listen_port",
+    "address",
+    "mtu",
+    "bridge",
+    "datapath",
+    "mac_ageing",
+    "user",
+    "fwmark",
+    "table",
+}
+PEER_KEYS = {
+    "public_key",
+    "preshared_key",
+    "preshared_key_file",
+    "endpoint",
+    "allowed_ips",
+    "persistent_keepalive",
+}
+
+
+class ConfigError(Exception):
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        super().__init__(f"{path}: {key}: {problem}" if key else f"{path}: {problem}")
+
+
+@dataclass
+class InterfaceConfig:
+    private_key: bytes
+    name: str = "pyvpn0"
+    mode: str = "tun"
+    listen_port: int = 0
+    addresses: list[InterfaceAddress] = field(default_factory=list)
+    mtu: int | None = None  # None: from the underlay, as wg-quick does (daemon.tunnel_mtu)
+    bridge: str | None = None
+    datapath: str = "auto"
+    mac_ageing: float = DEFAULT_MAC_AGEING
+    user: str | None = None  # drop root to this user after setup (tunnel/host/privileges.py)
+    fwmark: int = 0  # on the tunnel's own datagrams; a full tunnel's routing table too
+    # Where allowed_ips are routed, as wg-quick's Table: "auto" (the main table, and a
+    # full tunnel for a default route), "off" (nowhere), or a table number.
+    table: str | int = "auto"
+
+    @property
+    def l2(self) -> bool:
+        return self.mode == "tap"
+
+
+@dataclass
+class Config:
+    path: str
+    interface: InterfaceConfig
+    peers: list[PeerConfig]
+    warnings: list[str] = field(default_factory=list)
+
+
+def load(path: str) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(path, "", f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "", f"not valid TOML: {e}") from None
+    return parse(data, path)
+
+
+def parse(data: dict[str, Any], path: str = "<config>") -> Config:
+    return _Parser(path).config(data)
+
+
+class _Parser:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.base = Path(path).parent
+        self.warnings: list[str] = []
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, key, problem)
+
+    def config(self, data: dict[str, Any]) -> Config:
+        self.only(data, {"interface", "peer"}, "")
+        section = data.get("interface")
+        if not isinstance(section, dict):
+            raise self.fail("interface", "missing [interface] section")
+        interface = self.interface(section)
+        peers_data = data.get("peer", [])
+        if not isinstance(peers_data, list):
+            raise self.fail("peer", "peers are written as [[peer]] tables")
+        peers = [self.peer(p, i, interface) for i, p in enumerate(peers_data)]
+        seen: set[bytes] = set()
+        own = keys.public_key(interface.private_key)
+        for i, p in enumerate(peers):
+            if p.public_key in seen:
+                raise self.fail(f"peer[{i}].public_key", "the same peer is listed twice")
+            if p.public_key == own:
+                raise self.fail(f"peer[{i}].public_key", "is this interface's own public key")
+            seen.add(p.public_key)
+        # As in wg, a network listed twice belongs to the peer listed last.
+        owners: dict[Network, int] = {}
+        for i, p in enumerate(peers):
+            for network in p.allowed_ips:
+                before = owners.get(network, i)
+                if before != i:
+                    self.warnings.append(
+                        f"{self.path}: peer[{i}].allowed_ips: {network} is also in "
+                        f"peer[{before}]'s; peer[{i}], listed later, gets it"
+                    )
+                owners[network] = i
+        self.full_tunnel_table(interface, peers)
+        return Config(self.path, interface, peers, self.warnings)
+
+    def full_tunnel_table(self, interface: InterfaceConfig, peers: list[PeerConfig]) -> None:
+        """A full tunnel names its routing table after the fwmark (as wg-quick does),
+        so the mark must not be one of the kernel's own tables."""
+        full = any(n.prefixlen == 0 for p in peers for n in p.allowed_ips)
+        if full and interface.table == "auto" and interface.fwmark in RESERVED_TABLES:
+            raise self.fail(
+                "interface.fwmark",
+                f"{interface.fwmark} is the kernel's {RESERVED_TABLES[interface.fwmark]} "
+                "routing table, which a full tunnel (a /0 in allowed_ips) would take over",
+            )
+
+    def only(self, table: dict[str, Any], allowed: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in allowed:
+                raise self.fail(prefix + key, "unknown key")
+
+    def interface(self, t: dict[str, Any]) -> InterfaceConfig:
+        self.only(t, INTERFACE_KEYS, "interface.")
+        name = self.string(t, "name", "interface", "pyvpn0")
+        if not IFNAME.match(name):
+            raise self.fail(
+                "interface.name", f"{name!r} is not a valid device name (1-15 of A-Z a-z 0-9 _ . -)"
+            )
+        mode = self.choice(t, "mode", "interface", MODES, "tun")
+        private_key = self.key(t, "private_key", "interface", required=True)
+        assert private_key is not None
+        port = self.integer(t, "listen_port", "interface", 0, 65535, 0)
+        addresses = [
+            self.address(a, f"interface.address[{i}]")
+            for i, a in enumerate(self.string_list(t, "address", "interface"))
+        ]
+        mtu = None
+        if "mtu" in t:
+            mtu = self.integer(t, "mtu", "interface", MIN_MTU, MAX_MTU, 0)
+            if mtu < 1280 and any(a.version == 6 for a in addresses):
+                raise self.fail("interface.mtu", "IPv6 addresses need an MTU of at least 1280")
+        bridge = t.get("bridge")
+        if bridge is not None:
+            if mode != "tap":
+                raise self.fail("interface.bridge", "only a tap interface can join a bridge")
+            if not isinstance(bridge, str) or not IFNAME.match(bridge):
+                raise self.fail("interface.bridge", f"{bridge!r} is not a valid bridge name")
+        datapath = self.choice(t, "datapath", "interface", DATAPATHS, "auto")
+        ageing = self.integer(t, "mac_ageing", "interface", 1, 86400, DEFAULT_MAC_AGEING)
+        user = None
+        if "user" in t:
+            user = self.string(t, "user", "interface", "")
+            try:
+                pwd.getpwnam(user)
+            except KeyError:
+                raise self.fail("interface.user", f"no such user {user!r}") from None
+        fwmark = self.integer(t, "fwmark", "interface", 0, 0xFFFFFFFF, 0)
+        return InterfaceConfig(
+            private_key, name, mode, port, addresses, mtu, bridge, datapath, float(ageing), user,
+            fwmark, self.table(t.get("table", "auto")),
+        )  # fmt: skip
+
+    def table(self, value: Any) -> str | int:
+        if value in ("auto", "off"):
+            return value
+        if value == "main":
+            return RT_TABLE_MAIN
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 0xFFFFFFFF:
+            raise self.fail(
+                "interface.table",
+                f'must be "auto", "off", "main" or a table number from 1 to 4294967295, '
+                f"got {value!r}",
+            )
+        if value == RT_TABLE_LOCAL:
+            raise self.fail("interface.table", "255 is the kernel's local table")
+        return value
+
+    def peer(self, t: Any, index: int, interface: InterfaceConfig) -> PeerConfig:
+        where = f"peer[{index}]"
+        if not isinstance(t, dict):
+            raise self.fail(where, "must be a table")
+        self.only(t, PEER_KEYS, where + ".")
+        public_key = self.key(t, "public_key", where, required=True, allow_file=False)
+        assert public_key is not None
+        psk = self.key(t, "preshared_key", where, required=False)
+        endpoint = endpoint_name = None
+        if "endpoint" in t:
+            endpoint, endpoint_name = self.endpoint(t["endpoint"], f"{where}.endpoint")
+        allowed = [
+            self.network(n, f"{where}.allowed_ips[{i}]")
+            for i, n in enumerate(self.string_list(t, "allowed_ips", where))
+        ]
+        if interface.mode == "tap" and allowed:
+            self.warnings.append(
+                f"{self.path}: {where}.allowed_ips: ignored in tap mode "
+                "(frames are switched by MAC address)"
+            )
+            allowed = []
+        keepalive = self.integer(t, "persistent_keepalive", where, 0, 65535, 0)
+        return PeerConfig(public_key, psk, endpoint, allowed, keepalive, endpoint_name)
+
+    # Value parsers.
+
+    def string(self, t: dict[str, Any], key: str, where: str, default: str) -> str:
+        value = t.get(key, default)
+        if not isinstance(value, str):
+            raise self.fail(f"{where}.{key}", f"must be a string, got {value!r}")
+        return value
+
+    def choice(
+        self, t: dict[str, Any], key: str, where: str, options: tuple[str, ...], default: str
+    ) -> str:
+        value = self.string(t, key, where, default)
+        if value not in options:
+            raise self.fail(f"{where}.{key}", f"must be one of {', '.join(options)}; got {value!r}")
+        return value
+
+    def integer(
+        self, t: dict[str, Any], key: str, where: str, low: int, high: int, default: int
+    ) -> int:
+        value = t.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(
+                f"{where}.{key}", f"must be a whole number from {low} to {high}, got {value!r}"
+            )
+        return value
+
+    def string_list(self, t: dict[str, Any], key: str, where: str) -> list[str]:
+        value = t.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(f"{where}.{key}", "must be a list of strings")
+        return value
+
+    def key(
+        self, t: dict[str, Any], key: str, where: str, required: bool, allow_file: bool = True
+    ) -> bytes | None:
+        file_key = key + "_file"
+        if allow_file and key in t and file_key in t:
+            raise self.fail(f"{where}.{key}", f"give either {key} or {file_key}, not both")
+        if allow_file and file_key in t:
+            return self.key_file(t[file_key], f"{where}.{file_key}")
+        if key not in t:
+            if required:
+                raise self.fail(f"{where}.{key}", "missing")
+            return None
+        try:
+            return keys.decode(self.string(t, key, where, ""))
+        except keys.InvalidKey as e:
+            raise self.fail(f"{where}.{key}", f"not a key: {e}") from None
+
+    def key_file(self, value: Any, key: str) -> bytes:
+        if not isinstance(value, str):
+            raise self.fail(key, "must be a file name")
+        path = self.base / value
+        try:
+            text = path.read_text(encoding="ascii")
+            mode = os.stat(path).st_mode
+        except (OSError, UnicodeDecodeError) as e:
+            raise self.fail(
+                key, f"cannot read {str(path)!r}: {getattr(e, 'strerror', None) or e}"
+            ) from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            # As wg(8) does: a secret others can read is a warning, not an error.
+            self.warnings.append(
+                f"{path}: warning: key file is accessible by others "
+                f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
+            )
+        try:
+            return keys.decode(text)
+        except keys.InvalidKey as e:
+            raise self.fail(key, f"{str(path)!r} does not hold a key: {e}") from None
+
+    def address(self, value: str, key: str) -> InterfaceAddress:
+        try:
+            return ipaddress.ip_interface(value)
+        except ValueError:
+            raise self.fail(
+                key, f"{value!r} is not an address with prefix, like 10.0.0.1/24"
+            ) from None
+
+    def network(self, value: str, key: str) -> Network:
+        try:
+            return ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise self.fail(key, f"{value!r} is not a network, like 10.0.0.2/32") from None
+
+    def endpoint(self, value: Any, key: str) -> tuple[Address | None, Address | None]:
+        """The endpoint's address, and (name, port) if the host is a name. A name that
+        cannot be resolved for now (no DNS yet, as at boot) leaves the address to
+        tunnel/control/reresolve.py; one that does not exist is an error."""
+        if not isinstance(value, str):
+            raise self.fail(key, "must be a string like 192.0.2.1:51820 or [2001:db8::1]:51820")
+        try:
+            host, port = split_address(value)
+        except ValueError as e:
+            raise self.fail(key, str(e)) from None
+        try:
+            address = resolve(host, port)
+        except socket.gaierror as e:
+            if e.errno != socket.EAI_AGAIN:
+                raise self.fail(key, f"cannot resolve {host!r}: {e.strerror}") from None
+            self.warnings.append(
+                f"{self.path}: {key}: cannot resolve {host!r} for now ({e.strerror}); "
+                "tried again every 30 s until it resolves"
+            )
+            return None, (host, port)
+        except (OSError, UnicodeError) as e:
+            raise self.fail(key, f"cannot resolve {host!r}: {e}") from None
+        return address, (host, port) if is_name(host) else None

@@ -1,0 +1,75 @@
+"""A plain-data snapshot of a running interface: what `pyvpn show`, `show --json`
+and the UAPI report. Public keys only; private and preshared keys never appear."""
+
+from collections.abc import Iterable
+from typing import Any
+
+from tunnel.core.interface import Interface
+from tunnel.core.state import mode_name
+from tunnel.host.netlink import InterfaceAddress
+from tunnel.protocol.address import format_address
+from tunnel.protocol.keys import encode
+
+
+def snapshot(
+    iface: Interface,
+    name: str,
+    listen_port: int,
+    datapath: str,
+    now: float,
+    fwmark: int = 0,
+    table: str | int = "auto",
+    full_tunnel: Iterable[int] = (),
+    addresses: Iterable[InterfaceAddress] = (),
+    bridge: str | None = None,
+    user: str | None = None,
+) -> dict[str, Any]:
+    peers = []
+    learned = iface.macs.entries(now) if iface.l2 else []  # once: C may hold the table
+    for peer in iface.peers.values():
+        macs = (
+            [
+                {"mac": mac.hex(":"), "age": round(age, 1)}
+                for mac, owner, age in learned
+                if owner is peer
+            ]
+            if iface.l2
+            else None
+        )
+        peers.append(
+            {
+                "public_key": encode(peer.public_key),
+                "endpoint": format_address(peer.endpoint) if peer.endpoint else None,
+                # The host name the endpoint follows (tunnel/control/reresolve.py), if any.
+                "endpoint_name": (
+                    format_address(peer.endpoint_name) if peer.endpoint_name else None
+                ),
+                "allowed_ips": [str(n) for n in iface.routes.networks_of(peer)],
+                "latest_handshake": peer.last_handshake_wall,
+                "rx_bytes": peer.rx_bytes,
+                "tx_bytes": peer.tx_bytes,
+                "persistent_keepalive": peer.persistent_keepalive,
+                "has_session": peer.current is not None and not peer.current.expired(now),
+                "drops": vars(peer.drops).copy(),
+                **({"macs": macs} if macs is not None else {}),
+            }
+        )
+    return {
+        "name": name,
+        "mode": mode_name(iface.l2),
+        "public_key": encode(iface.identity.public_key),
+        "listen_port": listen_port,
+        "fwmark": fwmark,
+        "table": table,  # config.InterfaceConfig.table
+        "full_tunnel": sorted(full_tunnel),  # IP versions all traffic of which goes through
+        "datapath": datapath,
+        "mtu": iface.mtu,
+        "addresses": [str(a) for a in addresses],  # as the config gives them
+        "bridge": bridge,  # the one joined at start (tap)
+        **({"mac_ageing": iface.macs.ageing} if iface.l2 else {}),
+        "user": user,  # the one run as after setup; None: root
+        "under_load": now < iface.under_load_until,
+        "cookie_replies_sent": iface.cookie_replies_sent,
+        "drops": dict(iface.drops),
+        "peers": peers,
+    }

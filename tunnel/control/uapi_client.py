@@ -1,0 +1,114 @@
+"""The client side of the UAPI (control/uapi.py has the protocol): finding the
+running tunnels, sending them operations, and the set request that brings one to
+what a config says. Used by `pyvpn show`, `pyvpn reload` and `pyvpn down`."""
+
+import json
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+from tunnel.protocol.address import format_address
+
+from .config import Config
+from .uapi import SOCKET_DIR, socket_path
+
+
+def sync_request(config: Config, running: list[bytes]) -> str:
+    """The set=1 operation that brings a running tunnel to what `config` says. Peers
+    that stay are updated, not replaced, so their sessions live on (as `wg syncconf`
+    does it, not `wg setconf`). Keys the config leaves out are left as they are."""
+    c = config.interface
+    lines = ["set=1", f"private_key={c.private_key.hex()}"]
+    if c.listen_port:
+        lines.append(f"listen_port={c.listen_port}")
+    if c.fwmark:
+        lines.append(f"fwmark={c.fwmark}")
+    wanted = {p.public_key for p in config.peers}
+    lines += [f"public_key={k.hex()}\nremove=true" for k in running if k not in wanted]
+    for p in config.peers:
+        lines.append(f"public_key={p.public_key.hex()}")
+        lines.append(f"preshared_key={(p.preshared_key or bytes(32)).hex()}")
+        if p.endpoint:
+            lines.append(f"endpoint={format_address(p.endpoint)}")
+        if p.endpoint_name:
+            lines.append(f"pyvpn_endpoint_name={format_address(p.endpoint_name)}")
+        lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
+        lines.append("replace_allowed_ips=true")
+        lines += [f"allowed_ip={n}" for n in p.allowed_ips]
+    return "\n".join(lines)
+
+
+class NotRunning(Exception):
+    pass
+
+
+def running_names() -> list[str]:
+    if not SOCKET_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in SOCKET_DIR.glob("*.sock") if _alive(p))
+
+
+def _alive(path: Path) -> bool:
+    try:
+        with _connect(path):
+            return True
+    except NotRunning:
+        return False
+
+
+def _connect(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        raise NotRunning(f"no tunnel is running at {path}") from None
+    return sock
+
+
+def exchange(name: str, text: str) -> str:
+    """Send raw protocol text (operations ending in a blank line); return the reply."""
+    with _connect(socket_path(name)) as sock:
+        sock.sendall(text.encode())
+        data = b""
+        while not data.endswith(b"\n\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode()
+
+
+def request(name: str, operation: str) -> dict[str, str]:
+    """Send one operation and return the reply's keys (the last value of each)."""
+    text = exchange(name, f"{operation}\n\n")
+    reply = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    if reply.get("errno", "0") != "0":
+        code = abs(int(reply["errno"]))  # set replies carry it negative
+        verb = operation.partition("\n")[0]  # a set's lines hold keys: never echoed
+        raise OSError(code, f"{name}: {verb} failed: {os.strerror(code)}")
+    return reply
+
+
+def status(name: str) -> dict[str, Any]:
+    return json.loads(request(name, "get=pyvpn")["json"])
+
+
+def server_pid(name: str) -> int:
+    """The pid of the process serving NAME's socket, from the kernel (SO_PEERCRED)."""
+    with _connect(socket_path(name)) as sock:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[0]
+
+
+def remove_stale(name: str) -> None:
+    """Raise if a live tunnel holds the socket; remove it if it is a crash's leftover."""
+    path = socket_path(name)
+    if not path.exists():
+        return
+    if _alive(path):
+        raise FileExistsError(f"a tunnel named {name} is already running (pid {server_pid(name)})")
+    os.unlink(path)

@@ -1,0 +1,51 @@
+"""What the core asks of the I/O shell: each input (a datagram, a device packet, a
+tick) returns a list of these, and a data plane carries them out in order."""
+
+from dataclasses import dataclass
+
+from tunnel.protocol.address import Address
+from tunnel.protocol.keypair import Keypair
+from tunnel.protocol.peer import Peer
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send a datagram on the UDP socket."""
+
+    destination: Address
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Write a packet (tun) or frame (tap) into the device."""
+
+    packet: bytes
+
+
+@dataclass(frozen=True)
+class Transmit:
+    """Encrypt and send a packet (empty: a keepalive) with the peer's current
+    keypair. Only with an external transport, which owns the send counters."""
+
+    peer: Peer
+    packet: bytes
+
+
+@dataclass(frozen=True)
+class KeypairInstalled:
+    """A handshake produced a keypair; an external transport must install it with
+    the same slot shuffle (Peer.install)."""
+
+    peer: Peer
+    keypair: Keypair
+
+
+@dataclass(frozen=True)
+class KeypairsCleared:
+    """Every keypair of the peer is gone (key material zeroed)."""
+
+    peer: Peer
+
+
+Action = Send | Deliver | Transmit | KeypairInstalled | KeypairsCleared

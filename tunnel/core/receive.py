@@ -1,0 +1,226 @@
+"""Datagrams from the UDP socket (the kernel's receive.c): the DoS checks before
+any public-key work, the three handshake messages, and transport messages, whose
+plaintext is checked against its peer and delivered into the device."""
+
+from tunnel.protocol import messages
+from tunnel.protocol.address import Address
+from tunnel.protocol.constants import (
+    ETHERNET_HEADER_SIZE,
+    INITIATIONS_PER_SECOND,
+    KEEPALIVE_TIMEOUT,
+    REJECT_AFTER_TIME,
+    REKEY_TIMEOUT,
+    UNDER_LOAD_HOLD,
+)
+from tunnel.protocol.crypto import DecryptError
+from tunnel.protocol.keypair import Keypair
+from tunnel.protocol.messages import CookieReply, Initiation, MessageError, Response, Transport
+from tunnel.protocol.noise import HandshakeError, accept_initiation, consume_initiation
+from tunnel.protocol.peer import Peer
+from tunnel.protocol.ratelimiter import source_key
+
+from .actions import Action, Deliver, KeypairInstalled, Send
+from .l3 import parse_ip
+from .send import Sending
+
+
+class Receiving(Sending):
+    def receive_datagram(self, data: bytes, source: Address, now: float) -> list[Action]:
+        try:
+            msg = messages.parse(data)
+        except MessageError:
+            self.drops["malformed"] += 1
+            return []
+        if isinstance(msg, Transport):
+            return self._receive_transport(msg, data, source, now)
+        if isinstance(msg, Initiation):
+            return self._receive_initiation(msg, data, source, now)
+        if isinstance(msg, Response):
+            return self._receive_response(msg, data, source, now)
+        return self._receive_cookie_reply(msg, now)
+
+    def _handshake_admitted(
+        self, data: bytes, mac1_offset: int, sender: int, l2: bool, source: Address, now: float
+    ) -> list[Action] | None:
+        """DoS checks before any public-key work (whitepaper 5.3): None lets the
+        message through, a list (maybe holding a cookie reply) rejects it."""
+        if not self.cookie_checker.mac1_valid(data, mac1_offset):
+            self.drops["bad_mac1"] += 1
+            return []
+        if not self._under_load(now):
+            return None
+        if not self.cookie_checker.mac2_valid(data, mac1_offset, source, now):
+            # Not rate limited, as in cookie.c: the source is unproven, so a
+            # spoofer could otherwise spend a real peer's share and keep it from
+            # ever getting the cookie it needs.
+            self.cookie_replies_sent += 1
+            reply = self.cookie_checker.create_reply(data, mac1_offset, sender, source, now, l2)
+            return [Send(source, reply.pack())]
+        # mac2 proves the source, so only now is its share counted.
+        if not self.limiter.allow(source_key(source[0]), now):
+            self.drops["ratelimited"] += 1
+            return []
+        return None
+
+    def _under_load(self, now: float) -> bool:
+        second = int(now)
+        if second != self._load_second:
+            self._load_second, self._load_count = second, 0
+        self._load_count += 1
+        if self._load_count > self.under_load_threshold:
+            self.under_load_until = now + UNDER_LOAD_HOLD
+        return now < self.under_load_until
+
+    def _receive_initiation(
+        self, msg: Initiation, data: bytes, source: Address, now: float
+    ) -> list[Action]:
+        rejected = self._handshake_admitted(
+            data, messages.INITIATION_MAC1_OFFSET, msg.sender, msg.l2, source, now
+        )
+        if rejected is not None:
+            return rejected
+        try:
+            consumed = consume_initiation(self.identity, msg)
+        except HandshakeError:
+            self.drops["bad_handshake"] += 1
+            return []
+        peer = self.peers.get(consumed.remote_static)
+        if peer is None:
+            self.drops["unknown_peer"] += 1
+            return []
+        if now - peer.last_initiation_consumed < 1 / INITIATIONS_PER_SECOND:
+            self.drops["handshake_flood"] += 1
+            return []
+        try:
+            accept_initiation(peer.handshake, consumed)
+        except HandshakeError:
+            self.drops["replayed_initiation"] += 1
+            return []
+        peer.last_initiation_consumed = now
+        self._authenticated(peer, len(data), source, now)
+        self._drop_handshake_index(peer)
+        index = self._new_index(peer, None)
+        response = peer.handshake.create_response(index, self._ephemeral(), self.l2)
+        packed = peer.cookies.add_macs(response.pack(), now)
+        self._count_tx(peer, len(packed), now)
+        if msg.l2 != self.l2:
+            # Answer anyway so the initiator can authenticate us and report it too,
+            # but derive no keys: frames of one mode are garbage to the other.
+            self._report_mismatch(peer, msg.l2, now)
+            del self.indices[index]
+            peer.handshake.zero()
+            return [Send(source, packed)]
+        keypair = Keypair(peer.handshake.derive_session(), now)
+        self._install(peer, keypair)
+        peer.timers.session_derived(now)
+        return [Send(source, packed), KeypairInstalled(peer, keypair)]
+
+    def _receive_response(
+        self, msg: Response, data: bytes, source: Address, now: float
+    ) -> list[Action]:
+        rejected = self._handshake_admitted(
+            data, messages.RESPONSE_MAC1_OFFSET, msg.sender, msg.l2, source, now
+        )
+        if rejected is not None:
+            return rejected
+        entry = self.indices.get(msg.receiver)
+        if entry is None or entry[1] is not None:
+            self.drops["unknown_index"] += 1
+            return []
+        peer = entry[0]
+        try:
+            peer.handshake.consume_response(msg)
+        except HandshakeError:
+            self.drops["bad_handshake"] += 1
+            return []
+        self._authenticated(peer, len(data), source, now)
+        if msg.l2 != self.l2:
+            self._report_mismatch(peer, msg.l2, now)
+            self._drop_handshake_index(peer)
+            peer.handshake.zero()
+            peer.timers.handshake_complete()
+            return []
+        keypair = Keypair(peer.handshake.derive_session(), now)
+        self._install(peer, keypair)
+        self._handshake_complete(peer, now)
+        peer.timers.session_derived(now)
+        actions: list[Action] = [KeypairInstalled(peer, keypair)]
+        # The responder cannot send until it hears from us on the new keys.
+        if not peer.staged:
+            peer.staged.append(b"")
+        return actions + self._flush_staged(peer, now)
+
+    def _receive_cookie_reply(self, msg: CookieReply, now: float) -> list[Action]:
+        entry = self.indices.get(msg.receiver)
+        if entry is None:
+            self.drops["unknown_index"] += 1
+            return []
+        try:
+            entry[0].cookies.consume_reply(msg, now)
+        except DecryptError:
+            self.drops["bad_cookie"] += 1
+        # The retransmit timer resends the initiation, now with a mac2.
+        return []
+
+    def _receive_transport(
+        self, msg: Transport, data: bytes, source: Address, now: float
+    ) -> list[Action]:
+        entry = self.indices.get(msg.receiver)
+        if entry is None or entry[1] is None or msg.l2 != self.l2:
+            self.drops["unknown_index"] += 1
+            return []
+        peer, keypair = entry
+        plaintext = keypair.decrypt(msg, now)
+        if plaintext is None:
+            peer.drops.replay_or_forged += 1
+            return []
+        actions: list[Action] = []
+        if keypair is peer.next:
+            actions += self.confirmed(peer, keypair.local_index, now)
+        actions += self.transport_received(peer, source, len(data), bool(plaintext), now)
+        if not plaintext:
+            return actions  # a keepalive
+        if self.l2:
+            if len(plaintext) < ETHERNET_HEADER_SIZE:
+                peer.drops.not_ip += 1
+                return actions
+            self.macs.learn(plaintext[6:12], peer, now)
+            return [*actions, Deliver(plaintext)]
+        header = parse_ip(plaintext)
+        if header is None:
+            peer.drops.not_ip += 1
+            return actions
+        if self.routes.lookup(header.version, header.source) is not peer:
+            peer.drops.bad_source += 1
+            return actions
+        return [*actions, Deliver(plaintext[: header.length])]
+
+    # Transport events: from the path above, or reported by an external transport.
+
+    def confirmed(self, peer: Peer, local_index: int, now: float) -> list[Action]:
+        """The first transport message on `next` arrived: the responder's session
+        is confirmed (whitepaper 5.4.5) and staged packets may go."""
+        keypair = peer.next
+        if keypair is None or keypair.local_index != local_index:
+            return []
+        self._retire(peer.confirm(keypair))
+        self._handshake_complete(peer, now)
+        return self._flush_staged(peer, now)
+
+    def transport_received(
+        self, peer: Peer, source: Address, size: int, is_data: bool, now: float
+    ) -> list[Action]:
+        """Authenticated transport bytes arrived from the peer."""
+        self._authenticated(peer, size, source, now)
+        if is_data:
+            peer.timers.data_received(now)
+        current = peer.current
+        # Receiving-side freshness (timers.c keep_key_fresh): the initiator rekeys
+        # before the responder has to reject the session.
+        if (
+            current is not None
+            and current.keys.is_initiator
+            and now - current.created > REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+        ):
+            return self._initiate(peer, now, retry=False)
+        return []

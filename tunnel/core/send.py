@@ -1,0 +1,106 @@
+"""Packets from the device toward peers (the kernel's send.c): routing a packet
+or switching a frame to its peers, staging it while a handshake is in flight,
+encrypting it, and sending initiations and keepalives."""
+
+from tunnel.protocol.constants import ETHERNET_HEADER_SIZE, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX
+from tunnel.protocol.keypair import pad
+from tunnel.protocol.peer import Peer
+from tunnel.protocol.tai64n import tai64n
+
+from . import l3
+from .actions import Action, Deliver, Send, Transmit
+from .l2 import frame_targets, too_big_reply
+from .state import State
+
+
+class Sending(State):
+    def send_packet(self, packet: bytes, now: float) -> list[Action]:
+        """A packet (tun) or frame (tap) read from the device."""
+        if self.l2:
+            if len(packet) < ETHERNET_HEADER_SIZE:
+                self.drops["runt_frame"] += 1
+                return []
+            if len(packet) - ETHERNET_HEADER_SIZE > self.mtu:
+                # Answer as a router would (core/l2.py); what gets no answer goes
+                # anyway, and the underlay fragments the outer datagram.
+                reply = too_big_reply(packet, self.mtu)
+                if reply is not None:
+                    self.drops["frame_too_big"] += 1
+                    return [Deliver(reply)]
+            targets = frame_targets(self.macs, self.peers.values(), packet, now)
+        else:
+            header = l3.parse_ip(packet)
+            owner = header and self.routes.lookup(header.version, header.destination)
+            if not owner:
+                self.drops["no_route"] += 1
+                return self.unreachable(packet, now)
+            targets = [owner]
+        actions: list[Action] = []
+        for peer in targets:
+            actions += self.stage(peer, packet, now)
+        return actions
+
+    def unreachable(self, packet: bytes, now: float) -> list[Action]:
+        """tun: the ICMP error for a packet no peer's allowed IPs cover (core/l3.py),
+        at most ICMP_ERRORS_PER_SECOND of them, as Linux limits its own."""
+        reply = l3.unreachable(packet)
+        if reply is None or not self.icmp_limiter.allow("", now):
+            return []
+        return [Deliver(reply)]
+
+    def stage(self, peer: Peer, packet: bytes, now: float) -> list[Action]:
+        """Queue a packet for the peer and send what can be sent."""
+        if len(peer.staged) == peer.staged.maxlen:
+            peer.drops.staged_overflow += 1
+        peer.staged.append(packet)
+        return self._flush_staged(peer, now)
+
+    def transport_sent(self, peer: Peer, size: int, is_data: bool, now: float) -> list[Action]:
+        """Transport bytes went to the peer; sending data may call for a rekey."""
+        self._count_tx(peer, size, now)
+        peer.timers.any_authenticated_sent()
+        if not is_data:
+            return []
+        peer.timers.data_sent(now)
+        return self._initiate(peer, now, retry=False) if peer.needs_rekey(now) else []
+
+    def _flush_staged(self, peer: Peer, now: float) -> list[Action]:
+        keypair = peer.current
+        if keypair is None or keypair.expired(now) or peer.endpoint is None:
+            return self._initiate(peer, now, retry=False)
+        actions: list[Action] = []
+        while peer.staged:
+            packet = peer.staged.popleft()
+            if self.external_transport:
+                actions.append(Transmit(peer, packet))
+                continue
+            plaintext = packet if self.l2 else pad(packet, self.mtu)
+            data = keypair.encrypt(plaintext, now, self.l2)
+            actions.append(Send(peer.endpoint, data))
+            actions += self.transport_sent(peer, len(data), bool(packet), now)
+        return actions
+
+    def _keepalive(self, peer: Peer, now: float) -> list[Action]:
+        if not peer.staged:
+            peer.staged.append(b"")
+        return self._flush_staged(peer, now)
+
+    def _initiate(self, peer: Peer, now: float, retry: bool) -> list[Action]:
+        if peer.endpoint is None:
+            return []
+        if not retry:
+            # One initiation in flight at a time (send.c wg_packet_send_handshake_initiation).
+            if now - peer.last_initiation_sent < REKEY_TIMEOUT:
+                return []
+            peer.timers.handshake_attempts = 0
+        self._drop_handshake_index(peer)
+        index = self._new_index(peer, None)
+        initiation = peer.handshake.create_initiation(
+            index, self._ephemeral(), tai64n(now + self.wall_offset), self.l2
+        )
+        data = peer.cookies.add_macs(initiation.pack(), now)
+        peer.last_initiation_sent = now
+        jitter = int.from_bytes(self.randbytes(2), "little") / 65536 * REKEY_TIMEOUT_JITTER_MAX
+        peer.timers.handshake_initiated(now, jitter)
+        self._count_tx(peer, len(data), now)
+        return [Send(peer.endpoint, data)]

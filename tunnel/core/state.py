@@ -1,0 +1,134 @@
+"""What the core keeps (the kernel's struct wg_device and its index hashtable):
+peers, the index table, routing and switching tables, limiters and counters, and
+the bookkeeping that the receive, send and timer paths share."""
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+
+from tunnel.protocol.address import Address
+from tunnel.protocol.allowed_ips import AllowedIPs
+from tunnel.protocol.constants import (
+    DEFAULT_MAC_AGEING,
+    DEFAULT_MTU,
+    ICMP_ERRORS_BURST,
+    ICMP_ERRORS_PER_SECOND,
+    UNDER_LOAD_INITIATIONS_PER_SECOND,
+)
+from tunnel.protocol.cookie import CookieChecker
+from tunnel.protocol.keypair import Keypair
+from tunnel.protocol.keys import encode
+from tunnel.protocol.noise import StaticIdentity
+from tunnel.protocol.peer import Peer
+from tunnel.protocol.ratelimiter import RateLimiter
+
+from .l2 import MacTable, Switch
+
+log = logging.getLogger("pyvpn")
+
+MISMATCH_REPORT_INTERVAL = 60.0
+
+
+def mode_name(l2: bool) -> str:
+    return "tap" if l2 else "tun"
+
+
+def short(peer: Peer) -> str:
+    return encode(peer.public_key)[:8] + "…"
+
+
+class State:
+    def __init__(
+        self,
+        private_key: bytes,
+        *,
+        l2: bool = False,
+        mtu: int = DEFAULT_MTU,
+        randbytes: Callable[[int], bytes] = os.urandom,
+        wall_offset: float = 0.0,
+        mac_ageing: float = DEFAULT_MAC_AGEING,
+        under_load_threshold: int = UNDER_LOAD_INITIATIONS_PER_SECOND,
+        external_transport: bool = False,
+    ) -> None:
+        self.identity = StaticIdentity(private_key)
+        # With an external transport (the native plane) transport messages never
+        # pass through here: this core must then never encrypt, or two counters
+        # would use the same nonces.
+        self.external_transport = external_transport
+        self.l2 = l2
+        self.mtu = mtu
+        self.randbytes = randbytes
+        # Monotonic time + wall_offset = Unix time, for TAI64N and "latest handshake".
+        self.wall_offset = wall_offset
+        self.cookie_checker = CookieChecker(self.identity.public_key, randbytes)
+        self.peers: dict[bytes, Peer] = {}
+        self.indices: dict[int, tuple[Peer, Keypair | None]] = {}
+        self.routes: AllowedIPs[Peer] = AllowedIPs()
+        self.macs: Switch[Peer] = MacTable(mac_ageing)
+        self.limiter = RateLimiter()
+        self.icmp_limiter = RateLimiter(ICMP_ERRORS_PER_SECOND, ICMP_ERRORS_BURST)  # one bucket
+        self.under_load_threshold = under_load_threshold
+        self.under_load_until = float("-inf")
+        self._load_second = 0
+        self._load_count = 0
+        self.drops: Counter[str] = Counter()
+        self.cookie_replies_sent = 0
+
+    def _authenticated(self, peer: Peer, size: int, source: Address, now: float) -> None:
+        """Roaming (whitepaper 2.1): the last authenticated source is the endpoint."""
+        if peer.endpoint != source:
+            if peer.endpoint is not None:
+                log.info("peer %s roamed to %s:%d", short(peer), *source)
+            peer.endpoint = source
+        peer.rx_bytes += size
+        peer.timers.any_authenticated_received()
+        peer.timers.any_authenticated_traversal(now)
+
+    def _count_tx(self, peer: Peer, size: int, now: float) -> None:
+        peer.tx_bytes += size
+        peer.timers.any_authenticated_traversal(now)
+
+    def _handshake_complete(self, peer: Peer, now: float) -> None:
+        peer.timers.handshake_complete()
+        peer.last_handshake_wall = now + self.wall_offset
+
+    def _install(self, peer: Peer, keypair: Keypair) -> None:
+        self.indices[keypair.local_index] = (peer, keypair)
+        self._retire(peer.install(keypair))
+
+    def _retire(self, keypairs: list[Keypair]) -> None:
+        for keypair in keypairs:
+            entry = self.indices.get(keypair.local_index)
+            if entry is not None and entry[1] is keypair:
+                del self.indices[keypair.local_index]
+
+    def _drop_handshake_index(self, peer: Peer) -> None:
+        entry = self.indices.get(peer.handshake.local_index)
+        if entry is not None and entry[0] is peer and entry[1] is None:
+            del self.indices[peer.handshake.local_index]
+
+    def _forget_indices(self, peer: Peer) -> None:
+        self.indices = {i: e for i, e in self.indices.items() if e[0] is not peer}
+
+    def _new_index(self, peer: Peer, keypair: Keypair | None) -> int:
+        while True:
+            index = int.from_bytes(self.randbytes(4), "little")
+            if index not in self.indices:
+                self.indices[index] = (peer, keypair)
+                return index
+
+    def _ephemeral(self) -> bytes:
+        return self.randbytes(32)
+
+    def _report_mismatch(self, peer: Peer, remote_l2: bool, now: float) -> None:
+        self.drops["mode_mismatch"] += 1
+        if now - peer.mismatch_reported >= MISMATCH_REPORT_INTERVAL:
+            peer.mismatch_reported = now
+            log.warning(
+                "peer %s is configured for %s mode but this interface is %s: "
+                "no traffic can flow until both ends use the same mode",
+                short(peer),
+                mode_name(remote_l2),
+                mode_name(self.l2),
+            )

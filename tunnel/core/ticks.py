@@ -1,0 +1,57 @@
+"""Clock ticks (the handlers of the kernel's timers.c): what the core does when
+one of a peer's timers fires. protocol/timers.py keeps the deadlines."""
+
+import logging
+
+from tunnel.protocol.constants import KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, REKEY_TIMEOUT
+from tunnel.protocol.peer import Peer
+from tunnel.protocol.timers import Timer
+
+from .actions import Action, KeypairsCleared
+from .send import Sending
+from .state import short
+
+log = logging.getLogger("pyvpn")
+
+
+class Ticking(Sending):
+    def tick(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for peer in list(self.peers.values()):
+            for timer in peer.timers.expired(now):
+                actions += self._timer_fired(peer, timer, now)
+        return actions
+
+    def _timer_fired(self, peer: Peer, timer: Timer, now: float) -> list[Action]:
+        if timer is Timer.RETRANSMIT_HANDSHAKE:
+            if peer.timers.handshake_attempts >= MAX_TIMER_HANDSHAKES:
+                log.info(
+                    "peer %s: handshake did not complete after %d attempts, giving up",
+                    short(peer),
+                    peer.timers.handshake_attempts + 1,
+                )
+                peer.staged.clear()
+                if not peer.timers.pending(Timer.ZERO_KEY_MATERIAL):
+                    peer.timers.session_derived(now)
+                return []
+            peer.timers.handshake_attempts += 1
+            return self._initiate(peer, now, retry=True)
+        if timer is Timer.SEND_KEEPALIVE:
+            actions = self._keepalive(peer, now)
+            if peer.timers.need_another_keepalive:
+                peer.timers.need_another_keepalive = False
+                peer.timers.data_received(now)
+            return actions
+        if timer is Timer.NEW_HANDSHAKE:
+            log.info(
+                "peer %s: no reply for %.0f s, handshaking again",
+                short(peer),
+                KEEPALIVE_TIMEOUT + REKEY_TIMEOUT,
+            )
+            return self._initiate(peer, now, retry=False)
+        if timer is Timer.ZERO_KEY_MATERIAL:
+            self._retire(peer.clear_keypairs())
+            self._drop_handshake_index(peer)
+            peer.handshake.zero()
+            return [KeypairsCleared(peer)]
+        return self._keepalive(peer, now)  # PERSISTENT_KEEPALIVE

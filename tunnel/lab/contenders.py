@@ -1,0 +1,183 @@
+"""The tunnels `pyvpn bench` compares, each able to come up between testbed.a and testbed.b.
+
+A contender's `up()` yields where to measure (client and server namespaces, the
+server's address through the tunnel, the pids whose CPU time counts) and tears
+its tunnel down on exit. It raises `Skip` when it cannot run here at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunnel.protocol import keys
+
+from .openvpn import DATA_OVERHEAD, make_pki, openvpn_argv, wait_ready
+from .testbed import (
+    EXIT_CONFIG,
+    INNER_A,
+    INNER_B,
+    Daemon,
+    Namespace,
+    Testbed,
+    TunnelStartError,
+    WgPeer,
+    device_name,
+    pyvpn_pair,
+    pyvpn_status,
+    start_daemon,
+    start_wireguard_go,
+    wait_reachable,
+)
+
+IPV4_HEADER, IPV6_HEADER, UDP_HEADER, ETHERNET_HEADER = 20, 40, 8, 14
+# type + receiver index + counter (16) and the Poly1305 tag (16); padding to 16 comes on top.
+WIREGUARD_OVERHEAD = 32
+INNER_PREFIX = 24
+
+
+class Skip(Exception):
+    """This contender cannot run on this machine; the message says why."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    client: Namespace
+    server: Namespace
+    server_addr: str
+    pids: list[int] = field(default_factory=list)  # tunnel processes whose CPU time counts
+
+
+def header_overhead(mode: str, transport: int = WIREGUARD_OVERHEAD, ipv6: bool = False) -> int:
+    """Outer bytes per inner packet: underlay IP + UDP + transport (+ Ethernet for tap)."""
+    ethernet = ETHERNET_HEADER if mode == "tap" else 0
+    return (IPV6_HEADER if ipv6 else IPV4_HEADER) + UDP_HEADER + transport + ethernet
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    family: str  # groups tun and tap of one implementation in the chart
+    mode: str  # "raw", "tun" or "tap"
+    tools: tuple[str, ...] = ()
+
+    def missing_tool(self) -> str | None:
+        for tool in self.tools:
+            if shutil.which(tool) is None:
+                return f"{tool} is not installed"
+        return None
+
+    def overhead_bytes(self) -> int | None:
+        return header_overhead(self.mode)
+
+    @contextlib.contextmanager
+    def up(self, tb: Testbed, workdir: Path, mtu: int) -> Iterator[Endpoints]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+
+class Veth(Contender):
+    def overhead_bytes(self) -> int | None:
+        return 0
+
+    @contextlib.contextmanager
+    def up(self, tb: Testbed, workdir: Path, mtu: int) -> Iterator[Endpoints]:
+        yield Endpoints(tb.a, tb.b, tb.b_addr)
+
+
+@dataclass(frozen=True)
+class Pyvpn(Contender):
+    datapath: str = "python"
+
+    def missing_tool(self) -> str | None:
+        if importlib.util.find_spec("tunnel.__main__") is None:
+            return "`python -m tunnel up` is not available in this checkout"
+        return None
+
+    @contextlib.contextmanager
+    def up(self, tb: Testbed, workdir: Path, mtu: int) -> Iterator[Endpoints]:
+        with contextlib.ExitStack() as stack:
+            try:
+                peers = stack.enter_context(
+                    pyvpn_pair(tb, workdir, self.mode, self.datapath, mtu=mtu)
+                )
+            except TunnelStartError as exc:
+                # `pyvpn up` refuses a data plane that is not built with status 2.
+                if exc.returncode == EXIT_CONFIG and self.datapath in exc.output.lower():
+                    raise Skip(_last_line(exc.output)) from None
+                raise
+            # A label must not lie: measure only the data plane that really runs.
+            running = pyvpn_status(peers[0].name).get("datapath")
+            if running != self.datapath:
+                raise Skip(f"asked for the {self.datapath} data plane, `pyvpn show` says {running}")
+            wait_reachable(tb.a, INNER_B)
+            yield Endpoints(tb.a, tb.b, INNER_B, [p.pid for p in peers])
+
+
+class WireguardGo(Contender):
+    @contextlib.contextmanager
+    def up(self, tb: Testbed, workdir: Path, mtu: int) -> Iterator[Endpoints]:
+        private = keys.generate_private_key(), keys.generate_private_key()
+        sides = ((tb.a, tb.a_addr, INNER_A), (tb.b, tb.b_addr, INNER_B))
+        with contextlib.ExitStack() as stack:
+            daemons: list[Daemon] = []
+            for i, (ns, _, inner) in enumerate(sides):
+                _, other_addr, other_inner = sides[1 - i]
+                peer = WgPeer(
+                    keys.public_key(private[1 - i]), [f"{other_inner}/32"], f"{other_addr}:51820"
+                )
+                name = device_name("wg", "ab"[i])
+                daemon = start_wireguard_go(
+                    ns, name, private[i], 51820, [peer], [f"{inner}/{INNER_PREFIX}"], mtu=mtu
+                )
+                daemons.append(stack.enter_context(daemon))
+            wait_reachable(tb.a, INNER_B)
+            yield Endpoints(tb.a, tb.b, INNER_B, [d.pid for d in daemons])
+
+
+class OpenVPN(Contender):
+    def overhead_bytes(self) -> int | None:
+        return header_overhead(self.mode, DATA_OVERHEAD)
+
+    @contextlib.contextmanager
+    def up(self, tb: Testbed, workdir: Path, mtu: int) -> Iterator[Endpoints]:
+        pki = make_pki(workdir)
+        sides = (
+            (tb.a, "server", tb.a_addr, tb.b_addr, INNER_A, INNER_B),
+            (tb.b, "client", tb.b_addr, tb.a_addr, INNER_B, INNER_A),
+        )
+        with contextlib.ExitStack() as stack:
+            daemons = []
+            for i, (ns, role, local, remote, inner, inner_peer) in enumerate(sides):
+                name = device_name(f"ov{self.mode}", "ab"[i])
+                argv = openvpn_argv(
+                    name=name, mode=self.mode, role=role, pki=pki, local=local, remote=remote,
+                    inner=inner, inner_peer=inner_peer, mtu=mtu,
+                )  # fmt: skip
+                daemons.append(stack.enter_context(start_daemon(ns, argv, name)))
+            wait_ready(daemons)
+            wait_reachable(tb.a, INNER_B)
+            yield Endpoints(tb.a, tb.b, INNER_B, [d.pid for d in daemons])
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+CONTENDERS: tuple[Contender, ...] = (
+    Veth("veth", "veth", "raw"),
+    *(
+        Pyvpn(f"pyvpn-{mode}-{dp}", f"pyvpn {dp}", mode, datapath=dp)
+        for dp in ("native", "python")
+        for mode in ("tun", "tap")
+    ),
+    WireguardGo("wireguard-go", "wireguard-go", "tun", ("wireguard-go", "wg")),
+    OpenVPN("openvpn-tun", "openvpn", "tun", ("openvpn", "openssl")),
+    OpenVPN("openvpn-tap", "openvpn", "tap", ("openvpn", "openssl")),
+)
+NAMES = tuple(c.name for c in CONTENDERS)

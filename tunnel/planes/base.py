@@ -1,0 +1,98 @@
+"""What both data planes share: the core's start and 100 ms tick on the event
+loop, their readers, and carrying out the core's Send and Deliver actions.
+A plane supplies what it reads and how it handles the rest of the actions."""
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from tunnel.core.actions import Action, Deliver, Send
+from tunnel.core.interface import Interface
+from tunnel.core.reconfig import Applied
+from tunnel.host import udp
+from tunnel.protocol.constants import TIMER_TICK
+
+log = logging.getLogger("pyvpn")
+
+
+class Plane:
+    name: str
+    # Written before each packet Python delivers into the device (a virtio_net_hdr
+    # when the device was opened with IFF_VNET_HDR).
+    device_prefix = b""
+
+    def __init__(self, iface: Interface, dev_fd: int, sock: socket.socket) -> None:
+        self.iface = iface
+        self.dev_fd = dev_fd
+        self.sock = sock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._watched: list[int] = []
+
+    def readers(self) -> dict[int, Callable[[], None]]:
+        """File descriptors the event loop watches for this plane, and their handlers."""
+        raise NotImplementedError
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        for fd, handler in self.readers().items():
+            loop.add_reader(fd, handler)
+            self._watched.append(fd)
+        self.apply(self.iface.start(time.monotonic()))
+        self._tick()
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            for fd in self._watched:
+                self._loop.remove_reader(fd)
+        self._watched.clear()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+
+    def replace_socket(self, new: socket.socket) -> None:
+        """Listen on `new` from now on (a new listen port). It takes over the old
+        socket's fd number, so whatever holds that number (C, the socket object)
+        follows without being told."""
+        fd = self.sock.fileno()
+        handler = self.readers().get(fd) if fd in self._watched else None
+        if handler is not None and self._loop is not None:
+            self._loop.remove_reader(fd)
+        os.dup2(new.fileno(), fd, inheritable=False)
+        new.close()
+        if handler is not None and self._loop is not None:
+            self._loop.add_reader(fd, handler)
+
+    def refresh(self) -> None:
+        """Bring the core's figures up to date before it is read (a no-op where
+        the core itself moves every packet)."""
+
+    def _tick(self) -> None:
+        self.refresh()
+        self.apply(self.iface.tick(time.monotonic()))
+        assert self._loop is not None
+        self._tick_handle = self._loop.call_later(TIMER_TICK, self._tick)
+
+    def apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                udp.send(self.sock, action.destination, action.data)
+            elif isinstance(action, Deliver):
+                try:
+                    os.write(self.dev_fd, self.device_prefix + action.packet)
+                except OSError as e:
+                    log.debug("device write failed: %s", e.strerror)
+            else:
+                self.carry_out(action)
+
+    def reconfigured(self, applied: Applied) -> None:
+        """The core's peers changed (reconfig.apply); a plane holding its own copy
+        of them follows before the change's actions are carried out."""
+        self.apply(applied.actions)
+
+    def carry_out(self, action: Action) -> None:
+        """Keypair and Transmit actions are for a plane that moves transport
+        messages outside the core; where the core moves them, it has already
+        done what they say."""

@@ -1,0 +1,432 @@
+"""Thin Python face of the native data plane (native/, built as ``tunnel.planes._native``).
+
+The C plane moves WireGuard transport messages in its own threads; Python keeps
+the handshake, the timers and every key decision.  This module only converts
+Python values to the C API of native/dp.h and back, and raises OSError for the
+negative errno values that API returns.  It holds no protocol logic: which
+keypair goes into which slot, when to handshake, what to do with an upcall is
+the caller's business.
+
+Addresses are plain ``(host, port)`` pairs as the rest of pyvpn uses them
+(see udp.from_sockaddr): an IPv4 peer reached through a dual-stack socket is
+reported as ``"192.0.2.1"``, not as ``"::ffff:192.0.2.1"``.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+try:  # the extension is optional: pyvpn falls back to the Python plane
+    from tunnel.planes._native import ffi, lib
+
+    _IMPORT_ERROR: Exception | None = None
+except ImportError as e:  # pragma: no cover - depends on the build
+    ffi = lib = None
+    _IMPORT_ERROR = e
+
+# /dev/net/tun open flags the native plane wants on top of IFF_TUN/IFF_TAP |
+# IFF_NO_PI: IFF_VNET_HDR lets the kernel hand over 64 KiB TSO super-packets
+# and take coalesced ones back (<linux/if_tun.h>).
+IFF_VNET_HDR = 0x4000
+
+T = TypeVar("T")
+
+# dp.h's values, which tests/test_shared_constants.py holds these to: Python needs
+# them where the extension may not be built.
+SLOT_CURRENT, SLOT_PREVIOUS, SLOT_NEXT = 0, 1, 2
+VNET_HDR_LEN = 10  # DP_VNET_HDR_LEN, sizeof(struct virtio_net_hdr)
+
+UPCALL_HEADER = struct.Struct("<BBHI16s")  # kind, family, port (BE, see below), peer_id, addr
+
+
+class NativeUnavailable(RuntimeError):
+    """The C extension is not built (``pip install -e .`` builds it)."""
+
+
+def available() -> bool:
+    """True when ``tunnel.planes._native`` imports, so datapath="auto" can pick native."""
+    return lib is not None
+
+
+def device_open_flags(tap: bool = False) -> int:
+    """Extra TUNSETIFF flags to OR in when opening the device for this plane.
+
+    Both tun and tap are opened with IFF_VNET_HDR: the plane segments and
+    coalesces in either mode.  Pass ``vnet_hdr=True`` to NativePlane then.
+    """
+    return IFF_VNET_HDR
+
+
+def _require() -> Any:
+    if lib is None:
+        raise NativeUnavailable(
+            "pyvpn's native data plane is not built (tunnel.planes._native failed to import: "
+            f"{_IMPORT_ERROR}); run `pip install -e .` with gcc and libssl-dev installed, "
+            'or set datapath = "python"'
+        )
+    return lib
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        raise OSError(-ret, f"{what}: {os.strerror(-ret)}")
+    return ret
+
+
+class UpcallKind(enum.IntEnum):
+    DATAGRAM = 1  # a UDP datagram the plane does not handle (handshakes, other mode, junk)
+    NEED_KEY = 2  # plain packet for a peer without a usable CURRENT keypair
+    KEYPAIR_CONFIRMED = 3  # NEXT was used by the peer and is now CURRENT
+    ENDPOINT_CHANGED = 4  # roaming: authenticated traffic from a new address
+    TOO_BIG = 5  # tap: an oversized frame for Python's PMTU answer (tunnel/core/l2.py)
+    UNROUTED = 6  # tun: a packet no peer takes, for Python's ICMP answer (tunnel/core/l3.py)
+
+
+@dataclass(frozen=True)
+class Upcall:
+    kind: UpcallKind
+    peer_id: int
+    address: tuple[str, int] | None
+    payload: bytes
+
+
+def _address(family: int, port: int, raw: bytes) -> tuple[str, int] | None:
+    if family == socket.AF_INET:
+        return (str(ipaddress.IPv4Address(raw[:4])), port)
+    if family == socket.AF_INET6:
+        ip = ipaddress.IPv6Address(raw[:16])
+        return (str(ip.ipv4_mapped or ip), port)
+    return None
+
+
+def parse_upcall(data: bytes) -> Upcall:
+    """Decode one control-socket message (native/dp.h struct dp_upcall_hdr + payload)."""
+    if len(data) < UPCALL_HEADER.size:
+        raise ValueError(f"upcall too short: {len(data)} bytes")
+    kind, family, port_be, peer_id, addr = UPCALL_HEADER.unpack_from(data)
+    port = socket.ntohs(port_be)
+    return Upcall(
+        UpcallKind(kind), peer_id, _address(family, port, addr), bytes(data[UPCALL_HEADER.size :])
+    )
+
+
+def _sockaddr(address: tuple[str, int]) -> bytes:
+    host, port = address
+    host, _, scope = str(host).partition("%")
+    ip = ipaddress.ip_address(host)
+    if ip.version == 4:
+        return struct.pack("=H", socket.AF_INET) + struct.pack("!H4s", port, ip.packed) + bytes(8)
+    scope_id = socket.if_nametoindex(scope) if scope and not scope.isdigit() else int(scope or 0)
+    return (
+        struct.pack("=H", socket.AF_INET6)
+        + struct.pack("!HI16s", port, 0, ip.packed)
+        + struct.pack("=I", scope_id)
+    )
+
+
+def _from_sockaddr(raw: bytes) -> tuple[str, int] | None:
+    if len(raw) < 8:
+        return None
+    (family,) = struct.unpack_from("=H", raw)
+    (port,) = struct.unpack_from("!H", raw, 2)
+    if family == socket.AF_INET:
+        return _address(family, port, raw[4:8])
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        return _address(family, port, raw[8:24])
+    return None
+
+
+@dataclass(frozen=True)
+class PeerStats:
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+    last_tx_ns: int  # CLOCK_MONOTONIC (time.monotonic_ns()), 0 = never
+    last_tx_data_ns: int
+    last_rx_ns: int
+    last_rx_data_ns: int
+    current_send_counter: int
+    current_age_ns: int
+    has_current: bool
+    current_local_index: int
+    has_previous: bool
+    has_next: bool
+    endpoint: tuple[str, int] | None
+    drop_bad_tag: int
+    drop_replay: int
+    drop_bad_source: int
+    drop_no_keypair: int  # includes packets diverted to Python as NEED_KEY
+    drop_expired_keypair: int
+    drop_malformed: int
+
+
+@dataclass(frozen=True)
+class InterfaceStats:
+    rx_unknown_index: int
+    rx_malformed: int
+    tx_no_route: int
+    tx_malformed: int
+    tx_send_errors: int
+    upcalls_sent: int
+    upcalls_dropped: int
+    dev_write_errors: int
+    tx_super_packets: int  # TSO/USO super-packets read from the device and split
+    rx_coalesced: int  # GRO super-packets written to the device
+    rx_ratelimited: int  # datagrams over their source's share while Python was behind
+    rx_bad_mac1: int  # handshake messages with a wrong mac1, dropped in C
+    udp_gso: bool
+    udp_gro: bool
+    tun_offload: int  # TUN_F_* bits accepted by TUNSETOFFLOAD
+    workers: int
+
+
+def _from_struct(cls: type[T], st: Any, **given: Any) -> T:
+    """A stats dataclass from the dp.h struct whose fields have the same names
+    (C's uint32_t flags become bools), with `given` for those that need more."""
+    values = dict(given)
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name not in given:
+            value = getattr(st, f.name)
+            # f.type is the annotation's text under `from __future__ import annotations`.
+            values[f.name] = bool(value) if f.type in (bool, "bool") else value
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class MacEntry:
+    mac: bytes
+    peer_id: int
+    age: float  # seconds since last seen in an authenticated frame
+
+
+class NativePlane:
+    """Owns one ``dp_t``: the fds stay Python's (the plane never closes them)."""
+
+    def __init__(
+        self,
+        dev_fd: int,
+        udp_fd: int,
+        ctrl_fd: int,
+        *,
+        tap: bool = False,
+        vnet_hdr: bool = False,
+        mtu: int = 1420,
+    ) -> None:
+        native = _require()
+        flags = (native.DP_TAP if tap else 0) | (native.DP_VNET_HDR if vnet_hdr else 0)
+        ffi.errno = 0
+        handle = native.dp_create(dev_fd, udp_fd, ctrl_fd, flags, mtu)
+        if handle == ffi.NULL:
+            err = ffi.errno or errno.EINVAL
+            raise OSError(err, f"native plane: dp_create: {os.strerror(err)}")
+        self._dp = handle
+        self.tap = tap
+
+    @classmethod
+    def create(
+        cls, dev_fd: int, udp_fd: int, ctrl_fd: int, tap: bool, vnet_hdr: bool, mtu: int
+    ) -> NativePlane:
+        return cls(dev_fd, udp_fd, ctrl_fd, tap=tap, vnet_hdr=vnet_hdr, mtu=mtu)
+
+    def _handle(self) -> Any:
+        if self._dp is None:
+            raise ValueError("native plane is closed")
+        return self._dp
+
+    def start(self, workers: int = 1) -> None:
+        """Spawn ``workers`` threads, each serving both directions (device to UDP
+        and UDP to device) from one poll loop.
+
+        1 is right on 2 cores, and keeps per-flow order; more threads share the
+        same fds and may reorder packets (the replay window tolerates it, TCP
+        throughput suffers)."""
+        _check(lib.dp_start(self._handle(), workers), "dp_start")
+
+    def stop(self) -> None:
+        if self._dp is not None:
+            lib.dp_stop(self._dp)
+
+    def udp_replaced(self) -> None:
+        """After a new socket was dup2()ed onto the UDP fd, while stopped."""
+        _check(lib.dp_udp_replaced(self._handle()), "dp_udp_replaced")
+
+    def close(self) -> None:
+        if self._dp is not None:
+            lib.dp_destroy(self._dp)
+            self._dp = None
+
+    def __enter__(self) -> NativePlane:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_dp", None) is not None and lib is not None:
+            self.close()
+
+    # peers and routing
+    def add_peer(self, peer_id: int) -> None:
+        _check(lib.dp_peer_add(self._handle(), peer_id), "add_peer")
+
+    def remove_peer(self, peer_id: int) -> None:
+        _check(lib.dp_peer_remove(self._handle(), peer_id), "remove_peer")
+
+    def set_endpoint(self, peer_id: int, address: tuple[str, int]) -> None:
+        raw = _sockaddr(address)
+        buf = ffi.from_buffer(raw)
+        _check(
+            lib.dp_peer_set_endpoint(
+                self._handle(), peer_id, ffi.cast("struct sockaddr *", buf), len(raw)
+            ),
+            "set_endpoint",
+        )
+
+    def set_allowed_ips(
+        self, peer_id: int, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network | str]
+    ) -> None:
+        """The peer's allowed IPs become exactly these, in one step (dp.h)."""
+        nets = [ipaddress.ip_network(n, strict=False) for n in networks]
+        prefixes = ffi.new("struct dp_prefix[]", len(nets))
+        for i, net in enumerate(nets):
+            prefix = prefixes[i]
+            prefix.family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+            packed = net.network_address.packed
+            ffi.memmove(prefix.addr, packed, len(packed))
+            prefix.cidr = net.prefixlen
+        _check(
+            lib.dp_allowed_ips_set(self._handle(), peer_id, prefixes, len(nets)),
+            "set_allowed_ips",
+        )
+
+    # keypairs (Python decides; the plane only holds them)
+    def set_keypair(
+        self,
+        peer_id: int,
+        slot: int,
+        local_index: int,
+        remote_index: int,
+        send_key: bytes,
+        recv_key: bytes,
+    ) -> None:
+        _keys(send_key, recv_key)
+        _check(
+            lib.dp_keypair_set(
+                self._handle(), peer_id, slot, local_index, remote_index, send_key, recv_key
+            ),
+            "set_keypair",
+        )
+
+    def install_keypair(
+        self,
+        peer_id: int,
+        initiator: bool,
+        local_index: int,
+        remote_index: int,
+        send_key: bytes,
+        recv_key: bytes,
+    ) -> None:
+        """The kernel's add_new_keypair() slot shuffle, atomically (see dp.h)."""
+        _keys(send_key, recv_key)
+        _check(
+            lib.dp_keypair_install(
+                self._handle(),
+                peer_id,
+                int(initiator),
+                local_index,
+                remote_index,
+                send_key,
+                recv_key,
+            ),
+            "install_keypair",
+        )
+
+    def move_keypair(self, peer_id: int, from_slot: int, to_slot: int) -> None:
+        _check(lib.dp_keypair_move(self._handle(), peer_id, from_slot, to_slot), "move_keypair")
+
+    def clear_keypair(self, peer_id: int, slot: int) -> None:
+        _check(lib.dp_keypair_clear(self._handle(), peer_id, slot), "clear_keypair")
+
+    def send_packet(self, peer_id: int, packet: bytes) -> None:
+        """Encrypt with CURRENT and send; b"" is a keepalive.
+
+        Raises OSError(ENOKEY) when there is no usable CURRENT keypair (queue
+        the packet and handshake), OSError(EDESTADDRREQ) without an endpoint.
+        """
+        _check(lib.dp_send_packet(self._handle(), peer_id, packet, len(packet)), "send_packet")
+
+    # observation
+    def stats(self, peer_id: int) -> PeerStats:
+        st = ffi.new("struct dp_peer_stats *")
+        _check(lib.dp_peer_stats(self._handle(), peer_id, st), "stats")
+        ep = ffi.buffer(ffi.addressof(st, "endpoint"), st.endpoint_len)[:]
+        endpoint = _from_sockaddr(ep) if st.endpoint_len else None
+        return _from_struct(PeerStats, st, endpoint=endpoint)
+
+    def interface_stats(self) -> InterfaceStats:
+        st = ffi.new("struct dp_if_stats *")
+        lib.dp_if_stats(self._handle(), st)
+        return _from_struct(InterfaceStats, st)
+
+    def mac_table(self, max_entries: int = 8192) -> list[MacEntry]:
+        out = ffi.new("struct dp_mac_entry[]", max_entries)
+        n = lib.dp_mac_table(self._handle(), out, max_entries)
+        return [MacEntry(bytes(out[i].mac), out[i].peer_id, out[i].age_ms / 1000) for i in range(n)]
+
+    def mac_owner(self, mac: bytes) -> int | None:
+        """The id of the peer a learned MAC address sits behind, if it has not aged out."""
+        peer_id = ffi.new("uint32_t *")
+        return peer_id[0] if lib.dp_mac_owner(self._handle(), mac, peer_id) else None
+
+    def set_mac_ageing(self, seconds: int) -> None:
+        lib.dp_set_mac_ageing(self._handle(), seconds)
+
+    def set_mac1_key(self, key: bytes) -> None:
+        """HASH(LABEL_MAC1 || our public key): C drops handshakes with a wrong mac1."""
+        if len(key) != 32:
+            raise ValueError("the mac1 key is 32 bytes")
+        lib.dp_set_mac1_key(self._handle(), key)
+
+
+def _keys(*keys: bytes) -> None:
+    for k in keys:
+        if len(k) != 32:
+            raise ValueError("session keys are 32 bytes")
+
+
+# Test hooks: the C AEAD and replay window, for known-answer tests.
+def aead_seal(key: bytes, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
+    out = ffi.new("uint8_t[]", len(plaintext) + 16)
+    if _require().dp_test_aead_seal(key, nonce, aad, len(aad), plaintext, len(plaintext), out):
+        raise ValueError("aead_seal failed (key must be 32 bytes, nonce 12)")
+    return bytes(out)
+
+
+def aead_open(key: bytes, nonce: bytes, aad: bytes, ciphertext: bytes) -> bytes | None:
+    out = ffi.new("uint8_t[]", max(len(ciphertext), 1))
+    if _require().dp_test_aead_open(key, nonce, aad, len(aad), ciphertext, len(ciphertext), out):
+        return None
+    return bytes(out)[: len(ciphertext) - 16]
+
+
+class ReplayWindow:
+    """The C replay window alone (dp_test_replay_*), for tests."""
+
+    def __init__(self) -> None:
+        self._r = ffi.gc(_require().dp_test_replay_new(), lib.dp_test_replay_free)
+
+    def check(self, counter: int) -> bool:
+        return bool(lib.dp_test_replay_check(self._r, counter))
+
+    @staticmethod
+    def window_size() -> int:
+        return int(_require().dp_test_replay_window_size())

@@ -1,0 +1,228 @@
+"""The native data plane behind `pyvpn up`: C threads move transport messages
+(native/), this shell keeps the protocol in the sans-IO core. It mirrors keypairs
+into C, feeds the core the datagrams and packets C hands up, and turns C's
+per-peer counters into the core's timer events."""
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from tunnel.core.actions import Action, KeypairInstalled, KeypairsCleared, Transmit
+from tunnel.core.interface import Interface
+from tunnel.core.reconfig import Applied
+from tunnel.protocol.peer import Peer
+
+from . import dp
+from .base import Plane
+from .dp import NativePlane, PeerStats, UpcallKind, parse_upcall
+
+log = logging.getLogger("pyvpn")
+
+# The C plane's interface-wide drop counters, under the core's names for them.
+INTERFACE_DROPS = {
+    "unknown_index": "rx_unknown_index",
+    "malformed": "rx_malformed",
+    "no_route": "tx_no_route",
+    "runt_frame": "tx_malformed",
+    "upcall_overflow": "upcalls_dropped",
+    "ratelimited": "rx_ratelimited",
+    "bad_mac1": "rx_bad_mac1",
+}
+UPCALL_BATCH = 256
+WORKERS = 1  # one thread for both directions: right for 2 cores (README, measured)
+
+
+class NativeMacTable:
+    """tap: the learning switch C keeps, as the core asks it (a lookup for a frame
+    Python sends, `show`). Read on demand, never copied: copying it every tick cost
+    up to 20 ms of Python per tick with a full table."""
+
+    def __init__(self, plane: NativePlane, peers: dict[int, Peer], ageing: float) -> None:
+        self.plane, self.peers, self.ageing = plane, peers, ageing
+
+    def learn(self, mac: bytes, owner: Peer, now: float) -> None:
+        """C learns from every frame it decrypts. Python decrypts one only when C
+        did not hold its keypair yet (a race with installing it); the next frame
+        from that address teaches C."""
+
+    def lookup(self, mac: bytes, now: float) -> Peer | None:
+        peer_id = self.plane.mac_owner(mac)
+        return None if peer_id is None else self.peers.get(peer_id)
+
+    def forget_owner(self, owner: Peer) -> None:
+        """dp_remove_peer() forgets the peer's MAC addresses in C."""
+
+    def entries(self, now: float) -> list[tuple[bytes, Peer, float]]:
+        return [
+            (e.mac, self.peers[e.peer_id], e.age)
+            for e in self.plane.mac_table()
+            if e.peer_id in self.peers
+        ]
+
+
+class NativeShell(Plane):
+    name = "native"
+
+    def __init__(self, iface: Interface, dev_fd: int, sock: socket.socket) -> None:
+        super().__init__(iface, dev_fd, sock)
+        # A virtio_net_hdr of zeros (no offload) before the packets Python itself
+        # writes into the device.
+        self.device_prefix = bytes(dp.VNET_HDR_LEN)
+        self.ctrl, ctrl_native = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.ctrl.setblocking(False)
+        self._ctrl_native = ctrl_native  # the C side writes to it; closed after the plane
+        self.plane = NativePlane(
+            dev_fd, sock.fileno(), ctrl_native.fileno(), tap=iface.l2, vnet_hdr=True, mtu=iface.mtu
+        )
+        self.plane.set_mac_ageing(int(iface.macs.ageing))
+        self.plane.set_mac1_key(iface.cookie_checker.mac1_key)
+        self.ids: dict[Peer, int] = {}
+        self.peers: dict[int, Peer] = {}
+        self.last: dict[int, PeerStats] = {}
+        self._next_id = 1
+        for peer in iface.peers.values():
+            self._add(peer)
+        self.last_interface = self.plane.interface_stats()
+        iface.macs = NativeMacTable(self.plane, self.peers, iface.macs.ageing)
+
+    def _add(self, peer: Peer) -> None:
+        peer_id, self._next_id = self._next_id, self._next_id + 1
+        self.ids[peer], self.peers[peer_id] = peer_id, peer
+        self.plane.add_peer(peer_id)
+        self._sync(peer)
+        self.last[peer_id] = self.plane.stats(peer_id)
+
+    def _sync(self, peer: Peer) -> None:
+        """C takes the core's endpoint and allowed IPs for the peer."""
+        peer_id = self.ids[peer]
+        if peer.endpoint:
+            self.plane.set_endpoint(peer_id, peer.endpoint)
+        self.plane.set_allowed_ips(peer_id, self.iface.routes.networks_of(peer))
+
+    def reconfigured(self, applied: Applied) -> None:
+        for peer in applied.removed:
+            peer_id = self.ids.pop(peer)
+            del self.peers[peer_id], self.last[peer_id]
+            self.plane.remove_peer(peer_id)  # its keypairs and MAC addresses too
+        for peer in applied.added:
+            self._add(peer)
+        for peer in applied.updated:
+            self._sync(peer)
+        self.plane.set_mac1_key(self.iface.cookie_checker.mac1_key)  # a new private key's
+        super().reconfigured(applied)
+
+    def readers(self) -> dict[int, Callable[[], None]]:
+        return {self.ctrl.fileno(): self._upcalls}
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.plane.start(workers=WORKERS)
+        super().start(loop)
+
+    def replace_socket(self, new: socket.socket) -> None:
+        # The workers hold the fd in their polls: it changes while they are stopped.
+        self.plane.stop()
+        super().replace_socket(new)
+        self.plane.udp_replaced()
+        self.plane.start(workers=WORKERS)
+
+    def stop(self) -> None:
+        super().stop()
+        self.plane.stop()
+        self.plane.close()
+        self.ctrl.close()
+        self._ctrl_native.close()
+
+    def refresh(self) -> None:
+        """Turn what C counted since the last look into the core's transport events."""
+        now = time.monotonic()
+        new_if, old_if = self.plane.interface_stats(), self.last_interface
+        self.last_interface = new_if
+        for reason, field in INTERFACE_DROPS.items():
+            delta = getattr(new_if, field) - getattr(old_if, field)
+            if delta:
+                self.iface.drops[reason] += delta
+        for peer_id, peer in self.peers.items():
+            new, old = self.plane.stats(peer_id), self.last[peer_id]
+            self.last[peer_id] = new
+            current = peer.current
+            if new.has_current and current and current.local_index == new.current_local_index:
+                current.send_counter = new.current_send_counter
+            peer.drops.replay_or_forged += (new.drop_bad_tag - old.drop_bad_tag) + (
+                new.drop_replay - old.drop_replay
+            )
+            peer.drops.bad_source += new.drop_bad_source - old.drop_bad_source
+            peer.drops.not_ip += new.drop_malformed - old.drop_malformed
+            if new.last_tx_ns != old.last_tx_ns:
+                self.apply(
+                    self.iface.transport_sent(
+                        peer,
+                        new.tx_bytes - old.tx_bytes,
+                        new.last_tx_data_ns != old.last_tx_data_ns,
+                        new.last_tx_ns / 1e9,
+                    )
+                )
+            if new.last_rx_ns != old.last_rx_ns and new.endpoint is not None:
+                self.apply(
+                    self.iface.transport_received(
+                        peer,
+                        new.endpoint,
+                        new.rx_bytes - old.rx_bytes,
+                        new.last_rx_data_ns != old.last_rx_data_ns,
+                        new.last_rx_ns / 1e9,
+                    )
+                )
+            if new.has_current:
+                # C promotes `next` on its first message and says so in an upcall,
+                # which a flood can crowd out of the control socket: the stats
+                # always tell. confirmed() acts only when the core's `next` is C's
+                # new current, so asking every tick is safe.
+                self.apply(self.iface.confirmed(peer, new.current_local_index, now))
+
+    def _upcalls(self) -> None:
+        now = time.monotonic()
+        for _ in range(UPCALL_BATCH):
+            try:
+                data = self.ctrl.recv(65536 + 64)
+            except BlockingIOError:
+                return
+            upcall = parse_upcall(data)
+            peer = self.peers.get(upcall.peer_id)
+            if upcall.kind is UpcallKind.DATAGRAM and upcall.address is not None:
+                self.apply(self.iface.receive_datagram(upcall.payload, upcall.address, now))
+            elif upcall.kind is UpcallKind.TOO_BIG:
+                self.apply(self.iface.send_packet(upcall.payload, now))
+            elif upcall.kind is UpcallKind.UNROUTED:  # C counted it
+                self.apply(self.iface.unreachable(upcall.payload, now))
+            elif peer is None:
+                continue
+            elif upcall.kind is UpcallKind.NEED_KEY:
+                self.apply(self.iface.stage(peer, upcall.payload, now))
+            elif upcall.kind is UpcallKind.KEYPAIR_CONFIRMED:
+                self.refresh()  # now rather than at the next tick: staged packets wait
+            elif upcall.kind is UpcallKind.ENDPOINT_CHANGED and upcall.address is not None:
+                peer.endpoint = upcall.address
+
+    def carry_out(self, action: Action) -> None:
+        if isinstance(action, KeypairInstalled):
+            keys = action.keypair.keys
+            peer_id = self.ids[action.peer]
+            if action.peer.endpoint:
+                self.plane.set_endpoint(peer_id, action.peer.endpoint)
+            self.plane.install_keypair(
+                peer_id,
+                keys.is_initiator,
+                keys.local_index,
+                keys.remote_index,
+                keys.send_key,
+                keys.receive_key,
+            )
+        elif isinstance(action, Transmit):
+            try:
+                self.plane.send_packet(self.ids[action.peer], action.packet)
+            except OSError as e:
+                log.debug("native send failed: %s", e.strerror)
+        elif isinstance(action, KeypairsCleared):
+            for slot in (dp.SLOT_CURRENT, dp.SLOT_PREVIOUS, dp.SLOT_NEXT):
+                self.plane.clear_keypair(self.ids[action.peer], slot)

@@ -1,0 +1,74 @@
+"""The pure-Python data plane: the event loop reads the device and the socket
+directly (add_reader, no transports, batches per wakeup) and the core does the
+rest. Always available; the fallback when native/ is not built."""
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from tunnel.core.interface import Interface
+from tunnel.host import udp
+from tunnel.protocol.constants import MESSAGE_TRANSPORT, UNDER_LOAD_HOLD
+from tunnel.protocol.ratelimiter import RateLimiter, source_key
+
+from .base import Plane
+
+log = logging.getLogger("pyvpn")
+
+BATCH = 64  # packets per wakeup before yielding to the other file descriptor
+MAX_DATAGRAM = 65535
+TRANSPORT = bytes([MESSAGE_TRANSPORT])
+
+
+class PythonPlane(Plane):
+    name = "python"
+
+    def __init__(self, iface: Interface, dev_fd: int, sock: socket.socket) -> None:
+        super().__init__(iface, dev_fd, sock)
+        # While the socket overflows, a datagram that is not a transport message
+        # gets its source's share before the core judges it (native/upcall.c does
+        # the same in C, and says why only overflows count): one source flooding
+        # handshakes cannot crowd out the peers handshaking beside it.
+        self.sources = RateLimiter()
+        self.behind_until = float("-inf")
+        self.drops = udp.drops(sock)
+
+    def readers(self) -> dict[int, Callable[[], None]]:
+        return {self.dev_fd: self._device_readable, self.sock.fileno(): self._socket_readable}
+
+    def _device_readable(self) -> None:
+        now = time.monotonic()
+        for _ in range(BATCH):
+            try:
+                packet = os.read(self.dev_fd, MAX_DATAGRAM)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                log.warning("reading the device failed: %s", e.strerror)
+                return
+            self.apply(self.iface.send_packet(packet, now))
+
+    def _socket_readable(self) -> None:
+        now = time.monotonic()
+        drops = udp.drops(self.sock)
+        if drops != self.drops:  # the socket dropped datagrams for a full buffer
+            self.drops, self.behind_until = drops, now + UNDER_LOAD_HOLD
+        for _ in range(BATCH):
+            try:
+                data, sockaddr = self.sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # ICMP errors from earlier sends surface here (ECONNREFUSED): not ours to act on.
+                continue
+            source = udp.from_sockaddr(sockaddr)
+            if (
+                now < self.behind_until
+                and data[:1] != TRANSPORT
+                and not self.sources.allow(source_key(source[0]), now)
+            ):
+                self.iface.drops["ratelimited"] += 1
+                continue
+            self.apply(self.iface.receive_datagram(data, source, now))
