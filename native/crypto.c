@@ -47,6 +47,15 @@ void aead_free(struct aead *a)
 	a->key_id = 0;
 }
 
+void aead_forget(struct aead *a)
+{
+	static const uint8_t zeros[32];
+	if (!a->key_id)
+		return;
+	EVP_CipherInit_ex(a->ctx, NULL, NULL, zeros, zeros, -1);
+	a->key_id = 0;
+}
+
 void aead_nonce(uint8_t nonce[12], uint64_t counter)
 {
 	/* Whitepaper 5.4.6: 32 zero bits followed by the 64-bit little-endian

@@ -150,6 +150,13 @@ static void *worker_main(void *arg)
 	bool dev_ready = false, udp_ready = false, dev_err = false;
 	uint64_t dev_backoff_until = 0;
 	while (!atomic_load(&dp->stopping)) {
+		uint64_t freed = atomic_load(&dp->keypairs_freed);
+		if (freed != w->keypairs_freed_seen) {
+			/* At most a poll timeout (1 s) after the keypair went. */
+			w->keypairs_freed_seen = freed;
+			aead_forget(tx_aead(w->tx));
+			aead_forget(rx_aead(w->rx));
+		}
 		if (!dev_ready || !udp_ready) {
 			bool skip_dev = dev_backoff_until && now_ns() < dev_backoff_until;
 			bool busy = dev_ready || udp_ready;
@@ -272,9 +279,19 @@ int dp_if_stats(dp_t *dp, struct dp_if_stats *out)
 	out->rx_coalesced = STAT_GET(dp->st.rx_coalesced);
 	out->rx_ratelimited = STAT_GET(dp->st.rx_ratelimited);
 	out->rx_bad_mac1 = STAT_GET(dp->st.rx_bad_mac1);
+	out->rx_mac_table_full = STAT_GET(dp->st.rx_mac_table_full);
 	out->udp_gso = (uint32_t)atomic_load(&dp->udp_gso);
 	out->udp_gro = (uint32_t)dp->udp_gro;
 	out->tun_offload = dp->tun_offload;
 	out->workers = (uint32_t)dp->nworkers;
 	return 0;
+}
+
+int dp_test_cached_keys(dp_t *dp)
+{
+	int n = 0;
+	for (int i = 0; i < dp->nworkers; i++)
+		n += (tx_aead(dp->workers[i].tx)->key_id != 0) +
+		     (rx_aead(dp->workers[i].rx)->key_id != 0);
+	return n;
 }

@@ -40,9 +40,11 @@ enum {
 	DP_UPCALL_KEYPAIR_CONFIRMED = 3, /* peer_id's NEXT became CURRENT: dp_peer_stats()
 					  * tells which, also when this was lost */
 	DP_UPCALL_ENDPOINT_CHANGED = 4,  /* addr = new endpoint of peer_id */
-	DP_UPCALL_TOO_BIG = 5,           /* tap: payload = a frame over the MTU that deserves
-					  * an ICMP answer (tunnel/core/l2.py); Python answers it
-					  * or sends it on with dp_send_packet */
+	DP_UPCALL_TOO_BIG = 5,           /* tap: payload = a device read (its virtio header
+					  * too, with DP_VNET_HDR) of a frame over the MTU that
+					  * may deserve an ICMP answer (tunnel/core/l2.py);
+					  * Python answers it or hands it back whole with
+					  * dp_transmit_frame */
 	DP_UPCALL_UNROUTED = 6,          /* tun: payload = a packet no peer's allowed IPs
 					  * cover (counted in tx_no_route); Python answers
 					  * it with ICMP unreachable (tunnel/core/l3.py) */
@@ -61,7 +63,7 @@ struct dp_peer_stats {
 	uint64_t last_tx_ns, last_tx_data_ns; /* CLOCK_MONOTONIC; 0 = never */
 	uint64_t last_rx_ns, last_rx_data_ns;
 	uint64_t current_send_counter;    /* next counter CURRENT will use */
-	uint64_t current_age_ns;          /* age of CURRENT since dp_keypair_set */
+	uint64_t current_age_ns;          /* age of CURRENT since it was installed */
 	uint32_t has_current;             /* CURRENT installed (usable or not) */
 	uint32_t current_local_index;     /* CURRENT's, when has_current */
 	uint32_t has_previous, has_next;
@@ -87,6 +89,7 @@ struct dp_if_stats {
 	uint64_t rx_ratelimited;   /* datagrams kept from Python while it was behind:
 				    * over their source's share (upcall.c) */
 	uint64_t rx_bad_mac1;      /* handshake messages with a wrong mac1 */
+	uint64_t rx_mac_table_full; /* tap frames whose source went unlearned: table full */
 	uint32_t udp_gso, udp_gro, tun_offload; /* offloads in effect (bitmask for tun) */
 	uint32_t workers;
 };
@@ -127,18 +130,19 @@ struct dp_prefix {
  * before anything changes (-EINVAL); -ENOMEM midway leaves part of the new set. */
 int dp_allowed_ips_set(dp_t *, uint32_t peer_id, const struct dp_prefix *prefixes, size_t n);
 
-/* Put a fresh keypair into `slot`, replacing (and forgetting) whatever was
- * there; send counter starts at 0, replay window empty, birthdate = now. */
-int dp_keypair_set(dp_t *, uint32_t peer_id, int slot, uint32_t local_index,
-		   uint32_t remote_index, const uint8_t send_key[32], const uint8_t recv_key[32]);
+/* tap: the peer may send only from these n MAC addresses (6 bytes each), and
+ * they are bound to it in the MAC table: never aged out, never taken by another
+ * peer (the L2 form of allowed IPs).  n = 0: any source it is not refused. */
+int dp_peer_set_allowed_macs(dp_t *, uint32_t peer_id, const uint8_t *macs, size_t n);
+
 int dp_keypair_clear(dp_t *, uint32_t peer_id, int slot);
-/* Extension: move a keypair with its counters and replay window from one
- * slot to another (the destination's old keypair is forgotten), so Python
- * can do the kernel's add_new_keypair() shuffles without resetting state. */
-int dp_keypair_move(dp_t *, uint32_t peer_id, int from_slot, int to_slot);
-/* Extension: the kernel's add_new_keypair() (noise.c) in one atomic step.
+/* The only way keys come in: the kernel's add_new_keypair() (noise.c) in one
+ * atomic step, with a send counter from 0, an empty replay window and a
+ * birthdate of now.
  * initiator: previous := next ? next : current; current := new; next := none.
- * responder: next := new; previous := none. */
+ * responder: next := new; previous := none.
+ * -EKEYREJECTED: a keypair of the peer's holds that send key already (its
+ * nonces would start again from 0); -EEXIST: the local index is in use. */
 int dp_keypair_install(dp_t *, uint32_t peer_id, int initiator, uint32_t local_index,
 		       uint32_t remote_index, const uint8_t send_key[32],
 		       const uint8_t recv_key[32]);
@@ -148,6 +152,11 @@ int dp_keypair_install(dp_t *, uint32_t peer_id, int initiator, uint32_t local_i
  * -ENOKEY: no usable CURRENT (missing, too old, counter exhausted);
  * -EDESTADDRREQ: no endpoint. */
 int dp_send_packet(dp_t *, uint32_t peer_id, const uint8_t *pkt, size_t len);
+
+/* tap: a DP_UPCALL_TOO_BIG payload Python does not answer, switched, segmented
+ * and checksummed as the device read it would have been, from the calling
+ * thread (no TOO_BIG upcall this time). */
+int dp_transmit_frame(dp_t *, const uint8_t *data, size_t len);
 
 int dp_peer_stats(dp_t *, uint32_t peer_id, struct dp_peer_stats *out);
 int dp_if_stats(dp_t *, struct dp_if_stats *out);
@@ -171,5 +180,7 @@ dp_replay_t *dp_test_replay_new(void);
 int dp_test_replay_check(dp_replay_t *, uint64_t counter); /* 1 = accept */
 void dp_test_replay_free(dp_replay_t *);
 uint64_t dp_test_replay_window_size(void);
+/* How many of the workers' AEAD contexts hold a key (racy: for tests). */
+int dp_test_cached_keys(dp_t *);
 
 #endif

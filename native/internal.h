@@ -41,11 +41,22 @@
 #define UDP_GSO_MAX_BYTES 65000    /* a GSO send is one <64 KiB UDP datagram */
 #define DP_SOURCE_BUCKET_BITS 12   /* 4096 buckets of sources while Python is behind */
 
+/* CLOCK_BOOTTIME, as the kernel's WireGuard ages keypairs, so that
+ * Reject-After-Time counts time spent suspended; Python's timers run on the
+ * same clock (tunnel/host/clock.py). */
 static inline uint64_t now_ns(void)
 {
 	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(CLOCK_BOOTTIME, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* How long ago `then` was.  Signed: a worker samples `now` before it takes the
+ * lock, so an entry made meanwhile is younger than `now` (a negative age), and
+ * must not pass for 2^64 ns old. */
+static inline int64_t age_ns(uint64_t now, uint64_t then)
+{
+	return (int64_t)(now - then);
 }
 
 #define STAT_ADD(field, n) atomic_fetch_add_explicit(&(field), (n), memory_order_relaxed)
@@ -70,6 +81,9 @@ struct aead {
 };
 int aead_init(struct aead *a, int encrypt); /* 0 or -1 */
 void aead_free(struct aead *a);
+/* Overwrite the key the context holds (with zeros): a freed keypair's key must
+ * not live on in a worker's context until the next message under another. */
+void aead_forget(struct aead *a);
 /* mac1 of a handshake message: one per thread, its key given per call. */
 struct mac1 {
 	EVP_MAC_CTX *ctx;
@@ -115,6 +129,10 @@ struct peer {
 	_Atomic uint64_t last_tx_ns, last_tx_data_ns, last_rx_ns, last_rx_data_ns;
 	_Atomic uint64_t drop_bad_tag, drop_replay, drop_bad_source;
 	_Atomic uint64_t drop_no_keypair, drop_expired_keypair, drop_malformed;
+	/* tap: the only source MACs the peer may send from, bound to it in the
+	 * MAC table (dp_peer_set_allowed_macs); none: any it is not refused. */
+	uint8_t (*allowed_macs)[6];
+	size_t n_allowed_macs;
 };
 
 #define PEER_HASH_SIZE 256
@@ -131,6 +149,7 @@ struct mac_entry {
 	uint8_t mac[6];
 	uint32_t peer_id;
 	uint64_t seen_ns;
+	bool bound; /* one of its peer's allowed_macs: never ages, never moves */
 };
 
 struct worker;
@@ -155,6 +174,10 @@ struct dp {
 	struct mac_entry *mac_hash[MAC_HASH_SIZE];
 	int mac_count;
 	_Atomic uint64_t mac_ageing_ns;
+
+	/* Counts keypair_free() calls: a worker that sees it move forgets the keys
+	 * its AEAD contexts hold (worker_main). */
+	_Atomic uint64_t keypairs_freed;
 
 	/* HASH(LABEL_MAC1 || our public key), for mac1 (dp_set_mac1_key). */
 	uint8_t mac1_key[32];
@@ -184,6 +207,7 @@ struct dp {
 		_Atomic uint64_t rx_unknown_index, rx_malformed, tx_no_route, tx_malformed;
 		_Atomic uint64_t tx_send_errors, upcalls_sent, upcalls_dropped, dev_write_errors;
 		_Atomic uint64_t tx_super_packets, rx_coalesced, rx_ratelimited, rx_bad_mac1;
+		_Atomic uint64_t rx_mac_table_full;
 	} st;
 };
 
@@ -206,9 +230,13 @@ void allowedips_remove_peer(dp_t *dp, struct peer *peer);
 void allowedips_free(dp_t *dp);
 
 /* --- mactable.c: the tap learning switch ------------------------------- */
-void mac_learn(dp_t *dp, const uint8_t mac[6], uint32_t peer_id, uint64_t now);
+enum { MAC_LEARNED, MAC_HELD_BY_OTHER, MAC_TABLE_FULL }; /* mac_learn() */
+int mac_learn(dp_t *dp, const uint8_t mac[6], uint32_t peer_id, uint64_t now);
 bool mac_lookup(dp_t *dp, const uint8_t mac[6], uint64_t now, uint32_t *peer_id);
 void mac_forget_peer(dp_t *dp, uint32_t peer_id);
+/* The peer's allowed_macs become its bound entries, replacing those it had. */
+void mac_bind_peer(dp_t *dp, const struct peer *p, uint64_t now);
+bool peer_allows_mac(const struct peer *p, const uint8_t mac[6]);
 void mac_free(dp_t *dp);
 
 /* --- upcall.c ---------------------------------------------------------- */
@@ -274,13 +302,16 @@ struct worker {
 	bool started;
 	struct tx_state *tx;
 	struct rx_state *rx;
+	uint64_t keypairs_freed_seen;
 };
 struct tx_state *tx_state_new(dp_t *dp);
 void tx_state_free(struct tx_state *);
 int tx_batch(struct tx_state *);           /* device reads done; 0 = none */
 int tx_batch_max(const struct tx_state *); /* fewer reads than this: drained */
+struct aead *tx_aead(struct tx_state *);
 struct rx_state *rx_state_new(dp_t *dp);
 void rx_state_free(struct rx_state *);
 int rx_batch(struct rx_state *); /* datagrams received; < RX_MSGS_PER_BATCH: drained */
+struct aead *rx_aead(struct rx_state *);
 
 #endif

@@ -2,10 +2,13 @@
  *
  * mactable.c -- tap mode's learning switch: source MAC -> peer.
  *
- * Learned only from frames that authenticated from that peer (so a peer
- * cannot claim another's MACs by forging), consulted for every frame read
- * from the device, aged out after dp->mac_ageing_ns like a Linux bridge
- * (default 300 s).  Its own mutex: learning happens on RX workers and
+ * Learned only from frames that authenticated from that peer, consulted for
+ * every frame read from the device, aged out after dp->mac_ageing_ns like a
+ * Linux bridge (default 300 s).  A MAC address held by one peer is not taken
+ * by another while its entry is fresh: else any peer could claim the address
+ * of a host behind another and have its unicast (tunnel/core/l2.py does the
+ * same).  At most MAC_TABLE_MAX entries: a new address beyond them is not
+ * learned, so frames to it are flooded.  Its own mutex: learning happens on RX workers and
  * lookups on TX workers, neither needs the peer table write lock.  Entries
  * hold peer ids, not pointers, so peer removal needs no coordination beyond
  * mac_forget_peer().
@@ -25,19 +28,67 @@ static inline unsigned mac_bucket(const uint8_t mac[6])
 
 static bool expired(dp_t *dp, const struct mac_entry *e, uint64_t now)
 {
-	return now - e->seen_ns >= atomic_load(&dp->mac_ageing_ns);
+	return !e->bound && age_ns(now, e->seen_ns) >= (int64_t)atomic_load(&dp->mac_ageing_ns);
 }
 
-void mac_learn(dp_t *dp, const uint8_t mac[6], uint32_t peer_id, uint64_t now)
+bool peer_allows_mac(const struct peer *p, const uint8_t mac[6])
+{
+	if (!p->n_allowed_macs)
+		return true;
+	for (size_t i = 0; i < p->n_allowed_macs; i++)
+		if (!memcmp(p->allowed_macs[i], mac, 6))
+			return true;
+	return false;
+}
+
+static struct mac_entry *entry_of(dp_t *dp, const uint8_t mac[6]) /* mac_lock held */
+{
+	struct mac_entry *e = dp->mac_hash[mac_bucket(mac)];
+	while (e && memcmp(e->mac, mac, 6))
+		e = e->next;
+	return e;
+}
+
+void mac_bind_peer(dp_t *dp, const struct peer *p, uint64_t now)
+{
+	pthread_mutex_lock(&dp->mac_lock);
+	for (int b = 0; b < MAC_HASH_SIZE; b++)
+		for (struct mac_entry *e = dp->mac_hash[b]; e; e = e->next)
+			if (e->peer_id == p->id)
+				e->bound = false; /* learned from now on, and aged */
+	for (size_t i = 0; i < p->n_allowed_macs; i++) {
+		/* Bound entries are the config's, so not under MAC_TABLE_MAX. */
+		struct mac_entry *e = entry_of(dp, p->allowed_macs[i]);
+		if (!e && (e = calloc(1, sizeof(*e)))) {
+			memcpy(e->mac, p->allowed_macs[i], 6);
+			e->next = dp->mac_hash[mac_bucket(e->mac)];
+			dp->mac_hash[mac_bucket(e->mac)] = e;
+			dp->mac_count++;
+		}
+		if (e) {
+			e->peer_id = p->id;
+			e->seen_ns = now;
+			e->bound = true;
+		}
+	}
+	pthread_mutex_unlock(&dp->mac_lock);
+}
+
+int mac_learn(dp_t *dp, const uint8_t mac[6], uint32_t peer_id, uint64_t now)
 {
 	if (mac[0] & 1)
-		return; /* a group address is never a source */
+		return MAC_LEARNED; /* a group address is never a source: nothing to learn */
+	int result = MAC_LEARNED;
 	pthread_mutex_lock(&dp->mac_lock);
 	struct mac_entry **pp = &dp->mac_hash[mac_bucket(mac)], *e;
 	while ((e = *pp)) {
 		if (!memcmp(e->mac, mac, 6)) {
-			e->peer_id = peer_id;
-			e->seen_ns = now;
+			if (e->peer_id != peer_id && !expired(dp, e, now))
+				result = MAC_HELD_BY_OTHER;
+			else if (!e->bound) {
+				e->peer_id = peer_id;
+				e->seen_ns = now;
+			}
 			goto out;
 		}
 		if (expired(dp, e, now)) { /* prune as we walk */
@@ -52,12 +103,15 @@ void mac_learn(dp_t *dp, const uint8_t mac[6], uint32_t peer_id, uint64_t now)
 		memcpy(e->mac, mac, 6);
 		e->peer_id = peer_id;
 		e->seen_ns = now;
+		e->bound = false;
 		e->next = dp->mac_hash[mac_bucket(mac)];
 		dp->mac_hash[mac_bucket(mac)] = e;
 		dp->mac_count++;
-	}
+	} else
+		result = MAC_TABLE_FULL;
 out:
 	pthread_mutex_unlock(&dp->mac_lock);
+	return result;
 }
 
 bool mac_lookup(dp_t *dp, const uint8_t mac[6], uint64_t now, uint32_t *peer_id)
@@ -120,7 +174,8 @@ int dp_mac_table(dp_t *dp, struct dp_mac_entry *out, int max)
 			memset(&out[n], 0, sizeof(out[n]));
 			memcpy(out[n].mac, e->mac, 6);
 			out[n].peer_id = e->peer_id;
-			out[n].age_ms = (now - e->seen_ns) / 1000000ULL;
+			int64_t age = age_ns(now, e->seen_ns);
+			out[n].age_ms = age > 0 ? (uint64_t)age / 1000000ULL : 0;
 			n++;
 		}
 	}

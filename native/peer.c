@@ -56,6 +56,7 @@ static void keypair_free(dp_t *dp, struct keypair *kp)
 		return;
 	index_remove(dp, kp);
 	pthread_mutex_destroy(&kp->replay_lock);
+	atomic_fetch_add(&dp->keypairs_freed, 1);
 	/* Keys must not linger in freed memory. */
 	OPENSSL_cleanse(kp, sizeof(*kp));
 	free(kp);
@@ -73,7 +74,7 @@ int keypair_usable_for_send(const struct keypair *kp, uint64_t now)
 {
 	if (!kp)
 		return -ENOKEY;
-	if (now - kp->birth_ns >= REJECT_AFTER_TIME_NS ||
+	if (age_ns(now, kp->birth_ns) >= (int64_t)REJECT_AFTER_TIME_NS ||
 	    atomic_load_explicit(&kp->send_counter, memory_order_relaxed) >= REJECT_AFTER_MESSAGES)
 		return -EKEYEXPIRED;
 	return 0;
@@ -92,6 +93,7 @@ static void peer_free(dp_t *dp, struct peer *p)
 	for (int s = 0; s < 3; s++)
 		keypair_free(dp, p->keypairs[s]);
 	pthread_mutex_destroy(&p->endpoint_lock);
+	free(p->allowed_macs);
 	free(p);
 }
 
@@ -274,27 +276,6 @@ static int valid_slot(int slot)
 	return slot == DP_CURRENT || slot == DP_PREVIOUS || slot == DP_NEXT;
 }
 
-int dp_keypair_set(dp_t *dp, uint32_t peer_id, int slot, uint32_t local_index,
-		   uint32_t remote_index, const uint8_t send_key[32], const uint8_t recv_key[32])
-{
-	if (!valid_slot(slot))
-		return -EINVAL;
-	pthread_rwlock_wrlock(&dp->lock);
-	struct peer *p = peer_lookup(dp, peer_id);
-	int ret = -ENOENT;
-	if (p) {
-		/* Forget the old one first so its index may be reused. */
-		keypair_free(dp, p->keypairs[slot]);
-		p->keypairs[slot] = NULL;
-		struct keypair *kp;
-		ret = keypair_create(dp, p, local_index, remote_index, send_key, recv_key, &kp);
-		if (!ret)
-			p->keypairs[slot] = kp;
-	}
-	pthread_rwlock_unlock(&dp->lock);
-	return ret;
-}
-
 int dp_keypair_clear(dp_t *dp, uint32_t peer_id, int slot)
 {
 	if (!valid_slot(slot))
@@ -309,29 +290,19 @@ int dp_keypair_clear(dp_t *dp, uint32_t peer_id, int slot)
 	return p ? 0 : -ENOENT;
 }
 
-int dp_keypair_move(dp_t *dp, uint32_t peer_id, int from, int to)
-{
-	if (!valid_slot(from) || !valid_slot(to))
-		return -EINVAL;
-	pthread_rwlock_wrlock(&dp->lock);
-	struct peer *p = peer_lookup(dp, peer_id);
-	if (p && from != to) {
-		keypair_free(dp, p->keypairs[to]);
-		p->keypairs[to] = p->keypairs[from];
-		p->keypairs[from] = NULL;
-	}
-	pthread_rwlock_unlock(&dp->lock);
-	return p ? 0 : -ENOENT;
-}
-
 int dp_keypair_install(dp_t *dp, uint32_t peer_id, int initiator, uint32_t local_index,
 		       uint32_t remote_index, const uint8_t send_key[32], const uint8_t recv_key[32])
 {
 	pthread_rwlock_wrlock(&dp->lock);
 	struct peer *p = peer_lookup(dp, peer_id);
 	struct keypair *kp = NULL;
-	int ret = p ? keypair_create(dp, p, local_index, remote_index, send_key, recv_key, &kp)
-		    : -ENOENT;
+	int ret = p ? 0 : -ENOENT;
+	/* A send key this peer holds already would count its nonces from 0 again. */
+	for (int s = 0; p && s < 3; s++)
+		if (p->keypairs[s] && !CRYPTO_memcmp(p->keypairs[s]->send_key, send_key, 32))
+			ret = -EKEYREJECTED;
+	if (!ret)
+		ret = keypair_create(dp, p, local_index, remote_index, send_key, recv_key, &kp);
 	if (!ret) {
 		struct keypair **k = p->keypairs;
 		if (initiator) {
@@ -410,5 +381,29 @@ int dp_peer_stats(dp_t *dp, uint32_t peer_id, struct dp_peer_stats *out)
 		out->drop_malformed = STAT_GET(p->drop_malformed);
 	}
 	pthread_rwlock_unlock(&dp->lock);
+	return p ? 0 : -ENOENT;
+}
+
+int dp_peer_set_allowed_macs(dp_t *dp, uint32_t peer_id, const uint8_t *macs, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (macs[6 * i] & 1)
+			return -EINVAL; /* a group address is nobody's source */
+	uint8_t(*copy)[6] = NULL;
+	if (n && !(copy = malloc(6 * n)))
+		return -ENOMEM;
+	if (n)
+		memcpy(copy, macs, 6 * n);
+	pthread_rwlock_wrlock(&dp->lock);
+	struct peer *p = peer_lookup(dp, peer_id);
+	if (p) {
+		free(p->allowed_macs);
+		p->allowed_macs = copy;
+		p->n_allowed_macs = n;
+		mac_bind_peer(dp, p, now_ns());
+	}
+	pthread_rwlock_unlock(&dp->lock);
+	if (!p)
+		free(copy);
 	return p ? 0 : -ENOENT;
 }

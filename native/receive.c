@@ -211,7 +211,8 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 	}
 	struct peer *p = kp->peer;
 	uint64_t counter = le64(d + 8);
-	if (now - kp->birth_ns >= REJECT_AFTER_TIME_NS || counter >= REJECT_AFTER_MESSAGES) {
+	if (age_ns(now, kp->birth_ns) >= (int64_t)REJECT_AFTER_TIME_NS ||
+	    counter >= REJECT_AFTER_MESSAGES) {
 		STAT_ADD(p->drop_expired_keypair, 1);
 		return;
 	}
@@ -245,14 +246,28 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 			STAT_ADD(p->drop_malformed, 1);
 			return;
 		}
+		if (!peer_allows_mac(p, plain + 6)) {
+			STAT_ADD(p->drop_bad_source, 1); /* outside its allowed_macs */
+			return;
+		}
 		/* `now` is per batch, so learning the same MAC for the same
 		 * peer twice in one batch changes nothing: skip the lock. */
 		if (!r->mac_memo.valid || r->mac_memo.peer_id != p->id ||
 		    memcmp(r->mac_memo.mac, plain + 6, 6)) {
-			mac_learn(dp, plain + 6, p->id, now);
-			memcpy(r->mac_memo.mac, plain + 6, 6);
-			r->mac_memo.peer_id = p->id;
-			r->mac_memo.valid = true;
+			int learned = mac_learn(dp, plain + 6, p->id, now);
+			if (learned == MAC_HELD_BY_OTHER) {
+				/* The L2 form of a wrong inner source: another
+				 * peer's host's address. */
+				STAT_ADD(p->drop_bad_source, 1);
+				return;
+			}
+			if (learned == MAC_TABLE_FULL)
+				STAT_ADD(dp->st.rx_mac_table_full, 1);
+			else {
+				memcpy(r->mac_memo.mac, plain + 6, 6);
+				r->mac_memo.peer_id = p->id;
+				r->mac_memo.valid = true;
+			}
 		}
 	} else {
 		int family;
@@ -346,4 +361,9 @@ int rx_batch(struct rx_state *r)
 				    NULL, NULL, 0);
 	}
 	return n;
+}
+
+struct aead *rx_aead(struct rx_state *s)
+{
+	return &s->aead;
 }

@@ -323,10 +323,15 @@ static bool wants_too_big(const uint8_t *frame, size_t n, int l3off, uint16_t ty
 	return (type == 0x0800 && (frame[l3off + 6] & 0x40)) || type == 0x86dd;
 }
 
-/* One read from the device. Lock held (read). */
-static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
+/* One read from the device. Lock held (read).  answer_too_big: an oversized
+ * frame goes up for Python's ICMP answer; false for one Python handed back
+ * (dp_transmit_frame). */
+static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now,
+		      bool answer_too_big)
 {
 	dp_t *dp = t->dp;
+	const uint8_t *read = buf; /* what the device gave, virtio header and all */
+	size_t read_len = n;
 	struct vnet_hdr vh = {0};
 	if (dp->vnet) {
 		if (n < VNET_HDR_LEN) {
@@ -366,8 +371,10 @@ static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now)
 	/* Segments too big for the tunnel: the sender should hear why, as from a
 	 * router, rather than have its frames fragmented underneath for ever. */
 	size_t seg_payload = g.gso ? (size_t)g.hdrs - ETHERNET_HEADER_SIZE + g.gso_size : n - ETHERNET_HEADER_SIZE;
-	if (seg_payload > (size_t)dp->mtu && wants_too_big(buf, n, l3off, type)) {
-		upcall_send(dp, DP_UPCALL_TOO_BIG, 0, NULL, buf, n);
+	if (answer_too_big && seg_payload > (size_t)dp->mtu && wants_too_big(buf, n, l3off, type)) {
+		/* Whole, virtio header included: if Python does not answer, it hands
+		 * the read back to be segmented and checksummed as any other. */
+		upcall_send(dp, DP_UPCALL_TOO_BIG, 0, NULL, read, read_len);
 		return;
 	}
 	/* Split horizon: a frame whose source was learned behind a peer came from
@@ -413,7 +420,7 @@ int tx_batch(struct tx_state *t)
 	uint64_t now = now_ns();
 	pthread_rwlock_rdlock(&dp->lock);
 	for (int i = 0; i < n; i++)
-		tx_packet(t, t->bufs[i], (size_t)t->lens[i], now);
+		tx_packet(t, t->bufs[i], (size_t)t->lens[i], now, true);
 	pthread_rwlock_unlock(&dp->lock);
 	tx_flush(t);
 	return n;
@@ -471,4 +478,28 @@ out:
 	free(out);
 	aead_free(&aead);
 	return ret;
+}
+
+struct aead *tx_aead(struct tx_state *s)
+{
+	return &s->aead;
+}
+
+int dp_transmit_frame(dp_t *dp, const uint8_t *data, size_t len)
+{
+	if (!dp->tap || len > MAX_SUPER_PACKET + (dp->vnet ? VNET_HDR_LEN : 0))
+		return -EINVAL;
+	/* A state of its own: the workers' are theirs alone.  Rare (an oversized
+	 * frame Python does not answer), so its allocation does not matter. */
+	struct tx_state *t = tx_state_new(dp);
+	if (!t)
+		return -ENOMEM;
+	memcpy(t->bufs[0], data, len);
+	uint64_t now = now_ns();
+	pthread_rwlock_rdlock(&dp->lock);
+	tx_packet(t, t->bufs[0], len, now, false);
+	pthread_rwlock_unlock(&dp->lock);
+	tx_flush(t);
+	tx_state_free(t);
+	return 0;
 }

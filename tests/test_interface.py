@@ -2,12 +2,18 @@
 transport, every timer of the whitepaper, cookies, roaming, routing, tap switching."""
 
 import logging
+import random
 
-from tunnel.core.l2 import MacTable
+import pytest
+
+from tunnel.core.l2 import Learned, MacTable
 from tunnel.core.l3 import unreachable
+from tunnel.core.reconfig import Change, PeerChange, apply
+from tunnel.protocol import keys
 from tunnel.protocol.constants import (
     ICMP_ERRORS_BURST,
     ICMP_ERRORS_PER_SECOND,
+    INITIATION_SIZE,
     KEEPALIVE_SIZE,
     KEEPALIVE_TIMEOUT,
     MAC_TABLE_MAX,
@@ -16,9 +22,13 @@ from tunnel.protocol.constants import (
     REJECT_AFTER_TIME,
     REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
+    START_INITIATIONS_BURST,
+    START_INITIATIONS_PER_SECOND,
 )
-from tunnel.protocol.cookie import CookieGenerator
-from tunnel.protocol.messages import parse
+from tunnel.protocol.cookie import CookieChecker, CookieGenerator
+from tunnel.protocol.crypto import DecryptError
+from tunnel.protocol.messages import INITIATION_MAC1_OFFSET, Initiation, parse
+from tunnel.protocol.timers import Timer
 
 from .packets import udp_packet
 from .simnet import SimNet, ipv4_packet
@@ -117,8 +127,52 @@ def test_retransmits_initiation_then_gives_up():
     net.advance(REKEY_TIMEOUT + 0.5)
     assert kinds(net) == [1, 1]
     net.advance(120)
-    assert len(net.wire) == MAX_TIMER_HANDSHAKES + 1
+    # As timers.c: the first initiation and MAX_TIMER_HANDSHAKES + 1 retries.
+    assert len(net.wire) == MAX_TIMER_HANDSHAKES + 2
     assert len(peer_of(a).staged) == 0  # queued packets are dropped, never leaked
+
+
+def test_start_greets_every_peer_with_an_endpoint_at_a_pace():
+    net = SimNet()
+    hub = net.node("hub", "198.18.0.1")
+    spokes = [net.node(f"s{i}", f"198.18.{1 + i // 250}.{1 + i % 250}") for i in range(300)]
+    for i, s in enumerate(spokes):
+        net.connect(hub, s, [], [f"10.1.{i // 250}.{i % 250}/32"], b_endpoint=False)
+    quiet = net.node("quiet", "198.18.9.9")
+    net.connect(hub, quiet, [], ["10.9.9.9/32"], a_endpoint=False)  # nowhere to send
+    first = hub.iface.start(net.now)
+    assert len(first) == START_INITIATIONS_BURST
+    assert all(parse(a.data).__class__ is Initiation for a in first)
+    assert len(hub.iface.tick(net.now + 0.1)) == START_INITIATIONS_PER_SECOND // 10
+    later = hub.iface.tick(net.now + 2)  # before the first retransmission is due
+    assert len(first) + START_INITIATIONS_PER_SECOND // 10 + len(later) == len(spokes)
+    assert {a.destination for a in first + later} <= {s.address for s in spokes}
+    assert hub.iface.tick(net.now + 3) == []  # each greeted once
+
+
+def test_giving_up_on_a_handshake_disarms_the_keepalive():
+    net, a, _ = pair()
+    peer = peer_of(a)
+    peer.timers.data_received(net.now)  # data arrived: a keepalive is due in 10 s
+    peer.timers.handshake_attempts = MAX_TIMER_HANDSHAKES + 1
+    peer.timers.handshake_initiated(net.now - REKEY_TIMEOUT, jitter=0)
+    assert a.iface.tick(net.now) == []  # gives up
+    assert not peer.timers.pending(Timer.SEND_KEEPALIVE)
+    assert peer.timers.pending(Timer.ZERO_KEY_MATERIAL)
+
+
+def test_a_cookie_reply_is_taken_once():
+    """A replayed cookie reply is refused (cookie.c forgets the mac1 it answered)."""
+    responder = keys.public_key(keys.generate_private_key())
+    checker = CookieChecker(responder, random.Random(1).randbytes)
+    generator = CookieGenerator(responder)
+    message = generator.add_macs(bytes(INITIATION_SIZE), now=0)
+    reply = checker.create_reply(message, INITIATION_MAC1_OFFSET, 7, ("198.18.0.1", 9), now=0)
+    generator.consume_reply(reply, now=1)
+    cookie = generator.cookie
+    with pytest.raises(DecryptError):
+        generator.consume_reply(reply, now=2)
+    assert (generator.cookie, generator.cookie_received) == (cookie, 1)
 
 
 def test_new_handshake_when_data_goes_unanswered():
@@ -324,17 +378,58 @@ def test_tap_hub_relays_a_frame_back_from_its_bridge_but_never_to_its_sender():
     assert [len(s.delivered) for s in spokes] == [1, 2, 2]
 
 
+def test_tap_a_peer_cannot_take_a_mac_another_peer_holds():
+    net = SimNet()
+    hub = net.node("hub", "198.18.0.1", l2=True, mac_ageing=30)
+    spokes = [net.node(f"s{i}", f"198.18.0.{i + 2}", l2=True) for i in range(3)]
+    for s in spokes:
+        net.connect(hub, s, [], [])
+    net.send(spokes[0], frame(BROADCAST, MAC[1]))  # MAC 1 lives behind spoke 0
+    net.send(spokes[1], frame(MAC[3], MAC[1]))  # spoke 1 forges it
+    assert len(hub.delivered) == 1  # the forgery goes nowhere
+    forger = hub.iface.peers[spokes[1].iface.identity.public_key]
+    assert forger.drops.bad_source == 1
+    net.send(hub, frame(MAC[1], MAC[2]))
+    assert [len(s.delivered) for s in spokes] == [1, 0, 0]  # unicast still to its host
+    net.advance(31, step=1.0)  # MAC 1's entry ages out: a host may move
+    net.send(spokes[1], frame(BROADCAST, MAC[1]))
+    net.send(hub, frame(MAC[1], MAC[2]))
+    assert [len(s.delivered) for s in spokes] == [1, 1, 0]
+
+
+def test_tap_allowed_macs_bind_addresses_to_their_peer():
+    net = SimNet()
+    hub = net.node("hub", "198.18.0.1", l2=True, mac_ageing=30)
+    spokes = [net.node(f"s{i}", f"198.18.0.{i + 2}", l2=True) for i in range(2)]
+    for s in spokes:
+        net.connect(hub, s, [], [])
+    bound = hub.iface.peers[spokes[0].iface.identity.public_key]
+    apply(hub.iface, Change(peers=[PeerChange(bound.public_key, allowed_macs=[MAC[1]])]), 0)
+    net.send(hub, frame(MAC[1], MAC[4]))  # unicast to it before it was ever seen
+    assert [len(s.delivered) for s in spokes] == [1, 0]
+    net.send(spokes[0], frame(BROADCAST, MAC[2]))  # a source outside its list
+    net.send(spokes[1], frame(BROADCAST, MAC[1]))  # another peer claiming it
+    assert hub.delivered == []
+    other = hub.iface.peers[spokes[1].iface.identity.public_key]
+    assert (bound.drops.bad_source, other.drops.bad_source) == (1, 1)
+    net.send(spokes[0], frame(BROADCAST, MAC[1]))
+    assert len(hub.delivered) == 1
+    net.advance(31, step=1.0)  # bound entries do not age
+    net.send(spokes[1], frame(BROADCAST, MAC[1]))
+    assert other.drops.bad_source == 2
+    assert hub.iface.macs.lookup(MAC[1], net.now) is bound
+
+
 def test_tap_switch_holds_as_many_macs_as_c_and_ages_room_free():
     table = MacTable(ageing=30)
     macs = [bytes([2, 0]) + i.to_bytes(4, "big") for i in range(MAC_TABLE_MAX + 1)]
     for mac in macs[:-1]:
         table.learn(mac, "x", now=0)
-    table.learn(macs[-1], "x", now=1)  # full: not learned, so flooded to every peer
+    assert table.learn(macs[-1], "x", now=1) is Learned.TABLE_FULL  # flooded to every peer
     assert table.lookup(macs[-1], now=1) is None
     assert len(table.entries(now=1)) == MAC_TABLE_MAX
-    table.learn(macs[0], "y", now=2)  # one it holds is still moved
-    assert table.lookup(macs[0], now=2) == "y"
-    table.learn(macs[-1], "x", now=31)  # the rest aged out: room again
+    assert table.learn(macs[0], "x", now=2) is Learned.YES  # one it holds is refreshed
+    assert table.learn(macs[-1], "x", now=31) is Learned.YES  # the rest aged out: room
     assert table.lookup(macs[-1], now=31) == "x"
 
 

@@ -74,14 +74,14 @@ DRIVER = textwrap.dedent(r"""
         p.add_peer(1)
         p.set_endpoint(1, ("127.0.0.1", other.getsockname()[1]))
         p.set_allowed_ips(1, ["0.0.0.0/0", "::/0"])
-        p.set_keypair(1, dp.SLOT_CURRENT, li, ri, snd, rcv)
+        p.install_keypair(1, True, li, ri, snd, rcv)
         p.add_peer(2)  # no keypair: NEED_KEY path
         p.set_allowed_ips(2, ["10.99.0.0/16"])
     for pid in (1, 2, 3):
         T.add_peer(pid)
         T.set_endpoint(pid, ("127.0.0.1", udpB.getsockname()[1]))
         if pid != 3:
-            T.set_keypair(pid, dp.SLOT_CURRENT, 100 + pid, 200 + pid, kab, kba)
+            T.install_keypair(pid, True, 100 + pid, 200 + pid, kab, kba)
     for p in (A, B, T):
         p.start(2)
 
@@ -193,7 +193,7 @@ DRIVER = textwrap.dedent(r"""
     time.sleep(1.0)
     # Reconfigure while running.
     for i in range(200):
-        A.set_keypair(1, dp.SLOT_NEXT, 1000 + i, 5, kab, kba)
+        A.install_keypair(1, False, 1000 + i, 5, os.urandom(32), kba)
         A.set_allowed_ips(1, ["0.0.0.0/0", "::/0", "10.%d.0.0/16" % (i % 250)])
         A.set_allowed_ips(2, [])
         A.add_peer(50 + i); A.remove_peer(50 + i)

@@ -103,7 +103,7 @@ def tunnel_pair(request, tmp_path):
             p.add_peer(1)
             p.set_endpoint(1, socks[other].getsockname())
             p.set_allowed_ips(1, [f"10.201.0.{other + 1}/32", f"fd00:201::{other + 1}/128"])
-            p.set_keypair(1, dp.SLOT_CURRENT, 100 + i, 100 + other, keys[i], keys[other])
+            p.install_keypair(1, True, 100 + i, 100 + other, keys[i], keys[other])
             p.start(1)
         yield spaces, planes, tmp_path
     finally:

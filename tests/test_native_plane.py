@@ -126,9 +126,9 @@ class Remote:
         h.plane.add_peer(peer_id)
         h.plane.set_endpoint(peer_id, self.sock.getsockname())
         h.plane.set_allowed_ips(peer_id, allowed)
-        h.plane.set_keypair(
+        h.plane.install_keypair(
             peer_id,
-            dp.SLOT_CURRENT,
+            True,  # as the initiator: CURRENT at once
             local_index,
             remote_index,
             self.to_remote,
@@ -259,6 +259,25 @@ def test_receive_agrees_with_cryptography(h: Harness) -> None:
     r.send(pkt, counter=1)
     assert h.read_dev() == pkt
     assert h.plane.stats(1).drop_bad_tag == 1
+    r.close()
+
+
+def test_a_cleared_keypair_leaves_no_key_in_the_workers(h: Harness) -> None:
+    """A worker's AEAD context keeps the key schedule of the last key it used;
+    once that keypair is gone, the worker overwrites it (at most a poll timeout
+    later), so that zeroing key material reaches every copy of it."""
+    r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+    h.start()
+    r.send(udp_packet("10.0.0.2", "10.0.0.1", b"in"))
+    h.read_dev()
+    h.dev.send(udp_packet("10.0.0.1", "10.0.0.2", b"out"))
+    r.recv()
+    assert h.plane.cached_keys() == 2  # the worker's receive and send contexts
+    h.plane.clear_keypair(1, dp.SLOT_CURRENT)
+    deadline = time.monotonic() + 3
+    while h.plane.cached_keys() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert h.plane.cached_keys() == 0
     r.close()
 
 
@@ -591,7 +610,7 @@ def test_roaming_updates_endpoint(h: Harness) -> None:
 def test_keypair_confirmed_on_next(h: Harness) -> None:
     r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
     new_to, new_from = os.urandom(32), os.urandom(32)
-    h.plane.set_keypair(1, dp.SLOT_NEXT, 0x3333, 0x4444, new_to, new_from)
+    h.plane.install_keypair(1, False, 0x3333, 0x4444, new_to, new_from)  # responder: NEXT
     h.start()
     h.dev.send(udp_packet("10.0.0.1", "10.0.0.2", b"old"))
     assert r.recv()[1].startswith(udp_packet("10.0.0.1", "10.0.0.2", b"old"))
@@ -614,19 +633,22 @@ def test_keypair_confirmed_on_next(h: Harness) -> None:
 
 def test_install_keypair_follows_add_new_keypair(h: Harness) -> None:
     h.plane.add_peer(1)
-    k = os.urandom(32)
-    h.plane.install_keypair(1, False, 1, 11, k, k)  # responder: NEXT
+    k1, k2, k3 = (os.urandom(32) for _ in range(3))
+    h.plane.install_keypair(1, False, 1, 11, k1, k1)  # responder: NEXT
     st = h.plane.stats(1)
     assert (st.has_current, st.has_next) == (False, True)
-    h.plane.install_keypair(1, True, 2, 12, k, k)  # initiator: NEXT -> PREVIOUS
+    h.plane.install_keypair(1, True, 2, 12, k2, k2)  # initiator: NEXT -> PREVIOUS
     st = h.plane.stats(1)
     assert (st.has_current, st.has_previous, st.has_next) == (True, True, False)
     with pytest.raises(OSError) as e:
-        h.plane.install_keypair(1, True, 2, 13, k, k)  # index in use
+        h.plane.install_keypair(1, True, 2, 13, k3, k3)  # index in use
     assert e.value.errno == errno.EEXIST
-    h.plane.move_keypair(1, dp.SLOT_CURRENT, dp.SLOT_NEXT)
+    # A send key the peer holds again would restart its nonces: refused.
+    with pytest.raises(OSError) as e:
+        h.plane.install_keypair(1, True, 3, 13, k2, k3)
+    assert e.value.errno == errno.EKEYREJECTED
     st = h.plane.stats(1)
-    assert (st.has_current, st.has_next) == (False, True)
+    assert (st.has_current, st.current_local_index, st.has_previous) == (True, 2, True)
 
 
 def test_reject_after_messages(h: Harness) -> None:
@@ -832,6 +854,37 @@ def test_tagged_tso_super_frame_is_split(tags: bytes) -> None:
         assert got == payload
         stats = h.plane.interface_stats()
         assert (stats.tx_super_packets, stats.tx_malformed) == (1, 0)
+        r.close()
+    finally:
+        h.close()
+
+
+def test_an_oversized_frame_python_does_not_answer_goes_on_segmented() -> None:
+    """tap: a super-frame whose segments exceed the MTU goes up for an ICMP answer
+    with its virtio header; one that gets none (to a group address, which no
+    router answers) is handed back and leaves segmented, checksums complete."""
+    h = Harness(tap=True, vnet=True, mtu=1420)
+    try:
+        r = Remote(h, 1, 0x1111, 0x2222, tap=True)
+        h.start()
+        payload, gso_size = os.urandom(3000), 1448  # 40 + 1448 > 1420: too big
+        ip = partial_tcp_csum(tcp_segment("10.0.0.1", "10.0.0.2", 1000, payload, flags=0x18))
+        read = virtio_net_hdr(VIRTIO_NET_HDR_GSO_TCPV4, 14 + 40, gso_size, 14 + 20)
+        read += ether(bytes.fromhex("01005e000001"), ME, ip)  # a multicast destination
+        h.dev.send(read)
+        up = h.upcall()
+        assert up.kind is dp.UpcallKind.TOO_BIG and up.payload == read
+        h.plane.transmit_frame(up.payload)
+        got = b""
+        while len(got) < len(payload):
+            seg = r.recv()[1][14:]
+            seg = seg[: struct.unpack_from("!H", seg, 2)[0]]
+            assert csum(seg[:20]) == 0, "IPv4 header checksum"
+            assert csum(pseudo4(seg[12:16], seg[16:20], 6, len(seg) - 20) + seg[20:]) == 0
+            assert struct.unpack_from("!I", seg, 24)[0] == 1000 + len(got)
+            got += seg[40:]
+        assert got == payload
+        h.no_upcall()
         r.close()
     finally:
         h.close()

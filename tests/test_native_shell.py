@@ -3,17 +3,22 @@ upcall is lost, here the responder's confirmation, which a flood can crowd out
 of the control socket. The device is a socketpair; the initiator is a sans-IO
 Interface whose datagrams this test carries over real loopback UDP."""
 
+import contextlib
 import select
 import socket
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
 from tunnel.core.actions import Send
+from tunnel.host import clock
 from tunnel.planes import dp
 from tunnel.planes.native import NativeShell
+from tunnel.protocol.messages import Initiation, parse
 
-from .simnet import SimNet, ipv4_packet
+from .simnet import Node, SimNet, ipv4_packet
 
 pytestmark = pytest.mark.skipif(not dp.available(), reason="tunnel.planes._native not built")
 
@@ -22,14 +27,28 @@ def sends(actions: list) -> list[Send]:
     return [a for a in actions if isinstance(a, Send)]
 
 
-def test_a_confirmation_lost_with_its_upcall_is_read_from_the_plane() -> None:
+@dataclass
+class Session:
+    """a behind a NativeShell, b a sans-IO Interface, b's initiation answered and
+    its first transport message written into a's device (C confirmed it)."""
+
+    net: SimNet
+    a: Node
+    b: Node
+    shell: NativeShell
+    udp_b: socket.socket
+
+
+@contextlib.contextmanager
+def confirmed_session() -> Iterator[Session]:
     net = SimNet()
     udp_a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp_b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp_a.bind(("127.0.0.1", 0))
     udp_b.bind(("127.0.0.1", 0))
     udp_b.settimeout(2)
-    a, b = net.node("a", "127.0.0.1"), net.node("b", "127.0.0.1")
+    a = net.node("a", "127.0.0.1", external_transport=True)  # as the daemon makes it
+    b = net.node("b", "127.0.0.1")
     a.address, b.address = udp_a.getsockname(), udp_b.getsockname()
     net.connect(a, b, ["10.0.0.1/32"], ["10.0.0.2/32"])
     dev, dev_plane = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -39,24 +58,56 @@ def test_a_confirmation_lost_with_its_upcall_is_read_from_the_plane() -> None:
     try:
         # b initiates; a answers as the responder, its new keypair NEXT in C.
         (initiation,) = sends(b.iface.send_packet(ipv4_packet("10.0.0.2", "10.0.0.1"), net.now))
-        shell.apply(a.iface.receive_datagram(initiation.data, b.address, time.monotonic()))
+        shell.apply(a.iface.receive_datagram(initiation.data, b.address, clock.now()))
         response = udp_b.recv(2048)
         # b's first transport message confirms it: C makes NEXT CURRENT and says so.
         (transport,) = sends(b.iface.receive_datagram(response, a.address, net.now))
         udp_b.sendto(transport.data, a.address)
         assert dev.recv(2048).endswith(ipv4_packet("10.0.0.2", "10.0.0.1"))
-        (peer,) = a.iface.peers.values()
-        assert peer.current is None and peer.next is not None
-        # The upcall is lost, as to a full control socket. (C writes the packet to
-        # the device before it promotes the keypair and says so: wait for it.)
-        assert select.select([shell.ctrl], [], [], 2)[0]
-        lost = dp.parse_upcall(shell.ctrl.recv(2048))
-        assert lost.kind is dp.UpcallKind.KEYPAIR_CONFIRMED
-        shell.refresh()
-        assert peer.current is not None and peer.next is None
-        assert peer.current.local_index == shell.plane.stats(shell.ids[peer]).current_local_index
-        assert peer.last_handshake_wall is not None
+        yield Session(net, a, b, shell, udp_b)
     finally:
         shell.stop()
         for s in (udp_a, udp_b, dev):
             s.close()
+
+
+def test_a_confirmation_lost_with_its_upcall_is_read_from_the_plane() -> None:
+    with confirmed_session() as s:
+        (peer,) = s.a.iface.peers.values()
+        assert peer.current is None and peer.next is not None
+        # The upcall is lost, as to a full control socket. (C writes the packet to
+        # the device before it promotes the keypair and says so: wait for it.)
+        assert select.select([s.shell.ctrl], [], [], 2)[0]
+        lost = dp.parse_upcall(s.shell.ctrl.recv(2048))
+        assert lost.kind is dp.UpcallKind.KEYPAIR_CONFIRMED
+        s.shell.refresh()
+        assert peer.current is not None and peer.next is None
+        assert (
+            peer.current.local_index == s.shell.plane.stats(s.shell.ids[peer]).current_local_index
+        )
+        assert peer.last_handshake_wall is not None
+
+
+def test_a_packet_c_has_no_key_for_starts_a_handshake() -> None:
+    """C refuses to send on the keypair Python holds for current (ENOKEY: gone, too
+    old or worn out in C's eyes): the packet waits and a handshake starts, as
+    send.c does for a packet without a usable keypair."""
+    with confirmed_session() as s:
+        s.shell.refresh()
+        (peer,) = s.a.iface.peers.values()
+        assert peer.current is not None
+        s.shell.plane.clear_keypair(s.shell.ids[peer], dp.SLOT_CURRENT)
+        packet = ipv4_packet("10.0.0.1", "10.0.0.2", b"waits for a handshake")
+        s.shell.apply(s.a.iface.send_packet(packet, clock.now()))
+        assert parse(s.udp_b.recv(2048)).__class__ is Initiation
+        assert list(peer.staged) == [packet]
+
+
+def test_c_and_python_keep_time_on_one_clock() -> None:
+    """C's timestamps are taken as the core's times (refresh), so both must come
+    from CLOCK_BOOTTIME, which goes on counting while the host is suspended."""
+    with confirmed_session() as s:
+        (peer,) = s.a.iface.peers.values()
+        received = s.shell.plane.stats(s.shell.ids[peer]).last_rx_ns / 1e9
+        assert 0 <= clock.now() - received < 2
+        assert abs(clock.now() - time.clock_gettime(time.CLOCK_BOOTTIME)) < 0.1

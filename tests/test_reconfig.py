@@ -337,6 +337,34 @@ def test_psk_applies_from_the_next_handshake_and_keepalive_announces_when_turned
     assert not peer_b.timers.pending(Timer.PERSISTENT_KEEPALIVE)
 
 
+def test_allowed_macs_travel_with_reload_and_bind_the_switch():
+    config = parse(
+        {
+            "interface": {"private_key": keys.encode(K1), "mode": "tap"},
+            "peer": [{"public_key": keys.encode(K2), "allowed_macs": ["02:00:00:00:00:0a"]}],
+        }
+    )
+    mac = bytes.fromhex("02000000000a")
+    assert config.peers[0].allowed_macs == [mac]
+    text = sync_request(config, [])
+    assert "\npyvpn_allowed_macs=02:00:00:00:00:0a\n" in text
+    assert parse_set(text.splitlines()[1:]).peers[0].allowed_macs == [mac]
+    net = SimNet()
+    a, b = net.node("a", "198.18.0.1", l2=True), net.node("b", "198.18.0.2", l2=True)
+    net.connect(a, b, [], [])
+    peer = a.iface.peers[b.iface.identity.public_key]
+    apply(a.iface, Change(peers=[PeerChange(peer.public_key, allowed_macs=[mac])]), 0.0)
+    assert a.iface.macs.lookup(mac, now=1e9) is peer  # bound: found without learning, ever
+    apply(a.iface, Change(peers=[PeerChange(peer.public_key, allowed_macs=[])]), 0.0)
+    assert a.iface.macs.lookup(mac, now=0.0) is None
+    for bad in ("02:00:00:00:00", "01:00:5e:00:00:01", "zz:00:00:00:00:01"):
+        with pytest.raises(Refused):
+            parse_set([f"public_key={K2.hex()}", f"pyvpn_allowed_macs={bad}"])
+    _net, tun, _ = pair()
+    with pytest.raises(Refused):
+        check(tun.iface, Change(peers=[PeerChange(K2, allowed_macs=[mac])]))
+
+
 def test_check_refuses_a_full_tunnels_mark_and_allowed_ips_in_tap_mode():
     net, a, _b = pair()
     check(a.iface, Change(listen_port=4000, fwmark=7))  # the socket's part is the shell's
@@ -350,6 +378,16 @@ def test_check_refuses_a_full_tunnels_mark_and_allowed_ips_in_tap_mode():
         added = PeerChange(K1, allowed_ips=[IPEdit(net4("10.0.0.0/8"))])
         check(tap.iface, Change(peers=[added]))
     assert refused.value.errno == errno.EINVAL
+
+
+def test_check_refuses_a_low_order_peer_key_whatever_else_the_request_holds():
+    _net, a, b = pair()
+    keep = b.iface.identity.public_key
+    request = Change(peers=[PeerChange(keep, remove=True), PeerChange(bytes(32))])
+    with pytest.raises(Refused) as refused:
+        check(a.iface, request)
+    assert refused.value.errno == errno.EINVAL and "low-order" in str(refused.value)
+    check(a.iface, Change(peers=[PeerChange(bytes(32), remove=True)]))  # removing is fine
 
 
 def test_check_refuses_a_full_tunnel_whose_fwmark_names_a_kernel_table():

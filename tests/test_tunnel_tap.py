@@ -319,6 +319,95 @@ def test_hub_is_a_learning_switch_with_ageing(tmp_path, datapath):
         assert all(d.alive() for d in daemons)
 
 
+def test_a_spoke_cannot_take_the_mac_of_a_host_behind_another(tmp_path, datapath):
+    """Spoke c forges frames from the MAC address of a host behind spoke b: the
+    host behind b keeps getting its unicast, and c's forgeries are dropped and
+    counted against c."""
+    with Testbed(n=4, tag="hj") as bed, contextlib.ExitStack() as stack:
+        hub, spokes = bed.namespaces[0], bed.namespaces[1:]
+        for i, spoke in enumerate(spokes[1:], start=2):
+            bed.link(hub, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"])
+        for ns in bed.namespaces:
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", 1)  # only the test's frames
+        underlay = [(f"198.18.{i}.1", f"198.18.{i}.2") for i in (0, 2, 3)]
+        names = [device_name("pvhj", c) for c in "hbcd"]
+        # Entries live for the whole test: a forgery is refused while fresh.
+        paths = write_star_configs(tmp_path, names, underlay, datapath, {"mac_ageing": 120})
+        daemons = [stack.enter_context(start(ns, p, datapath))
+                   for ns, p in zip(bed.namespaces, paths, strict=True)]  # fmt: skip
+        hub_dev = names[0]
+        poll(lambda: all(p["has_session"] for p in pyvpn_status(hub_dev)["peers"]),
+             "session with every spoke")  # fmt: skip
+        key_b, key_c = (pyvpn_status(n)["public_key"] for n in names[1:3])
+        victim = SPOKE_MACS[0]
+        send_frames(spokes[0], names[1], BROADCAST, marker("b's host"), source=victim)
+        poll(lambda: macs_by_peer(hub_dev)[key_b] == [victim], "the hub learning b's host")
+        with capture_frames(hub, hub_dev, seconds=1.5) as at_hub:
+            send_frames(spokes[1], names[2], BROADCAST, marker("forged"), source=victim,
+                        count=5)  # fmt: skip
+        assert not [f for f in at_hub if f.payload == marker("forged")]
+        assert macs_by_peer(hub_dev)[key_b] == [victim] and not macs_by_peer(hub_dev)[key_c]
+        by_key = {p["public_key"]: p for p in pyvpn_status(hub_dev)["peers"]}
+        assert by_key[key_c]["drops"]["bad_source"] >= 5
+        assert by_key[key_b]["drops"]["bad_source"] == 0
+        # The unicast for b's host still goes to b alone.
+        with contextlib.ExitStack() as captures:
+            seen = [captures.enter_context(capture_frames(s, d, seconds=1.5))
+                    for s, d in zip(spokes, names[1:], strict=True)]  # fmt: skip
+            send_frames(hub, hub_dev, victim, marker("for b's host"), count=3)
+        assert [sum(f.payload == marker("for b's host") for f in s) for s in seen] == [3, 0, 0]
+        assert "another peer's hosts hold" in daemons[0].output()
+        assert all(d.alive() for d in daemons)
+
+
+def test_allowed_macs_bind_a_spokes_hosts_to_it(tmp_path, datapath):
+    """The hub lists the MAC address of spoke b's host in b's allowed_macs: unicast
+    to it goes to b before b ever sent a frame, b may send from no other address,
+    and no other spoke may send from that one."""
+    with Testbed(n=4, tag="am") as bed, contextlib.ExitStack() as stack:
+        hub, spokes = bed.namespaces[0], bed.namespaces[1:]
+        for i, spoke in enumerate(spokes[1:], start=2):
+            bed.link(hub, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"])
+        for ns in bed.namespaces:
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", 1)  # only the test's frames
+        underlay = [(f"198.18.{i}.1", f"198.18.{i}.2") for i in (0, 2, 3)]
+        names = [device_name("pvam", c) for c in "hbcd"]
+        paths = write_star_configs(tmp_path, names, underlay, datapath)
+        hub_config = tomllib.loads(paths[0].read_text())
+        hub_config["peer"][0]["allowed_macs"] = [SPOKE_MACS[0]]
+        paths[0].write_text(render_config(hub_config["interface"], hub_config["peer"]))
+        daemons = [stack.enter_context(start(ns, p, datapath))
+                   for ns, p in zip(bed.namespaces, paths, strict=True)]  # fmt: skip
+        hub_dev = names[0]
+        poll(lambda: all(p["has_session"] for p in pyvpn_status(hub_dev)["peers"]),
+             "session with every spoke")  # fmt: skip
+        key_b, key_c = (pyvpn_status(n)["public_key"] for n in names[1:3])
+
+        def deliveries(label: str) -> list[int]:
+            with contextlib.ExitStack() as captures:
+                seen = [captures.enter_context(capture_frames(s, d, seconds=1.5))
+                        for s, d in zip(spokes, names[1:], strict=True)]  # fmt: skip
+                send_frames(hub, hub_dev, SPOKE_MACS[0], marker(label), count=3)
+            return [sum(f.payload == marker(label) for f in s) for s in seen]
+
+        assert deliveries("before b spoke") == [3, 0, 0]
+        with capture_frames(hub, hub_dev, seconds=1.5) as at_hub:
+            send_frames(spokes[0], names[1], BROADCAST, marker("b unlisted"),
+                        source=SPOKE_MACS[1], count=2)  # fmt: skip
+            send_frames(spokes[1], names[2], BROADCAST, marker("c forging"),
+                        source=SPOKE_MACS[0], count=3)  # fmt: skip
+            send_frames(spokes[0], names[1], BROADCAST, marker("b listed"),
+                        source=SPOKE_MACS[0], count=1)  # fmt: skip
+        assert sorted({f.payload for f in at_hub}) == [marker("b listed")]
+        by_key = {p["public_key"]: p for p in pyvpn_status(hub_dev)["peers"]}
+        assert by_key[key_b]["drops"]["bad_source"] == 2
+        assert by_key[key_c]["drops"]["bad_source"] == 3
+        assert by_key[key_b]["allowed_macs"] == [SPOKE_MACS[0]]
+        assert "allowed macs: " + SPOKE_MACS[0] in pyvpn("show", hub_dev).stdout
+        assert deliveries("after c forged") == [3, 0, 0]
+        assert all(d.alive() for d in daemons)
+
+
 def test_a_bridged_hub_relays_between_spokes_never_back_to_the_sender(tmp_path, datapath):
     """Spokes of a hub whose device is in a bridge reach each other at L2: the hub's
     bridge port is in hairpin mode, so a frame from one spoke comes back to pyvpn,

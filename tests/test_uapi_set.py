@@ -270,6 +270,25 @@ def test_wg_set_listen_port_moves_the_running_tunnel(bed, tmp_path, datapath):
         assert sent == received
 
 
+def test_a_low_order_key_refuses_the_whole_request(bed, tmp_path, datapath):
+    """The request that once answered "Protocol error", logged a traceback and
+    removed the first peer anyway: now nothing of it is applied, on either plane."""
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath)
+    key_a = public_of(path_a)
+    with start_pyvpn(bed.a, path_a), start_pyvpn(bed.b, path_b) as b:
+        wait_reachable(bed.a, INNER_B)
+        before = wg(bed.b, "showconf", b.name).stdout
+        zero = keys.encode(bytes(32))
+        argv = ("set", b.name, "peer", key_a, "remove", "peer", zero, "allowed-ips", "10.99.0.0/24")
+        result = wg(bed.b, *argv, check=False)
+        assert result.returncode != 0
+        assert "low-order point" in b.output() and "Traceback" not in b.output()
+        assert wg(bed.b, "showconf", b.name).stdout == before
+        assert list(peers_of(bed.b, b.name)) == [key_a]
+        assert reachable(bed.a, INNER_B)  # the peer also stays in the data plane
+        assert b.alive()
+
+
 def test_refused_changes_say_why_and_change_nothing(bed, tmp_path, datapath):
     path_a, path_b = write_pair_configs(tmp_path, "tun", datapath)
     with start_pyvpn(bed.a, path_a), start_pyvpn(bed.b, path_b) as b:

@@ -228,6 +228,8 @@ def format_status(s: dict[str, Any]) -> str:
             lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
         if p.get("macs"):
             lines.append("  learned macs: " + ", ".join(m["mac"] for m in p["macs"]))
+        if p.get("allowed_macs"):
+            lines.append("  allowed macs: " + ", ".join(p["allowed_macs"]))
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ from tunnel.control.reresolve import follow_names
 from tunnel.control.status import snapshot
 from tunnel.core import reconfig
 from tunnel.core.interface import Interface
-from tunnel.host import netlink, sd_notify, udp
+from tunnel.host import clock, netlink, sd_notify, udp
 from tunnel.host.device import DeviceError, open_device
 from tunnel.host.full_tunnel import FullTunnel, remove_leftovers
 from tunnel.host.netlink import InterfaceAddress
@@ -69,7 +69,7 @@ def up(config: Config) -> int:
             c.private_key,
             l2=c.l2,
             mtu=mtu,
-            wall_offset=time.time() - time.monotonic(),
+            wall_offset=time.time() - clock.now(),
             external_transport=datapath == "native",
             mac_ageing=c.mac_ageing,
         )
@@ -173,7 +173,7 @@ async def serve(tunnel: Tunnel) -> int:
             name,
             tunnel.listen_port,
             plane.name,
-            time.monotonic(),
+            clock.now(),
             udp.mark(plane.sock),
             tunnel.table,
             tunnel.full_tunnel.versions,
@@ -265,7 +265,7 @@ async def _set(tunnel: Tunnel, args: list[str]) -> str:
         log.warning("%s: set refused: socket: %s", name, e.strerror)
         return uapi.set_error_response(e.errno or errno.EIO)
     before = iface.routes.networks()
-    applied = reconfig.apply(iface, change, time.monotonic())
+    applied = reconfig.apply(iface, change, clock.now())
     plane.reconfigured(applied)
     after = iface.routes.networks()
     log.info(

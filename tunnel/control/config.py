@@ -38,14 +38,29 @@ INTERFACE_KEYS = {
     "fwmark",
     "table",
 }
+LOW_ORDER = "is a low-order point, with which no handshake can ever succeed"
 PEER_KEYS = {
     "public_key",
     "preshared_key",
     "preshared_key_file",
     "endpoint",
     "allowed_ips",
+    "allowed_macs",
     "persistent_keepalive",
 }
+
+
+MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def parse_mac(text: str) -> bytes:
+    """A unicast MAC address written aa:bb:cc:dd:ee:ff; ValueError says what is wrong."""
+    if not MAC.match(text):
+        raise ValueError(f"{text[:40]!r} is not a MAC address like 02:00:00:00:00:01")
+    mac = bytes.fromhex(text.replace(":", ""))
+    if mac[0] & 1:
+        raise ValueError(f"{text} is a group address, which is nobody's source")
+    return mac
 
 
 class ConfigError(Exception):
@@ -219,6 +234,8 @@ class _Parser:
         self.only(t, PEER_KEYS, where + ".")
         public_key = self.key(t, "public_key", where, required=True, allow_file=False)
         assert public_key is not None
+        if keys.low_order(public_key):
+            raise self.fail(f"{where}.public_key", LOW_ORDER)
         psk = self.key(t, "preshared_key", where, required=False)
         endpoint = endpoint_name = None
         if "endpoint" in t:
@@ -233,8 +250,23 @@ class _Parser:
                 "(frames are switched by MAC address)"
             )
             allowed = []
+        macs = []
+        for i, text in enumerate(self.string_list(t, "allowed_macs", where)):
+            try:
+                macs.append(parse_mac(text))
+            except ValueError as e:
+                raise self.fail(f"{where}.allowed_macs[{i}]", str(e)) from None
+        if interface.mode == "tun" and macs:
+            self.warnings.append(
+                f"{self.path}: {where}.allowed_macs: ignored in tun mode (packets are "
+                "routed by IP address)"
+            )
+            macs = []
         keepalive = self.integer(t, "persistent_keepalive", where, 0, 65535, 0)
-        return PeerConfig(public_key, psk, endpoint, allowed, keepalive, endpoint_name)
+        return PeerConfig(
+            public_key, psk, endpoint, allowed, keepalive, allowed_macs=macs,
+            endpoint_name=endpoint_name,
+        )  # fmt: skip
 
     # Value parsers.
 

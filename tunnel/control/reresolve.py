@@ -9,10 +9,10 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 
 from tunnel.core import reconfig
 from tunnel.core.interface import Interface
+from tunnel.host import clock
 from tunnel.host.udp import resolve
 from tunnel.planes.base import Plane
 from tunnel.protocol.address import Address, format_address
@@ -47,7 +47,7 @@ async def follow_names(name: str, iface: Interface, plane: Plane, setting: async
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(INTERVAL)
-        now = time.monotonic()
+        now = clock.now()
         for peer in [p for p in iface.peers.values() if due(p, now, iface.wall_offset)]:
             try:
                 await _follow(name, iface, plane, setting, peer, loop)
@@ -71,7 +71,7 @@ async def _follow(
         log.debug("%s: cannot resolve %s: %s", name, named[0], e)
         return
     async with setting:
-        now = time.monotonic()
+        now = clock.now()
         # The lookup may have taken long: a set request may have changed or removed
         # the peer, or a handshake or roaming made its endpoint work, meanwhile.
         if iface.peers.get(peer.public_key) is not peer or peer.endpoint_name != named:

@@ -52,6 +52,11 @@ def snapshot(
                 "has_session": peer.current is not None and not peer.current.expired(now),
                 "drops": vars(peer.drops).copy(),
                 **({"macs": macs} if macs is not None else {}),
+                **(
+                    {"allowed_macs": sorted(m.hex(":") for m in peer.allowed_macs)}
+                    if iface.l2
+                    else {}
+                ),
             }
         )
     return {

@@ -17,7 +17,10 @@ from tunnel.core.interface import Interface
 from tunnel.core.reconfig import Change, IPEdit, PeerChange, Refused
 from tunnel.host.netlink import RESERVED_TABLES
 from tunnel.host.udp import is_name, split_address
+from tunnel.protocol import keys
 from tunnel.protocol.allowed_ips import Network
+
+from .config import LOW_ORDER, parse_mac
 
 SOCKET_DIR = Path("/var/run/wireguard")
 EPROTO = errno.EPROTO
@@ -110,6 +113,8 @@ def _peer_line(peer: PeerChange, key: str, value: str) -> None:
         peer.endpoint = _endpoint(value)
     elif key == "pyvpn_endpoint_name":  # pyvpn's own key, sent by `pyvpn reload`
         peer.endpoint_name = _endpoint_name(value)
+    elif key == "pyvpn_allowed_macs":  # pyvpn's, tap: the whole list, comma-separated
+        peer.allowed_macs = [_mac(key, m) for m in value.split(",") if m]
     elif key == "persistent_keepalive_interval":
         peer.persistent_keepalive = _number(key, value, 0xFFFF)
     elif key == "replace_allowed_ips":
@@ -162,6 +167,13 @@ def _endpoint_name(value: str) -> tuple[str, int]:
     return host, port
 
 
+def _mac(key: str, value: str) -> bytes:
+    try:
+        return parse_mac(value)
+    except ValueError as e:
+        raise Refused(errno.EINVAL, f"{key}: {e}") from None
+
+
 def _network(value: str) -> Network:
     try:
         return ipaddress.ip_network(value, strict=False)
@@ -186,6 +198,11 @@ def check(
             f"fwmark: the full tunnel's routing rules use {fwmark:#x}: "
             "change the config and restart",
         )
+    for pc in change.peers:
+        if not pc.remove and keys.low_order(pc.public_key):
+            raise Refused(errno.EINVAL, f"public_key: {keys.encode(pc.public_key)} {LOW_ORDER}")
+    if not iface.l2 and any(pc.allowed_macs for pc in change.peers):
+        raise Refused(errno.EINVAL, "pyvpn_allowed_macs: tun mode routes by IP, not by MAC")
     added = [e.network for pc in change.peers for e in pc.allowed_ips if not e.remove]
     if iface.l2 and added:
         raise Refused(errno.EINVAL, "allowed_ip: tap mode switches by MAC address, not by IP")

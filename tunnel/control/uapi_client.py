@@ -35,6 +35,8 @@ def sync_request(config: Config, running: list[bytes]) -> str:
         if p.endpoint_name:
             lines.append(f"pyvpn_endpoint_name={format_address(p.endpoint_name)}")
         lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
+        if c.l2:
+            lines.append(f"pyvpn_allowed_macs={','.join(m.hex(':') for m in p.allowed_macs)}")
         lines.append("replace_allowed_ips=true")
         lines += [f"allowed_ip={n}" for n in p.allowed_ips]
     return "\n".join(lines)

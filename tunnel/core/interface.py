@@ -5,6 +5,8 @@ receive.c and timers.c: state.py (what is kept), send.py, receive.py, ticks.py;
 l2.py and l3.py hold what tap and tun mode each add. This class joins them and
 takes configuration."""
 
+from collections import deque
+
 from tunnel.protocol.cookie import CookieChecker
 from tunnel.protocol.noise import StaticIdentity
 from tunnel.protocol.peer import Peer, PeerConfig
@@ -22,6 +24,8 @@ class Interface(Receiving, Ticking):
         self.peers[config.public_key] = peer
         for network in config.allowed_ips:
             self.routes.insert(network, peer)
+        if peer.allowed_macs:
+            self.macs.bind(peer, peer.allowed_macs)
         return peer
 
     def remove_peer(self, public_key: bytes) -> None:
@@ -44,11 +48,15 @@ class Interface(Receiving, Ticking):
         return actions
 
     def start(self, now: float) -> list[Action]:
-        """Peers with a persistent keepalive announce themselves at once, as wg does."""
+        """Peers with a persistent keepalive announce themselves at once, as wg does,
+        and every peer with an endpoint is greeted with an initiation (paced by
+        tick), so that a restarted end is back in session within a round trip."""
         actions: list[Action] = []
         for peer in self.peers.values():
             actions += self.announce(peer, now)
-        return actions
+        self.greeting = deque(p for p in self.peers.values() if p.endpoint)
+        self.greeting_since, self.greeted = now, 0
+        return actions + self._greet(now)
 
     def announce(self, peer: Peer, now: float) -> list[Action]:
         """A keepalive now if the peer has a persistent keepalive and an endpoint."""

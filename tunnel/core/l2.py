@@ -4,6 +4,10 @@ tunnel.
 
 The switch learns only from frames that authenticated from a peer, and its
 entries age out like a Linux bridge's forwarding database (default ageing 300 s).
+A MAC address that one peer holds is not taken by another while its entry is
+fresh: else any peer could claim the address of a host behind another and have
+its unicast. Such a frame is the L2 form of a packet from outside a peer's
+allowed IPs, and is dropped as one.
 
 Path MTU: a frame too big for the tunnel gets the answer a router on the path
 would give, instead of vanishing. A tap device on a bridge must accept the
@@ -26,6 +30,7 @@ throttling them would break path MTU discovery.
 """
 
 from collections.abc import Iterable
+from enum import Enum
 from typing import Generic, Protocol, TypeVar
 
 from tunnel.protocol.constants import (
@@ -40,16 +45,26 @@ from .l3 import ICMP_DEST_UNREACH, IPV4_HEADER, IPV6_HEADER, IPV6_MIN_MTU, error
 T = TypeVar("T")
 
 
+class Learned(Enum):
+    """What learning a frame's source address came to."""
+
+    YES = "yes"  # learned or refreshed (or a group address, which is never learned)
+    HELD_BY_OTHER = "held by other"  # fresh behind another peer: the frame is a forgery
+    TABLE_FULL = "table full"  # not learned: frames to it are flooded
+
+
 class Switch(Protocol[T]):
     """What the core asks of a MAC table: MacTable here, or the native plane's."""
 
     ageing: float
 
-    def learn(self, mac: bytes, owner: T, now: float) -> None: ...
+    def learn(self, mac: bytes, owner: T, now: float) -> Learned: ...
 
     def lookup(self, mac: bytes, now: float) -> T | None: ...
 
     def forget_owner(self, owner: T) -> None: ...
+
+    def bind(self, owner: T, macs: Iterable[bytes]) -> None: ...
 
     def entries(self, now: float) -> list[tuple[bytes, T, float]]: ...
 
@@ -58,17 +73,27 @@ class MacTable(Generic[T]):
     def __init__(self, ageing: float = DEFAULT_MAC_AGEING) -> None:
         self.ageing = ageing
         self._entries: dict[bytes, tuple[T, float]] = {}
+        # Peers' allowed_macs: never aged, never taken by another peer.
+        self._bound: dict[bytes, T] = {}
 
-    def learn(self, mac: bytes, owner: T, now: float) -> None:
+    def learn(self, mac: bytes, owner: T, now: float) -> Learned:
         if mac[0] & 1:  # a group address is never a source to learn
-            return
-        if mac not in self._entries and len(self._entries) >= MAC_TABLE_MAX:
+            return Learned.YES
+        if mac in self._bound:
+            return Learned.YES if self._bound[mac] is owner else Learned.HELD_BY_OTHER
+        entry = self._entries.get(mac)
+        if entry is not None and entry[0] is not owner and now - entry[1] < self.ageing:
+            return Learned.HELD_BY_OTHER
+        if entry is None and len(self._entries) >= MAC_TABLE_MAX:
             self.entries(now)  # make room by ageing out, as native/mactable.c prunes
             if len(self._entries) >= MAC_TABLE_MAX:
-                return
+                return Learned.TABLE_FULL
         self._entries[mac] = (owner, now)
+        return Learned.YES
 
     def lookup(self, mac: bytes, now: float) -> T | None:
+        if mac in self._bound:
+            return self._bound[mac]
         entry = self._entries.get(mac)
         if entry is None:
             return None
@@ -79,6 +104,15 @@ class MacTable(Generic[T]):
 
     def forget_owner(self, owner: T) -> None:
         self._entries = {m: e for m, e in self._entries.items() if e[0] is not owner}
+        self._bound = {m: o for m, o in self._bound.items() if o is not owner}
+
+    def bind(self, owner: T, macs: Iterable[bytes]) -> None:
+        """The owner's allowed MACs become exactly these, taken from whoever held them."""
+        macs = set(macs)
+        self._bound = {m: o for m, o in self._bound.items() if o is not owner}
+        self._bound.update(dict.fromkeys(macs, owner))
+        for mac in macs:
+            self._entries.pop(mac, None)
 
     def entries(self, now: float) -> list[tuple[bytes, T, float]]:
         """Live entries as (mac, owner, age in seconds); expired ones are dropped."""

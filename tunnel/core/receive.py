@@ -20,6 +20,7 @@ from tunnel.protocol.peer import Peer
 from tunnel.protocol.ratelimiter import source_key
 
 from .actions import Action, Deliver, KeypairInstalled, Send
+from .l2 import Learned
 from .l3 import parse_ip
 from .send import Sending
 
@@ -184,7 +185,16 @@ class Receiving(Sending):
             if len(plaintext) < ETHERNET_HEADER_SIZE:
                 peer.drops.not_ip += 1
                 return actions
-            self.macs.learn(plaintext[6:12], peer, now)
+            if peer.allowed_macs and plaintext[6:12] not in peer.allowed_macs:
+                peer.drops.bad_source += 1  # outside its allowed MACs
+                return actions
+            learned = self.macs.learn(plaintext[6:12], peer, now)
+            if learned is Learned.HELD_BY_OTHER:
+                peer.drops.bad_source += 1
+                self.mac_conflict(peer, now)
+                return actions
+            if learned is Learned.TABLE_FULL:
+                self.drops["mac_table_full"] += 1
             return [*actions, Deliver(plaintext)]
         header = parse_ip(plaintext)
         if header is None:

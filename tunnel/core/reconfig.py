@@ -39,6 +39,7 @@ class PeerChange:
     preshared_key: bytes | None = None  # None: unchanged; all zeros: none
     endpoint: Address | None = None
     endpoint_name: Address | None = None  # pyvpn's: the (name, port) `endpoint` came from
+    allowed_macs: list[bytes] | None = None  # pyvpn's, tap: None unchanged, else replaced
     persistent_keepalive: int | None = None
     replace_allowed_ips: bool = False
     allowed_ips: list[IPEdit] = field(default_factory=list)  # in the order given
@@ -126,6 +127,10 @@ def _update(iface: Interface, peer: Peer, pc: PeerChange, now: float, applied: A
                 iface.routes.remove(network, peer)
             else:
                 iface.routes.insert(network, peer)
+        applied.updated.append(peer)
+    if pc.allowed_macs is not None:
+        peer.allowed_macs = frozenset(pc.allowed_macs)
+        iface.macs.bind(peer, peer.allowed_macs)
         applied.updated.append(peer)
     if pc.persistent_keepalive is not None:
         was_on = peer.persistent_keepalive

@@ -20,13 +20,10 @@ class Sending(State):
             if len(packet) < ETHERNET_HEADER_SIZE:
                 self.drops["runt_frame"] += 1
                 return []
-            if len(packet) - ETHERNET_HEADER_SIZE > self.mtu:
-                # Answer as a router would (core/l2.py); what gets no answer goes
-                # anyway, and the underlay fragments the outer datagram.
-                reply = too_big_reply(packet, self.mtu)
-                if reply is not None:
-                    self.drops["frame_too_big"] += 1
-                    return [Deliver(reply)]
+            # What gets no answer goes anyway: the underlay fragments it.
+            answer = self.answer_too_big(packet)
+            if answer is not None:
+                return answer
             targets = frame_targets(self.macs, self.peers.values(), packet, now)
         else:
             header = l3.parse_ip(packet)
@@ -39,6 +36,17 @@ class Sending(State):
         for peer in targets:
             actions += self.stage(peer, packet, now)
         return actions
+
+    def answer_too_big(self, frame: bytes) -> list[Action] | None:
+        """tap: the answer a router would give a frame too big for the tunnel
+        (core/l2.py), or None where there is none to give."""
+        if len(frame) - ETHERNET_HEADER_SIZE <= self.mtu:
+            return None
+        reply = too_big_reply(frame, self.mtu)
+        if reply is None:
+            return None
+        self.drops["frame_too_big"] += 1
+        return [Deliver(reply)]
 
     def unreachable(self, packet: bytes, now: float) -> list[Action]:
         """tun: the ICMP error for a packet no peer's allowed IPs cover (core/l3.py),
@@ -54,6 +62,16 @@ class Sending(State):
             peer.drops.staged_overflow += 1
         peer.staged.append(packet)
         return self._flush_staged(peer, now)
+
+    def need_key(self, peer: Peer, packet: bytes, now: float) -> list[Action]:
+        """An external transport refused to send the packet: it holds no usable
+        keypair for the peer (gone, too old or worn out by its own clock and
+        counters). The packet waits for a new handshake, as send.c's
+        wg_packet_send_staged_packets starts one for a packet without a keypair."""
+        if len(peer.staged) == peer.staged.maxlen:
+            peer.drops.staged_overflow += 1
+        peer.staged.append(packet)
+        return self._initiate(peer, now, retry=False)
 
     def transport_sent(self, peer: Peer, size: int, is_data: bool, now: float) -> list[Action]:
         """Transport bytes went to the peer; sending data may call for a rekey."""

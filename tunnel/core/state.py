@@ -4,7 +4,7 @@ the bookkeeping that the receive, send and timer paths share."""
 
 import logging
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
 from tunnel.protocol.address import Address
@@ -72,6 +72,10 @@ class State:
         self.under_load_until = float("-inf")
         self._load_second = 0
         self._load_count = 0
+        # Peers still to be greeted with an initiation since start (core/ticks.py).
+        self.greeting: deque[Peer] = deque()
+        self.greeting_since = 0.0
+        self.greeted = 0
         self.drops: Counter[str] = Counter()
         self.cookie_replies_sent = 0
 
@@ -120,6 +124,18 @@ class State:
 
     def _ephemeral(self) -> bytes:
         return self.randbytes(32)
+
+    def mac_conflict(self, peer: Peer, now: float) -> None:
+        """tap: the peer sent frames from a MAC address another peer holds. Dropped
+        and counted (its drops' bad_source); said in the log, once a minute."""
+        if now - peer.conflict_reported >= MISMATCH_REPORT_INTERVAL:
+            peer.conflict_reported = now
+            log.warning(
+                "peer %s sent frames from MAC addresses that another peer's hosts hold: "
+                "dropped (%d so far)",
+                short(peer),
+                peer.drops.bad_source,
+            )
 
     def _report_mismatch(self, peer: Peer, remote_l2: bool, now: float) -> None:
         self.drops["mode_mismatch"] += 1

@@ -3,7 +3,13 @@ one of a peer's timers fires. protocol/timers.py keeps the deadlines."""
 
 import logging
 
-from tunnel.protocol.constants import KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, REKEY_TIMEOUT
+from tunnel.protocol.constants import (
+    KEEPALIVE_TIMEOUT,
+    MAX_TIMER_HANDSHAKES,
+    REKEY_TIMEOUT,
+    START_INITIATIONS_BURST,
+    START_INITIATIONS_PER_SECOND,
+)
 from tunnel.protocol.peer import Peer
 from tunnel.protocol.timers import Timer
 
@@ -20,16 +26,31 @@ class Ticking(Sending):
         for peer in list(self.peers.values()):
             for timer in peer.timers.expired(now):
                 actions += self._timer_fired(peer, timer, now)
+        return actions + self._greet(now)
+
+    def _greet(self, now: float) -> list[Action]:
+        """The initiations still due since start, as many as the pace allows."""
+        allowed = START_INITIATIONS_BURST + int(
+            (now - self.greeting_since) * START_INITIATIONS_PER_SECOND
+        )
+        actions: list[Action] = []
+        while self.greeting and self.greeted < allowed:
+            peer = self.greeting.popleft()
+            if self.peers.get(peer.public_key) is not peer or peer.current is not None:
+                continue  # removed meanwhile, or in session already
+            self.greeted += 1
+            actions += self._initiate(peer, now, retry=False)
         return actions
 
     def _timer_fired(self, peer: Peer, timer: Timer, now: float) -> list[Action]:
         if timer is Timer.RETRANSMIT_HANDSHAKE:
-            if peer.timers.handshake_attempts >= MAX_TIMER_HANDSHAKES:
+            if peer.timers.handshake_attempts > MAX_TIMER_HANDSHAKES:
                 log.info(
                     "peer %s: handshake did not complete after %d attempts, giving up",
                     short(peer),
                     peer.timers.handshake_attempts + 1,
                 )
+                peer.timers.gave_up()
                 peer.staged.clear()
                 if not peer.timers.pending(Timer.ZERO_KEY_MATERIAL):
                     peer.timers.session_derived(now)

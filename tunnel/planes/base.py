@@ -6,13 +6,12 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable
 
 from tunnel.core.actions import Action, Deliver, Send
 from tunnel.core.interface import Interface
 from tunnel.core.reconfig import Applied
-from tunnel.host import udp
+from tunnel.host import clock, udp
 from tunnel.protocol.constants import TIMER_TICK
 
 log = logging.getLogger("pyvpn")
@@ -41,7 +40,7 @@ class Plane:
         for fd, handler in self.readers().items():
             loop.add_reader(fd, handler)
             self._watched.append(fd)
-        self.apply(self.iface.start(time.monotonic()))
+        self.apply(self.iface.start(clock.now()))
         self._tick()
 
     def stop(self) -> None:
@@ -70,10 +69,15 @@ class Plane:
         the core itself moves every packet)."""
 
     def _tick(self) -> None:
-        self.refresh()
-        self.apply(self.iface.tick(time.monotonic()))
-        assert self._loop is not None
-        self._tick_handle = self._loop.call_later(TIMER_TICK, self._tick)
+        try:
+            self.refresh()
+            self.apply(self.iface.tick(clock.now()))
+        except Exception:
+            # One failure must not stop every timer of every peer for good.
+            log.exception("a timer tick failed; the next runs as planned")
+        finally:
+            assert self._loop is not None
+            self._tick_handle = self._loop.call_later(TIMER_TICK, self._tick)
 
     def apply(self, actions: list[Action]) -> None:
         for action in actions:

@@ -86,7 +86,7 @@ class UpcallKind(enum.IntEnum):
     NEED_KEY = 2  # plain packet for a peer without a usable CURRENT keypair
     KEYPAIR_CONFIRMED = 3  # NEXT was used by the peer and is now CURRENT
     ENDPOINT_CHANGED = 4  # roaming: authenticated traffic from a new address
-    TOO_BIG = 5  # tap: an oversized frame for Python's PMTU answer (tunnel/core/l2.py)
+    TOO_BIG = 5  # tap: an oversized device read for Python's PMTU answer (tunnel/core/l2.py)
     UNROUTED = 6  # tun: a packet no peer takes, for Python's ICMP answer (tunnel/core/l3.py)
 
 
@@ -150,7 +150,7 @@ class PeerStats:
     tx_bytes: int
     rx_packets: int
     tx_packets: int
-    last_tx_ns: int  # CLOCK_MONOTONIC (time.monotonic_ns()), 0 = never
+    last_tx_ns: int  # CLOCK_BOOTTIME (tunnel/host/clock.py), 0 = never
     last_tx_data_ns: int
     last_rx_ns: int
     last_rx_data_ns: int
@@ -183,6 +183,7 @@ class InterfaceStats:
     rx_coalesced: int  # GRO super-packets written to the device
     rx_ratelimited: int  # datagrams over their source's share while Python was behind
     rx_bad_mac1: int  # handshake messages with a wrong mac1, dropped in C
+    rx_mac_table_full: int  # tap frames whose source MAC went unlearned: the table is full
     udp_gso: bool
     udp_gro: bool
     tun_offload: int  # TUN_F_* bits accepted by TUNSETOFFLOAD
@@ -308,24 +309,17 @@ class NativePlane:
             "set_allowed_ips",
         )
 
-    # keypairs (Python decides; the plane only holds them)
-    def set_keypair(
-        self,
-        peer_id: int,
-        slot: int,
-        local_index: int,
-        remote_index: int,
-        send_key: bytes,
-        recv_key: bytes,
-    ) -> None:
-        _keys(send_key, recv_key)
+    def set_allowed_macs(self, peer_id: int, macs: Iterable[bytes]) -> None:
+        """tap: the peer may send only from these MAC addresses, bound to it (dp.h)."""
+        raw = b"".join(macs)
+        if len(raw) % 6:
+            raise ValueError("MAC addresses are 6 bytes")
         _check(
-            lib.dp_keypair_set(
-                self._handle(), peer_id, slot, local_index, remote_index, send_key, recv_key
-            ),
-            "set_keypair",
+            lib.dp_peer_set_allowed_macs(self._handle(), peer_id, raw, len(raw) // 6),
+            "set_allowed_macs",
         )
 
+    # keypairs (Python decides; the plane only holds them)
     def install_keypair(
         self,
         peer_id: int,
@@ -350,9 +344,6 @@ class NativePlane:
             "install_keypair",
         )
 
-    def move_keypair(self, peer_id: int, from_slot: int, to_slot: int) -> None:
-        _check(lib.dp_keypair_move(self._handle(), peer_id, from_slot, to_slot), "move_keypair")
-
     def clear_keypair(self, peer_id: int, slot: int) -> None:
         _check(lib.dp_keypair_clear(self._handle(), peer_id, slot), "clear_keypair")
 
@@ -363,6 +354,11 @@ class NativePlane:
         the packet and handshake), OSError(EDESTADDRREQ) without an endpoint.
         """
         _check(lib.dp_send_packet(self._handle(), peer_id, packet, len(packet)), "send_packet")
+
+    def transmit_frame(self, data: bytes) -> None:
+        """tap: hand back a TOO_BIG upcall's payload (a device read) that Python
+        does not answer: C switches, segments and sends it (dp.h)."""
+        _check(lib.dp_transmit_frame(self._handle(), data, len(data)), "transmit_frame")
 
     # observation
     def stats(self, peer_id: int) -> PeerStats:
@@ -389,6 +385,10 @@ class NativePlane:
 
     def set_mac_ageing(self, seconds: int) -> None:
         lib.dp_set_mac_ageing(self._handle(), seconds)
+
+    def cached_keys(self) -> int:
+        """How many of the workers' AEAD contexts hold a key (a test hook)."""
+        return int(lib.dp_test_cached_keys(self._handle()))
 
     def set_mac1_key(self, key: bytes) -> None:
         """HASH(LABEL_MAC1 || our public key): C drops handshakes with a wrong mac1."""

@@ -4,14 +4,16 @@ into C, feeds the core the datagrams and packets C hands up, and turns C's
 per-peer counters into the core's timer events."""
 
 import asyncio
+import errno
 import logging
 import socket
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from tunnel.core.actions import Action, KeypairInstalled, KeypairsCleared, Transmit
 from tunnel.core.interface import Interface
+from tunnel.core.l2 import Learned
 from tunnel.core.reconfig import Applied
+from tunnel.host import clock
 from tunnel.protocol.peer import Peer
 
 from . import dp
@@ -29,6 +31,7 @@ INTERFACE_DROPS = {
     "upcall_overflow": "upcalls_dropped",
     "ratelimited": "rx_ratelimited",
     "bad_mac1": "rx_bad_mac1",
+    "mac_table_full": "rx_mac_table_full",
 }
 UPCALL_BATCH = 256
 WORKERS = 1  # one thread for both directions: right for 2 cores (README, measured)
@@ -42,10 +45,10 @@ class NativeMacTable:
     def __init__(self, plane: NativePlane, peers: dict[int, Peer], ageing: float) -> None:
         self.plane, self.peers, self.ageing = plane, peers, ageing
 
-    def learn(self, mac: bytes, owner: Peer, now: float) -> None:
-        """C learns from every frame it decrypts. Python decrypts one only when C
-        did not hold its keypair yet (a race with installing it); the next frame
-        from that address teaches C."""
+    def learn(self, mac: bytes, owner: Peer, now: float) -> Learned:
+        """C learns from every frame it decrypts, and refuses what another peer
+        holds itself (counted in the peer's drop_bad_source)."""
+        return Learned.YES
 
     def lookup(self, mac: bytes, now: float) -> Peer | None:
         peer_id = self.plane.mac_owner(mac)
@@ -53,6 +56,9 @@ class NativeMacTable:
 
     def forget_owner(self, owner: Peer) -> None:
         """dp_remove_peer() forgets the peer's MAC addresses in C."""
+
+    def bind(self, owner: Peer, macs: Iterable[bytes]) -> None:
+        """NativeShell._sync hands the peer's allowed MACs to C."""
 
     def entries(self, now: float) -> list[tuple[bytes, Peer, float]]:
         return [
@@ -100,6 +106,8 @@ class NativeShell(Plane):
         if peer.endpoint:
             self.plane.set_endpoint(peer_id, peer.endpoint)
         self.plane.set_allowed_ips(peer_id, self.iface.routes.networks_of(peer))
+        if self.iface.l2:
+            self.plane.set_allowed_macs(peer_id, peer.allowed_macs)
 
     def reconfigured(self, applied: Applied) -> None:
         for peer in applied.removed:
@@ -136,7 +144,7 @@ class NativeShell(Plane):
 
     def refresh(self) -> None:
         """Turn what C counted since the last look into the core's transport events."""
-        now = time.monotonic()
+        now = clock.now()
         new_if, old_if = self.plane.interface_stats(), self.last_interface
         self.last_interface = new_if
         for reason, field in INTERFACE_DROPS.items():
@@ -152,7 +160,10 @@ class NativeShell(Plane):
             peer.drops.replay_or_forged += (new.drop_bad_tag - old.drop_bad_tag) + (
                 new.drop_replay - old.drop_replay
             )
-            peer.drops.bad_source += new.drop_bad_source - old.drop_bad_source
+            bad_source = new.drop_bad_source - old.drop_bad_source
+            peer.drops.bad_source += bad_source
+            if bad_source and self.iface.l2:
+                self.iface.mac_conflict(peer, now)
             peer.drops.not_ip += new.drop_malformed - old.drop_malformed
             if new.last_tx_ns != old.last_tx_ns:
                 self.apply(
@@ -181,7 +192,7 @@ class NativeShell(Plane):
                 self.apply(self.iface.confirmed(peer, new.current_local_index, now))
 
     def _upcalls(self) -> None:
-        now = time.monotonic()
+        now = clock.now()
         for _ in range(UPCALL_BATCH):
             try:
                 data = self.ctrl.recv(65536 + 64)
@@ -192,7 +203,11 @@ class NativeShell(Plane):
             if upcall.kind is UpcallKind.DATAGRAM and upcall.address is not None:
                 self.apply(self.iface.receive_datagram(upcall.payload, upcall.address, now))
             elif upcall.kind is UpcallKind.TOO_BIG:
-                self.apply(self.iface.send_packet(upcall.payload, now))
+                answer = self.iface.answer_too_big(upcall.payload[dp.VNET_HDR_LEN :])
+                if answer is not None:
+                    self.apply(answer)
+                else:  # C sends it on, segmented as the device handed it over
+                    self.plane.transmit_frame(upcall.payload)
             elif upcall.kind is UpcallKind.UNROUTED:  # C counted it
                 self.apply(self.iface.unreachable(upcall.payload, now))
             elif peer is None:
@@ -222,7 +237,11 @@ class NativeShell(Plane):
             try:
                 self.plane.send_packet(self.ids[action.peer], action.packet)
             except OSError as e:
-                log.debug("native send failed: %s", e.strerror)
+                if e.errno == errno.ENOKEY:
+                    now = clock.now()
+                    self.apply(self.iface.need_key(action.peer, action.packet, now))
+                else:
+                    log.debug("native send failed: %s", e.strerror)
         elif isinstance(action, KeypairsCleared):
             for slot in (dp.SLOT_CURRENT, dp.SLOT_PREVIOUS, dp.SLOT_NEXT):
                 self.plane.clear_keypair(self.ids[action.peer], slot)

@@ -5,11 +5,10 @@ rest. Always available; the fallback when native/ is not built."""
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable
 
 from tunnel.core.interface import Interface
-from tunnel.host import udp
+from tunnel.host import clock, udp
 from tunnel.protocol.constants import MESSAGE_TRANSPORT, UNDER_LOAD_HOLD
 from tunnel.protocol.ratelimiter import RateLimiter, source_key
 
@@ -39,7 +38,7 @@ class PythonPlane(Plane):
         return {self.dev_fd: self._device_readable, self.sock.fileno(): self._socket_readable}
 
     def _device_readable(self) -> None:
-        now = time.monotonic()
+        now = clock.now()
         for _ in range(BATCH):
             try:
                 packet = os.read(self.dev_fd, MAX_DATAGRAM)
@@ -51,7 +50,7 @@ class PythonPlane(Plane):
             self.apply(self.iface.send_packet(packet, now))
 
     def _socket_readable(self) -> None:
-        now = time.monotonic()
+        now = clock.now()
         drops = udp.drops(self.sock)
         if drops != self.drops:  # the socket dropped datagrams for a full buffer
             self.drops, self.behind_until = drops, now + UNDER_LOAD_HOLD

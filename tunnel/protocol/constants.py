@@ -87,6 +87,13 @@ UNDER_LOAD_HOLD = 1.0
 DEFAULT_MAC_AGEING = 300
 MAC_TABLE_MAX = 8192
 
+# At start every peer with an endpoint gets an initiation, so that a peer that
+# restarted is in session again within a round trip rather than after the other
+# side's KEEPALIVE_TIMEOUT + REKEY_TIMEOUT; paced, so that a hub of thousands of
+# peers does not send them all in one burst.
+START_INITIATIONS_BURST = 50
+START_INITIATIONS_PER_SECOND = 200
+
 # How often the I/O shell runs the core's timers: WireGuard's shortest timer is
 # hundreds of milliseconds.
 TIMER_TICK = 0.1

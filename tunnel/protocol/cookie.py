@@ -94,3 +94,5 @@ class CookieGenerator:
             self.cookie_key, reply.nonce, reply.encrypted_cookie, self.last_mac1
         )
         self.cookie_received = now
+        # Answered: the same reply again is a replay (cookie.c clears have_sent_mac1).
+        self.last_mac1 = b""

@@ -30,6 +30,31 @@ def public_key(private: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
+# The Curve25519 points of small order, as X25519 reads them (the top bit
+# ignored): libsodium's has_small_order() list (crypto_scalarmult/curve25519/
+# ref10/x25519_ref10.c): 0, 1, the two points of order 8, and p - 1, p, p + 1.
+LOW_ORDER_POINTS = frozenset(
+    bytes.fromhex(h)
+    for h in (
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+        "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    )
+)
+
+
+def low_order(public: bytes) -> bool:
+    """A public key with which every Diffie-Hellman gives the all-zero secret, so
+    that no handshake with its owner can ever succeed. The kernel and wireguard-go
+    accept such a peer, which then never handshakes; pyvpn refuses it where it is
+    configured, naming it."""
+    return public[:31] + bytes([public[31] & 0x7F]) in LOW_ORDER_POINTS
+
+
 def encode(key: bytes) -> str:
     return base64.b64encode(key).decode("ascii")
 

@@ -67,7 +67,13 @@ class Handshake:
     precomputed_static_static: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
-        self.precomputed_static_static = crypto.dh(self.identity.private_key, self.remote_static)
+        try:
+            self.precomputed_static_static = crypto.dh(
+                self.identity.private_key, self.remote_static
+            )
+        except crypto.DecryptError:
+            # The config and the UAPI refuse such a key first (keys.low_order).
+            raise ValueError("the peer's public key is a low-order point") from None
 
     def zero(self) -> None:
         self.state = HandshakeState.ZEROED
@@ -137,11 +143,12 @@ class Handshake:
         h, c = self.hash, self.chaining_key
         (c,) = crypto.kdf(c, msg.ephemeral, 1)
         h = crypto.hash_(h + msg.ephemeral)
-        (c,) = crypto.kdf(c, crypto.dh(self.local_ephemeral, msg.ephemeral), 1)
-        (c,) = crypto.kdf(c, crypto.dh(self.identity.private_key, msg.ephemeral), 1)
-        c, t, k = crypto.kdf(c, self.preshared_key, 3)
-        h = crypto.hash_(h + t)
         try:
+            # A low-order ephemeral fails here, as a forged tag fails below.
+            (c,) = crypto.kdf(c, crypto.dh(self.local_ephemeral, msg.ephemeral), 1)
+            (c,) = crypto.kdf(c, crypto.dh(self.identity.private_key, msg.ephemeral), 1)
+            c, t, k = crypto.kdf(c, self.preshared_key, 3)
+            h = crypto.hash_(h + t)
             crypto.aead_decrypt(k, 0, msg.encrypted_nothing, h)
         except crypto.DecryptError:
             raise HandshakeError("response does not authenticate") from None

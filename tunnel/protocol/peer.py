@@ -20,6 +20,8 @@ class PeerConfig:
     endpoint: Address | None = None
     allowed_ips: list[Network] = field(default_factory=list)
     persistent_keepalive: int = 0
+    # tap: the only source MAC addresses the peer may send from, bound to it.
+    allowed_macs: list[bytes] = field(default_factory=list)
     # (host name, port) when the endpoint was given by name: resolved again while
     # handshakes fail (tunnel/control/reresolve.py).
     endpoint_name: Address | None = None
@@ -41,6 +43,7 @@ class Peer:
         self.preshared_key = config.preshared_key
         self.endpoint = config.endpoint
         self.endpoint_name = config.endpoint_name
+        self.allowed_macs = frozenset(config.allowed_macs)
         self.handshake = Handshake(identity, config.public_key, config.preshared_key or bytes(32))
         self.cookies = CookieGenerator(config.public_key)
         self.timers = Timers(float(config.persistent_keepalive))
@@ -55,6 +58,7 @@ class Peer:
         self.tx_bytes = 0
         self.drops = DropCounters()
         self.mismatch_reported = float("-inf")
+        self.conflict_reported = float("-inf")
 
     @property
     def persistent_keepalive(self) -> int:

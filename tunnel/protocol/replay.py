@@ -28,7 +28,12 @@ class ReplayWindow:
             return False
         if counter > self.greatest:
             shift = counter - self.greatest
-            self.bitmap = ((self.bitmap << shift) | 1) & ((1 << self.size) - 1)
+            # A jump past the window forgets it whole: shifting first would build
+            # an integer as wide as the jump (2^63 bits for a hostile counter).
+            if shift >= self.size:
+                self.bitmap = 1
+            else:
+                self.bitmap = ((self.bitmap << shift) | 1) & ((1 << self.size) - 1)
             self.greatest = counter
         else:
             self.bitmap |= 1 << (self.greatest - counter)

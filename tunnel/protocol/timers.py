@@ -62,6 +62,11 @@ class Timers:
         self._disarm(Timer.RETRANSMIT_HANDSHAKE)
         self.handshake_attempts = 0
 
+    def gave_up(self) -> None:
+        """No handshake after MAX_TIMER_HANDSHAKES retries (timers.c
+        wg_expired_retransmit_handshake): no keepalive either."""
+        self._disarm(Timer.SEND_KEEPALIVE)
+
     def session_derived(self, now: float) -> None:
         self._arm(Timer.ZERO_KEY_MATERIAL, now + REJECT_AFTER_TIME * 3)
 
