@@ -67,6 +67,7 @@ struct dp_peer_stats {
 	uint32_t has_current;             /* CURRENT installed (usable or not) */
 	uint32_t current_local_index;     /* CURRENT's, when has_current */
 	uint32_t has_previous, has_next;
+	uint32_t previous_local_index, next_local_index; /* when has_previous, has_next */
 	uint32_t endpoint_len;            /* 0 = no endpoint */
 	struct sockaddr_storage endpoint;
 	/* Drops (and, for no_keypair/expired_keypair on the send side,

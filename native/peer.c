@@ -370,6 +370,10 @@ int dp_peer_stats(dp_t *dp, uint32_t peer_id, struct dp_peer_stats *out)
 		}
 		out->has_previous = p->keypairs[DP_PREVIOUS] != NULL;
 		out->has_next = p->keypairs[DP_NEXT] != NULL;
+		if (out->has_previous)
+			out->previous_local_index = p->keypairs[DP_PREVIOUS]->local_index;
+		if (out->has_next)
+			out->next_local_index = p->keypairs[DP_NEXT]->local_index;
 		socklen_t l;
 		peer_copy_endpoint(p, &out->endpoint, &l);
 		out->endpoint_len = l;

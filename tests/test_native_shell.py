@@ -37,10 +37,11 @@ class Session:
     b: Node
     shell: NativeShell
     udp_b: socket.socket
+    confirmation: bytes  # b's first transport message, sent only if confirm
 
 
 @contextlib.contextmanager
-def confirmed_session() -> Iterator[Session]:
+def confirmed_session(confirm: bool = True) -> Iterator[Session]:
     net = SimNet()
     udp_a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp_b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -62,9 +63,10 @@ def confirmed_session() -> Iterator[Session]:
         response = udp_b.recv(2048)
         # b's first transport message confirms it: C makes NEXT CURRENT and says so.
         (transport,) = sends(b.iface.receive_datagram(response, a.address, net.now))
-        udp_b.sendto(transport.data, a.address)
-        assert dev.recv(2048).endswith(ipv4_packet("10.0.0.2", "10.0.0.1"))
-        yield Session(net, a, b, shell, udp_b)
+        if confirm:
+            udp_b.sendto(transport.data, a.address)
+            assert dev.recv(2048).endswith(ipv4_packet("10.0.0.2", "10.0.0.1"))
+        yield Session(net, a, b, shell, udp_b, transport.data)
     finally:
         shell.stop()
         for s in (udp_a, udp_b, dev):
@@ -93,7 +95,7 @@ def test_a_packet_c_has_no_key_for_starts_a_handshake() -> None:
     old or worn out in C's eyes): the packet waits and a handshake starts, as
     send.c does for a packet without a usable keypair."""
     with confirmed_session() as s:
-        s.shell.refresh()
+        refreshed_after_confirmation(s)
         (peer,) = s.a.iface.peers.values()
         assert peer.current is not None
         s.shell.plane.clear_keypair(s.shell.ids[peer], dp.SLOT_CURRENT)
@@ -111,3 +113,57 @@ def test_c_and_python_keep_time_on_one_clock() -> None:
         received = s.shell.plane.stats(s.shell.ids[peer]).last_rx_ns / 1e9
         assert 0 <= clock.now() - received < 2
         assert abs(clock.now() - time.clock_gettime(time.CLOCK_BOOTTIME)) < 0.1
+
+
+def test_the_slots_are_cs_even_when_an_initiation_overtakes_its_confirmation() -> None:
+    """In one receive batch, b's first message on a's `next` (C promotes it) and a
+    new initiation from b: C hands the initiation up before it says it confirmed.
+    The core, answering, expects `next` (C's new current) to be retired; C kept
+    it. What the core sees and decides by is C's."""
+    with confirmed_session(confirm=False) as s:
+        (peer,) = s.a.iface.peers.values()
+        first = peer.next
+        s.shell.plane.stop()  # so that one recvmmsg takes both
+        s.udp_b.sendto(s.confirmation, s.a.address)
+        s.net.now += 10  # past REKEY_TIMEOUT: b may initiate again
+        (initiation,) = sends(s.b.iface._initiate(peer_of(s.b), s.net.now, retry=False))
+        s.udp_b.sendto(initiation.data, s.a.address)
+        s.shell.plane.start(1)
+        assert select.select([s.shell.ctrl], [], [], 2)[0]
+        time.sleep(0.2)  # both upcalls written
+        s.shell._upcalls()  # the initiation, answered; then the confirmation
+        stats = s.shell.plane.stats(s.shell.ids[peer])
+        assert stats.has_current and stats.has_next
+        assert stats.current_local_index == first.local_index
+        assert peer.current is first  # the core's view is C's
+        assert peer.next is not None and peer.next.local_index == stats.next_local_index
+        assert peer.current.send_counter == stats.current_send_counter
+        held = (stats.current_local_index, stats.next_local_index)
+        assert all(i in s.a.iface.indices for i in held)
+        assert peer.last_handshake_wall is not None
+
+
+def test_session_keys_live_in_c_alone() -> None:
+    """The core's copy of a keypair's keys is overwritten once C holds them."""
+    with confirmed_session() as s:
+        refreshed_after_confirmation(s)
+        (peer,) = s.a.iface.peers.values()
+        assert peer.current.keys.send_key == bytes(32)
+        assert peer.current.keys.receive_key == bytes(32)
+        # C carries traffic on them all the same.
+        s.shell.apply(s.a.iface.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2", b"c"), clock.now()))
+        (delivered,) = [a for a in s.b.iface.receive_datagram(s.udp_b.recv(2048), s.a.address,
+                        s.net.now) if hasattr(a, "packet")]  # fmt: skip
+        assert delivered.packet.endswith(b"c")
+
+
+def refreshed_after_confirmation(s: Session) -> None:
+    """C writes b's first packet into the device before it promotes the keypair
+    and says so: wait for its word, then let the core learn it."""
+    assert select.select([s.shell.ctrl], [], [], 2)[0]
+    s.shell._upcalls()
+
+
+def peer_of(node: Node):
+    (peer,) = node.iface.peers.values()
+    return peer

@@ -214,6 +214,12 @@ class Receiving(Sending):
         if keypair is None or keypair.local_index != local_index:
             return []
         self._retire(peer.confirm(keypair))
+        return self.session_confirmed(peer, now)
+
+    def session_confirmed(self, peer: Peer, now: float) -> list[Action]:
+        """The responder's new session is confirmed: the handshake is complete
+        and staged packets may go. An external transport that confirms keypairs
+        itself says so here, after adopt()."""
         self._handshake_complete(peer, now)
         return self._flush_staged(peer, now)
 

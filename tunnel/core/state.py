@@ -102,10 +102,28 @@ class State:
         self._retire(peer.install(keypair))
 
     def _retire(self, keypairs: list[Keypair]) -> None:
+        if self.external_transport:
+            return  # the transport frees its keypairs; adopt() learns which
         for keypair in keypairs:
+            keypair.keys.erase()
             entry = self.indices.get(keypair.local_index)
             if entry is not None and entry[1] is keypair:
                 del self.indices[keypair.local_index]
+
+    def adopt(
+        self, peer: Peer, current: int | None, previous: int | None, next_: int | None
+    ) -> None:
+        """With an external transport, which owns the keypair slots (the native
+        plane: native/peer.c runs add_new_keypair() and the confirmation), the
+        peer's slots become the keypairs it reports by local index, and the ones
+        it no longer holds are forgotten. The core's own shuffle is only its
+        expectation until then."""
+        held = {i: e[1] for i, e in self.indices.items() if e[0] is peer and e[1] is not None}
+        peer.current, peer.previous, peer.next = (
+            None if i is None else held.get(i) for i in (current, previous, next_)
+        )
+        for index in held.keys() - {current, previous, next_}:
+            del self.indices[index]
 
     def _drop_handshake_index(self, peer: Peer) -> None:
         entry = self.indices.get(peer.handshake.local_index)

@@ -160,6 +160,8 @@ class PeerStats:
     current_local_index: int
     has_previous: bool
     has_next: bool
+    previous_local_index: int
+    next_local_index: int
     endpoint: tuple[str, int] | None
     drop_bad_tag: int
     drop_replay: int
@@ -326,8 +328,8 @@ class NativePlane:
         initiator: bool,
         local_index: int,
         remote_index: int,
-        send_key: bytes,
-        recv_key: bytes,
+        send_key: bytes | bytearray,
+        recv_key: bytes | bytearray,
     ) -> None:
         """The kernel's add_new_keypair() slot shuffle, atomically (see dp.h)."""
         _keys(send_key, recv_key)
@@ -338,8 +340,8 @@ class NativePlane:
                 int(initiator),
                 local_index,
                 remote_index,
-                send_key,
-                recv_key,
+                ffi.from_buffer(send_key),
+                ffi.from_buffer(recv_key),
             ),
             "install_keypair",
         )
@@ -404,15 +406,17 @@ def _keys(*keys: bytes) -> None:
 
 
 # Test hooks: the C AEAD and replay window, for known-answer tests.
-def aead_seal(key: bytes, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
+def aead_seal(key: bytes | bytearray, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
     out = ffi.new("uint8_t[]", len(plaintext) + 16)
+    key = bytes(key)
     if _require().dp_test_aead_seal(key, nonce, aad, len(aad), plaintext, len(plaintext), out):
         raise ValueError("aead_seal failed (key must be 32 bytes, nonce 12)")
     return bytes(out)
 
 
-def aead_open(key: bytes, nonce: bytes, aad: bytes, ciphertext: bytes) -> bytes | None:
+def aead_open(key: bytes | bytearray, nonce: bytes, aad: bytes, ciphertext: bytes) -> bytes | None:
     out = ffi.new("uint8_t[]", max(len(ciphertext), 1))
+    key = bytes(key)
     if _require().dp_test_aead_open(key, nonce, aad, len(aad), ciphertext, len(ciphertext), out):
         return None
     return bytes(out)[: len(ciphertext) - 16]

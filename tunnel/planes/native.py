@@ -154,9 +154,7 @@ class NativeShell(Plane):
         for peer_id, peer in self.peers.items():
             new, old = self.plane.stats(peer_id), self.last[peer_id]
             self.last[peer_id] = new
-            current = peer.current
-            if new.has_current and current and current.local_index == new.current_local_index:
-                current.send_counter = new.current_send_counter
+            self._adopt(peer, new)
             peer.drops.replay_or_forged += (new.drop_bad_tag - old.drop_bad_tag) + (
                 new.drop_replay - old.drop_replay
             )
@@ -184,12 +182,29 @@ class NativeShell(Plane):
                         new.last_rx_ns / 1e9,
                     )
                 )
-            if new.has_current:
-                # C promotes `next` on its first message and says so in an upcall,
-                # which a flood can crowd out of the control socket: the stats
-                # always tell. confirmed() acts only when the core's `next` is C's
-                # new current, so asking every tick is safe.
-                self.apply(self.iface.confirmed(peer, new.current_local_index, now))
+            promoted = (new.has_current, new.current_local_index) != (
+                old.has_current,
+                old.current_local_index,
+            )
+            if new.has_current and promoted:
+                current = peer.current
+                if current is not None and not current.keys.is_initiator:
+                    # C promoted a responder's `next` on its first message. It says
+                    # so in an upcall too, which a flood can crowd out of the
+                    # control socket: the stats always tell.
+                    self.apply(self.iface.session_confirmed(peer, now))
+
+    def _adopt(self, peer: Peer, stats: PeerStats) -> None:
+        """C owns the keypair slots (it shuffles and confirms them): the core's
+        view of them is what C reports, as are the current send counter."""
+        self.iface.adopt(
+            peer,
+            stats.current_local_index if stats.has_current else None,
+            stats.previous_local_index if stats.has_previous else None,
+            stats.next_local_index if stats.has_next else None,
+        )
+        if peer.current is not None:
+            peer.current.send_counter = stats.current_send_counter
 
     def _upcalls(self) -> None:
         now = clock.now()
@@ -233,6 +248,8 @@ class NativeShell(Plane):
                 keys.send_key,
                 keys.receive_key,
             )
+            keys.erase()  # C holds them now, and is the only one to
+            self._adopt(action.peer, self.plane.stats(peer_id))
         elif isinstance(action, Transmit):
             try:
                 self.plane.send_packet(self.ids[action.peer], action.packet)

@@ -43,9 +43,16 @@ class SessionKeys:
 
     local_index: int
     remote_index: int
-    send_key: bytes
-    receive_key: bytes
+    # Buffers, so that erase() can overwrite them: immutable bytes could only be
+    # dropped, and would stay in the heap until reused.
+    send_key: bytearray
+    receive_key: bytearray
     is_initiator: bool
+
+    def erase(self) -> None:
+        """Overwrite the keys (a handover to the native plane, or a keypair gone)."""
+        self.send_key[:] = bytes(len(self.send_key))
+        self.receive_key[:] = bytes(len(self.receive_key))
 
 
 @dataclass
@@ -168,7 +175,9 @@ class Handshake:
             raise HandshakeError("handshake is not complete")
         first, second = crypto.kdf(self.chaining_key, b"", 2)
         send, receive = (first, second) if is_initiator else (second, first)
-        keys = SessionKeys(self.local_index, self.remote_index, send, receive, is_initiator)
+        keys = SessionKeys(
+            self.local_index, self.remote_index, bytearray(send), bytearray(receive), is_initiator
+        )
         self.zero()
         return keys
 
