@@ -1,0 +1,32 @@
+"""A short run of every coverage-guided fuzzer (tests/fuzz/: libFuzzer for the
+native plane's parsers, atheris for Python's), over its seed corpus and
+whatever it finds in a few seconds. A crash fails with libFuzzer's report; a
+longer run is `.venv/bin/python tests/fuzz/run --seconds 600` (docs/reliability.md)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FUZZ = Path(__file__).resolve().parent / "fuzz"
+HARNESSES = sorted(p.stem for p in (*FUZZ.glob("fuzz_*.c"), *FUZZ.glob("fuzz_*.py")))
+SECONDS = 4
+
+
+def test_every_harness_has_a_seed_corpus() -> None:
+    assert len(HARNESSES) >= 8
+    for name in HARNESSES:
+        assert any((FUZZ / "corpus" / name).iterdir()), name
+
+
+@pytest.mark.parametrize("name", HARNESSES)
+def test_fuzzer_finds_no_crash(name: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(FUZZ / "run"), "--seconds", str(SECONDS), name],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Done " in result.stderr  # libFuzzer ran to its time limit
