@@ -183,5 +183,8 @@ void dp_test_replay_free(dp_replay_t *);
 uint64_t dp_test_replay_window_size(void);
 /* How many of the workers' AEAD contexts hold a key (racy: for tests). */
 int dp_test_cached_keys(dp_t *);
+/* Whether the peer's CURRENT may send at a time `offset_ns` from its birth, as
+ * keypair_usable_for_send() judges it (0, -ENOKEY, -EKEYEXPIRED). */
+int dp_test_usable_at(dp_t *, uint32_t peer_id, int64_t offset_ns);
 
 #endif

@@ -411,3 +411,13 @@ int dp_peer_set_allowed_macs(dp_t *dp, uint32_t peer_id, const uint8_t *macs, si
 		free(copy);
 	return p ? 0 : -ENOENT;
 }
+
+int dp_test_usable_at(dp_t *dp, uint32_t peer_id, int64_t offset_ns)
+{
+	pthread_rwlock_rdlock(&dp->lock);
+	struct peer *p = peer_lookup(dp, peer_id);
+	struct keypair *kp = p ? p->keypairs[DP_CURRENT] : NULL;
+	int ret = keypair_usable_for_send(kp, kp ? kp->birth_ns + (uint64_t)offset_ns : 0);
+	pthread_rwlock_unlock(&dp->lock);
+	return ret;
+}

@@ -262,6 +262,16 @@ def test_receive_agrees_with_cryptography(h: Harness) -> None:
     r.close()
 
 
+def test_a_keypair_made_after_the_clock_was_read_is_fresh(h: Harness) -> None:
+    """A worker reads the clock before it takes the lock, so a keypair installed
+    meanwhile is born after `now`: a negative age, not 2^64 ns (which made fresh
+    keypairs divert as NEED_KEY). Reject-After-Time still holds."""
+    Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",)).close()
+    assert h.plane.usable_at(1, -1_000_000) == 0
+    assert h.plane.usable_at(1, 179 * 10**9) == 0
+    assert h.plane.usable_at(1, 180 * 10**9) == -errno.EKEYEXPIRED
+
+
 def test_a_cleared_keypair_leaves_no_key_in_the_workers(h: Harness) -> None:
     """A worker's AEAD context keeps the key schedule of the last key it used;
     once that keypair is gone, the worker overwrites it (at most a poll timeout

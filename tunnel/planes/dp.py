@@ -388,6 +388,10 @@ class NativePlane:
     def set_mac_ageing(self, seconds: int) -> None:
         lib.dp_set_mac_ageing(self._handle(), seconds)
 
+    def usable_at(self, peer_id: int, offset_ns: int) -> int:
+        """0 or a negative errno: may CURRENT send `offset_ns` after its birth (a test hook)."""
+        return int(lib.dp_test_usable_at(self._handle(), peer_id, offset_ns))
+
     def cached_keys(self) -> int:
         """How many of the workers' AEAD contexts hold a key (a test hook)."""
         return int(lib.dp_test_cached_keys(self._handle()))
