@@ -31,7 +31,7 @@ from tunnel.protocol.messages import INITIATION_MAC1_OFFSET, Initiation, parse
 from tunnel.protocol.timers import Timer
 
 from .packets import udp_packet
-from .simnet import SimNet, ipv4_packet
+from .simnet import Node, SimNet, ipv4_packet
 
 
 def pair(**kw):
@@ -332,6 +332,16 @@ def test_three_peers_route_by_allowed_ips():
     ]
 
 
+def tap_hub(spokes: int, **kw: float) -> tuple[SimNet, Node, list[Node]]:
+    """A tap hub with a peer per spoke, and the spokes, each with the hub as its peer."""
+    net = SimNet()
+    hub = net.node("hub", "198.18.0.1", l2=True, **kw)
+    nodes = [net.node(f"s{i}", f"198.18.0.{i + 2}", l2=True) for i in range(spokes)]
+    for spoke in nodes:
+        net.connect(hub, spoke, [], [])
+    return net, hub, nodes
+
+
 def frame(dst: bytes, src: bytes, payload: bytes = b"\x88\xb5hello") -> bytes:
     return dst + src + payload
 
@@ -341,11 +351,7 @@ BROADCAST = b"\xff" * 6
 
 
 def test_tap_switch_learns_floods_and_ages():
-    net = SimNet()
-    hub = net.node("hub", "198.18.0.1", l2=True, mac_ageing=30)
-    spokes = [net.node(f"s{i}", f"198.18.0.{i + 2}", l2=True) for i in range(3)]
-    for s in spokes:
-        net.connect(hub, s, [], [])
+    net, hub, spokes = tap_hub(3, mac_ageing=30)
     # Unknown destination: flooded to all three.
     net.send(hub, frame(MAC[2], MAC[1]))
     assert [len(s.delivered) for s in spokes] == [1, 1, 1]
@@ -361,11 +367,7 @@ def test_tap_switch_learns_floods_and_ages():
 
 
 def test_tap_hub_relays_a_frame_back_from_its_bridge_but_never_to_its_sender():
-    net = SimNet()
-    hub = net.node("hub", "198.18.0.1", l2=True)
-    spokes = [net.node(f"s{i}", f"198.18.0.{i + 2}", l2=True) for i in range(3)]
-    for s in spokes:
-        net.connect(hub, s, [], [])
+    net, hub, spokes = tap_hub(3)
     net.send(spokes[0], frame(BROADCAST, MAC[1]))
     net.send(spokes[1], frame(BROADCAST, MAC[2]))
     # What the hub's bridge hands back through its hairpin port, as read from the device.
@@ -379,11 +381,7 @@ def test_tap_hub_relays_a_frame_back_from_its_bridge_but_never_to_its_sender():
 
 
 def test_tap_a_peer_cannot_take_a_mac_another_peer_holds():
-    net = SimNet()
-    hub = net.node("hub", "198.18.0.1", l2=True, mac_ageing=30)
-    spokes = [net.node(f"s{i}", f"198.18.0.{i + 2}", l2=True) for i in range(3)]
-    for s in spokes:
-        net.connect(hub, s, [], [])
+    net, hub, spokes = tap_hub(3, mac_ageing=30)
     net.send(spokes[0], frame(BROADCAST, MAC[1]))  # MAC 1 lives behind spoke 0
     net.send(spokes[1], frame(MAC[3], MAC[1]))  # spoke 1 forges it
     assert len(hub.delivered) == 1  # the forgery goes nowhere
@@ -398,11 +396,7 @@ def test_tap_a_peer_cannot_take_a_mac_another_peer_holds():
 
 
 def test_tap_allowed_macs_bind_addresses_to_their_peer():
-    net = SimNet()
-    hub = net.node("hub", "198.18.0.1", l2=True, mac_ageing=30)
-    spokes = [net.node(f"s{i}", f"198.18.0.{i + 2}", l2=True) for i in range(2)]
-    for s in spokes:
-        net.connect(hub, s, [], [])
+    net, hub, spokes = tap_hub(2, mac_ageing=30)
     bound = hub.iface.peers[spokes[0].iface.identity.public_key]
     apply(hub.iface, Change(peers=[PeerChange(bound.public_key, allowed_macs=[MAC[1]])]), 0)
     net.send(hub, frame(MAC[1], MAC[4]))  # unicast to it before it was ever seen

@@ -11,7 +11,8 @@ import signal
 import struct
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -269,23 +270,57 @@ def write_star_configs(directory: Path, names: list[str], underlay: list[tuple[s
     return paths
 
 
-def test_hub_is_a_learning_switch_with_ageing(tmp_path, datapath):
-    with Testbed(n=4, tag="sw") as bed, contextlib.ExitStack() as stack:
-        hub, spokes = bed.namespaces[0], bed.namespaces[1:]
+@dataclass
+class Star:
+    """A tap hub (namespaces[0]) and three spokes, each tunnel up and in session."""
+
+    bed: Testbed
+    hub: Namespace
+    spokes: list[Namespace]
+    names: list[str]  # the hub's device, then each spoke's
+    daemons: list[Daemon]
+
+
+@contextlib.contextmanager
+def running_star(
+    tmp_path: Path,
+    datapath: str,
+    tag: str,
+    hub: dict[str, Any] | None = None,
+    bridged: bool = False,
+    hub_peers: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> Iterator[Star]:
+    """`hub`: settings of the hub's interface; `bridged`: its device joins a bridge
+    br0; `hub_peers`: edits the hub's [[peer]] tables before it starts."""
+    with Testbed(n=4, tag=tag) as bed, contextlib.ExitStack() as stack:
+        hub_ns, spokes = bed.namespaces[0], bed.namespaces[1:]
         for i, spoke in enumerate(spokes[1:], start=2):
-            bed.link(hub, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"])
+            bed.link(hub_ns, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"])
         for ns in bed.namespaces:
             # A tap device with IPv6 sends router solicitations and MLD reports on its
             # own: without IPv6 the frames we count are only the test's.
             ns.sysctl("net.ipv6.conf.default.disable_ipv6", 1)
+        settings = dict(hub or {})
+        if bridged:
+            settings["bridge"] = bed.add_bridge(hub_ns, "br0")
         underlay = [(f"198.18.{i}.1", f"198.18.{i}.2") for i in (0, 2, 3)]
-        names = [device_name("pvsw", c) for c in "hbcd"]
-        paths = write_star_configs(tmp_path, names, underlay, datapath)
+        names = [device_name(f"pv{tag}", c) for c in "hbcd"]
+        paths = write_star_configs(tmp_path, names, underlay, datapath, settings)
+        if hub_peers is not None:
+            config = tomllib.loads(paths[0].read_text())
+            hub_peers(config["peer"])
+            paths[0].write_text(render_config(config["interface"], config["peer"]))
         daemons = [stack.enter_context(start(ns, p, datapath))
                    for ns, p in zip(bed.namespaces, paths, strict=True)]  # fmt: skip
-        hub_dev, spoke_devs = names[0], names[1:]
-        poll(lambda: all(p["has_session"] for p in pyvpn_status(hub_dev)["peers"]),
+        poll(lambda: all(p["has_session"] for p in pyvpn_status(names[0])["peers"]),
              "session with every spoke")  # fmt: skip
+        yield Star(bed, hub_ns, spokes, names, daemons)
+
+
+def test_hub_is_a_learning_switch_with_ageing(tmp_path, datapath):
+    with running_star(tmp_path, datapath, "sw") as star:
+        hub, spokes, daemons = star.hub, star.spokes, star.daemons
+        hub_dev, spoke_devs = star.names[0], star.names[1:]
         spoke_keys = [pyvpn_status(n)["public_key"] for n in spoke_devs]
 
         def announce() -> None:
@@ -323,21 +358,10 @@ def test_a_spoke_cannot_take_the_mac_of_a_host_behind_another(tmp_path, datapath
     """Spoke c forges frames from the MAC address of a host behind spoke b: the
     host behind b keeps getting its unicast, and c's forgeries are dropped and
     counted against c."""
-    with Testbed(n=4, tag="hj") as bed, contextlib.ExitStack() as stack:
-        hub, spokes = bed.namespaces[0], bed.namespaces[1:]
-        for i, spoke in enumerate(spokes[1:], start=2):
-            bed.link(hub, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"])
-        for ns in bed.namespaces:
-            ns.sysctl("net.ipv6.conf.default.disable_ipv6", 1)  # only the test's frames
-        underlay = [(f"198.18.{i}.1", f"198.18.{i}.2") for i in (0, 2, 3)]
-        names = [device_name("pvhj", c) for c in "hbcd"]
-        # Entries live for the whole test: a forgery is refused while fresh.
-        paths = write_star_configs(tmp_path, names, underlay, datapath, {"mac_ageing": 120})
-        daemons = [stack.enter_context(start(ns, p, datapath))
-                   for ns, p in zip(bed.namespaces, paths, strict=True)]  # fmt: skip
+    # Entries live for the whole test: a forgery is refused while fresh.
+    with running_star(tmp_path, datapath, "hj", {"mac_ageing": 120}) as star:
+        hub, spokes, names, daemons = star.hub, star.spokes, star.names, star.daemons
         hub_dev = names[0]
-        poll(lambda: all(p["has_session"] for p in pyvpn_status(hub_dev)["peers"]),
-             "session with every spoke")  # fmt: skip
         key_b, key_c = (pyvpn_status(n)["public_key"] for n in names[1:3])
         victim = SPOKE_MACS[0]
         send_frames(spokes[0], names[1], BROADCAST, marker("b's host"), source=victim)
@@ -364,23 +388,13 @@ def test_allowed_macs_bind_a_spokes_hosts_to_it(tmp_path, datapath):
     """The hub lists the MAC address of spoke b's host in b's allowed_macs: unicast
     to it goes to b before b ever sent a frame, b may send from no other address,
     and no other spoke may send from that one."""
-    with Testbed(n=4, tag="am") as bed, contextlib.ExitStack() as stack:
-        hub, spokes = bed.namespaces[0], bed.namespaces[1:]
-        for i, spoke in enumerate(spokes[1:], start=2):
-            bed.link(hub, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"])
-        for ns in bed.namespaces:
-            ns.sysctl("net.ipv6.conf.default.disable_ipv6", 1)  # only the test's frames
-        underlay = [(f"198.18.{i}.1", f"198.18.{i}.2") for i in (0, 2, 3)]
-        names = [device_name("pvam", c) for c in "hbcd"]
-        paths = write_star_configs(tmp_path, names, underlay, datapath)
-        hub_config = tomllib.loads(paths[0].read_text())
-        hub_config["peer"][0]["allowed_macs"] = [SPOKE_MACS[0]]
-        paths[0].write_text(render_config(hub_config["interface"], hub_config["peer"]))
-        daemons = [stack.enter_context(start(ns, p, datapath))
-                   for ns, p in zip(bed.namespaces, paths, strict=True)]  # fmt: skip
+
+    def bind(peers: list[dict[str, Any]]) -> None:
+        peers[0]["allowed_macs"] = [SPOKE_MACS[0]]
+
+    with running_star(tmp_path, datapath, "am", hub_peers=bind) as star:
+        hub, spokes, names, daemons = star.hub, star.spokes, star.names, star.daemons
         hub_dev = names[0]
-        poll(lambda: all(p["has_session"] for p in pyvpn_status(hub_dev)["peers"]),
-             "session with every spoke")  # fmt: skip
         key_b, key_c = (pyvpn_status(n)["public_key"] for n in names[1:3])
 
         def deliveries(label: str) -> list[int]:
@@ -412,21 +426,9 @@ def test_a_bridged_hub_relays_between_spokes_never_back_to_the_sender(tmp_path, 
     """Spokes of a hub whose device is in a bridge reach each other at L2: the hub's
     bridge port is in hairpin mode, so a frame from one spoke comes back to pyvpn,
     which sends it on to the others but never to the spoke it came from."""
-    with Testbed(n=4, tag="rl") as bed, contextlib.ExitStack() as stack:
-        hub, spokes = bed.namespaces[0], bed.namespaces[1:]
-        for i, spoke in enumerate(spokes[1:], start=2):
-            bed.link(hub, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"])
-        for ns in bed.namespaces:
-            ns.sysctl("net.ipv6.conf.default.disable_ipv6", 1)  # only the test's frames
-        bridge = bed.add_bridge(hub, "br0")
-        underlay = [(f"198.18.{i}.1", f"198.18.{i}.2") for i in (0, 2, 3)]
-        names = [device_name("pvrl", c) for c in "hbcd"]
-        paths = write_star_configs(tmp_path, names, underlay, datapath, {"bridge": bridge})
-        for ns, path in zip(bed.namespaces, paths, strict=True):
-            stack.enter_context(start(ns, path, datapath))
+    with running_star(tmp_path, datapath, "rl", bridged=True) as star:
+        hub, spokes, names = star.hub, star.spokes, star.names
         assert "hairpin on" in hub.run("ip", "-d", "link", "show", names[0]).stdout
-        poll(lambda: all(p["has_session"] for p in pyvpn_status(names[0])["peers"]),
-             "session with every spoke")  # fmt: skip
 
         def deliveries(sender: int, destination: str, label: str) -> list[int]:
             """How often a frame from spoke `sender` arrives at each spoke."""

@@ -27,7 +27,8 @@ from .l2 import MacTable, Switch
 
 log = logging.getLogger("pyvpn")
 
-MISMATCH_REPORT_INTERVAL = 60.0
+# A warning about what one peer keeps doing goes to the log at most this often.
+REPORT_INTERVAL = 60.0
 
 
 def mode_name(l2: bool) -> str:
@@ -36,6 +37,14 @@ def mode_name(l2: bool) -> str:
 
 def short(peer: Peer) -> str:
     return encode(peer.public_key)[:8] + "…"
+
+
+def reportable(peer: Peer, what: str, now: float) -> bool:
+    """Whether the warning `what` about the peer may go to the log now."""
+    if now - peer.reported.get(what, float("-inf")) < REPORT_INTERVAL:
+        return False
+    peer.reported[what] = now
+    return True
 
 
 class State:
@@ -146,8 +155,7 @@ class State:
     def mac_conflict(self, peer: Peer, now: float) -> None:
         """tap: the peer sent frames from a MAC address another peer holds. Dropped
         and counted (its drops' bad_source); said in the log, once a minute."""
-        if now - peer.conflict_reported >= MISMATCH_REPORT_INTERVAL:
-            peer.conflict_reported = now
+        if reportable(peer, "mac_conflict", now):
             log.warning(
                 "peer %s sent frames from MAC addresses that another peer's hosts hold: "
                 "dropped (%d so far)",
@@ -157,8 +165,7 @@ class State:
 
     def _report_mismatch(self, peer: Peer, remote_l2: bool, now: float) -> None:
         self.drops["mode_mismatch"] += 1
-        if now - peer.mismatch_reported >= MISMATCH_REPORT_INTERVAL:
-            peer.mismatch_reported = now
+        if reportable(peer, "mode_mismatch", now):
             log.warning(
                 "peer %s is configured for %s mode but this interface is %s: "
                 "no traffic can flow until both ends use the same mode",

@@ -57,8 +57,7 @@ class Peer:
         self.rx_bytes = 0
         self.tx_bytes = 0
         self.drops = DropCounters()
-        self.mismatch_reported = float("-inf")
-        self.conflict_reported = float("-inf")
+        self.reported: dict[str, float] = {}  # when each warning about it was last logged
 
     @property
     def persistent_keepalive(self) -> int:
