@@ -1,5 +1,6 @@
 """The command line as a user meets it: keys, config errors, usage errors."""
 
+import importlib.metadata
 import os
 import subprocess
 
@@ -27,6 +28,12 @@ def test_genkey_pubkey_match_wireguard_tools():
             ["wg", "pubkey"], input=wg_private, capture_output=True, text=True
         ).stdout.strip()
     )
+
+
+def test_version_is_the_installed_one():
+    result = pyvpn("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"pyvpn {importlib.metadata.version('pyvpn')}\n"
 
 
 def test_genpsk_is_32_random_bytes():

@@ -3,6 +3,7 @@ exit status 2; runtime failures exit 1; nothing prints a traceback."""
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -30,6 +31,9 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> Parser:
     parser = Parser(
         prog="pyvpn", description="A WireGuard-protocol VPN tunnel, tun (L3) or tap (L2)."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"pyvpn {importlib.metadata.version('pyvpn')}"
     )
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
