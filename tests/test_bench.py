@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from tunnel.lab import bench, contenders, measure
+from tunnel.lab import bench, contenders, measure, report
 from tunnel.lab.contenders import header_overhead
 from tunnel.lab.report import FIGURE_KEYS, Result, combine, ratios, write_chart
 from tunnel.lab.testbed import host_problem, leftovers
@@ -54,7 +55,13 @@ def test_short_run_writes_every_figure_and_a_png(tmp_path: Path, capsys) -> None
                 assert isinstance(value, float) and value > 0, (contender["name"], key)
         assert contender["ratio_to_veth"]["tcp_1_stream_bps"] > 0
         assert contender["details"]["tcp_congestion"] == "reno"  # as iperf3 saw it
-    assert doc["contenders"][0]["not_applicable"] == ["cpu_s_per_gbit"]
+    assert doc["contenders"][0]["not_applicable"] == [
+        "cpu_s_per_gbit", "cpu_sender_s_per_gbit", "cpu_receiver_s_per_gbit",
+    ]  # fmt: skip
+    cpu = doc["contenders"][1]["figures"]
+    assert cpu["cpu_sender_s_per_gbit"] + cpu["cpu_receiver_s_per_gbit"] == pytest.approx(
+        cpu["cpu_s_per_gbit"]
+    )
     assert doc["contenders"][1]["header_overhead_bytes"] == 60
     assert doc["settings"]["time_s"] == 1 and doc["settings"]["mtu"] == bench.DEFAULT_MTU
     assert doc["settings"]["tcp_congestion"] == "reno"
@@ -62,6 +69,29 @@ def test_short_run_writes_every_figure_and_a_png(tmp_path: Path, capsys) -> None
     assert out_png.read_bytes()[:8] == PNG_MAGIC
     assert matplotlib.image.imread(out_png).shape[0] > 100
     assert "wireguard-go" in printed.out and "Header overhead" in printed.out
+    # Every contender named with what exactly ran.
+    assert doc["contenders"][0]["version"].startswith("Linux ")
+    assert doc["contenders"][1]["version"].startswith("wireguard-go 0.0.2023")  # trixie's
+    assert doc["contenders"][1]["version"] in " ".join(printed.out.split())
+    assert leftovers() == []
+
+
+@root_only
+def test_the_older_wireguard_go_and_the_python_floor_run_labelled(tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    code = bench.run(
+        _args("--time", "1", "--only", "wireguard-go-bookworm,python-floor",
+              "--json", str(out_json))
+    )  # fmt: skip
+    assert code == 0
+    doc = {c["name"]: c for c in json.loads(out_json.read_text())["contenders"]}
+    assert doc["wireguard-go-bookworm"]["version"] == "wireguard-go 0.0.20220316-1+b4"
+    assert doc["python-floor"]["version"].startswith("a reference, not a VPN")
+    for contender in doc.values():
+        assert contender["status"] == "ok", contender["notes"]
+        assert contender["figures"]["tcp_1_stream_bps"] > 0
+        assert contender["figures"]["cpu_receiver_s_per_gbit"] > 0
+    assert doc["python-floor"]["header_overhead_bytes"] == 20 + 8 + 12 + 16
     assert leftovers() == []
 
 
@@ -152,7 +182,7 @@ def test_unknown_contender_is_a_usage_error(capsys) -> None:
 def test_contender_names() -> None:
     assert set(contenders.NAMES) == {
         "veth", "pyvpn-tun-native", "pyvpn-tap-native", "pyvpn-tun-python", "pyvpn-tap-python",
-        "wireguard-go", "openvpn-tun", "openvpn-tap",
+        "wireguard-go", "wireguard-go-bookworm", "python-floor", "openvpn-tun", "openvpn-tap",
     }  # fmt: skip
 
 
@@ -170,6 +200,27 @@ def _result(name: str, mode: str, tcp: float | None, rtt: float) -> Result:
     r = Result(name, name.rsplit("-", 1)[0], mode, 60)
     r.figures.update(tcp_1_stream_bps=tcp, tcp_4_streams_bps=tcp, rtt_median_ms=rtt)
     return r
+
+
+def test_report_names_the_machine_the_versions_and_each_figures_spread(tmp_path: Path) -> None:
+    rounds = [_result("pyvpn-tun", "tun", tcp, 0.2) for tcp in (2e9, 4e9, 3e9)]
+    for r in rounds:
+        r.version = "pyvpn 0.1.0 (abc1234), native plane"
+    results = [_result("veth", "raw", 20e9, 0.05), combine(rounds)]
+    results[0].version = "Linux 6.1"
+    settings = {"time_s": 5, "mtu": 1420, "rounds": 3, "tcp_congestion": "cubic"}
+    path = report.write_report(tmp_path / "out", results, settings, "pyvpn bench --rounds 3")
+    text = path.read_text()
+    assert "`pyvpn bench --rounds 3`" in text
+    assert f"- CPU: {report.cpu_model()}, {os.cpu_count()} cores" in text
+    assert "- TCP congestion control: cubic" in text
+    row = next(line for line in text.splitlines() if line.startswith("| pyvpn-tun |"))
+    assert "pyvpn 0.1.0 (abc1234), native plane" in row
+    assert "3.00 (2.00 to 4.00), 0.15x veth" in row  # the median, its spread, its ratio
+    assert (tmp_path / "out" / "bench.png").read_bytes()[:8] == PNG_MAGIC
+    doc = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert doc["machine"]["cpu_model"] == report.cpu_model()
+    assert [c["version"] for c in doc["contenders"]] == ["Linux 6.1", rounds[0].version]
 
 
 def test_ratios_are_relative_to_veth() -> None:

@@ -1,5 +1,6 @@
-"""pyvpn against a real WireGuard peer (wireguard-go from Debian) in namespaces:
-the protocol is WireGuard's, so handshakes and traffic work in both directions."""
+"""pyvpn against a real WireGuard peer (wireguard-go from Debian, trixie's build
+and bookworm's) in namespaces: the protocol is WireGuard's, so handshakes and
+traffic work in both directions."""
 
 import json
 
@@ -23,8 +24,11 @@ from .conftest import pyvpn
 from .traffic import tcp_transfer
 
 
+@pytest.mark.parametrize("build", ["current", "bookworm"])
 @pytest.mark.parametrize("initiator", ["pyvpn", "wireguard-go"])
-def test_pyvpn_and_wireguard_go_carry_traffic_both_ways(bed, tmp_path, initiator, datapath):
+def test_pyvpn_and_wireguard_go_carry_traffic_both_ways(bed, tmp_path, initiator, datapath, build):
+    """Against both wireguard-go builds: trixie's, with the 2023 offloads, and
+    bookworm's, from before them."""
     ours, theirs, psk = (
         keys.generate_private_key(),
         keys.generate_private_key(),
@@ -60,7 +64,13 @@ def test_pyvpn_and_wireguard_go_carry_traffic_both_ways(bed, tmp_path, initiator
     )
     with (
         start_wireguard_go(
-            bed.b, device_name("pvwg", "b"), theirs, 51820, [wg_peer], [f"{INNER_B}/24"]
+            bed.b,
+            device_name("pvwg", "b"),
+            theirs,
+            51820,
+            [wg_peer],
+            [f"{INNER_B}/24"],
+            build=build,
         ) as wg,
         start_pyvpn(bed.a, config),
     ):

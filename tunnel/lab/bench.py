@@ -8,6 +8,8 @@ never at once, so they do not share the machine's two cores.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,16 @@ from tunnel.protocol.constants import DEFAULT_MTU
 
 from . import measure
 from .contenders import CONTENDERS, NAMES, Contender, Endpoints, Skip, header_overhead
-from .report import Result, combine, render_table, to_json, write_chart, write_json
+from .report import (
+    CPU_KEYS,
+    Result,
+    combine,
+    render_table,
+    to_json,
+    write_chart,
+    write_json,
+    write_report,
+)
 from .testbed import (
     CommandError,
     Testbed,
@@ -72,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
     parser.add_argument("--chart", metavar="FILE.png", help="write a bar chart to FILE.png")
+    parser.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write DIR/report.md (the tables with each figure's spread, the chart, the "
+        "machine and every version) beside DIR/bench.json and DIR/bench.png",
+    )
 
 
 def selected(only: str | None) -> list[Contender]:
@@ -87,7 +104,7 @@ def selected(only: str | None) -> list[Contender]:
 def run(args: argparse.Namespace) -> int:
     out, err = Console(), Console(stderr=True)
     if not out.is_terminal:
-        out = Console(width=160)  # a file or pipe gets the whole table, not 80 columns
+        out = Console(width=200)  # a file or pipe gets the whole table, not 80 columns
     try:
         contenders = selected(args.only)
         if args.time <= 0 or not 576 <= args.mtu <= 9000 or not 1 <= args.rounds <= 100:
@@ -121,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
         f"Header overhead per inner packet over an IPv4 underlay: tun {tun} B, tap {tap} B "
         f"(IP + UDP + 32 B WireGuard; tap adds the 14 B Ethernet header; +20 B over IPv6). "
         f"Inner MTU {args.mtu} for every tunnel; {args.time:g} s per iperf3 test. "
-        "CPU: seconds used by the tunnel processes per gigabit moved in the 1-stream test. "
+        "CPU: seconds used by the tunnel processes per gigabit moved in the 1-stream test, "
+        "both sides and each (the sender's encrypts, the receiver's decrypts). "
         f"TCP congestion control: {congestion}"
         + (" (--congestion)." if args.congestion else " (the host's default).")
         + (f" Each figure is the median of {args.rounds} rounds." if args.rounds > 1 else ""),
@@ -140,6 +158,12 @@ def run(args: argparse.Namespace) -> int:
     if args.chart:
         write_chart(args.chart, results)
         out.print(f"chart: {args.chart}", highlight=False)
+    if args.report:
+        command = (
+            " ".join(["pyvpn", "bench", *sys.argv[2:]]) if len(sys.argv) > 1 else "pyvpn bench"
+        )
+        path = write_report(args.report, results, settings, command)
+        out.print(f"report: {path}", highlight=False)
     return 0
 
 
@@ -234,6 +258,10 @@ def measure_contender(
         result.status, result.notes = "skipped", [missing]
         return result
     try:
+        result.version = contender.version()
+    except (OSError, subprocess.SubprocessError) as exc:
+        result.notes.append(f"version unknown: {first_line(exc)}")
+    try:
         with contender.up(tb, workdir, mtu) as ends:
             run_tests(result, ends, seconds, display, congestion)
     except Skip as exc:
@@ -270,7 +298,7 @@ def run_tests(
         details["ping_loss"] = stats.loss
 
     if not ends.pids:
-        result.not_applicable.append("cpu_s_per_gbit")  # all in the kernel: nothing to time
+        result.not_applicable += CPU_KEYS  # all in the kernel: nothing to time
     meter = measure.CpuMeter(ends.pids)
 
     def tcp_single() -> measure.TcpResult:
@@ -285,7 +313,12 @@ def run_tests(
         details["tcp_1_stream_retransmits"] = single.retransmits
         details["tcp_congestion"] = single.congestion
         if ends.pids and single.bytes:
-            figures["cpu_s_per_gbit"] = meter.seconds / (single.bytes * 8 / 1e9)
+            gbits = single.bytes * 8 / 1e9
+            figures["cpu_s_per_gbit"] = meter.seconds / gbits
+            # The client sends the stream: its side's tunnel encrypts, the other decrypts.
+            sender, receiver = meter.per_pid
+            figures["cpu_sender_s_per_gbit"] = sender / gbits
+            figures["cpu_receiver_s_per_gbit"] = receiver / gbits
             details["cpu_seconds_tcp_1_stream"] = meter.seconds
 
     parallel = attempt(

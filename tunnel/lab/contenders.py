@@ -8,8 +8,13 @@ its tunnel down on exit. It raises `Skip` when it cannot run here at all.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
+import os
+import platform
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +32,15 @@ from .testbed import (
     TunnelStartError,
     WgPeer,
     device_name,
+    pyvpn_env,
     pyvpn_pair,
     pyvpn_status,
     start_daemon,
     start_wireguard_go,
+    wait_for,
     wait_reachable,
+    wireguard_go,
+    wireguard_go_version,
 )
 
 IPV4_HEADER, IPV6_HEADER, UDP_HEADER, ETHERNET_HEADER = 20, 40, 8, 14
@@ -49,7 +58,8 @@ class Endpoints:
     client: Namespace
     server: Namespace
     server_addr: str
-    pids: list[int] = field(default_factory=list)  # tunnel processes whose CPU time counts
+    # The tunnel processes whose CPU time counts: the client side's, then the server's.
+    pids: list[int] = field(default_factory=list)
 
 
 def header_overhead(mode: str, transport: int = WIREGUARD_OVERHEAD, ipv6: bool = False) -> int:
@@ -74,6 +84,10 @@ class Contender:
     def overhead_bytes(self) -> int | None:
         return header_overhead(self.mode)
 
+    def version(self) -> str:
+        """What exactly runs, for the table, the JSON and the chart."""
+        return ""
+
     @contextlib.contextmanager
     def up(self, tb: Testbed, workdir: Path, mtu: int) -> Iterator[Endpoints]:
         raise NotImplementedError
@@ -83,6 +97,9 @@ class Contender:
 class Veth(Contender):
     def overhead_bytes(self) -> int | None:
         return 0
+
+    def version(self) -> str:
+        return f"Linux {platform.release()}"
 
     @contextlib.contextmanager
     def up(self, tb: Testbed, workdir: Path, mtu: int) -> Iterator[Endpoints]:
@@ -97,6 +114,9 @@ class Pyvpn(Contender):
         if importlib.util.find_spec("tunnel.__main__") is None:
             return "`python -m tunnel up` is not available in this checkout"
         return None
+
+    def version(self) -> str:
+        return f"pyvpn {pyvpn_version()}, {self.datapath} plane"
 
     @contextlib.contextmanager
     def up(self, tb: Testbed, workdir: Path, mtu: int) -> Iterator[Endpoints]:
@@ -118,7 +138,20 @@ class Pyvpn(Contender):
             yield Endpoints(tb.a, tb.b, INNER_B, [p.pid for p in peers])
 
 
+@dataclass(frozen=True)
 class WireguardGo(Contender):
+    build: str = "current"  # testbed.WIREGUARD_GO_BUILDS
+
+    def missing_tool(self) -> str | None:
+        try:
+            wireguard_go(self.build)
+        except FileNotFoundError as exc:
+            return str(exc)
+        return super().missing_tool()
+
+    def version(self) -> str:
+        return f"wireguard-go {wireguard_go_version(self.build)}"
+
     @contextlib.contextmanager
     def up(self, tb: Testbed, workdir: Path, mtu: int) -> Iterator[Endpoints]:
         private = keys.generate_private_key(), keys.generate_private_key()
@@ -132,9 +165,41 @@ class WireguardGo(Contender):
                 )
                 name = device_name("wg", "ab"[i])
                 daemon = start_wireguard_go(
-                    ns, name, private[i], 51820, [peer], [f"{inner}/{INNER_PREFIX}"], mtu=mtu
-                )
+                    ns, name, private[i], 51820, [peer], [f"{inner}/{INNER_PREFIX}"], mtu=mtu,
+                    build=self.build,
+                )  # fmt: skip
                 daemons.append(stack.enter_context(daemon))
+            wait_reachable(tb.a, INNER_B)
+            yield Endpoints(tb.a, tb.b, INNER_B, [d.pid for d in daemons])
+
+
+# The floor's framing: a 12-byte nonce before each sealed packet, and the tag.
+FLOOR_OVERHEAD = 12 + 16
+
+
+class PythonFloor(Contender):
+    """tunnel/lab/floor.py on both sides: the least a Python tunnel costs."""
+
+    def overhead_bytes(self) -> int | None:
+        return header_overhead(self.mode, FLOOR_OVERHEAD)
+
+    def version(self) -> str:
+        return f"a reference, not a VPN: Python {platform.python_version()}, uvloop"
+
+    @contextlib.contextmanager
+    def up(self, tb: Testbed, workdir: Path, mtu: int) -> Iterator[Endpoints]:
+        key = os.urandom(32)
+        sides = ((tb.a, tb.a_addr, INNER_A), (tb.b, tb.b_addr, INNER_B))
+        with contextlib.ExitStack() as stack:
+            daemons: list[Daemon] = []
+            for i, (ns, _, inner) in enumerate(sides):
+                other = sides[1 - i][1]
+                name = device_name("pf", "ab"[i])
+                argv = [sys.executable, "-m", "tunnel.lab.floor", name, f"{inner}/{INNER_PREFIX}",
+                        str(mtu), "51820", f"{other}:51820", key.hex()]  # fmt: skip
+                daemon = stack.enter_context(start_daemon(ns, argv, name, pyvpn_env()))
+                wait_for(daemon, lambda d=daemon: f"{d.name} up" in d.output(), "it is up", 10)
+                daemons.append(daemon)
             wait_reachable(tb.a, INNER_B)
             yield Endpoints(tb.a, tb.b, INNER_B, [d.pid for d in daemons])
 
@@ -142,6 +207,12 @@ class WireguardGo(Contender):
 class OpenVPN(Contender):
     def overhead_bytes(self) -> int | None:
         return header_overhead(self.mode, DATA_OVERHEAD)
+
+    def version(self) -> str:
+        # "OpenVPN 2.6.3 x86_64-pc-linux-gnu [SSL (OpenSSL)] ..." (exit status 1)
+        out = subprocess.run(["openvpn", "--version"], capture_output=True, text=True).stdout
+        words = out.split()
+        return " ".join(words[:2]) if len(words) > 1 else "OpenVPN"
 
     @contextlib.contextmanager
     def up(self, tb: Testbed, workdir: Path, mtu: int) -> Iterator[Endpoints]:
@@ -164,6 +235,17 @@ class OpenVPN(Contender):
             yield Endpoints(tb.a, tb.b, INNER_B, [d.pid for d in daemons])
 
 
+def pyvpn_version() -> str:
+    """The installed version and the checkout's commit: "0.1.0 (a5b2303)"."""
+    version = importlib.metadata.version("pyvpn")
+    commit = subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return f"{version} ({commit})" if commit else version
+
+
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
@@ -176,7 +258,11 @@ CONTENDERS: tuple[Contender, ...] = (
         for dp in ("native", "python")
         for mode in ("tun", "tap")
     ),
-    WireguardGo("wireguard-go", "wireguard-go", "tun", ("wireguard-go", "wg")),
+    # The current build is the one to beat; bookworm's, from before the 2023
+    # offloads, shows what they bought.
+    WireguardGo("wireguard-go", "wireguard-go", "tun", ("wg",), build="current"),
+    WireguardGo("wireguard-go-bookworm", "wireguard-go bookworm", "tun", ("wg",), "bookworm"),
+    PythonFloor("python-floor", "python floor", "tun"),
     OpenVPN("openvpn-tun", "openvpn", "tun", ("openvpn", "openssl")),
     OpenVPN("openvpn-tap", "openvpn", "tap", ("openvpn", "openssl")),
 )

@@ -289,17 +289,23 @@ def cpu_seconds(pids: Iterable[int]) -> float:
 
 @dataclass
 class CpuMeter:
-    """CPU seconds the given processes (and their descendants) use inside a `with` block."""
+    """CPU seconds the given processes (and their descendants) use inside a `with`
+    block: each one's in `per_pid`, in the order given, and their sum."""
 
     pids: list[int]
     seconds: float = 0.0
-    _tracked: list[int] = field(default_factory=list)
-    _start: float = 0.0
+    per_pid: list[float] = field(default_factory=list)
+    _tracked: list[list[int]] = field(default_factory=list)
+    _start: list[float] = field(default_factory=list)
 
     def __enter__(self) -> CpuMeter:
-        self._tracked = [p for pid in self.pids for p in descendants(pid)]
-        self._start = cpu_seconds(self._tracked)
+        self._tracked = [descendants(pid) for pid in self.pids]
+        self._start = [cpu_seconds(tracked) for tracked in self._tracked]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.seconds = cpu_seconds(self._tracked) - self._start
+        self.per_pid = [
+            cpu_seconds(tracked) - start
+            for tracked, start in zip(self._tracked, self._start, strict=True)
+        ]
+        self.seconds = sum(self.per_pid)

@@ -32,7 +32,12 @@ FIGURES: tuple[Figure, ...] = (
     Figure("rtt_median_ms", "RTT median", "ms", 1.0, 3),
     Figure("rtt_p99_ms", "RTT p99", "ms", 1.0, 3),
     Figure("cpu_s_per_gbit", "CPU", "s/Gbit", 1.0, 2),
+    # The same seconds, split: the tunnel process on the sending side, and on the
+    # receiving side (encrypting and decrypting are not the same work).
+    Figure("cpu_sender_s_per_gbit", "CPU sender", "s/Gbit", 1.0, 2),
+    Figure("cpu_receiver_s_per_gbit", "CPU receiver", "s/Gbit", 1.0, 2),
 )
+CPU_KEYS = ("cpu_s_per_gbit", "cpu_sender_s_per_gbit", "cpu_receiver_s_per_gbit")
 FIGURE_KEYS = tuple(f.key for f in FIGURES)
 BASELINE = "veth"
 
@@ -44,6 +49,7 @@ class Result:
     mode: str
     overhead_bytes: int | None
     status: str = "ok"  # "ok", "partial" (some tests failed), "failed", "skipped"
+    version: str = ""  # what exactly ran (Contender.version)
     notes: list[str] = field(default_factory=list)
     figures: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(FIGURE_KEYS))
     # Figures that have no meaning for this contender (CPU of a tunnel with no process).
@@ -67,6 +73,7 @@ def combine(rounds: Sequence[Result]) -> Result:
         return rounds[0]
     first = rounds[0]
     out = Result(first.name, first.family, first.mode, first.overhead_bytes)
+    out.version = first.version
     out.not_applicable = list(first.not_applicable)
     for key in FIGURE_KEYS:
         got = [r.figures[key] for r in rounds if r.figures[key] is not None]
@@ -95,16 +102,43 @@ def ratios(results: Sequence[Result]) -> dict[str, dict[str, float | None]]:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU as /proc/cpuinfo names it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    """What a figure needs beside it to mean anything."""
+    return {"cpu_model": cpu_model(), "cpus": os.cpu_count(), "kernel": platform.release()}
+
+
+def spread(result: Result, key: str) -> tuple[float, float] | None:
+    """The lowest and highest of a figure over the rounds that obtained it."""
+    got = [
+        r["figures"][key]
+        for r in result.details.get("rounds", [])
+        if r["figures"].get(key) is not None
+    ]
+    return (min(got), max(got)) if len(got) > 1 else None
+
+
 def to_json(results: Sequence[Result], settings: dict[str, Any]) -> dict[str, Any]:
     rel = ratios(results)
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": settings,
-        "machine": {"kernel": platform.release(), "cpus": os.cpu_count()},
+        "machine": machine(),
         "baseline": BASELINE,
         "contenders": [
             {
                 "name": r.name,
+                "version": r.version,
                 "family": r.family,
                 "mode": r.mode,
                 "status": r.status,
@@ -129,28 +163,28 @@ def _cell(figure: Figure, value: float | None, ratio: float | None, na: bool) ->
         return "n/a"
     if value is None:
         return "—"
-    text = f"{value / figure.scale:.{figure.digits}f}"
-    return text + (f" [dim]({ratio:.2f}x)[/dim]" if ratio is not None else "")
+    return _number(figure, value) + (f" [dim]({ratio:.2f}x)[/dim]" if ratio is not None else "")
 
 
 def render_table(results: Sequence[Result], console: Console) -> None:
     rel = ratios(results)
     table = Table(title="pyvpn bench (ratio to raw veth in brackets)", title_justify="left")
-    table.add_column("contender")
+    table.add_column("contender", no_wrap=True)
     table.add_column("mode")
     table.add_column("overhead\nB/pkt", justify="right")
     for figure in FIGURES:
         table.add_column(f"{figure.label}\n{figure.unit}", justify="right")
     for r in results:
+        name = f"{r.name}\n[dim]{r.version}[/dim]" if r.version else r.name
         if r.status in ("skipped", "failed"):
-            table.add_row(r.name, r.mode, "", f"[yellow]{r.status}[/yellow]")
+            table.add_row(name, r.mode, "", f"[yellow]{r.status}[/yellow]")
             continue
         cells = [
             _cell(f, r.figures[f.key], rel[r.name][f.key], f.key in r.not_applicable)
             for f in FIGURES
         ]
         overhead = "" if r.overhead_bytes is None else str(r.overhead_bytes)
-        table.add_row(r.name, r.mode, overhead, *cells)
+        table.add_row(name, r.mode, overhead, *cells)
     console.print(table)
     for r in results:
         for note in r.notes:
@@ -168,6 +202,9 @@ def write_chart(path: str | os.PathLike[str], results: Sequence[Result]) -> None
     families = list(dict.fromkeys(r.family for r in shown))
     modes = [m for m in ("raw", "tun", "tap") if any(r.mode == m for r in shown)]
     colours = {"raw": "#888888", "tun": "#1f77b4", "tap": "#ff7f0e"}
+    # Each implementation named with its version, as in the table.
+    versions = {r.family: r.version for r in reversed(shown)}
+    labels = [f"{f}\n{versions[f]}" if versions[f] else f for f in families]
     # Log scales: raw veth is 10-100x any tunnel, which would flatten every tunnel bar.
     panels = [
         ("tcp_1_stream_bps", "TCP, 1 stream (Gbit/s, log)", 1e9),
@@ -191,10 +228,92 @@ def write_chart(path: str | os.PathLike[str], results: Sequence[Result]) -> None
         ax.set_yscale("log")
         ax.margins(y=0.15)
         ax.set_title(title)
-        ax.set_xticks(range(len(families)), families, rotation=20, ha="right")
+        ax.set_xticks(range(len(families)), labels, rotation=20, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(title="mode")
     fig.suptitle("pyvpn bench: tun (L3) and tap (L2) side by side; veth is the ceiling")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
+
+
+def _number(figure: Figure, value: float) -> str:
+    return f"{value / figure.scale:.{figure.digits}f}"
+
+
+def write_report(
+    directory: str | os.PathLike[str],
+    results: Sequence[Result],
+    settings: dict[str, Any],
+    command: str,
+) -> Path:
+    """DIR/report.md beside DIR/bench.json and DIR/bench.png: the tables with each
+    figure's spread over the rounds, the chart, what each test measures, and the
+    machine and versions it all came from."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = to_json(results, settings)
+    write_json(out / "bench.json", doc)
+    write_chart(out / "bench.png", results)
+    rel = ratios(results)
+    m = doc["machine"]
+    lines = [
+        "# pyvpn bench",
+        "",
+        f"`{command}`",
+        "",
+        f"- Date: {doc['created']}",
+        f"- CPU: {m['cpu_model']}, {m['cpus']} cores",
+        f"- Kernel: Linux {m['kernel']}",
+        f"- TCP congestion control: {settings.get('tcp_congestion')}",
+        f"- {settings['rounds']} round(s) of {settings['time_s']:g} s per test, inner MTU "
+        f"{settings['mtu']}; each figure is the median over the rounds, with the lowest "
+        "and highest round in brackets where there are several, and its ratio to raw "
+        "veth after it.",
+        "",
+        "| contender | version | mode | "
+        + " | ".join(f"{f.label} {f.unit}" for f in FIGURES)
+        + " |",
+        "|---|---|---|" + "---|" * len(FIGURES),
+    ]
+    for r in results:
+        if r.status in ("skipped", "failed"):
+            lines.append(
+                f"| {r.name} | {r.version} | {r.mode} | {r.status} |" + " |" * (len(FIGURES) - 1)
+            )
+            continue
+        cells = []
+        for f in FIGURES:
+            value = r.figures[f.key]
+            if f.key in r.not_applicable or value is None:
+                cells.append("n/a" if f.key in r.not_applicable else "—")
+                continue
+            cell = _number(f, value)
+            low_high = spread(r, f.key)
+            if low_high:
+                cell += f" ({_number(f, low_high[0])} to {_number(f, low_high[1])})"
+            if rel[r.name][f.key] is not None and r.name != BASELINE:
+                cell += f", {rel[r.name][f.key]:.2f}x veth"
+            cells.append(cell)
+        lines.append(f"| {r.name} | {r.version} | {r.mode} | " + " | ".join(cells) + " |")
+    lines += ["", "![pyvpn bench](bench.png)", "", "## What is measured", ""]
+    lines += [f"- {text}" for text in TESTS]
+    notes = [f"- {r.name}: {note}" for r in results for note in r.notes]
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# What each figure is, for the report (measure.py and bench.run_tests do it).
+TESTS = (
+    "TCP 1 stream, TCP 4 streams: iperf3 through the tunnel from the client "
+    "namespace to the server's, what the receiver got.",
+    "UDP 64 B: iperf3 offering 2 Gbit/s of 64-byte datagrams, the packets per second that arrived.",
+    "RTT: ping every 0.2 s for the length of a test, the median and the 99th "
+    "percentile (nearest rank).",
+    "CPU: seconds the tunnel processes of both sides used during the 1-stream test, "
+    "per gigabit moved; sender and receiver: each side's alone (the sender's "
+    "encrypts, the receiver's decrypts). Raw veth has none: its work is the kernel's.",
+)

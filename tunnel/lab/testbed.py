@@ -57,7 +57,7 @@ DEFAULT_PORT = 51820
 # pyvpn's "native plane not built" refusal: status 2 from `pyvpn up`.
 EXIT_CONFIG = 2
 
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the checkout, which holds tunnel/
 _testbed_seq = itertools.count()
 
 
@@ -512,7 +512,8 @@ def _remove_dead_socket(name: str) -> None:
         path.unlink(missing_ok=True)
 
 
-def _pyvpn_env() -> dict[str, str]:
+def pyvpn_env() -> dict[str, str]:
+    """The environment in which `python -m tunnel...` runs this checkout."""
     # The package root on PYTHONPATH: `-m tunnel` must find this checkout from any cwd.
     path = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path}
@@ -532,7 +533,7 @@ def start_pyvpn(
         ns,
         [sys.executable, "-m", "tunnel", "up", *args, str(config_path)],
         name,
-        {**_pyvpn_env(), "PYTHONUNBUFFERED": "1"},
+        {**pyvpn_env(), "PYTHONUNBUFFERED": "1"},
         label=f"pyvpn up {Path(config_path).name}",
     )
     wait_for(daemon, lambda: uapi_listening(name), "its UAPI socket appeared", timeout)
@@ -541,7 +542,7 @@ def start_pyvpn(
 
 def pyvpn_cli(*argv: str, timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
     """`python -m tunnel ARGV...` from this checkout, in the root namespace (UAPI is global)."""
-    return run_command([sys.executable, "-m", "tunnel", *argv], timeout=timeout, env=_pyvpn_env())
+    return run_command([sys.executable, "-m", "tunnel", *argv], timeout=timeout, env=pyvpn_env())
 
 
 def pyvpn_status(name: str) -> dict[str, Any]:
@@ -569,6 +570,35 @@ def _key_file(directory: str, key: bytes, name: str) -> str:
     return path
 
 
+# The wireguard-go builds pyvpn is tested and measured against, both installed by
+# scripts/setup: Debian trixie's (0.0.20231211, with the TUN and UDP offloads of
+# 2023), fetched into the checkout, and bookworm's (0.0.20220316) from the system.
+WIREGUARD_GO_BUILDS = {
+    "current": _PACKAGE_ROOT / ".venv" / "contenders" / "wireguard-go" / "usr/bin/wireguard-go",
+    "bookworm": Path("/usr/bin/wireguard-go"),
+}
+
+
+def wireguard_go(build: str = "current") -> Path:
+    """The binary of a wireguard-go build; FileNotFoundError says how to get it."""
+    binary = WIREGUARD_GO_BUILDS[build]
+    if not os.access(binary, os.X_OK):
+        raise FileNotFoundError(
+            f"wireguard-go ({build} build) is not at {binary}: run scripts/setup"
+        )
+    return binary
+
+
+def wireguard_go_version(build: str = "current") -> str:
+    """The Debian package version of a build, "0.0.20231211-1+b9" (the binary's own
+    --version of trixie's build says 0.0.20230223, which its source left as it was)."""
+    wireguard_go(build)
+    if build == "current":
+        return (WIREGUARD_GO_BUILDS[build].parents[2] / "VERSION").read_text().strip()
+    query = ["dpkg-query", "-W", "-f=${Version}", "wireguard-go"]
+    return subprocess.run(query, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def start_wireguard_go(
     ns: Namespace,
     name: str,
@@ -578,12 +608,13 @@ def start_wireguard_go(
     addresses: Sequence[str] = (),
     mtu: int | None = None,
     timeout: float = 10.0,
+    build: str = "current",
 ) -> Daemon:
     """wireguard-go (the interop partner) in `ns`, configured with `wg set`, up and routed."""
     _remove_dead_socket(name)
     daemon = start_daemon(
         ns,
-        ["wireguard-go", "-f", name],
+        [str(wireguard_go(build)), "-f", name],
         name,
         {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "LOG_LEVEL": "error"},
     )
