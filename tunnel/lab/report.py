@@ -211,7 +211,7 @@ def write_chart(path: str | os.PathLike[str], results: Sequence[Result]) -> None
         ("tcp_4_streams_bps", "TCP, 4 streams (Gbit/s, log)", 1e9),
         ("rtt_median_ms", "ping RTT, median (ms, log)", 1.0),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 6.5), squeeze=False)
     width = 0.8 / max(1, len(modes))
     for ax, (key, title, scale) in zip(axes[0], panels, strict=True):
         for mode in modes:
@@ -228,7 +228,7 @@ def write_chart(path: str | os.PathLike[str], results: Sequence[Result]) -> None
         ax.set_yscale("log")
         ax.margins(y=0.15)
         ax.set_title(title)
-        ax.set_xticks(range(len(families)), labels, rotation=20, ha="right", fontsize=8)
+        ax.set_xticks(range(len(families)), labels, rotation=90, fontsize=7)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(title="mode")
     fig.suptitle("pyvpn bench: tun (L3) and tap (L2) side by side; veth is the ceiling")
