@@ -1,7 +1,7 @@
 """Reliability and security under faults, floods and bad input (issue 6), on real
 namespaces and devices, both data planes where the data plane matters.
 
-What is shown elsewhere is not repeated here (see the README's table): parser and
+What is shown elsewhere is not repeated here (docs/reliability.md maps each): parser and
 sans-IO properties (test_properties.py), fake-clock cookie and roaming logic
 (test_interface.py), transport replay via the relay, allowed-ips source check,
 address roaming and a 20 s rekey run (test_tunnel_tun.py), key file warnings

@@ -141,6 +141,6 @@ def summary(console: Console, rows: list[Row]) -> None:
     console.print(table)
     console.print(
         f"TCP congestion control: {measure.host_congestion()}, the host's default. It moves "
-        "raw veth's figure, and so every ratio, far more than a tunnel's (README, Benchmark).",
+        "raw veth's figure, and so every ratio, far more than a tunnel's (docs/benchmark.md).",
         highlight=False,
     )

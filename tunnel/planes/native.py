@@ -34,7 +34,7 @@ INTERFACE_DROPS = {
     "mac_table_full": "rx_mac_table_full",
 }
 UPCALL_BATCH = 256
-WORKERS = 1  # one thread for both directions: right for 2 cores (README, measured)
+WORKERS = 1  # one thread for both directions: right for 2 cores (docs/internals.md)
 
 
 class NativeMacTable:
