@@ -60,7 +60,7 @@ struct dp_upcall_hdr {
 
 struct dp_peer_stats {
 	uint64_t rx_bytes, tx_bytes;      /* UDP payload bytes of transport messages */
-	uint64_t last_tx_ns, last_tx_data_ns; /* CLOCK_MONOTONIC; 0 = never */
+	uint64_t last_tx_ns, last_tx_data_ns; /* CLOCK_BOOTTIME; 0 = never */
 	uint64_t last_rx_ns, last_rx_data_ns;
 	uint64_t current_send_counter;    /* next counter CURRENT will use */
 	uint64_t current_age_ns;          /* age of CURRENT since it was installed */

@@ -494,6 +494,10 @@ int dp_transmit_frame(dp_t *dp, const uint8_t *data, size_t len)
 	struct tx_state *t = tx_state_new(dp);
 	if (!t)
 		return -ENOMEM;
+	if (len > t->buf_size) { /* without virtio headers a read holds mtu + 256 */
+		tx_state_free(t);
+		return -EINVAL;
+	}
 	memcpy(t->bufs[0], data, len);
 	uint64_t now = now_ns();
 	pthread_rwlock_rdlock(&dp->lock);

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnel.control.config import parse
+from tunnel.control.config import ConfigError, parse
 from tunnel.control.uapi import check, parse_set
 from tunnel.control.uapi_client import sync_request
 from tunnel.core.actions import KeypairsCleared, Send
@@ -363,6 +363,23 @@ def test_allowed_macs_travel_with_reload_and_bind_the_switch():
     _net, tun, _ = pair()
     with pytest.raises(Refused):
         check(tun.iface, Change(peers=[PeerChange(K2, allowed_macs=[mac])]))
+    # One MAC address, one peer: in a request, and against the peers running.
+    apply(a.iface, Change(peers=[PeerChange(peer.public_key, allowed_macs=[mac])]), 0.0)
+    with pytest.raises(Refused) as refused:
+        check(a.iface, Change(peers=[PeerChange(K2, allowed_macs=[mac])]))
+    assert "bound to two peers" in str(refused.value)
+    moved = [PeerChange(peer.public_key, allowed_macs=[]), PeerChange(K2, allowed_macs=[mac])]
+    check(a.iface, Change(peers=moved))  # moved whole in one request: fine
+    with pytest.raises(ConfigError, match="is also in peer"):
+        parse(
+            {
+                "interface": {"private_key": keys.encode(K1), "mode": "tap"},
+                "peer": [
+                    {"public_key": keys.encode(k), "allowed_macs": ["02:00:00:00:00:0a"]}
+                    for k in (K2, keys.public_key(keys.generate_private_key()))
+                ],
+            }
+        )
 
 
 def test_check_refuses_a_full_tunnels_mark_and_allowed_ips_in_tap_mode():

@@ -152,6 +152,15 @@ class _Parser:
                         f"peer[{before}]'s; peer[{i}], listed later, gets it"
                     )
                 owners[network] = i
+        bound: dict[bytes, int] = {}
+        for i, p in enumerate(peers):
+            for mac in p.allowed_macs:
+                if bound.setdefault(mac, i) != i:
+                    raise self.fail(
+                        f"peer[{i}].allowed_macs",
+                        f"{mac.hex(':')} is also in peer[{bound[mac]}]'s: a MAC address "
+                        "is bound to one peer",
+                    )
         self.full_tunnel_table(interface, peers)
         return Config(self.path, interface, peers, self.warnings)
 

@@ -203,6 +203,7 @@ def check(
             raise Refused(errno.EINVAL, f"public_key: {keys.encode(pc.public_key)} {LOW_ORDER}")
     if not iface.l2 and any(pc.allowed_macs for pc in change.peers):
         raise Refused(errno.EINVAL, "pyvpn_allowed_macs: tun mode routes by IP, not by MAC")
+    _check_allowed_macs(iface, change)
     added = [e.network for pc in change.peers for e in pc.allowed_ips if not e.remove]
     if iface.l2 and added:
         raise Refused(errno.EINVAL, "allowed_ip: tap mode switches by MAC address, not by IP")
@@ -214,3 +215,21 @@ def check(
             f"allowed_ip: a full tunnel would route through table {mark} (its fwmark), "
             f"the kernel's {RESERVED_TABLES[mark]} table",
         )
+
+
+def _check_allowed_macs(iface: Interface, change: Change) -> None:
+    """No MAC address may be bound to two peers once the request is applied."""
+    bound = {} if change.replace_peers else {k: p.allowed_macs for k, p in iface.peers.items()}
+    for pc in change.peers:
+        if pc.remove:
+            bound.pop(pc.public_key, None)
+        elif pc.allowed_macs is not None:
+            bound[pc.public_key] = frozenset(pc.allowed_macs)
+    owners: dict[bytes, bytes] = {}
+    for key, macs in bound.items():
+        for mac in macs:
+            if owners.setdefault(mac, key) != key:
+                raise Refused(
+                    errno.EINVAL,
+                    f"pyvpn_allowed_macs: {mac.hex(':')} would be bound to two peers",
+                )

@@ -108,6 +108,8 @@ class State:
 
     def _install(self, peer: Peer, keypair: Keypair) -> None:
         self.indices[keypair.local_index] = (peer, keypair)
+        if self.external_transport:
+            peer.held[keypair.local_index] = keypair  # until adopt() learns it is freed
         self._retire(peer.install(keypair))
 
     def _retire(self, keypairs: list[Keypair]) -> None:
@@ -127,12 +129,15 @@ class State:
         peer's slots become the keypairs it reports by local index, and the ones
         it no longer holds are forgotten. The core's own shuffle is only its
         expectation until then."""
-        held = {i: e[1] for i, e in self.indices.items() if e[0] is peer and e[1] is not None}
+        held = peer.held
         peer.current, peer.previous, peer.next = (
             None if i is None else held.get(i) for i in (current, previous, next_)
         )
         for index in held.keys() - {current, previous, next_}:
-            del self.indices[index]
+            del held[index]
+            entry = self.indices.get(index)
+            if entry is not None and entry[0] is peer:
+                del self.indices[index]
 
     def _drop_handshake_index(self, peer: Peer) -> None:
         entry = self.indices.get(peer.handshake.local_index)
@@ -157,8 +162,8 @@ class State:
         and counted (its drops' bad_source); said in the log, once a minute."""
         if reportable(peer, "mac_conflict", now):
             log.warning(
-                "peer %s sent frames from MAC addresses that another peer's hosts hold: "
-                "dropped (%d so far)",
+                "peer %s sent frames from MAC addresses it may not use (another peer's "
+                "hosts hold them, or they are outside its allowed_macs): dropped (%d so far)",
                 short(peer),
                 peer.drops.bad_source,
             )

@@ -259,7 +259,7 @@ def measure_contender(
         return result
     try:
         result.version = contender.version()
-    except (OSError, subprocess.SubprocessError) as exc:
+    except (OSError, ImportError, subprocess.SubprocessError) as exc:
         result.notes.append(f"version unknown: {first_line(exc)}")
     try:
         with contender.up(tb, workdir, mtu) as ends:

@@ -222,7 +222,10 @@ class NativeShell(Plane):
                 if answer is not None:
                     self.apply(answer)
                 else:  # C sends it on, segmented as the device handed it over
-                    self.plane.transmit_frame(upcall.payload)
+                    try:
+                        self.plane.transmit_frame(upcall.payload)
+                    except OSError as e:
+                        log.debug("native transmit failed: %s", e.strerror)
             elif upcall.kind is UpcallKind.UNROUTED:  # C counted it
                 self.apply(self.iface.unreachable(upcall.payload, now))
             elif peer is None:
@@ -240,15 +243,19 @@ class NativeShell(Plane):
             peer_id = self.ids[action.peer]
             if action.peer.endpoint:
                 self.plane.set_endpoint(peer_id, action.peer.endpoint)
-            self.plane.install_keypair(
-                peer_id,
-                keys.is_initiator,
-                keys.local_index,
-                keys.remote_index,
-                keys.send_key,
-                keys.receive_key,
-            )
-            keys.erase()  # C holds them now, and is the only one to
+            try:
+                self.plane.install_keypair(
+                    peer_id,
+                    keys.is_initiator,
+                    keys.local_index,
+                    keys.remote_index,
+                    keys.send_key,
+                    keys.receive_key,
+                )
+            except OSError as e:  # the session is lost; the timers handshake again
+                log.error("native plane refused a keypair: %s", e.strerror)
+            finally:
+                keys.erase()  # C holds them now, and is the only one to
             self._adopt(action.peer, self.plane.stats(peer_id))
         elif isinstance(action, Transmit):
             try:

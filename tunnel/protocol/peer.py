@@ -50,6 +50,9 @@ class Peer:
         self.current: Keypair | None = None
         self.previous: Keypair | None = None
         self.next: Keypair | None = None
+        # With an external transport: every keypair handed to it that it may still
+        # hold, by local index (Interface.adopt).
+        self.held: dict[int, Keypair] = {}
         self.staged: deque[bytes] = deque(maxlen=MAX_STAGED_PACKETS)
         self.last_initiation_sent = float("-inf")
         self.last_initiation_consumed = float("-inf")
