@@ -18,6 +18,7 @@ from tunnel.core.reconfig import Change, IPEdit, PeerChange, Refused
 from tunnel.host.netlink import RESERVED_TABLES
 from tunnel.host.udp import is_name, split_address
 from tunnel.protocol import keys
+from tunnel.protocol.address import format_address
 from tunnel.protocol.allowed_ips import Network
 
 from .config import LOW_ORDER, parse_mac
@@ -42,8 +43,7 @@ def get_response(iface: Interface, listen_port: int, fwmark: int = 0) -> str:
         lines.append(f"preshared_key={(peer.preshared_key or bytes(32)).hex()}")
         lines.append("protocol_version=1")
         if peer.endpoint:
-            host, port = peer.endpoint
-            lines.append(f"endpoint={f'[{host}]' if ':' in host else host}:{port}")
+            lines.append(f"endpoint={format_address(peer.endpoint)}")
         wall = peer.last_handshake_wall or 0.0
         lines.append(f"last_handshake_time_sec={int(wall)}")
         lines.append(f"last_handshake_time_nsec={int((wall - int(wall)) * 1e9)}")
