@@ -58,9 +58,7 @@ class Sending(State):
 
     def stage(self, peer: Peer, packet: bytes, now: float) -> list[Action]:
         """Queue a packet for the peer and send what can be sent."""
-        if len(peer.staged) == peer.staged.maxlen:
-            peer.drops.staged_overflow += 1
-        peer.staged.append(packet)
+        self._hold(peer, packet)
         return self._flush_staged(peer, now)
 
     def need_key(self, peer: Peer, packet: bytes, now: float) -> list[Action]:
@@ -68,10 +66,14 @@ class Sending(State):
         keypair for the peer (gone, too old or worn out by its own clock and
         counters). The packet waits for a new handshake, as send.c's
         wg_packet_send_staged_packets starts one for a packet without a keypair."""
+        self._hold(peer, packet)
+        return self._initiate(peer, now, retry=False)
+
+    def _hold(self, peer: Peer, packet: bytes) -> None:
+        """Stage the packet; a full queue drops its oldest, counted."""
         if len(peer.staged) == peer.staged.maxlen:
             peer.drops.staged_overflow += 1
         peer.staged.append(packet)
-        return self._initiate(peer, now, retry=False)
 
     def transport_sent(self, peer: Peer, size: int, is_data: bool, now: float) -> list[Action]:
         """Transport bytes went to the peer; sending data may call for a rekey."""

@@ -1,7 +1,8 @@
 """The native data plane behind `pyvpn up`: C threads move transport messages
-(native/), this shell keeps the protocol in the sans-IO core. It mirrors keypairs
-into C, feeds the core the datagrams and packets C hands up, and turns C's
-per-peer counters into the core's timer events."""
+(native/), this shell keeps the protocol in the sans-IO core. It hands new
+keypairs to C, which owns their slots, and has the core adopt them; it feeds the
+core the datagrams and packets C hands up, and turns C's per-peer counters into
+the core's timer events."""
 
 import asyncio
 import errno
@@ -196,7 +197,7 @@ class NativeShell(Plane):
 
     def _adopt(self, peer: Peer, stats: PeerStats) -> None:
         """C owns the keypair slots (it shuffles and confirms them): the core's
-        view of them is what C reports, as are the current send counter."""
+        view of them is what C reports, and so is the current send counter."""
         self.iface.adopt(
             peer,
             stats.current_local_index if stats.has_current else None,
