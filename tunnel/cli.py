@@ -51,6 +51,10 @@ def build_parser() -> Parser:
     sub.add_parser("genkey", help="print a new private key")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
     sub.add_parser("genpsk", help="print a new preshared key")
+    p = sub.add_parser("mesh", help="write a config per host for a full mesh or a hub")
+    p.add_argument("hosts", help="the hosts file (TOML, docs/configuration.md#mesh)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where configs and keys go")
+    p.add_argument("--format", choices=("toml", "wg-quick"), default="toml")
     for name, help_text in (
         ("demo", "two namespaces linked by pyvpn, tun and tap"),
         ("bench", "benchmark pyvpn against veth and other VPNs"),
@@ -271,6 +275,14 @@ def cmd_pubkey(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mesh(args: argparse.Namespace) -> int:
+    from tunnel.control.mesh import write_mesh
+
+    for line in write_mesh(args.hosts, args.out, args.format):
+        print(line)
+    return 0
+
+
 def cmd_plugin(args: argparse.Namespace) -> int:
     return _plugin(args.module).run(args)
 
@@ -283,6 +295,7 @@ COMMANDS = {
     "genkey": cmd_genkey,
     "pubkey": cmd_pubkey,
     "genpsk": cmd_genpsk,
+    "mesh": cmd_mesh,
     "demo": cmd_plugin,
     "bench": cmd_plugin,
 }

@@ -99,15 +99,19 @@ class Config:
 
 
 def load(path: str) -> Config:
+    return parse(read_toml(path), path)
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """A TOML file's data; ConfigError says why there is none."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(path, "", f"cannot read: {getattr(e, 'strerror', None) or e}") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "", f"not valid TOML: {e}") from None
-    return parse(data, path)
 
 
 def parse(data: dict[str, Any], path: str = "<config>") -> Config:

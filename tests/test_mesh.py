@@ -1,0 +1,399 @@
+"""`pyvpn mesh`: a hosts file to a config per host. The shapes of a full mesh and of
+a hub with spokes, kept keys, the keepalive rule, subnets and errors; then five
+namespaces on one switch, meshed from one hosts file, pinging each other through
+the tunnels in tun mode and through a tap hub's bridge in tap mode."""
+
+import contextlib
+import ipaddress
+import itertools
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunnel.control.config import Config, ConfigError, load, parse
+from tunnel.control.mesh import configs, parse_hosts
+from tunnel.lab.testbed import Namespace, Testbed, device_name, leftovers, start_pyvpn
+from tunnel.protocol import keys
+
+from .conftest import pyvpn
+
+HOSTS = "hosts.toml"
+
+
+def host(name: str, address: str | list[str], **more: Any) -> dict[str, Any]:
+    return {"name": name, "address": address, **more}
+
+
+def mesh(data: dict[str, Any], kept: dict[str, bytes] | None = None) -> dict[str, Config]:
+    """Each host's config as config.parse() reads it, the key inline."""
+    out = {}
+    for h in configs(parse_hosts(data, HOSTS), kept or {}):
+        interface = dict(h.config["interface"])
+        assert interface.pop("private_key_file") == f"{h.name}.key"
+        interface["private_key"] = keys.encode(h.private_key)
+        config = parse({**h.config, "interface": interface}, f"{h.name}.toml")
+        assert config.warnings == []
+        out[h.name] = config
+    return out
+
+
+def public(config: Config) -> bytes:
+    return keys.public_key(config.interface.private_key)
+
+
+def peers(configs: dict[str, Config], name: str) -> dict[str, Any]:
+    """A host's peers by the name of the host each is."""
+    by_key = {public(c): n for n, c in configs.items()}
+    return {by_key[p.public_key]: p for p in configs[name].peers}
+
+
+def networks(*texts: str) -> list[Any]:
+    return [ipaddress.ip_network(t) for t in texts]
+
+
+THREE = {
+    "host": [
+        host("a", "10.1.0.1/24", endpoint="192.0.2.1:51820", subnets=["192.168.1.0/24"]),
+        host("b", ["10.1.0.2/24", "fd01::2/64"], endpoint="192.0.2.2:4500"),
+        host("c", "10.1.0.3/24"),  # behind a NAT: no endpoint
+    ]
+}
+
+
+def test_a_full_mesh_has_every_host_a_peer_of_every_other():
+    got = mesh(THREE)
+    assert {n: sorted(peers(got, n)) for n in got} == {"a": ["b", "c"], "b": ["a", "c"],
+                                                       "c": ["a", "b"]}  # fmt: skip
+    # Each peer is sent what it owns: its addresses and its subnets.
+    assert peers(got, "b")["a"].allowed_ips == networks("10.1.0.1/32", "192.168.1.0/24")
+    assert peers(got, "a")["b"].allowed_ips == networks("10.1.0.2/32", "fd01::2/128")
+    assert peers(got, "a")["c"].allowed_ips == networks("10.1.0.3/32")
+    assert [str(a) for a in got["b"].interface.addresses] == ["10.1.0.2/24", "fd01::2/64"]
+    # A host listens on its endpoint's port; one without an endpoint on 51820.
+    assert [got[n].interface.listen_port for n in "abc"] == [51820, 4500, 51820]
+    assert peers(got, "c")["b"].endpoint == ("192.0.2.2", 4500)
+    assert peers(got, "a")["c"].endpoint is None
+
+
+def test_only_a_host_without_endpoint_keeps_alive_toward_those_with_one():
+    got = mesh(THREE)
+    keepalive = {(n, p): peer.persistent_keepalive
+                 for n in got for p, peer in peers(got, n).items()}  # fmt: skip
+    assert keepalive == {("a", "b"): 0, ("a", "c"): 0, ("b", "a"): 0, ("b", "c"): 0,
+                         ("c", "a"): 25, ("c", "b"): 25}  # fmt: skip
+    slower = mesh({**THREE, "persistent_keepalive": 60})
+    assert peers(slower, "c")["a"].persistent_keepalive == 60
+    off = mesh({**THREE, "persistent_keepalive": 0})
+    assert peers(off, "c")["a"].persistent_keepalive == 0
+
+
+def test_a_hub_gives_each_spoke_one_peer_for_the_whole_tunnel_network():
+    data = {
+        "hub": "a",
+        "host": [
+            host("a", "10.1.0.1/24", endpoint="[2001:db8::1]:51820"),
+            host("b", "10.1.0.2/24", subnets=["192.168.2.0/24"]),
+            host("c", ["10.1.0.3/24", "fd01::3/64"], subnets="192.168.3.0/24"),
+        ],
+    }
+    got = mesh(data)
+    assert sorted(peers(got, "a")) == ["b", "c"]
+    assert list(peers(got, "b")) == list(peers(got, "c")) == ["a"]
+    assert peers(got, "a")["b"].allowed_ips == networks("10.1.0.2/32", "192.168.2.0/24")
+    # A spoke routes the tunnel network and the other spokes' subnets via the hub.
+    assert peers(got, "b")["a"].allowed_ips == networks(
+        "10.1.0.0/24", "192.168.3.0/24", "fd01::/64"
+    )
+    assert peers(got, "c")["a"].allowed_ips == networks("10.1.0.0/24", "192.168.2.0/24",
+                                                        "fd01::/64")  # fmt: skip
+    assert peers(got, "b")["a"].endpoint == ("2001:db8::1", 51820)
+    assert peers(got, "b")["a"].persistent_keepalive == 25
+    assert peers(got, "a")["b"].endpoint is None
+    forwards = {h.name: h.forwards for h in configs(parse_hosts(data, HOSTS), {})}
+    assert forwards == {"a": [4, 6], "b": [4], "c": [4]}
+
+
+def test_tap_hosts_get_no_allowed_ips_and_a_tap_hub_its_bridge():
+    data = {
+        "mode": "tap",
+        "hub": "a",
+        "bridge": "br0",
+        "datapath": "python",
+        "host": [host("a", [], endpoint="192.0.2.1:51820"), host("b", []), host("c", [])],
+    }
+    got = mesh(data)
+    for config in got.values():
+        assert config.interface.mode == "tap" and config.interface.bridge == "br0"
+        assert config.interface.datapath == "python" and config.interface.addresses == []
+        assert all(p.allowed_ips == [] for p in config.peers)
+    assert sorted(peers(got, "a")) == ["b", "c"] and list(peers(got, "b")) == ["a"]
+    # A tap mesh without a bridge: each device has its address, every host a peer.
+    flat = mesh({"mode": "tap", "host": [host("a", "10.2.0.1/24", endpoint="192.0.2.1:1"),
+                                         host("b", "10.2.0.2/24")]})  # fmt: skip
+    assert [str(a) for a in flat["b"].interface.addresses] == ["10.2.0.2/24"]
+
+
+def test_kept_keys_stay_and_new_hosts_get_new_ones():
+    first = configs(parse_hosts(THREE, HOSTS), {})
+    assert all(h.new_key for h in first)
+    assert len({h.private_key for h in first}) == 3
+    kept = {first[0].name: first[0].private_key, first[2].name: first[2].private_key}
+    again = configs(parse_hosts(THREE, HOSTS), kept)
+    assert [h.new_key for h in again] == [False, True, False]
+    assert again[0].private_key == first[0].private_key
+    assert again[2].private_key == first[2].private_key
+    assert again[1].private_key != first[1].private_key
+    # Each config names its peers by the keys they hold.
+    got = mesh(THREE, kept)
+    assert public(got["a"]) == keys.public_key(first[0].private_key)
+    assert peers(got, "b")["c"].public_key == keys.public_key(first[2].private_key)
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"colour": 1}, "colour: unknown key"),
+        ({"host": []}, "host: no hosts: give each host a [[host]] table"),
+        ({"mode": "l3"}, "mode: must be one of tun, tap; got 'l3'"),
+        ({"hub": "z"}, "hub: 'z' is not the name of any host"),
+        ({"listen_port": 70000}, "listen_port: must be a whole number from 0 to 65535, got 70000"),
+        ({"device": "a/b"}, "device: 'a/b' is not a valid device name (1-15 of A-Z a-z 0-9 _ . -)"),
+        ({1: {"colour": 1}}, "host[1].colour: unknown key"),
+        ({1: {"name": "a"}}, "host[1].name: 'a' is also host[0]'s name"),
+        ({1: {"name": "../x"}},
+         "host[1].name: '../x' is not a host name (1-64 of A-Z a-z 0-9 _ . -)"),
+        ({1: {"name": None}}, "host[1].name: missing"),
+        ({1: {"endpoint": "192.0.2.2"}},
+         "host[1].endpoint: '192.0.2.2' is not host:port (IPv6 as [addr]:port)"),
+        ({1: {"address": None}}, "host[1].address: missing: a tun host needs its tunnel address"),
+        ({1: {"address": "10.1.0.300/24"}},
+         "host[1].address[0]: '10.1.0.300/24' is not an address with prefix, like 10.0.0.1/24"),
+        ({1: {"address": "10.1.0.1/24"}}, "host[1].address[0]: 10.1.0.1/32 overlaps host[0]'s "
+         "10.1.0.1/32 (a)"),
+        ({2: {"subnets": "192.168.0.0/16"}},
+         "host[2].subnets[0]: 192.168.0.0/16 overlaps host[0]'s 192.168.1.0/24 (a)"),
+        ({2: {"subnets": "10.1.0.128/25"}},
+         "host[2].subnets[0]: 10.1.0.128/25 overlaps host[0]'s 10.1.0.0/24 (a)"),
+        ({1: {"endpoint": None}},
+         "host[2].endpoint: missing: host[1] (b) has none either, so neither can reach the other"),
+        ({"hub": "b", 1: {"endpoint": None}},
+         "host[2].endpoint: missing: host[1] (b) has none either, so neither can reach the other"),
+        ({1: {"mode": "tap", "address": None}},
+         "host[1].mode: tap, but host[0] is tun: tun and tap hosts cannot talk"),
+        ({1: {"bridge": "br0"}}, "host[1].bridge: only a tap host can join a bridge"),
+        ({"mode": "tap"},
+         "host[0].subnets: only in tun mode: in tap mode the hosts behind a host are on its "
+         "bridge"),
+        ({"mode": "tap", "bridge": "br0", "hub": "a", 0: {"subnets": None}},
+         "host[0].address: a tap host on a bridge has its address on the bridge, not on the "
+         "tunnel device: leave it out"),
+        ({"mode": "tap", 0: {"subnets": None}, 1: {"bridge": "br0", "address": None}},
+         "host[1].bridge: in a full tap mesh a bridge would send every peer's frames on to the "
+         "others again: bridge the hosts of a hub and spokes (hub = ...)"),
+        ({"mode": "tap", "hub": "a", 0: {"subnets": None}},
+         "host[0].bridge: missing: a tap hub relays frames between its spokes through a bridge"),
+    ],
+)  # fmt: skip
+def test_errors_name_the_file_and_the_key(change, error):
+    data = {"host": [dict(h) for h in THREE["host"]]}
+    for key, value in change.items():
+        if isinstance(key, int):
+            for k, v in value.items():
+                data["host"][key][k] = v
+            data["host"][key] = {k: v for k, v in data["host"][key].items() if v is not None}
+        else:
+            data[key] = value
+    with pytest.raises(ConfigError) as caught:
+        configs(parse_hosts(data, HOSTS), {})
+    assert str(caught.value) == f"{HOSTS}: {error}"
+
+
+# ---------------------------------------------------------------------------
+# The command: files, their modes, keys kept across runs, errors
+
+
+HOSTS_FILE = """\
+hub = "alpha"
+
+[[host]]
+name = "alpha"
+endpoint = "192.0.2.1:51820"
+address = "10.1.0.1/24"
+
+[[host]]
+name = "beta"
+address = "10.1.0.2/24"
+subnets = ["192.168.2.0/24"]
+"""
+
+
+def test_the_command_writes_configs_and_keeps_keys_across_runs(tmp_path):
+    (tmp_path / HOSTS).write_text(HOSTS_FILE)
+    out = tmp_path / "out"
+    first = pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [
+        f"{out}/alpha.toml (new key)",
+        f"{out}/beta.toml (new key)",
+        "alpha routes for its peers: turn on IP forwarding there: sysctl -w net.ipv4.ip_forward=1",
+        "beta routes for its peers: turn on IP forwarding there: sysctl -w net.ipv4.ip_forward=1",
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["alpha.key", "alpha.toml", "beta.key",
+                                                     "beta.toml"]  # fmt: skip
+    for path in out.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    before = {p.name: p.read_text() for p in out.iterdir()}
+    alpha, beta = load(str(out / "alpha.toml")), load(str(out / "beta.toml"))
+    assert alpha.warnings == beta.warnings == []
+    assert alpha.peers[0].public_key == keys.public_key(beta.interface.private_key)
+    assert beta.peers[0].public_key == keys.public_key(alpha.interface.private_key)
+    again = pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(out))
+    assert again.returncode == 0 and "(key kept)" in again.stdout and "new key" not in again.stdout
+    assert {p.name: p.read_text() for p in out.iterdir()} == before
+
+
+def test_the_command_writes_wg_quick_files(tmp_path):
+    (tmp_path / HOSTS).write_text(HOSTS_FILE)
+    out = tmp_path / "out"
+    result = pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(out), "--format", "wg-quick")
+    assert result.returncode == 0, result.stderr
+    text = (out / "beta.conf").read_text()
+    private = keys.decode((out / "beta.key").read_text())
+    alpha_public = keys.encode(keys.public_key(keys.decode((out / "alpha.key").read_text())))
+    assert text.splitlines() == [
+        "[Interface]",
+        f"PrivateKey = {keys.encode(private)}",
+        "ListenPort = 51820",
+        "Address = 10.1.0.2/24",
+        "",
+        "[Peer]",
+        f"PublicKey = {alpha_public}",
+        "Endpoint = 192.0.2.1:51820",
+        "AllowedIPs = 10.1.0.0/24",
+        "PersistentKeepalive = 25",
+    ]
+    assert stat.S_IMODE((out / "beta.conf").stat().st_mode) == 0o600
+
+
+def test_bad_hosts_are_one_line_exit_2_and_write_nothing(tmp_path):
+    (tmp_path / HOSTS).write_text(HOSTS_FILE.replace('"10.1.0.2/24"', '"10.1.0.1/24"'))
+    out = tmp_path / "out"
+    result = pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(out))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"pyvpn: {tmp_path / HOSTS}: host[1].address[0]: 10.1.0.1/32 overlaps host[0]'s "
+        "10.1.0.1/32 (alpha)\n"
+    )
+    assert not out.exists()
+    (tmp_path / HOSTS).write_text(HOSTS_FILE.replace('hub = "alpha"', "hub = "))
+    result = pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(out))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "not valid TOML" in result.stderr and not out.exists()
+    out.mkdir()
+    (tmp_path / HOSTS).write_text(HOSTS_FILE)
+    (out / "beta.key").write_text("garbage\n")
+    result = pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(out))
+    assert result.returncode == 2 and result.stderr.startswith(f"pyvpn: {out}/beta.key: ")
+    assert result.stderr.count("\n") == 1 and sorted(os.listdir(out)) == ["beta.key"]
+    tap = HOSTS_FILE.replace('hub = "alpha"', 'mode = "tap"\nhub = "alpha"\nbridge = "br0"')
+    (tmp_path / HOSTS).write_text(tap.replace("address", "#").replace("subnets", "#"))
+    (out / "beta.key").unlink()
+    result = pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(out), "--format", "wg-quick")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "interface.mode" in result.stderr and os.listdir(out) == []
+
+
+# ---------------------------------------------------------------------------
+# Five namespaces on one switch
+
+
+SWITCH = "br0"
+
+
+@pytest.fixture(scope="module")
+def underlay():
+    """Namespaces a to e, each with a veth into one bridge in namespace s, at
+    198.18.1.1 to .5."""
+    with Testbed(n=5, tag="mesh") as bed:
+        switch = bed.add_namespace("s")
+        bed.add_bridge(switch, SWITCH)
+        hosts = bed.namespaces[:5]
+        for i, ns in enumerate(hosts, start=1):
+            bed.link(switch, ns, [], [f"198.18.1.{i}/24"], bridge1=SWITCH)
+        for i in range(2, 6):
+            hosts[0].run("ping", "-q", "-c", "1", "-w", "5", f"198.18.1.{i}")
+        yield hosts
+    assert leftovers() == []
+
+
+def generate(tmp_path: Path, text: str) -> list[Path]:
+    (tmp_path / HOSTS).write_text(text)
+    result = pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    return [Path(line.split()[0]) for line in result.stdout.splitlines() if " (new key)" in line]
+
+
+def all_ping(hosts: list[Namespace], addresses: list[str]) -> dict[tuple[int, int], bool]:
+    """Whether each host reaches each other's address, all at once."""
+    pairs = [(i, j) for i, j in itertools.permutations(range(len(hosts)), 2)]
+
+    def ping(pair: tuple[int, int]) -> bool:
+        i, j = pair
+        argv = ("ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", "10", addresses[j])
+        return hosts[i].run(*argv, check=False, timeout=15).returncode == 0
+
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        return dict(zip(pairs, pool.map(ping, pairs), strict=True))
+
+
+def test_five_hosts_in_a_tun_mesh_all_reach_each_other(underlay, tmp_path):
+    """e has no endpoint: the others reach it once its keepalives told them where it
+    is. b has a subnet behind it, here an address on its loopback."""
+    names = [device_name("pvmsh", label) for label in "abcde"]
+    hosts_file = 'mode = "tun"\n' + "".join(
+        f'\n[[host]]\nname = "{label}"\ndevice = "{names[i]}"\naddress = "10.50.0.{i + 1}/24"\n'
+        + (f'endpoint = "198.18.1.{i + 1}:51820"\n' if label != "e" else "")
+        + ('subnets = ["10.51.2.0/24"]\n' if label == "b" else "")
+        for i, label in enumerate("abcde")
+    )
+    paths = generate(tmp_path, hosts_file)
+    assert [p.name for p in paths] == [f"{label}.toml" for label in "abcde"]
+    underlay[1].add_address("lo", "10.51.2.1/32")
+    with contextlib.ExitStack() as stack:
+        for ns, path in zip(underlay, paths, strict=True):
+            stack.enter_context(start_pyvpn(ns, path))
+        reached = all_ping(underlay, [f"10.50.0.{i}" for i in range(1, 6)])
+        assert [pair for pair, ok in reached.items() if not ok] == []
+        for ns in underlay[:1] + underlay[2:]:
+            assert ns.run("ping", "-n", "-q", "-c", "1", "-w", "5", "10.51.2.1",
+                          check=False).returncode == 0  # fmt: skip
+    underlay[1].run("ip", "addr", "del", "10.51.2.1/32", "dev", "lo")
+
+
+def test_five_hosts_on_a_tap_hub_all_reach_each_other(underlay, tmp_path):
+    """A bridge in each namespace holds its address; the hub's bridge relays between
+    the spokes. d and e have no endpoint."""
+    names = [device_name("pvmsh", label) for label in "fghij"]
+    hosts_file = 'mode = "tap"\nhub = "a"\nbridge = "br1"\n' + "".join(
+        f'\n[[host]]\nname = "{label}"\ndevice = "{names[i]}"\n'
+        + (f'endpoint = "198.18.1.{i + 1}:51821"\n' if label in "abc" else "")
+        for i, label in enumerate("abcde")
+    )
+    paths = generate(tmp_path, hosts_file)
+    for i, ns in enumerate(underlay, start=1):
+        ns.run("ip", "link", "add", "br1", "type", "bridge")
+        ns.add_address("br1", f"10.60.0.{i}/24")
+        ns.link_up("br1")
+    try:
+        with contextlib.ExitStack() as stack:
+            for ns, path in zip(underlay, paths, strict=True):
+                stack.enter_context(start_pyvpn(ns, path))
+            reached = all_ping(underlay, [f"10.60.0.{i}" for i in range(1, 6)])
+            assert [pair for pair, ok in reached.items() if not ok] == []
+    finally:
+        for ns in underlay:
+            ns.run("ip", "link", "del", "br1", check=False)
