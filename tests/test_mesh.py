@@ -8,6 +8,7 @@ import ipaddress
 import itertools
 import os
 import stat
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,13 @@ def test_the_command_writes_wg_quick_files(tmp_path):
         "PersistentKeepalive = 25",
     ]
     assert stat.S_IMODE((out / "beta.conf").stat().st_mode) == 0o600
+    # wg-quick reads it, without a warning about who may read the key in it.
+    stripped = subprocess.run(["wg-quick", "strip", str(out / "beta.conf")],
+                              capture_output=True, text=True)  # fmt: skip
+    assert (stripped.returncode, stripped.stderr) == (0, "")
+    # It prints what wg(8) takes, so it leaves Address out (and ends in an empty line).
+    lines = [line for line in text.splitlines() if not line.startswith("Address")]
+    assert stripped.stdout.splitlines() == [*lines, ""]
 
 
 def test_bad_hosts_are_one_line_exit_2_and_write_nothing(tmp_path):
@@ -330,48 +338,67 @@ def underlay():
     assert leftovers() == []
 
 
-def generate(tmp_path: Path, text: str) -> list[Path]:
+def generate(tmp_path: Path, text: str) -> tuple[list[Path], list[str]]:
+    """`pyvpn mesh`: the configs it wrote, and the rest it said."""
     (tmp_path / HOSTS).write_text(text)
     result = pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
-    return [Path(line.split()[0]) for line in result.stdout.splitlines() if " (new key)" in line]
+    lines = result.stdout.splitlines()
+    return [Path(line.split()[0]) for line in lines if " (new key)" in line], [
+        line for line in lines if " (new key)" not in line
+    ]
 
 
-def all_ping(hosts: list[Namespace], addresses: list[str]) -> dict[tuple[int, int], bool]:
-    """Whether each host reaches each other's address, all at once."""
-    pairs = [(i, j) for i, j in itertools.permutations(range(len(hosts)), 2)]
+def unanswered(pings: list[tuple[Namespace, str]]) -> list[tuple[str, str]]:
+    """The pings (from, to) that found no answer, all tried at once."""
 
-    def ping(pair: tuple[int, int]) -> bool:
-        i, j = pair
-        argv = ("ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", "10", addresses[j])
-        return hosts[i].run(*argv, check=False, timeout=15).returncode == 0
+    def answered(ping: tuple[Namespace, str]) -> bool:
+        ns, address = ping
+        argv = ("ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", "10", address)
+        return ns.run(*argv, check=False, timeout=15).returncode == 0
 
-    with ThreadPoolExecutor(len(pairs)) as pool:
-        return dict(zip(pairs, pool.map(ping, pairs), strict=True))
+    with ThreadPoolExecutor(len(pings)) as pool:
+        results = list(pool.map(answered, pings))
+    return [(ns.label, address) for (ns, address), ok in zip(pings, results, strict=True) if not ok]
 
 
-def test_five_hosts_in_a_tun_mesh_all_reach_each_other(underlay, tmp_path):
-    """e has no endpoint: the others reach it once its keepalives told them where it
-    is. b has a subnet behind it, here an address on its loopback."""
+def reach_all(hosts: list[Namespace], addresses: list[str]) -> None:
+    pairs = itertools.permutations(zip(hosts, addresses, strict=True), 2)
+    assert unanswered([(a, address) for (a, _), (_, address) in pairs]) == []
+
+
+@pytest.mark.parametrize("hub", [None, "a"])
+def test_five_hosts_in_tun_all_reach_each_other(underlay, tmp_path, hub):
+    """A full mesh, and a hub whose kernel forwards between the spokes, as `pyvpn
+    mesh` says to set up. e has no endpoint: it greets the others at start, and
+    they learn where it is. b has a subnet behind it, here an address on its
+    loopback."""
     names = [device_name("pvmsh", label) for label in "abcde"]
-    hosts_file = 'mode = "tun"\n' + "".join(
+    hosts_file = (f'hub = "{hub}"\n' if hub else "") + "".join(
         f'\n[[host]]\nname = "{label}"\ndevice = "{names[i]}"\naddress = "10.50.0.{i + 1}/24"\n'
         + (f'endpoint = "198.18.1.{i + 1}:51820"\n' if label != "e" else "")
         + ('subnets = ["10.51.2.0/24"]\n' if label == "b" else "")
         for i, label in enumerate("abcde")
     )
-    paths = generate(tmp_path, hosts_file)
+    paths, said = generate(tmp_path, hosts_file)
     assert [p.name for p in paths] == [f"{label}.toml" for label in "abcde"]
+    forwarders = ["b", "a"] if hub else ["b"]
+    assert [line.split()[0] for line in said] == sorted(forwarders)
+    for line in said:  # as the user is told
+        command = line.split(" there: ")[1].split()
+        underlay["abcde".index(line.split()[0])].run(*command)
     underlay[1].add_address("lo", "10.51.2.1/32")
-    with contextlib.ExitStack() as stack:
-        for ns, path in zip(underlay, paths, strict=True):
-            stack.enter_context(start_pyvpn(ns, path))
-        reached = all_ping(underlay, [f"10.50.0.{i}" for i in range(1, 6)])
-        assert [pair for pair, ok in reached.items() if not ok] == []
-        for ns in underlay[:1] + underlay[2:]:
-            assert ns.run("ping", "-n", "-q", "-c", "1", "-w", "5", "10.51.2.1",
-                          check=False).returncode == 0  # fmt: skip
-    underlay[1].run("ip", "addr", "del", "10.51.2.1/32", "dev", "lo")
+    try:
+        with contextlib.ExitStack() as stack:
+            for ns, path in zip(underlay, paths, strict=True):
+                stack.enter_context(start_pyvpn(ns, path))
+            reach_all(underlay, [f"10.50.0.{i}" for i in range(1, 6)])
+            others = underlay[:1] + underlay[2:]
+            assert unanswered([(ns, "10.51.2.1") for ns in others]) == []
+    finally:
+        underlay[1].run("ip", "addr", "del", "10.51.2.1/32", "dev", "lo", check=False)
+        for ns in underlay:
+            ns.sysctl("net.ipv4.ip_forward", 0)
 
 
 def test_five_hosts_on_a_tap_hub_all_reach_each_other(underlay, tmp_path):
@@ -383,7 +410,8 @@ def test_five_hosts_on_a_tap_hub_all_reach_each_other(underlay, tmp_path):
         + (f'endpoint = "198.18.1.{i + 1}:51821"\n' if label in "abc" else "")
         for i, label in enumerate("abcde")
     )
-    paths = generate(tmp_path, hosts_file)
+    paths, said = generate(tmp_path, hosts_file)
+    assert said == []  # the hub's bridge forwards, not its kernel's IP routing
     for i, ns in enumerate(underlay, start=1):
         ns.run("ip", "link", "add", "br1", "type", "bridge")
         ns.add_address("br1", f"10.60.0.{i}/24")
@@ -392,8 +420,7 @@ def test_five_hosts_on_a_tap_hub_all_reach_each_other(underlay, tmp_path):
         with contextlib.ExitStack() as stack:
             for ns, path in zip(underlay, paths, strict=True):
                 stack.enter_context(start_pyvpn(ns, path))
-            reached = all_ping(underlay, [f"10.60.0.{i}" for i in range(1, 6)])
-            assert [pair for pair, ok in reached.items() if not ok] == []
+            reach_all(underlay, [f"10.60.0.{i}" for i in range(1, 6)])
     finally:
         for ns in underlay:
             ns.run("ip", "link", "del", "br1", check=False)
