@@ -14,7 +14,7 @@ ALLOWED = {
     "host": {"protocol"},
     "planes": {"protocol", "core", "host"},
     "control": {"protocol", "core", "host", "planes"},
-    "lab": {"protocol", "host"},
+    "lab": {"protocol", "host", "control"},
     # cli.py and daemon.py, on top.
     "top": {"protocol", "core", "host", "planes", "control", "lab"},
 }

@@ -37,7 +37,18 @@ INTERFACE_KEYS = {
     "user",
     "fwmark",
     "table",
+    "dns",
+    "pre_up",
+    "post_up",
+    "pre_down",
+    "post_down",
+    "save_config",
 }
+HOOKS = ("pre_up", "post_up", "pre_down", "post_down")  # wg-quick's PreUp, PostUp, ...
+# A DNS entry that looks like this is a nameserver, anything else a search domain
+# (wg-quick's parse_options: [[ $v =~ (^[0-9.]+$)|(^.*:.*$) ]]).
+NAMESERVER = re.compile(r"^[0-9.]+$|:")
+DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
 LOW_ORDER = "is a low-order point, with which no handshake can ever succeed"
 PEER_KEYS = {
     "public_key",
@@ -84,6 +95,10 @@ class InterfaceConfig:
     # Where allowed_ips are routed, as wg-quick's Table: "auto" (the main table, and a
     # full tunnel for a default route), "off" (nowhere), or a table number.
     table: str | int = "auto"
+    dns: list[str] = field(default_factory=list)  # nameservers and search domains, in order
+    # Shell commands run with %i as the name, when wg-quick runs them (tunnel/hooks.py).
+    hooks: dict[str, list[str]] = field(default_factory=dict)
+    save_config: bool = False  # write the running config back to the file on down
 
     @property
     def l2(self) -> bool:
@@ -220,10 +235,35 @@ class _Parser:
             except KeyError:
                 raise self.fail("interface.user", f"no such user {user!r}") from None
         fwmark = self.integer(t, "fwmark", "interface", 0, 0xFFFFFFFF, 0)
+        dns = [
+            self.dns(d, f"interface.dns[{i}]")
+            for i, d in enumerate(self.string_list(t, "dns", "interface"))
+        ]
+        hooks = {}
+        for hook in HOOKS:
+            commands = self.string_list(t, hook, "interface")
+            for i, command in enumerate(commands):
+                if "\0" in command:
+                    raise self.fail(f"interface.{hook}[{i}]", "holds a NUL byte")
+            if commands:
+                hooks[hook] = commands
+        save = t.get("save_config", False)
+        if not isinstance(save, bool):
+            raise self.fail("interface.save_config", f"must be true or false, got {save!r}")
         return InterfaceConfig(
             private_key, name, mode, port, addresses, mtu, bridge, datapath, float(ageing), user,
-            fwmark, self.table(t.get("table", "auto")),
+            fwmark, self.table(t.get("table", "auto")), dns, hooks, save,
         )  # fmt: skip
+
+    def dns(self, value: str, key: str) -> str:
+        if NAMESERVER.search(value):
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise self.fail(key, f"{value!r} is not a nameserver's IP address") from None
+        elif not DOMAIN.match(value):
+            raise self.fail(key, f"{value!r} is neither an IP address nor a search domain")
+        return value
 
     def table(self, value: Any) -> str | int:
         if value in ("auto", "off"):

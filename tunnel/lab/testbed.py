@@ -37,6 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from tunnel.control.convert import to_toml
 from tunnel.protocol import keys
 
 NETNS_DIR = Path("/var/run/netns")
@@ -732,24 +733,7 @@ def write_pair_configs(
 
 def render_config(interface: dict[str, Any], peers: Sequence[dict[str, Any]]) -> str:
     """A peer config in pyvpn's TOML; keys whose value is None are left out."""
-    out = []
-    for header, table in [("[interface]", interface)] + [("[[peer]]", p) for p in peers]:
-        out.append(header)
-        out += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
-        out.append("")
-    return "\n".join(out)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
+    return to_toml({"interface": interface, "peer": list(peers)})
 
 
 @contextlib.contextmanager

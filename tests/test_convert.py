@@ -1,0 +1,119 @@
+"""tunnel/control/convert.py: the TOML-shaped dict written as pyvpn's TOML and as a
+wg-quick INI file."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tunnel.control.config import parse
+from tunnel.control.convert import ConvertError, pyvpn_only, to_toml, to_wg_quick
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+EXAMPLES = sorted(CONFIGS.glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_to_toml_writes_what_tomllib_reads_back(path: Path) -> None:
+    data = tomllib.loads(path.read_text())
+    assert tomllib.loads(to_toml(data)) == data
+    assert parse(tomllib.loads(to_toml(data))) == parse(data)
+
+
+toml_scalars = st.one_of(
+    st.text(st.characters(exclude_categories=["Cs"])),
+    st.integers(-(2**63), 2**63 - 1),
+    st.booleans(),
+)
+
+
+@given(
+    st.dictionaries(st.text(st.characters(exclude_categories=["Cs"]), min_size=1), toml_scalars),
+    st.lists(st.dictionaries(st.from_regex(r"[a-z_]{1,12}", fullmatch=True), toml_scalars)),
+)
+def test_to_toml_escapes_any_string(interface: dict, peers: list) -> None:
+    data = {"interface": interface, "peer": peers}
+    read = tomllib.loads(to_toml(data))
+    assert read.get("interface") == interface
+    assert read.get("peer", []) == peers
+
+
+def test_to_toml_leaves_out_none() -> None:
+    text = to_toml({"interface": {"name": "a", "mtu": None}, "peer": [{"endpoint": None}]})
+    assert tomllib.loads(text) == {"interface": {"name": "a"}, "peer": [{}]}
+
+
+def test_to_wg_quick_writes_wg_quicks_keys() -> None:
+    data = tomllib.loads((CONFIGS / "tun-a.toml").read_text())
+    data["interface"].update(
+        dns=["10.10.0.53", "lan.example"],
+        post_up=["echo up %i", "echo a, b"],
+        table="off",
+        fwmark=51820,
+        save_config=True,
+    )
+    data["peer"][0]["preshared_key"] = data["peer"][0]["public_key"]
+    assert to_wg_quick(data, name="tun-a") == (
+        "[Interface]\n"
+        "PrivateKey = 8Cii0TwBeJOyO3zfGArk/EF6PWF2bL1B6bAPrKUUfF8=\n"
+        "ListenPort = 51820\n"
+        "Address = 10.10.0.1/24, fd10::1/64\n"
+        "DNS = 10.10.0.53, lan.example\n"
+        "PostUp = echo up %i\n"
+        "PostUp = echo a, b\n"
+        "Table = off\n"
+        "FwMark = 51820\n"
+        "SaveConfig = true\n"
+        "\n"
+        "[Peer]\n"
+        "PublicKey = JppVa1YzgvcS3ds2ci8hVAY7AETBWoxzDMAQBpHL/HA=\n"
+        "Endpoint = 192.0.2.2:51820\n"
+        "AllowedIPs = 10.10.0.2/32, fd10::2/128\n"
+        "PersistentKeepalive = 25\n"
+        "PresharedKey = JppVa1YzgvcS3ds2ci8hVAY7AETBWoxzDMAQBpHL/HA=\n"
+    )
+
+
+def test_pyvpn_only_keys_are_named_or_left_out() -> None:
+    data = tomllib.loads((CONFIGS / "tap-a.toml").read_text())
+    data["interface"]["datapath"] = "python"
+    data["peer"][0]["allowed_macs"] = ["02:00:00:00:00:01"]
+    expected = [
+        "interface.mode",
+        "interface.bridge",
+        "interface.mac_ageing",
+        "interface.datapath",
+        "peer[0].allowed_macs",
+    ]
+    assert pyvpn_only(data, name="tap-a") == expected
+    with pytest.raises(ConvertError) as e:
+        to_wg_quick(data, name="tap-a")
+    assert str(e.value).startswith(", ".join(expected) + ": only pyvpn's TOML has these keys")
+    text = to_wg_quick(data, name="tap-a", lossy=True)
+    assert "bridge" not in text.lower() and "mode" not in text.lower()
+    assert text.startswith("[Interface]\nPrivateKey = ")
+
+
+def test_a_name_other_than_the_files_is_pyvpn_only() -> None:
+    data = {"interface": {"name": "office", "mode": "tun", "private_key": "x"}}
+    assert pyvpn_only(data) == []
+    assert pyvpn_only(data, name="office") == []
+    assert pyvpn_only(data, name="wg0") == ["interface.name"]
+    key_files = {"interface": {"private_key_file": "a.key"}, "peer": [{"preshared_key_file": "p"}]}
+    assert pyvpn_only(key_files) == ["interface.private_key_file", "peer[0].preshared_key_file"]
+
+
+@pytest.mark.parametrize(
+    ("interface", "problem"),
+    [
+        ({"post_up": "echo hi # there"}, "interface.post_up: 'echo hi # there' holds a '#'"),
+        ({"pre_down": ["true", "echo\nrm"]}, "interface.pre_down: 'echo\\nrm' cannot be one line"),
+        ({"dns": ["a, b"]}, "interface.dns: 'a, b' cannot be an item of a comma list"),
+    ],
+)
+def test_what_a_wg_quick_line_cannot_hold_is_an_error(interface: dict, problem: str) -> None:
+    with pytest.raises(ConvertError) as e:
+        to_wg_quick({"interface": interface})
+    assert str(e.value).startswith(problem)
