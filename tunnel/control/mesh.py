@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunnel.control.config import DATAPATHS, IFNAME, MODES, ConfigError, _Parser, read_toml
+from tunnel.control.convert import ConvertError, to_toml, to_wg_quick
 from tunnel.host.netlink import InterfaceAddress
 from tunnel.host.udp import split_address
 from tunnel.protocol import keys
@@ -342,8 +343,6 @@ def kept_keys(out: Path, names: Iterable[str]) -> dict[str, bytes]:
 
 
 def render(host: HostConfig, fmt: str) -> str:
-    from tunnel.control.convert import ConvertError, to_toml, to_wg_quick
-
     if fmt == "toml":
         return to_toml(host.config)
     # wg-quick has no key file: the key goes in, and the interface takes the file's name.
