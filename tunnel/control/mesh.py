@@ -55,14 +55,13 @@ class Host:
 
 @dataclass
 class Hosts:
-    path: str
     hosts: list[Host]
     hub: Host | None
 
     def peers_of(self, host: Host) -> list[Host]:
-        if self.hub is None:
+        if self.hub is None or host is self.hub:
             return [h for h in self.hosts if h is not host]
-        return [h for h in self.hosts if h is not host] if host is self.hub else [self.hub]
+        return [self.hub]
 
 
 @dataclass
@@ -173,7 +172,7 @@ class _HostsParser(_Parser):
             if name not in first:
                 raise self.fail("hub", f"{name!r} is not the name of any host")
             hub = first[name]
-        result = Hosts(self.path, hosts, hub)
+        result = Hosts(hosts, hub)
         self.reachable(result)
         if hosts[0].mode == "tun":
             self.disjoint(hosts)
