@@ -1,7 +1,8 @@
 """`pyvpn mesh`: a hosts file to a config per host. The shapes of a full mesh and of
 a hub with spokes, kept keys, the keepalive rule, subnets and errors; then five
 namespaces on one switch, meshed from one hosts file, pinging each other through
-the tunnels in tun mode and through a tap hub's bridge in tap mode."""
+the tunnels: in tun mode as a full mesh and around a hub, in tap mode as a full
+mesh and through a tap hub's bridge."""
 
 import contextlib
 import ipaddress
@@ -399,6 +400,23 @@ def test_five_hosts_in_tun_all_reach_each_other(underlay, tmp_path, hub):
         underlay[1].run("ip", "addr", "del", "10.51.2.1/32", "dev", "lo", check=False)
         for ns in underlay:
             ns.sysctl("net.ipv4.ip_forward", 0)
+
+
+def test_five_hosts_in_a_tap_mesh_all_reach_each_other(underlay, tmp_path):
+    """No bridges: each tap device has its host's address, each host's frames go
+    straight to the others."""
+    names = [device_name("pvmsh", label) for label in "klmno"]
+    hosts_file = 'mode = "tap"\n' + "".join(
+        f'\n[[host]]\nname = "{label}"\ndevice = "{names[i]}"\naddress = "10.61.0.{i + 1}/24"\n'
+        + (f'endpoint = "198.18.1.{i + 1}:51822"\n' if label != "e" else "")
+        for i, label in enumerate("abcde")
+    )
+    paths, said = generate(tmp_path, hosts_file)
+    assert said == []
+    with contextlib.ExitStack() as stack:
+        for ns, path in zip(underlay, paths, strict=True):
+            stack.enter_context(start_pyvpn(ns, path))
+        reach_all(underlay, [f"10.61.0.{i}" for i in range(1, 6)])
 
 
 def test_five_hosts_on_a_tap_hub_all_reach_each_other(underlay, tmp_path):
