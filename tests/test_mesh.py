@@ -314,6 +314,12 @@ def test_bad_hosts_are_one_line_exit_2_and_write_nothing(tmp_path):
     result = pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(out), "--format", "wg-quick")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "interface.mode" in result.stderr and os.listdir(out) == []
+    # A directory that cannot be made is a runtime failure: status 1, one line.
+    result = pyvpn("mesh", str(tmp_path / HOSTS), "--out", "/proc/pyvpn-mesh")
+    assert (result.returncode, result.stderr) == (
+        1,
+        "pyvpn: /proc/pyvpn-mesh: No such file or directory\n",
+    )
 
 
 # ---------------------------------------------------------------------------

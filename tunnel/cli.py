@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from tunnel.control import uapi, uapi_client
 from tunnel.control.config import Config, ConfigError, load
+from tunnel.control.mesh import FORMATS, write_mesh
 from tunnel.host.netlink import ip_versions
 from tunnel.protocol import keys
 
@@ -52,9 +53,9 @@ def build_parser() -> Parser:
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
     sub.add_parser("genpsk", help="print a new preshared key")
     p = sub.add_parser("mesh", help="write a config per host for a full mesh or a hub")
-    p.add_argument("hosts", help="the hosts file (TOML, docs/configuration.md#mesh)")
+    p.add_argument("hosts", help="the hosts file (TOML, docs/configuration.md#pyvpn-mesh)")
     p.add_argument("--out", required=True, metavar="DIR", help="where configs and keys go")
-    p.add_argument("--format", choices=("toml", "wg-quick"), default="toml")
+    p.add_argument("--format", choices=tuple(FORMATS), default="toml", help="default: toml")
     for name, help_text in (
         ("demo", "two namespaces linked by pyvpn, tun and tap"),
         ("bench", "benchmark pyvpn against veth and other VPNs"),
@@ -276,9 +277,12 @@ def cmd_pubkey(args: argparse.Namespace) -> int:
 
 
 def cmd_mesh(args: argparse.Namespace) -> int:
-    from tunnel.control.mesh import write_mesh
-
-    for line in write_mesh(args.hosts, args.out, args.format):
+    try:
+        lines = write_mesh(args.hosts, args.out, args.format)
+    except OSError as e:
+        print(f"pyvpn: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
+    for line in lines:
         print(line)
     return 0
 
