@@ -10,6 +10,7 @@ so the host's resolv.conf and /run/resolvconf stay as they were."""
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,9 +25,11 @@ from tunnel.lab.testbed import (
     device_name,
     proc_stat,
     run_command,
+    start_daemon,
     start_wireguard_go,
     uapi_listening,
     uapi_socket,
+    wait_for,
     wait_reachable,
     wireguard_go,
 )
@@ -345,6 +348,38 @@ def test_a_failing_daemon_makes_the_parent_fail_with_its_reason(net):
         assert net.bed.a.pids() == [] and not uapi_socket(name).exists()
     finally:
         net.a("ip", "link", "delete", name)
+
+
+LOG_LINE = re.compile(r"(DEBUG|ERROR): \((\S+)\) \d{4}/\d\d/\d\d \d\d:\d\d:\d\d \S")
+
+
+@pytest.mark.parametrize("level", ["verbose", "error", "silent"])
+def test_log_level_means_what_it_means_to_wireguard_go(net, impl, level):
+    """verbose: everything, in wireguard-go's line format; error: errors only
+    (none at a clean start and stop); silent: nothing."""
+    name = ifname(impl)
+    # WG_PROCESS_FOREGROUND: no banner from wireguard-go (main.go), just its log.
+    env = {"LOG_LEVEL": level, "WG_PROCESS_FOREGROUND": "1"}
+    daemon = start_daemon(net.bed.a, [implementation(impl), "-f", name], name, env)
+    with daemon:
+        wait_for(daemon, lambda: uapi_listening(name), "its UAPI socket appeared", 10)
+        net.a("wg", "show", name)
+        if impl == "pyvpn-wg":  # a request it refuses: an error
+            zero = keys.encode(bytes(32))
+            assert net.run("wg", "set", name, "peer", zero, check=False).returncode != 0
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=10) == 0
+    lines = daemon.output().splitlines()
+    if level == "verbose":
+        assert lines and all(LOG_LINE.match(line) for line in lines), lines
+        assert {LOG_LINE.match(line)[2] for line in lines} == {name}
+        assert any(line.startswith("DEBUG: ") for line in lines)
+    elif level == "error" and impl == "pyvpn-wg":
+        assert len(lines) == 1 and lines[0].startswith(f"ERROR: ({name}) "), lines
+        assert "low-order point" in lines[0]
+    else:
+        assert lines == []
+    assert_nothing_left(net, name)
 
 
 def test_version_and_help_as_wireguard_go_has_them():

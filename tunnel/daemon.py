@@ -260,7 +260,7 @@ async def serve(
             teardown.enter_context(_following(tunnel, loop, stop))
         up = (
             f"{name} up: {tunnel.mode} mode, UDP port {tunnel.listen_port}, "
-            f"{plane.name} data plane, public key {status()['public_key']}"
+            f"{plane.name} data plane, public key {status()['public_key'] or '(none yet)'}"
         )
         log.info("%s", up)
         sd_notify.notify(f"READY=1\nSTATUS={up}")

@@ -48,7 +48,8 @@ class WgFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         level = "ERROR" if record.levelno >= logging.WARNING else "DEBUG"
-        return f"{level}: ({self.name}) {self.formatTime(record)} {record.getMessage()}"
+        when = self.formatTime(record, self.datefmt)
+        return f"{level}: ({self.name}) {when} {record.getMessage()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +95,8 @@ def run(name: str, level: str) -> int:
         root.setLevel(logging.CRITICAL + 1)
     else:
         root.setLevel(LOG_LEVELS.get(level, logging.WARNING))
+    # Below errors, only pyvpn's own: asyncio's and pyroute2's debugging is not the device's.
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING or r.name.startswith("pyvpn"))
 
     def tell(message: bytes) -> None:
         while pipe:
