@@ -24,6 +24,7 @@ from tunnel.lab.testbed import (
     WgPeer,
     device_name,
     proc_stat,
+    pyvpn_status,
     run_command,
     start_daemon,
     start_wireguard_go,
@@ -187,6 +188,8 @@ def test_up_pings_both_ways_with_mtu_hooks_and_dns_and_down_leaves_nothing(net, 
         wait_reachable(net.bed.a, PEER_B[0])
         wait_reachable(net.bed.b, "10.10.0.1")
         assert "mtu 1380 " in net.a("ip", "link", "show", name)
+        if impl == "pyvpn-wg":  # and pyvpn-wg followed it (its padding stops there)
+            assert pyvpn_status(name)["mtu"] == 1380
         assert (hooks / f"up-{name}").exists() and not (hooks / f"down-{name}").exists()
         assert f"nameserver {DNS_SERVER}" in net.resolv_conf()
         # The one route is the address's; the implementation added none of its own.

@@ -276,7 +276,7 @@ async def serve(
 def _following(
     tunnel: Tunnel, loop: asyncio.AbstractEventLoop, stop: asyncio.Event
 ) -> Iterator[None]:
-    """The device's deletion stops the tunnel; a new MTU reaches the core (padding,
+    """The device's deletion stops the tunnel; a new MTU reaches the plane (padding,
     `pyvpn show`)."""
     try:
         watch = LinkWatch(tunnel.name)
@@ -286,8 +286,11 @@ def _following(
     def readable() -> None:
         state = watch.read()
         if state.mtu is not None and state.mtu != tunnel.iface.mtu:
-            log.debug("%s: MTU now %d", tunnel.name, state.mtu)
-            tunnel.iface.mtu = state.mtu
+            try:
+                tunnel.plane.set_mtu(state.mtu)
+                log.info("%s: MTU now %d", tunnel.name, state.mtu)
+            except OSError as e:
+                log.warning("%s: MTU %d not followed: %s", tunnel.name, state.mtu, e.strerror)
         if state.deleted:
             log.info("%s: the device was deleted", tunnel.name)
             stop.set()
