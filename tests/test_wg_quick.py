@@ -34,6 +34,7 @@ from tunnel.lab.testbed import (
     wait_reachable,
     wireguard_go,
 )
+from tunnel.planes import dp
 from tunnel.protocol import keys
 
 PYVPN_WG = Path(sys.executable).parent / "pyvpn-wg"  # the console script, from pyproject
@@ -313,6 +314,8 @@ def test_without_f_it_returns_once_the_socket_answers(net, impl):
         assert "inet" not in net.a("ip", "address", "show", name)
         assert net.a("ip", "route", "show", "dev", name) == ""
         assert "state DOWN" in net.a("ip", "link", "show", name)
+        # The native plane where it is built, as datapath "auto" picks.
+        assert pyvpn_status(name)["datapath"] == ("native" if dp.available() else "python")
 
 
 def test_deleting_the_device_makes_it_exit_and_remove_its_socket(net, impl):
