@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tunnel.lab.testbed import (
+    Testbed,
     WgPeer,
     device_name,
     proc_stat,
@@ -57,8 +58,9 @@ def implementation(name: str) -> str:
 class Net:
     """Namespaces a (wg-quick), b and c (wireguard-go peers) and their keys."""
 
-    def __init__(self, bed, tmp: Path) -> None:
+    def __init__(self, bed: Testbed, tmp: Path) -> None:
         self.bed, self.tmp = bed, tmp
+        self.host_resolv_conf = HOST_RESOLV_CONF.read_bytes()
         self.key_a = keys.generate_private_key()
         self.key_b = keys.generate_private_key()
         self.key_c = keys.generate_private_key()
@@ -99,9 +101,6 @@ class Net:
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
-    from tunnel.lab.testbed import Testbed
-
-    host_resolv = HOST_RESOLV_CONF.read_bytes()
     host_backup = Path("/etc/resolv.conf.bak").exists()
     host_state = sorted(HOST_RESOLVCONF_STATE.iterdir()) if HOST_RESOLVCONF_STATE.is_dir() else []
     tmp = tmp_path_factory.mktemp("wgquick")
@@ -125,14 +124,14 @@ def net(tmp_path_factory):
                     device_name("pvwq", ns.label),
                     key,
                     51820,
-                    # a's own address, and (for the full tunnel) whatever it sends from it.
+                    # a's tunnel address, the source of all it sends (full tunnel too).
                     [WgPeer(pub_a, ["10.10.0.1/32"])],
                     addresses=[f"{inner}/32"],
                 )
             yield n
         finally:
             shutil.rmtree(n.etc, ignore_errors=True)
-    assert HOST_RESOLV_CONF.read_bytes() == host_resolv
+    assert HOST_RESOLV_CONF.read_bytes() == n.host_resolv_conf
     after = sorted(HOST_RESOLVCONF_STATE.iterdir()) if HOST_RESOLVCONF_STATE.is_dir() else []
     assert after == host_state
     assert Path("/etc/resolv.conf.bak").exists() == host_backup
@@ -145,7 +144,11 @@ def impl(request, net):
     name = ifname(request.param)
     if net.bed.a.has_link(name):
         net.run("ip", "link", "delete", name, check=False)
-    assert_nothing_left(net, name)
+    try:
+        assert_nothing_left(net, name)
+    finally:
+        net.bed.a.stop_processes()  # what a failure left must not fail the next test too
+        uapi_socket(name).unlink(missing_ok=True)
 
 
 def ifname(impl: str) -> str:
@@ -195,12 +198,16 @@ def test_up_pings_both_ways_with_mtu_hooks_and_dns_and_down_leaves_nothing(net, 
             assert pyvpn_status(name)["mtu"] == 1380
         assert (hooks / f"up-{name}").exists() and not (hooks / f"down-{name}").exists()
         assert f"nameserver {DNS_SERVER}" in net.resolv_conf()
+        # openresolv kept its state where the namespace's resolvconf.conf said.
+        assert (net.tmp / "resolvconf" / "interfaces" / name).exists()
+        assert HOST_RESOLV_CONF.read_bytes() == net.host_resolv_conf
         # The one route is the address's; the implementation added none of its own.
         routes = net.a("ip", "-4", "route", "show", "dev", name).splitlines()
         assert [r.split()[0] for r in routes] == ["10.10.0.0/24"]
         net.run("wg-quick", "down", str(config), impl=impl)
     assert (hooks / f"down-{name}").exists()
     assert DNS_SERVER not in net.resolv_conf()
+    assert HOST_RESOLV_CONF.read_bytes() == net.host_resolv_conf
     assert_nothing_left(net, name)
 
 
