@@ -97,6 +97,16 @@ static int setup_device(dp_t *dp)
 	return 0;
 }
 
+int dp_set_mtu(dp_t *dp, int mtu)
+{
+	if (mtu < 68 || mtu > MAX_MTU || (!dp->vnet && mtu > dp->read_mtu))
+		return -EINVAL;
+	pthread_rwlock_wrlock(&dp->lock);
+	dp->mtu = mtu;
+	pthread_rwlock_unlock(&dp->lock);
+	return 0;
+}
+
 dp_t *dp_create(int dev_fd, int udp_fd, int ctrl_fd, uint32_t flags, int mtu)
 {
 	if (dev_fd < 0 || udp_fd < 0 || ctrl_fd < 0 || mtu < 68 || mtu > MAX_MTU ||
@@ -111,7 +121,7 @@ dp_t *dp_create(int dev_fd, int udp_fd, int ctrl_fd, uint32_t flags, int mtu)
 	dp->udp_fd = udp_fd;
 	dp->ctrl_fd = ctrl_fd;
 	dp->flags = flags;
-	dp->mtu = mtu;
+	dp->mtu = dp->read_mtu = mtu;
 	dp->tap = flags & DP_TAP;
 	dp->vnet = flags & DP_VNET_HDR;
 	atomic_init(&dp->mac_ageing_ns, DEFAULT_MAC_AGEING * 1000000000ULL);

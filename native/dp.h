@@ -103,6 +103,10 @@ struct dp_mac_entry {
 };
 
 dp_t *dp_create(int dev_fd, int udp_fd, int ctrl_fd, uint32_t flags, int mtu);
+/* The device's MTU changed (`ip link set mtu`): padding, and tap's answers to
+ * frames too big, follow it.  -EINVAL outside 68..MAX_MTU, or without
+ * DP_VNET_HDR above dp_create's MTU, which sized the device reads. */
+int dp_set_mtu(dp_t *, int mtu);
 /* Spawn `workers` (1..16) worker threads.  Each serves both directions:
  * it polls the device and the UDP socket and runs one bounded batch of
  * whichever is ready (device -> UDP and UDP -> device), so one thread per

@@ -157,7 +157,8 @@ struct worker;
 struct dp {
 	int dev_fd, udp_fd, ctrl_fd;
 	uint32_t flags;
-	int mtu;
+	int mtu;      /* the device's: padding and tap's too-big answers (dp_set_mtu) */
+	int read_mtu; /* dp_create's: without virtio headers, device reads are sized by it */
 	int udp_family; /* AF_INET or AF_INET6: endpoints are stored in this family */
 	bool tap, vnet;
 

@@ -104,7 +104,7 @@ struct tx_state *tx_state_new(dp_t *dp)
 		return NULL;
 	t->dp = dp;
 	t->nbufs = dp->vnet ? TX_READS_PER_BATCH : TX_READS_PER_BATCH_PLAIN;
-	t->buf_size = dp->vnet ? VNET_HDR_LEN + MAX_SUPER_PACKET : (size_t)dp->mtu + 256;
+	t->buf_size = dp->vnet ? VNET_HDR_LEN + MAX_SUPER_PACKET : (size_t)dp->read_mtu + 256;
 	int aead_err = aead_init(&t->aead, 1);
 	t->bufs = calloc(t->nbufs, sizeof(*t->bufs));
 	t->lens = calloc(t->nbufs, sizeof(*t->lens));
@@ -494,7 +494,7 @@ int dp_transmit_frame(dp_t *dp, const uint8_t *data, size_t len)
 	struct tx_state *t = tx_state_new(dp);
 	if (!t)
 		return -ENOMEM;
-	if (len > t->buf_size) { /* without virtio headers a read holds mtu + 256 */
+	if (len > t->buf_size) { /* without virtio headers a read holds read_mtu + 256 */
 		tx_state_free(t);
 		return -EINVAL;
 	}

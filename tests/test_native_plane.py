@@ -244,6 +244,25 @@ def test_send_agrees_with_cryptography(h: Harness) -> None:
     r.close()
 
 
+def test_padding_follows_a_new_mtu(h: Harness) -> None:
+    """The device's MTU changed after start (pyvpn-wg under `ip link set mtu`):
+    padding stops at the new one."""
+    r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+    h.start()
+    pkt = udp_packet("10.0.0.1", "10.0.0.2", b"C" * (1297 - 28))  # 1297: to 1312 at 1420
+    h.dev.send(pkt)
+    assert r.recv()[1] == pkt + bytes(15)
+    h.plane.set_mtu(1300)
+    h.dev.send(pkt)
+    assert r.recv()[1] == pkt + bytes(3)  # to the MTU only
+    # Without virtio headers the reads were sized for the MTU at start: no larger one.
+    for refused in (67, 1421, 70000):
+        with pytest.raises(OSError) as e:
+            h.plane.set_mtu(refused)
+        assert e.value.errno == errno.EINVAL
+    r.close()
+
+
 def test_receive_agrees_with_cryptography(h: Harness) -> None:
     r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
     h.start()

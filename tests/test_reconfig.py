@@ -4,6 +4,7 @@ to peers, sessions, routes and timers. The namespace side is test_uapi_set.py.""
 
 import errno
 import ipaddress
+import random
 
 import pytest
 from hypothesis import given
@@ -19,6 +20,7 @@ from tunnel.protocol.constants import REKEY_TIMEOUT
 from tunnel.protocol.peer import PeerConfig
 from tunnel.protocol.timers import Timer
 
+from .hostile import Forger
 from .simnet import SimNet, ipv4_packet
 
 K1, K2, PSK = bytes(range(32)), bytes(range(1, 33)), bytes([7] * 32)
@@ -92,7 +94,6 @@ def test_parses_setconf_and_newer_wg_removals():
     ("lines", "code", "reason"),
     [
         (["no equals sign"], errno.EPROTO, "not key=value"),
-        (["private_key=" + "0" * 64], errno.EINVAL, "cannot run without"),
         (["private_key=xyz"], errno.EINVAL, "not 64 hex digits"),
         (["listen_port=65536"], errno.EINVAL, "from 0 to 65535"),
         (["listen_port=-1"], errno.EINVAL, "listen_port"),
@@ -295,6 +296,32 @@ def test_same_private_key_changes_nothing_a_new_one_drops_sessions():
     net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
     assert [d[0] for _, _, d in net.wire[n:]] == [1]  # an initiation, unanswered
     assert b.iface.drops["unknown_peer"] == 1
+
+
+def test_without_a_private_key_no_handshake_is_made_or_answered():
+    """wireguard-go's meaning of an all-zero (or empty) private_key: none at all, as
+    pyvpn-wg starts. Sessions made before go, nothing handshakes until a key comes."""
+    assert parse_set(["private_key="]).private_key == bytes(32)
+    assert parse_set(["private_key=" + "0" * 64]).private_key == bytes(32)
+    net, a, b = pair()
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    peer_b = next(iter(a.iface.peers.values()))
+    applied = apply(a.iface, Change(private_key=bytes(32)), net.now)
+    assert applied.actions == [KeypairsCleared(peer_b)] and not a.iface.identity.present
+    net.now += REKEY_TIMEOUT
+    n = len(net.wire)
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    assert net.wire[n:] == []  # no initiation without a key
+    # b's handshakes are keyed to a's old public key: refused at mac1. One whose mac1
+    # is right for the keyless interface finds no key to answer with.
+    net.now += REKEY_TIMEOUT
+    forged = Forger(random.Random(1), a.iface.identity.public_key, None)
+    net.inject(b.address, a, forged.initiation_valid_mac1())
+    assert a.iface.drops["no_private_key"] == 1 and a.delivered == []
+    # A key again: the next packet handshakes (b still knows a by the old key).
+    apply(a.iface, Change(private_key=keys.generate_private_key()), net.now)
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    assert [d[0] for _, _, d in net.wire[n:]][-1] == 1
 
 
 def test_setconf_with_a_new_key_leaves_no_action_for_a_replaced_peer():

@@ -1,10 +1,14 @@
-"""pyvpn under systemd: the unit template systemd itself accepts, and the
-readiness protocol a `Type=notify` unit waits for."""
+"""pyvpn under systemd: the unit template systemd itself accepts, the readiness
+protocol a `Type=notify` unit waits for, and the drop-in that makes wireguard-tools'
+wg-quick@.service run pyvpn-wg."""
 
 import configparser
+import os
+import shutil
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
 from tunnel.lab.testbed import start_pyvpn, uapi_listening, write_pair_configs
 
@@ -47,3 +51,41 @@ def test_ready_once_the_tunnel_is_up_and_stopping_at_shutdown(bed, tmp_path, mon
         a.proc.send_signal(signal.SIGTERM)
         assert notify.recv(4096) == b"STOPPING=1"
         assert a.proc.wait(timeout=10) == 0
+
+
+DROP_IN = ROOT / "configs" / "wg-quick@.service.d" / "pyvpn.conf"
+WG_QUICK_UNIT = Path("/lib/systemd/system/wg-quick@.service")  # from wireguard-tools
+
+
+def verify_wg_quick_with(drop_in: str, units: Path) -> subprocess.CompletedProcess:
+    """systemd-analyze verify of wireguard-tools' wg-quick@wg0 with `drop_in` beside it."""
+    (units / "wg-quick@.service.d").mkdir(parents=True)
+    shutil.copy(WG_QUICK_UNIT, units)
+    (units / "wg-quick@.service.d" / "pyvpn.conf").write_text(drop_in)
+    return subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(units / "wg-quick@wg0.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+        # Only these units (and systemd's own, after the colon): the drop-in is read.
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"},
+    )
+
+
+def test_wg_quick_drop_in_points_wg_quick_at_pyvpn_wg(tmp_path):
+    text = DROP_IN.read_text()
+    result = verify_wg_quick_with(text.replace("/opt/pyvpn", str(ROOT)), tmp_path / "good")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    # The check reads the drop-in: a broken one is reported.
+    broken = verify_wg_quick_with(text.replace("Environment=", "Environmen="), tmp_path / "bad")
+    assert "pyvpn.conf" in broken.stderr and "Unknown key" in broken.stderr
+    unit = configparser.ConfigParser(interpolation=None)
+    unit.read_string(text)
+    variable, _, program = unit["Service"]["Environment"].partition("=")
+    assert variable == "WG_QUICK_USERSPACE_IMPLEMENTATION"
+    assert program == "/opt/pyvpn/.venv/bin/pyvpn-wg"
+    # The console script pyproject installs, in this checkout's .venv.
+    installed = Path(program.replace("/opt/pyvpn", str(ROOT)))
+    assert os.access(installed, os.X_OK)
+    done = subprocess.run([str(installed), "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("pyvpn-wg")

@@ -199,7 +199,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def format_status(s: dict[str, Any]) -> str:
     lines = [
         f"interface: {s['name']}",
-        f"  public key: {s['public_key']}",
+        f"  public key: {s['public_key'] or '(none)'}",
         f"  listening port: {s['listen_port']}",
         f"  address: {', '.join(s.get('addresses', [])) or '(none)'}",
         f"  mode: {s['mode']}, data plane: {s['datapath']}, mtu: {s['mtu']}",

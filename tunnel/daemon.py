@@ -7,7 +7,9 @@ import errno
 import logging
 import os
 import signal
+import socket
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import uvloop
@@ -21,6 +23,7 @@ from tunnel.core.interface import Interface
 from tunnel.host import clock, netlink, sd_notify, udp
 from tunnel.host.device import DeviceError, open_device
 from tunnel.host.full_tunnel import FullTunnel, remove_leftovers
+from tunnel.host.link_watch import LinkWatch
 from tunnel.host.netlink import InterfaceAddress
 from tunnel.host.privileges import PrivilegeError, drop_privileges
 from tunnel.host.udp import SocketError, open_socket
@@ -28,7 +31,13 @@ from tunnel.planes import dp
 from tunnel.planes.base import Plane
 from tunnel.planes.native import NativeShell
 from tunnel.planes.python import PythonPlane
-from tunnel.protocol.constants import ETHERNET_HEADER_SIZE, MAX_MTU, MIN_MTU, TUNNEL_OVERHEAD
+from tunnel.protocol.constants import (
+    DEFAULT_MTU,
+    ETHERNET_HEADER_SIZE,
+    MAX_MTU,
+    MIN_MTU,
+    TUNNEL_OVERHEAD,
+)
 
 log = logging.getLogger("pyvpn")
 
@@ -43,27 +52,8 @@ def up(config: Config) -> int:
     c = config.interface
     datapath = choose_datapath(config)
     with contextlib.ExitStack() as teardown:
-        # Netlink work happens before the event loop starts: pyroute2 runs its own
-        # asyncio loop, which cannot nest inside uvloop.
-        try:
-            uapi_client.remove_stale(c.name)
-        except FileExistsError as e:
-            raise SetupError(str(e)) from None
-        if netlink.link_exists(c.name):
-            raise SetupError(f"a device named {c.name} already exists")
         remove_leftovers()
-        try:
-            extra_flags = dp.device_open_flags(c.l2) if datapath == "native" else 0
-            dev_fd = open_device(c.name, c.l2, extra_flags)
-        except DeviceError as e:
-            raise SetupError(str(e)) from None
-        # Closing the fd deletes the device with its addresses and routes.
-        teardown.callback(os.close, dev_fd)
-        try:
-            sock = open_socket(c.listen_port)
-        except SocketError as e:
-            raise SetupError(str(e)) from None
-        teardown.callback(sock.close)
+        dev_fd, sock = _open(teardown, c.name, c.l2, datapath, c.listen_port)
         mtu = tunnel_mtu(config)
         iface = Interface(
             c.private_key,
@@ -87,16 +77,11 @@ def up(config: Config) -> int:
                 full_tunnel.fit(routes)
         except netlink.LinkError as e:
             raise SetupError(str(e)) from None
-        plane: Plane
-        if datapath == "native":
-            plane = NativeShell(iface, dev_fd, sock)
-        else:
-            plane = PythonPlane(iface, dev_fd, sock)
         tunnel = Tunnel(
             c.name,
             c.mode,
             iface,
-            plane,
+            _plane(datapath, iface, dev_fd, sock),
             sock.getsockname()[1],
             c.table,
             full_tunnel,
@@ -106,6 +91,74 @@ def up(config: Config) -> int:
         )
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(serve(tunnel))
+
+
+def up_device(name: str, ready: Callable[[], None]) -> int:
+    """pyvpn-wg, wireguard-go's part under wg-quick: a tun device (down, MTU 1420 as
+    wireguard-go's DefaultMTU) and its UAPI socket, with no key, no peers, no
+    address and no route; everything else comes over UAPI. Serves until SIGINT,
+    SIGTERM or the device's deletion; `ready` runs once the socket answers."""
+    datapath = "native" if dp.available() else "python"
+    with contextlib.ExitStack() as teardown:
+        dev_fd, sock = _open(teardown, name, False, datapath, 0)
+        try:
+            netlink.set_mtu(name, DEFAULT_MTU)
+        except netlink.LinkError as e:
+            raise SetupError(str(e)) from None
+        iface = Interface(
+            bytes(32),  # none (noise.StaticIdentity): no handshakes until `wg set` gives one
+            mtu=DEFAULT_MTU,
+            wall_offset=time.time() - clock.now(),
+            external_transport=datapath == "native",
+        )
+        tunnel = Tunnel(
+            name,
+            "tun",
+            iface,
+            _plane(datapath, iface, dev_fd, sock),
+            sock.getsockname()[1],
+            "off",  # wg-quick routes, from `wg show NAME allowed-ips`
+            FullTunnel(name, sock, []),
+            [],
+            None,
+            None,
+        )
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(serve(tunnel, ready, follow_device=True))
+
+
+def _open(
+    teardown: contextlib.ExitStack, name: str, l2: bool, datapath: str, listen_port: int
+) -> tuple[int, socket.socket]:
+    """The device and the UDP socket, closed by `teardown`; refused while another
+    tunnel or device holds the name."""
+    # Netlink work happens before the event loop starts: pyroute2 runs its own
+    # asyncio loop, which cannot nest inside uvloop.
+    try:
+        uapi_client.remove_stale(name)
+    except FileExistsError as e:
+        raise SetupError(str(e)) from None
+    if netlink.link_exists(name):
+        raise SetupError(f"a device named {name} already exists")
+    try:
+        extra_flags = dp.device_open_flags(l2) if datapath == "native" else 0
+        dev_fd = open_device(name, l2, extra_flags)
+    except DeviceError as e:
+        raise SetupError(str(e)) from None
+    # Closing the fd deletes the device with its addresses and routes.
+    teardown.callback(os.close, dev_fd)
+    try:
+        sock = open_socket(listen_port)
+    except SocketError as e:
+        raise SetupError(str(e)) from None
+    teardown.callback(sock.close)
+    return dev_fd, sock
+
+
+def _plane(datapath: str, iface: Interface, dev_fd: int, sock: socket.socket) -> Plane:
+    if datapath == "native":
+        return NativeShell(iface, dev_fd, sock)
+    return PythonPlane(iface, dev_fd, sock)
 
 
 @dataclass
@@ -160,8 +213,12 @@ def choose_datapath(config: Config) -> str:
     return "native"
 
 
-async def serve(tunnel: Tunnel) -> int:
-    """Run the data plane and the UAPI socket until SIGINT or SIGTERM."""
+async def serve(
+    tunnel: Tunnel, ready: Callable[[], None] | None = None, follow_device: bool = False
+) -> int:
+    """Run the data plane and the UAPI socket until SIGINT or SIGTERM, or (with
+    `follow_device`, for a device set up by others) until the device is deleted,
+    following its MTU meanwhile."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     name, plane = tunnel.name, tunnel.plane
@@ -199,16 +256,51 @@ async def serve(tunnel: Tunnel) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
             teardown.callback(loop.remove_signal_handler, sig)
+        if follow_device:
+            teardown.enter_context(_following(tunnel, loop, stop))
         up = (
             f"{name} up: {tunnel.mode} mode, UDP port {tunnel.listen_port}, "
-            f"{plane.name} data plane, public key {status()['public_key']}"
+            f"{plane.name} data plane, public key {status()['public_key'] or '(none yet)'}"
         )
         log.info("%s", up)
         sd_notify.notify(f"READY=1\nSTATUS={up}")
+        if ready is not None:
+            ready()
         await stop.wait()
         log.info("%s: shutting down", name)
         sd_notify.notify("STOPPING=1")
     return 0
+
+
+@contextlib.contextmanager
+def _following(
+    tunnel: Tunnel, loop: asyncio.AbstractEventLoop, stop: asyncio.Event
+) -> Iterator[None]:
+    """The device's deletion stops the tunnel; a new MTU reaches the plane (padding,
+    `pyvpn show`)."""
+    try:
+        watch = LinkWatch(tunnel.name)
+    except OSError as e:
+        raise SetupError(f"cannot follow the device: {e.strerror}") from None
+
+    def readable() -> None:
+        state = watch.read()
+        if state.mtu is not None and state.mtu != tunnel.iface.mtu:
+            try:
+                tunnel.plane.set_mtu(state.mtu)
+                log.info("%s: MTU now %d", tunnel.name, state.mtu)
+            except OSError as e:
+                log.warning("%s: MTU %d not followed: %s", tunnel.name, state.mtu, e.strerror)
+        if state.deleted:
+            log.info("%s: the device was deleted", tunnel.name)
+            stop.set()
+
+    loop.add_reader(watch.fileno(), readable)
+    try:
+        yield
+    finally:
+        loop.remove_reader(watch.fileno())
+        watch.close()
 
 
 async def _serve_uapi(tunnel: Tunnel, status) -> asyncio.AbstractServer:

@@ -62,7 +62,7 @@ def snapshot(
     return {
         "name": name,
         "mode": mode_name(iface.l2),
-        "public_key": encode(iface.identity.public_key),
+        "public_key": encode(iface.identity.public_key) if iface.identity.present else None,
         "listen_port": listen_port,
         "fwmark": fwmark,
         "table": table,  # config.InterfaceConfig.table

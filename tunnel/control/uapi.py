@@ -35,7 +35,10 @@ def socket_path(name: str) -> Path:
 
 def get_response(iface: Interface, listen_port: int, fwmark: int = 0) -> str:
     """The reply to `get=1`, in wireguard-go's order (device/uapi.go)."""
-    lines = [f"private_key={iface.identity.private_key.hex()}", f"listen_port={listen_port}"]
+    lines = []
+    if iface.identity.present:
+        lines.append(f"private_key={iface.identity.private_key.hex()}")
+    lines.append(f"listen_port={listen_port}")
     if fwmark:
         lines.append(f"fwmark={fwmark}")
     for peer in iface.peers.values():
@@ -88,10 +91,8 @@ def parse_set(lines: list[str]) -> Change:
 
 def _device_line(change: Change, key: str, value: str) -> None:
     if key == "private_key":
-        private = _key(key, value) if value else bytes(32)
-        if not any(private):
-            raise Refused(errno.EINVAL, "private_key: pyvpn cannot run without one")
-        change.private_key = private
+        # Empty or all zeros: no key any more, no handshakes (wireguard-go's meaning).
+        change.private_key = _key(key, value) if value else bytes(32)
     elif key == "listen_port":
         change.listen_port = _number(key, value, 0xFFFF)
     elif key == "fwmark":

@@ -80,6 +80,9 @@ class Receiving(Sending):
         )
         if rejected is not None:
             return rejected
+        if not self.identity.present:
+            self.drops["no_private_key"] += 1
+            return []
         try:
             consumed = consume_initiation(self.identity, msg)
         except HandshakeError:

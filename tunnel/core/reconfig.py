@@ -78,7 +78,7 @@ def apply(iface: Interface, change: Change, now: float) -> Applied:
 
     if change.private_key is not None and change.private_key != iface.identity.private_key:
         # No peer may carry our own public key (device.go SetPrivateKey).
-        if public_key(change.private_key) in iface.peers:
+        if any(change.private_key) and public_key(change.private_key) in iface.peers:
             remove(public_key(change.private_key))
         applied.actions += iface.set_private_key(change.private_key)
     if change.replace_peers:

@@ -106,7 +106,7 @@ class Sending(State):
         return self._flush_staged(peer, now)
 
     def _initiate(self, peer: Peer, now: float, retry: bool) -> list[Action]:
-        if peer.endpoint is None:
+        if peer.endpoint is None or not self.identity.present:
             return []
         if not retry:
             # One initiation in flight at a time (send.c wg_packet_send_handshake_initiation).

@@ -96,6 +96,15 @@ def configure(
             raise LinkError(f"cannot {step} on {name}: {_reason(e)}") from None
 
 
+def set_mtu(name: str, mtu: int) -> None:
+    """The device's MTU alone, the link left as it is."""
+    with IPRoute() as ipr:
+        try:
+            ipr.link("set", index=_index(ipr, name), mtu=mtu)
+        except NetlinkError as e:
+            raise LinkError(f"cannot set the MTU on {name}: {_reason(e)}") from None
+
+
 def update_routes(
     name: str, add: Iterable[Network], remove: Iterable[Network], table: int | None = None
 ) -> None:

@@ -91,6 +91,10 @@ class Plane:
             else:
                 self.carry_out(action)
 
+    def set_mtu(self, mtu: int) -> None:
+        """The device's MTU changed under us (`ip link set mtu`): padding follows it."""
+        self.iface.mtu = mtu
+
     def reconfigured(self, applied: Applied) -> None:
         """The core's peers changed (reconfig.apply); a plane holding its own copy
         of them follows before the change's actions are carried out."""

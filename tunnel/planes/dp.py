@@ -385,6 +385,10 @@ class NativePlane:
         peer_id = ffi.new("uint32_t *")
         return peer_id[0] if lib.dp_mac_owner(self._handle(), mac, peer_id) else None
 
+    def set_mtu(self, mtu: int) -> None:
+        """The device's new MTU (native/dp.h dp_set_mtu); OSError(EINVAL) if refused."""
+        _check(lib.dp_set_mtu(self._handle(), mtu), "dp_set_mtu")
+
     def set_mac_ageing(self, seconds: int) -> None:
         lib.dp_set_mac_ageing(self._handle(), seconds)
 

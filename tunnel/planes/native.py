@@ -122,6 +122,10 @@ class NativeShell(Plane):
         self.plane.set_mac1_key(self.iface.cookie_checker.mac1_key)  # a new private key's
         super().reconfigured(applied)
 
+    def set_mtu(self, mtu: int) -> None:
+        self.plane.set_mtu(mtu)  # C pads the packets it sends
+        super().set_mtu(mtu)
+
     def readers(self) -> dict[int, Callable[[], None]]:
         return {self.ctrl.fileno(): self._upcalls}
 

@@ -30,11 +30,20 @@ class HandshakeState(Enum):
 
 @dataclass
 class StaticIdentity:
+    """The interface's static key pair. An all-zero private key is none at all, as
+    wireguard-go keeps it (device/noise-types.go IsZero): an interface without one
+    makes and answers no handshakes, and its public key reads as zeros, a low-order
+    point nobody can handshake with."""
+
     private_key: bytes
     public_key: bytes = b""
 
     def __post_init__(self) -> None:
-        self.public_key = public_key(self.private_key)
+        self.public_key = public_key(self.private_key) if self.present else bytes(32)
+
+    @property
+    def present(self) -> bool:
+        return any(self.private_key)
 
 
 @dataclass
