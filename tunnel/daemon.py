@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import uvloop
 
-from tunnel.control import uapi, uapi_client
+from tunnel.control import save_config, uapi, uapi_client, wg_quick
 from tunnel.control.config import Config, ConfigError
 from tunnel.control.reresolve import follow_names
 from tunnel.control.status import snapshot
 from tunnel.core import reconfig
 from tunnel.core.interface import Interface
-from tunnel.host import clock, netlink, sd_notify, udp
+from tunnel.host import clock, hooks, netlink, resolvconf, sd_notify, udp
 from tunnel.host.device import DeviceError, open_device
 from tunnel.host.full_tunnel import FullTunnel, remove_leftovers
 from tunnel.host.netlink import InterfaceAddress
@@ -42,6 +42,17 @@ def up(config: Config) -> int:
         log.warning("%s", warning)
     c = config.interface
     datapath = choose_datapath(config)
+    status = _up(config, datapath)
+    try:
+        run_hooks(config, "post_down")
+    except SetupError as e:
+        log.error("%s: %s", c.name, e)
+        return 1
+    return status
+
+
+def _up(config: Config, datapath: str) -> int:
+    c = config.interface
     with contextlib.ExitStack() as teardown:
         # Netlink work happens before the event loop starts: pyroute2 runs its own
         # asyncio loop, which cannot nest inside uvloop.
@@ -52,6 +63,7 @@ def up(config: Config) -> int:
         if netlink.link_exists(c.name):
             raise SetupError(f"a device named {c.name} already exists")
         remove_leftovers()
+        run_hooks(config, "pre_up")  # before the device exists, as wg-quick runs PreUp
         try:
             extra_flags = dp.device_open_flags(c.l2) if datapath == "native" else 0
             dev_fd = open_device(c.name, c.l2, extra_flags)
@@ -85,7 +97,10 @@ def up(config: Config) -> int:
             if c.table == "auto":
                 teardown.callback(full_tunnel.remove)
                 full_tunnel.fit(routes)
-        except netlink.LinkError as e:
+            if c.dns:
+                resolvconf.add(c.name, c.dns)
+                teardown.callback(resolvconf.delete, c.name)
+        except (netlink.LinkError, resolvconf.ResolvconfError) as e:
             raise SetupError(str(e)) from None
         plane: Plane
         if datapath == "native":
@@ -103,6 +118,7 @@ def up(config: Config) -> int:
             c.addresses,
             c.bridge,
             c.user,
+            config,
         )
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(serve(tunnel))
@@ -122,6 +138,7 @@ class Tunnel:
     addresses: list[InterfaceAddress]
     bridge: str | None
     user: str | None
+    config: Config  # for its hooks and SaveConfig
     # One set request at a time: each ends with netlink work in an executor thread.
     setting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -203,12 +220,45 @@ async def serve(tunnel: Tunnel) -> int:
             f"{name} up: {tunnel.mode} mode, UDP port {tunnel.listen_port}, "
             f"{plane.name} data plane, public key {status()['public_key']}"
         )
+        # After addresses, routes and DNS, as wg-quick runs PostUp; in a thread, so
+        # that the UAPI answers a hook's `wg set %i ...`.
+        await loop.run_in_executor(None, run_hooks, tunnel.config, "post_up")
         log.info("%s", up)
         sd_notify.notify(f"READY=1\nSTATUS={up}")
         await stop.wait()
         log.info("%s: shutting down", name)
         sd_notify.notify("STOPPING=1")
+        try:
+            # Unlike wg-quick, a failed PreDown does not keep a stopping tunnel up.
+            await loop.run_in_executor(None, run_hooks, tunnel.config, "pre_down")
+        except SetupError as e:
+            log.warning("%s: %s", name, e)
+        if tunnel.config.interface.save_config:
+            save(tunnel)
     return 0
+
+
+def run_hooks(config: Config, hook: str) -> None:
+    c = config.interface
+    try:
+        hooks.run(wg_quick.INTERFACE[hook], c.hooks.get(hook, []), c.name)
+    except hooks.HookError as e:
+        raise SetupError(str(e)) from None
+
+
+def save(tunnel: Tunnel) -> None:
+    """SaveConfig, as wg-quick does it at down: after PreDown, before teardown."""
+    plane, iface = tunnel.plane, tunnel.iface
+    plane.refresh()
+    data = save_config.running_data(
+        tunnel.config, iface, tunnel.listen_port, udp.mark(plane.sock), iface.mtu
+    )
+    try:
+        save_config.write(tunnel.config, data)
+    except (OSError, ValueError) as e:
+        log.error("%s: SaveConfig: cannot write %s: %s", tunnel.name, tunnel.config.path, e)
+        return
+    log.info("%s: SaveConfig: wrote the running config to %s", tunnel.name, tunnel.config.path)
 
 
 async def _serve_uapi(tunnel: Tunnel, status) -> asyncio.AbstractServer:
