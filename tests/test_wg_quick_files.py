@@ -24,6 +24,7 @@ from tunnel.lab.testbed import (
     Namespace,
     device_name,
     leftovers,
+    pyvpn_status,
     start_pyvpn,
     wait_reachable,
     write_pair_configs,
@@ -475,6 +476,7 @@ def test_up_a_wg_quick_file_with_hooks_and_dns(bed, tmp_path: Path) -> None:
         # address, PreDown while it is there, PostDown once it is gone.
         f"PreUp = ! ip link show %i 2>/dev/null && echo %i > {marks}/pre_up\n"
         f"PostUp = ip -brief address show dev %i > {marks}/post_up\n"
+        f"PostUp = wg show %i listen-port > {marks}/post_up_wg\n"  # the UAPI answers
         f"PreDown = ip link show %i > {marks}/pre_down\n"
         f"PostDown = ! ip link show %i 2>/dev/null && echo %i > {marks}/post_down\n",
     )
@@ -485,9 +487,17 @@ def test_up_a_wg_quick_file_with_hooks_and_dns(bed, tmp_path: Path) -> None:
             wait_reachable(bed.b, INNER_A)
             assert (marks / "pre_up").read_text() == f"{name}\n"
             assert f"{INNER_A}/24" in (marks / "post_up").read_text()
+            assert (marks / "post_up_wg").read_text() == "51820\n"
             resolv = bed.a.run("cat", "/etc/resolv.conf").stdout
             assert "nameserver 10.10.0.53\n" in resolv and "search lan.example\n" in resolv
             assert "192.0.2.53" not in resolv  # -x: the tunnel's servers alone
+            # reload reads the wg-quick file too.
+            with ini.open("a") as f:
+                f.write(f"[Peer]\nPublicKey = {PUB_C}\nAllowedIPs = 10.10.0.9/32\n")
+            reload = pyvpn("reload", str(ini))
+            assert reload.returncode == 0, reload.stderr
+            peers = [p["public_key"] for p in pyvpn_status(name)["peers"]]
+            assert sorted(peers) == sorted([a["peer"][0]["public_key"], PUB_C])
             assert peer_a.stop() == 0, peer_a.output()
             assert name in (marks / "pre_down").read_text()
             assert (marks / "post_down").read_text() == f"{name}\n"
