@@ -128,14 +128,20 @@ class Source:
     data: dict[str, Any]
     format: str
     locate: Locate
+    warnings: list[str] = field(default_factory=list)
 
 
 def read(path: str) -> Source:
     try:
         text = Path(path).read_text(encoding="utf-8")
+        mode = os.stat(path).st_mode
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(path, "", f"cannot read: {getattr(e, 'strerror', None) or e}") from None
-    return source(text, path)
+    found = source(text, path)
+    if found.format == "wg-quick" and mode & stat.S_IRWXO:
+        # As wg-quick warns of a file that holds a private key.
+        found.warnings.append(f"{path}: warning: world accessible; chmod 600 it")
+    return found
 
 
 def source(text: str, path: str) -> Source:
@@ -169,6 +175,7 @@ def load(path: str) -> Config:
 def load_source(source: Source) -> Config:
     config = parse(source.data, source.path, source.locate)
     config.format, config.data = source.format, source.data
+    config.warnings[:0] = source.warnings
     return config
 
 

@@ -57,7 +57,9 @@ class IniError(Exception):
 
     def __init__(self, line: int | None, key: str, problem: str) -> None:
         super().__init__(problem)
-        self.line, self.key, self.problem = line, key, problem
+        # What the file wrote, cut short, and quoted if a terminal would not show it.
+        key = key[:40]
+        self.line, self.key, self.problem = line, key if key.isprintable() else repr(key), problem
 
 
 @dataclass
@@ -103,7 +105,7 @@ def read(text: str, path: str) -> IniFile:
             continue
         if line.startswith("["):
             if line.lower() not in SECTIONS:
-                raise IniError(number, line[:40], "unknown section (there are [Interface], [Peer])")
+                raise IniError(number, line, "unknown section (there are [Interface], [Peer])")
             names = SECTIONS[line.lower()]
             if names is INTERFACE:
                 table, where = interface, "interface"
@@ -115,12 +117,12 @@ def read(text: str, path: str) -> IniFile:
         key, equals, value = line.partition("=")
         key, value = key.strip(SPACE), value.strip(SPACE)
         if not equals:
-            raise IniError(number, key[:40], "is not a line like Key = value")
+            raise IniError(number, key, "is not a line like Key = value")
         if table is None:
-            raise IniError(number, key[:40], "comes before the [Interface] section")
+            raise IniError(number, key, "comes before the [Interface] section")
         toml_key = _toml_key(key, names)
         if toml_key is None:
-            raise IniError(number, key[:40], _unknown(key, names))
+            raise IniError(number, key, _unknown(key, names))
         full = f"{where}.{toml_key}"
         ini.lines.setdefault(full, number)
         if toml_key in LISTS or toml_key in HOOKS:
