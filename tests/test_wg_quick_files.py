@@ -342,9 +342,9 @@ _address = st.builds(
     lambda a, p: f"{ipaddress.IPv4Address(a)}/{p}", st.integers(1, 2**32 - 2), st.integers(8, 32)
 ) | st.builds(lambda a: f"fd00::{a:x}/64", st.integers(1, 0xFFFF))
 _hook = st.text(
-    st.characters(blacklist_characters="#\n\r\x00", blacklist_categories=["Cs", "Zl", "Zp"]),
+    st.characters(blacklist_characters="#\n\r\x00", blacklist_categories=["Cs"]),
     max_size=30,
-).map(lambda s: s.strip(" \t\r\v\f\x1c\x1d\x1e\x1f\x85\xa0"))
+).map(lambda s: s.strip(wg_quick.SPACE))
 _dns = st.sampled_from(["10.0.0.53", "fd00::53", "lan.example", "corp"])
 _endpoint = st.builds(
     lambda a, port: f"{ipaddress.IPv4Address(a)}:{port}",
