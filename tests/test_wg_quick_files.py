@@ -249,7 +249,9 @@ def test_toml_hooks_and_dns(tmp_path: Path) -> None:
     assert c.hooks == {"post_up": ["echo %i"], "pre_down": ["a", "b"]}
     assert c.dns == ["10.0.0.53", "lan"] and c.save_config
     path.write_text(f'[interface]\nprivate_key = "{KEY_A}"\nuser = "nobody"\npost_down = "x"\n')
-    with pytest.raises(ConfigError, match=r"interface\.post_down: needs root at down"):
+    with pytest.raises(
+        ConfigError, match=r"interface\.post_down: needs root after setup, which user gives up"
+    ):
         config.load(str(path))
 
 

@@ -289,6 +289,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             print(f"pyvpn: {args.config}: {key}: left out", file=sys.stderr)
     if args.output:
         fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # it holds a private key, also where the file was there before
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
     else:

@@ -306,11 +306,11 @@ class _Parser:
         if not isinstance(save, bool):
             raise self.fail("interface.save_config", f"must be true or false, got {save!r}")
         if user is not None:
-            # These run at down, after root is gone (tunnel/host/privileges.py).
+            # These act after setup, once root is gone (tunnel/host/privileges.py).
             for key in ("post_up", "pre_down", "post_down", "dns", "save_config"):
                 if t.get(key):
                     raise self.fail(
-                        f"interface.{key}", "needs root at down, and user drops root after setup"
+                        f"interface.{key}", "needs root after setup, which user gives up"
                     )
         return InterfaceConfig(
             private_key, name, mode, port, addresses, mtu, bridge, datapath, float(ageing), user,
