@@ -26,7 +26,9 @@ from tunnel.lab.testbed import (
     leftovers,
     pyvpn_status,
     start_pyvpn,
+    uapi_socket,
     wait_reachable,
+    wireguard_go,
     write_pair_configs,
 )
 from tunnel.protocol import keys
@@ -572,3 +574,53 @@ def test_save_config_writes_the_running_tunnel_back_in_its_format(bed, tmp_path:
     toml = config.load(str(path_b))
     assert toml.format == "toml" and toml.interface.datapath == "python"
     assert keys.encode(toml.peers[-1].public_key) == new_b
+
+
+def test_pyvpn_and_wg_quick_itself_do_the_same_with_a_converted_file(bed, tmp_path: Path) -> None:
+    """`pyvpn convert` writes a file that wg-quick (with wireguard-go) runs with the
+    same hooks at the same moments and the same resolv.conf as `pyvpn up` does."""
+    names = (device_name("pvwq", "a"), device_name("pvwq", "b"))
+    log = tmp_path / "hooks.log"
+    hooks = {
+        hook: f"echo {hook} %i $(ip -brief link show %i 2>/dev/null | wc -l) >> {log}"
+        for hook in ("pre_up", "post_up", "pre_down", "post_down")
+    }  # the count says whether the device is there
+    path_a, path_b = write_pair_configs(
+        tmp_path,
+        "tun",
+        names=names,
+        interface_a={"datapath": None, "dns": ["10.10.0.53", "lan"], **hooks},
+    )
+    ini = tmp_path / f"{names[0]}.conf"
+    converted = pyvpn("convert", str(path_a), "-o", str(ini))
+    assert converted.returncode == 0, converted.stderr
+    seen = []
+    with own_resolv_conf(bed.a, tmp_path / "resolvconf") as lan, start_pyvpn(bed.b, path_b):
+        with start_pyvpn(bed.a, ini) as peer_a:
+            wait_reachable(bed.a, INNER_B)
+            seen.append(bed.a.run("cat", "/etc/resolv.conf").stdout)
+            assert peer_a.stop() == 0
+        seen.append(log.read_text())
+        log.unlink()
+        assert bed.a.run("cat", "/etc/resolv.conf").stdout == lan
+        env = {
+            "WG_QUICK_USERSPACE_IMPLEMENTATION": str(wireguard_go()),
+            "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1",
+        }
+        try:
+            bed.a.run("env", *(f"{k}={v}" for k, v in env.items()), "wg-quick", "up", str(ini))
+            wait_reachable(bed.a, INNER_B)
+            seen.append(bed.a.run("cat", "/etc/resolv.conf").stdout)
+        finally:
+            bed.a.run("wg-quick", "down", str(ini), check=False)
+            uapi_socket(names[0]).unlink(missing_ok=True)
+        seen.append(log.read_text())
+        assert bed.a.run("cat", "/etc/resolv.conf").stdout == lan
+    pyvpn_resolv, pyvpn_log, wg_quick_resolv, wg_quick_log = seen
+    assert "nameserver 10.10.0.53\n" in pyvpn_resolv and "search lan\n" in pyvpn_resolv
+    assert pyvpn_resolv == wg_quick_resolv
+    name = names[0]
+    assert (
+        pyvpn_log == f"pre_up {name} 0\npost_up {name} 1\npre_down {name} 1\npost_down {name} 0\n"
+    )
+    assert pyvpn_log == wg_quick_log
