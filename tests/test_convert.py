@@ -1,6 +1,7 @@
 """tunnel/control/convert.py: the TOML-shaped dict written as pyvpn's TOML and as a
 wg-quick INI file."""
 
+import ipaddress
 import tomllib
 from pathlib import Path
 
@@ -117,3 +118,45 @@ def test_what_a_wg_quick_line_cannot_hold_is_an_error(interface: dict, problem: 
     with pytest.raises(ConvertError) as e:
         to_wg_quick({"interface": interface})
     assert str(e.value).startswith(problem)
+
+
+def test_save_config_keeps_key_files_in_use_and_takes_the_running_peers(tmp_path: Path) -> None:
+    from tunnel.control.config import load
+    from tunnel.control.save_config import running_data
+    from tunnel.core.interface import Interface
+    from tunnel.protocol import keys
+    from tunnel.protocol.peer import PeerConfig
+
+    private, psk = keys.generate_private_key(), keys.generate_preshared_key()
+    (tmp_path / "a.key").write_text(keys.encode(private))
+    (tmp_path / "p.psk").write_text(keys.encode(psk))
+    for path in (tmp_path / "a.key", tmp_path / "p.psk"):
+        path.chmod(0o600)
+    peer = keys.encode(keys.public_key(keys.generate_private_key()))
+    path = tmp_path / "a.toml"
+    path.write_text(
+        '[interface]\nprivate_key_file = "a.key"\nmode = "tun"\nmtu = 1400\nfwmark = 7\n'
+        f'[[peer]]\npublic_key = "{peer}"\npreshared_key_file = "p.psk"\n'
+    )
+    config = load(str(path))
+    iface = Interface(private, mtu=1380)
+    iface.add_peer(config.peers[0])
+    added = keys.public_key(keys.generate_private_key())
+    iface.add_peer(PeerConfig(added, psk, ("192.0.2.9", 1), [ipaddress.ip_network("10.0.0.9/32")]))
+    data = running_data(config, iface, 4242, 0, 1380)
+    assert data == {
+        "interface": {"private_key_file": "a.key", "mode": "tun", "mtu": 1380, "listen_port": 4242},
+        "peer": [
+            {"public_key": peer, "preshared_key_file": "p.psk"},
+            {
+                "public_key": keys.encode(added),
+                "preshared_key": keys.encode(psk),  # not the file's peer: the key inline
+                "endpoint": "192.0.2.9:1",
+                "allowed_ips": ["10.0.0.9/32"],
+            },
+        ],
+    }
+    iface.set_private_key(keys.generate_private_key())  # `wg set wg0 private-key ...`
+    data = running_data(config, iface, 4242, 0, 1380)
+    assert data["interface"]["private_key"] == keys.encode(iface.identity.private_key)
+    assert "private_key_file" not in data["interface"]

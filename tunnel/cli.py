@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from tunnel.control import uapi, uapi_client
-from tunnel.control.config import Config, ConfigError, load
+from tunnel.control.config import Config, ConfigError, load, load_source, read
 from tunnel.control.mesh import FORMATS, write_mesh
 from tunnel.host.netlink import ip_versions
 from tunnel.protocol import keys
@@ -40,15 +40,23 @@ def build_parser() -> Parser:
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
     p = sub.add_parser("up", help="bring a tunnel up in the foreground")
-    p.add_argument("config", help="the peer's TOML config file")
+    p.add_argument("config", help="the peer's config file: pyvpn's TOML or wg-quick's NAME.conf")
     p.add_argument("-v", "--verbose", action="store_true", help="log every event")
     p = sub.add_parser("reload", help="apply a changed config to its running tunnel")
-    p.add_argument("config", help="the TOML config the tunnel runs from")
+    p.add_argument("config", help="the config file the tunnel runs from")
     p = sub.add_parser("down", help="stop a running tunnel")
     p.add_argument("name", help="the tunnel's device name")
     p = sub.add_parser("show", help="show running tunnels, like wg show")
     p.add_argument("name", nargs="?", help="one tunnel's device name (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("convert", help="print a config in the other format: TOML <-> wg-quick")
+    p.add_argument("config", help="a TOML config or a wg-quick NAME.conf")
+    p.add_argument("-o", "--output", help="write it to this file (mode 0600) instead of stdout")
+    p.add_argument(
+        "--lossy",
+        action="store_true",
+        help="leave out what a wg-quick file cannot hold (pyvpn's own keys), naming it on stderr",
+    )
     sub.add_parser("genkey", help="print a new private key")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
     sub.add_parser("genpsk", help="print a new preshared key")
@@ -257,6 +265,43 @@ def human_bytes(n: float) -> str:
     raise AssertionError
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """TOML to wg-quick or back, of a config that loads: what comes out loads too."""
+    from tunnel.control.convert import ConvertError, pyvpn_only, to_toml, to_wg_quick
+
+    source = read(args.config)
+    for warning in load_source(source).warnings:
+        print(f"pyvpn: {warning}", file=sys.stderr)
+    if source.format == "wg-quick":
+        text = to_toml(source.data)
+    else:
+        name = None
+        if args.output:
+            # wg-quick names the interface after its file: check what the file says.
+            if not args.output.endswith(".conf"):
+                raise UsageError(f"{args.output}: a wg-quick file is named NAME.conf")
+            name = os.path.basename(args.output).removesuffix(".conf")
+        if source.data["interface"].get("mode") == "tap":
+            raise ConfigError(
+                args.config, "interface.mode", "tap: a wg-quick file is always tun (L3)"
+            )
+        try:
+            text = to_wg_quick(source.data, name, lossy=args.lossy)
+        except ConvertError as e:
+            hint = "" if args.lossy else " (--lossy leaves them out)"
+            raise ConfigError(args.config, "", f"{e}{hint}") from None
+        for key in pyvpn_only(source.data, name):
+            print(f"pyvpn: {args.config}: {key}: left out", file=sys.stderr)
+    if args.output:
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # it holds a private key, also where the file was there before
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_genkey(args: argparse.Namespace) -> int:
     print(keys.encode(keys.generate_private_key()))
     return 0
@@ -296,6 +341,7 @@ COMMANDS = {
     "reload": cmd_reload,
     "down": cmd_down,
     "show": cmd_show,
+    "convert": cmd_convert,
     "genkey": cmd_genkey,
     "pubkey": cmd_pubkey,
     "genpsk": cmd_genpsk,

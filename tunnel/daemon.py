@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 import uvloop
 
-from tunnel.control import uapi, uapi_client
+from tunnel.control import save_config, uapi, uapi_client, wg_quick
 from tunnel.control.config import Config, ConfigError
 from tunnel.control.reresolve import follow_names
 from tunnel.control.status import snapshot
 from tunnel.core import reconfig
 from tunnel.core.interface import Interface
-from tunnel.host import clock, netlink, sd_notify, udp
+from tunnel.host import clock, hooks, netlink, resolvconf, sd_notify, udp
 from tunnel.host.device import DeviceError, open_device
 from tunnel.host.full_tunnel import FullTunnel, remove_leftovers
 from tunnel.host.link_watch import LinkWatch
@@ -51,8 +51,20 @@ def up(config: Config) -> int:
         log.warning("%s", warning)
     c = config.interface
     datapath = choose_datapath(config)
+    status = _up(config, datapath)
+    try:
+        run_hooks(config, "post_down")
+    except SetupError as e:
+        log.error("%s: %s", c.name, e)
+        return 1
+    return status
+
+
+def _up(config: Config, datapath: str) -> int:
+    c = config.interface
     with contextlib.ExitStack() as teardown:
         remove_leftovers()
+        run_hooks(config, "pre_up")  # before the device exists, as wg-quick runs PreUp
         dev_fd, sock = _open(teardown, c.name, c.l2, datapath, c.listen_port)
         mtu = tunnel_mtu(config)
         iface = Interface(
@@ -75,7 +87,10 @@ def up(config: Config) -> int:
             if c.table == "auto":
                 teardown.callback(full_tunnel.remove)
                 full_tunnel.fit(routes)
-        except netlink.LinkError as e:
+            if c.dns:
+                resolvconf.add(c.name, c.dns)
+                teardown.callback(resolvconf.delete, c.name)
+        except (netlink.LinkError, resolvconf.ResolvconfError) as e:
             raise SetupError(str(e)) from None
         tunnel = Tunnel(
             c.name,
@@ -88,6 +103,7 @@ def up(config: Config) -> int:
             c.addresses,
             c.bridge,
             c.user,
+            config,
         )
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(serve(tunnel))
@@ -175,6 +191,8 @@ class Tunnel:
     addresses: list[InterfaceAddress]
     bridge: str | None
     user: str | None
+    # For its hooks and SaveConfig; none under pyvpn-wg, where wg-quick does both.
+    config: Config | None = None
     # One set request at a time: each ends with netlink work in an executor thread.
     setting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -262,6 +280,10 @@ async def serve(
             f"{name} up: {tunnel.mode} mode, UDP port {tunnel.listen_port}, "
             f"{plane.name} data plane, public key {status()['public_key'] or '(none yet)'}"
         )
+        # After addresses, routes and DNS, as wg-quick runs PostUp; in a thread, so
+        # that the UAPI answers a hook's `wg set %i ...`.
+        if tunnel.config is not None:
+            await loop.run_in_executor(None, run_hooks, tunnel.config, "post_up")
         log.info("%s", up)
         sd_notify.notify(f"READY=1\nSTATUS={up}")
         if ready is not None:
@@ -269,6 +291,14 @@ async def serve(
         await stop.wait()
         log.info("%s: shutting down", name)
         sd_notify.notify("STOPPING=1")
+        if tunnel.config is not None:
+            try:
+                # Unlike wg-quick, a failed PreDown does not keep a stopping tunnel up.
+                await loop.run_in_executor(None, run_hooks, tunnel.config, "pre_down")
+            except SetupError as e:
+                log.warning("%s: %s", name, e)
+            if tunnel.config.interface.save_config:
+                save(tunnel, tunnel.config)
     return 0
 
 
@@ -301,6 +331,29 @@ def _following(
     finally:
         loop.remove_reader(watch.fileno())
         watch.close()
+
+
+def run_hooks(config: Config, hook: str) -> None:
+    c = config.interface
+    try:
+        hooks.run(wg_quick.INTERFACE[hook], c.hooks.get(hook, []), c.name)
+    except hooks.HookError as e:
+        raise SetupError(str(e)) from None
+
+
+def save(tunnel: Tunnel, config: Config) -> None:
+    """SaveConfig, as wg-quick does it at down: after PreDown, before teardown."""
+    plane, iface = tunnel.plane, tunnel.iface
+    plane.refresh()
+    data = save_config.running_data(
+        config, iface, tunnel.listen_port, udp.mark(plane.sock), iface.mtu
+    )
+    try:
+        save_config.write(config, data)
+    except (OSError, ValueError) as e:
+        log.error("%s: SaveConfig: cannot write %s: %s", tunnel.name, config.path, e)
+        return
+    log.info("%s: SaveConfig: wrote the running config to %s", tunnel.name, config.path)
 
 
 async def _serve_uapi(tunnel: Tunnel, status) -> asyncio.AbstractServer:

@@ -1,5 +1,6 @@
-"""The peer config file (TOML, wg-quick's keys in snake_case), validated into plain
-objects. Every error names the file, the key and what is wrong, in one line."""
+"""The peer config file (TOML, wg-quick's keys in snake_case, or wg-quick's own INI
+file), validated into plain objects. Every error names the file, the key and what
+is wrong, in one line."""
 
 import ipaddress
 import os
@@ -8,11 +9,14 @@ import re
 import socket
 import stat
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunnel.control import wg_quick
 from tunnel.host.netlink import RESERVED_TABLES, RT_TABLE_LOCAL, RT_TABLE_MAIN, InterfaceAddress
+from tunnel.host.resolvconf import NAMESERVER
 from tunnel.host.udp import is_name, resolve, split_address
 from tunnel.protocol import keys
 from tunnel.protocol.address import Address
@@ -44,10 +48,6 @@ INTERFACE_KEYS = {
     "post_down",
     "save_config",
 }
-HOOKS = ("pre_up", "post_up", "pre_down", "post_down")  # wg-quick's PreUp, PostUp, ...
-# A DNS entry that looks like this is a nameserver, anything else a search domain
-# (wg-quick's parse_options: [[ $v =~ (^[0-9.]+$)|(^.*:.*$) ]]).
-NAMESERVER = re.compile(r"^[0-9.]+$|:")
 DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
 LOW_ORDER = "is a low-order point, with which no handshake can ever succeed"
 PEER_KEYS = {
@@ -96,7 +96,7 @@ class InterfaceConfig:
     # full tunnel for a default route), "off" (nowhere), or a table number.
     table: str | int = "auto"
     dns: list[str] = field(default_factory=list)  # nameservers and search domains, in order
-    # Shell commands run with %i as the name, when wg-quick runs them (tunnel/hooks.py).
+    # Shell commands run with %i as the name, when wg-quick runs them (host/hooks.py).
     hooks: dict[str, list[str]] = field(default_factory=dict)
     save_config: bool = False  # write the running config back to the file on down
 
@@ -111,36 +111,102 @@ class Config:
     interface: InterfaceConfig
     peers: list[PeerConfig]
     warnings: list[str] = field(default_factory=list)
+    format: str = "toml"  # or "wg-quick": the file's, which SaveConfig writes back
+    data: dict[str, Any] = field(default_factory=dict)  # what was parsed (Source.data)
 
 
-def load(path: str) -> Config:
-    return parse(read_toml(path), path)
+# Where a TOML key was written, as an error shows it: ("wg0.conf:7", "AllowedIPs").
+Locate = Callable[[str], tuple[str, str]]
+
+
+@dataclass
+class Source:
+    """A config file read but not yet validated: the TOML-shaped dict that parse()
+    takes, whichever format the file is in."""
+
+    path: str
+    data: dict[str, Any]
+    format: str
+    locate: Locate
+    warnings: list[str] = field(default_factory=list)
+
+
+def read(path: str) -> Source:
+    text, mode = _text(path)
+    found = source(text, path)
+    if found.format == "wg-quick" and mode & stat.S_IRWXO:
+        # As wg-quick warns of a file that holds a private key.
+        found.warnings.append(f"{path}: warning: world accessible; chmod 600 it")
+    return found
 
 
 def read_toml(path: str) -> dict[str, Any]:
-    """A TOML file's data; ConfigError says why there is none."""
+    """A TOML file's data (mesh's hosts file); ConfigError says why there is none."""
+    return _toml(_text(path)[0], path)
+
+
+def _text(path: str) -> tuple[str, int]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8"), os.stat(path).st_mode
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(path, "", f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+
+
+def source(text: str, path: str) -> Source:
+    """The text of a config file named path, in whichever format it is."""
+    if wg_quick.is_wg_quick(text):
+        try:
+            ini = wg_quick.read(text, path)
+        except wg_quick.IniError as e:
+            raise ConfigError(_at(path, e.line), e.key, e.problem) from None
+
+        def locate(key: str) -> tuple[str, str]:
+            line, shown = ini.locate(key)
+            return _at(path, line), shown
+
+        return Source(path, ini.data, "wg-quick", locate)
+    return Source(path, _toml(text, path), "toml", lambda key: (path, key))
+
+
+def _toml(text: str, path: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "", f"not valid TOML: {e}") from None
 
 
-def parse(data: dict[str, Any], path: str = "<config>") -> Config:
-    return _Parser(path).config(data)
+def _at(path: str, line: int | None) -> str:
+    return path if line is None else f"{path}:{line}"
+
+
+def load(path: str) -> Config:
+    return load_source(read(path))
+
+
+def load_source(source: Source) -> Config:
+    config = parse(source.data, source.path, source.locate)
+    config.format, config.data = source.format, source.data
+    config.warnings[:0] = source.warnings
+    return config
+
+
+def parse(data: dict[str, Any], path: str = "<config>", locate: Locate | None = None) -> Config:
+    return _Parser(path, locate or (lambda key: (path, key))).config(data)
 
 
 class _Parser:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, locate: Locate) -> None:
         self.path = path
+        self.locate = locate
         self.base = Path(path).parent
         self.warnings: list[str] = []
 
     def fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.path, key, problem)
+        return ConfigError(*self.locate(key), problem)
+
+    def warn(self, key: str, problem: str) -> None:
+        where, shown = self.locate(key)
+        self.warnings.append(f"{where}: {shown}: {problem}")
 
     def config(self, data: dict[str, Any]) -> Config:
         self.only(data, {"interface", "peer"}, "")
@@ -166,9 +232,9 @@ class _Parser:
             for network in p.allowed_ips:
                 before = owners.get(network, i)
                 if before != i:
-                    self.warnings.append(
-                        f"{self.path}: peer[{i}].allowed_ips: {network} is also in "
-                        f"peer[{before}]'s; peer[{i}], listed later, gets it"
+                    self.warn(
+                        f"peer[{i}].allowed_ips",
+                        f"{network} is also in peer[{before}]'s; peer[{i}], listed later, gets it",
                     )
                 owners[network] = i
         bound: dict[bytes, int] = {}
@@ -240,7 +306,7 @@ class _Parser:
             for i, d in enumerate(self.string_list(t, "dns", "interface"))
         ]
         hooks = {}
-        for hook in HOOKS:
+        for hook in wg_quick.HOOKS:
             commands = self.string_list(t, hook, "interface")
             for i, command in enumerate(commands):
                 if "\0" in command:
@@ -250,6 +316,13 @@ class _Parser:
         save = t.get("save_config", False)
         if not isinstance(save, bool):
             raise self.fail("interface.save_config", f"must be true or false, got {save!r}")
+        if user is not None:
+            # These act after setup, once root is gone (tunnel/host/privileges.py).
+            for key in ("post_up", "pre_down", "post_down", "dns", "save_config"):
+                if t.get(key):
+                    raise self.fail(
+                        f"interface.{key}", "needs root after setup, which user gives up"
+                    )
         return InterfaceConfig(
             private_key, name, mode, port, addresses, mtu, bridge, datapath, float(ageing), user,
             fwmark, self.table(t.get("table", "auto")), dns, hooks, save,
@@ -298,9 +371,8 @@ class _Parser:
             for i, n in enumerate(self.string_list(t, "allowed_ips", where))
         ]
         if interface.mode == "tap" and allowed:
-            self.warnings.append(
-                f"{self.path}: {where}.allowed_ips: ignored in tap mode "
-                "(frames are switched by MAC address)"
+            self.warn(
+                f"{where}.allowed_ips", "ignored in tap mode (frames are switched by MAC address)"
             )
             allowed = []
         macs = []
@@ -310,9 +382,8 @@ class _Parser:
             except ValueError as e:
                 raise self.fail(f"{where}.allowed_macs[{i}]", str(e)) from None
         if interface.mode == "tun" and macs:
-            self.warnings.append(
-                f"{self.path}: {where}.allowed_macs: ignored in tun mode (packets are "
-                "routed by IP address)"
+            self.warn(
+                f"{where}.allowed_macs", "ignored in tun mode (packets are routed by IP address)"
             )
             macs = []
         keepalive = self.integer(t, "persistent_keepalive", where, 0, 65535, 0)
@@ -423,9 +494,10 @@ class _Parser:
         except socket.gaierror as e:
             if e.errno != socket.EAI_AGAIN:
                 raise self.fail(key, f"cannot resolve {host!r}: {e.strerror}") from None
-            self.warnings.append(
-                f"{self.path}: {key}: cannot resolve {host!r} for now ({e.strerror}); "
-                "tried again every 30 s until it resolves"
+            self.warn(
+                key,
+                f"cannot resolve {host!r} for now ({e.strerror}); tried again every 30 s "
+                "until it resolves",
             )
             return None, (host, port)
         except (OSError, UnicodeError) as e:

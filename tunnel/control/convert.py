@@ -120,6 +120,6 @@ def _ini_value(value: Any, key: str) -> str:
     # wg-quick reads a line up to its first '#' and strips the value (parse_options).
     if "#" in value:
         raise ConvertError(f"{key}: {value!r} holds a '#', where wg-quick's comments begin")
-    if "\n" in value or "\r" in value or value != value.strip():
+    if "\n" in value or "\r" in value or value != value.strip(wg_quick.SPACE):
         raise ConvertError(f"{key}: {value!r} cannot be one line of a wg-quick file")
     return value

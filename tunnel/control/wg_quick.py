@@ -3,6 +3,11 @@ its text reads. The INI parser turns a file into the same TOML-shaped dict that
 tunnel/control/config.py's parse() validates, with each key's line remembered, so
 that an error can name `FILE:LINE: Key`."""
 
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
 # wg-quick's own keys (wg-quick(8): Address, DNS, MTU, Table, the hooks, SaveConfig)
 # and wg's (wg(8) CONFIGURATION FILE FORMAT), each with its TOML key. LISTS may be
 # written as comma lists or repeated keys; HOOKS are repeated keys only, since a
@@ -30,3 +35,137 @@ PEER = {
 }
 LISTS = {"address", "dns", "allowed_ips"}
 HOOKS = ("pre_up", "post_up", "pre_down", "post_down")
+SECTIONS = {"[interface]": INTERFACE, "[peer]": PEER}
+# wg-quick reads a file named like this as the interface of that name (parse_options).
+FILE_NAME = re.compile(r"^([a-zA-Z0-9_=+.-]{1,15})\.conf$")
+SPACE = " \t\r\v\f"  # [[:space:]] in wg-quick's C locale
+DIGITS = re.compile(r"^[0-9]{1,20}$")
+
+
+def is_wg_quick(text: str) -> bool:
+    """Whether text is a wg-quick file: it has an [Interface] line as wg-quick spells
+    it (TOML writes [interface]), or a [Peer] (TOML writes [[peer]])."""
+    for line in text.split("\n"):
+        line = line.split("#", 1)[0].strip(SPACE)
+        if line == "[Interface]" or line.lower() == "[peer]":
+            return True
+    return False
+
+
+class IniError(Exception):
+    """A line that is not wg-quick's format: where, the key, and what is wrong."""
+
+    def __init__(self, line: int | None, key: str, problem: str) -> None:
+        super().__init__(problem)
+        # What the file wrote, cut short, and quoted if a terminal would not show it.
+        key = key[:40]
+        self.line, self.key, self.problem = line, key if key.isprintable() else repr(key), problem
+
+
+@dataclass
+class IniFile:
+    data: dict[str, Any]  # TOML-shaped, for config.parse()
+    lines: dict[str, int] = field(default_factory=dict)  # a TOML key's line
+
+    def locate(self, key: str) -> tuple[int | None, str]:
+        """Where a TOML key (interface.address[1], peer[0].public_key, ...) was
+        written, and its wg-quick name."""
+        section, _, rest = key.partition(".")
+        field_name = rest.split("[", 1)[0]
+        names = INTERFACE if section == "interface" else PEER
+        if field_name == "name":
+            return None, "interface name (the file's name)"
+        if field_name in names:
+            shown = names[field_name]
+        else:
+            shown = "[Interface]" if section == "interface" else "[Peer]"
+        for candidate in (key, f"{section}.{field_name}", section):
+            if candidate in self.lines:
+                return self.lines[candidate], shown
+        return None, shown
+
+
+def read(text: str, path: str) -> IniFile:
+    """A wg-quick file as the TOML-shaped dict; IniError for what is not its format."""
+    match = FILE_NAME.match(Path(path).name)
+    if not match:
+        raise IniError(
+            None, "", "a wg-quick file is named after its interface: NAME.conf, NAME being "
+            "1-15 of A-Z a-z 0-9 _ = + . -",
+        )  # fmt: skip
+    interface: dict[str, Any] = {"name": match.group(1)}
+    peers: list[dict[str, Any]] = []
+    ini = IniFile({"interface": interface, "peer": peers})
+    table: dict[str, Any] | None = None
+    where, names = "", INTERFACE
+    for number, raw in enumerate(text.split("\n"), 1):
+        # As wg-quick's parse_options: a '#' anywhere starts a comment.
+        line = raw.split("#", 1)[0].strip(SPACE)
+        if not line:
+            continue
+        if line.startswith("["):
+            if line.lower() not in SECTIONS:
+                raise IniError(number, line, "unknown section (there are [Interface], [Peer])")
+            names = SECTIONS[line.lower()]
+            if names is INTERFACE:
+                table, where = interface, "interface"
+            else:
+                table, where = {}, f"peer[{len(peers)}]"
+                peers.append(table)
+            ini.lines.setdefault(where, number)
+            continue
+        key, equals, value = line.partition("=")
+        key, value = key.strip(SPACE), value.strip(SPACE)
+        if not equals:
+            raise IniError(number, key, "is not a line like Key = value")
+        if table is None:
+            raise IniError(number, key, "comes before the [Interface] section")
+        toml_key = _toml_key(key, names)
+        if toml_key is None:
+            raise IniError(number, key, _unknown(key, names))
+        full = f"{where}.{toml_key}"
+        ini.lines.setdefault(full, number)
+        if toml_key in LISTS or toml_key in HOOKS:
+            items = table.setdefault(toml_key, [])
+            for item in value.replace(",", " ").split() if toml_key in LISTS else [value]:
+                ini.lines[f"{full}[{len(items)}]"] = number
+                items.append(item)
+        else:
+            # As wg: a key given again replaces the value before.
+            table[toml_key] = _typed(toml_key, value)
+            ini.lines[full] = number
+    if "interface" not in ini.lines:
+        raise IniError(None, "[Interface]", "missing: a wg-quick file has one [Interface] section")
+    return ini
+
+
+def _toml_key(key: str, names: dict[str, str]) -> str | None:
+    # Case-insensitive, as wg's config.c (strncasecmp) and wg-quick (nocasematch) read keys.
+    for toml_key, ini_key in names.items():
+        if ini_key.lower() == key.lower():
+            return toml_key
+    return None
+
+
+def _unknown(key: str, names: dict[str, str]) -> str:
+    other, section = (PEER, "[Peer]") if names is INTERFACE else (INTERFACE, "[Interface]")
+    if _toml_key(key, other):
+        return f"belongs in {section}"
+    return "unknown key (tap mode and pyvpn's own keys are in TOML files only)"
+
+
+def _typed(key: str, value: str) -> Any:
+    """The value as TOML would hold it, where wg or wg-quick reads it as a number or
+    a boolean; anything else stays text, for config.parse() to name the problem."""
+    lower = value.lower()
+    if key == "save_config" and lower in ("true", "false"):
+        return lower == "true"
+    if key in ("fwmark", "persistent_keepalive") and lower == "off":
+        return 0
+    if key == "fwmark":
+        # wg reads it with strtoul(value, NULL, 0): 0x hex, a leading 0 octal.
+        for pattern, base in ((r"0[xX][0-9a-fA-F]{1,16}", 16), (r"0[0-7]{1,22}", 8)):
+            if re.fullmatch(pattern, value):
+                return int(value, base)
+    numbers = ("listen_port", "mtu", "persistent_keepalive", "fwmark", "table")
+    return int(value) if key in numbers and DIGITS.match(value) else value

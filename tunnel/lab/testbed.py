@@ -30,13 +30,13 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from tunnel.control.config import read as read_config
 from tunnel.control.convert import to_toml
 from tunnel.protocol import keys
 
@@ -527,8 +527,7 @@ def start_pyvpn(
     args: Sequence[str] = (),
 ) -> Daemon:
     """`python -m tunnel up [ARGS] CONFIG` in `ns`; returns once its UAPI socket answers."""
-    with open(config_path, "rb") as fh:
-        name = tomllib.load(fh).get("interface", {}).get("name", "pyvpn0")
+    name = read_config(str(config_path)).data.get("interface", {}).get("name", "pyvpn0")
     _remove_dead_socket(name)
     daemon = start_daemon(
         ns,

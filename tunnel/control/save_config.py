@@ -1,0 +1,79 @@
+"""SaveConfig: at down, the running config written back to the file it came from,
+in that file's format, as wg-quick's save_config does: the file's own settings
+(addresses, DNS, Table, hooks, SaveConfig) with what `wg showconf` would give
+(private key, listen port, fwmark, MTU if the file sets one, and the peers as they
+run now, with their endpoints)."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+from tunnel.control.config import Config
+from tunnel.control.convert import to_toml, to_wg_quick
+from tunnel.core.interface import Interface
+from tunnel.protocol.address import format_address
+from tunnel.protocol.keys import encode
+
+
+def running_data(
+    config: Config, iface: Interface, listen_port: int, fwmark: int, mtu: int
+) -> dict[str, Any]:
+    """The TOML-shaped dict of the tunnel as it runs. A key file stays a key file
+    while its key is the one in use, so a secret kept apart stays apart."""
+    interface = dict(config.data.get("interface", {}))
+    if "private_key_file" not in interface or iface.identity.private_key != (
+        config.interface.private_key
+    ):
+        interface.pop("private_key_file", None)
+        interface["private_key"] = encode(iface.identity.private_key)
+    interface["listen_port"] = listen_port
+    interface.pop("fwmark", None)
+    if fwmark:
+        interface["fwmark"] = fwmark
+    if "mtu" in interface:
+        interface["mtu"] = mtu
+    written_peers = config.data.get("peer", [])  # none in a Config that parse() made alone
+    configured = {p.public_key: (p, d) for p, d in zip(config.peers, written_peers, strict=False)}
+    peers = []
+    for peer in iface.peers.values():
+        given, written = configured.get(peer.public_key, (None, {}))
+        data: dict[str, Any] = {"public_key": encode(peer.public_key)}
+        if peer.preshared_key:
+            if "preshared_key_file" in written and given.preshared_key == peer.preshared_key:
+                data["preshared_key_file"] = written["preshared_key_file"]
+            else:
+                data["preshared_key"] = encode(peer.preshared_key)
+        # A name the endpoint follows (tunnel/control/reresolve.py) stays the name.
+        endpoint = peer.endpoint_name or peer.endpoint
+        if endpoint:
+            data["endpoint"] = format_address(endpoint)
+        networks = iface.routes.networks_of(peer)
+        if networks:
+            data["allowed_ips"] = [str(n) for n in networks]
+        if iface.l2 and peer.allowed_macs:
+            data["allowed_macs"] = sorted(m.hex(":") for m in peer.allowed_macs)
+        if peer.persistent_keepalive:
+            data["persistent_keepalive"] = peer.persistent_keepalive
+        peers.append(data)
+    return {"interface": interface, "peer": peers}
+
+
+def write(config: Config, data: dict[str, Any]) -> None:
+    """data over config's file, in its format; whole or not at all, mode 0600 (it
+    holds keys), as wg-quick writes FILE.tmp with umask 077 and moves it over."""
+    path = Path(config.path)
+    if config.format == "wg-quick":
+        text = to_wg_quick(data, name=path.name.removesuffix(".conf"))
+    else:
+        text = to_toml(data)
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
