@@ -180,6 +180,7 @@ async def serve(tunnel: Tunnel) -> int:
             tunnel.addresses,
             tunnel.bridge,
             tunnel.user,
+            plane.own_stats(),
         )
 
     with contextlib.ExitStack() as teardown:
