@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterable
@@ -48,6 +49,13 @@ def build_parser() -> Parser:
     p = sub.add_parser("show", help="show running tunnels, like wg show")
     p.add_argument("name", nargs="?", help="one tunnel's device name (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("metrics", help="serve the tunnels' figures to Prometheus")
+    p.add_argument(
+        "--listen", default="127.0.0.1:9586", metavar="HOST:PORT", help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "-i", "--interface", action="append", default=[], help="only this tunnel (repeatable)"
+    )
     sub.add_parser("genkey", help="print a new private key")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
     sub.add_parser("genpsk", help="print a new preshared key")
@@ -191,6 +199,31 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from .control import metrics
+    from .host import sd_notify
+
+    try:
+        host, port = metrics.parse_listen(args.listen)
+    except metrics.ListenError as e:
+        raise UsageError(str(e)) from None
+    stop = {signal.SIGINT, signal.SIGTERM}
+    # Blocked before the server's thread starts, which inherits the mask: only sigwait sees them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        metrics.serve(host, port, args.interface)
+    except socket.gaierror:
+        raise UsageError(f"--listen {args.listen}: no such host: {host}") from None
+    except OSError as e:
+        print(f"pyvpn: cannot listen on {args.listen}: {e.strerror}", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.INFO, format="pyvpn metrics: %(message)s")
+    logging.getLogger("pyvpn").info("serving http://%s/metrics", args.listen)
+    sd_notify.notify("READY=1")
+    signal.sigwait(stop)
+    return 0
+
+
 def format_status(s: dict[str, Any]) -> str:
     lines = [
         f"interface: {s['name']}",
@@ -280,6 +313,7 @@ COMMANDS = {
     "reload": cmd_reload,
     "down": cmd_down,
     "show": cmd_show,
+    "metrics": cmd_metrics,
     "genkey": cmd_genkey,
     "pubkey": cmd_pubkey,
     "genpsk": cmd_genpsk,

@@ -1,6 +1,6 @@
 """The client side of the UAPI (control/uapi.py has the protocol): finding the
 running tunnels, sending them operations, and the set request that brings one to
-what a config says. Used by `pyvpn show`, `pyvpn reload` and `pyvpn down`."""
+what a config says. Used by `pyvpn show`, `pyvpn reload`, `pyvpn down` and `pyvpn metrics`."""
 
 import json
 import os
@@ -60,9 +60,13 @@ def _alive(path: Path) -> bool:
         return False
 
 
-def _connect(path: Path) -> socket.socket:
+# How long a tunnel may take to answer before it counts as hung.
+TIMEOUT = 5.0
+
+
+def _connect(path: Path, timeout: float = TIMEOUT) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(5)
+    sock.settimeout(timeout)
     try:
         sock.connect(str(path))
     except OSError:
@@ -71,9 +75,9 @@ def _connect(path: Path) -> socket.socket:
     return sock
 
 
-def exchange(name: str, text: str) -> str:
+def exchange(name: str, text: str, timeout: float = TIMEOUT) -> str:
     """Send raw protocol text (operations ending in a blank line); return the reply."""
-    with _connect(socket_path(name)) as sock:
+    with _connect(socket_path(name), timeout) as sock:
         sock.sendall(text.encode())
         data = b""
         while not data.endswith(b"\n\n"):
@@ -84,9 +88,9 @@ def exchange(name: str, text: str) -> str:
     return data.decode()
 
 
-def request(name: str, operation: str) -> dict[str, str]:
+def request(name: str, operation: str, timeout: float = TIMEOUT) -> dict[str, str]:
     """Send one operation and return the reply's keys (the last value of each)."""
-    text = exchange(name, f"{operation}\n\n")
+    text = exchange(name, f"{operation}\n\n", timeout)
     reply = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     if reply.get("errno", "0") != "0":
         code = abs(int(reply["errno"]))  # set replies carry it negative
@@ -95,8 +99,8 @@ def request(name: str, operation: str) -> dict[str, str]:
     return reply
 
 
-def status(name: str) -> dict[str, Any]:
-    return json.loads(request(name, "get=pyvpn")["json"])
+def status(name: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+    return json.loads(request(name, "get=pyvpn", timeout)["json"])
 
 
 def server_pid(name: str) -> int:
