@@ -4,6 +4,7 @@ over plain HTTP, a real Prometheus server scraping it, and the error cases."""
 import json
 import socket
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.parse
@@ -171,14 +172,17 @@ def test_tap_peers_report_their_learned_macs(bed, tmp_path):
 
 
 def test_a_hung_tunnel_is_counted_and_the_others_still_exported(bed, tmp_path):
-    """A socket that accepts and never answers, as a stuck daemon's does."""
-    hung = device_name("pvhung", "h")
+    """A socket that accepts and never answers, as a stuck daemon's does; and one
+    a killed daemon left behind, which refuses and is no tunnel at all."""
+    hung, dead = device_name("pvhung", "h"), device_name("pvdead", "d")
     path_a, _ = write_pair_configs(tmp_path)
     WG_RUN_DIR.mkdir(parents=True, exist_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(str(WG_RUN_DIR / f"{hung}.sock"))
         listener.listen(128)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as leftover:
+            leftover.bind(str(WG_RUN_DIR / f"{dead}.sock"))
         with start_pyvpn(bed.a, path_a) as a, start_exporter(bed.a) as exporter:
             counted = []
             for _ in range(2):
@@ -189,11 +193,13 @@ def test_a_hung_tunnel_is_counted_and_the_others_still_exported(bed, tmp_path):
                 assert not samples(m, "wireguard_peers_total", interface=hung)
                 assert value(m, "pyvpn_up", interface=a.name) == 1
                 assert value(m, "wireguard_peers_total", interface=a.name) == 1
+                assert not samples(m, "pyvpn_up", interface=dead)
             assert counted[0] >= 1 and counted[1] == counted[0] + 1
         assert exporter.output().count(hung) == 1  # said once in its log
     finally:
         listener.close()
-        (WG_RUN_DIR / f"{hung}.sock").unlink(missing_ok=True)
+        for name in (hung, dead):
+            (WG_RUN_DIR / f"{name}.sock").unlink(missing_ok=True)
 
 
 PROMETHEUS_CONFIG = """\
@@ -208,7 +214,11 @@ scrape_configs:
 
 
 def start_prometheus(ns: Namespace, directory: Path) -> tuple[Daemon, str]:
-    """Prometheus from Debian's package, run by hand in `ns` (not its service)."""
+    (
+        """Prometheus from Debian's package, run by hand in `ns` (never the package's
+    own service), with its config and storage in `directory`."""
+        ""
+    )
     config = directory / "prometheus.yml"
     config.write_text(PROMETHEUS_CONFIG.format(target=EXPORTER))
     web = "127.0.0.1:9090"
@@ -240,11 +250,12 @@ def query(ns: Namespace, web: str, promql: str) -> list[dict[str, Any]]:
 def test_prometheus_sees_the_received_bytes_grow(bed, tmp_path):
     path_a, path_b = write_pair_configs(tmp_path)
     with (
+        tempfile.TemporaryDirectory(prefix="pyvpn-prometheus-") as storage,
         start_pyvpn(bed.a, path_a) as a,
         start_pyvpn(bed.b, path_b),
         start_exporter(bed.a, "--interface", a.name),
     ):
-        prometheus, web = start_prometheus(bed.a, tmp_path)
+        prometheus, web = start_prometheus(bed.a, Path(storage))
         with prometheus:
             peer_key = pyvpn_status(a.name)["peers"][0]["public_key"]
             promql = (

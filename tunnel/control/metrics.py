@@ -82,11 +82,12 @@ class TunnelCollector(Collector):
             return [*wireguard_metrics(status), *pyvpn_metrics(status)]
         except uapi_client.NotRunning:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             return e
 
     def collect(self) -> Iterator[Metric]:
-        names = [n for n in uapi_client.running_names() if not self.only or n in self.only]
+        # Every socket, read once: a leftover one refuses (NotRunning) and is skipped.
+        names = [n for n in uapi_client.socket_names() if not self.only or n in self.only]
         with ThreadPoolExecutor(max_workers=max(1, min(16, len(names)))) as pool:
             results = list(pool.map(self._read, names))
         up = GaugeMetricFamily(
@@ -131,9 +132,13 @@ def family(
     labels: list[str],
     samples: Samples,
 ) -> Metric:
+    """A metric family with its samples, checked now: a status we cannot read
+    must fail while its tunnel is read (TunnelCollector._read), not the scrape."""
     metric = kind(name, documentation, labels=labels)
     for label_values, value in samples:
-        metric.add_metric(label_values, value)
+        if not all(isinstance(v, str) for v in label_values):
+            raise TypeError(f"{name}: label values {label_values!r}")
+        metric.add_metric(label_values, float(value))
     return metric
 
 
@@ -196,12 +201,7 @@ def pyvpn_metrics(s: dict[str, Any]) -> Iterator[Metric]:
         "The tunnel's mode (tun or tap), data plane (native or python) and identity",
         labels=interface,
     )
-    identity = {
-        "mode": s["mode"],
-        "datapath": s["datapath"],
-        "public_key": s["public_key"],
-        "listen_port": str(s["listen_port"]),
-    }
+    identity = {key: str(s[key]) for key in ("mode", "datapath", "public_key", "listen_port")}
     info.add_metric([name], identity)
     yield info
     yield family(

@@ -46,10 +46,15 @@ class NotRunning(Exception):
     pass
 
 
-def running_names() -> list[str]:
+def socket_names() -> list[str]:
+    """The names of every tunnel socket, live or a crash's leftover."""
     if not SOCKET_DIR.is_dir():
         return []
-    return sorted(p.stem for p in SOCKET_DIR.glob("*.sock") if _alive(p))
+    return sorted(p.stem for p in SOCKET_DIR.glob("*.sock"))
+
+
+def running_names() -> list[str]:
+    return [n for n in socket_names() if _alive(socket_path(n))]
 
 
 def _alive(path: Path) -> bool:
