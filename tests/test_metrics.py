@@ -214,11 +214,8 @@ scrape_configs:
 
 
 def start_prometheus(ns: Namespace, directory: Path) -> tuple[Daemon, str]:
-    (
-        """Prometheus from Debian's package, run by hand in `ns` (never the package's
+    """Prometheus from Debian's package, run by hand in `ns` (never the package's
     own service), with its config and storage in `directory`."""
-        ""
-    )
     config = directory / "prometheus.yml"
     config.write_text(PROMETHEUS_CONFIG.format(target=EXPORTER))
     web = "127.0.0.1:9090"
