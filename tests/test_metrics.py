@@ -216,6 +216,7 @@ scrape_configs:
 def start_prometheus(ns: Namespace, directory: Path) -> tuple[Daemon, str]:
     """Prometheus from Debian's package, run by hand in `ns` (never the package's
     own service), with its config and storage in `directory`."""
+    assert PROMETHEUS.exists(), f"no {PROMETHEUS}: scripts/setup installs Debian's prometheus"
     config = directory / "prometheus.yml"
     config.write_text(PROMETHEUS_CONFIG.format(target=EXPORTER))
     web = "127.0.0.1:9090"
@@ -243,7 +244,6 @@ def query(ns: Namespace, web: str, promql: str) -> list[dict[str, Any]]:
     return reply["data"]["result"]
 
 
-@pytest.mark.skipif(not PROMETHEUS.exists(), reason="scripts/setup installs prometheus")
 def test_prometheus_sees_the_received_bytes_grow(bed, tmp_path):
     path_a, path_b = write_pair_configs(tmp_path)
     with (

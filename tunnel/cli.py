@@ -50,7 +50,7 @@ def build_parser() -> Parser:
     p.add_argument("name", nargs="?", help="one tunnel's device name (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p = sub.add_parser("metrics", help="serve the tunnels' figures to Prometheus")
-    p.add_argument(
+    p.add_argument(  # prometheus-wireguard-exporter's port, on loopback only
         "--listen", default="127.0.0.1:9586", metavar="HOST:PORT", help="(default: %(default)s)"
     )
     p.add_argument(

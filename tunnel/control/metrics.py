@@ -27,7 +27,6 @@ from . import uapi_client
 
 log = logging.getLogger("pyvpn")
 
-DEFAULT_LISTEN = "127.0.0.1:9586"  # the port prometheus-wireguard-exporter uses
 # A scrape waits this long for a tunnel; Prometheus' own scrape timeout is 10 s.
 TUNNEL_TIMEOUT = 2.0
 # prometheus-wireguard-exporter's label set for a peer, in its order (with -r).
