@@ -300,3 +300,31 @@ def test_taken_port_is_one_line_exit_1():
         done = pyvpn("metrics", "--listen", listen)
     assert done.returncode == 1
     assert done.stderr == f"pyvpn: cannot listen on {listen}: Address already in use\n"
+
+
+def test_rekeys_are_counted_on_the_native_plane(bed, tmp_path, monkeypatch):
+    """C owns the keypair slots there: a rekey is what replaced a session it held."""
+    monkeypatch.setenv("PYVPN_TIMER_SCALE", "0.05")  # REKEY_AFTER_TIME 6 s; both ends
+    path_a, path_b = write_pair_configs(tmp_path, "tun", "native")
+    with (
+        start_pyvpn(bed.a, path_a) as a,
+        start_pyvpn(bed.b, path_b) as b,
+        start_exporter(bed.a, "--interface", a.name, "--interface", b.name),
+    ):
+        wait_reachable(bed.a, INNER_B)
+
+        def rekeyed() -> bool:
+            bed.a.run("ping", "-q", "-c", "5", "-i", "0.2", INNER_B, check=False)
+            m = scrape(bed.a)
+            return m is not None and all(
+                value(m, "pyvpn_peer_rekeys_total", interface=name) >= 1
+                for name in (a.name, b.name)
+            )
+
+        until(rekeyed, "rekey on both ends", timeout=30)
+        m = scrape(bed.a)
+        assert m is not None
+        for name in (a.name, b.name):
+            handshakes = value(m, "pyvpn_peer_handshakes_total", interface=name)
+            assert handshakes == value(m, "pyvpn_peer_rekeys_total", interface=name) + 1
+            assert value(m, "pyvpn_peer_session", interface=name) == 1
