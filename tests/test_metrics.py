@@ -26,10 +26,12 @@ from tunnel.lab.testbed import (
     pyvpn_status,
     start_daemon,
     start_pyvpn,
+    start_wireguard_go,
     wait_for,
     wait_reachable,
     write_pair_configs,
 )
+from tunnel.protocol import keys
 
 from .conftest import pyvpn
 from .traffic import tcp_transfer
@@ -172,18 +174,24 @@ def test_tap_peers_report_their_learned_macs(bed, tmp_path):
 
 
 def test_a_hung_tunnel_is_counted_and_the_others_still_exported(bed, tmp_path):
-    """A socket that accepts and never answers, as a stuck daemon's does; and one
-    a killed daemon left behind, which refuses and is no tunnel at all."""
-    hung, dead = device_name("pvhung", "h"), device_name("pvdead", "d")
+    """A socket that takes connections and never answers, as a stuck daemon's
+    does (the first one waits in its backlog of one, the later ones find it
+    full); one a killed daemon left behind, which refuses: no tunnel at all; and
+    wireguard-go's, which is not pyvpn's."""
+    hung, dead, wg = device_name("pvhung", "h"), device_name("pvdead", "d"), device_name("wg", "w")
     path_a, _ = write_pair_configs(tmp_path)
     WG_RUN_DIR.mkdir(parents=True, exist_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(str(WG_RUN_DIR / f"{hung}.sock"))
-        listener.listen(128)
+        listener.listen(0)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as leftover:
             leftover.bind(str(WG_RUN_DIR / f"{dead}.sock"))
-        with start_pyvpn(bed.a, path_a) as a, start_exporter(bed.a) as exporter:
+        with (
+            start_wireguard_go(bed.b, wg, keys.generate_private_key(), 51821),
+            start_pyvpn(bed.a, path_a) as a,
+            start_exporter(bed.a) as exporter,
+        ):
             counted = []
             for _ in range(2):
                 m = scrape(bed.a)
@@ -194,8 +202,14 @@ def test_a_hung_tunnel_is_counted_and_the_others_still_exported(bed, tmp_path):
                 assert value(m, "pyvpn_up", interface=a.name) == 1
                 assert value(m, "wireguard_peers_total", interface=a.name) == 1
                 assert not samples(m, "pyvpn_up", interface=dead)
+                assert not samples(m, "pyvpn_up", interface=wg)
             assert counted[0] >= 1 and counted[1] == counted[0] + 1
-        assert exporter.output().count(hung) == 1  # said once in its log
+            shown = pyvpn("show", hung)
+            assert shown.returncode == 1
+            path = WG_RUN_DIR / f"{hung}.sock"
+            assert shown.stderr == f"pyvpn: the tunnel at {path} does not answer\n"
+        said = [line for line in exporter.output().splitlines() if hung in line]
+        assert len(said) == 1, said  # in its log once, not at each scrape
     finally:
         listener.close()
         for name in (hung, dead):

@@ -175,6 +175,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     except uapi_client.NotRunning:
         print(f"pyvpn: no tunnel named {args.name} is running", file=sys.stderr)
         return 1
+    except uapi_client.NotAnswering as e:
+        print(f"pyvpn: {e.strerror}", file=sys.stderr)
+        return 1
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 10
     while uapi.socket_path(args.name).exists():
@@ -191,6 +194,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         statuses = [uapi_client.status(n) for n in names]
     except uapi_client.NotRunning:
         print(f"pyvpn: no tunnel named {args.name} is running", file=sys.stderr)
+        return 1
+    except uapi_client.NotAnswering as e:
+        print(f"pyvpn: {e.strerror}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(statuses[0] if args.name else statuses, indent=2))

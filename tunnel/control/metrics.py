@@ -74,18 +74,20 @@ class TunnelCollector(Collector):
         self._lock = threading.Lock()  # scrapes may come in on several threads
 
     def _read(self, name: str) -> list[Metric] | Exception | None:
-        """The tunnel's metrics; None if it is gone since it was listed, the
-        exception if it did not answer in time or answered what we cannot read."""
+        """The tunnel's metrics; None if it is gone since it was listed or is not
+        pyvpn's, the exception if it did not answer in time or answered what we
+        cannot read."""
         try:
             status = uapi_client.status(name, self.timeout)
             return [*wireguard_metrics(status), *pyvpn_metrics(status)]
-        except uapi_client.NotRunning:
+        except (uapi_client.NotRunning, uapi_client.NotPyvpn):
             return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             return e
 
     def collect(self) -> Iterator[Metric]:
-        # Every socket, read once: a leftover one refuses (NotRunning) and is skipped.
+        # Every socket, read once: a leftover one refuses and is skipped, as is one
+        # of another UAPI server (wireguard-go).
         names = [n for n in uapi_client.socket_names() if not self.only or n in self.only]
         with ThreadPoolExecutor(max_workers=max(1, min(16, len(names)))) as pool:
             results = list(pool.map(self._read, names))

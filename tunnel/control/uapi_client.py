@@ -2,6 +2,7 @@
 running tunnels, sending them operations, and the set request that brings one to
 what a config says. Used by `pyvpn show`, `pyvpn reload`, `pyvpn down` and `pyvpn metrics`."""
 
+import errno
 import json
 import os
 import socket
@@ -46,6 +47,14 @@ class NotRunning(Exception):
     pass
 
 
+class NotPyvpn(Exception):
+    """The socket is another UAPI server's, such as wireguard-go's."""
+
+
+class NotAnswering(OSError):
+    """A tunnel holds the socket but does not answer: it is hung, or far behind."""
+
+
 def socket_names() -> list[str]:
     """The names of every tunnel socket, live or a crash's leftover."""
     if not SOCKET_DIR.is_dir():
@@ -63,6 +72,8 @@ def _alive(path: Path) -> bool:
             return True
     except NotRunning:
         return False
+    except NotAnswering:
+        return True
 
 
 # How long a tunnel may take to answer before it counts as hung.
@@ -74,6 +85,11 @@ def _connect(path: Path, timeout: float = TIMEOUT) -> socket.socket:
     sock.settimeout(timeout)
     try:
         sock.connect(str(path))
+    except (BlockingIOError, TimeoutError):
+        # The listener's backlog is full: connections wait there for a tunnel that
+        # does not accept them (a leftover socket refuses instead).
+        sock.close()
+        raise NotAnswering(errno.EAGAIN, f"the tunnel at {path} does not answer") from None
     except OSError:
         sock.close()
         raise NotRunning(f"no tunnel is running at {path}") from None
@@ -83,13 +99,17 @@ def _connect(path: Path, timeout: float = TIMEOUT) -> socket.socket:
 def exchange(name: str, text: str, timeout: float = TIMEOUT) -> str:
     """Send raw protocol text (operations ending in a blank line); return the reply."""
     with _connect(socket_path(name), timeout) as sock:
-        sock.sendall(text.encode())
         data = b""
-        while not data.endswith(b"\n\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        try:
+            sock.sendall(text.encode())
+            while not data.endswith(b"\n\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except TimeoutError:
+            message = f"{name} does not answer within {timeout:g} s"
+            raise NotAnswering(errno.ETIMEDOUT, message) from None
     return data.decode()
 
 
@@ -105,7 +125,10 @@ def request(name: str, operation: str, timeout: float = TIMEOUT) -> dict[str, st
 
 
 def status(name: str, timeout: float = TIMEOUT) -> dict[str, Any]:
-    return json.loads(request(name, "get=pyvpn", timeout)["json"])
+    reply = request(name, "get=pyvpn", timeout)
+    if "json" not in reply:  # wireguard-go hangs up on an operation it does not know
+        raise NotPyvpn(f"{name} is not a pyvpn tunnel")
+    return json.loads(reply["json"])
 
 
 def server_pid(name: str) -> int:
