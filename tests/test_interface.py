@@ -197,6 +197,13 @@ def test_rekey_after_time_keeps_traffic_flowing():
     assert peer_of(a).previous is first or peer_of(a).previous is not None
     assert len(b.delivered) == int(REKEY_AFTER_TIME) + 6
     assert len(a.delivered) == int(REKEY_AFTER_TIME) + 5
+    # What `show --json` and `pyvpn metrics` report: one handshake, then one rekey.
+    for node in (a, b):
+        assert vars(peer_of(node).handshakes) == {
+            "initiations_sent": 2 if node is a else 0,
+            "completed": 2,
+            "rekeys": 1,
+        }
 
 
 def test_no_keypair_is_used_past_reject_after_time():

@@ -8,19 +8,27 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
-from tunnel.lab.testbed import start_pyvpn, uapi_listening, write_pair_configs
+from tunnel.lab.testbed import (
+    pyvpn_env,
+    start_daemon,
+    start_pyvpn,
+    uapi_listening,
+    write_pair_configs,
+)
 
 from .conftest import ROOT
 
 UNIT = ROOT / "configs" / "pyvpn@.service"
+METRICS_UNIT = ROOT / "configs" / "pyvpn-metrics.service"
 
 
-def test_unit_template_passes_systemd_analyze_verify(tmp_path):
-    # The template's paths, pointed at this checkout, whose .venv scripts/setup made.
-    instance = tmp_path / "pyvpn@tun-a.service"
-    instance.write_text(UNIT.read_text().replace("/opt/pyvpn", str(ROOT)))
+def verify(unit: Path, instance: Path) -> None:
+    """`systemd-analyze verify` accepts the unit, its paths pointed at this
+    checkout, whose .venv scripts/setup made."""
+    instance.write_text(unit.read_text().replace("/opt/pyvpn", str(ROOT)))
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(instance)],
         capture_output=True,
@@ -28,6 +36,10 @@ def test_unit_template_passes_systemd_analyze_verify(tmp_path):
         check=False,
     )
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_unit_template_passes_systemd_analyze_verify(tmp_path):
+    verify(UNIT, tmp_path / "pyvpn@tun-a.service")
     unit = configparser.ConfigParser(interpolation=None)
     unit.read_string(UNIT.read_text())
     service = unit["Service"]
@@ -89,3 +101,26 @@ def test_wg_quick_drop_in_points_wg_quick_at_pyvpn_wg(tmp_path):
     assert os.access(installed, os.X_OK)
     done = subprocess.run([str(installed), "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("pyvpn-wg")
+
+
+def test_metrics_unit_passes_systemd_analyze_verify(tmp_path):
+    verify(METRICS_UNIT, tmp_path / METRICS_UNIT.name)
+    unit = configparser.ConfigParser(interpolation=None)
+    unit.read_string(METRICS_UNIT.read_text())
+    service = unit["Service"]
+    assert service["Type"] == "notify"
+    assert service["ExecStart"].endswith("pyvpn metrics --listen 127.0.0.1:9586")
+
+
+def test_metrics_ready_once_it_listens(bed, tmp_path):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(20)
+    argv = [sys.executable, "-m", "tunnel", "metrics", "--listen", "127.0.0.1:9586"]
+    env = {**pyvpn_env(), "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    with notify, start_daemon(bed.a, argv, "metrics", env) as exporter:
+        assert notify.recv(4096) == b"READY=1"
+        # By READY=1 it accepts connections.
+        assert bed.a.run("ss", "-Htln", "sport = :9586").stdout.strip()
+        exporter.proc.send_signal(signal.SIGTERM)
+        assert exporter.proc.wait(timeout=10) == 0

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterable
@@ -56,6 +57,13 @@ def build_parser() -> Parser:
         "--lossy",
         action="store_true",
         help="leave out what a wg-quick file cannot hold (pyvpn's own keys), naming it on stderr",
+    )
+    p = sub.add_parser("metrics", help="serve the tunnels' figures to Prometheus")
+    p.add_argument(  # prometheus-wireguard-exporter's port, on loopback only
+        "--listen", default="127.0.0.1:9586", metavar="HOST:PORT", help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "-i", "--interface", action="append", default=[], help="only this tunnel (repeatable)"
     )
     sub.add_parser("genkey", help="print a new private key")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
@@ -180,6 +188,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     except uapi_client.NotRunning:
         print(f"pyvpn: no tunnel named {args.name} is running", file=sys.stderr)
         return 1
+    except uapi_client.NotAnswering as e:
+        print(f"pyvpn: {e.strerror}", file=sys.stderr)
+        return 1
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 10
     while uapi.socket_path(args.name).exists():
@@ -197,10 +208,38 @@ def cmd_show(args: argparse.Namespace) -> int:
     except uapi_client.NotRunning:
         print(f"pyvpn: no tunnel named {args.name} is running", file=sys.stderr)
         return 1
+    except uapi_client.NotAnswering as e:
+        print(f"pyvpn: {e.strerror}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(statuses[0] if args.name else statuses, indent=2))
     elif statuses:
         print("\n\n".join(format_status(s) for s in statuses))
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from .control import metrics
+    from .host import sd_notify
+
+    try:
+        host, port = metrics.parse_listen(args.listen)
+    except metrics.ListenError as e:
+        raise UsageError(str(e)) from None
+    stop = {signal.SIGINT, signal.SIGTERM}
+    # Blocked before the server's thread starts, which inherits the mask: only sigwait sees them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        metrics.serve(host, port, args.interface)
+    except socket.gaierror:
+        raise UsageError(f"--listen {args.listen}: no such host: {host}") from None
+    except OSError as e:
+        print(f"pyvpn: cannot listen on {args.listen}: {e.strerror}", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.INFO, format="pyvpn metrics: %(message)s")
+    logging.getLogger("pyvpn").info("serving http://%s/metrics", args.listen)
+    sd_notify.notify("READY=1")
+    signal.sigwait(stop)
     return 0
 
 
@@ -342,6 +381,7 @@ COMMANDS = {
     "down": cmd_down,
     "show": cmd_show,
     "convert": cmd_convert,
+    "metrics": cmd_metrics,
     "genkey": cmd_genkey,
     "pubkey": cmd_pubkey,
     "genpsk": cmd_genpsk,

@@ -255,6 +255,7 @@ async def serve(
             tunnel.addresses,
             tunnel.bridge,
             tunnel.user,
+            plane.own_stats(),
         )
 
     with contextlib.ExitStack() as teardown:

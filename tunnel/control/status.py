@@ -23,6 +23,7 @@ def snapshot(
     addresses: Iterable[InterfaceAddress] = (),
     bridge: str | None = None,
     user: str | None = None,
+    native: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     peers = []
     learned = iface.macs.entries(now) if iface.l2 else []  # once: C may hold the table
@@ -51,6 +52,7 @@ def snapshot(
                 "persistent_keepalive": peer.persistent_keepalive,
                 "has_session": peer.current is not None and not peer.current.expired(now),
                 "drops": vars(peer.drops).copy(),
+                "handshakes": vars(peer.handshakes).copy(),
                 **({"macs": macs} if macs is not None else {}),
                 **(
                     {"allowed_macs": sorted(m.hex(":") for m in peer.allowed_macs)}
@@ -76,5 +78,6 @@ def snapshot(
         "under_load": now < iface.under_load_until,
         "cookie_replies_sent": iface.cookie_replies_sent,
         "drops": dict(iface.drops),
+        "native": native,  # the C plane's own counters (dp.h dp_if_stats); None: Python plane
         "peers": peers,
     }

@@ -1,7 +1,8 @@
 """The client side of the UAPI (control/uapi.py has the protocol): finding the
 running tunnels, sending them operations, and the set request that brings one to
-what a config says. Used by `pyvpn show`, `pyvpn reload` and `pyvpn down`."""
+what a config says. Used by `pyvpn show`, `pyvpn reload`, `pyvpn down` and `pyvpn metrics`."""
 
+import errno
 import json
 import os
 import socket
@@ -46,10 +47,23 @@ class NotRunning(Exception):
     pass
 
 
-def running_names() -> list[str]:
+class NotPyvpn(Exception):
+    """The socket is another UAPI server's, such as wireguard-go's."""
+
+
+class NotAnswering(OSError):
+    """A tunnel holds the socket but does not answer: it is hung, or far behind."""
+
+
+def socket_names() -> list[str]:
+    """The names of every tunnel socket, live or a crash's leftover."""
     if not SOCKET_DIR.is_dir():
         return []
-    return sorted(p.stem for p in SOCKET_DIR.glob("*.sock") if _alive(p))
+    return sorted(p.stem for p in SOCKET_DIR.glob("*.sock"))
+
+
+def running_names() -> list[str]:
+    return [n for n in socket_names() if _alive(socket_path(n))]
 
 
 def _alive(path: Path) -> bool:
@@ -58,35 +72,50 @@ def _alive(path: Path) -> bool:
             return True
     except NotRunning:
         return False
+    except NotAnswering:
+        return True
 
 
-def _connect(path: Path) -> socket.socket:
+# How long a tunnel may take to answer before it counts as hung.
+TIMEOUT = 5.0
+
+
+def _connect(path: Path, timeout: float = TIMEOUT) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(5)
+    sock.settimeout(timeout)
     try:
         sock.connect(str(path))
+    except (BlockingIOError, TimeoutError):
+        # The listener's backlog is full: connections wait there for a tunnel that
+        # does not accept them (a leftover socket refuses instead).
+        sock.close()
+        raise NotAnswering(errno.EAGAIN, f"the tunnel at {path} does not answer") from None
     except OSError:
         sock.close()
         raise NotRunning(f"no tunnel is running at {path}") from None
     return sock
 
 
-def exchange(name: str, text: str) -> str:
+def exchange(name: str, text: str, timeout: float = TIMEOUT) -> str:
     """Send raw protocol text (operations ending in a blank line); return the reply."""
-    with _connect(socket_path(name)) as sock:
-        sock.sendall(text.encode())
+    with _connect(socket_path(name), timeout) as sock:
         data = b""
-        while not data.endswith(b"\n\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        try:
+            sock.sendall(text.encode())
+            while not data.endswith(b"\n\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except TimeoutError:
+            message = f"{name} does not answer within {timeout:g} s"
+            raise NotAnswering(errno.ETIMEDOUT, message) from None
     return data.decode()
 
 
-def request(name: str, operation: str) -> dict[str, str]:
+def request(name: str, operation: str, timeout: float = TIMEOUT) -> dict[str, str]:
     """Send one operation and return the reply's keys (the last value of each)."""
-    text = exchange(name, f"{operation}\n\n")
+    text = exchange(name, f"{operation}\n\n", timeout)
     reply = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     if reply.get("errno", "0") != "0":
         code = abs(int(reply["errno"]))  # set replies carry it negative
@@ -95,8 +124,11 @@ def request(name: str, operation: str) -> dict[str, str]:
     return reply
 
 
-def status(name: str) -> dict[str, Any]:
-    return json.loads(request(name, "get=pyvpn")["json"])
+def status(name: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+    reply = request(name, "get=pyvpn", timeout)
+    if "json" not in reply:  # wireguard-go hangs up on an operation it does not know
+        raise NotPyvpn(f"{name} is not a pyvpn tunnel")
+    return json.loads(reply["json"])
 
 
 def server_pid(name: str) -> int:

@@ -120,6 +120,7 @@ class Sending(State):
         )
         data = peer.cookies.add_macs(initiation.pack(), now)
         peer.last_initiation_sent = now
+        peer.handshakes.initiations_sent += 1
         jitter = int.from_bytes(self.randbytes(2), "little") / 65536 * REKEY_TIMEOUT_JITTER_MAX
         peer.timers.handshake_initiated(now, jitter)
         self._count_tx(peer, len(data), now)

@@ -103,6 +103,11 @@ class State:
         peer.timers.any_authenticated_traversal(now)
 
     def _handshake_complete(self, peer: Peer, now: float) -> None:
+        """After the new keypair took its slot: the session it replaced, if any,
+        is `previous` by now (Peer.install, Peer.confirm, or C's slots adopted)."""
+        peer.handshakes.completed += 1
+        if peer.previous is not None:
+            peer.handshakes.rekeys += 1
         peer.timers.handshake_complete()
         peer.last_handshake_wall = now + self.wall_offset
 

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from tunnel.core.actions import Action, Deliver, Send
 from tunnel.core.interface import Interface
@@ -67,6 +68,10 @@ class Plane:
     def refresh(self) -> None:
         """Bring the core's figures up to date before it is read (a no-op where
         the core itself moves every packet)."""
+
+    def own_stats(self) -> dict[str, Any] | None:
+        """What the plane counts itself, beyond the core's figures (None: nothing)."""
+        return None
 
     def _tick(self) -> None:
         try:

@@ -9,6 +9,8 @@ import errno
 import logging
 import socket
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from typing import Any
 
 from tunnel.core.actions import Action, KeypairInstalled, KeypairsCleared, Transmit
 from tunnel.core.interface import Interface
@@ -198,6 +200,10 @@ class NativeShell(Plane):
                     # so in an upcall too, which a flood can crowd out of the
                     # control socket: the stats always tell.
                     self.apply(self.iface.session_confirmed(peer, now))
+
+    def own_stats(self) -> dict[str, Any]:
+        """C's interface counters as C holds them now (upcalls, offloads, errors)."""
+        return asdict(self.plane.interface_stats())
 
     def _adopt(self, peer: Peer, stats: PeerStats) -> None:
         """C owns the keypair slots (it shuffles and confirms them): the core's

@@ -37,6 +37,15 @@ class DropCounters:
     staged_overflow: int = 0
 
 
+@dataclass
+class HandshakeCounters:
+    """How this peer's handshakes went, for `show` and `pyvpn metrics`."""
+
+    initiations_sent: int = 0  # retries included
+    completed: int = 0
+    rekeys: int = 0  # completed ones that replaced a session still held
+
+
 class Peer:
     def __init__(self, identity: StaticIdentity, config: PeerConfig) -> None:
         self.public_key = config.public_key
@@ -60,6 +69,7 @@ class Peer:
         self.rx_bytes = 0
         self.tx_bytes = 0
         self.drops = DropCounters()
+        self.handshakes = HandshakeCounters()
         self.reported: dict[str, float] = {}  # when each warning about it was last logged
 
     @property
