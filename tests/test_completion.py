@@ -1,0 +1,79 @@
+"""Bash completion as a user at a prompt gets it: subcommands and options as
+--help has them, running tunnels' names, config files."""
+
+import argparse
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tunnel.cli import build_parser
+from tunnel.control import uapi
+
+from .test_manpages import long_options, subcommands
+
+SCRIPT = Path(__file__).resolve().parent.parent / "configs" / "bash-completion" / "pyvpn"
+
+
+def complete(*words: str, cwd: Path | None = None) -> list[str]:
+    """What Tab offers after `words` (the last one being completed)."""
+    line = " ".join(f"'{w}'" for w in words)
+    program = "_pyvpn_wg" if words[0] == "pyvpn-wg" else "_pyvpn"
+    script = (
+        f"source {SCRIPT}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; "
+        f'{program}; printf "%s\\n" "${{COMPREPLY[@]}}"'
+    )
+    result = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=True,
+    )
+    assert result.stderr == ""
+    return sorted(w for w in result.stdout.splitlines() if w)
+
+
+def test_subcommands_are_those_of_help():
+    assert complete("pyvpn", "") == sorted([*subcommands(build_parser()), "--help", "--version"])
+    assert complete("pyvpn", "re") == ["reload"]
+
+
+@pytest.mark.parametrize("command", sorted(subcommands(build_parser())))
+def test_options_are_those_of_help(command: str):
+    sub: argparse.ArgumentParser = subcommands(build_parser())[command]
+    assert complete("pyvpn", command, "--") == sorted([*long_options(sub), "--help"])
+
+
+def test_down_and_show_offer_running_tunnels():
+    name = f"cmpl{os.getpid()}"[:15]
+    path = uapi.socket_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(str(path))
+        assert name in complete("pyvpn", "down", "")
+        assert complete("pyvpn", "show", name[:6]) == [name]
+    finally:
+        listener.close()
+        path.unlink(missing_ok=True)
+    assert name not in complete("pyvpn", "down", "")
+
+
+def test_up_offers_config_files_and_directories(tmp_path: Path):
+    for file in ("a.toml", "wg0.conf", "notes.txt"):
+        (tmp_path / file).write_text("")
+    (tmp_path / "etc").mkdir()
+    assert complete("pyvpn", "up", "", cwd=tmp_path) == ["a.toml", "etc/", "wg0.conf"]
+    assert complete("pyvpn", "mesh", "", cwd=tmp_path) == ["a.toml", "etc/"]
+
+
+def test_values_of_choice_options():
+    assert complete("pyvpn", "demo", "--mode", "") == ["both", "tap", "tun"]
+    assert complete("pyvpn", "demo", "--datapath", "n") == ["native"]
+
+
+def test_pyvpn_wg_options():
+    assert complete("pyvpn-wg", "--") == ["--foreground", "--help", "--version"]
