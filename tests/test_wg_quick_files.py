@@ -27,6 +27,7 @@ from tunnel.lab.testbed import (
     pyvpn_status,
     start_pyvpn,
     uapi_socket,
+    wait_for,
     wait_reachable,
     wireguard_go,
     write_pair_configs,
@@ -498,6 +499,9 @@ def test_up_a_wg_quick_file_with_hooks_and_dns(bed, tmp_path: Path) -> None:
         with start_pyvpn(bed.b, path_b), start_pyvpn(bed.a, ini) as peer_a:
             wait_reachable(bed.a, INNER_B)
             wait_reachable(bed.b, INNER_A)
+            # The UAPI answers, and traffic flows, while PostUp still runs.
+            done = marks / "post_up_wg"
+            wait_for(peer_a, lambda: done.exists() and done.read_text() != "", "PostUp ran", 10)
             assert (marks / "pre_up").read_text() == f"{name}\n"
             assert f"{INNER_A}/24" in (marks / "post_up").read_text()
             assert (marks / "post_up_wg").read_text() == "51820\n"

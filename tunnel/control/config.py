@@ -191,13 +191,13 @@ def load_source(source: Source) -> Config:
 
 
 def parse(data: dict[str, Any], path: str = "<config>", locate: Locate | None = None) -> Config:
-    return _Parser(path, locate or (lambda key: (path, key))).config(data)
+    return _Parser(path, locate).config(data)
 
 
 class _Parser:
-    def __init__(self, path: str, locate: Locate) -> None:
+    def __init__(self, path: str, locate: Locate | None = None) -> None:
         self.path = path
-        self.locate = locate
+        self.locate = locate or (lambda key: (path, key))  # a TOML key is where it says
         self.base = Path(path).parent
         self.warnings: list[str] = []
 
