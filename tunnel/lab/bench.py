@@ -21,6 +21,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from tunnel.protocol.constants import DEFAULT_MTU
 
 from . import measure
+from .measure import EXPECTED_ERRORS
 from .contenders import CONTENDERS, NAMES, Contender, Endpoints, Skip, header_overhead
 from .report import (
     CPU_KEYS,
@@ -33,9 +34,7 @@ from .report import (
     write_report,
 )
 from .testbed import (
-    CommandError,
     Testbed,
-    TunnelStartError,
     first_line,
     host_problem,
     sigterm_as_interrupt,
@@ -43,8 +42,6 @@ from .testbed import (
 
 DEFAULT_TIME = 5.0
 PING_INTERVAL = 0.2
-# What a failing tool or tunnel raises; anything else is a bug and propagates.
-EXPECTED_ERRORS = (measure.MeasurementError, CommandError, TunnelStartError, TimeoutError)
 
 T = TypeVar("T")
 

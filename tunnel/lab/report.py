@@ -60,7 +60,7 @@ class Result:
         """Set `status` from which figures were obtained."""
         if self.status in ("skipped", "failed"):
             return
-        wanted = [k for k in FIGURE_KEYS if k not in self.not_applicable]
+        wanted = [k for k in self.figures if k not in self.not_applicable]
         got = [k for k in wanted if self.figures[k] is not None]
         self.status = "ok" if len(got) == len(wanted) else "partial" if got else "failed"
 
@@ -75,7 +75,8 @@ def combine(rounds: Sequence[Result]) -> Result:
     out = Result(first.name, first.family, first.mode, first.overhead_bytes)
     out.version = first.version
     out.not_applicable = list(first.not_applicable)
-    for key in FIGURE_KEYS:
+    out.figures = dict.fromkeys(first.figures)
+    for key in first.figures:
         got = [r.figures[key] for r in rounds if r.figures[key] is not None]
         out.figures[key] = statistics.median(got) if got else None
     for n, r in enumerate(rounds, start=1):
