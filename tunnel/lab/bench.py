@@ -13,16 +13,16 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tunnel.protocol.constants import DEFAULT_MTU
 
-from . import measure
-from .measure import EXPECTED_ERRORS
+from . import measure, scenarios
 from .contenders import CONTENDERS, NAMES, Contender, Endpoints, Skip, header_overhead
+from .measure import EXPECTED_ERRORS
 from .report import (
     CPU_KEYS,
     Result,
@@ -33,6 +33,10 @@ from .report import (
     write_json,
     write_report,
 )
+from .scenarios import output as scenario_output
+from .scenarios.frames import SIDE_SPAN
+from .scenarios.run import Settings as ScenarioSettings
+from .scenarios.run import run_scenarios
 from .testbed import (
     Testbed,
     first_line,
@@ -42,6 +46,10 @@ from .testbed import (
 
 DEFAULT_TIME = 5.0
 PING_INTERVAL = 0.2
+DEFAULT_HOSTS, DEFAULT_PEERS, DEFAULT_TRIALS = (10, 50), 3, 10
+MAX_HOSTS = SIDE_SPAN  # the generated hosts of the two sides must not overlap
+MAX_PEERS = 25  # one underlay /24 and one device letter per spoke
+SCENARIO_CHART = "scenarios.png"
 
 T = TypeVar("T")
 
@@ -78,6 +86,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="TCP congestion control for the TCP tests, e.g. cubic or bbr (default: the "
         "host's); it moves raw veth's ceiling far more than any tunnel's",
     )
+    parser.add_argument(
+        "--scenarios",
+        metavar="NAMES",
+        help="comma-separated tun-vs-tap scenarios to run after the contenders, or all "
+        f"(default: none): {', '.join(scenarios.NAMES)}",
+    )
+    parser.add_argument(
+        "--hosts",
+        default=",".join(map(str, DEFAULT_HOSTS)),
+        metavar="N,...",
+        help="LAN hosts a side in the chatter scenario, one run per size (default "
+        f"{','.join(map(str, DEFAULT_HOSTS))})",
+    )
+    parser.add_argument(
+        "--peers",
+        type=int,
+        default=DEFAULT_PEERS,
+        metavar="N",
+        help=f"spokes of the hub in the flooding scenario (default {DEFAULT_PEERS})",
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=DEFAULT_TRIALS,
+        metavar="N",
+        help=f"trials of the first-packet scenario (default {DEFAULT_TRIALS})",
+    )
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
     parser.add_argument("--chart", metavar="FILE.png", help="write a bar chart to FILE.png")
     parser.add_argument(
@@ -89,8 +124,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def selected(only: str | None) -> list[Contender]:
+    """The contenders `--only` names; "none" for none (a run of scenarios alone)."""
     if not only:
         return list(CONTENDERS)
+    if only.strip() == "none":
+        return []
     wanted = [n.strip() for n in only.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in NAMES]
     if unknown:
@@ -110,6 +148,10 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.congestion is not None:
             measure.check_congestion(args.congestion)
+        chosen = scenarios.selected(args.scenarios)
+        scenario_settings = scenario_arguments(args)
+        if not contenders and not chosen:
+            raise ValueError("--only none runs no contender: name --scenarios to run")
     except ValueError as exc:
         err.print(f"pyvpn bench: {exc}", highlight=False)
         return 2
@@ -119,49 +161,90 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         with sigterm_as_interrupt():
-            results = bench(
-                contenders, args.time, args.mtu, Display(err), args.rounds, args.congestion
+            results = (
+                bench(contenders, args.time, args.mtu, Display(err), args.rounds, args.congestion)
+                if contenders
+                else []
             )
+            with Display(err) as display:
+                found = run_scenarios(chosen, scenario_settings, display, args.rounds)
     except KeyboardInterrupt:
         err.print("pyvpn bench: interrupted; everything it set up is torn down")
         return 130
     except (*EXPECTED_ERRORS, OSError) as exc:
         err.print(f"pyvpn bench: {first_line(exc)}", highlight=False)
         return 1
-    render_table(results, out)
     congestion = reported_congestion(results) or args.congestion or measure.host_congestion()
-    tun, tap = header_overhead("tun"), header_overhead("tap")
-    out.print(
-        f"Header overhead per inner packet over an IPv4 underlay: tun {tun} B, tap {tap} B "
-        f"(IP + UDP + 32 B WireGuard; tap adds the 14 B Ethernet header; +20 B over IPv6). "
-        f"Inner MTU {args.mtu} for every tunnel; {args.time:g} s per iperf3 test. "
-        "CPU: seconds used by the tunnel processes per gigabit moved in the 1-stream test, "
-        "both sides and each (the sender's encrypts, the receiver's decrypts). "
-        f"TCP congestion control: {congestion}"
-        + (" (--congestion)." if args.congestion else " (the host's default).")
-        + (f" Each figure is the median of {args.rounds} rounds." if args.rounds > 1 else ""),
-        highlight=False,
-    )
-    settings = {
+    if results:
+        render_table(results, out)
+        tun, tap = header_overhead("tun"), header_overhead("tap")
+        out.print(
+            f"Header overhead per inner packet over an IPv4 underlay: tun {tun} B, tap {tap} B "
+            f"(IP + UDP + 32 B WireGuard; tap adds the 14 B Ethernet header; +20 B over IPv6). "
+            f"Inner MTU {args.mtu} for every tunnel; {args.time:g} s per iperf3 test. "
+            "CPU: seconds used by the tunnel processes per gigabit moved in the 1-stream test, "
+            "both sides and each (the sender's encrypts, the receiver's decrypts). "
+            f"TCP congestion control: {congestion}"
+            + (" (--congestion)." if args.congestion else " (the host's default).")
+            + (f" Each figure is the median of {args.rounds} rounds." if args.rounds > 1 else ""),
+            highlight=False,
+        )
+    if chosen:
+        scenario_output.render_tables(chosen, found, scenario_settings, out)
+    settings: dict[str, Any] = {
         "time_s": args.time,
         "mtu": args.mtu,
         "rounds": args.rounds,
         "only": [c.name for c in contenders],
         "tcp_congestion": congestion,
     }
+    scenario_json = None
+    if chosen:
+        scenario_json = scenario_output.to_json(chosen, found, scenario_settings)
+        settings["scenarios"] = [s.name for s in chosen]
+        settings["hosts"] = list(scenario_settings.hosts)
+        settings["peers"] = scenario_settings.peers
+        settings["trials"] = scenario_settings.trials
     if args.json:
-        write_json(args.json, to_json(results, settings))
+        write_json(args.json, to_json(results, settings, scenario_json))
         out.print(f"JSON: {args.json}", highlight=False)
     if args.chart:
-        write_chart(args.chart, results)
-        out.print(f"chart: {args.chart}", highlight=False)
+        chart = Path(args.chart)
+        if results:
+            write_chart(chart, results)
+            out.print(f"chart: {chart}", highlight=False)
+        if chosen:
+            chart = chart.with_name(f"{chart.stem}-scenarios{chart.suffix or '.png'}")
+            scenario_output.write_chart(chart, chosen, found, scenario_settings)
+            out.print(f"chart: {chart}", highlight=False)
     if args.report:
         command = (
             " ".join(["pyvpn", "bench", *sys.argv[2:]]) if len(sys.argv) > 1 else "pyvpn bench"
         )
-        path = write_report(args.report, results, settings, command)
+        sections: list[str] = []
+        if chosen:
+            chart = Path(args.report) / SCENARIO_CHART
+            chart.parent.mkdir(parents=True, exist_ok=True)
+            scenario_output.write_chart(chart, chosen, found, scenario_settings)
+            sections = scenario_output.markdown(chosen, found, scenario_settings, chart.name)
+        path = write_report(args.report, results, settings, command, scenario_json, sections)
         out.print(f"report: {path}", highlight=False)
     return 0
+
+
+def scenario_arguments(args: argparse.Namespace) -> ScenarioSettings:
+    """--time, --mtu, --hosts, --peers and --trials as the scenarios take them."""
+    try:
+        hosts = tuple(int(n) for n in args.hosts.split(",") if n.strip())
+    except ValueError:
+        raise ValueError(f"--hosts takes numbers separated by commas, not {args.hosts!r}") from None
+    if not hosts or not all(1 <= n <= MAX_HOSTS for n in hosts):
+        raise ValueError(f"--hosts must list sizes between 1 and {MAX_HOSTS}")
+    if not 2 <= args.peers <= MAX_PEERS:
+        raise ValueError(f"--peers must be between 2 and {MAX_PEERS}")
+    if not 1 <= args.trials <= 1000:
+        raise ValueError("--trials must be between 1 and 1000")
+    return ScenarioSettings(args.time, args.mtu, hosts, args.peers, args.trials)
 
 
 def reported_congestion(results: list[Result]) -> str | None:

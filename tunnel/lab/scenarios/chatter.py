@@ -17,7 +17,7 @@ import time
 from ..measure import CpuMeter
 from ..report import Figure
 from . import generator
-from .lan import Sites, tx_counters, two_lans
+from .lan import Sites, two_lans, tx_counters
 from .run import Run, Scenario, Settings
 
 ROUNDS_PER_S = 1.0
@@ -30,9 +30,10 @@ def figures(settings: Settings) -> list[Figure]:
         out += [
             Figure(f"chatter_{n}_hosts_pps", f"{n} hosts: underlay", "packets/s", 1.0, 1),
             Figure(f"chatter_{n}_hosts_bytes_per_s", f"{n} hosts: underlay", "kB/s", 1e3, 2),
-            Figure(f"chatter_{n}_hosts_cpu_percent", f"{n} hosts: tunnel CPU", "% of a core",
-                   1.0, 2),
-        ]  # fmt: skip
+            Figure(
+                f"chatter_{n}_hosts_cpu_percent", f"{n} hosts: tunnel CPU", "% of a core", 1.0, 2
+            ),
+        ]
     return out
 
 
@@ -48,10 +49,19 @@ def _chatter(run: Run, sites: Sites, n: int) -> None:
     before = tx_counters(sites.underlay)
     with meter:
         procs = [
-            generator.start(lan.hosts, "chatter", lan.dev, side, n, seconds, lan.subnet4,
-                            lan.subnet6, ROUNDS_PER_S)
+            generator.start(
+                lan.hosts,
+                "chatter",
+                lan.dev,
+                side,
+                n,
+                seconds,
+                lan.subnet4,
+                lan.subnet6,
+                ROUNDS_PER_S,
+            )
             for side, lan in enumerate(sites.lans)
-        ]  # fmt: skip
+        ]
         offered = [generator.outcome(p, seconds + 30) for p in procs]
         time.sleep(0.2)  # the last frames still crossing
     # Per second of chatter: the generators' window, not their start-up around it.

@@ -17,7 +17,7 @@ import statistics
 from ..measure import MeasurementError, ping
 from ..report import Figure
 from .lan import BRIDGE, Sites, two_lans
-from .run import Run, Scenario, Settings
+from .run import Run, Scenario
 
 FIGURES = [
     Figure("first_reply_median_ms", "first reply, median", "ms", 1.0, 3),

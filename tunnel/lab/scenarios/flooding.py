@@ -37,10 +37,15 @@ def figures(settings: Settings) -> list[Figure]:
     out = []
     for kind in KINDS:
         out += [
-            Figure(f"{kind}_underlay_bytes_per_byte", f"{LABELS[kind]}: underlay",
-                   "B per B sent", 1.0, 2),
+            Figure(
+                f"{kind}_underlay_bytes_per_byte",
+                f"{LABELS[kind]}: underlay",
+                "B per B sent",
+                1.0,
+                2,
+            ),
             Figure(f"{kind}_hub_cpu_s_per_gbit", f"{LABELS[kind]}: hub CPU", "s/Gbit", 1.0, 2),
-        ]  # fmt: skip
+        ]
     return out
 
 
@@ -66,8 +71,9 @@ def _traffic(run: Run, hub: Star, kind: str) -> tuple[str, list[object], int]:
     if hub.mode == "tap":
         if kind == "unicast":
             # The spoke speaks first, so the hub has learned its address.
-            generator.generate(hub.spokes[0], "frames", hub.spoke_devs[0], BROADCAST_MAC, 64,
-                               20, 0.2)  # fmt: skip
+            generator.generate(
+                hub.spokes[0], "frames", hub.spoke_devs[0], BROADCAST_MAC, 64, 20, 0.2
+            )
             dst = _mac(hub, 0)
         else:
             dst = BROADCAST_MAC if kind == "broadcast" else UNKNOWN_MAC
@@ -90,9 +96,12 @@ def _send(run: Run, hub: Star, kind: str) -> None:
     inner = sent["sent"] * per_packet
     run.result.figures[f"{kind}_underlay_bytes_per_byte"] = crossed.bytes / inner
     run.result.figures[f"{kind}_hub_cpu_s_per_gbit"] = meter.seconds / (inner * 8 / 1e9)
-    run.result.details[kind] = {"packets_sent": sent["sent"], "inner_bytes": inner,
-                                "underlay_packets": crossed.packets,
-                                "underlay_bytes": crossed.bytes}  # fmt: skip
+    run.result.details[kind] = {
+        "packets_sent": sent["sent"],
+        "inner_bytes": inner,
+        "underlay_packets": crossed.packets,
+        "underlay_bytes": crossed.bytes,
+    }
 
 
 SCENARIO = Scenario(

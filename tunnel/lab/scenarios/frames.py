@@ -69,8 +69,9 @@ def ipv4_udp(src: str, dst: str, sport: int, dport: int, payload: bytes, ttl: in
     pseudo = source + destination + struct.pack("!BBH", 0, IPPROTO_UDP, length)
     udp = struct.pack("!HHHH", sport, dport, length, 0) + payload
     udp = udp[:6] + struct.pack("!H", checksum(pseudo + udp) or 0xFFFF) + udp[8:]
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0, ttl, IPPROTO_UDP, 0,
-                         source, destination)  # fmt: skip
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0, ttl, IPPROTO_UDP, 0, source, destination
+    )
     header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
     return header + udp
 
@@ -96,8 +97,9 @@ def arp_request(mac: bytes, ip: str, target: str) -> bytes:
 
 def neighbour_solicitation(mac: bytes, ip: str, target: str) -> bytes:
     """Who has `target`? in IPv6 (RFC 4861 4.3), to its solicited-node group."""
-    group = ipaddress.IPv6Address(int(ipaddress.IPv6Address("ff02::1:ff00:0"))
-                                  | int(ipaddress.IPv6Address(target)) & 0xFFFFFF)  # fmt: skip
+    group = ipaddress.IPv6Address(
+        int(ipaddress.IPv6Address("ff02::1:ff00:0")) | int(ipaddress.IPv6Address(target)) & 0xFFFFFF
+    )
     icmp = struct.pack("!BBHI", ND_NEIGHBOR_SOLICIT, 0, 0, 0)
     icmp += ipaddress.IPv6Address(target).packed + b"\x01\x01" + mac  # source link-layer option
     packet = ipv6_packet(ip, str(group), IPPROTO_ICMPV6, icmp)
@@ -109,7 +111,9 @@ def mdns_announcement(name: str, ip: str) -> bytes:
     header = struct.pack("!HHHHHH", 0, 0x8400, 0, 1, 0, 0)
     labels = b"".join(bytes((len(p),)) + p.encode() for p in (name, "local")) + b"\0"
     v6 = ":" in ip
-    rtype, rdata = (28, ipaddress.IPv6Address(ip).packed) if v6 else (1, ipaddress.IPv4Address(ip).packed)
+    rtype, rdata = (
+        (28, ipaddress.IPv6Address(ip).packed) if v6 else (1, ipaddress.IPv4Address(ip).packed)
+    )
     # Class IN with the cache-flush bit, TTL 120 s as RFC 6762 10 advises for address records.
     answer = labels + struct.pack("!HHIH", rtype, 0x8001, 120, len(rdata)) + rdata
     return header + answer
@@ -121,7 +125,9 @@ def mdns_v4(mac: bytes, ip: str, name: str) -> bytes:
 
 
 def mdns_v6(mac: bytes, ip: str, name: str) -> bytes:
-    udp = struct.pack("!HHHH", MDNS_PORT, MDNS_PORT, 8 + len(body := mdns_announcement(name, ip)), 0)
+    udp = struct.pack(
+        "!HHHH", MDNS_PORT, MDNS_PORT, 8 + len(body := mdns_announcement(name, ip)), 0
+    )
     packet = ipv6_packet(ip, MDNS_V6, IPPROTO_UDP, udp + body)
     return ethernet(multicast_mac_v6(MDNS_V6), mac, ETHERTYPE_IPV6, packet)
 

@@ -63,8 +63,9 @@ def packet_socket(dev: str) -> socket.socket:
     return sock
 
 
-def chatter(dev: str, side: str, hosts: str, seconds: str, subnet4: str, subnet6: str,
-            rounds_per_s: str) -> dict[str, int]:  # fmt: skip
+def chatter(
+    dev: str, side: str, hosts: str, seconds: str, subnet4: str, subnet6: str, rounds_per_s: str
+) -> dict[str, int]:
     n = int(hosts)
     frames = [f for i in range(n) for f in host_chatter(int(side), i, n, subnet4, subnet6)]
     rate = len(frames) * float(rounds_per_s)
@@ -76,7 +77,9 @@ def frames(dev: str, dst: str, size: str, rate: str, seconds: str, src: str = ""
     with packet_socket(dev) as sock:
         source = bytes.fromhex(src.replace(":", "")) if src else sock.getsockname()[4]
         payload = b"pyvpn bench ".ljust(int(size) - 14, b".")
-        frame = ethernet(bytes.fromhex(dst.replace(":", "")), source, ETHERTYPE_EXPERIMENTAL, payload)
+        frame = ethernet(
+            bytes.fromhex(dst.replace(":", "")), source, ETHERTYPE_EXPERIMENTAL, payload
+        )
         return send_all(sock.send, paced([frame], float(rate), float(seconds)))
 
 
@@ -105,8 +108,11 @@ def receive(addr: str, port: str, seconds: str) -> dict[str, int]:
 
 
 MODES: dict[str, Callable[..., dict[str, int]]] = {
-    "chatter": chatter, "frames": frames, "udp": udp, "receive": receive,
-}  # fmt: skip
+    "chatter": chatter,
+    "frames": frames,
+    "udp": udp,
+    "receive": receive,
+}
 
 
 # ---------------------------------------------------------------------------
@@ -116,8 +122,9 @@ MODES: dict[str, Callable[..., dict[str, int]]] = {
 def start(ns: Namespace, mode: str, *args: object) -> subprocess.Popen[str]:
     """This module in `ns`, running `mode` with `args`."""
     argv = [sys.executable, "-m", __name__, mode, *map(str, args)]
-    return ns.popen(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                    env=pyvpn_env())  # fmt: skip
+    return ns.popen(
+        *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=pyvpn_env()
+    )
 
 
 def wait_listening(proc: subprocess.Popen[str]) -> None:
@@ -125,7 +132,9 @@ def wait_listening(proc: subprocess.Popen[str]) -> None:
     assert proc.stdout is not None
     if "listening" not in proc.stdout.readline():
         stop_process(proc, grace=1)
-        raise MeasurementError(f"UDP receiver did not start: {proc.stderr.read() if proc.stderr else ''}")
+        raise MeasurementError(
+            f"UDP receiver did not start: {proc.stderr.read() if proc.stderr else ''}"
+        )
 
 
 def outcome(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:

@@ -31,13 +31,18 @@ def measure(run: Run) -> None:
     tb = run.tb
     paths = write_pair_configs(run.workdir, run.mode, DATAPATH, mtu=run.settings.mtu)
     with contextlib.ExitStack() as stack:
-        daemons = [stack.enter_context(start_native(ns, p)) for ns, p in zip((tb.a, tb.b), paths)]
+        daemons = [
+            stack.enter_context(start_native(ns, p))
+            for ns, p in zip((tb.a, tb.b), paths, strict=True)
+        ]
         for _, addr in FAMILIES:
             wait_reachable(tb.a, addr)
         for family, addr in FAMILIES:
             run.attempt(f"ping, IP{family}", lambda f=family, a=addr: _ping(run, f, a))
-            run.attempt(f"TCP, IP{family}",
-                        lambda f=family, a=addr: _tcp(run, [d.pid for d in daemons], f, a))  # fmt: skip
+            run.attempt(
+                f"TCP, IP{family}",
+                lambda f=family, a=addr: _tcp(run, [d.pid for d in daemons], f, a),
+            )
 
 
 def _ping(run: Run, family: str, addr: str) -> None:

@@ -97,15 +97,26 @@ def _lan(tb: Testbed, side: int, mode: str) -> Lan:
         # One subnet: the real hosts are .1 (side a) and .2 (side b).
         host4, host6 = _nth(subnet4, side + 1), _nth(subnet6, side + 1)
         tb.add_bridge(gateway, BRIDGE)
-        tb.link(gateway, hosts, [], [f"{host4}/{_prefix(subnet4)}", f"{host6}/64"],
-                bridge1=BRIDGE, mtu=LAN_MTU)  # fmt: skip
+        tb.link(
+            gateway,
+            hosts,
+            [],
+            [f"{host4}/{_prefix(subnet4)}", f"{host6}/64"],
+            bridge1=BRIDGE,
+            mtu=LAN_MTU,
+        )
     else:
         subnet4, subnet6 = TUN_SUBNETS[side]
         # The gateway is .1, the real host .2, which routes everything through it.
         gw4, gw6 = _nth(subnet4, 1), _nth(subnet6, 1)
         host4, host6 = _nth(subnet4, 2), _nth(subnet6, 2)
-        tb.link(gateway, hosts, [f"{gw4}/{_prefix(subnet4)}", f"{gw6}/64"],
-                [f"{host4}/{_prefix(subnet4)}", f"{host6}/64"], mtu=LAN_MTU)  # fmt: skip
+        tb.link(
+            gateway,
+            hosts,
+            [f"{gw4}/{_prefix(subnet4)}", f"{gw6}/64"],
+            [f"{host4}/{_prefix(subnet4)}", f"{host6}/64"],
+            mtu=LAN_MTU,
+        )
         hosts.run("ip", "route", "add", "default", "via", gw4)
         hosts.run("ip", "-6", "route", "add", "default", "via", gw6)
         gateway.sysctl("net.ipv4.ip_forward", 1)
@@ -135,19 +146,30 @@ def two_lans(tb: Testbed, workdir: Path, mode: str, mtu: int) -> Iterator[Sites]
     lans = (_lan(tb, 0, mode), _lan(tb, 1, mode))
     if mode == "tap":
         bridged = {"bridge": BRIDGE, "address": None}
-        overrides: dict[str, Any] = {"interface_a": bridged, "interface_b": bridged,
-                                     "peer_a": {"allowed_ips": None},
-                                     "peer_b": {"allowed_ips": None}}  # fmt: skip
+        overrides: dict[str, Any] = {
+            "interface_a": bridged,
+            "interface_b": bridged,
+            "peer_a": {"allowed_ips": None},
+            "peer_b": {"allowed_ips": None},
+        }
     else:
         own = [[f"{INNER_B}/32", f"{INNER_B6}/128"], [f"{INNER_A}/32", f"{INNER_A6}/128"]]
         allowed = [own[i] + [lans[1 - i].subnet4, lans[1 - i].subnet6] for i in (0, 1)]
         overrides = {"peer_a": {"allowed_ips": allowed[0]}, "peer_b": {"allowed_ips": allowed[1]}}
     paths = write_pair_configs(workdir, mode, DATAPATH, mtu=mtu, **overrides)
     with contextlib.ExitStack() as stack:
-        daemons = [stack.enter_context(start_native(ns, p)) for ns, p in zip((tb.a, tb.b), paths)]
+        daemons = [
+            stack.enter_context(start_native(ns, p))
+            for ns, p in zip((tb.a, tb.b), paths, strict=True)
+        ]
         wait_reachable(lans[0].hosts, lans[1].host4)
-        yield Sites(mode, lans, (Underlay(tb.a, tb.a_veth), Underlay(tb.b, tb.b_veth)),
-                    [d.pid for d in daemons], [d.name for d in daemons])  # fmt: skip
+        yield Sites(
+            mode,
+            lans,
+            (Underlay(tb.a, tb.a_veth), Underlay(tb.b, tb.b_veth)),
+            [d.pid for d in daemons],
+            [d.name for d in daemons],
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -168,8 +190,9 @@ class Star:
     hub_pid: int
 
 
-def _star_configs(workdir: Path, mode: str, mtu: int, names: list[str],
-                  underlay: list[tuple[str, str]]) -> list[Path]:  # fmt: skip
+def _star_configs(
+    workdir: Path, mode: str, mtu: int, names: list[str], underlay: list[tuple[str, str]]
+) -> list[Path]:
     """The hub (names[0], 10.10.0.1) with one peer per spoke; spoke i is 10.10.0.(i+2),
     reaches the hub at underlay[i][0] and is reached at underlay[i][1]."""
     private = [keys.generate_private_key() for _ in names]
@@ -177,19 +200,44 @@ def _star_configs(workdir: Path, mode: str, mtu: int, names: list[str],
     addrs = [_nth(HUB_SUBNET, i + 1) for i in range(len(names))]
     common = {"mode": mode, "listen_port": 51820, "datapath": DATAPATH, "mtu": mtu}
     tun = mode == "tun"
-    tables = [({"name": names[0], "private_key": keys.encode(private[0]), **common,
-                "address": [f"{addrs[0]}/24"]},
-               [{"public_key": public[i + 1], "endpoint": f"{spoke}:51820",
-                 "allowed_ips": [f"{addrs[i + 1]}/32"] if tun else None}
-                for i, (_, spoke) in enumerate(underlay)])]  # fmt: skip
+    tables = [
+        (
+            {
+                "name": names[0],
+                "private_key": keys.encode(private[0]),
+                **common,
+                "address": [f"{addrs[0]}/24"],
+            },
+            [
+                {
+                    "public_key": public[i + 1],
+                    "endpoint": f"{spoke}:51820",
+                    "allowed_ips": [f"{addrs[i + 1]}/32"] if tun else None,
+                }
+                for i, (_, spoke) in enumerate(underlay)
+            ],
+        )
+    ]
     for i, (hub, _) in enumerate(underlay):
-        tables.append((
-            {"name": names[i + 1], "private_key": keys.encode(private[i + 1]), **common,
-             "address": [f"{addrs[i + 1]}/24"]},
-            # Keepalives from the start: the hub learns every spoke's endpoint at once.
-            [{"public_key": public[0], "endpoint": f"{hub}:51820", "persistent_keepalive": 25,
-              "allowed_ips": [HUB_SUBNET] if tun else None}],
-        ))  # fmt: skip
+        tables.append(
+            (
+                {
+                    "name": names[i + 1],
+                    "private_key": keys.encode(private[i + 1]),
+                    **common,
+                    "address": [f"{addrs[i + 1]}/24"],
+                },
+                # Keepalives from the start: the hub learns every spoke's endpoint at once.
+                [
+                    {
+                        "public_key": public[0],
+                        "endpoint": f"{hub}:51820",
+                        "persistent_keepalive": 25,
+                        "allowed_ips": [HUB_SUBNET] if tun else None,
+                    }
+                ],
+            )
+        )
     paths = []
     for (interface, peers), name in zip(tables, names, strict=True):
         path = workdir / f"{name}.toml"
@@ -207,21 +255,32 @@ def star(tb: Testbed, workdir: Path, mode: str, mtu: int) -> Iterator[Star]:
     links = [tb.links[0]]
     for i, spoke in enumerate(spokes[1:], start=2):
         links.append(tb.link(hub, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"]))
-    underlay = [(tb.a_addr, tb.b_addr)] + [(f"198.18.{i}.1", f"198.18.{i}.2")
-                                           for i in range(2, len(spokes) + 1)]  # fmt: skip
+    underlay = [(tb.a_addr, tb.b_addr)] + [
+        (f"198.18.{i}.1", f"198.18.{i}.2") for i in range(2, len(spokes) + 1)
+    ]
     names = [device_name(f"pv{mode}", c) for c in "hbcdefghijklmnopqrstuvwxyz"[: len(spokes) + 1]]
     paths = _star_configs(workdir, mode, mtu, names, underlay)
     with contextlib.ExitStack() as stack:
-        daemons = [stack.enter_context(start_native(ns, p))
-                   for ns, p in zip(tb.namespaces, paths, strict=True)]  # fmt: skip
+        daemons = [
+            stack.enter_context(start_native(ns, p))
+            for ns, p in zip(tb.namespaces, paths, strict=True)
+        ]
         deadline = time.monotonic() + 15
         while not all(p["has_session"] for p in pyvpn_status(names[0])["peers"]):
             if time.monotonic() > deadline:
                 raise TimeoutError("the hub has no session with every spoke within 15 s")
             time.sleep(0.1)
         addrs = [_nth(HUB_SUBNET, i + 2) for i in range(len(spokes))]
-        yield Star(mode, hub, spokes, names[0], names[1:], addrs,
-                   [Underlay(hub, link.dev1) for link in links], daemons[0].pid)  # fmt: skip
+        yield Star(
+            mode,
+            hub,
+            spokes,
+            names[0],
+            names[1:],
+            addrs,
+            [Underlay(hub, link.dev1) for link in links],
+            daemons[0].pid,
+        )
 
 
 # ---------------------------------------------------------------------------

@@ -17,11 +17,11 @@ from __future__ import annotations
 import re
 
 from ..measure import MeasurementError, iperf_client, parse_iperf_tcp
-from ..report import Figure
+from ..report import Figure, Result
 from ..testbed import Namespace
 from . import generator
 from .lan import Lan, two_lans
-from .run import Run, Scenario, Settings
+from .run import Run, Scenario
 
 UDP_PAYLOAD = 1472  # + 8 UDP + 20 IPv4 = 1500, a full LAN packet
 UDP_RATE = 500  # datagrams a second
@@ -58,8 +58,16 @@ def _udp(run: Run, a: Lan, b: Lan) -> None:
     before = reassembled(b.hosts)
     receiver = generator.start(b.hosts, "receive", b.host4, UDP_PORT, QUIET)
     generator.wait_listening(receiver)
-    sent = generator.generate(a.hosts, "udp", b.host4, UDP_PORT, UDP_PAYLOAD, UDP_RATE,
-                              run.settings.seconds, timeout=run.settings.seconds + 30)  # fmt: skip
+    sent = generator.generate(
+        a.hosts,
+        "udp",
+        b.host4,
+        UDP_PORT,
+        UDP_PAYLOAD,
+        UDP_RATE,
+        run.settings.seconds,
+        timeout=run.settings.seconds + 30,
+    )
     got = generator.outcome(receiver, generator.FIRST_WAIT + 30)
     fragmented = reassembled(b.hosts) - before
     if not sent["sent"]:
@@ -68,29 +76,51 @@ def _udp(run: Run, a: Lan, b: Lan) -> None:
     run.result.figures["udp_1472_fragmented"] = (
         fragmented / got["received"] if got["received"] else 0.0
     )
-    run.result.details["udp_1472"] = {**sent, "received": got["received"],
-                                      "reassembled": fragmented}  # fmt: skip
+    run.result.details["udp_1472"] = {
+        **sent,
+        "received": got["received"],
+        "reassembled": fragmented,
+    }
 
 
 def _path_mtu(run: Run, a: Lan, b: Lan) -> None:
     """Who tells the host, and what: forget the path MTU, then ping with DF at 1500."""
     a.hosts.run("ip", "route", "flush", "cache")
-    done = a.hosts.run("ping", "-n", "-M", "do", "-s", str(UDP_PAYLOAD), "-c", "2", "-i", "0.2",
-                       "-W", "1", b.host4, check=False)  # fmt: skip
+    done = a.hosts.run(
+        "ping",
+        "-n",
+        "-M",
+        "do",
+        "-s",
+        str(UDP_PAYLOAD),
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        b.host4,
+        check=False,
+    )
     answer = _FRAG_NEEDED.search(done.stdout)
     route = a.hosts.run("ip", "route", "get", b.host4).stdout
     learned = _ROUTE_MTU.search(route)
     if answer is None or learned is None:
-        raise MeasurementError(f"no fragmentation-needed answer to a 1500-byte ping: {done.stdout.strip()[-200:]!r}")
+        raise MeasurementError(
+            f"no fragmentation-needed answer to a 1500-byte ping: {done.stdout.strip()[-200:]!r}"
+        )
     run.result.figures["path_mtu_bytes"] = float(learned.group(1))
     who = answer.group(1)
     run.result.details["path_mtu"] = {
         "icmp_from": who,
         "icmp_mtu": int(answer.group(2)),
         # tap: pyvpn answers in the name of the destination; tun: the gateway's kernel.
-        "answered_by": "pyvpn, as the destination host" if who == b.host4 else
-                       "the gateway's kernel" if who == _gateway(a) else who,
-    }  # fmt: skip
+        "answered_by": "pyvpn, as the destination host"
+        if who == b.host4
+        else "the gateway's kernel"
+        if who == _gateway(a)
+        else who,
+    }
 
 
 def _gateway(lan: Lan) -> str:
@@ -108,6 +138,23 @@ def _tcp(run: Run, a: Lan, b: Lan) -> None:
     }
 
 
+def explain(result: Result) -> list[str]:
+    """Who told the host the path MTU, and the segment size TCP chose (the first
+    round's: the mechanism does not change from round to round)."""
+    rounds = [r["details"] for r in result.details.get("rounds", [])] or [result.details]
+    out = []
+    pmtu = next((d["path_mtu"] for d in rounds if "path_mtu" in d), None)
+    if pmtu:
+        out.append(
+            f"'fragmentation needed' (mtu {pmtu['icmp_mtu']}) came from "
+            f"{pmtu['icmp_from']}: {pmtu['answered_by']}"
+        )
+    mss = next((d["lan_tcp"]["mss"] for d in rounds if d.get("lan_tcp", {}).get("mss")), None)
+    if mss:
+        out.append(f"TCP's segment size: {mss} bytes")
+    return out
+
+
 SCENARIO = Scenario(
     "lan-mtu",
     "A LAN MTU of 1500 over the tunnel",
@@ -118,4 +165,5 @@ SCENARIO = Scenario(
     "the path MTU the host then holds); iperf3 TCP from LAN host to LAN host.",
     lambda settings: FIGURES,
     measure,
+    explain=explain,
 )

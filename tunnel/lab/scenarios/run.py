@@ -64,6 +64,8 @@ class Scenario:
     figures: Callable[[Settings], list[Figure]]
     measure: Callable[[Run], None]
     namespaces: Callable[[Settings], int] = lambda settings: 2
+    # What the figures alone do not say (who answered, what was offered), in words.
+    explain: Callable[[Result], list[str]] = lambda result: []
 
 
 def run_scenarios(
