@@ -279,10 +279,10 @@ class Display:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def begin(self, name: str) -> None:
+    def begin(self, name: str, first: str = "starting tunnel") -> None:
         self.name = name
         self.task = self.progress.add_task(name)
-        self.step("starting tunnel")
+        self.step(first)
 
     def step(self, test: str) -> None:
         self.progress.update(self.task, description=f"[bold]{self.name}[/bold]: {test}")

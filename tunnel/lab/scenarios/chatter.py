@@ -17,7 +17,7 @@ import time
 from ..measure import CpuMeter
 from ..report import Figure
 from . import generator
-from .lan import Sites, two_lans, tx_counters
+from .lan import Sites, two_lans_setup, tx_counters
 from .run import Run, Scenario, Settings
 
 ROUNDS_PER_S = 1.0
@@ -37,10 +37,9 @@ def figures(settings: Settings) -> list[Figure]:
     return out
 
 
-def measure(run: Run) -> None:
-    with two_lans(run.tb, run.workdir, run.mode, run.settings.mtu) as sites:
-        for n in run.settings.hosts:
-            run.attempt(f"chatter, {n} hosts a side", lambda n=n: _chatter(run, sites, n))
+def measure(run: Run, sites: Sites) -> None:
+    for n in run.settings.hosts:
+        run.attempt(f"chatter, {n} hosts a side", lambda n=n: _chatter(run, sites, n))
 
 
 def _chatter(run: Run, sites: Sites, n: int) -> None:
@@ -88,6 +87,6 @@ SCENARIO = Scenario(
     "the figures are what crossed the underlay (both directions) and the CPU of both "
     "tunnel processes meanwhile.",
     figures,
+    two_lans_setup,
     measure,
-    namespaces=lambda settings: 2,
 )

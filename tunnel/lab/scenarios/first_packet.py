@@ -16,7 +16,7 @@ import statistics
 
 from ..measure import MeasurementError, ping
 from ..report import Figure
-from .lan import BRIDGE, Sites, two_lans
+from .lan import BRIDGE, Sites, two_lans_setup
 from .run import Run, Scenario
 
 FIGURES = [
@@ -36,26 +36,25 @@ def forget_neighbours(sites: Sites) -> None:
             lan.gateway.run("ip", "link", "set", "dev", BRIDGE, "type", "bridge", "fdb_flush")
 
 
-def measure(run: Run) -> None:
-    with two_lans(run.tb, run.workdir, run.mode, run.settings.mtu) as sites:
-        a, b = sites.lans
-        first, then = [], []
-        for n in range(1, run.settings.trials + 1):
-            run.display.step(f"trial {n} of {run.settings.trials}")
-            forget_neighbours(sites)
-            stats = ping(a.hosts, b.host4, count=2, interval=0.2)
-            if len(stats.rtts_ms) == 2:  # a lost echo gives no first-reply time
-                first.append(stats.rtts_ms[0])
-                then.append(stats.rtts_ms[1])
-        run.result.details["first_reply_ms"] = first
-        run.result.details["next_reply_ms"] = then
-        run.result.details["trials_without_both_replies"] = run.settings.trials - len(first)
-        if not first:
-            raise MeasurementError("no trial got both replies")
-        figures = run.result.figures
-        figures["first_reply_median_ms"] = statistics.median(first)
-        figures["first_reply_min_ms"], figures["first_reply_max_ms"] = min(first), max(first)
-        figures["next_reply_median_ms"] = statistics.median(then)
+def measure(run: Run, sites: Sites) -> None:
+    a, b = sites.lans
+    first, then = [], []
+    for n in range(1, run.settings.trials + 1):
+        run.display.step(f"trial {n} of {run.settings.trials}")
+        forget_neighbours(sites)
+        stats = ping(a.hosts, b.host4, count=2, interval=0.2)
+        if len(stats.rtts_ms) == 2:  # a lost echo gives no first-reply time
+            first.append(stats.rtts_ms[0])
+            then.append(stats.rtts_ms[1])
+    run.result.details["first_reply_ms"] = first
+    run.result.details["next_reply_ms"] = then
+    run.result.details["trials_without_both_replies"] = run.settings.trials - len(first)
+    if not first:
+        raise MeasurementError("no trial got both replies")
+    figures = run.result.figures
+    figures["first_reply_median_ms"] = statistics.median(first)
+    figures["first_reply_min_ms"], figures["first_reply_max_ms"] = min(first), max(first)
+    figures["next_reply_median_ms"] = statistics.median(then)
 
 
 SCENARIO = Scenario(
@@ -66,5 +65,6 @@ SCENARIO = Scenario(
     "twice; the first reply includes address resolution (ARP across the tunnel on tap, "
     "on each LAN on tun), the next does not.",
     lambda settings: FIGURES,
+    two_lans_setup,
     measure,
 )

@@ -20,7 +20,7 @@ import json
 from ..measure import CpuMeter, MeasurementError
 from ..report import Figure
 from . import generator
-from .lan import HUB_SUBNET, Star, star, tx_counters
+from .lan import HUB_SUBNET, Star, star_setup, tx_counters
 from .run import Run, Scenario, Settings
 
 PACKET = 1000  # bytes the hub sends into its device per packet: IP packet (tun), frame (tap)
@@ -49,15 +49,10 @@ def figures(settings: Settings) -> list[Figure]:
     return out
 
 
-def measure(run: Run) -> None:
-    for ns in run.tb.namespaces:
-        # No IPv6 on the devices: no router solicitations or MLD reports of their
-        # own among the bytes counted.
-        ns.sysctl("net.ipv6.conf.default.disable_ipv6", 1)
-    with star(run.tb, run.workdir, run.mode, run.settings.mtu) as hub:
-        run.result.details["spokes"] = len(hub.spokes)
-        for kind in KINDS:
-            run.attempt(LABELS[kind], lambda kind=kind: _send(run, hub, kind))
+def measure(run: Run, hub: Star) -> None:
+    run.result.details["spokes"] = len(hub.spokes)
+    for kind in KINDS:
+        run.attempt(LABELS[kind], lambda kind=kind: _send(run, hub, kind))
 
 
 def _mac(hub: Star, spoke: int) -> str:
@@ -113,6 +108,7 @@ SCENARIO = Scenario(
     "per gigabit sent (tap floods the first two to every spoke; tun drops them, as "
     "they match no peer's allowed_ips).",
     figures,
+    star_setup,
     measure,
     namespaces=lambda settings: 1 + settings.peers,
 )

@@ -1,24 +1,24 @@
-"""IPv6 inside: the bench's bulk and RTT figures with IPv6 addresses inside the
-tunnel, beside the same over IPv4 in the same run, for both modes (over the
-IPv4 underlay the other figures use)."""
+"""IPv6 inside: bulk and RTT with IPv6 addresses inside the tunnel, beside the
+same over IPv4 on the same network, for both modes: from the LAN host behind
+gateway a to the one behind gateway b (over the IPv4 underlay the other figures
+use). On tap the hosts share one segment and IPv6 neighbour discovery crosses
+the tunnel; on tun the gateways route both families."""
 
 from __future__ import annotations
 
-import contextlib
-
 from ..measure import CpuMeter, iperf_tcp, ping
 from ..report import Figure
-from ..testbed import INNER_B, INNER_B6, wait_reachable, write_pair_configs
-from .lan import DATAPATH, start_native
+from ..testbed import wait_reachable
+from .lan import Sites, two_lans_setup
 from .run import Run, Scenario, Settings
 
 PING_INTERVAL = 0.2
-FAMILIES = (("v4", INNER_B), ("v6", INNER_B6))
+FAMILIES = ("v4", "v6")
 
 
 def figures(settings: Settings) -> list[Figure]:
     out = []
-    for family, _ in FAMILIES:
+    for family in FAMILIES:
         out += [
             Figure(f"tcp_{family}_bps", f"TCP 1 stream, IP{family}", "Gbit/s", 1e9, 2),
             Figure(f"rtt_{family}_median_ms", f"RTT median, IP{family}", "ms", 1.0, 3),
@@ -27,34 +27,25 @@ def figures(settings: Settings) -> list[Figure]:
     return out
 
 
-def measure(run: Run) -> None:
-    tb = run.tb
-    paths = write_pair_configs(run.workdir, run.mode, DATAPATH, mtu=run.settings.mtu)
-    with contextlib.ExitStack() as stack:
-        daemons = [
-            stack.enter_context(start_native(ns, p))
-            for ns, p in zip((tb.a, tb.b), paths, strict=True)
-        ]
-        for _, addr in FAMILIES:
-            wait_reachable(tb.a, addr)
-        for family, addr in FAMILIES:
-            run.attempt(f"ping, IP{family}", lambda f=family, a=addr: _ping(run, f, a))
-            run.attempt(
-                f"TCP, IP{family}",
-                lambda f=family, a=addr: _tcp(run, [d.pid for d in daemons], f, a),
-            )
+def measure(run: Run, sites: Sites) -> None:
+    a, b = sites.lans
+    for family, addr in (("v4", b.host4), ("v6", b.host6)):
+        wait_reachable(a.hosts, addr)
+        run.attempt(f"ping, IP{family}", lambda f=family, d=addr: _ping(run, sites, f, d))
+        run.attempt(f"TCP, IP{family}", lambda f=family, d=addr: _tcp(run, sites, f, d))
 
 
-def _ping(run: Run, family: str, addr: str) -> None:
+def _ping(run: Run, sites: Sites, family: str, addr: str) -> None:
     count = max(10, round(run.settings.seconds / PING_INTERVAL))
-    stats = ping(run.tb.a, addr, count, PING_INTERVAL)
+    stats = ping(sites.lans[0].hosts, addr, count, PING_INTERVAL)
     run.result.figures[f"rtt_{family}_median_ms"] = stats.median_ms
     run.result.details[f"ping_{family}_loss"] = stats.loss
 
 
-def _tcp(run: Run, pids: list[int], family: str, addr: str) -> None:
-    with CpuMeter(pids) as meter:
-        tcp = iperf_tcp(run.tb.a, run.tb.b, addr, run.settings.seconds)
+def _tcp(run: Run, sites: Sites, family: str, addr: str) -> None:
+    a, b = sites.lans
+    with CpuMeter(sites.pids) as meter:
+        tcp = iperf_tcp(a.hosts, b.hosts, addr, run.settings.seconds)
     run.result.figures[f"tcp_{family}_bps"] = tcp.bits_per_second
     if tcp.bytes:
         run.result.figures[f"cpu_{family}_s_per_gbit"] = meter.seconds / (tcp.bytes * 8 / 1e9)
@@ -63,9 +54,10 @@ def _tcp(run: Run, pids: list[int], family: str, addr: str) -> None:
 SCENARIO = Scenario(
     "ipv6",
     "IPv6 inside",
-    "The tunnel pair of the main bench with IPv4 and IPv6 addresses inside: ping "
-    "(median RTT) and one iperf3 TCP stream (throughput, CPU per gigabit of both tunnel "
-    "processes) to the far end's IPv4 address, then to its IPv6 address.",
+    "From the LAN host behind gateway a to the one behind gateway b: ping (median RTT) "
+    "and one iperf3 TCP stream (throughput, and CPU per gigabit of both tunnel processes) "
+    "to its IPv4 address, then to its IPv6 address.",
     figures,
+    two_lans_setup,
     measure,
 )

@@ -42,6 +42,7 @@ from ..testbed import (
     wait_reachable,
     write_pair_configs,
 )
+from .run import Run
 
 DATAPATH = "native"
 BRIDGE = "br0"
@@ -172,6 +173,11 @@ def two_lans(tb: Testbed, workdir: Path, mode: str, mtu: int) -> Iterator[Sites]
         )
 
 
+def two_lans_setup(run: Run) -> contextlib.AbstractContextManager[Sites]:
+    """two_lans as a scenario's setup."""
+    return two_lans(run.tb, run.workdir, run.mode, run.settings.mtu)
+
+
 # ---------------------------------------------------------------------------
 # A hub with spokes
 
@@ -251,6 +257,10 @@ def _star_configs(
 def star(tb: Testbed, workdir: Path, mode: str, mtu: int) -> Iterator[Star]:
     """pyvpn on tb.namespaces[0] (the hub) with every other namespace as a spoke,
     each over a veth of its own; the hub's device has no bridge."""
+    for ns in tb.namespaces:
+        # No IPv6 on the tunnel devices: no router solicitations or MLD reports of
+        # their own among the bytes counted.
+        ns.sysctl("net.ipv6.conf.default.disable_ipv6", 1)
     hub, spokes = tb.namespaces[0], tb.namespaces[1:]
     links = [tb.links[0]]
     for i, spoke in enumerate(spokes[1:], start=2):
@@ -281,6 +291,11 @@ def star(tb: Testbed, workdir: Path, mode: str, mtu: int) -> Iterator[Star]:
             [Underlay(hub, link.dev1) for link in links],
             daemons[0].pid,
         )
+
+
+def star_setup(run: Run) -> contextlib.AbstractContextManager[Star]:
+    """star as a scenario's setup."""
+    return star(run.tb, run.workdir, run.mode, run.settings.mtu)
 
 
 # ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from ..measure import MeasurementError, iperf_client, parse_iperf_tcp
 from ..report import Figure, Result
 from ..testbed import Namespace
 from . import generator
-from .lan import Lan, two_lans
+from .lan import Lan, Sites, two_lans_setup
 from .run import Run, Scenario
 
 UDP_PAYLOAD = 1472  # + 8 UDP + 20 IPv4 = 1500, a full LAN packet
@@ -38,13 +38,12 @@ FIGURES = [
 ]
 
 
-def measure(run: Run) -> None:
-    with two_lans(run.tb, run.workdir, run.mode, run.settings.mtu) as sites:
-        a, b = sites.lans
-        # UDP first, on a path the host knows nothing about yet, as a new flow would.
-        run.attempt("UDP, 1472-byte datagrams", lambda: _udp(run, a, b))
-        run.attempt("path MTU", lambda: _path_mtu(run, a, b))
-        run.attempt("TCP, LAN to LAN", lambda: _tcp(run, a, b))
+def measure(run: Run, sites: Sites) -> None:
+    a, b = sites.lans
+    # UDP first, on a path the host knows nothing about yet, as a new flow would.
+    run.attempt("UDP, 1472-byte datagrams", lambda: _udp(run, a, b))
+    run.attempt("path MTU", lambda: _path_mtu(run, a, b))
+    run.attempt("TCP, LAN to LAN", lambda: _tcp(run, a, b))
 
 
 def reassembled(ns: Namespace) -> int:
@@ -164,6 +163,7 @@ SCENARIO = Scenario(
     "a ping of 1500 bytes with Don't Fragment (who answers 'fragmentation needed', and "
     "the path MTU the host then holds); iperf3 TCP from LAN host to LAN host.",
     lambda settings: FIGURES,
+    two_lans_setup,
     measure,
     explain=explain,
 )

@@ -4,11 +4,13 @@ contenders; a failing test costs one figure, noted, not the scenario."""
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..contenders import Skip, header_overhead
 from ..measure import EXPECTED_ERRORS
@@ -29,7 +31,9 @@ class Settings:
 
 
 class Display(Protocol):
-    def begin(self, name: str) -> None: ...
+    """bench.Display: live progress."""
+
+    def begin(self, name: str, first: str = ...) -> None: ...
 
     def step(self, test: str) -> None: ...
 
@@ -62,7 +66,10 @@ class Scenario:
     title: str
     description: str  # what it sets up and measures, for the report
     figures: Callable[[Settings], list[Figure]]
-    measure: Callable[[Run], None]
+    # The network it measures (lan.two_lans or lan.star) and what it does on it:
+    # scenarios one after another with the same setup share one network.
+    setup: Callable[[Run], AbstractContextManager[Any]]
+    measure: Callable[[Run, Any], None]
     namespaces: Callable[[Settings], int] = lambda settings: 2
     # What the figures alone do not say (who answered, what was offered), in words.
     explain: Callable[[Result], list[str]] = lambda result: []
@@ -74,36 +81,66 @@ def run_scenarios(
     """Every scenario in both modes, in turns, `rounds` times; one Result per
     scenario and mode, each figure the median over the rounds."""
     runs: dict[tuple[str, str], list[Result]] = {(s.name, m): [] for s in scenarios for m in MODES}
+    groups = [list(g) for _, g in itertools.groupby(scenarios, key=lambda s: s.setup)]
     with tempfile.TemporaryDirectory(prefix="pyvpn-scenarios-") as tmp:
         for n in range(1, rounds + 1):
-            for scenario in scenarios:
+            for group in groups:
                 for mode in MODES:
-                    done = runs[scenario.name, mode]
-                    if done and done[0].status == "skipped":
+                    if (
+                        runs[group[0].name, mode]
+                        and runs[group[0].name, mode][0].status == "skipped"
+                    ):
                         continue
-                    label = f"{scenario.name} {mode}" + (f" ({n}/{rounds})" if rounds > 1 else "")
-                    display.begin(label)
-                    workdir = Path(tmp) / f"{scenario.name}-{mode}-{n}"
+                    workdir = Path(tmp) / f"{group[0].name}-{mode}-{n}"
                     workdir.mkdir()
-                    result = measure_scenario(scenario, mode, workdir, settings, display)
-                    display.end(result)
-                    done.append(result)
+                    suffix = f" ({n}/{rounds})" if rounds > 1 else ""
+                    results = measure_group(group, mode, workdir, settings, display, suffix)
+                    for scenario, result in zip(group, results, strict=True):
+                        runs[scenario.name, mode].append(result)
     return [combine(runs[s.name, m]) for s in scenarios for m in MODES]
 
 
-def measure_scenario(
-    scenario: Scenario, mode: str, workdir: Path, settings: Settings, display: Display
-) -> Result:
-    result = Result(scenario.name, scenario.name, mode, header_overhead(mode))
-    result.version = f"pyvpn {mode}, native plane"
-    result.figures = {f.key: None for f in scenario.figures(settings)}
+def measure_group(
+    group: Sequence[Scenario],
+    mode: str,
+    workdir: Path,
+    settings: Settings,
+    display: Display,
+    suffix: str = "",
+) -> list[Result]:
+    """Scenarios that share a setup, one after another on one network in `mode`."""
+    results = []
+    for scenario in group:
+        result = Result(scenario.name, scenario.name, mode, header_overhead(mode))
+        result.version = f"pyvpn {mode}, native plane"
+        result.figures = {f.key: None for f in scenario.figures(settings)}
+        results.append(result)
+    done = 0  # how many of the group have run
+    display.begin(f"{group[0].name} {mode}{suffix}")
     try:
-        with Testbed(scenario.namespaces(settings)) as tb:
-            scenario.measure(Run(tb, mode, workdir, settings, result, display))
+        size = max(s.namespaces(settings) for s in group)
+        with (
+            Testbed(size) as tb,
+            group[0].setup(Run(tb, mode, workdir, settings, results[0], display)) as network,
+        ):
+            for scenario, result in zip(group, results, strict=True):
+                if done:
+                    display.end(results[done - 1])
+                    display.begin(f"{scenario.name} {mode}{suffix}", "on the same network")
+                try:
+                    scenario.measure(Run(tb, mode, workdir, settings, result, display), network)
+                except EXPECTED_ERRORS as exc:
+                    result.status = "failed"
+                    result.notes.append(first_line(exc))
+                result.settle()
+                done += 1
     except Skip as exc:
-        result.status, result.notes = "skipped", [str(exc)]
+        for result in results:
+            result.status, result.notes = "skipped", [str(exc)]
     except EXPECTED_ERRORS as exc:
-        result.status = "failed"
-        result.notes.append(first_line(exc))
-    result.settle()
-    return result
+        # The network failed: what had not run yet has no figure.
+        for result in results[done:]:
+            result.status = "failed"
+            result.notes.append(first_line(exc))
+    display.end(results[-1])
+    return results
