@@ -6,21 +6,31 @@ really crossed, and that it left nothing behind."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import ipaddress
 import json
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import matplotlib.image
 import pytest
+from rich.console import Console
 
 from tunnel.lab import bench
-from tunnel.lab.scenarios import NAMES, frames
+from tunnel.lab.measure import MeasurementError
+from tunnel.lab.report import Figure, Result
+from tunnel.lab.scenarios import NAMES, SCENARIOS, first_packet, frames
 from tunnel.lab.scenarios.chatter import FRAMES_PER_ROUND, ROUNDS_PER_S
 from tunnel.lab.scenarios.lan import TAP_SUBNETS, TUN_SUBNETS
+from tunnel.lab.scenarios.output import write_chart
+from tunnel.lab.scenarios.run import Run, Scenario, Settings, measure_group
 from tunnel.lab.testbed import host_problem, leftovers
 from tunnel.protocol.constants import DEFAULT_MTU
+
+from .packets import csum
 
 _PROBLEM = host_problem(("ip", "ping", "iperf3", "ss"))
 root_only = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
@@ -160,6 +170,43 @@ def test_report_and_chart_show_every_scenario(run) -> None:
     assert len(doc["scenarios"]) == 2 * len(NAMES)
 
 
+@root_only
+def test_a_failing_scenario_costs_its_own_figures_only(tmp_path: Path) -> None:
+    """Scenarios on one network: the one that fails is noted, the next still runs."""
+    figure = [Figure("x_count", "x", "count", 1.0, 0)]
+
+    @contextlib.contextmanager
+    def setup(run: Run) -> Iterator[str]:
+        yield run.tb.a.name
+
+    def broken(run: Run, network: str) -> None:
+        raise MeasurementError("simulated failure")
+
+    def working(run: Run, network: str) -> None:
+        run.result.figures["x_count"] = float(len(run.tb.a.pids()) + 1)
+
+    group = [Scenario("broken", "B", "", lambda s: figure, setup, broken),
+             Scenario("working", "W", "", lambda s: figure, setup, working)]  # fmt: skip
+    display = bench.Display(Console(file=io.StringIO()))
+    results = measure_group(group, "tun", tmp_path, Settings(1.0, DEFAULT_MTU), display)
+    assert [r.status for r in results] == ["failed", "ok"]
+    assert results[0].notes == ["simulated failure"] and results[0].figures["x_count"] is None
+    assert results[1].figures["x_count"] == 1.0
+    assert leftovers() == []
+
+
+@root_only
+def test_ctrl_c_in_a_scenario_tears_everything_down(monkeypatch, capsys) -> None:
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(first_packet, "forget_neighbours", interrupted)
+    argv = ("--only", "none", "--scenarios", "first-packet", "--trials", "1", "--time", "1")
+    assert bench.run(_args(*argv)) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert leftovers() == []
+
+
 # ---------------------------------------------------------------------------
 # Usage errors: nothing is set up
 
@@ -199,18 +246,18 @@ def test_chatter_frames_carry_valid_checksums_and_the_hosts_addresses() -> None:
     # IPv4: the header checksum and the UDP checksum over the pseudo-header verify.
     for frame, group in ((mdns4, frames.MDNS_V4), (dhcp, "255.255.255.255")):
         ip = frame[14:]
-        assert frames.checksum(ip[:20]) == 0
+        assert csum(ip[:20]) == 0
         assert ipaddress.IPv4Address(ip[16:20]) == ipaddress.IPv4Address(group)
         length = struct.unpack("!H", ip[24:26])[0]
         pseudo = ip[12:20] + struct.pack("!BBH", 0, 17, length)
-        assert frames.checksum(pseudo + ip[20 : 20 + length]) == 0
+        assert csum(pseudo + ip[20 : 20 + length]) == 0
     assert mdns4[:6] == bytes.fromhex("01005e0000fb")
     # IPv6: the solicited-node group of the target, and the ICMPv6/UDP checksums verify.
     for frame, next_header in ((ns, 58), (mdns6, 17)):
         ip = frame[14:]
         length = struct.unpack("!H", ip[4:6])[0]
         pseudo = ip[8:40] + struct.pack("!I3xB", length, next_header)
-        assert frames.checksum(pseudo + ip[40 : 40 + length]) == 0
+        assert csum(pseudo + ip[40 : 40 + length]) == 0
     target = ipaddress.IPv6Address(frames.host_ipv6(subnet6, 1, 1))
     assert ns[14 + 24 : 14 + 40][-3:] == target.packed[-3:]
     assert mdns6[:6] == bytes.fromhex("3333000000fb")
@@ -226,11 +273,6 @@ def test_hosts_of_the_two_sides_never_share_an_address() -> None:
 
 
 def test_the_chart_needs_no_figures_to_be_a_png(tmp_path: Path) -> None:
-    from tunnel.lab.report import Result
-    from tunnel.lab.scenarios import SCENARIOS
-    from tunnel.lab.scenarios.output import write_chart
-    from tunnel.lab.scenarios.run import Settings
-
     settings = Settings(1.0, DEFAULT_MTU, (2,))
     results = [
         Result(s.name, s.name, m, None, status="failed") for s in SCENARIOS for m in ("tun", "tap")

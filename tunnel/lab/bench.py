@@ -166,8 +166,10 @@ def run(args: argparse.Namespace) -> int:
                 if contenders
                 else []
             )
-            with Display(err) as display:
-                found = run_scenarios(chosen, scenario_settings, display, args.rounds)
+            found = []
+            if chosen:
+                with Display(err) as display:
+                    found = run_scenarios(chosen, scenario_settings, display, args.rounds)
     except KeyboardInterrupt:
         err.print("pyvpn bench: interrupted; everything it set up is torn down")
         return 130

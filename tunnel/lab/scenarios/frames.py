@@ -39,7 +39,8 @@ def host_ipv6(subnet: str, side: int, index: int) -> str:
 
 
 def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
+    """The Internet checksum (RFC 1071). The core has its own (tunnel/core/l3.py),
+    which the lab may not import (tests/test_layers.py)."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))

@@ -17,7 +17,7 @@ import contextlib
 import ipaddress
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,7 +311,7 @@ class Counters:
         return Counters(self.packets - other.packets, self.bytes - other.bytes)
 
 
-def tx_counters(links: Iterator[Underlay] | tuple[Underlay, ...] | list[Underlay]) -> Counters:
+def tx_counters(links: Iterable[Underlay]) -> Counters:
     """What the links sent, summed: packets and bytes (Ethernet frames, as the
     kernel counts them on a veth)."""
     packets = size = 0
