@@ -20,7 +20,7 @@ import json
 from ..measure import CpuMeter, MeasurementError
 from ..report import Figure
 from . import generator
-from .lan import HUB_SUBNET, Star, star_setup, tx_counters
+from .lan import HUB_SUBNET, Star, counters, star_setup
 from .run import Run, Scenario, Settings
 
 PACKET = 1000  # bytes the hub sends into its device per packet: IP packet (tun), frame (tap)
@@ -82,10 +82,10 @@ def _traffic(run: Run, hub: Star, kind: str) -> tuple[str, list[object], int]:
 def _send(run: Run, hub: Star, kind: str) -> None:
     mode, args, per_packet = _traffic(run, hub, kind)
     meter = CpuMeter([hub.hub_pid])
-    before = tx_counters(hub.underlay)
+    before = counters(hub.underlay)
     with meter:
         sent = generator.generate(hub.hub, mode, *args, timeout=run.settings.seconds + 30)
-    crossed = tx_counters(hub.underlay) - before
+    crossed = counters(hub.underlay) - before
     if not sent["sent"]:
         raise MeasurementError(f"no {LABELS[kind]} packet could be sent")
     inner = sent["sent"] * per_packet

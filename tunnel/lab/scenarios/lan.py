@@ -66,8 +66,8 @@ class Lan:
 
 
 @dataclass(frozen=True)
-class Underlay:
-    """A gateway's veth on the underlay: what crosses it is what the tunnel costs."""
+class Port:
+    """A device in a namespace whose counters a scenario reads."""
 
     ns: Namespace
     dev: str
@@ -77,9 +77,11 @@ class Underlay:
 class Sites:
     mode: str
     lans: tuple[Lan, Lan]
-    underlay: tuple[Underlay, ...]
+    # The gateways' underlay veths (what crosses them is what the tunnel costs)
+    # and their tunnel devices, side a's first.
+    underlay: tuple[Port, Port]
+    tunnels: tuple[Port, Port]
     pids: list[int]
-    names: list[str]  # the tunnel devices, side a's first
 
 
 def _nth(subnet: str, n: int) -> str:
@@ -167,9 +169,9 @@ def two_lans(tb: Testbed, workdir: Path, mode: str, mtu: int) -> Iterator[Sites]
         yield Sites(
             mode,
             lans,
-            (Underlay(tb.a, tb.a_veth), Underlay(tb.b, tb.b_veth)),
+            (Port(tb.a, tb.a_veth), Port(tb.b, tb.b_veth)),
+            (Port(tb.a, daemons[0].name), Port(tb.b, daemons[1].name)),
             [d.pid for d in daemons],
-            [d.name for d in daemons],
         )
 
 
@@ -192,7 +194,7 @@ class Star:
     hub_dev: str
     spoke_devs: list[str]
     spoke_addrs: list[str]  # each spoke's inner address
-    underlay: list[Underlay]  # the hub's veth toward each spoke
+    underlay: list[Port]  # the hub's veth toward each spoke
     hub_pid: int
 
 
@@ -288,7 +290,7 @@ def star(tb: Testbed, workdir: Path, mode: str, mtu: int) -> Iterator[Star]:
             names[0],
             names[1:],
             addrs,
-            [Underlay(hub, link.dev1) for link in links],
+            [Port(hub, link.dev1) for link in links],
             daemons[0].pid,
         )
 
@@ -311,12 +313,12 @@ class Counters:
         return Counters(self.packets - other.packets, self.bytes - other.bytes)
 
 
-def tx_counters(links: Iterable[Underlay]) -> Counters:
-    """What the links sent, summed: packets and bytes (Ethernet frames, as the
-    kernel counts them on a veth)."""
+def counters(ports: Iterable[Port], direction: str = "tx") -> Counters:
+    """What the devices sent ("tx") or received ("rx"), summed: packets and bytes
+    as the kernel counts them (Ethernet frames on a veth; a GSO batch as one)."""
     packets = size = 0
-    for link in links:
-        info = json.loads(link.ns.run("ip", "-j", "-s", "link", "show", link.dev).stdout)[0]
-        tx = info["stats64"]["tx"]
-        packets, size = packets + int(tx["packets"]), size + int(tx["bytes"])
+    for port in ports:
+        info = json.loads(port.ns.run("ip", "-j", "-s", "link", "show", port.dev).stdout)[0]
+        stats = info["stats64"][direction]
+        packets, size = packets + int(stats["packets"]), size + int(stats["bytes"])
     return Counters(packets, size)
