@@ -25,6 +25,7 @@ from tunnel.lab.report import Figure, Result
 from tunnel.lab.scenarios import NAMES, SCENARIOS, first_packet, frames
 from tunnel.lab.scenarios.chatter import FRAMES_PER_ROUND, ROUNDS_PER_S
 from tunnel.lab.scenarios.lan import TAP_SUBNETS, TUN_SUBNETS
+from tunnel.lab.scenarios.options import MAX_HOSTS
 from tunnel.lab.scenarios.output import write_chart
 from tunnel.lab.scenarios.run import Run, Scenario, Settings, measure_group
 from tunnel.lab.testbed import host_problem, leftovers
@@ -230,6 +231,7 @@ def test_bad_scenario_arguments_are_usage_errors(argv: list[str], message: str, 
     assert bench.run(_args(*argv)) == 2
     err = capsys.readouterr().err
     assert err.startswith("pyvpn bench: ") and message in err
+    assert len(err.splitlines()) == 1
     assert leftovers() == []
 
 
@@ -270,11 +272,9 @@ def test_chatter_frames_carry_valid_checksums_and_the_hosts_addresses() -> None:
 
 def test_hosts_of_the_two_sides_never_share_an_address() -> None:
     subnet4, _ = TAP_SUBNETS
-    sides = [
-        {frames.host_ipv4(subnet4, side, i) for i in range(bench.MAX_HOSTS)} for side in (0, 1)
-    ]
+    sides = [{frames.host_ipv4(subnet4, side, i) for i in range(MAX_HOSTS)} for side in (0, 1)]
     assert not sides[0] & sides[1]
-    assert len(sides[0]) == bench.MAX_HOSTS
+    assert len(sides[0]) == MAX_HOSTS
 
 
 def test_the_chart_needs_no_figures_to_be_a_png(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tunnel.protocol.constants import DEFAULT_MTU
 
-from . import measure, scenarios
+from . import measure
 from .contenders import CONTENDERS, NAMES, Contender, Endpoints, Skip, header_overhead
 from .measure import EXPECTED_ERRORS
 from .report import (
@@ -33,9 +33,8 @@ from .report import (
     write_json,
     write_report,
 )
-from .scenarios import output as scenario_output
-from .scenarios.frames import SIDE_SPAN
-from .scenarios.run import Settings as ScenarioSettings
+from .scenarios import options as scenario_options
+from .scenarios.output import Found
 from .scenarios.run import run_scenarios
 from .testbed import (
     Testbed,
@@ -46,10 +45,6 @@ from .testbed import (
 
 DEFAULT_TIME = 5.0
 PING_INTERVAL = 0.2
-DEFAULT_HOSTS, DEFAULT_PEERS, DEFAULT_TRIALS = (10, 50), 3, 10
-MAX_HOSTS = SIDE_SPAN  # the generated hosts of the two sides must not overlap
-MAX_PEERS = 25  # one underlay /24 and one device letter per spoke
-SCENARIO_CHART = "scenarios.png"
 
 T = TypeVar("T")
 
@@ -86,33 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="TCP congestion control for the TCP tests, e.g. cubic or bbr (default: the "
         "host's); it moves raw veth's ceiling far more than any tunnel's",
     )
-    parser.add_argument(
-        "--scenarios",
-        metavar="NAMES",
-        help="comma-separated tun-vs-tap scenarios to run after the contenders, or all "
-        f"(default: none): {', '.join(scenarios.NAMES)}",
-    )
-    parser.add_argument(
-        "--hosts",
-        default=",".join(map(str, DEFAULT_HOSTS)),
-        metavar="N,...",
-        help="LAN hosts a side in the chatter scenario, one run per size (default "
-        f"{','.join(map(str, DEFAULT_HOSTS))})",
-    )
-    parser.add_argument(
-        "--peers",
-        type=int,
-        default=DEFAULT_PEERS,
-        metavar="N",
-        help=f"spokes of the hub in the flooding scenario (default {DEFAULT_PEERS})",
-    )
-    parser.add_argument(
-        "--trials",
-        type=int,
-        default=DEFAULT_TRIALS,
-        metavar="N",
-        help=f"trials of the first-packet scenario (default {DEFAULT_TRIALS})",
-    )
+    scenario_options.add_arguments(parser)
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
     parser.add_argument("--chart", metavar="FILE.png", help="write a bar chart to FILE.png")
     parser.add_argument(
@@ -148,16 +117,15 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.congestion is not None:
             measure.check_congestion(args.congestion)
-        chosen = scenarios.selected(args.scenarios)
-        scenario_settings = scenario_arguments(args)
+        chosen, scenario_settings = scenario_options.from_arguments(args)
         if not contenders and not chosen:
             raise ValueError("--only none runs no contender: name --scenarios to run")
     except ValueError as exc:
-        err.print(f"pyvpn bench: {exc}", highlight=False)
+        err.print(f"pyvpn bench: {exc}", highlight=False, soft_wrap=True)
         return 2
     problem = host_problem()
     if problem:
-        err.print(f"pyvpn bench: {problem}", highlight=False)
+        err.print(f"pyvpn bench: {problem}", highlight=False, soft_wrap=True)
         return 1
     try:
         with sigterm_as_interrupt():
@@ -166,15 +134,16 @@ def run(args: argparse.Namespace) -> int:
                 if contenders
                 else []
             )
-            found = []
+            found = None
             if chosen:
                 with Display(err) as display:
-                    found = run_scenarios(chosen, scenario_settings, display, args.rounds)
+                    done = run_scenarios(chosen, scenario_settings, display, args.rounds)
+                found = Found(chosen, done, scenario_settings)
     except KeyboardInterrupt:
         err.print("pyvpn bench: interrupted; everything it set up is torn down")
         return 130
     except (*EXPECTED_ERRORS, OSError) as exc:
-        err.print(f"pyvpn bench: {first_line(exc)}", highlight=False)
+        err.print(f"pyvpn bench: {first_line(exc)}", highlight=False, soft_wrap=True)
         return 1
     congestion = reported_congestion(results) or args.congestion or measure.host_congestion()
     if results:
@@ -191,62 +160,34 @@ def run(args: argparse.Namespace) -> int:
             + (f" Each figure is the median of {args.rounds} rounds." if args.rounds > 1 else ""),
             highlight=False,
         )
-    if chosen:
-        scenario_output.render_tables(chosen, found, scenario_settings, out)
+    if found:
+        found.render(out)
     settings: dict[str, Any] = {
         "time_s": args.time,
         "mtu": args.mtu,
         "rounds": args.rounds,
         "only": [c.name for c in contenders],
         "tcp_congestion": congestion,
+        **(found.json_settings() if found else {}),
     }
-    scenario_json = None
-    if chosen:
-        scenario_json = scenario_output.to_json(chosen, found, scenario_settings)
-        settings["scenarios"] = [s.name for s in chosen]
-        settings["hosts"] = list(scenario_settings.hosts)
-        settings["peers"] = scenario_settings.peers
-        settings["trials"] = scenario_settings.trials
     if args.json:
-        write_json(args.json, to_json(results, settings, scenario_json))
+        write_json(args.json, to_json(results, settings, found.json() if found else None))
         out.print(f"JSON: {args.json}", highlight=False)
     if args.chart:
-        chart = Path(args.chart)
         if results:
-            write_chart(chart, results)
-            out.print(f"chart: {chart}", highlight=False)
-        if chosen:
-            chart = chart.with_name(f"{chart.stem}-scenarios{chart.suffix or '.png'}")
-            scenario_output.write_chart(chart, chosen, found, scenario_settings)
-            out.print(f"chart: {chart}", highlight=False)
+            write_chart(args.chart, results)
+            out.print(f"chart: {args.chart}", highlight=False)
+        if found:
+            out.print(f"chart: {found.chart_beside(args.chart)}", highlight=False)
     if args.report:
         command = (
             " ".join(["pyvpn", "bench", *sys.argv[2:]]) if len(sys.argv) > 1 else "pyvpn bench"
         )
-        sections: list[str] = []
-        if chosen:
-            chart = Path(args.report) / SCENARIO_CHART
-            chart.parent.mkdir(parents=True, exist_ok=True)
-            scenario_output.write_chart(chart, chosen, found, scenario_settings)
-            sections = scenario_output.markdown(chosen, found, scenario_settings, chart.name)
+        sections = found.report_section(args.report) if found else []
+        scenario_json = found.json() if found else None
         path = write_report(args.report, results, settings, command, scenario_json, sections)
         out.print(f"report: {path}", highlight=False)
     return 0
-
-
-def scenario_arguments(args: argparse.Namespace) -> ScenarioSettings:
-    """--time, --mtu, --hosts, --peers and --trials as the scenarios take them."""
-    try:
-        hosts = tuple(int(n) for n in args.hosts.split(",") if n.strip())
-    except ValueError:
-        raise ValueError(f"--hosts takes numbers separated by commas, not {args.hosts!r}") from None
-    if not hosts or not all(1 <= n <= MAX_HOSTS for n in hosts):
-        raise ValueError(f"--hosts must list sizes between 1 and {MAX_HOSTS}")
-    if not 2 <= args.peers <= MAX_PEERS:
-        raise ValueError(f"--peers must be between 2 and {MAX_PEERS}")
-    if not 1 <= args.trials <= 1000:
-        raise ValueError("--trials must be between 1 and 1000")
-    return ScenarioSettings(args.time, args.mtu, hosts, args.peers, args.trials)
 
 
 def reported_congestion(results: list[Result]) -> str | None:

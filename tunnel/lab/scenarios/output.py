@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -172,3 +174,42 @@ def write_chart(
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
+
+
+CHART = "scenarios.png"  # in a --report directory
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a run of the scenarios found, and every way `pyvpn bench` shows it."""
+
+    scenarios: Sequence[Scenario]
+    results: Sequence[Result]
+    settings: Settings
+
+    def render(self, console: Console) -> None:
+        render_tables(self.scenarios, self.results, self.settings, console)
+
+    def json(self) -> list[dict[str, Any]]:
+        return to_json(self.scenarios, self.results, self.settings)
+
+    def json_settings(self) -> dict[str, Any]:
+        return {
+            "scenarios": [s.name for s in self.scenarios],
+            "hosts": list(self.settings.hosts),
+            "peers": self.settings.peers,
+            "trials": self.settings.trials,
+        }
+
+    def chart_beside(self, chart: str | os.PathLike[str]) -> Path:
+        """FILE-scenarios.png beside the contenders' FILE.png."""
+        path = Path(chart)
+        path = path.with_name(f"{path.stem}-scenarios{path.suffix or '.png'}")
+        write_chart(path, self.scenarios, self.results, self.settings)
+        return path
+
+    def report_section(self, directory: str | os.PathLike[str]) -> list[str]:
+        """DIR/scenarios.png, and the Markdown that shows it with the tables."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        write_chart(Path(directory) / CHART, self.scenarios, self.results, self.settings)
+        return markdown(self.scenarios, self.results, self.settings, CHART)

@@ -21,13 +21,16 @@ MODES = ("tun", "tap")
 T = TypeVar("T")
 
 
+DEFAULT_HOSTS, DEFAULT_PEERS, DEFAULT_TRIALS = (10, 50), 3, 10
+
+
 @dataclass(frozen=True)
 class Settings:
     seconds: float  # per timed test (--time)
     mtu: int  # the tunnel's inner MTU (--mtu); the LANs' is 1500
-    hosts: tuple[int, ...] = (10, 50)  # LAN hosts per side, one chatter run per size
-    peers: int = 3  # spokes of the hub
-    trials: int = 10  # first-packet trials
+    hosts: tuple[int, ...] = DEFAULT_HOSTS  # LAN hosts a side, one chatter run per size
+    peers: int = DEFAULT_PEERS  # spokes of the hub
+    trials: int = DEFAULT_TRIALS  # first-packet trials
 
 
 class Display(Protocol):
