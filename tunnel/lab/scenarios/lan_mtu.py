@@ -18,7 +18,7 @@ import re
 
 from ..measure import MeasurementError, iperf_client, parse_iperf_tcp
 from ..report import Figure, Result
-from ..testbed import Namespace
+from ..testbed import Namespace, stop_process
 from . import generator
 from .lan import Lan, Sites, two_lans_setup
 from .run import Run, Scenario
@@ -56,18 +56,21 @@ def reassembled(ns: Namespace) -> int:
 def _udp(run: Run, a: Lan, b: Lan) -> None:
     before = reassembled(b.hosts)
     receiver = generator.start(b.hosts, "receive", b.host4, UDP_PORT, QUIET)
-    generator.wait_listening(receiver)
-    sent = generator.generate(
-        a.hosts,
-        "udp",
-        b.host4,
-        UDP_PORT,
-        UDP_PAYLOAD,
-        UDP_RATE,
-        run.settings.seconds,
-        timeout=run.settings.seconds + 30,
-    )
-    got = generator.outcome(receiver, generator.FIRST_WAIT + 30)
+    try:
+        generator.wait_listening(receiver)
+        sent = generator.generate(
+            a.hosts,
+            "udp",
+            b.host4,
+            UDP_PORT,
+            UDP_PAYLOAD,
+            UDP_RATE,
+            run.settings.seconds,
+            timeout=run.settings.seconds + 30,
+        )
+        got = generator.outcome(receiver, generator.FIRST_WAIT + 30)
+    finally:
+        stop_process(receiver, grace=1)  # gone already, unless the sender failed
     fragmented = reassembled(b.hosts) - before
     if not sent["sent"]:
         raise MeasurementError("no 1472-byte datagram could be sent")
