@@ -3,7 +3,8 @@ IPv6 neighbour solicitations, mDNS announcements and DHCP DISCOVERs.
 
 A host here is an identity (a MAC, an IPv4 and an IPv6 address) that the chatter
 generator sends from, so that 50 hosts cost one process, not 50 network stacks.
-Every frame is a function of the host's index alone: two runs send the same bytes.
+Every frame is a function of the side, the host's index and the subnets alone:
+two runs send the same bytes.
 """
 
 from __future__ import annotations

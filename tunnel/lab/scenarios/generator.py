@@ -4,7 +4,7 @@ line of what it sent or received.
 
     chatter DEV SIDE HOSTS SECONDS SUBNET4 SUBNET6 ROUNDS_PER_S
         every host's chatter (frames.host_chatter) ROUNDS_PER_S times a second,
-        the hosts' rounds spread evenly over each second
+        all the hosts' frames evenly spaced
     frames DEV DST_MAC SIZE RATE SECONDS [SRC_MAC]
         SIZE-byte Ethernet frames of the local experimental ethertype to DST_MAC
     udp DST PORT SIZE RATE SECONDS
