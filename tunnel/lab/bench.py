@@ -13,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -22,6 +22,7 @@ from tunnel.protocol.constants import DEFAULT_MTU
 
 from . import measure
 from .contenders import CONTENDERS, NAMES, Contender, Endpoints, Skip, header_overhead
+from .measure import EXPECTED_ERRORS
 from .report import (
     CPU_KEYS,
     Result,
@@ -32,10 +33,11 @@ from .report import (
     write_json,
     write_report,
 )
+from .scenarios import options as scenario_options
+from .scenarios.output import Found
+from .scenarios.run import run_scenarios
 from .testbed import (
-    CommandError,
     Testbed,
-    TunnelStartError,
     first_line,
     host_problem,
     sigterm_as_interrupt,
@@ -43,8 +45,6 @@ from .testbed import (
 
 DEFAULT_TIME = 5.0
 PING_INTERVAL = 0.2
-# What a failing tool or tunnel raises; anything else is a bug and propagates.
-EXPECTED_ERRORS = (measure.MeasurementError, CommandError, TunnelStartError, TimeoutError)
 
 T = TypeVar("T")
 
@@ -81,6 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="TCP congestion control for the TCP tests, e.g. cubic or bbr (default: the "
         "host's); it moves raw veth's ceiling far more than any tunnel's",
     )
+    scenario_options.add_arguments(parser)
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
     parser.add_argument("--chart", metavar="FILE.png", help="write a bar chart to FILE.png")
     parser.add_argument(
@@ -92,8 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def selected(only: str | None) -> list[Contender]:
+    """The contenders `--only` names; "none" for none (a run of scenarios alone)."""
     if not only:
         return list(CONTENDERS)
+    if only.strip() == "none":
+        return []
     wanted = [n.strip() for n in only.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in NAMES]
     if unknown:
@@ -113,56 +117,75 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.congestion is not None:
             measure.check_congestion(args.congestion)
+        chosen, scenario_settings = scenario_options.from_arguments(args)
+        if not contenders and not chosen:
+            raise ValueError("--only none runs no contender: name --scenarios to run")
     except ValueError as exc:
-        err.print(f"pyvpn bench: {exc}", highlight=False)
+        err.print(f"pyvpn bench: {exc}", highlight=False, soft_wrap=True)
         return 2
     problem = host_problem()
     if problem:
-        err.print(f"pyvpn bench: {problem}", highlight=False)
+        err.print(f"pyvpn bench: {problem}", highlight=False, soft_wrap=True)
         return 1
     try:
         with sigterm_as_interrupt():
-            results = bench(
-                contenders, args.time, args.mtu, Display(err), args.rounds, args.congestion
+            results = (
+                bench(contenders, args.time, args.mtu, Display(err), args.rounds, args.congestion)
+                if contenders
+                else []
             )
+            found = None
+            if chosen:
+                with Display(err) as display:
+                    done = run_scenarios(chosen, scenario_settings, display, args.rounds)
+                found = Found(chosen, done, scenario_settings)
     except KeyboardInterrupt:
         err.print("pyvpn bench: interrupted; everything it set up is torn down")
         return 130
     except (*EXPECTED_ERRORS, OSError) as exc:
-        err.print(f"pyvpn bench: {first_line(exc)}", highlight=False)
+        err.print(f"pyvpn bench: {first_line(exc)}", highlight=False, soft_wrap=True)
         return 1
-    render_table(results, out)
     congestion = reported_congestion(results) or args.congestion or measure.host_congestion()
-    tun, tap = header_overhead("tun"), header_overhead("tap")
-    out.print(
-        f"Header overhead per inner packet over an IPv4 underlay: tun {tun} B, tap {tap} B "
-        f"(IP + UDP + 32 B WireGuard; tap adds the 14 B Ethernet header; +20 B over IPv6). "
-        f"Inner MTU {args.mtu} for every tunnel; {args.time:g} s per iperf3 test. "
-        "CPU: seconds used by the tunnel processes per gigabit moved in the 1-stream test, "
-        "both sides and each (the sender's encrypts, the receiver's decrypts). "
-        f"TCP congestion control: {congestion}"
-        + (" (--congestion)." if args.congestion else " (the host's default).")
-        + (f" Each figure is the median of {args.rounds} rounds." if args.rounds > 1 else ""),
-        highlight=False,
-    )
-    settings = {
+    if results:
+        render_table(results, out)
+        tun, tap = header_overhead("tun"), header_overhead("tap")
+        out.print(
+            f"Header overhead per inner packet over an IPv4 underlay: tun {tun} B, tap {tap} B "
+            f"(IP + UDP + 32 B WireGuard; tap adds the 14 B Ethernet header; +20 B over IPv6). "
+            f"Inner MTU {args.mtu} for every tunnel; {args.time:g} s per iperf3 test. "
+            "CPU: seconds used by the tunnel processes per gigabit moved in the 1-stream test, "
+            "both sides and each (the sender's encrypts, the receiver's decrypts). "
+            f"TCP congestion control: {congestion}"
+            + (" (--congestion)." if args.congestion else " (the host's default).")
+            + (f" Each figure is the median of {args.rounds} rounds." if args.rounds > 1 else ""),
+            highlight=False,
+        )
+    if found:
+        found.render(out)
+    settings: dict[str, Any] = {
         "time_s": args.time,
         "mtu": args.mtu,
         "rounds": args.rounds,
         "only": [c.name for c in contenders],
         "tcp_congestion": congestion,
+        **(found.json_settings() if found else {}),
     }
     if args.json:
-        write_json(args.json, to_json(results, settings))
+        write_json(args.json, to_json(results, settings, found.json() if found else None))
         out.print(f"JSON: {args.json}", highlight=False)
     if args.chart:
-        write_chart(args.chart, results)
-        out.print(f"chart: {args.chart}", highlight=False)
+        if results:
+            write_chart(args.chart, results)
+            out.print(f"chart: {args.chart}", highlight=False)
+        if found:
+            out.print(f"chart: {found.chart_beside(args.chart)}", highlight=False)
     if args.report:
         command = (
             " ".join(["pyvpn", "bench", *sys.argv[2:]]) if len(sys.argv) > 1 else "pyvpn bench"
         )
-        path = write_report(args.report, results, settings, command)
+        sections = found.report_section(args.report) if found else []
+        scenario_json = found.json() if found else None
+        path = write_report(args.report, results, settings, command, scenario_json, sections)
         out.print(f"report: {path}", highlight=False)
     return 0
 
@@ -199,10 +222,10 @@ class Display:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def begin(self, name: str) -> None:
+    def begin(self, name: str, first: str = "starting tunnel") -> None:
         self.name = name
         self.task = self.progress.add_task(name)
-        self.step("starting tunnel")
+        self.step(first)
 
     def step(self, test: str) -> None:
         self.progress.update(self.task, description=f"[bold]{self.name}[/bold]: {test}")

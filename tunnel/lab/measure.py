@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .testbed import CommandError, Namespace, children, proc_stat, stop_process
+from .testbed import CommandError, Namespace, TunnelStartError, children, proc_stat, stop_process
 
 IPERF_PORT = 5201
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -27,6 +27,10 @@ _TRANSMITTED = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?receiv
 
 class MeasurementError(RuntimeError):
     """A measurement that produced no figure (tool failed, nothing got through)."""
+
+
+# What a failing tool or tunnel raises; anything else is a bug and propagates.
+EXPECTED_ERRORS = (MeasurementError, CommandError, TunnelStartError, TimeoutError)
 
 
 # ---------------------------------------------------------------------------

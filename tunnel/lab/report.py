@@ -60,7 +60,7 @@ class Result:
         """Set `status` from which figures were obtained."""
         if self.status in ("skipped", "failed"):
             return
-        wanted = [k for k in FIGURE_KEYS if k not in self.not_applicable]
+        wanted = [k for k in self.figures if k not in self.not_applicable]
         got = [k for k in wanted if self.figures[k] is not None]
         self.status = "ok" if len(got) == len(wanted) else "partial" if got else "failed"
 
@@ -75,7 +75,8 @@ def combine(rounds: Sequence[Result]) -> Result:
     out = Result(first.name, first.family, first.mode, first.overhead_bytes)
     out.version = first.version
     out.not_applicable = list(first.not_applicable)
-    for key in FIGURE_KEYS:
+    out.figures = dict.fromkeys(first.figures)
+    for key in first.figures:
         got = [r.figures[key] for r in rounds if r.figures[key] is not None]
         out.figures[key] = statistics.median(got) if got else None
     for n, r in enumerate(rounds, start=1):
@@ -128,9 +129,14 @@ def spread(result: Result, key: str) -> tuple[float, float] | None:
     return (min(got), max(got)) if len(got) > 1 else None
 
 
-def to_json(results: Sequence[Result], settings: dict[str, Any]) -> dict[str, Any]:
+def to_json(
+    results: Sequence[Result],
+    settings: dict[str, Any],
+    scenarios: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """`scenarios`: the tun and tap scenarios' entries (scenarios/output.py), if any ran."""
     rel = ratios(results)
-    return {
+    doc = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": settings,
         "machine": machine(),
@@ -152,6 +158,9 @@ def to_json(results: Sequence[Result], settings: dict[str, Any]) -> dict[str, An
             for r in results
         ],
     }
+    if scenarios is not None:
+        doc["scenarios"] = scenarios
+    return doc
 
 
 def write_json(path: str | os.PathLike[str], doc: dict[str, Any]) -> None:
@@ -246,15 +255,19 @@ def write_report(
     results: Sequence[Result],
     settings: dict[str, Any],
     command: str,
+    scenarios: list[dict[str, Any]] | None = None,
+    sections: Sequence[str] = (),
 ) -> Path:
     """DIR/report.md beside DIR/bench.json and DIR/bench.png: the tables with each
     figure's spread over the rounds, the chart, what each test measures, and the
-    machine and versions it all came from."""
+    machine and versions it all came from. `scenarios` go into the JSON and
+    `sections` (Markdown lines) after the contenders' table."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    doc = to_json(results, settings)
+    doc = to_json(results, settings, scenarios)
     write_json(out / "bench.json", doc)
-    write_chart(out / "bench.png", results)
+    if results:
+        write_chart(out / "bench.png", results)
     rel = ratios(results)
     m = doc["machine"]
     lines = [
@@ -270,12 +283,15 @@ def write_report(
         f"{settings['mtu']}; each figure is the median over the rounds, with the lowest "
         "and highest round in brackets where there are several, and its ratio to raw "
         "veth after it.",
-        "",
-        "| contender | version | mode | "
-        + " | ".join(f"{f.label} {f.unit}" for f in FIGURES)
-        + " |",
-        "|---|---|---|" + "---|" * len(FIGURES),
     ]
+    if results:
+        lines += [
+            "",
+            "| contender | version | mode | "
+            + " | ".join(f"{f.label} {f.unit}" for f in FIGURES)
+            + " |",
+            "|---|---|---|" + "---|" * len(FIGURES),
+        ]
     for r in results:
         if r.status in ("skipped", "failed"):
             lines.append(
@@ -296,8 +312,10 @@ def write_report(
                 cell += f", {rel[r.name][f.key]:.2f}x veth"
             cells.append(cell)
         lines.append(f"| {r.name} | {r.version} | {r.mode} | " + " | ".join(cells) + " |")
-    lines += ["", "![pyvpn bench](bench.png)", "", "## What is measured", ""]
-    lines += [f"- {text}" for text in TESTS]
+    if results:
+        lines += ["", "![pyvpn bench](bench.png)", "", "## What is measured", ""]
+        lines += [f"- {text}" for text in TESTS]
+    lines += sections
     notes = [f"- {r.name}: {note}" for r in results for note in r.notes]
     if notes:
         lines += ["", "## Notes", "", *notes]

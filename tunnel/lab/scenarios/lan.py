@@ -1,0 +1,324 @@
+"""The networks the scenarios measure: a LAN behind each of two gateways, and a
+hub with spokes, each with pyvpn (native plane) in tun or in tap mode.
+
+Two LANs, one per gateway (testbed.a and testbed.b), each a namespace of its own
+with the LAN's hosts on a veth toward its gateway (MTU 1500, a standard LAN):
+
+- tap: the gateway's veth and pyvpn's device are ports of a Linux bridge; both
+  LANs are one segment, one subnet (10.30.0.0/16, fd30::/64).
+- tun: the gateway routes; each LAN is a subnet of its own (10.31.0.0/16 and
+  fd31:1::/64 behind a, 10.32.0.0/16 and fd31:2::/64 behind b), and each peer's
+  allowed_ips hold the other's LAN, so pyvpn routes it through the tunnel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunnel.protocol import keys
+
+from ..contenders import Skip
+from ..testbed import (
+    EXIT_CONFIG,
+    INNER_A,
+    INNER_A6,
+    INNER_B,
+    INNER_B6,
+    Daemon,
+    Namespace,
+    Testbed,
+    TunnelStartError,
+    device_name,
+    pyvpn_status,
+    render_config,
+    start_pyvpn,
+    wait_reachable,
+    write_pair_configs,
+)
+from .run import Run
+
+DATAPATH = "native"
+BRIDGE = "br0"
+LAN_MTU = 1500
+TAP_SUBNETS = ("10.30.0.0/16", "fd30::/64")
+TUN_SUBNETS = (("10.31.0.0/16", "fd31:1::/64"), ("10.32.0.0/16", "fd31:2::/64"))
+
+
+@dataclass(frozen=True)
+class Lan:
+    """One side's LAN: the namespace of its hosts, their veth toward the gateway,
+    their subnets and the address of the one host that pings and runs iperf3."""
+
+    gateway: Namespace
+    hosts: Namespace
+    dev: str
+    subnet4: str
+    subnet6: str
+    host4: str
+    host6: str
+
+
+@dataclass(frozen=True)
+class Port:
+    """A device in a namespace whose counters a scenario reads."""
+
+    ns: Namespace
+    dev: str
+
+
+@dataclass(frozen=True)
+class Sites:
+    mode: str
+    lans: tuple[Lan, Lan]
+    # The gateways' underlay veths (what crosses them is what the tunnel costs)
+    # and their tunnel devices, side a's first.
+    underlay: tuple[Port, Port]
+    tunnels: tuple[Port, Port]
+    pids: list[int]
+
+
+def _nth(subnet: str, n: int) -> str:
+    return str(ipaddress.ip_network(subnet)[n])
+
+
+def _prefix(subnet: str) -> int:
+    return ipaddress.ip_network(subnet).prefixlen
+
+
+def _lan(tb: Testbed, side: int, mode: str) -> Lan:
+    gateway = tb.namespaces[side]
+    hosts = tb.add_namespace(f"l{'ab'[side]}")
+    if mode == "tap":
+        subnet4, subnet6 = TAP_SUBNETS
+        # One subnet: the real hosts are .1 (side a) and .2 (side b).
+        host4, host6 = _nth(subnet4, side + 1), _nth(subnet6, side + 1)
+        tb.add_bridge(gateway, BRIDGE)
+        tb.link(
+            gateway,
+            hosts,
+            [],
+            [f"{host4}/{_prefix(subnet4)}", f"{host6}/64"],
+            bridge1=BRIDGE,
+            mtu=LAN_MTU,
+        )
+    else:
+        subnet4, subnet6 = TUN_SUBNETS[side]
+        # The gateway is .1, the real host .2, which routes everything through it.
+        gw4, gw6 = _nth(subnet4, 1), _nth(subnet6, 1)
+        host4, host6 = _nth(subnet4, 2), _nth(subnet6, 2)
+        tb.link(
+            gateway,
+            hosts,
+            [f"{gw4}/{_prefix(subnet4)}", f"{gw6}/64"],
+            [f"{host4}/{_prefix(subnet4)}", f"{host6}/64"],
+            mtu=LAN_MTU,
+        )
+        hosts.run("ip", "route", "add", "default", "via", gw4)
+        hosts.run("ip", "-6", "route", "add", "default", "via", gw6)
+        gateway.sysctl("net.ipv4.ip_forward", 1)
+        gateway.sysctl("net.ipv6.conf.all.forwarding", 1)
+    return Lan(gateway, hosts, f"to-{gateway.label}", subnet4, subnet6, host4, host6)
+
+
+def start_native(ns: Namespace, path: Path) -> Daemon:
+    """`pyvpn up` on the native plane, or Skip if it is not built here."""
+    try:
+        daemon = start_pyvpn(ns, path)
+    except TunnelStartError as exc:
+        if exc.returncode == EXIT_CONFIG and DATAPATH in exc.output.lower():
+            raise Skip(exc.output.strip().splitlines()[-1]) from None
+        raise
+    running = pyvpn_status(daemon.name).get("datapath")
+    if running != DATAPATH:
+        daemon.stop()
+        raise Skip(f"asked for the {DATAPATH} data plane, `pyvpn show` says {running}")
+    return daemon
+
+
+@contextlib.contextmanager
+def two_lans(tb: Testbed, workdir: Path, mode: str, mtu: int) -> Iterator[Sites]:
+    """A LAN behind each of tb.a and tb.b, joined by pyvpn in `mode`; the tunnel's
+    inner MTU is `mtu`, the LANs' 1500."""
+    lans = (_lan(tb, 0, mode), _lan(tb, 1, mode))
+    if mode == "tap":
+        bridged = {"bridge": BRIDGE, "address": None}
+        overrides: dict[str, Any] = {
+            "interface_a": bridged,
+            "interface_b": bridged,
+            "peer_a": {"allowed_ips": None},
+            "peer_b": {"allowed_ips": None},
+        }
+    else:
+        own = [[f"{INNER_B}/32", f"{INNER_B6}/128"], [f"{INNER_A}/32", f"{INNER_A6}/128"]]
+        allowed = [own[i] + [lans[1 - i].subnet4, lans[1 - i].subnet6] for i in (0, 1)]
+        overrides = {"peer_a": {"allowed_ips": allowed[0]}, "peer_b": {"allowed_ips": allowed[1]}}
+    paths = write_pair_configs(workdir, mode, DATAPATH, mtu=mtu, **overrides)
+    with contextlib.ExitStack() as stack:
+        daemons = [
+            stack.enter_context(start_native(ns, p))
+            for ns, p in zip((tb.a, tb.b), paths, strict=True)
+        ]
+        wait_reachable(lans[0].hosts, lans[1].host4)
+        yield Sites(
+            mode,
+            lans,
+            (Port(tb.a, tb.a_veth), Port(tb.b, tb.b_veth)),
+            (Port(tb.a, daemons[0].name), Port(tb.b, daemons[1].name)),
+            [d.pid for d in daemons],
+        )
+
+
+def two_lans_setup(run: Run) -> contextlib.AbstractContextManager[Sites]:
+    """two_lans as a scenario's setup."""
+    return two_lans(run.tb, run.workdir, run.mode, run.settings.mtu)
+
+
+# ---------------------------------------------------------------------------
+# A hub with spokes
+
+HUB_SUBNET = "10.10.0.0/24"
+
+
+@dataclass(frozen=True)
+class Star:
+    mode: str
+    hub: Namespace
+    spokes: list[Namespace]
+    hub_dev: str
+    spoke_devs: list[str]
+    spoke_addrs: list[str]  # each spoke's inner address
+    underlay: list[Port]  # the hub's veth toward each spoke
+    hub_pid: int
+
+
+def _star_configs(
+    workdir: Path, mode: str, mtu: int, names: list[str], underlay: list[tuple[str, str]]
+) -> list[Path]:
+    """The hub (names[0], 10.10.0.1) with one peer per spoke; spoke i is 10.10.0.(i+2),
+    reaches the hub at underlay[i][0] and is reached at underlay[i][1]."""
+    private = [keys.generate_private_key() for _ in names]
+    public = [keys.encode(keys.public_key(k)) for k in private]
+    addrs = [_nth(HUB_SUBNET, i + 1) for i in range(len(names))]
+    common = {"mode": mode, "listen_port": 51820, "datapath": DATAPATH, "mtu": mtu}
+    tun = mode == "tun"
+    tables = [
+        (
+            {
+                "name": names[0],
+                "private_key": keys.encode(private[0]),
+                **common,
+                "address": [f"{addrs[0]}/24"],
+            },
+            [
+                {
+                    "public_key": public[i + 1],
+                    "endpoint": f"{spoke}:51820",
+                    "allowed_ips": [f"{addrs[i + 1]}/32"] if tun else None,
+                }
+                for i, (_, spoke) in enumerate(underlay)
+            ],
+        )
+    ]
+    for i, (hub, _) in enumerate(underlay):
+        tables.append(
+            (
+                {
+                    "name": names[i + 1],
+                    "private_key": keys.encode(private[i + 1]),
+                    **common,
+                    "address": [f"{addrs[i + 1]}/24"],
+                },
+                # Keepalives from the start: the hub learns every spoke's endpoint at once.
+                [
+                    {
+                        "public_key": public[0],
+                        "endpoint": f"{hub}:51820",
+                        "persistent_keepalive": 25,
+                        "allowed_ips": [HUB_SUBNET] if tun else None,
+                    }
+                ],
+            )
+        )
+    paths = []
+    for (interface, peers), name in zip(tables, names, strict=True):
+        path = workdir / f"{name}.toml"
+        path.write_text(render_config(interface, peers))
+        path.chmod(0o600)
+        paths.append(path)
+    return paths
+
+
+@contextlib.contextmanager
+def star(tb: Testbed, workdir: Path, mode: str, mtu: int) -> Iterator[Star]:
+    """pyvpn on tb.namespaces[0] (the hub) with every other namespace as a spoke,
+    each over a veth of its own; the hub's device has no bridge."""
+    for ns in tb.namespaces:
+        # No IPv6 on the tunnel devices: no router solicitations or MLD reports of
+        # their own among the bytes counted.
+        ns.sysctl("net.ipv6.conf.default.disable_ipv6", 1)
+    hub, spokes = tb.namespaces[0], tb.namespaces[1:]
+    links = [tb.links[0]]
+    for i, spoke in enumerate(spokes[1:], start=2):
+        links.append(tb.link(hub, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"]))
+    underlay = [(tb.a_addr, tb.b_addr)] + [
+        (f"198.18.{i}.1", f"198.18.{i}.2") for i in range(2, len(spokes) + 1)
+    ]
+    names = [device_name(f"pv{mode}", c) for c in "hbcdefghijklmnopqrstuvwxyz"[: len(spokes) + 1]]
+    paths = _star_configs(workdir, mode, mtu, names, underlay)
+    with contextlib.ExitStack() as stack:
+        daemons = [
+            stack.enter_context(start_native(ns, p))
+            for ns, p in zip(tb.namespaces, paths, strict=True)
+        ]
+        deadline = time.monotonic() + 15
+        while not all(p["has_session"] for p in pyvpn_status(names[0])["peers"]):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the hub has no session with every spoke within 15 s")
+            time.sleep(0.1)
+        addrs = [_nth(HUB_SUBNET, i + 2) for i in range(len(spokes))]
+        yield Star(
+            mode,
+            hub,
+            spokes,
+            names[0],
+            names[1:],
+            addrs,
+            [Port(hub, link.dev1) for link in links],
+            daemons[0].pid,
+        )
+
+
+def star_setup(run: Run) -> contextlib.AbstractContextManager[Star]:
+    """star as a scenario's setup."""
+    return star(run.tb, run.workdir, run.mode, run.settings.mtu)
+
+
+# ---------------------------------------------------------------------------
+# Counters
+
+
+@dataclass(frozen=True)
+class Counters:
+    packets: int
+    bytes: int
+
+    def __sub__(self, other: Counters) -> Counters:
+        return Counters(self.packets - other.packets, self.bytes - other.bytes)
+
+
+def counters(ports: Iterable[Port], direction: str = "tx") -> Counters:
+    """What the devices sent ("tx") or received ("rx"), summed: packets and bytes
+    as the kernel counts them (Ethernet frames on a veth; a GSO batch as one)."""
+    packets = size = 0
+    for port in ports:
+        info = json.loads(port.ns.run("ip", "-j", "-s", "link", "show", port.dev).stdout)[0]
+        stats = info["stats64"][direction]
+        packets, size = packets + int(stats["packets"]), size + int(stats["bytes"])
+    return Counters(packets, size)
