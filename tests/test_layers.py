@@ -14,7 +14,7 @@ ALLOWED = {
     "host": {"protocol"},
     "planes": {"protocol", "core", "host"},
     "control": {"protocol", "core", "host", "planes"},
-    "lab": {"protocol", "host", "control"},
+    "lab": {"protocol", "core", "host", "control"},
     # cli.py, daemon.py and pyvpn_wg.py, on top.
     "top": {"protocol", "core", "host", "planes", "control", "lab"},
 }

@@ -53,6 +53,19 @@ class Skip(Exception):
     """This contender cannot run on this machine; the message says why."""
 
 
+def skip_unbuilt(exc: TunnelStartError, datapath: str) -> None:
+    """`pyvpn up` refuses a data plane that is not built with status 2: a Skip."""
+    if exc.returncode == EXIT_CONFIG and datapath in exc.output.lower():
+        raise Skip(_last_line(exc.output)) from None
+
+
+def check_plane(name: str, datapath: str) -> None:
+    """A label must not lie: measure only the data plane that really runs."""
+    running = pyvpn_status(name).get("datapath")
+    if running != datapath:
+        raise Skip(f"asked for the {datapath} data plane, `pyvpn show` says {running}")
+
+
 @dataclass(frozen=True)
 class Endpoints:
     client: Namespace
@@ -126,14 +139,9 @@ class Pyvpn(Contender):
                     pyvpn_pair(tb, workdir, self.mode, self.datapath, mtu=mtu)
                 )
             except TunnelStartError as exc:
-                # `pyvpn up` refuses a data plane that is not built with status 2.
-                if exc.returncode == EXIT_CONFIG and self.datapath in exc.output.lower():
-                    raise Skip(_last_line(exc.output)) from None
+                skip_unbuilt(exc, self.datapath)
                 raise
-            # A label must not lie: measure only the data plane that really runs.
-            running = pyvpn_status(peers[0].name).get("datapath")
-            if running != self.datapath:
-                raise Skip(f"asked for the {self.datapath} data plane, `pyvpn show` says {running}")
+            check_plane(peers[0].name, self.datapath)
             wait_reachable(tb.a, INNER_B)
             yield Endpoints(tb.a, tb.b, INNER_B, [p.pid for p in peers])
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+from tunnel.core.l3 import internet_checksum
+
 BROADCAST_MAC = b"\xff" * 6
 ETHERTYPE_IPV4, ETHERTYPE_ARP, ETHERTYPE_IPV6 = 0x0800, 0x0806, 0x86DD
 IPPROTO_UDP, IPPROTO_ICMPV6 = 17, 58
@@ -39,17 +41,6 @@ def host_ipv6(subnet: str, side: int, index: int) -> str:
     return str(ipaddress.ip_network(subnet)[FIRST_HOST + side * SIDE_SPAN + index])
 
 
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071). The core has its own (tunnel/core/l3.py),
-    which the lab may not import (tests/test_layers.py)."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
     return dst + src + ethertype.to_bytes(2, "big") + payload
 
@@ -70,11 +61,11 @@ def ipv4_udp(src: str, dst: str, sport: int, dport: int, payload: bytes, ttl: in
     source, destination = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
     pseudo = source + destination + struct.pack("!BBH", 0, IPPROTO_UDP, length)
     udp = struct.pack("!HHHH", sport, dport, length, 0) + payload
-    udp = udp[:6] + struct.pack("!H", checksum(pseudo + udp) or 0xFFFF) + udp[8:]
+    udp = udp[:6] + struct.pack("!H", internet_checksum(pseudo + udp) or 0xFFFF) + udp[8:]
     header = struct.pack(
         "!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0, ttl, IPPROTO_UDP, 0, source, destination
     )
-    header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
     return header + udp
 
 
@@ -83,7 +74,7 @@ def ipv6_packet(src: str, dst: str, next_header: int, payload: bytes, hops: int 
     source, destination = ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed
     pseudo = source + destination + struct.pack("!I3xB", len(payload), next_header)
     offset = 6 if next_header == IPPROTO_UDP else 2
-    value = checksum(pseudo + payload) or (0xFFFF if next_header == IPPROTO_UDP else 0)
+    value = internet_checksum(pseudo + payload) or (0xFFFF if next_header == IPPROTO_UDP else 0)
     payload = payload[:offset] + struct.pack("!H", value) + payload[offset + 2 :]
     header = struct.pack("!IHBB", 6 << 28, len(payload), next_header, hops)
     return header + source + destination + payload

@@ -24,9 +24,8 @@ from typing import Any
 
 from tunnel.protocol import keys
 
-from ..contenders import Skip
+from ..contenders import Skip, check_plane, skip_unbuilt
 from ..testbed import (
-    EXIT_CONFIG,
     INNER_A,
     INNER_A6,
     INNER_B,
@@ -132,13 +131,13 @@ def start_native(ns: Namespace, path: Path) -> Daemon:
     try:
         daemon = start_pyvpn(ns, path)
     except TunnelStartError as exc:
-        if exc.returncode == EXIT_CONFIG and DATAPATH in exc.output.lower():
-            raise Skip(exc.output.strip().splitlines()[-1]) from None
+        skip_unbuilt(exc, DATAPATH)
         raise
-    running = pyvpn_status(daemon.name).get("datapath")
-    if running != DATAPATH:
+    try:
+        check_plane(daemon.name, DATAPATH)
+    except Skip:
         daemon.stop()
-        raise Skip(f"asked for the {DATAPATH} data plane, `pyvpn show` says {running}")
+        raise
     return daemon
 
 
