@@ -77,3 +77,9 @@ def test_values_of_choice_options():
 
 def test_pyvpn_wg_options():
     assert complete("pyvpn-wg", "--") == ["--foreground", "--help", "--version"]
+
+
+def test_scenario_names_are_the_benchs():
+    from tunnel.lab.scenarios import NAMES
+
+    assert complete("pyvpn", "bench", "--scenarios", "") == sorted(["all", *NAMES])
