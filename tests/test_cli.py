@@ -1,6 +1,7 @@
 """The command line as a user meets it: keys, config errors, usage errors."""
 
 import importlib.metadata
+import json
 import os
 import subprocess
 
@@ -9,6 +10,7 @@ import pytest
 from tunnel.cli import restart_needed
 from tunnel.control.config import parse
 from tunnel.daemon import choose_datapath
+from tunnel.lab.testbed import device_name, start_wireguard_go
 from tunnel.protocol import keys
 
 from .conftest import pyvpn
@@ -132,6 +134,20 @@ def test_world_readable_key_file_warns(tmp_path):
     loaded = load(str(path))
     assert loaded.interface.private_key == bytes(range(32))
     assert any("accessible by others" in w for w in loaded.warnings)
+
+
+def test_show_leaves_wireguard_gos_tunnels_to_wg(bed):
+    """A wireguard-go device shares /var/run/wireguard: `pyvpn show` lists the pyvpn
+    tunnels beside it, and names it plainly when asked for it."""
+    name = device_name("pvwgo", "a")
+    with start_wireguard_go(bed.a, name, keys.generate_private_key(), 0):
+        everything = pyvpn("show", "--json")
+        assert everything.returncode == 0 and everything.stderr == ""
+        assert name not in [s["name"] for s in json.loads(everything.stdout)]
+        assert pyvpn("show").returncode == 0
+        one = pyvpn("show", name)
+        assert one.returncode == 1
+        assert one.stderr == f"pyvpn: {name} is not a pyvpn tunnel: wg show {name}\n"
 
 
 def test_down_unknown_tunnel():

@@ -202,20 +202,34 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    names = [args.name] if args.name else uapi_client.running_names()
-    try:
-        statuses = [uapi_client.status(n) for n in names]
-    except uapi_client.NotRunning:
-        print(f"pyvpn: no tunnel named {args.name} is running", file=sys.stderr)
-        return 1
-    except uapi_client.NotAnswering as e:
-        print(f"pyvpn: {e.strerror}", file=sys.stderr)
-        return 1
+    if args.name:
+        try:
+            status = uapi_client.status(args.name)
+        except uapi_client.NotRunning:
+            print(f"pyvpn: no tunnel named {args.name} is running", file=sys.stderr)
+            return 1
+        except uapi_client.NotPyvpn:
+            print(f"pyvpn: {args.name} is not a pyvpn tunnel: wg show {args.name}", file=sys.stderr)
+            return 1
+        except uapi_client.NotAnswering as e:
+            print(f"pyvpn: {e.strerror}", file=sys.stderr)
+            return 1
+        print(json.dumps(status, indent=2) if args.json else format_status(status))
+        return 0
+    statuses, answered = [], True
+    for name in uapi_client.running_names():
+        try:
+            statuses.append(uapi_client.status(name))
+        except (uapi_client.NotRunning, uapi_client.NotPyvpn):
+            continue  # gone since it was listed, or another WireGuard's (wg show lists it)
+        except uapi_client.NotAnswering as e:
+            print(f"pyvpn: {e.strerror}", file=sys.stderr)
+            answered = False
     if args.json:
-        print(json.dumps(statuses[0] if args.name else statuses, indent=2))
+        print(json.dumps(statuses, indent=2))
     elif statuses:
         print("\n\n".join(format_status(s) for s in statuses))
-    return 0
+    return 0 if answered else 1
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
