@@ -6,7 +6,7 @@ from typing import Any
 
 from tunnel.core.interface import Interface
 from tunnel.core.state import mode_name
-from tunnel.host.netlink import InterfaceAddress
+from tunnel.host.routing import InterfaceAddress
 from tunnel.protocol.address import format_address
 from tunnel.protocol.keys import encode
 

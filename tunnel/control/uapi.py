@@ -15,7 +15,7 @@ from typing import Any
 
 from tunnel.core.interface import Interface
 from tunnel.core.reconfig import Change, IPEdit, PeerChange, Refused
-from tunnel.host.netlink import RESERVED_TABLES
+from tunnel.host.routing import RESERVED_TABLES
 from tunnel.host.udp import is_name, split_address
 from tunnel.protocol import keys
 from tunnel.protocol.address import format_address

@@ -75,9 +75,9 @@ def exchange(name: str, text: str) -> str:
     """Send raw protocol text (operations ending in a blank line); return the reply."""
     with _connect(socket_path(name)) as sock:
         sock.sendall(text.encode())
-        data = b""
+        data = bytearray()  # a hub's reply runs to megabytes: appended, not copied anew
         while not data.endswith(b"\n\n"):
-            chunk = sock.recv(65536)
+            chunk = sock.recv(1 << 20)
             if not chunk:
                 break
             data += chunk

@@ -9,6 +9,7 @@ import errno
 import logging
 import socket
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 
 from tunnel.core.actions import Action, KeypairInstalled, KeypairsCleared, Transmit
 from tunnel.core.interface import Interface
@@ -35,6 +36,7 @@ INTERFACE_DROPS = {
     "mac_table_full": "rx_mac_table_full",
 }
 UPCALL_BATCH = 256
+NO_STATS = PeerStats(**{f.name: 0 for f in fields(PeerStats)} | {"endpoint": None})
 WORKERS = 1  # one thread for both directions: right for 2 cores (docs/internals.md)
 
 
@@ -87,6 +89,8 @@ class NativeShell(Plane):
         self.plane.set_mac1_key(iface.cookie_checker.mac1_key)
         self.ids: dict[Peer, int] = {}
         self.peers: dict[int, Peer] = {}
+        # C's stats of each peer as last seen here; a peer whose stats never moved
+        # has none (C reports a new peer's changes from all zeros).
         self.last: dict[int, PeerStats] = {}
         self._next_id = 1
         for peer in iface.peers.values():
@@ -99,7 +103,6 @@ class NativeShell(Plane):
         self.ids[peer], self.peers[peer_id] = peer_id, peer
         self.plane.add_peer(peer_id)
         self._sync(peer)
-        self.last[peer_id] = self.plane.stats(peer_id)
 
     def _sync(self, peer: Peer) -> None:
         """C takes the core's endpoint and allowed IPs for the peer."""
@@ -113,7 +116,8 @@ class NativeShell(Plane):
     def reconfigured(self, applied: Applied) -> None:
         for peer in applied.removed:
             peer_id = self.ids.pop(peer)
-            del self.peers[peer_id], self.last[peer_id]
+            del self.peers[peer_id]
+            self.last.pop(peer_id, None)
             self.plane.remove_peer(peer_id)  # its keypairs and MAC addresses too
         for peer in applied.added:
             self._add(peer)
@@ -152,8 +156,12 @@ class NativeShell(Plane):
             delta = getattr(new_if, field) - getattr(old_if, field)
             if delta:
                 self.iface.drops[reason] += delta
-        for peer_id, peer in self.peers.items():
-            new, old = self.plane.stats(peer_id), self.last[peer_id]
+        # Only the peers whose stats moved: a hub's thousands of idle peers cost nothing.
+        for peer_id, new in self.plane.changed_stats():
+            peer = self.peers.get(peer_id)
+            if peer is None:
+                continue
+            old = self.last.get(peer_id, NO_STATS)
             self.last[peer_id] = new
             self._adopt(peer, new)
             peer.drops.replay_or_forged += (new.drop_bad_tag - old.drop_bad_tag) + (
