@@ -72,6 +72,10 @@ class Receiving(Sending):
             self.under_load_until = now + UNDER_LOAD_HOLD
         return now < self.under_load_until
 
+    def _static_static(self, remote_static: bytes) -> bytes | None:
+        peer = self.peers.get(remote_static)
+        return peer.handshake.precomputed_static_static if peer is not None else None
+
     def _receive_initiation(
         self, msg: Initiation, data: bytes, source: Address, now: float
     ) -> list[Action]:
@@ -81,7 +85,7 @@ class Receiving(Sending):
         if rejected is not None:
             return rejected
         try:
-            consumed = consume_initiation(self.identity, msg)
+            consumed = consume_initiation(self.identity, msg, self._static_static)
         except HandshakeError:
             self.drops["bad_handshake"] += 1
             return []

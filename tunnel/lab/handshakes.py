@@ -38,7 +38,7 @@ MAC2 = MAC1 + 16
 # (INITIATIONS_PER_SECOND; noise.c, wireguard-go's HandshakeInitationRate).
 PER_INITIATOR_GAP = 1.5 / INITIATIONS_PER_SECOND
 MAX_SOURCES = 2048  # source addresses: each has the responder's per-source share under load
-ANSWER_TIMEOUT = 1.0  # seconds before an initiation in flight counts as lost
+ANSWER_TIMEOUT = 0.5  # seconds before an initiation in flight counts as lost
 
 
 @dataclass

@@ -216,12 +216,15 @@ class NativeShell(Plane):
             peer.current.send_counter = stats.current_send_counter
 
     def _upcalls(self) -> None:
-        now = clock.now()
         for _ in range(UPCALL_BATCH):
             try:
                 data = self.ctrl.recv(65536 + 64)
             except BlockingIOError:
                 return
+            # Each its own time: a batch of handshakes takes a good part of a
+            # second, and one `now` for all would make an initiator's next
+            # initiation look like a flood (INITIATIONS_PER_SECOND).
+            now = clock.now()
             upcall = parse_upcall(data)
             peer = self.peers.get(upcall.peer_id)
             if upcall.kind is UpcallKind.DATAGRAM and upcall.address is not None:
