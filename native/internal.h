@@ -133,6 +133,10 @@ struct peer {
 	 * MAC table (dp_peer_set_allowed_macs); none: any it is not refused. */
 	uint8_t (*allowed_macs)[6];
 	size_t n_allowed_macs;
+	/* Its allowed IPs as last set, so that removing them walks their paths
+	 * in the trie, not the whole trie of every peer's. */
+	struct dp_prefix *prefixes;
+	size_t n_prefixes;
 	/* What dp_changed_peer_stats() last reported (NULL: nothing yet, all zeros),
 	 * under dp->report_lock. */
 	struct dp_peer_stats *reported;

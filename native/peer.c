@@ -94,6 +94,7 @@ static void peer_free(dp_t *dp, struct peer *p)
 		keypair_free(dp, p->keypairs[s]);
 	pthread_mutex_destroy(&p->endpoint_lock);
 	free(p->allowed_macs);
+	free(p->prefixes);
 	free(p->reported);
 	free(p);
 }
@@ -219,14 +220,25 @@ int dp_allowed_ips_set(dp_t *dp, uint32_t peer_id, const struct dp_prefix *prefi
 		    prefixes[i].cidr > (family == AF_INET ? 32 : 128))
 			return -EINVAL;
 	}
+	struct dp_prefix *copy = NULL;
+	if (n && !(copy = malloc(n * sizeof(*copy))))
+		return -ENOMEM;
+	if (n)
+		memcpy(copy, prefixes, n * sizeof(*copy));
 	pthread_rwlock_wrlock(&dp->lock);
 	struct peer *p = peer_lookup(dp, peer_id);
 	int ret = p ? 0 : -ENOENT;
 	if (p) {
 		allowedips_remove_peer(dp, p);
+		/* Kept whole even if an insert fails: removing one it does not hold
+		 * does nothing. */
+		p->prefixes = copy;
+		p->n_prefixes = n;
 		for (size_t i = 0; i < n && !ret; i++)
 			ret = allowedips_insert(dp, prefixes[i].family, prefixes[i].addr,
 						prefixes[i].cidr, p);
+	} else {
+		free(copy);
 	}
 	pthread_rwlock_unlock(&dp->lock);
 	return ret;
