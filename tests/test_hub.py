@@ -11,9 +11,13 @@ import sys
 
 import pytest
 
+from tunnel.core.interface import Interface
 from tunnel.lab import hub
+from tunnel.lab.handshakes import prepare
 from tunnel.lab.testbed import device_name, leftovers, pyvpn_env, pyvpn_status, run_command
 from tunnel.protocol import keys
+from tunnel.protocol.constants import MESSAGE_COOKIE_REPLY, MESSAGE_RESPONSE
+from tunnel.protocol.peer import PeerConfig
 
 INSIDE, OUTSIDE = 300, 20
 
@@ -149,3 +153,21 @@ def test_peers_are_numbered_inside_the_prefix_past_the_hubs_own_address():
     first = ipaddress.ip_network(hub.peer_network(0))
     assert first.subnet_of(hub.HUB_ADDRESS.network)
     assert hub.HUB_ADDRESS.ip not in first
+
+
+def test_the_rekeys_of_a_hubs_peers_alone_never_put_it_under_load():
+    # Twice the rekey load of 600 peers is 10 handshakes a second: with the
+    # threshold at 2, 10 initiations in a second still get responses, 12 do not.
+    private = keys.generate_private_key()
+    iface = Interface(private, under_load_threshold=2)
+    initiators = [keys.generate_private_key() for _ in range(600)]
+    for k in initiators:
+        iface.add_peer(PeerConfig(public_key=keys.public_key(k)))
+    initiations = prepare(initiators[:12], keys.public_key(private), 12)
+    answers = [
+        iface.receive_datagram(p.packet, ("127.1.0.1", 5000 + i), 100.0 + i / 100)
+        for i, p in enumerate(initiations)
+    ]
+    kinds = [a[0].data[0] for a in answers]
+    assert kinds[:10] == [MESSAGE_RESPONSE] * 10
+    assert kinds[10:] == [MESSAGE_COOKIE_REPLY] * 2

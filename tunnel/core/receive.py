@@ -9,8 +9,10 @@ from tunnel.protocol.constants import (
     INITIATIONS_PER_SECOND,
     KEEPALIVE_TIMEOUT,
     REJECT_AFTER_TIME,
+    REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
     UNDER_LOAD_HOLD,
+    UNDER_LOAD_REKEY_MARGIN,
 )
 from tunnel.protocol.crypto import DecryptError
 from tunnel.protocol.keypair import Keypair
@@ -68,7 +70,8 @@ class Receiving(Sending):
         if second != self._load_second:
             self._load_second, self._load_count = second, 0
         self._load_count += 1
-        if self._load_count > self.under_load_threshold:
+        rekeys = len(self.peers) / REKEY_AFTER_TIME  # handshakes a second
+        if self._load_count > max(self.under_load_threshold, UNDER_LOAD_REKEY_MARGIN * rekeys):
             self.under_load_until = now + UNDER_LOAD_HOLD
         return now < self.under_load_until
 

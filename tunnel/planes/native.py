@@ -5,6 +5,7 @@ core the datagrams and packets C hands up, and turns C's per-peer counters into
 the core's timer events."""
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -36,6 +37,8 @@ INTERFACE_DROPS = {
     "mac_table_full": "rx_mac_table_full",
 }
 UPCALL_BATCH = 256
+UPCALL_BUFFER = 4 << 20  # bytes: some 3000 handshake upcalls
+SO_SNDBUFFORCE = 32  # <asm-generic/socket.h>: SO_SNDBUF beyond wmem_max, for root
 NO_STATS = PeerStats(**{f.name: 0 for f in fields(PeerStats)} | {"endpoint": None})
 WORKERS = 1  # one thread for both directions: right for 2 cores (docs/internals.md)
 
@@ -81,6 +84,11 @@ class NativeShell(Plane):
         self.device_prefix = bytes(dp.VNET_HDR_LEN)
         self.ctrl, ctrl_native = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.ctrl.setblocking(False)
+        # Room for a hub's burst of handshakes while Python works through them
+        # (wireguard-go queues 1024, the kernel 4096): a full socket makes C
+        # count Python as behind and limit every source (native/upcall.c).
+        with contextlib.suppress(PermissionError):  # without root: what wmem_max allows
+            ctrl_native.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, UPCALL_BUFFER)
         self._ctrl_native = ctrl_native  # the C side writes to it; closed after the plane
         self.plane = NativePlane(
             dev_fd, sock.fileno(), ctrl_native.fileno(), tap=iface.l2, vnet_hdr=True, mtu=iface.mtu
