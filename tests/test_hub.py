@@ -171,3 +171,13 @@ def test_the_rekeys_of_a_hubs_peers_alone_never_put_it_under_load():
     kinds = [a[0].data[0] for a in answers]
     assert kinds[:10] == [MESSAGE_RESPONSE] * 10
     assert kinds[10:] == [MESSAGE_COOKIE_REPLY] * 2
+
+
+def test_a_peer_given_the_hubs_own_prefix_adds_no_route_of_its_own(running):
+    ns, h, _ = running
+    before = routes(ns, h.name)
+    key = keys.encode(keys.public_key(keys.generate_private_key()))
+    ns.run("wg", "set", h.name, "peer", key, "allowed-ips", str(hub.HUB_ADDRESS.network))
+    assert routes(ns, h.name) == before
+    ns.run("wg", "set", h.name, "peer", key, "remove")
+    assert routes(ns, h.name) == before

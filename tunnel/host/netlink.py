@@ -138,12 +138,13 @@ def _covering(
     table: int | None,
     exclude: Iterable[Network] = (),
 ) -> list[Network]:
-    """The networks the device's routes in the main table cover, and its own
-    prefixes (listed even before the kernel's prefix route appears); none for a
-    table of the user's, which gets every route (_routed)."""
+    """The networks the device's own prefixes (listed even before the kernel's
+    prefix route appears) and its routes in the main table cover, those in
+    `exclude` aside; none for a table of the user's, which gets every route
+    (_routed)."""
     if table is not None:
         return []
-    found = set(connected)
+    found = set()
     for family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(NetlinkError):  # a kernel without IPv6
             for route in ipr.get_routes(family=family, table=RT_TABLE_MAIN):
@@ -152,7 +153,7 @@ def _covering(
                 zero = "0.0.0.0" if family == socket.AF_INET else "::"
                 dst = f"{route.get('RTA_DST') or zero}/{route['dst_len']}"
                 found.add(ipaddress.ip_network(dst))
-    return list(found - set(exclude))
+    return [*connected, *(found - set(exclude))]
 
 
 def _change_routes(
@@ -162,6 +163,8 @@ def _change_routes(
     netlink message (one request each, acknowledged each): thousands of peers
     outside the device's prefix cost milliseconds, not a round trip each. The
     first the kernel refuses raises LinkError, after the rest were tried."""
+    if not networks:
+        return
     refused: tuple[Network, int] | None = None
     batch = IPBatch()
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
