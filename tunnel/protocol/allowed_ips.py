@@ -2,11 +2,19 @@
 address to the peer that owns it, used to pick the peer on send and to check the
 source on receive."""
 
+import functools
 import ipaddress
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def network_text(network: Network) -> str:
+    """`10.128.0.2/32`: what show and the UAPI print for every peer on every call,
+    and ipaddress spells out anew each time (some 10 µs; a hub has thousands)."""
+    return str(network)
 
 
 class AllowedIPs(Generic[T]):
