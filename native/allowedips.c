@@ -51,30 +51,41 @@ struct peer *allowedips_lookup(dp_t *dp, int family, const uint8_t *addr)
 	return best;
 }
 
-/* Returns true if the subtree is now empty (and was freed). */
-static bool remove_peer(struct trie_node *n, struct peer *peer)
+/* Take the prefix from the peer if it still holds it (another may have taken
+ * it since), and free the nodes that leaves empty on its path. */
+static void remove_prefix(struct trie_node **root, const struct dp_prefix *pf,
+			  const struct peer *peer)
 {
-	if (!n)
-		return true;
-	if (n->peer == peer)
-		n->peer = NULL;
-	for (int b = 0; b < 2; b++)
-		if (n->child[b] && remove_peer(n->child[b], peer))
-			n->child[b] = NULL;
-	if (!n->peer && !n->child[0] && !n->child[1]) {
-		free(n);
-		return true;
+	struct trie_node *path[129];
+	struct trie_node *n = *root;
+	int depth = 0;
+	for (; n && depth < pf->cidr; depth++) {
+		path[depth] = n;
+		n = n->child[bit_at(pf->addr, depth)];
 	}
-	return false;
+	if (!n || n->peer != peer)
+		return;
+	n->peer = NULL;
+	while (!n->peer && !n->child[0] && !n->child[1]) {
+		free(n);
+		if (depth == 0) {
+			*root = NULL;
+			return;
+		}
+		n = path[--depth];
+		n->child[bit_at(pf->addr, depth)] = NULL;
+	}
 }
 
 void allowedips_remove_peer(dp_t *dp, struct peer *peer)
 {
-	/* Recursion depth is bounded by the address width (128). */
-	if (remove_peer(dp->trie4, peer))
-		dp->trie4 = NULL;
-	if (remove_peer(dp->trie6, peer))
-		dp->trie6 = NULL;
+	for (size_t i = 0; i < peer->n_prefixes; i++) {
+		const struct dp_prefix *pf = &peer->prefixes[i];
+		remove_prefix(pf->family == AF_INET ? &dp->trie4 : &dp->trie6, pf, peer);
+	}
+	free(peer->prefixes);
+	peer->prefixes = NULL;
+	peer->n_prefixes = 0;
 }
 
 static void free_all(struct trie_node *n)

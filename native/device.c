@@ -132,6 +132,7 @@ dp_t *dp_create(int dev_fd, int udp_fd, int ctrl_fd, uint32_t flags, int mtu)
 	pthread_rwlock_init(&dp->lock, &a);
 	pthread_rwlockattr_destroy(&a);
 	pthread_mutex_init(&dp->mac_lock, NULL);
+	pthread_mutex_init(&dp->report_lock, NULL);
 	dp->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	int err = dp->stop_efd < 0 ? -errno : setup_udp(dp);
 	if (!err)
@@ -269,6 +270,7 @@ void dp_destroy(dp_t *dp)
 	mac_free(dp);
 	pthread_rwlock_destroy(&dp->lock);
 	pthread_mutex_destroy(&dp->mac_lock);
+	pthread_mutex_destroy(&dp->report_lock);
 	if (dp->stop_efd >= 0)
 		close(dp->stop_efd);
 	free(dp);

@@ -164,6 +164,12 @@ int dp_send_packet(dp_t *, uint32_t peer_id, const uint8_t *pkt, size_t len);
 int dp_transmit_frame(dp_t *, const uint8_t *data, size_t len);
 
 int dp_peer_stats(dp_t *, uint32_t peer_id, struct dp_peer_stats *out);
+/* The peers whose dp_peer_stats() changed since this call last reported them
+ * (the age of CURRENT aside, which always does), at most max: their ids in ids[],
+ * their stats in out[]; the rest come in the next call.  A new peer counts as
+ * last reported all zeros.  So a hub's timer tick reads what moved, not every
+ * peer.  Returns how many. */
+int dp_changed_peer_stats(dp_t *, uint32_t *ids, struct dp_peer_stats *out, size_t max);
 int dp_if_stats(dp_t *, struct dp_if_stats *out);
 int dp_mac_table(dp_t *, struct dp_mac_entry *out, int max); /* returns count */
 int dp_mac_owner(dp_t *, const uint8_t mac[6], uint32_t *peer_id); /* 1: learned, live */

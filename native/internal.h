@@ -133,10 +133,21 @@ struct peer {
 	 * MAC table (dp_peer_set_allowed_macs); none: any it is not refused. */
 	uint8_t (*allowed_macs)[6];
 	size_t n_allowed_macs;
+	/* Its allowed IPs as last set, so that removing them walks their paths
+	 * in the trie, not the whole trie of every peer's. */
+	struct dp_prefix *prefixes;
+	size_t n_prefixes;
+	/* What dp_changed_peer_stats() last reported (NULL: nothing yet, all zeros),
+	 * under dp->report_lock. */
+	struct dp_peer_stats *reported;
 };
 
-#define PEER_HASH_SIZE 256
-#define INDEX_HASH_SIZE 1024
+/* Sized for hubs of thousands of peers, each with up to three keypairs: a
+ * transport message's index lookup walks a chain of a few, not dozens. */
+#define PEER_HASH_BITS 12
+#define INDEX_HASH_BITS 14
+#define PEER_HASH_SIZE (1 << PEER_HASH_BITS)
+#define INDEX_HASH_SIZE (1 << INDEX_HASH_BITS)
 #define MAC_HASH_SIZE 1024
 
 struct trie_node {
@@ -172,6 +183,7 @@ struct dp {
 	struct trie_node *trie4, *trie6;
 
 	pthread_mutex_t mac_lock;
+	pthread_mutex_t report_lock; /* dp_changed_peer_stats: one caller at a time */
 	struct mac_entry *mac_hash[MAC_HASH_SIZE];
 	int mac_count;
 	_Atomic uint64_t mac_ageing_ns;

@@ -16,13 +16,13 @@
 
 static inline unsigned peer_bucket(uint32_t id)
 {
-	return (id * 2654435761u) >> 24; /* Knuth's multiplicative hash, 8 bits */
+	return (id * 2654435761u) >> (32 - PEER_HASH_BITS); /* Knuth's multiplicative hash */
 }
 
 static inline unsigned index_bucket(uint32_t idx)
 {
 	/* Indices are random (Python draws them), but hash anyway. */
-	return (idx * 2654435761u) >> 22; /* 10 bits */
+	return (idx * 2654435761u) >> (32 - INDEX_HASH_BITS);
 }
 
 struct peer *peer_lookup(dp_t *dp, uint32_t id)
@@ -94,6 +94,8 @@ static void peer_free(dp_t *dp, struct peer *p)
 		keypair_free(dp, p->keypairs[s]);
 	pthread_mutex_destroy(&p->endpoint_lock);
 	free(p->allowed_macs);
+	free(p->prefixes);
+	free(p->reported);
 	free(p);
 }
 
@@ -218,14 +220,25 @@ int dp_allowed_ips_set(dp_t *dp, uint32_t peer_id, const struct dp_prefix *prefi
 		    prefixes[i].cidr > (family == AF_INET ? 32 : 128))
 			return -EINVAL;
 	}
+	struct dp_prefix *copy = NULL;
+	if (n && !(copy = malloc(n * sizeof(*copy))))
+		return -ENOMEM;
+	if (n)
+		memcpy(copy, prefixes, n * sizeof(*copy));
 	pthread_rwlock_wrlock(&dp->lock);
 	struct peer *p = peer_lookup(dp, peer_id);
 	int ret = p ? 0 : -ENOENT;
 	if (p) {
 		allowedips_remove_peer(dp, p);
+		/* Kept whole even if an insert fails: removing one it does not hold
+		 * does nothing. */
+		p->prefixes = copy;
+		p->n_prefixes = n;
 		for (size_t i = 0; i < n && !ret; i++)
 			ret = allowedips_insert(dp, prefixes[i].family, prefixes[i].addr,
 						prefixes[i].cidr, p);
+	} else {
+		free(copy);
 	}
 	pthread_rwlock_unlock(&dp->lock);
 	return ret;
@@ -347,45 +360,83 @@ bool peer_confirm_next(dp_t *dp, uint32_t peer_id, uint32_t local_index)
 	return rotated;
 }
 
+static void peer_fill_stats(struct peer *p, struct dp_peer_stats *out, uint64_t now)
+{
+	memset(out, 0, sizeof(*out));
+	out->rx_bytes = STAT_GET(p->rx_bytes);
+	out->tx_bytes = STAT_GET(p->tx_bytes);
+	out->rx_packets = STAT_GET(p->rx_packets);
+	out->tx_packets = STAT_GET(p->tx_packets);
+	out->last_tx_ns = STAT_GET(p->last_tx_ns);
+	out->last_tx_data_ns = STAT_GET(p->last_tx_data_ns);
+	out->last_rx_ns = STAT_GET(p->last_rx_ns);
+	out->last_rx_data_ns = STAT_GET(p->last_rx_data_ns);
+	struct keypair *cur = p->keypairs[DP_CURRENT];
+	if (cur) {
+		out->has_current = 1;
+		out->current_local_index = cur->local_index;
+		out->current_send_counter = STAT_GET(cur->send_counter);
+		out->current_age_ns = now - cur->birth_ns;
+	}
+	out->has_previous = p->keypairs[DP_PREVIOUS] != NULL;
+	out->has_next = p->keypairs[DP_NEXT] != NULL;
+	if (out->has_previous)
+		out->previous_local_index = p->keypairs[DP_PREVIOUS]->local_index;
+	if (out->has_next)
+		out->next_local_index = p->keypairs[DP_NEXT]->local_index;
+	socklen_t l;
+	peer_copy_endpoint(p, &out->endpoint, &l);
+	out->endpoint_len = l;
+	out->drop_bad_tag = STAT_GET(p->drop_bad_tag);
+	out->drop_replay = STAT_GET(p->drop_replay);
+	out->drop_bad_source = STAT_GET(p->drop_bad_source);
+	out->drop_no_keypair = STAT_GET(p->drop_no_keypair);
+	out->drop_expired_keypair = STAT_GET(p->drop_expired_keypair);
+	out->drop_malformed = STAT_GET(p->drop_malformed);
+}
+
 int dp_peer_stats(dp_t *dp, uint32_t peer_id, struct dp_peer_stats *out)
 {
 	memset(out, 0, sizeof(*out));
 	pthread_rwlock_rdlock(&dp->lock);
 	struct peer *p = peer_lookup(dp, peer_id);
-	if (p) {
-		out->rx_bytes = STAT_GET(p->rx_bytes);
-		out->tx_bytes = STAT_GET(p->tx_bytes);
-		out->rx_packets = STAT_GET(p->rx_packets);
-		out->tx_packets = STAT_GET(p->tx_packets);
-		out->last_tx_ns = STAT_GET(p->last_tx_ns);
-		out->last_tx_data_ns = STAT_GET(p->last_tx_data_ns);
-		out->last_rx_ns = STAT_GET(p->last_rx_ns);
-		out->last_rx_data_ns = STAT_GET(p->last_rx_data_ns);
-		struct keypair *cur = p->keypairs[DP_CURRENT];
-		if (cur) {
-			out->has_current = 1;
-			out->current_local_index = cur->local_index;
-			out->current_send_counter = STAT_GET(cur->send_counter);
-			out->current_age_ns = now_ns() - cur->birth_ns;
-		}
-		out->has_previous = p->keypairs[DP_PREVIOUS] != NULL;
-		out->has_next = p->keypairs[DP_NEXT] != NULL;
-		if (out->has_previous)
-			out->previous_local_index = p->keypairs[DP_PREVIOUS]->local_index;
-		if (out->has_next)
-			out->next_local_index = p->keypairs[DP_NEXT]->local_index;
-		socklen_t l;
-		peer_copy_endpoint(p, &out->endpoint, &l);
-		out->endpoint_len = l;
-		out->drop_bad_tag = STAT_GET(p->drop_bad_tag);
-		out->drop_replay = STAT_GET(p->drop_replay);
-		out->drop_bad_source = STAT_GET(p->drop_bad_source);
-		out->drop_no_keypair = STAT_GET(p->drop_no_keypair);
-		out->drop_expired_keypair = STAT_GET(p->drop_expired_keypair);
-		out->drop_malformed = STAT_GET(p->drop_malformed);
-	}
+	if (p)
+		peer_fill_stats(p, out, now_ns());
 	pthread_rwlock_unlock(&dp->lock);
 	return p ? 0 : -ENOENT;
+}
+
+/* Whether a peer's stats differ from what was last reported, the age of CURRENT
+ * aside (it always moves; what Python follows is the keypair's index). */
+static bool stats_changed(const struct dp_peer_stats *now, const struct dp_peer_stats *before)
+{
+	static const struct dp_peer_stats zero;
+	struct dp_peer_stats a;
+	memcpy(&a, now, sizeof(a)); /* padding too: fill_stats zeroed it */
+	a.current_age_ns = 0;
+	return memcmp(&a, before ? before : &zero, sizeof(a)) != 0;
+}
+
+int dp_changed_peer_stats(dp_t *dp, uint32_t *ids, struct dp_peer_stats *out, size_t max)
+{
+	size_t n = 0;
+	uint64_t now = now_ns();
+	pthread_mutex_lock(&dp->report_lock);
+	pthread_rwlock_rdlock(&dp->lock);
+	for (int i = 0; i < dp->npeers && n < max; i++) {
+		struct peer *p = dp->peer_list[i];
+		peer_fill_stats(p, &out[n], now);
+		if (!stats_changed(&out[n], p->reported))
+			continue;
+		if (!p->reported && !(p->reported = malloc(sizeof(*p->reported))))
+			break; /* reported again next time */
+		memcpy(p->reported, &out[n], sizeof(*p->reported));
+		p->reported->current_age_ns = 0;
+		ids[n++] = p->id;
+	}
+	pthread_rwlock_unlock(&dp->lock);
+	pthread_mutex_unlock(&dp->report_lock);
+	return (int)n;
 }
 
 int dp_peer_set_allowed_macs(dp_t *dp, uint32_t peer_id, const uint8_t *macs, size_t n)

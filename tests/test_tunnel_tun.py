@@ -90,11 +90,13 @@ def tomllib_private(path):
 
 @pytest.mark.parametrize("how", ["down", "SIGTERM", "SIGINT"])
 def test_teardown_removes_device_addresses_routes_and_socket(bed, tmp_path, datapath, how):
-    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath)
+    # 10.99.0.0/24 gets a route of its own; B's address, inside A's /24, needs none.
+    allowed = [f"{INNER_B}/32", f"{INNER_B6}/128", "10.99.0.0/24"]
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath, peer_a={"allowed_ips": allowed})
     with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b):
         wait_reachable(bed.a, INNER_B)
         assert a.name in bed.a.run("ip", "-o", "link").stdout
-        assert "10.10.0.2 dev" in bed.a.run("ip", "route").stdout
+        assert f"10.99.0.0/24 dev {a.name}" in bed.a.run("ip", "route").stdout
         if how == "down":
             result = pyvpn("down", a.name)
             assert result.returncode == 0, result.stderr
@@ -103,6 +105,7 @@ def test_teardown_removes_device_addresses_routes_and_socket(bed, tmp_path, data
         assert a.proc.wait(timeout=10) == 0
         assert a.name not in bed.a.run("ip", "-o", "link").stdout
         assert "10.10.0" not in bed.a.run("ip", "route").stdout
+        assert "10.99.0" not in bed.a.run("ip", "route").stdout
         assert "fd10::" not in bed.a.run("ip", "-6", "route").stdout
         assert not uapi_socket(a.name).exists()
 
@@ -373,7 +376,9 @@ def test_mtu_is_taken_from_the_underlay_unless_given(bed, tmp_path):
 def test_a_network_listed_by_two_peers_is_routed_once_to_the_later(bed, tmp_path, datapath):
     from tunnel.lab.testbed import render_config
 
-    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath)
+    # Host addresses: no prefix of A's own covers B's, so B's network needs a route.
+    own = {"address": [f"{INNER_A}/32", f"{INNER_A6}/128"]}
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath, interface_a=own)
     data = tomllib.loads(path_a.read_text())
     decoy = {
         "public_key": keys.encode(keys.public_key(keys.generate_private_key())),

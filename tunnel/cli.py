@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from tunnel.control import uapi, uapi_client
 from tunnel.control.config import Config, ConfigError, load, load_source, read
 from tunnel.control.mesh import FORMATS, write_mesh
-from tunnel.host.netlink import ip_versions
+from tunnel.host.routing import ip_versions
 from tunnel.protocol import keys
 
 
@@ -30,7 +30,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> Parser:
+def build_parser(command: str | None = None) -> Parser:
+    """The whole command line; given the command word, only the lab plugin it
+    names is imported for its options (they load rich and more, which `pyvpn
+    show` on a busy hub should not wait for)."""
     parser = Parser(
         prog="pyvpn", description="A WireGuard-protocol VPN tunnel, tun (L3) or tap (L2)."
     )
@@ -78,7 +81,8 @@ def build_parser() -> Parser:
     ):
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(module=name)
-        _plugin(name).add_arguments(p)
+        if command in (None, name):
+            _plugin(name).add_arguments(p)
     return parser
 
 
@@ -87,7 +91,8 @@ def _plugin(name: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    args = build_parser(words[0] if words else None).parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, UsageError) as e:

@@ -24,8 +24,8 @@ from tunnel.host import clock, hooks, netlink, resolvconf, sd_notify, udp
 from tunnel.host.device import DeviceError, open_device
 from tunnel.host.full_tunnel import FullTunnel, remove_leftovers
 from tunnel.host.link_watch import LinkWatch
-from tunnel.host.netlink import InterfaceAddress
 from tunnel.host.privileges import PrivilegeError, drop_privileges
+from tunnel.host.routing import InterfaceAddress
 from tunnel.host.udp import SocketError, open_socket
 from tunnel.planes import dp
 from tunnel.planes.base import Plane
@@ -425,7 +425,7 @@ async def _set(tunnel: Tunnel, args: list[str]) -> str:
     def follow() -> None:
         if tunnel.table == "off":
             return
-        netlink.update_routes(name, after - before, before - after, _numbered(tunnel.table))
+        netlink.update_routes(name, after - before, before - after, _numbered(tunnel.table), after)
         if tunnel.table == "auto":
             full_tunnel.fit(after)
 

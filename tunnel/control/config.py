@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tunnel.control import wg_quick
-from tunnel.host.netlink import RESERVED_TABLES, RT_TABLE_LOCAL, RT_TABLE_MAIN, InterfaceAddress
 from tunnel.host.resolvconf import NAMESERVER
+from tunnel.host.routing import RESERVED_TABLES, RT_TABLE_LOCAL, RT_TABLE_MAIN, InterfaceAddress
 from tunnel.host.udp import is_name, resolve, split_address
 from tunnel.protocol import keys
 from tunnel.protocol.address import Address

@@ -6,8 +6,9 @@ from typing import Any
 
 from tunnel.core.interface import Interface
 from tunnel.core.state import mode_name
-from tunnel.host.netlink import InterfaceAddress
+from tunnel.host.routing import InterfaceAddress
 from tunnel.protocol.address import format_address
+from tunnel.protocol.allowed_ips import network_text
 from tunnel.protocol.keys import encode
 
 
@@ -45,7 +46,7 @@ def snapshot(
                 "endpoint_name": (
                     format_address(peer.endpoint_name) if peer.endpoint_name else None
                 ),
-                "allowed_ips": [str(n) for n in iface.routes.networks_of(peer)],
+                "allowed_ips": [network_text(n) for n in iface.routes.networks_of(peer)],
                 "latest_handshake": peer.last_handshake_wall,
                 "rx_bytes": peer.rx_bytes,
                 "tx_bytes": peer.tx_bytes,

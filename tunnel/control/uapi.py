@@ -15,11 +15,11 @@ from typing import Any
 
 from tunnel.core.interface import Interface
 from tunnel.core.reconfig import Change, IPEdit, PeerChange, Refused
-from tunnel.host.netlink import RESERVED_TABLES
+from tunnel.host.routing import RESERVED_TABLES
 from tunnel.host.udp import is_name, split_address
 from tunnel.protocol import keys
 from tunnel.protocol.address import format_address
-from tunnel.protocol.allowed_ips import Network
+from tunnel.protocol.allowed_ips import Network, network_text
 
 from .config import LOW_ORDER, parse_mac
 
@@ -53,7 +53,7 @@ def get_response(iface: Interface, listen_port: int, fwmark: int = 0) -> str:
         lines.append(f"tx_bytes={peer.tx_bytes}")
         lines.append(f"rx_bytes={peer.rx_bytes}")
         lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
-        lines += [f"allowed_ip={n}" for n in iface.routes.networks_of(peer)]
+        lines += ["allowed_ip=" + network_text(n) for n in iface.routes.networks_of(peer)]
     return "\n".join(lines) + "\nerrno=0\n\n"
 
 

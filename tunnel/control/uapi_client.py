@@ -99,11 +99,11 @@ def _connect(path: Path, timeout: float = TIMEOUT) -> socket.socket:
 def exchange(name: str, text: str, timeout: float = TIMEOUT) -> str:
     """Send raw protocol text (operations ending in a blank line); return the reply."""
     with _connect(socket_path(name), timeout) as sock:
-        data = b""
+        data = bytearray()  # a hub's reply runs to megabytes: appended, not copied anew
         try:
             sock.sendall(text.encode())
             while not data.endswith(b"\n\n"):
-                chunk = sock.recv(65536)
+                chunk = sock.recv(1 << 20)
                 if not chunk:
                     break
                 data += chunk

@@ -9,8 +9,10 @@ from tunnel.protocol.constants import (
     INITIATIONS_PER_SECOND,
     KEEPALIVE_TIMEOUT,
     REJECT_AFTER_TIME,
+    REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
     UNDER_LOAD_HOLD,
+    UNDER_LOAD_REKEY_MARGIN,
 )
 from tunnel.protocol.crypto import DecryptError
 from tunnel.protocol.keypair import Keypair
@@ -68,9 +70,14 @@ class Receiving(Sending):
         if second != self._load_second:
             self._load_second, self._load_count = second, 0
         self._load_count += 1
-        if self._load_count > self.under_load_threshold:
+        rekeys = len(self.peers) / REKEY_AFTER_TIME  # handshakes a second
+        if self._load_count > max(self.under_load_threshold, UNDER_LOAD_REKEY_MARGIN * rekeys):
             self.under_load_until = now + UNDER_LOAD_HOLD
         return now < self.under_load_until
+
+    def _static_static(self, remote_static: bytes) -> bytes | None:
+        peer = self.peers.get(remote_static)
+        return peer.handshake.precomputed_static_static if peer is not None else None
 
     def _receive_initiation(
         self, msg: Initiation, data: bytes, source: Address, now: float
@@ -84,7 +91,7 @@ class Receiving(Sending):
             self.drops["no_private_key"] += 1
             return []
         try:
-            consumed = consume_initiation(self.identity, msg)
+            consumed = consume_initiation(self.identity, msg, self._static_static)
         except HandshakeError:
             self.drops["bad_handshake"] += 1
             return []

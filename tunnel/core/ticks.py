@@ -23,7 +23,7 @@ log = logging.getLogger("pyvpn")
 class Ticking(Sending):
     def tick(self, now: float) -> list[Action]:
         actions: list[Action] = []
-        for peer in list(self.peers.values()):
+        for peer in [p for p in self.peers.values() if p.timers.earliest <= now]:
             for timer in peer.timers.expired(now):
                 actions += self._timer_fired(peer, timer, now)
         return actions + self._greet(now)

@@ -12,7 +12,7 @@ from typing import Any
 from tunnel.protocol.allowed_ips import Network
 
 from . import netlink, nftables, udp
-from .netlink import InterfaceAddress, ip_versions
+from .routing import InterfaceAddress, ip_versions
 
 log = logging.getLogger("pyvpn")
 

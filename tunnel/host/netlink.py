@@ -4,32 +4,28 @@
 import contextlib
 import errno
 import ipaddress
+import os
 import socket
+import struct
 from collections.abc import Iterable
 from typing import Any
 
-from pyroute2 import IPRoute
+from pyroute2 import IPBatch, IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tunnel.protocol.allowed_ips import Network
 from tunnel.protocol.constants import UNDERLAY_MTU
 
-# An address of the device's own, with its prefix: 10.0.0.1/24.
-InterfaceAddress = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-RT_TABLE_MAIN = 254  # <linux/rtnetlink.h>
-RT_TABLE_LOCAL = 255
-RESERVED_TABLES = {253: "default", RT_TABLE_MAIN: "main", RT_TABLE_LOCAL: "local"}
+from .routing import RT_TABLE_MAIN, InterfaceAddress
 
 FIB_RULE_INVERT = 2  # <linux/fib_rules.h>: the rule matches what the selector does not
 # FRA_PROTOCOL on pyvpn's own rules (`ip rule` shows "proto 245"), so that a killed
 # run's are told from the user's; a value no routing daemon in iproute2's rt_protos uses.
 RULE_PROTOCOL = 245
 FIRST_TABLE = 51820  # where wg-quick starts looking for a free routing table
-
-
-def ip_versions(versions: Iterable[int]) -> str:
-    """IP versions as show and the log name them: "IPv4 and IPv6"."""
-    return " and ".join(f"IPv{v}" for v in sorted(versions))
+NLMSG_ERROR = 2  # <linux/netlink.h>: the kernel's answer to a request with NLM_F_ACK
+NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
+ROUTES_PER_BATCH = 256  # requests in one sendmsg: their acks fit the receive buffer
 
 
 class LinkError(Exception):
@@ -87,13 +83,10 @@ def configure(
                 )
             step = "bring the link up"
             ipr.link("set", index=index, state="up")
-            connected = [a.network for a in addresses]
-            for network in routes:
-                if _routed(network, connected, table):
-                    step = f"add route {network}"
-                    ipr.route("add", dst=str(network), oif=index, **_in(table))
+            covered = _covering(ipr, index, [a.network for a in addresses], table)
         except NetlinkError as e:
             raise LinkError(f"cannot {step} on {name}: {_reason(e)}") from None
+    _change_routes("add", name, index, [n for n in routes if _routed(n, covered, table)], table)
 
 
 def set_mtu(name: str, mtu: int) -> None:
@@ -106,36 +99,115 @@ def set_mtu(name: str, mtu: int) -> None:
 
 
 def update_routes(
-    name: str, add: Iterable[Network], remove: Iterable[Network], table: int | None = None
+    name: str,
+    add: Iterable[Network],
+    remove: Iterable[Network],
+    table: int | None = None,
+    allowed: Iterable[Network] = (),
 ) -> None:
     """Follow a change of the allowed networks on a running tunnel, as configure
-    routes them. A route the kernel refuses raises LinkError."""
+    routes them; `allowed` are all of them after the change. A route the kernel
+    refuses raises LinkError."""
+    add, remove = list(add), list(remove)
     with IPRoute() as ipr:
         index = _index(ipr, name)
         connected = [
             ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}").network
             for a in ipr.get_addr(index=index)
         ]
-        for network in remove:
-            if _routed(network, connected, table):
-                with contextlib.suppress(NetlinkError):  # already gone: fine
-                    ipr.route("del", dst=str(network), oif=index, **_in(table))
-        for network in add:
-            if _routed(network, connected, table):
-                try:
-                    ipr.route("add", dst=str(network), oif=index, **_in(table))
-                except NetlinkError as e:
-                    raise LinkError(
-                        f"cannot add route {network} on {name}: {_reason(e)}", e.code
-                    ) from None
+        # Only what covers the allowed networks without being one of them: a route
+        # of pyvpn's own goes when its network does, and must not leave another
+        # network it seemed to cover without a route.
+        covered = _covering(ipr, index, connected, table, {*add, *remove, *allowed})
+    gone = [n for n in remove if _routed(n, covered, table)]
+    with contextlib.suppress(LinkError):  # already gone: fine
+        _change_routes("del", name, index, gone, table)
+    _change_routes("add", name, index, [n for n in add if _routed(n, covered, table)], table)
 
 
-def _routed(network: Network, connected: list[Network], table: int | None) -> bool:
+def _routed(network: Network, covered: list[Network], table: int | None) -> bool:
     """Whether an allowed network gets a route of its own through the device. In
     the main table (table None: wg-quick's Table = auto) a default route does not
-    (full_tunnel) and a connected prefix has one already; a table of the user's
-    own (Table = N) gets every allowed network as it is, as wg-quick does it."""
-    return table is not None or (network.prefixlen != 0 and network not in connected)
+    (full_tunnel), nor does a network a route of the device covers already: its
+    own prefix's, or one the user added (wg-quick's add_route skips what `ip route
+    show dev IFACE match CIDR` lists), so a hub whose address's prefix holds its
+    peers adds no route for them. A table of the user's own (Table = N) gets every
+    allowed network as it is, as wg-quick does it."""
+    if table is not None:
+        return True
+    return network.prefixlen != 0 and not any(
+        network.version == c.version and network.subnet_of(c) for c in covered
+    )
+
+
+def _covering(
+    ipr: IPRoute,
+    index: int,
+    connected: list[Network],
+    table: int | None,
+    exclude: Iterable[Network] = (),
+) -> list[Network]:
+    """The networks the device's own prefixes (listed even before the kernel's
+    prefix route appears) and its routes in the main table cover, those in
+    `exclude` aside; none for a table of the user's, which gets every route
+    (_routed)."""
+    if table is not None:
+        return []
+    found = set()
+    for family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(NetlinkError):  # a kernel without IPv6
+            for route in ipr.get_routes(family=family, table=RT_TABLE_MAIN):
+                if route.get("RTA_OIF") != index or route.get("RTA_TABLE") != RT_TABLE_MAIN:
+                    continue
+                zero = "0.0.0.0" if family == socket.AF_INET else "::"
+                dst = f"{route.get('RTA_DST') or zero}/{route['dst_len']}"
+                found.add(ipaddress.ip_network(dst))
+    return [*connected, *(found - set(exclude))]
+
+
+def _change_routes(
+    command: str, name: str, index: int, networks: list[Network], table: int | None
+) -> None:
+    """Add or delete a route through the device for each network, many to a
+    netlink message (one request each, acknowledged each): thousands of peers
+    outside the device's prefix cost milliseconds, not a round trip each. The
+    first the kernel refuses raises LinkError, after the rest were tried."""
+    if not networks:
+        return
+    refused: tuple[Network, int] | None = None
+    batch = IPBatch()
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        for first in range(0, len(networks), ROUTES_PER_BATCH):
+            chunk = networks[first : first + ROUTES_PER_BATCH]
+            batch.reset()
+            for seq, network in enumerate(chunk):
+                offset = len(batch.batch)
+                batch.route(command, dst=str(network), oif=index, **_in(table))
+                struct.pack_into("=I", batch.batch, offset + 8, seq)
+            sock.send(bytes(batch.batch))
+            for seq, code in _acks(sock, len(chunk)):
+                if code and refused is None:
+                    refused = (chunk[seq], code)
+    if refused is not None:
+        network, code = refused
+        verb = "add" if command == "add" else "remove"
+        raise LinkError(f"cannot {verb} route {network} on {name}: {os.strerror(code)}", code)
+
+
+def _acks(sock: socket.socket, count: int) -> list[tuple[int, int]]:
+    """The (sequence, errno) of the next `count` acknowledgements on `sock`."""
+    acks: list[tuple[int, int]] = []
+    while len(acks) < count:
+        data = sock.recv(1 << 20)
+        offset = 0
+        while offset + NLMSGHDR.size <= len(data):
+            length, kind, _, seq, _ = NLMSGHDR.unpack_from(data, offset)
+            if kind == NLMSG_ERROR:
+                (code,) = struct.unpack_from("=i", data, offset + NLMSGHDR.size)
+                acks.append((seq, -code))
+            offset += max(length + 3 & ~3, NLMSGHDR.size)
+    return acks
 
 
 def _in(table: int | None) -> dict[str, int]:

@@ -20,7 +20,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tunnel.protocol.constants import DEFAULT_MTU
 
-from . import measure
+from . import hub, measure
 from .contenders import CONTENDERS, NAMES, Contender, Endpoints, Skip, header_overhead
 from .measure import EXPECTED_ERRORS
 from .report import (
@@ -90,6 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write DIR/report.md (the tables with each figure's spread, the chart, the "
         "machine and every version) beside DIR/bench.json and DIR/bench.png",
     )
+    hub.add_arguments(parser)
 
 
 def selected(only: str | None) -> list[Contender]:
@@ -106,6 +107,8 @@ def selected(only: str | None) -> list[Contender]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.hub is not None:
+        return hub.run(args)
     out, err = Console(), Console(stderr=True)
     if not out.is_terminal:
         out = Console(width=200)  # a file or pipe gets the whole table, not 80 columns

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -42,6 +43,7 @@ T = TypeVar("T")
 # dp.h's values, which tests/test_shared_constants.py holds these to: Python needs
 # them where the extension may not be built.
 SLOT_CURRENT, SLOT_PREVIOUS, SLOT_NEXT = 0, 1, 2
+CHANGED_BATCH = 1024  # peers' stats per dp_changed_peer_stats call
 VNET_HDR_LEN = 10  # DP_VNET_HDR_LEN, sizeof(struct virtio_net_hdr)
 
 UPCALL_HEADER = struct.Struct("<BBHI16s")  # kind, family, port (BE, see below), peer_id, addr
@@ -192,16 +194,27 @@ class InterfaceStats:
     workers: int
 
 
+def _peer_stats(st: Any) -> PeerStats:
+    ep = ffi.buffer(ffi.addressof(st, "endpoint"), st.endpoint_len)[:]
+    endpoint = _from_sockaddr(ep) if st.endpoint_len else None
+    return _from_struct(PeerStats, st, endpoint=endpoint)
+
+
 def _from_struct(cls: type[T], st: Any, **given: Any) -> T:
     """A stats dataclass from the dp.h struct whose fields have the same names
     (C's uint32_t flags become bools), with `given` for those that need more."""
     values = dict(given)
-    for f in fields(cls):  # type: ignore[arg-type]
-        if f.name not in given:
-            value = getattr(st, f.name)
-            # f.type is the annotation's text under `from __future__ import annotations`.
-            values[f.name] = bool(value) if f.type in (bool, "bool") else value
+    for name, is_bool in _struct_fields(cls):
+        if name not in given:
+            value = getattr(st, name)
+            values[name] = bool(value) if is_bool else value
     return cls(**values)
+
+
+@functools.cache
+def _struct_fields(cls: type) -> tuple[tuple[str, bool], ...]:
+    # f.type is the annotation's text under `from __future__ import annotations`.
+    return tuple((f.name, f.type in (bool, "bool")) for f in fields(cls))
 
 
 @dataclass(frozen=True)
@@ -366,9 +379,19 @@ class NativePlane:
     def stats(self, peer_id: int) -> PeerStats:
         st = ffi.new("struct dp_peer_stats *")
         _check(lib.dp_peer_stats(self._handle(), peer_id, st), "stats")
-        ep = ffi.buffer(ffi.addressof(st, "endpoint"), st.endpoint_len)[:]
-        endpoint = _from_sockaddr(ep) if st.endpoint_len else None
-        return _from_struct(PeerStats, st, endpoint=endpoint)
+        return _peer_stats(st)
+
+    def changed_stats(self, max_peers: int = CHANGED_BATCH) -> list[tuple[int, PeerStats]]:
+        """The peers whose stats moved since they were last reported here, and
+        their stats (dp_changed_peer_stats); all of them, in batches."""
+        ids = ffi.new("uint32_t[]", max_peers)
+        out = ffi.new("struct dp_peer_stats[]", max_peers)
+        changed: list[tuple[int, PeerStats]] = []
+        while True:
+            n = _check(lib.dp_changed_peer_stats(self._handle(), ids, out, max_peers), "stats")
+            changed += [(ids[i], _peer_stats(out[i])) for i in range(n)]
+            if n < max_peers:
+                return changed
 
     def interface_stats(self) -> InterfaceStats:
         st = ffi.new("struct dp_if_stats *")

@@ -5,11 +5,12 @@ core the datagrams and packets C hands up, and turns C's per-peer counters into
 the core's timer events."""
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 from tunnel.core.actions import Action, KeypairInstalled, KeypairsCleared, Transmit
@@ -37,6 +38,9 @@ INTERFACE_DROPS = {
     "mac_table_full": "rx_mac_table_full",
 }
 UPCALL_BATCH = 256
+UPCALL_BUFFER = 4 << 20  # bytes: some 3000 handshake upcalls
+SO_SNDBUFFORCE = 32  # <asm-generic/socket.h>: SO_SNDBUF beyond wmem_max, for root
+NO_STATS = PeerStats(**{f.name: 0 for f in fields(PeerStats)} | {"endpoint": None})
 WORKERS = 1  # one thread for both directions: right for 2 cores (docs/internals.md)
 
 
@@ -81,6 +85,11 @@ class NativeShell(Plane):
         self.device_prefix = bytes(dp.VNET_HDR_LEN)
         self.ctrl, ctrl_native = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.ctrl.setblocking(False)
+        # Room for a hub's burst of handshakes while Python works through them
+        # (wireguard-go queues 1024, the kernel 4096): a full socket makes C
+        # count Python as behind and limit every source (native/upcall.c).
+        with contextlib.suppress(PermissionError):  # without root: what wmem_max allows
+            ctrl_native.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, UPCALL_BUFFER)
         self._ctrl_native = ctrl_native  # the C side writes to it; closed after the plane
         self.plane = NativePlane(
             dev_fd, sock.fileno(), ctrl_native.fileno(), tap=iface.l2, vnet_hdr=True, mtu=iface.mtu
@@ -89,6 +98,8 @@ class NativeShell(Plane):
         self.plane.set_mac1_key(iface.cookie_checker.mac1_key)
         self.ids: dict[Peer, int] = {}
         self.peers: dict[int, Peer] = {}
+        # C's stats of each peer as last seen here; a peer whose stats never moved
+        # has none (C reports a new peer's changes from all zeros).
         self.last: dict[int, PeerStats] = {}
         self._next_id = 1
         for peer in iface.peers.values():
@@ -101,7 +112,6 @@ class NativeShell(Plane):
         self.ids[peer], self.peers[peer_id] = peer_id, peer
         self.plane.add_peer(peer_id)
         self._sync(peer)
-        self.last[peer_id] = self.plane.stats(peer_id)
 
     def _sync(self, peer: Peer) -> None:
         """C takes the core's endpoint and allowed IPs for the peer."""
@@ -115,7 +125,8 @@ class NativeShell(Plane):
     def reconfigured(self, applied: Applied) -> None:
         for peer in applied.removed:
             peer_id = self.ids.pop(peer)
-            del self.peers[peer_id], self.last[peer_id]
+            del self.peers[peer_id]
+            self.last.pop(peer_id, None)
             self.plane.remove_peer(peer_id)  # its keypairs and MAC addresses too
         for peer in applied.added:
             self._add(peer)
@@ -158,8 +169,12 @@ class NativeShell(Plane):
             delta = getattr(new_if, field) - getattr(old_if, field)
             if delta:
                 self.iface.drops[reason] += delta
-        for peer_id, peer in self.peers.items():
-            new, old = self.plane.stats(peer_id), self.last[peer_id]
+        # Only the peers whose stats moved: a hub's thousands of idle peers cost nothing.
+        for peer_id, new in self.plane.changed_stats():
+            peer = self.peers.get(peer_id)
+            if peer is None:
+                continue
+            old = self.last.get(peer_id, NO_STATS)
             self.last[peer_id] = new
             self._adopt(peer, new)
             peer.drops.replay_or_forged += (new.drop_bad_tag - old.drop_bad_tag) + (
@@ -218,12 +233,15 @@ class NativeShell(Plane):
             peer.current.send_counter = stats.current_send_counter
 
     def _upcalls(self) -> None:
-        now = clock.now()
         for _ in range(UPCALL_BATCH):
             try:
                 data = self.ctrl.recv(65536 + 64)
             except BlockingIOError:
                 return
+            # Each its own time: a batch of handshakes takes a good part of a
+            # second, and one `now` for all would make an initiator's next
+            # initiation look like a flood (INITIATIONS_PER_SECOND).
+            now = clock.now()
             upcall = parse_upcall(data)
             peer = self.peers.get(upcall.peer_id)
             if upcall.kind is UpcallKind.DATAGRAM and upcall.address is not None:

@@ -2,11 +2,19 @@
 address to the peer that owns it, used to pick the peer on send and to check the
 source on receive."""
 
+import functools
 import ipaddress
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def network_text(network: Network) -> str:
+    """`10.128.0.2/32`: what show and the UAPI print for every peer on every call,
+    and ipaddress spells out anew each time (some 10 µs; a hub has thousands)."""
+    return str(network)
 
 
 class AllowedIPs(Generic[T]):
@@ -15,6 +23,9 @@ class AllowedIPs(Generic[T]):
         # prefix lengths in use from longest to shortest.
         self._tables: dict[tuple[int, int], dict[int, tuple[Network, T]]] = {}
         self._lengths: dict[int, list[int]] = {4: [], 6: []}
+        # Each owner's networks in the order it got them: what a hub of thousands of
+        # peers lists or removes per peer costs that peer's networks, not all of them.
+        self._owned: dict[T, dict[Network, None]] = {}
 
     def insert(self, network: Network, owner: T) -> None:
         """Map the network to owner; an existing owner of the same network loses it."""
@@ -24,7 +35,12 @@ class AllowedIPs(Generic[T]):
             self._lengths[network.version] = sorted(
                 {*self._lengths[network.version], network.prefixlen}, reverse=True
             )
-        self._tables[key][int(network.network_address)] = (network, owner)
+        address = int(network.network_address)
+        previous = self._tables[key].get(address)
+        if previous is not None:
+            self._disown(previous[0], previous[1])
+        self._tables[key][address] = (network, owner)
+        self._owned.setdefault(owner, {})[network] = None
 
     def remove(self, network: Network, owner: T) -> None:
         """Drop the network if owner holds it (another owner's entry stays)."""
@@ -32,18 +48,24 @@ class AllowedIPs(Generic[T]):
         hit = table.get(int(network.network_address))
         if hit is not None and hit[1] is owner:
             del table[int(network.network_address)]
+            self._disown(hit[0], owner)
 
     def remove_owner(self, owner: T) -> None:
-        for table in self._tables.values():
-            for net_int in [n for n, (_, o) in table.items() if o is owner]:
-                del table[net_int]
+        for network in self._owned.pop(owner, {}):
+            del self._tables[(network.version, network.prefixlen)][int(network.network_address)]
+
+    def _disown(self, network: Network, owner: T) -> None:
+        owned = self._owned[owner]
+        del owned[network]
+        if not owned:
+            del self._owned[owner]
 
     def networks(self) -> set[Network]:
         """Every network that has an owner."""
         return {net for table in self._tables.values() for net, _ in table.values()}
 
     def networks_of(self, owner: T) -> list[Network]:
-        return [net for table in self._tables.values() for net, o in table.values() if o is owner]
+        return list(self._owned.get(owner, ()))
 
     def lookup(self, version: int, address: bytes) -> T | None:
         bits = 32 if version == 4 else 128

@@ -76,8 +76,12 @@ RATELIMIT_BURST = 5
 # net.ipv4.icmp_msgs_per_sec and icmp_msgs_burst (Documentation/networking/ip-sysctl.rst).
 ICMP_ERRORS_PER_SECOND = 1000
 ICMP_ERRORS_BURST = 50
-# Initiations per second across the interface before we demand cookies.
+# Initiations per second across the interface before we demand cookies; a hub's
+# threshold is at least this many times its peers' rekey load (one handshake per
+# peer per REKEY_AFTER_TIME), so that rekeys alone never ask every peer for a
+# cookie round trip (10,000 peers rekey 83 times a second).
 UNDER_LOAD_INITIATIONS_PER_SECOND = 64
+UNDER_LOAD_REKEY_MARGIN = 2
 # Under load for this long after the last sign of it, as wireguard-go stays (seconds).
 UNDER_LOAD_HOLD = 1.0
 

@@ -28,7 +28,9 @@ def mac(key: bytes, data: bytes) -> bytes:
 
 
 def hmac_(key: bytes, data: bytes) -> bytes:
-    return hmac.new(key, data, hashlib.blake2s).digest()
+    # The one-shot form runs in C (OpenSSL's HMAC over BLAKE2s-256, the same
+    # 64-byte block): a handshake takes some twenty of them.
+    return hmac.digest(key, data, "blake2s")
 
 
 def kdf(key: bytes, data: bytes, n: int) -> list[bytes]:
@@ -42,8 +44,18 @@ def kdf(key: bytes, data: bytes, n: int) -> list[bytes]:
     return out
 
 
-def dh(private: bytes, public: bytes) -> bytes:
-    priv = X25519PrivateKey.from_private_bytes(private)
+def private_key(private: bytes) -> X25519PrivateKey:
+    """A private key ready for dh(): loading one costs as much as a DH itself
+    (the public key is derived), so a key used more than once is loaded once."""
+    return X25519PrivateKey.from_private_bytes(private)
+
+
+def public_of(private: X25519PrivateKey) -> bytes:
+    return private.public_key().public_bytes_raw()
+
+
+def dh(private: bytes | X25519PrivateKey, public: bytes) -> bytes:
+    priv = private if isinstance(private, X25519PrivateKey) else private_key(private)
     try:
         return priv.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError:

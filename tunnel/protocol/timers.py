@@ -22,14 +22,18 @@ class Timers:
 
     def __post_init__(self) -> None:
         self.deadlines: dict[Timer, float] = {}
+        # No deadline is before this (a disarmed timer may leave it early): a tick
+        # over a hub's thousands of peers skips those with nothing due in one compare.
+        self.earliest = float("inf")
         self.need_another_keepalive = False
         self.handshake_attempts = 0
 
     def _arm(self, timer: Timer, at: float) -> None:
         self.deadlines[timer] = at
+        self.earliest = min(self.earliest, at)
 
     def _arm_if_idle(self, timer: Timer, at: float) -> None:
-        self.deadlines.setdefault(timer, at)
+        self.earliest = min(self.earliest, self.deadlines.setdefault(timer, at))
 
     def _disarm(self, timer: Timer) -> None:
         self.deadlines.pop(timer, None)
@@ -83,7 +87,10 @@ class Timers:
         self.deadlines.clear()
 
     def expired(self, now: float) -> list[Timer]:
+        if now < self.earliest:
+            return []
         fired = [t for t, at in self.deadlines.items() if at <= now]
         for timer in fired:
             del self.deadlines[timer]
+        self.earliest = min(self.deadlines.values(), default=float("inf"))
         return fired
