@@ -8,7 +8,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from tunnel.core.actions import Action, Deliver, Send
+from tunnel.core.actions import Action, Deliver, DeliverBatch, Send, SendBatch
 from tunnel.core.interface import Interface
 from tunnel.core.reconfig import Applied
 from tunnel.host import clock, udp
@@ -81,15 +81,24 @@ class Plane:
 
     def apply(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, Send):
-                udp.send(self.sock, action.destination, action.data)
+            if isinstance(action, SendBatch):
+                udp.send_all(self.sock, action.destination, action.datagrams)
+            elif isinstance(action, DeliverBatch):
+                self._deliver(action.packets)
+            elif isinstance(action, Send):
+                udp.send_all(self.sock, action.destination, [action.data])
             elif isinstance(action, Deliver):
-                try:
-                    os.write(self.dev_fd, self.device_prefix + action.packet)
-                except OSError as e:
-                    log.debug("device write failed: %s", e.strerror)
+                self._deliver([action.packet])
             else:
                 self.carry_out(action)
+
+    def _deliver(self, packets: list[bytes]) -> None:
+        fd, prefix = self.dev_fd, self.device_prefix
+        for packet in packets:
+            try:
+                os.write(fd, prefix + packet if prefix else packet)
+            except OSError as e:
+                log.debug("device write failed: %s", e.strerror)
 
     def reconfigured(self, applied: Applied) -> None:
         """The core's peers changed (reconfig.apply); a plane holding its own copy
