@@ -126,14 +126,14 @@ class Receiving(Sending):
         if header is None:
             peer.drops.not_ip += 1
             return None
-        key = (header.version, header.source)
-        owner = sources.get(key, sources)
+        version, source, _, length = header
+        owner = sources.get(source, sources)  # (None is an answer: no peer's)
         if owner is sources:
-            owner = sources[key] = self.routes.lookup(header.version, header.source)
+            owner = sources[source] = self.routes.lookup(version, source)
         if owner is not peer:
             peer.drops.bad_source += 1
             return None
-        return plaintext[: header.length]
+        return plaintext[:length]
 
     def _receive_message(self, data: bytes, source: Address, now: float) -> list[Action]:
         try:

@@ -26,7 +26,7 @@ class Sending(State):
         touched: dict[Peer, None] = {}  # the peers given packets, in order
         # Routing and switching tables do not change while a batch is read, and
         # a batch is mostly one flow: each destination is looked up once.
-        targets_of: dict[object, list[Peer]] = {}
+        targets_of: dict[bytes, list[Peer]] = {}
         for packet in packets:
             if self.l2:
                 if len(packet) < ETHERNET_HEADER_SIZE:
@@ -37,18 +37,22 @@ class Sending(State):
                 if answer is not None:
                     actions += answer
                     continue
-                key: object = packet[:12]
-                targets = targets_of.get(key)
+                macs = packet[:12]
+                targets = targets_of.get(macs)
                 if targets is None:
                     targets = frame_targets(self.macs, self.peers.values(), packet, now)
-                    targets_of[key] = targets
+                    targets_of[macs] = targets
             else:
                 header = l3.parse_ip(packet)
-                key = header and (header.version, header.destination)
-                targets = targets_of.get(key)
-                if targets is None:
-                    owner = header and self.routes.lookup(header.version, header.destination)
-                    targets = targets_of[key] = [owner] if owner else []
+                if header is None:
+                    targets = []
+                else:
+                    # An address's length tells its version: it is key enough.
+                    version, _, destination, _ = header
+                    targets = targets_of.get(destination)
+                    if targets is None:
+                        owner = self.routes.lookup(version, destination)
+                        targets = targets_of[destination] = [owner] if owner else []
                 if not targets:
                     self.drops["no_route"] += 1
                     actions += self.unreachable(packet, now)

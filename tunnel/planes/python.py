@@ -10,7 +10,7 @@ from collections.abc import Callable
 from tunnel.core.interface import Interface
 from tunnel.host import clock, udp
 from tunnel.protocol.address import Address
-from tunnel.protocol.constants import MESSAGE_TRANSPORT, UNDER_LOAD_HOLD
+from tunnel.protocol.constants import MESSAGE_TRANSPORT, TIMER_TICK, UNDER_LOAD_HOLD
 from tunnel.protocol.ratelimiter import RateLimiter, source_key
 
 from .base import Plane
@@ -34,6 +34,7 @@ class PythonPlane(Plane):
         self.sources = RateLimiter()
         self.behind_until = float("-inf")
         self.drops = udp.drops(sock)
+        self.drops_read_at = float("-inf")
 
     def readers(self) -> dict[int, Callable[[], None]]:
         return {self.dev_fd: self._device_readable, self.sock.fileno(): self._socket_readable}
@@ -54,9 +55,11 @@ class PythonPlane(Plane):
 
     def _socket_readable(self) -> None:
         now = clock.now()
-        drops = udp.drops(self.sock)
-        if drops != self.drops:  # the socket dropped datagrams for a full buffer
-            self.drops, self.behind_until = drops, now + UNDER_LOAD_HOLD
+        if now >= self.drops_read_at + TIMER_TICK:  # a system call: not every wakeup
+            self.drops_read_at = now
+            drops = udp.drops(self.sock)
+            if drops != self.drops:  # the socket dropped datagrams for a full buffer
+                self.drops, self.behind_until = drops, now + UNDER_LOAD_HOLD
         datagrams: list[tuple[bytes, Address]] = []
         recvfrom, from_sockaddr = self.sock.recvfrom, udp.from_sockaddr
         for _ in range(BATCH):
