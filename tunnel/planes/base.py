@@ -1,6 +1,6 @@
 """What both data planes share: the core's start and 100 ms tick on the event
-loop, their readers, and carrying out the core's Send and Deliver actions.
-A plane supplies what it reads and how it handles the rest of the actions."""
+loop, their readers, and carrying out the core's Send and Deliver actions and
+their batches. A plane supplies what it reads and how it handles the rest of the actions."""
 
 import asyncio
 import logging
