@@ -4,7 +4,7 @@ import ipaddress
 import random
 from dataclasses import dataclass, field
 
-from tunnel.core.actions import Deliver, Send
+from tunnel.core.actions import Deliver, DeliverBatch, Send, SendBatch
 from tunnel.core.interface import Interface
 from tunnel.protocol import keys
 from tunnel.protocol.peer import PeerConfig
@@ -20,6 +20,13 @@ def ipv4_packet(src: str, dst: str, payload: bytes = b"x" * 20) -> bytes:
         + ipaddress.ip_address(dst).packed
         + payload
     )
+
+
+def unbatched(action: SendBatch | DeliverBatch) -> list[Send | Deliver]:
+    """A batch action as the one-packet actions it stands for, in order."""
+    if isinstance(action, SendBatch):
+        return [Send(action.destination, data) for data in action.datagrams]
+    return [Deliver(packet) for packet in action.packets]
 
 
 @dataclass
@@ -85,7 +92,9 @@ class SimNet:
         queue = [(node, a) for a in actions]
         while queue:
             sender, action = queue.pop(0)
-            if isinstance(action, Deliver):
+            if isinstance(action, SendBatch | DeliverBatch):
+                queue[:0] = [(sender, a) for a in unbatched(action)]
+            elif isinstance(action, Deliver):
                 sender.delivered.append(action.packet)
             elif isinstance(action, Send):
                 self.wire.append((sender.address, action.destination, action.data))

@@ -12,19 +12,25 @@ from dataclasses import dataclass
 
 import pytest
 
-from tunnel.core.actions import Send
+from tunnel.core.actions import Send, SendBatch
 from tunnel.host import clock
 from tunnel.planes import dp
 from tunnel.planes.native import NativeShell
 from tunnel.protocol.messages import Initiation, parse
 
-from .simnet import Node, SimNet, ipv4_packet
+from .simnet import Node, SimNet, ipv4_packet, unbatched
 
 pytestmark = pytest.mark.skipif(not dp.available(), reason="tunnel.planes._native not built")
 
 
 def sends(actions: list) -> list[Send]:
-    return [a for a in actions if isinstance(a, Send)]
+    """Every datagram the actions send, one Send each."""
+    return [
+        u
+        for a in actions
+        for u in (unbatched(a) if isinstance(a, SendBatch) else [a])
+        if isinstance(u, Send)
+    ]
 
 
 @dataclass
@@ -153,8 +159,8 @@ def test_session_keys_live_in_c_alone() -> None:
         # C carries traffic on them all the same.
         s.shell.apply(s.a.iface.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2", b"c"), clock.now()))
         (delivered,) = [a for a in s.b.iface.receive_datagram(s.udp_b.recv(2048), s.a.address,
-                        s.net.now) if hasattr(a, "packet")]  # fmt: skip
-        assert delivered.packet.endswith(b"c")
+                        s.net.now) if hasattr(a, "packets")]  # fmt: skip
+        assert delivered.packets[-1].endswith(b"c")
 
 
 def refreshed_after_confirmation(s: Session) -> None:

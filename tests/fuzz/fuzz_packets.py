@@ -17,7 +17,7 @@ def one_input(data: bytes) -> None:
     packet = fdp.ConsumeBytes(fdp.remaining_bytes())
     header = l3.parse_ip(packet)
     if header is not None:
-        assert header.length <= len(packet)
+        assert header[3] <= len(packet)
     reply = l3.unreachable(packet)
     if reply is not None:
         assert l3.parse_ip(reply) is not None

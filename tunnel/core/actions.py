@@ -24,6 +24,23 @@ class Deliver:
 
 
 @dataclass(frozen=True)
+class SendBatch:
+    """Send transport messages on the UDP socket, in order, to one destination:
+    what a peer's staged packets became, one action for all of them."""
+
+    destination: Address
+    datagrams: list[bytes]
+
+
+@dataclass(frozen=True)
+class DeliverBatch:
+    """Write packets or frames into the device, in order: the transport messages
+    of one run of datagrams that passed every check."""
+
+    packets: list[bytes]
+
+
+@dataclass(frozen=True)
 class Transmit:
     """Encrypt and send a packet (empty: a keepalive) with the peer's current
     keypair. Only with an external transport, which owns the send counters."""
@@ -48,4 +65,4 @@ class KeypairsCleared:
     peer: Peer
 
 
-Action = Send | Deliver | Transmit | KeypairInstalled | KeypairsCleared
+Action = Send | Deliver | SendBatch | DeliverBatch | Transmit | KeypairInstalled | KeypairsCleared

@@ -19,30 +19,27 @@ any source whose quote matches one of their packets.
 Pure functions over bytes, no state."""
 
 import struct
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class IPHeader:
-    version: int
-    source: bytes
-    destination: bytes
-    length: int  # the packet's true length, without tunnel padding
+# (version, source, destination, length): the addresses as bytes, and the
+# packet's true length, without tunnel padding. A plain tuple, as it is made for
+# every packet: a dataclass costs three times as much.
+IPHeader = tuple[int, bytes, bytes, int]
 
 
 def parse_ip(packet: bytes) -> IPHeader | None:
-    """The addresses and length of an IP packet, or None if it is not one."""
-    if not packet:
-        return None
-    version = packet[0] >> 4
-    if version == 4 and len(packet) >= 20:
-        length = int.from_bytes(packet[2:4], "big")
-        if 20 <= length <= len(packet):
-            return IPHeader(4, packet[12:16], packet[16:20], length)
-    elif version == 6 and len(packet) >= 40:
-        length = int.from_bytes(packet[4:6], "big") + 40
-        if length <= len(packet):
-            return IPHeader(6, packet[8:24], packet[24:40], length)
+    """The version, addresses and length of an IP packet, or None if it is not one."""
+    size = len(packet)
+    if size >= 20:
+        version = packet[0] >> 4
+        # Lengths from two indexed bytes: int.from_bytes on a slice costs twice.
+        if version == 4:
+            length = packet[2] << 8 | packet[3]
+            if 20 <= length <= size:
+                return 4, packet[12:16], packet[16:20], length
+        elif version == 6 and size >= 40:
+            length = (packet[4] << 8 | packet[5]) + 40
+            if length <= size:
+                return 6, packet[8:24], packet[24:40], length
     return None
 
 

@@ -7,21 +7,31 @@ from tunnel.protocol.address import Address
 from tunnel.protocol.constants import (
     ETHERNET_HEADER_SIZE,
     INITIATIONS_PER_SECOND,
+    KEEPALIVE_SIZE,
     KEEPALIVE_TIMEOUT,
+    MESSAGE_TRANSPORT,
     REJECT_AFTER_TIME,
     REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
+    TRANSPORT_HEADER_SIZE,
     UNDER_LOAD_HOLD,
     UNDER_LOAD_REKEY_MARGIN,
 )
 from tunnel.protocol.crypto import DecryptError
 from tunnel.protocol.keypair import Keypair
-from tunnel.protocol.messages import CookieReply, Initiation, MessageError, Response, Transport
+from tunnel.protocol.messages import (
+    TRANSPORT_FIELDS,
+    CookieReply,
+    Initiation,
+    MessageError,
+    Response,
+    Transport,
+)
 from tunnel.protocol.noise import HandshakeError, accept_initiation, consume_initiation
 from tunnel.protocol.peer import Peer
 from tunnel.protocol.ratelimiter import source_key
 
-from .actions import Action, Deliver, KeypairInstalled, Send
+from .actions import Action, DeliverBatch, KeypairInstalled, Send
 from .l2 import Learned
 from .l3 import parse_ip
 from .send import Sending
@@ -29,13 +39,115 @@ from .send import Sending
 
 class Receiving(Sending):
     def receive_datagram(self, data: bytes, source: Address, now: float) -> list[Action]:
+        return self.receive_datagrams([(data, source)], now)
+
+    def receive_datagrams(self, datagrams: list[tuple[bytes, Address]], now: float) -> list[Action]:
+        """Datagrams read from the socket in one go, in order. Transport messages
+        are opened and checked one by one; those of a run (up to a message of
+        another kind) are delivered in one action, and each peer's timers and
+        counters move once for the run: everything happens at `now`, so once is
+        the same as once per message."""
+        head = messages.header(MESSAGE_TRANSPORT, self.l2)
+        actions: list[Action] = []
+        delivered: list[bytes] = []
+        # Per peer: the last source, the bytes, the data messages of the run.
+        received: dict[Peer, list] = {}
+        # Allowed-IPs lookups (tun) and MACs learned (tap) in this batch, by
+        # source: a batch is mostly one flow, and the tables hold still for it.
+        sources: dict = {}
+        for data, source in datagrams:
+            # With an external transport the core's keys are erased: its
+            # transport messages are the transport's alone.
+            if data[:4] != head or len(data) < KEEPALIVE_SIZE or self.external_transport:
+                actions += self._end_run(delivered, received, now)
+                actions += self._receive_message(data, source, now)
+                continue
+            receiver, counter = TRANSPORT_FIELDS.unpack_from(data, 4)
+            entry = self.indices.get(receiver)
+            if entry is None or entry[1] is None:
+                self.drops["unknown_index"] += 1
+                continue
+            peer, keypair = entry
+            plaintext = keypair.open(counter, memoryview(data)[TRANSPORT_HEADER_SIZE:], now)
+            if plaintext is None:
+                peer.drops.replay_or_forged += 1
+                continue
+            if keypair is peer.next:
+                actions += self._end_run(delivered, received, now)
+                actions += self.confirmed(peer, keypair.local_index, now)
+            tally = received.get(peer)
+            if tally is None:
+                tally = received[peer] = [source, 0, 0]
+            tally[0] = source
+            tally[1] += len(data)
+            if not plaintext:
+                continue  # a keepalive
+            tally[2] += 1
+            packet = self._inbound(peer, plaintext, now, sources)
+            if packet is not None:
+                delivered.append(packet)
+        return actions + self._end_run(delivered, received, now)
+
+    def _end_run(
+        self, delivered: list[bytes], received: dict[Peer, list], now: float
+    ) -> list[Action]:
+        """What a run of transport messages comes to; empties both."""
+        actions: list[Action] = []
+        for peer, (source, size, data_messages) in received.items():
+            actions += self.transport_received(peer, source, size, data_messages, now)
+        received.clear()
+        if delivered:
+            actions.append(DeliverBatch(delivered.copy()))
+            delivered.clear()
+        return actions
+
+    def _inbound(self, peer: Peer, plaintext: bytes, now: float, sources: dict) -> bytes | None:
+        """What of an authenticated packet or frame from the peer goes into the
+        device: None if its source is not the peer's to use."""
+        if self.l2:
+            if len(plaintext) < ETHERNET_HEADER_SIZE:
+                peer.drops.not_ip += 1
+                return None
+            mac = plaintext[6:12]
+            if sources.get(mac) is peer:
+                return plaintext
+            if peer.allowed_macs and mac not in peer.allowed_macs:
+                peer.drops.bad_source += 1  # outside its allowed MACs
+                return None
+            learned = self.macs.learn(mac, peer, now)
+            if learned is Learned.HELD_BY_OTHER:
+                peer.drops.bad_source += 1
+                self.mac_conflict(peer, now)
+                return None
+            if learned is Learned.TABLE_FULL:
+                self.drops["mac_table_full"] += 1
+            else:
+                sources[mac] = peer
+            return plaintext
+        header = parse_ip(plaintext)
+        if header is None:
+            peer.drops.not_ip += 1
+            return None
+        version, source, _, length = header
+        owner = sources.get(source, sources)  # (None is an answer: no peer's)
+        if owner is sources:
+            owner = sources[source] = self.routes.lookup(version, source)
+        if owner is not peer:
+            peer.drops.bad_source += 1
+            return None
+        return plaintext[:length]
+
+    def _receive_message(self, data: bytes, source: Address, now: float) -> list[Action]:
         try:
             msg = messages.parse(data)
         except MessageError:
             self.drops["malformed"] += 1
             return []
         if isinstance(msg, Transport):
-            return self._receive_transport(msg, data, source, now)
+            # Turned away by receive_datagrams: of the other mode, or for an
+            # external transport.
+            self.drops["unknown_index"] += 1
+            return []
         if isinstance(msg, Initiation):
             return self._receive_initiation(msg, data, source, now)
         if isinstance(msg, Response):
@@ -173,50 +285,6 @@ class Receiving(Sending):
         # The retransmit timer resends the initiation, now with a mac2.
         return []
 
-    def _receive_transport(
-        self, msg: Transport, data: bytes, source: Address, now: float
-    ) -> list[Action]:
-        entry = self.indices.get(msg.receiver)
-        # With an external transport the core's keys are erased: its transport
-        # messages are the transport's alone.
-        if entry is None or entry[1] is None or msg.l2 != self.l2 or self.external_transport:
-            self.drops["unknown_index"] += 1
-            return []
-        peer, keypair = entry
-        plaintext = keypair.decrypt(msg, now)
-        if plaintext is None:
-            peer.drops.replay_or_forged += 1
-            return []
-        actions: list[Action] = []
-        if keypair is peer.next:
-            actions += self.confirmed(peer, keypair.local_index, now)
-        actions += self.transport_received(peer, source, len(data), bool(plaintext), now)
-        if not plaintext:
-            return actions  # a keepalive
-        if self.l2:
-            if len(plaintext) < ETHERNET_HEADER_SIZE:
-                peer.drops.not_ip += 1
-                return actions
-            if peer.allowed_macs and plaintext[6:12] not in peer.allowed_macs:
-                peer.drops.bad_source += 1  # outside its allowed MACs
-                return actions
-            learned = self.macs.learn(plaintext[6:12], peer, now)
-            if learned is Learned.HELD_BY_OTHER:
-                peer.drops.bad_source += 1
-                self.mac_conflict(peer, now)
-                return actions
-            if learned is Learned.TABLE_FULL:
-                self.drops["mac_table_full"] += 1
-            return [*actions, Deliver(plaintext)]
-        header = parse_ip(plaintext)
-        if header is None:
-            peer.drops.not_ip += 1
-            return actions
-        if self.routes.lookup(header.version, header.source) is not peer:
-            peer.drops.bad_source += 1
-            return actions
-        return [*actions, Deliver(plaintext[: header.length])]
-
     # Transport events: from the path above, or reported by an external transport.
 
     def confirmed(self, peer: Peer, local_index: int, now: float) -> list[Action]:
@@ -236,11 +304,14 @@ class Receiving(Sending):
         return self._flush_staged(peer, now)
 
     def transport_received(
-        self, peer: Peer, source: Address, size: int, is_data: bool, now: float
+        self, peer: Peer, source: Address, size: int, data_messages: int, now: float
     ) -> list[Action]:
-        """Authenticated transport bytes arrived from the peer."""
+        """Authenticated transport bytes arrived from the peer, `data_messages`
+        of them (or True: some) not keepalives."""
         self._authenticated(peer, size, source, now)
-        if is_data:
+        # A second data message may note that another keepalive is due; more
+        # change nothing (timers.c wg_timers_data_received).
+        for _ in range(min(data_messages, 2)):
             peer.timers.data_received(now)
         current = peer.current
         # Receiving-side freshness (timers.c keep_key_fresh): the initiator rekeys

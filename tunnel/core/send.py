@@ -8,7 +8,7 @@ from tunnel.protocol.peer import Peer
 from tunnel.protocol.tai64n import tai64n
 
 from . import l3
-from .actions import Action, Deliver, Send, Transmit
+from .actions import Action, Deliver, Send, SendBatch, Transmit
 from .l2 import frame_targets, too_big_reply
 from .state import State
 
@@ -16,25 +16,54 @@ from .state import State
 class Sending(State):
     def send_packet(self, packet: bytes, now: float) -> list[Action]:
         """A packet (tun) or frame (tap) read from the device."""
-        if self.l2:
-            if len(packet) < ETHERNET_HEADER_SIZE:
-                self.drops["runt_frame"] += 1
-                return []
-            # What gets no answer goes anyway: the underlay fragments it.
-            answer = self.answer_too_big(packet)
-            if answer is not None:
-                return answer
-            targets = frame_targets(self.macs, self.peers.values(), packet, now)
-        else:
-            header = l3.parse_ip(packet)
-            owner = header and self.routes.lookup(header.version, header.destination)
-            if not owner:
-                self.drops["no_route"] += 1
-                return self.unreachable(packet, now)
-            targets = [owner]
+        return self.send_packets([packet], now)
+
+    def send_packets(self, packets: list[bytes], now: float) -> list[Action]:
+        """Packets (tun) or frames (tap) read from the device in one go, in order.
+        Each is staged for its peers, then each peer's staged packets go at once:
+        one seal loop, and the timers and counters moved once for them all."""
         actions: list[Action] = []
-        for peer in targets:
-            actions += self.stage(peer, packet, now)
+        touched: dict[Peer, None] = {}  # the peers given packets, in order
+        # Routing and switching tables do not change while a batch is read, and
+        # a batch is mostly one flow: each destination is looked up once.
+        targets_of: dict[bytes, list[Peer]] = {}
+        for packet in packets:
+            if self.l2:
+                if len(packet) < ETHERNET_HEADER_SIZE:
+                    self.drops["runt_frame"] += 1
+                    continue
+                # What gets no answer goes anyway: the underlay fragments it.
+                answer = self.answer_too_big(packet)
+                if answer is not None:
+                    actions += answer
+                    continue
+                macs = packet[:12]
+                targets = targets_of.get(macs)
+                if targets is None:
+                    targets = frame_targets(self.macs, self.peers.values(), packet, now)
+                    targets_of[macs] = targets
+            else:
+                header = l3.parse_ip(packet)
+                if header is None:
+                    targets = []
+                else:
+                    # An address's length tells its version: it is key enough.
+                    version, _, destination, _ = header
+                    targets = targets_of.get(destination)
+                    if targets is None:
+                        owner = self.routes.lookup(version, destination)
+                        targets = targets_of[destination] = [owner] if owner else []
+                if not targets:
+                    self.drops["no_route"] += 1
+                    actions += self.unreachable(packet, now)
+                    continue
+            for peer in targets:
+                if len(peer.staged) == peer.staged.maxlen:
+                    actions += self._flush_staged(peer, now)  # room first, if it can go
+                self._hold(peer, packet)
+                touched[peer] = None
+        for peer in touched:
+            actions += self._flush_staged(peer, now)
         return actions
 
     def answer_too_big(self, frame: bytes) -> list[Action] | None:
@@ -88,16 +117,30 @@ class Sending(State):
         keypair = peer.current
         if keypair is None or keypair.expired(now) or peer.endpoint is None:
             return self._initiate(peer, now, retry=False)
-        actions: list[Action] = []
-        while peer.staged:
-            packet = peer.staged.popleft()
-            if self.external_transport:
-                actions.append(Transmit(peer, packet))
-                continue
-            plaintext = packet if self.l2 else pad(packet, self.mtu)
-            data = keypair.encrypt(plaintext, now, self.l2)
-            actions.append(Send(peer.endpoint, data))
-            actions += self.transport_sent(peer, len(data), bool(packet), now)
+        staged = peer.staged
+        if not staged:
+            return []
+        if self.external_transport:
+            transmits: list[Action] = [Transmit(peer, packet) for packet in staged]
+            staged.clear()
+            return transmits
+        packets = list(staged)
+        staged.clear()
+        if self.l2:
+            datagrams = keypair.seal(packets, True)
+        else:
+            mtu = self.mtu
+            datagrams = keypair.seal([pad(packet, mtu) for packet in packets])
+        # Every event below happens at `now`, so once for the batch is the same
+        # as once per message: the timers are deadlines from now, the rekey
+        # test reads the counter after the last.
+        actions: list[Action] = [
+            SendBatch(peer.endpoint, datagrams),
+            *self.transport_sent(peer, sum(map(len, datagrams)), any(packets), now),
+        ]
+        if len(datagrams) < len(packets):  # the keypair ran out of messages
+            staged.extend(packets[len(datagrams) :])
+            actions += self._initiate(peer, now, retry=False)
         return actions
 
     def _keepalive(self, peer: Peer, now: float) -> list[Action]:

@@ -116,9 +116,12 @@ def is_name(host: str) -> bool:
     return False
 
 
-def send(sock: socket.socket, address: Address, data: bytes) -> None:
-    """Send one datagram; a failure (no route, buffer full) is the loss UDP allows."""
-    try:
-        sock.sendto(data, to_sockaddr(sock, address))
-    except OSError as e:
-        log.debug("send to %s failed: %s", format_address(address), e.strerror)
+def send_all(sock: socket.socket, address: Address, datagrams: list[bytes]) -> None:
+    """Send datagrams to one address; a failure (no route, buffer full) is the
+    loss UDP allows."""
+    sockaddr, sendto = to_sockaddr(sock, address), sock.sendto
+    for data in datagrams:
+        try:
+            sendto(data, sockaddr)
+        except OSError as e:
+            log.debug("send to %s failed: %s", format_address(address), e.strerror)

@@ -1,6 +1,6 @@
 """What both data planes share: the core's start and 100 ms tick on the event
-loop, their readers, and carrying out the core's Send and Deliver actions.
-A plane supplies what it reads and how it handles the rest of the actions."""
+loop, their readers, and carrying out the core's Send and Deliver actions and
+their batches. A plane supplies what it reads and how it handles the rest of the actions."""
 
 import asyncio
 import logging
@@ -9,7 +9,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from tunnel.core.actions import Action, Deliver, Send
+from tunnel.core.actions import Action, Deliver, DeliverBatch, Send, SendBatch
 from tunnel.core.interface import Interface
 from tunnel.core.reconfig import Applied
 from tunnel.host import clock, udp
@@ -86,19 +86,28 @@ class Plane:
 
     def apply(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, Send):
-                udp.send(self.sock, action.destination, action.data)
+            if isinstance(action, SendBatch):
+                udp.send_all(self.sock, action.destination, action.datagrams)
+            elif isinstance(action, DeliverBatch):
+                self._deliver(action.packets)
+            elif isinstance(action, Send):
+                udp.send_all(self.sock, action.destination, [action.data])
             elif isinstance(action, Deliver):
-                try:
-                    os.write(self.dev_fd, self.device_prefix + action.packet)
-                except OSError as e:
-                    log.debug("device write failed: %s", e.strerror)
+                self._deliver([action.packet])
             else:
                 self.carry_out(action)
 
     def set_mtu(self, mtu: int) -> None:
         """The device's MTU changed under us (`ip link set mtu`): padding follows it."""
         self.iface.mtu = mtu
+
+    def _deliver(self, packets: list[bytes]) -> None:
+        fd, prefix = self.dev_fd, self.device_prefix
+        for packet in packets:
+            try:
+                os.write(fd, prefix + packet if prefix else packet)
+            except OSError as e:
+                log.debug("device write failed: %s", e.strerror)
 
     def reconfigured(self, applied: Applied) -> None:
         """The core's peers changed (reconfig.apply); a plane holding its own copy

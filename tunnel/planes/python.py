@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 from tunnel.core.interface import Interface
 from tunnel.host import clock, udp
-from tunnel.protocol.constants import MESSAGE_TRANSPORT, UNDER_LOAD_HOLD
+from tunnel.protocol.address import Address
+from tunnel.protocol.constants import MESSAGE_TRANSPORT, TIMER_TICK, UNDER_LOAD_HOLD
 from tunnel.protocol.ratelimiter import RateLimiter, source_key
 
 from .base import Plane
@@ -33,36 +34,43 @@ class PythonPlane(Plane):
         self.sources = RateLimiter()
         self.behind_until = float("-inf")
         self.drops = udp.drops(sock)
+        self.drops_read_at = float("-inf")
 
     def readers(self) -> dict[int, Callable[[], None]]:
         return {self.dev_fd: self._device_readable, self.sock.fileno(): self._socket_readable}
 
     def _device_readable(self) -> None:
-        now = clock.now()
+        packets: list[bytes] = []
+        read, fd = os.read, self.dev_fd
         for _ in range(BATCH):
             try:
-                packet = os.read(self.dev_fd, MAX_DATAGRAM)
+                packets.append(read(fd, MAX_DATAGRAM))
             except BlockingIOError:
-                return
+                break
             except OSError as e:
                 log.warning("reading the device failed: %s", e.strerror)
-                return
-            self.apply(self.iface.send_packet(packet, now))
+                break
+        if packets:
+            self.apply(self.iface.send_packets(packets, clock.now()))
 
     def _socket_readable(self) -> None:
         now = clock.now()
-        drops = udp.drops(self.sock)
-        if drops != self.drops:  # the socket dropped datagrams for a full buffer
-            self.drops, self.behind_until = drops, now + UNDER_LOAD_HOLD
+        if now >= self.drops_read_at + TIMER_TICK:  # a system call: not every wakeup
+            self.drops_read_at = now
+            drops = udp.drops(self.sock)
+            if drops != self.drops:  # the socket dropped datagrams for a full buffer
+                self.drops, self.behind_until = drops, now + UNDER_LOAD_HOLD
+        datagrams: list[tuple[bytes, Address]] = []
+        recvfrom, from_sockaddr = self.sock.recvfrom, udp.from_sockaddr
         for _ in range(BATCH):
             try:
-                data, sockaddr = self.sock.recvfrom(MAX_DATAGRAM)
+                data, sockaddr = recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
                 # ICMP errors from earlier sends surface here (ECONNREFUSED): not ours to act on.
                 continue
-            source = udp.from_sockaddr(sockaddr)
+            source = from_sockaddr(sockaddr)
             if (
                 now < self.behind_until
                 and data[:1] != TRANSPORT
@@ -70,4 +78,6 @@ class PythonPlane(Plane):
             ):
                 self.iface.drops["ratelimited"] += 1
                 continue
-            self.apply(self.iface.receive_datagram(data, source, now))
+            datagrams.append((data, source))
+        if datagrams:
+            self.apply(self.iface.receive_datagrams(datagrams, now))

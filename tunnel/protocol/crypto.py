@@ -4,6 +4,7 @@ HASH/MAC/HMAC from hashlib's BLAKE2s, AEAD from `cryptography`, XAEAD from libso
 
 import hashlib
 import hmac
+import struct
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -63,8 +64,22 @@ def dh(private: bytes | X25519PrivateKey, public: bytes) -> bytes:
         raise DecryptError("invalid public key") from None
 
 
-def aead_nonce(counter: int) -> bytes:
-    return b"\x00\x00\x00\x00" + counter.to_bytes(8, "little")
+# 32 zero bits, then the counter as 64 bits little-endian (whitepaper 5.4.6).
+AEAD_NONCE = struct.Struct("<4xQ")
+aead_nonce = AEAD_NONCE.pack
+
+TransportCipher = ChaCha20Poly1305
+# What a transport cipher raises for a message that does not authenticate.
+TransportCipherError = InvalidTag
+
+
+def transport_cipher(key: bytes | bytearray) -> TransportCipher:
+    """ChaCha20-Poly1305 bound to one transport key, for every message of a
+    keypair: binding a key costs as much as sealing a full packet. The object
+    keeps no reference to `key`; it holds OpenSSL cipher contexts keyed with
+    their own copy. Whoever holds it drops it when the key is erased, and
+    OpenSSL's provider clears a context when it is freed."""
+    return ChaCha20Poly1305(key)
 
 
 def aead_encrypt(key: bytes, counter: int, plaintext: bytes, aad: bytes) -> bytes:

@@ -91,8 +91,8 @@ class Transport:
 
     def pack(self) -> bytes:
         return (
-            header(MESSAGE_TRANSPORT, self.l2)
-            + struct.pack("<IQ", self.receiver, self.counter)
+            transport_prefix(self.receiver, self.l2)
+            + self.counter.to_bytes(8, "little")
             + self.encrypted_packet
         )
 
@@ -106,6 +106,15 @@ RESPONSE_MAC1_OFFSET = RESPONSE_SIZE - 2 * MAC_SIZE
 
 def header(message_type: int, l2: bool) -> bytes:
     return bytes((message_type, MARKER_L2 if l2 else 0, 0, 0))
+
+
+def transport_prefix(receiver: int, l2: bool) -> bytes:
+    """A transport message's first 8 bytes: its header and receiver index."""
+    return header(MESSAGE_TRANSPORT, l2) + receiver.to_bytes(4, "little")
+
+
+# A transport message's receiver index and counter, after its header.
+TRANSPORT_FIELDS = struct.Struct("<IQ")
 
 
 def parse(data: bytes) -> Message:
@@ -137,6 +146,6 @@ def parse(data: bytes) -> Message:
     if kind == MESSAGE_TRANSPORT:
         if len(data) < TRANSPORT_HEADER_SIZE + TAG_SIZE:
             raise MessageError("transport message shorter than header and tag")
-        receiver, counter = struct.unpack_from("<IQ", data, 4)
+        receiver, counter = TRANSPORT_FIELDS.unpack_from(data, 4)
         return Transport(receiver, counter, data[TRANSPORT_HEADER_SIZE:], l2)
     raise MessageError(f"unknown message type {kind}")

@@ -62,10 +62,26 @@ class SessionKeys:
     receive_key: bytearray
     is_initiator: bool
 
+    # The keys bound into ciphers, made on first use (crypto.transport_cipher).
+    _ciphers: tuple[crypto.TransportCipher, crypto.TransportCipher] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def ciphers(self) -> tuple[crypto.TransportCipher, crypto.TransportCipher]:
+        """(sending, receiving) ciphers bound to the keys."""
+        if self._ciphers is None:
+            self._ciphers = (
+                crypto.transport_cipher(self.send_key),
+                crypto.transport_cipher(self.receive_key),
+            )
+        return self._ciphers
+
     def erase(self) -> None:
-        """Overwrite the keys (a handover to the native plane, or a keypair gone)."""
+        """Overwrite the keys (a handover to the native plane, or a keypair gone),
+        and drop the ciphers holding OpenSSL's copies of them."""
         self.send_key[:] = bytes(len(self.send_key))
         self.receive_key[:] = bytes(len(self.receive_key))
+        self._ciphers = None
 
 
 @dataclass
