@@ -16,7 +16,7 @@ from typing import Any
 
 from tunnel.control.config import DATAPATHS, IFNAME, MODES, ConfigError, _Parser, read_toml
 from tunnel.control.convert import ConvertError, to_toml, to_wg_quick
-from tunnel.host.netlink import InterfaceAddress
+from tunnel.host.routing import InterfaceAddress
 from tunnel.host.udp import split_address
 from tunnel.protocol import keys
 from tunnel.protocol.allowed_ips import Network
