@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 from tunnel.control import uapi, uapi_client
@@ -187,14 +187,23 @@ def _listed(addresses: Iterable[str]) -> str:
     return ", ".join(sorted(addresses)) or "none"
 
 
-def cmd_down(args: argparse.Namespace) -> int:
+def _ask(name: str, question: Callable[[str], Any]) -> Any:
+    """question(name), the running tunnel's answer; None once one line on stderr
+    has said why there is none."""
     try:
-        pid = uapi_client.server_pid(args.name)
+        return question(name)
     except uapi_client.NotRunning:
-        print(f"pyvpn: no tunnel named {args.name} is running", file=sys.stderr)
-        return 1
+        print(f"pyvpn: no tunnel named {name} is running", file=sys.stderr)
+    except uapi_client.NotPyvpn:
+        print(f"pyvpn: {name} is not a pyvpn tunnel: wg show {name}", file=sys.stderr)
     except uapi_client.NotAnswering as e:
         print(f"pyvpn: {e.strerror}", file=sys.stderr)
+    return None
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    pid = _ask(args.name, uapi_client.server_pid)
+    if pid is None:
         return 1
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 10
@@ -208,16 +217,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     if args.name:
-        try:
-            status = uapi_client.status(args.name)
-        except uapi_client.NotRunning:
-            print(f"pyvpn: no tunnel named {args.name} is running", file=sys.stderr)
-            return 1
-        except uapi_client.NotPyvpn:
-            print(f"pyvpn: {args.name} is not a pyvpn tunnel: wg show {args.name}", file=sys.stderr)
-            return 1
-        except uapi_client.NotAnswering as e:
-            print(f"pyvpn: {e.strerror}", file=sys.stderr)
+        status = _ask(args.name, uapi_client.status)
+        if status is None:
             return 1
         print(json.dumps(status, indent=2) if args.json else format_status(status))
         return 0
