@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from tunnel.core.actions import Deliver, DeliverBatch, Send, SendBatch
 from tunnel.core.interface import Interface
 from tunnel.protocol import keys
-from tunnel.protocol.peer import PeerConfig
+from tunnel.protocol.peer_config import PeerConfig
 
 
 def ipv4_packet(src: str, dst: str, payload: bytes = b"x" * 20) -> bytes:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tunnel.cli import build_parser
-from tunnel.control import uapi
+from tunnel.control import uapi_socket
 
 from .test_manpages import long_options, subcommands
 
@@ -49,7 +49,7 @@ def test_options_are_those_of_help(command: str):
 
 def test_down_and_show_offer_running_tunnels():
     name = f"cmpl{os.getpid()}"[:15]
-    path = uapi.socket_path(name)
+    path = uapi_socket.socket_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     listener = socket.socket(socket.AF_UNIX)
     try:

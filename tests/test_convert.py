@@ -125,7 +125,7 @@ def test_save_config_keeps_key_files_in_use_and_takes_the_running_peers(tmp_path
     from tunnel.control.save_config import running_data
     from tunnel.core.interface import Interface
     from tunnel.protocol import keys
-    from tunnel.protocol.peer import PeerConfig
+    from tunnel.protocol.peer_config import PeerConfig
 
     private, psk = keys.generate_private_key(), keys.generate_preshared_key()
     (tmp_path / "a.key").write_text(keys.encode(private))

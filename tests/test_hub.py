@@ -17,7 +17,7 @@ from tunnel.lab.handshakes import prepare
 from tunnel.lab.testbed import device_name, leftovers, pyvpn_env, pyvpn_status, run_command
 from tunnel.protocol import keys
 from tunnel.protocol.constants import MESSAGE_COOKIE_REPLY, MESSAGE_RESPONSE
-from tunnel.protocol.peer import PeerConfig
+from tunnel.protocol.peer_config import PeerConfig
 
 INSIDE, OUTSIDE = 300, 20
 

@@ -17,7 +17,7 @@ from tunnel.core.actions import KeypairsCleared, Send
 from tunnel.core.reconfig import Change, IPEdit, PeerChange, Refused, apply
 from tunnel.protocol import keys
 from tunnel.protocol.constants import REKEY_TIMEOUT
-from tunnel.protocol.peer import PeerConfig
+from tunnel.protocol.peer_config import PeerConfig
 from tunnel.protocol.timers import Timer
 
 from .hostile import Forger

@@ -4,7 +4,8 @@ namespace test is in test_tunnel_tun.py."""
 
 from tunnel.control.reresolve import STALE_AFTER, due
 from tunnel.protocol.noise import StaticIdentity
-from tunnel.protocol.peer import Peer, PeerConfig
+from tunnel.protocol.peer import Peer
+from tunnel.protocol.peer_config import PeerConfig
 
 from .test_reconfig import K1, K2
 

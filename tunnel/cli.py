@@ -3,7 +3,6 @@ exit status 2; runtime failures exit 1; nothing prints a traceback."""
 
 import argparse
 import importlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -14,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
-from tunnel.control import uapi, uapi_client
+from tunnel.control import uapi_client
 from tunnel.control.config import Config, ConfigError, load, load_source, read
 from tunnel.control.mesh import FORMATS, write_mesh
 from tunnel.host.routing import ip_versions
@@ -30,6 +29,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class Version(argparse.Action):
+    """argparse's own version action, but reading the version only when asked:
+    importlib.metadata takes longer to load than `pyvpn show` may."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> NoReturn:
+        import importlib.metadata
+
+        print(f"pyvpn {importlib.metadata.version('pyvpn')}")
+        parser.exit()
+
+
 def build_parser(command: str | None = None) -> Parser:
     """The whole command line; given the command word, only the lab plugin it
     names is imported for its options (they load rich and more, which `pyvpn
@@ -38,7 +48,7 @@ def build_parser(command: str | None = None) -> Parser:
         prog="pyvpn", description="A WireGuard-protocol VPN tunnel, tun (L3) or tap (L2)."
     )
     parser.add_argument(
-        "--version", action="version", version=f"pyvpn {importlib.metadata.version('pyvpn')}"
+        "--version", action=Version, nargs=0, help="show the version and exit"
     )
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
@@ -207,7 +217,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         return 1
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 10
-    while uapi.socket_path(args.name).exists():
+    while uapi_client.socket_path(args.name).exists():
         if time.monotonic() > deadline:
             print(f"pyvpn: {args.name} (pid {pid}) did not stop within 10 s", file=sys.stderr)
             return 1

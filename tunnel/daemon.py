@@ -18,6 +18,7 @@ from tunnel.control import save_config, uapi, uapi_client, wg_quick
 from tunnel.control.config import Config, ConfigError
 from tunnel.control.reresolve import follow_names
 from tunnel.control.status import snapshot
+from tunnel.control.uapi_socket import SOCKET_DIR, socket_path
 from tunnel.core import reconfig
 from tunnel.core.interface import Interface
 from tunnel.host import clock, hooks, netlink, resolvconf, sd_notify, udp
@@ -265,7 +266,7 @@ async def serve(
         if tunnel.user is not None:
             # Setup is done; before plane.start, whose threads inherit the capabilities.
             try:
-                drop_privileges(tunnel.user, uapi.socket_path(name))
+                drop_privileges(tunnel.user, socket_path(name))
             except PrivilegeError as e:
                 raise SetupError(str(e)) from None
         plane.start(loop)
@@ -386,8 +387,8 @@ async def _serve_uapi(tunnel: Tunnel, status) -> asyncio.AbstractServer:
         finally:
             writer.close()
 
-    uapi.SOCKET_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
-    path = uapi.socket_path(tunnel.name)
+    SOCKET_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path = socket_path(tunnel.name)
     old_umask = os.umask(0o077)  # the socket hands out the private key: root only
     try:
         return await asyncio.start_unix_server(handle, path=str(path))
@@ -468,4 +469,4 @@ def _set_socket(tunnel: Tunnel, change: reconfig.Change) -> None:
 def _remove_socket(name: str) -> None:
     # PermissionError: we dropped root; the janitor of privileges.py removes it.
     with contextlib.suppress(FileNotFoundError, PermissionError):
-        os.unlink(uapi.socket_path(name))
+        os.unlink(socket_path(name))

@@ -10,7 +10,7 @@ with atheris.instrument_imports():
     from tunnel.core.interface import Interface
     from tunnel.protocol import keys
     from tunnel.protocol.messages import MessageError, parse
-    from tunnel.protocol.peer import PeerConfig
+    from tunnel.protocol.peer_config import PeerConfig
 
 IFACES = [Interface(keys.generate_private_key(), l2=l2) for l2 in (False, True)]
 for iface in IFACES:

@@ -22,7 +22,7 @@ from tunnel.protocol import keys
 from tunnel.protocol.address import Address
 from tunnel.protocol.allowed_ips import Network
 from tunnel.protocol.constants import DEFAULT_MAC_AGEING, MAX_MTU, MIN_MTU
-from tunnel.protocol.peer import PeerConfig
+from tunnel.protocol.peer_config import PeerConfig
 
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1, no '/', ':' or spaces
 MODES = ("tun", "tap")

@@ -10,7 +10,6 @@ import errno
 import ipaddress
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from tunnel.core.interface import Interface
@@ -23,14 +22,9 @@ from tunnel.protocol.allowed_ips import Network, network_text
 
 from .config import LOW_ORDER, parse_mac
 
-SOCKET_DIR = Path("/var/run/wireguard")
 EPROTO = errno.EPROTO
 KEY_HEX = re.compile(r"[0-9a-fA-F]{64}")
 DECIMAL = re.compile(r"[0-9]{1,10}")
-
-
-def socket_path(name: str) -> Path:
-    return SOCKET_DIR / f"{name}.sock"
 
 
 def get_response(iface: Interface, listen_port: int, fwmark: int = 0) -> str:

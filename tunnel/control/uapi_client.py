@@ -2,18 +2,22 @@
 running tunnels, sending them operations, and the set request that brings one to
 what a config says. Used by `pyvpn show`, `pyvpn reload`, `pyvpn down` and `pyvpn metrics`."""
 
+from __future__ import annotations
+
 import errno
 import json
 import os
 import socket
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunnel.protocol.address import format_address
 
-from .config import Config
-from .uapi import SOCKET_DIR, socket_path
+from .uapi_socket import SOCKET_DIR, socket_path
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 def sync_request(config: Config, running: list[bytes]) -> str:

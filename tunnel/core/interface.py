@@ -9,7 +9,8 @@ from collections import deque
 
 from tunnel.protocol.cookie import CookieChecker
 from tunnel.protocol.noise import StaticIdentity
-from tunnel.protocol.peer import Peer, PeerConfig
+from tunnel.protocol.peer import Peer
+from tunnel.protocol.peer_config import PeerConfig
 
 from .actions import Action, KeypairsCleared
 from .receive import Receiving

@@ -8,7 +8,8 @@ from typing import NamedTuple
 from tunnel.protocol.address import Address
 from tunnel.protocol.allowed_ips import Network
 from tunnel.protocol.keys import public_key
-from tunnel.protocol.peer import Peer, PeerConfig
+from tunnel.protocol.peer import Peer
+from tunnel.protocol.peer_config import PeerConfig
 
 from .actions import Action, Deliver, Send
 from .interface import Interface

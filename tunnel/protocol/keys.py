@@ -4,8 +4,6 @@ import base64
 import binascii
 import os
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 KEY_SIZE = 32
 
 
@@ -27,6 +25,10 @@ def generate_preshared_key() -> bytes:
 
 
 def public_key(private: bytes) -> bytes:
+    # Imported here: reading a config or a key does not need the crypto stack
+    # (`pyvpn show` on a hub waits for every import), and few commands derive keys.
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 

@@ -2,29 +2,14 @@
 staged while a handshake is in flight, timers and the figures `show` reports."""
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .address import Address
-from .allowed_ips import Network
 from .constants import MAX_STAGED_PACKETS, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME
 from .cookie import CookieGenerator
 from .keypair import Keypair
 from .noise import Handshake, StaticIdentity
+from .peer_config import PeerConfig
 from .timers import Timers
-
-
-@dataclass
-class PeerConfig:
-    public_key: bytes
-    preshared_key: bytes | None = None
-    endpoint: Address | None = None
-    allowed_ips: list[Network] = field(default_factory=list)
-    persistent_keepalive: int = 0
-    # tap: the only source MAC addresses the peer may send from, bound to it.
-    allowed_macs: list[bytes] = field(default_factory=list)
-    # (host name, port) when the endpoint was given by name: resolved again while
-    # handshakes fail (tunnel/control/reresolve.py).
-    endpoint_name: Address | None = None
 
 
 @dataclass
