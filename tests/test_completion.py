@@ -11,6 +11,7 @@ import pytest
 
 from tunnel.cli import build_parser
 from tunnel.control import uapi_socket
+from tunnel.control.config import CONFIG_DIRS
 
 from .test_manpages import long_options, subcommands
 
@@ -66,8 +67,28 @@ def test_up_offers_config_files_and_directories(tmp_path: Path):
     for file in ("a.toml", "wg0.conf", "notes.txt"):
         (tmp_path / file).write_text("")
     (tmp_path / "etc").mkdir()
-    assert complete("pyvpn", "up", "", cwd=tmp_path) == ["a.toml", "etc/", "wg0.conf"]
+    expected = ["a.toml", "etc/", "wg0.conf", *bare_names()]
+    assert complete("pyvpn", "up", "", cwd=tmp_path) == sorted(expected)
     assert complete("pyvpn", "mesh", "", cwd=tmp_path) == ["a.toml", "etc/"]
+
+
+def bare_names() -> list[str]:
+    """The host's configs that `pyvpn up NAME` would read (config.CONFIG_DIRS)."""
+    return [f.stem for d, suffix in CONFIG_DIRS for f in d.glob(f"*{suffix}") if f.is_file()]
+
+
+def test_up_offers_the_bare_names_of_configs_in_etc(tmp_path: Path):
+    name = f"cmpl{os.getpid()}"[:15]
+    path = CONFIG_DIRS[1][0] / f"{name}.conf"
+    path.parent.mkdir(exist_ok=True)
+    try:
+        path.write_text("")
+        for command in ("up", "reload", "convert"):
+            assert complete("pyvpn", command, name[:6], cwd=tmp_path) == [name]
+        assert complete("pyvpn", "up", f"./{name[:6]}", cwd=tmp_path) == []
+    finally:
+        path.unlink()
+    assert complete("pyvpn", "up", name[:6], cwd=tmp_path) == []
 
 
 def test_values_of_choice_options():

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tunnel import cli
 from tunnel.control import config, wg_quick
 from tunnel.control.config import ConfigError
 from tunnel.control.convert import to_toml, to_wg_quick
@@ -214,6 +215,38 @@ def test_the_interface_is_named_after_the_file(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as e:
             config.load(str(wg0(tmp_path, text, name)))
         assert str(e.value).startswith(f"{tmp_path}/{name}{error}"), str(e.value)
+
+
+def test_a_bare_name_is_looked_up_as_wg_quick_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pyvpn up wg0` is `wg-quick up wg0`: /etc/wireguard/wg0.conf (or pyvpn's
+    /etc/pyvpn/wg0.toml), unless ./wg0 is a file."""
+    ours, theirs = tmp_path / "pyvpn", tmp_path / "wireguard"
+    ours.mkdir(), theirs.mkdir()
+    monkeypatch.setattr(config, "CONFIG_DIRS", ((ours, ".toml"), (theirs, ".conf")))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        config.load("wg0")
+    assert str(e.value) == (f"wg0: no such file here, nor {ours}/wg0.toml nor {theirs}/wg0.conf")
+    ini = wg0(theirs, GOOD.format(""))
+    loaded = config.load("wg0")
+    assert (loaded.path, loaded.format, loaded.interface.name) == (str(ini), "wg-quick", "wg0")
+    # Through the command line, whose messages name the file it found.
+    assert cli.main(["convert", "wg0"]) == 0
+    converted = capsys.readouterr().out
+    assert tomllib.loads(converted)["interface"]["name"] == "wg0"
+    (ours / "wg0.toml").write_text(converted)
+    with pytest.raises(ConfigError) as e:
+        config.load("wg0")
+    assert str(e.value) == f"wg0: both {ours}/wg0.toml and {ini} exist: give a path"
+    ini.unlink()
+    assert config.load("wg0").path == str(ours / "wg0.toml")
+    # A file of that name here, or anything that is not an interface name, is a path.
+    (tmp_path / "wg0").write_text(converted)
+    assert config.load("wg0").path == "wg0"
+    with pytest.raises(ConfigError, match=r"^wg1\.conf: cannot read: No such file"):
+        config.load("wg1.conf")
 
 
 def test_warnings_name_the_line(tmp_path: Path) -> None:

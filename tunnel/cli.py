@@ -19,6 +19,9 @@ from tunnel.control.mesh import FORMATS, write_mesh
 from tunnel.host.routing import ip_versions
 from tunnel.protocol import keys
 
+# What a config argument may also be (config.config_file).
+BARE = "; a bare NAME is /etc/pyvpn/NAME.toml or /etc/wireguard/NAME.conf"
+
 
 class UsageError(Exception):
     pass
@@ -47,24 +50,24 @@ def build_parser(command: str | None = None) -> Parser:
     parser = Parser(
         prog="pyvpn", description="A WireGuard-protocol VPN tunnel, tun (L3) or tap (L2)."
     )
-    parser.add_argument(
-        "--version", action=Version, nargs=0, help="show the version and exit"
-    )
+    parser.add_argument("--version", action=Version, nargs=0, help="show the version and exit")
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
     p = sub.add_parser("up", help="bring a tunnel up in the foreground")
-    p.add_argument("config", help="the peer's config file: pyvpn's TOML or wg-quick's NAME.conf")
+    p.add_argument(
+        "config", help=f"the peer's config file: pyvpn's TOML or wg-quick's NAME.conf{BARE}"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log every event")
     p = sub.add_parser("reload", help="apply a changed config to its running tunnel")
-    p.add_argument("config", help="the config file the tunnel runs from")
+    p.add_argument("config", help=f"the config file the tunnel runs from{BARE}")
     p = sub.add_parser("down", help="stop a running tunnel")
     p.add_argument("name", help="the tunnel's device name")
     p = sub.add_parser("show", help="show running tunnels, like wg show")
     p.add_argument("name", nargs="?", help="one tunnel's device name (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p = sub.add_parser("convert", help="print a config in the other format: TOML <-> wg-quick")
-    p.add_argument("config", help="a TOML config or a wg-quick NAME.conf")
+    p.add_argument("config", help=f"a TOML config or a wg-quick NAME.conf{BARE}")
     p.add_argument("-o", "--output", help="write it to this file (mode 0600) instead of stdout")
     p.add_argument(
         "--lossy",
@@ -139,7 +142,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
         status = uapi_client.status(c.name)
         if status["mode"] != c.mode:
             print(
-                f"pyvpn: {c.name} runs in {status['mode']} mode, {args.config} says {c.mode}: "
+                f"pyvpn: {c.name} runs in {status['mode']} mode, {config.path} says {c.mode}: "
                 "restart it to change the mode",
                 file=sys.stderr,
             )
@@ -155,10 +158,10 @@ def cmd_reload(args: argparse.Namespace) -> int:
         return 1
     wanted = {p.public_key for p in config.peers}
     added, removed = len(wanted - set(running)), len(set(running) - wanted)
-    print(f"{c.name}: reloaded from {args.config}: peers added {added}, removed {removed}")
+    print(f"{c.name}: reloaded from {config.path}: peers added {added}, removed {removed}")
     for key, now, wanted in unapplied:
         print(
-            f"pyvpn: {c.name} runs with {key} {now}, {args.config} says {wanted}: "
+            f"pyvpn: {c.name} runs with {key} {now}, {config.path} says {wanted}: "
             "restart it to apply that",
             file=sys.stderr,
         )
@@ -352,15 +355,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
             name = os.path.basename(args.output).removesuffix(".conf")
         if source.data["interface"].get("mode") == "tap":
             raise ConfigError(
-                args.config, "interface.mode", "tap: a wg-quick file is always tun (L3)"
+                source.path, "interface.mode", "tap: a wg-quick file is always tun (L3)"
             )
         try:
             text = to_wg_quick(source.data, name, lossy=args.lossy)
         except ConvertError as e:
             hint = "" if args.lossy else " (--lossy leaves them out)"
-            raise ConfigError(args.config, "", f"{e}{hint}") from None
+            raise ConfigError(source.path, "", f"{e}{hint}") from None
         for key in pyvpn_only(source.data, name):
-            print(f"pyvpn: {args.config}: {key}: left out", file=sys.stderr)
+            print(f"pyvpn: {source.path}: {key}: left out", file=sys.stderr)
     if args.output:
         fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)  # it holds a private key, also where the file was there before

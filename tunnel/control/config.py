@@ -131,7 +131,34 @@ class Source:
     warnings: list[str] = field(default_factory=list)
 
 
+# Where a bare interface name is looked up, as `wg-quick up wg0` finds
+# /etc/wireguard/wg0.conf (wg-quick(8)); pyvpn's own directory first.
+CONFIG_DIRS = ((Path("/etc/pyvpn"), ".toml"), (Path("/etc/wireguard"), ".conf"))
+
+
+def config_file(argument: str) -> str:
+    """The file a command line's config argument names: a path as given, or, for
+    a bare interface name that is no file here, NAME.toml in /etc/pyvpn or
+    NAME.conf in /etc/wireguard. A name ending in .conf or .toml is a file's
+    (wg-quick would look for wg0.conf.conf)."""
+    if (
+        os.path.exists(argument)
+        or not IFNAME.match(argument)
+        or argument.endswith(tuple(suffix for _, suffix in CONFIG_DIRS))
+    ):
+        return argument
+    tried = [directory / f"{argument}{suffix}" for directory, suffix in CONFIG_DIRS]
+    found = [str(f) for f in tried if f.exists()]
+    if len(found) > 1:
+        raise ConfigError(argument, "", f"both {found[0]} and {found[1]} exist: give a path")
+    if not found:
+        where = " nor ".join(str(f) for f in tried)
+        raise ConfigError(argument, "", f"no such file here, nor {where}")
+    return found[0]
+
+
 def read(path: str) -> Source:
+    path = config_file(path)
     text, mode = _text(path)
     found = source(text, path)
     if found.format == "wg-quick" and mode & stat.S_IRWXO:
