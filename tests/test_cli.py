@@ -3,13 +3,18 @@
 import importlib.metadata
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from tunnel.cli import restart_needed
+from tunnel.control import uapi_socket
 from tunnel.control.config import parse
+from tunnel.control.show import render
 from tunnel.daemon import choose_datapath
 from tunnel.lab.testbed import device_name, start_wireguard_go
 from tunnel.protocol import keys
@@ -164,6 +169,90 @@ def test_the_command_line_loads_without_the_daemons_stack():
     modules = loaded.stdout.split()
     assert "tunnel.cli" in modules
     assert [m for m in modules if m.startswith(DAEMON_ONLY)] == []
+
+
+def test_a_reader_that_goes_away_gets_no_traceback():
+    """`pyvpn show | head`: the rest of the output has nowhere to go."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tunnel", "genkey"], stdout=write_end, stderr=subprocess.PIPE
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (128 + signal.SIGPIPE, b"")
+
+
+SNAPSHOT = {
+    "name": "",  # the test's
+    "mode": "tun",
+    "public_key": GOOD_KEY,
+    "listen_port": 51820,
+    "fwmark": 0,
+    "table": "auto",
+    "full_tunnel": [],
+    "datapath": "native",
+    "mtu": 1420,
+    "addresses": ["10.9.0.1/24"],
+    "bridge": None,
+    "drops": {},
+    "peers": [
+        {
+            "public_key": GOOD_KEY,
+            "endpoint": "192.0.2.7:51820",
+            "endpoint_name": None,
+            "allowed_ips": ["10.9.0.2/32"],
+            "latest_handshake": None,
+            "rx_bytes": 2048,
+            "tx_bytes": 10,
+            "persistent_keepalive": 25,
+            "drops": {"replay_or_forged": 3},
+        }
+    ],
+}
+
+
+def test_show_renders_what_a_daemon_from_before_get_pyvpn_text_sends():
+    """After an upgrade, a tunnel started before it refuses get=pyvpn_text
+    (EPROTO) and still answers get=pyvpn: `pyvpn show` prints the same text."""
+    name = f"pvold{os.getpid()}"[:15]
+    path = uapi_socket.socket_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen()
+    asked: list[str] = []
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                operation = conn.recv(4096).decode().split("\n")[0]
+                asked.append(operation)
+                snapshot = {**SNAPSHOT, "name": name}
+                reply = (
+                    f"json={json.dumps(snapshot)}\nerrno=0"
+                    if operation == "get=pyvpn"
+                    else "errno=71"
+                )
+                conn.sendall(reply.encode() + b"\n\n")
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        result = pyvpn("show", name)
+    finally:
+        server.join(5)
+        listener.close()
+        path.unlink(missing_ok=True)
+    assert asked == ["get=pyvpn_text", "get=pyvpn"]
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == render({**SNAPSHOT, "name": name}) + "\n"
+    assert "  transfer: 2.00 KiB received, 10 B sent\n  persistent keepalive: every 25" in (
+        result.stdout
+    )
+    assert "  dropped: replay_or_forged 3" in result.stdout
 
 
 def test_down_unknown_tunnel():

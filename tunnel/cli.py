@@ -16,7 +16,6 @@ from typing import Any, NoReturn
 from tunnel.control import uapi_client
 from tunnel.control.config import Config, ConfigError, load, load_source, read
 from tunnel.control.mesh import FORMATS, write_mesh
-from tunnel.host.routing import ip_versions
 from tunnel.protocol import keys
 
 # What a config argument may also be (config.config_file).
@@ -113,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`pyvpn show | head`): quiet, as a tool killed by
+        # SIGPIPE is, and with stdout on /dev/null so that its flush at exit
+        # cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -230,15 +235,15 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     if args.name:
-        status = _ask(args.name, uapi_client.status)
-        if status is None:
+        shown = _ask(args.name, uapi_client.status if args.json else uapi_client.shown)
+        if shown is None:
             return 1
-        print(json.dumps(status, indent=2) if args.json else format_status(status))
+        print(json.dumps(shown, indent=2) if args.json else shown)
         return 0
     statuses, answered = [], True
     for name in uapi_client.running_names():
         try:
-            statuses.append(uapi_client.status(name))
+            statuses.append((uapi_client.status if args.json else uapi_client.shown)(name))
         except (uapi_client.NotRunning, uapi_client.NotPyvpn):
             continue  # gone since it was listed, or another WireGuard's (wg show lists it)
         except uapi_client.NotAnswering as e:
@@ -247,7 +252,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(statuses, indent=2))
     elif statuses:
-        print("\n\n".join(format_status(s) for s in statuses))
+        print("\n\n".join(statuses))
     return 0 if answered else 1
 
 
@@ -274,67 +279,6 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     sd_notify.notify("READY=1")
     signal.sigwait(stop)
     return 0
-
-
-def format_status(s: dict[str, Any]) -> str:
-    lines = [
-        f"interface: {s['name']}",
-        f"  public key: {s['public_key'] or '(none)'}",
-        f"  listening port: {s['listen_port']}",
-        f"  address: {', '.join(s.get('addresses', [])) or '(none)'}",
-        f"  mode: {s['mode']}, data plane: {s['datapath']}, mtu: {s['mtu']}",
-    ]
-    if s.get("bridge"):
-        lines.append(f"  bridge: {s['bridge']}")
-    if s["fwmark"]:
-        lines.append(f"  fwmark: {s['fwmark']:#x}")
-    where = {"auto": "main table", "off": "none (table off)"}.get(s["table"], f"table {s['table']}")
-    lines.append(f"  routes: {where}")
-    if s["full_tunnel"]:
-        versions = ip_versions(s["full_tunnel"])
-        lines.append(f"  full tunnel: all {versions} traffic but the tunnel's own")
-    if s["drops"]:
-        lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(s["drops"].items())))
-    now = time.time()
-    for p in s["peers"]:
-        lines += ["", f"peer: {p['public_key']}"]
-        name = p.get("endpoint_name")  # a daemon from before names were followed: none
-        if p["endpoint"]:
-            named = f" ({name})" if name else ""
-            lines.append(f"  endpoint: {p['endpoint']}{named}")
-        elif name:
-            lines.append(f"  endpoint: none yet ({name} does not resolve)")
-        lines.append(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
-        if p["latest_handshake"]:
-            lines.append(f"  latest handshake: {ago(now - p['latest_handshake'])}")
-        lines.append(
-            f"  transfer: {human_bytes(p['rx_bytes'])} received, {human_bytes(p['tx_bytes'])} sent"
-        )
-        if p["persistent_keepalive"]:
-            lines.append(f"  persistent keepalive: every {p['persistent_keepalive']} seconds")
-        drops = {k: v for k, v in p["drops"].items() if v}
-        if drops:
-            lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
-        if p.get("macs"):
-            lines.append("  learned macs: " + ", ".join(m["mac"] for m in p["macs"]))
-        if p.get("allowed_macs"):
-            lines.append("  allowed macs: " + ", ".join(p["allowed_macs"]))
-    return "\n".join(lines)
-
-
-def ago(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    parts = [(seconds // 3600, "hour"), (seconds % 3600 // 60, "minute"), (seconds % 60, "second")]
-    text = ", ".join(f"{n} {unit}{'s' if n != 1 else ''}" for n, unit in parts if n)
-    return (text or "0 seconds") + " ago"
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.2f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

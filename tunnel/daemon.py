@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import uvloop
 
-from tunnel.control import save_config, uapi, uapi_client, wg_quick
+from tunnel.control import save_config, show, uapi, uapi_client, wg_quick
 from tunnel.control.config import Config, ConfigError
 from tunnel.control.reresolve import follow_names
 from tunnel.control.status import snapshot
@@ -375,6 +375,8 @@ async def _serve_uapi(tunnel: Tunnel, status) -> asyncio.AbstractServer:
                     )
                 elif line == "get=pyvpn":
                     reply = uapi.status_response(status())
+                elif line == "get=pyvpn_text":
+                    reply = uapi.text_response(show.render(status()))
                 elif line == "set=1":
                     async with tunnel.setting:
                         reply = await _set(tunnel, args)

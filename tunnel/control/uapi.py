@@ -2,7 +2,8 @@
 key=value text protocol `wg` speaks over /var/run/wireguard/NAME.sock.
 pyvpn answers `get=1` exactly as wireguard-go does, takes `set=1` (so `wg set`,
 `wg setconf` and `wg syncconf` work), and adds `get=pyvpn`, which returns the
-JSON status snapshot that `pyvpn show` prints. A set request is parsed and
+JSON status snapshot that `pyvpn show --json` prints, and `get=pyvpn_text`,
+the text `pyvpn show` prints (control/show.py), as a JSON string. A set request is parsed and
 checked whole here before core/reconfig.py applies it; control/uapi_client.py
 is the other end."""
 
@@ -53,6 +54,10 @@ def get_response(iface: Interface, listen_port: int, fwmark: int = 0) -> str:
 
 def status_response(status: dict[str, Any]) -> str:
     return f"json={json.dumps(status)}\nerrno=0\n\n"
+
+
+def text_response(text: str) -> str:
+    return f"text={json.dumps(text)}\nerrno=0\n\n"
 
 
 def error_response(code: int) -> str:

@@ -135,6 +135,22 @@ def status(name: str, timeout: float = TIMEOUT) -> dict[str, Any]:
     return json.loads(reply["json"])
 
 
+def shown(name: str, timeout: float = TIMEOUT) -> str:
+    """What `pyvpn show` prints of the tunnel, rendered by its daemon."""
+    try:
+        reply = request(name, "get=pyvpn_text", timeout)
+    except OSError as e:
+        if e.errno != errno.EPROTO:
+            raise
+        # A daemon from before get=pyvpn_text, still running after an upgrade.
+        from .show import render
+
+        return render(status(name, timeout))
+    if "text" not in reply:
+        raise NotPyvpn(f"{name} is not a pyvpn tunnel")
+    return json.loads(reply["text"])
+
+
 def server_pid(name: str) -> int:
     """The pid of the process serving NAME's socket, from the kernel (SO_PEERCRED)."""
     with _connect(socket_path(name)) as sock:
