@@ -160,3 +160,6 @@ def test_save_config_keeps_key_files_in_use_and_takes_the_running_peers(tmp_path
     data = running_data(config, iface, 4242, 0, 1380)
     assert data["interface"]["private_key"] == keys.encode(iface.identity.private_key)
     assert "private_key_file" not in data["interface"]
+    iface.set_private_key(bytes(32))  # none, as `wg showconf` then gives no PrivateKey
+    data = running_data(config, iface, 4242, 0, 1380)
+    assert {"private_key", "private_key_file"}.isdisjoint(data["interface"])

@@ -189,7 +189,6 @@ HEAD = f"[Interface]\nPrivateKey = {KEY_A}\n"
 PEER_B = f"[Peer]\nPublicKey = {PUB_B}\n"
 SECTION_ERRORS = [
     ("Address = 10.0.0.1/24\n[Interface]\n", "wg0.conf:1: Address: comes before the [Interface]"),
-    ("[Interface]\nAddress = 10.0.0.1/24\n", "wg0.conf:1: PrivateKey: missing"),
     (HEAD + "\n[Peer]\nEndpoint = 192.0.2.1:1\n", "wg0.conf:4: PublicKey: missing"),
     (PEER_B, "wg0.conf: [Interface]: missing"),
     (HEAD + PEER_B + PEER_B, "wg0.conf:6: PublicKey: the same peer is listed twice"),
@@ -247,6 +246,24 @@ def test_a_bare_name_is_looked_up_as_wg_quick_does(
     assert config.load("wg0").path == "wg0"
     with pytest.raises(ConfigError, match=r"^wg1\.conf: cannot read: No such file"):
         config.load("wg1.conf")
+
+
+def test_a_file_without_a_private_key_starts_without_one(tmp_path: Path) -> None:
+    """wg-quick takes a file without PrivateKey: the key comes later, from
+    `wg set` (a PostUp, say). Both formats do, with a warning, and convert."""
+    text = "[Interface]\nAddress = 10.0.0.1/24\n" + PEER_B
+    loaded = config.load(str(wg0(tmp_path, text)))
+    assert loaded.interface.private_key == bytes(32)
+    assert loaded.warnings == [
+        f"{tmp_path}/wg0.conf:1: PrivateKey: none: wg0 makes and answers no handshakes "
+        "until `wg set wg0 private-key FILE` gives it one"
+    ]
+    toml = tmp_path / "wg0.toml"
+    toml.write_text(to_toml(loaded.data))
+    assert "private_key" not in toml.read_text()
+    again = config.load(str(toml))
+    assert again.interface.private_key == bytes(32) and meaning(again) == meaning(loaded)
+    assert again.warnings[0].startswith(f"{toml}: interface.private_key: none: wg0 makes")
 
 
 def test_warnings_name_the_line(tmp_path: Path) -> None:
@@ -575,6 +592,22 @@ def test_a_failing_hook_stops_up_and_leaves_nothing(bed, tmp_path: Path, hook: s
         assert bed.a.run("cat", "/etc/resolv.conf").stdout == lan
         assert not (tmp_path / "down").exists()  # as wg-quick: no PostDown for an up that failed
     assert sorted(leftovers()) == sorted(f"netns {ns.name}" for ns in bed.namespaces)
+
+
+def test_a_file_without_a_private_key_takes_one_from_post_up(bed, tmp_path: Path) -> None:
+    name, a, path_b = pair(tmp_path)
+    key_file = tmp_path / "a.key"
+    key_file.write_text(a["interface"]["private_key"] + "\n")
+    key_file.chmod(0o600)
+    ini = write_ini(tmp_path, name, a, f"PostUp = wg set %i private-key {key_file}\n")
+    ini.write_text("".join(line for line in ini.open() if not line.startswith("PrivateKey")))
+    with start_pyvpn(bed.b, path_b), start_pyvpn(bed.a, ini) as peer_a:
+        wait_reachable(bed.a, INNER_B)
+        wait_reachable(bed.b, INNER_A)
+        public = keys.encode(keys.public_key(keys.decode(a["interface"]["private_key"])))
+        assert pyvpn_status(name)["public_key"] == public
+        assert peer_a.stop() == 0
+    assert f"{ini}:1: PrivateKey: none: {name} makes and answers no handshakes" in (peer_a.output())
 
 
 def test_save_config_writes_the_running_tunnel_back_in_its_format(bed, tmp_path: Path) -> None:

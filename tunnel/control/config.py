@@ -246,7 +246,7 @@ class _Parser:
             raise self.fail("peer", "peers are written as [[peer]] tables")
         peers = [self.peer(p, i, interface) for i, p in enumerate(peers_data)]
         seen: set[bytes] = set()
-        own = keys.public_key(interface.private_key)
+        own = keys.public_key(interface.private_key) if any(interface.private_key) else None
         for i, p in enumerate(peers):
             if p.public_key in seen:
                 raise self.fail(f"peer[{i}].public_key", "the same peer is listed twice")
@@ -300,8 +300,16 @@ class _Parser:
                 "interface.name", f"{name!r} is not a valid device name (1-15 of A-Z a-z 0-9 _ . -)"
             )
         mode = self.choice(t, "mode", "interface", MODES, "tun")
-        private_key = self.key(t, "private_key", "interface", required=True)
-        assert private_key is not None
+        private_key = self.key(t, "private_key", "interface", required=False)
+        if private_key is None or not any(private_key):
+            # As wg-quick allows it: the key comes later (`wg set NAME private-key`,
+            # often from PostUp), and until then no handshake is made or answered.
+            self.warn(
+                "interface.private_key",
+                f"none: {name} makes and answers no handshakes until "
+                f"`wg set {name} private-key FILE` gives it one",
+            )
+            private_key = bytes(32)
         port = self.integer(t, "listen_port", "interface", 0, 65535, 0)
         addresses = [
             self.address(a, f"interface.address[{i}]")

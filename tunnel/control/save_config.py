@@ -21,7 +21,10 @@ def running_data(
     """The TOML-shaped dict of the tunnel as it runs. A key file stays a key file
     while its key is the one in use, so a secret kept apart stays apart."""
     interface = dict(config.data.get("interface", {}))
-    if "private_key_file" not in interface or iface.identity.private_key != (
+    if not iface.identity.present:  # as `wg showconf` gives no PrivateKey then
+        interface.pop("private_key", None)
+        interface.pop("private_key_file", None)
+    elif "private_key_file" not in interface or iface.identity.private_key != (
         config.interface.private_key
     ):
         interface.pop("private_key_file", None)
