@@ -44,8 +44,9 @@ def test_unit_template_passes_systemd_analyze_verify(tmp_path):
     unit.read_string(UNIT.read_text())
     service = unit["Service"]
     assert service["Type"] == "notify"
-    assert service["ExecStart"].endswith("pyvpn up /etc/pyvpn/%i.toml")
-    assert service["ExecReload"].endswith("pyvpn reload /etc/pyvpn/%i.toml")
+    # A bare name: /etc/pyvpn/%i.toml or /etc/wireguard/%i.conf (config.config_file).
+    assert service["ExecStart"].endswith("pyvpn up %i")
+    assert service["ExecReload"].endswith("pyvpn reload %i")
 
 
 def test_ready_once_the_tunnel_is_up_and_stopping_at_shutdown(bed, tmp_path, monkeypatch):
