@@ -620,12 +620,14 @@ def test_save_config_writes_the_running_tunnel_back_in_its_format(bed, tmp_path:
         start_pyvpn(bed.a, ini) as peer_a,
     ):
         wait_reachable(bed.a, INNER_B)
+        bed.a.run("ip", "address", "add", "10.10.5.1/24", "dev", name)  # saved as wg-quick does
         for ns, device, key in ((bed.a, name, new_a), (bed.b, peer_b.name, new_b)):
             ns.run(
                 "wg", "set", device, "peer", key, "allowed-ips", "10.10.0.9/32",
                 "endpoint", "198.18.0.9:4000", "persistent-keepalive", "15",
             )  # fmt: skip
-        assert peer_a.stop() == 0 and peer_b.stop() == 0
+        assert peer_a.stop() == 0, peer_a.output()
+        assert peer_b.stop() == 0
     assert ini.stat().st_mode & 0o777 == 0o600
     saved = config.load(str(ini))
     assert saved.format == "wg-quick" and ini.read_text().startswith("[Interface]\n")
@@ -640,7 +642,7 @@ def test_save_config_writes_the_running_tunnel_back_in_its_format(bed, tmp_path:
         {"post_up": ["true"]},
         51820,
     )
-    assert [str(x) for x in c.addresses] == [f"{INNER_A}/24"]
+    assert [str(x) for x in c.addresses] == [f"{INNER_A}/24", "10.10.5.1/24"]
     toml = config.load(str(path_b))
     assert toml.format == "toml" and toml.interface.datapath == "python"
     assert keys.encode(toml.peers[-1].public_key) == new_b

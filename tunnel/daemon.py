@@ -300,7 +300,9 @@ async def serve(
             except SetupError as e:
                 log.warning("%s: %s", name, e)
             if tunnel.config.interface.save_config:
-                save(tunnel, tunnel.config)
+                # pyroute2 cannot run inside the event loop it would use itself.
+                addresses = await loop.run_in_executor(None, _addresses_now, name)
+                save(tunnel, tunnel.config, addresses)
     return 0
 
 
@@ -343,12 +345,20 @@ def run_hooks(config: Config, hook: str) -> None:
         raise SetupError(str(e)) from None
 
 
-def save(tunnel: Tunnel, config: Config) -> None:
+def _addresses_now(name: str) -> list[InterfaceAddress] | None:
+    try:
+        return netlink.addresses(name)
+    except netlink.LinkError as e:  # the device is gone: the file's addresses stay
+        log.warning("%s: SaveConfig: %s", name, e)
+        return None
+
+
+def save(tunnel: Tunnel, config: Config, addresses: list[InterfaceAddress] | None) -> None:
     """SaveConfig, as wg-quick does it at down: after PreDown, before teardown."""
     plane, iface = tunnel.plane, tunnel.iface
     plane.refresh()
     data = save_config.running_data(
-        config, iface, tunnel.listen_port, udp.mark(plane.sock), iface.mtu
+        config, iface, tunnel.listen_port, udp.mark(plane.sock), iface.mtu, addresses
     )
     try:
         save_config.write(config, data)

@@ -1,8 +1,8 @@
 """SaveConfig: at down, the running config written back to the file it came from,
 in that file's format, as wg-quick's save_config does: the file's own settings
-(addresses, DNS, Table, hooks, SaveConfig) with what `wg showconf` would give
-(private key, listen port, fwmark, MTU if the file sets one, and the peers as they
-run now, with their endpoints)."""
+(DNS, Table, hooks, SaveConfig), the device's addresses as they are, and what
+`wg showconf` would give (private key, listen port, fwmark, MTU if the file sets
+one, and the peers as they run now, with their endpoints)."""
 
 import os
 from pathlib import Path
@@ -11,16 +11,28 @@ from typing import Any
 from tunnel.control.config import Config
 from tunnel.control.convert import to_toml, to_wg_quick
 from tunnel.core.interface import Interface
+from tunnel.host.routing import InterfaceAddress
 from tunnel.protocol.address import format_address
 from tunnel.protocol.keys import encode
 
 
 def running_data(
-    config: Config, iface: Interface, listen_port: int, fwmark: int, mtu: int
+    config: Config,
+    iface: Interface,
+    listen_port: int,
+    fwmark: int,
+    mtu: int,
+    addresses: list[InterfaceAddress] | None = None,
 ) -> dict[str, Any]:
     """The TOML-shaped dict of the tunnel as it runs. A key file stays a key file
-    while its key is the one in use, so a secret kept apart stays apart."""
+    while its key is the one in use, so a secret kept apart stays apart.
+    `addresses` are the device's now (None: the file's stay), as wg-quick saves
+    what `ip address show` lists."""
     interface = dict(config.data.get("interface", {}))
+    if addresses is not None:
+        interface.pop("address", None)
+        if addresses:
+            interface["address"] = [str(a) for a in addresses]
     if not iface.identity.present:  # as `wg showconf` gives no PrivateKey then
         interface.pop("private_key", None)
         interface.pop("private_key_file", None)

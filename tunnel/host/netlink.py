@@ -25,6 +25,7 @@ RULE_PROTOCOL = 245
 FIRST_TABLE = 51820  # where wg-quick starts looking for a free routing table
 NLMSG_ERROR = 2  # <linux/netlink.h>: the kernel's answer to a request with NLM_F_ACK
 NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
+RT_SCOPE_LINK = 253  # <linux/rtnetlink.h>
 ROUTES_PER_BATCH = 256  # requests in one sendmsg: their acks fit the receive buffer
 
 
@@ -87,6 +88,21 @@ def configure(
         except NetlinkError as e:
             raise LinkError(f"cannot {step} on {name}: {_reason(e)}") from None
     _change_routes("add", name, index, [n for n in routes if _routed(n, covered, table)], table)
+
+
+def addresses(name: str) -> list[InterfaceAddress]:
+    """The device's addresses as they are now, in the kernel's order, but for
+    link-local ones (the kernel's own, which no config lists)."""
+    with IPRoute() as ipr:
+        try:
+            found = ipr.get_addr(index=_index(ipr, name))
+        except NetlinkError as e:
+            raise LinkError(f"cannot read the addresses of {name}: {_reason(e)}") from None
+    return [
+        ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
+        for a in found
+        if a["scope"] != RT_SCOPE_LINK
+    ]
 
 
 def set_mtu(name: str, mtu: int) -> None:
