@@ -80,7 +80,8 @@ def bare_names() -> list[str]:
 def test_up_offers_the_bare_names_of_configs_in_etc(tmp_path: Path):
     name = f"cmpl{os.getpid()}"[:15]
     path = CONFIG_DIRS[1][0] / f"{name}.conf"
-    path.parent.mkdir(exist_ok=True)
+    made = not path.parent.exists()
+    path.parent.mkdir(mode=0o700, exist_ok=True)
     try:
         path.write_text("")
         for command in ("up", "reload", "convert"):
@@ -88,6 +89,8 @@ def test_up_offers_the_bare_names_of_configs_in_etc(tmp_path: Path):
         assert complete("pyvpn", "up", f"./{name[:6]}", cwd=tmp_path) == []
     finally:
         path.unlink()
+        if made:
+            path.parent.rmdir()
     assert complete("pyvpn", "up", name[:6], cwd=tmp_path) == []
 
 

@@ -5,6 +5,7 @@ DNS through resolvconf and SaveConfig, against a pyvpn peer running from TOML.""
 
 import contextlib
 import ipaddress
+import os
 import shutil
 import tomllib
 from collections.abc import Iterator
@@ -231,21 +232,52 @@ def test_a_bare_name_is_looked_up_as_wg_quick_does(
     ini = wg0(theirs, GOOD.format(""))
     loaded = config.load("wg0")
     assert (loaded.path, loaded.format, loaded.interface.name) == (str(ini), "wg-quick", "wg0")
+    assert loaded.warnings == []
     # Through the command line, whose messages name the file it found.
     assert cli.main(["convert", "wg0"]) == 0
     converted = capsys.readouterr().out
     assert tomllib.loads(converted)["interface"]["name"] == "wg0"
+    # Converted into pyvpn's place, it takes over, and the load says from what.
     (ours / "wg0.toml").write_text(converted)
-    with pytest.raises(ConfigError) as e:
-        config.load("wg0")
-    assert str(e.value) == f"wg0: both {ours}/wg0.toml and {ini} exist: give a path"
-    ini.unlink()
+    loaded = config.load("wg0")
+    assert (loaded.path, loaded.format) == (str(ours / "wg0.toml"), "toml")
+    assert loaded.warnings == [f"{ours}/wg0.toml: warning: read, not {ini}"]
+    # A file of that name here is a path; a directory is not a file.
+    (tmp_path / "wg0").mkdir()
     assert config.load("wg0").path == str(ours / "wg0.toml")
-    # A file of that name here, or anything that is not an interface name, is a path.
+    (tmp_path / "wg0").rmdir()
     (tmp_path / "wg0").write_text(converted)
     assert config.load("wg0").path == "wg0"
+    # wg-quick's names, '+' and '=' among them; a name with a suffix is a file's.
+    plus = wg0(theirs, GOOD.format(""), "wg+1.conf")
+    assert config.config_file("wg+1") == (str(plus), [])
     with pytest.raises(ConfigError, match=r"^wg1\.conf: cannot read: No such file"):
         config.load("wg1.conf")
+
+
+def test_a_bare_name_others_cannot_look_up_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/etc/wireguard is root's alone (mode 0700): another user's lookup is refused
+    as a config error, which the command line prints in one line."""
+    assert Path("/etc/wireguard").stat().st_mode & 0o777 == 0o700
+    monkeypatch.chdir("/")
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # as nobody, in a child: the kernel's own EACCES, root unchanged
+        try:
+            os.setresuid(65534, 65534, 65534)
+            config.config_file("wgnone0")
+            answer = "no error"
+        except ConfigError as e:
+            answer = str(e)
+        except BaseException as e:
+            answer = repr(e)
+        os.write(write_end, answer.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        answer = pipe.read()
+    os.waitpid(child, 0)
+    assert answer == "wgnone0: cannot look it up: Permission denied"
 
 
 def test_a_file_without_a_private_key_starts_without_one(tmp_path: Path) -> None:
@@ -606,6 +638,11 @@ def test_a_file_without_a_private_key_takes_one_from_post_up(bed, tmp_path: Path
         wait_reachable(bed.b, INNER_A)
         public = keys.encode(keys.public_key(keys.decode(a["interface"]["private_key"])))
         assert pyvpn_status(name)["public_key"] == public
+        # A reload from the same file keeps the key it does not give, as wg syncconf does.
+        reload = pyvpn("reload", str(ini))
+        assert reload.returncode == 0, reload.stderr
+        assert pyvpn_status(name)["public_key"] == public
+        wait_reachable(bed.a, INNER_B)
         assert peer_a.stop() == 0
     assert f"{ini}:1: PrivateKey: none: {name} makes and answers no handshakes" in (peer_a.output())
 

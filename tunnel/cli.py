@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
     args = build_parser(words[0] if words else None).parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, where a reader gone away is caught, not at exit
+        return status
     except (ConfigError, UsageError) as e:
         print(f"pyvpn: {e}", file=sys.stderr)
         return 2
@@ -123,14 +125,14 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from .daemon import SetupError, up
 
+    if os.geteuid() != 0:
+        raise UsageError("up needs root (CAP_NET_ADMIN) to create the device")
     config = load(args.config)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format=f"%(asctime)s pyvpn[{config.interface.name}] %(levelname)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    if os.geteuid() != 0:
-        raise UsageError("up needs root (CAP_NET_ADMIN) to create the device")
     try:
         return up(config)
     except SetupError as e:
@@ -234,25 +236,27 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    # The JSON snapshot, or the text the tunnel renders of it.
+    question = uapi_client.status if args.json else uapi_client.shown
     if args.name:
-        shown = _ask(args.name, uapi_client.status if args.json else uapi_client.shown)
-        if shown is None:
+        answer = _ask(args.name, question)
+        if answer is None:
             return 1
-        print(json.dumps(shown, indent=2) if args.json else shown)
+        print(json.dumps(answer, indent=2) if args.json else answer)
         return 0
-    statuses, answered = [], True
+    answers, answered = [], True
     for name in uapi_client.running_names():
         try:
-            statuses.append((uapi_client.status if args.json else uapi_client.shown)(name))
+            answers.append(question(name))
         except (uapi_client.NotRunning, uapi_client.NotPyvpn):
             continue  # gone since it was listed, or another WireGuard's (wg show lists it)
         except uapi_client.NotAnswering as e:
             print(f"pyvpn: {e.strerror}", file=sys.stderr)
             answered = False
     if args.json:
-        print(json.dumps(statuses, indent=2))
-    elif statuses:
-        print("\n\n".join(statuses))
+        print(json.dumps(answers, indent=2))
+    elif answers:
+        print("\n\n".join(answers))
     return 0 if answered else 1
 
 

@@ -301,7 +301,8 @@ async def serve(
                 log.warning("%s: %s", name, e)
             if tunnel.config.interface.save_config:
                 # pyroute2 cannot run inside the event loop it would use itself.
-                addresses = await loop.run_in_executor(None, _addresses_now, name)
+                configured = tunnel.config.interface.addresses
+                addresses = await loop.run_in_executor(None, _addresses_now, name, configured)
                 save(tunnel, tunnel.config, addresses)
     return 0
 
@@ -345,9 +346,9 @@ def run_hooks(config: Config, hook: str) -> None:
         raise SetupError(str(e)) from None
 
 
-def _addresses_now(name: str) -> list[InterfaceAddress] | None:
+def _addresses_now(name: str, configured: list[InterfaceAddress]) -> list[InterfaceAddress] | None:
     try:
-        return netlink.addresses(name)
+        return netlink.addresses(name, configured)
     except netlink.LinkError as e:  # the device is gone: the file's addresses stay
         log.warning("%s: SaveConfig: %s", name, e)
         return None

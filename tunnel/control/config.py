@@ -132,35 +132,39 @@ class Source:
 
 
 # Where a bare interface name is looked up, as `wg-quick up wg0` finds
-# /etc/wireguard/wg0.conf (wg-quick(8)); pyvpn's own directory first.
+# /etc/wireguard/wg0.conf (wg-quick(8)); pyvpn's own directory first, so that a
+# file converted there takes over from the wg-quick file it came from.
 CONFIG_DIRS = ((Path("/etc/pyvpn"), ".toml"), (Path("/etc/wireguard"), ".conf"))
+# The names wg-quick looks up (its CONFIG_FILE test, wg_quick.FILE_NAME's).
+BARE_NAME = re.compile(r"^[a-zA-Z0-9_=+.-]{1,15}$")
 
 
-def config_file(argument: str) -> str:
-    """The file a command line's config argument names: a path as given, or, for
-    a bare interface name that is no file here, NAME.toml in /etc/pyvpn or
-    NAME.conf in /etc/wireguard. A name ending in .conf or .toml is a file's
-    (wg-quick would look for wg0.conf.conf)."""
-    if (
-        os.path.exists(argument)
-        or not IFNAME.match(argument)
-        or argument.endswith(tuple(suffix for _, suffix in CONFIG_DIRS))
-    ):
-        return argument
+def config_file(argument: str) -> tuple[str, list[str]]:
+    """The file a command line's config argument names, and warnings: a path as
+    given, or, for a bare interface name that is no file here, NAME.toml in
+    /etc/pyvpn or else NAME.conf in /etc/wireguard. A name ending in .conf or
+    .toml is a file's (wg-quick would look for wg0.conf.conf)."""
+    suffixes = tuple(suffix for _, suffix in CONFIG_DIRS)
+    if not BARE_NAME.match(argument) or argument.endswith(suffixes):
+        return argument, []
     tried = [directory / f"{argument}{suffix}" for directory, suffix in CONFIG_DIRS]
-    found = [str(f) for f in tried if f.exists()]
-    if len(found) > 1:
-        raise ConfigError(argument, "", f"both {found[0]} and {found[1]} exist: give a path")
+    try:
+        if os.path.isfile(argument):
+            return argument, []
+        found = [str(f) for f in tried if f.is_file()]
+    except OSError as e:  # /etc/wireguard is often root's alone: EACCES for others
+        raise ConfigError(argument, "", f"cannot look it up: {e.strerror}") from None
     if not found:
         where = " nor ".join(str(f) for f in tried)
         raise ConfigError(argument, "", f"no such file here, nor {where}")
-    return found[0]
+    return found[0], [f"{found[0]}: warning: read, not {f}" for f in found[1:]]
 
 
 def read(path: str) -> Source:
-    path = config_file(path)
+    path, warnings = config_file(path)
     text, mode = _text(path)
     found = source(text, path)
+    found.warnings += warnings
     if found.format == "wg-quick" and mode & stat.S_IRWXO:
         # As wg-quick warns of a file that holds a private key.
         found.warnings.append(f"{path}: warning: world accessible; chmod 600 it")

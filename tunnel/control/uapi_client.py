@@ -2,22 +2,18 @@
 running tunnels, sending them operations, and the set request that brings one to
 what a config says. Used by `pyvpn show`, `pyvpn reload`, `pyvpn down` and `pyvpn metrics`."""
 
-from __future__ import annotations
-
 import errno
 import json
 import os
 import socket
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tunnel.protocol.address import format_address
 
+from .config import Config
 from .uapi_socket import SOCKET_DIR, socket_path
-
-if TYPE_CHECKING:
-    from .config import Config
 
 
 def sync_request(config: Config, running: list[bytes]) -> str:
@@ -25,7 +21,9 @@ def sync_request(config: Config, running: list[bytes]) -> str:
     that stay are updated, not replaced, so their sessions live on (as `wg syncconf`
     does it, not `wg setconf`). Keys the config leaves out are left as they are."""
     c = config.interface
-    lines = ["set=1", f"private_key={c.private_key.hex()}"]
+    lines = ["set=1"]
+    if any(c.private_key):  # none in the file: the one `wg set` gave stays
+        lines.append(f"private_key={c.private_key.hex()}")
     if c.listen_port:
         lines.append(f"listen_port={c.listen_port}")
     if c.fwmark:

@@ -90,19 +90,25 @@ def configure(
     _change_routes("add", name, index, [n for n in routes if _routed(n, covered, table)], table)
 
 
-def addresses(name: str) -> list[InterfaceAddress]:
-    """The device's addresses as they are now, in the kernel's order, but for
-    link-local ones (the kernel's own, which no config lists)."""
+def addresses(name: str, configured: Iterable[InterfaceAddress] = ()) -> list[InterfaceAddress]:
+    """The device's addresses as they are now, in the kernel's order, but for the
+    link-local ones the kernel made itself (those `configured` stay)."""
+    configured = set(configured)
     with IPRoute() as ipr:
         try:
-            found = ipr.get_addr(index=_index(ipr, name))
+            found = [
+                (_interface_address(a), a["scope"]) for a in ipr.get_addr(index=_index(ipr, name))
+            ]
         except NetlinkError as e:
             raise LinkError(f"cannot read the addresses of {name}: {_reason(e)}") from None
-    return [
-        ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
-        for a in found
-        if a["scope"] != RT_SCOPE_LINK
-    ]
+    return [a for a, scope in found if scope != RT_SCOPE_LINK or a in configured]
+
+
+def _interface_address(message: Any) -> InterfaceAddress:
+    # IFA_LOCAL is the address itself; IFA_ADDRESS is the far end's on a
+    # point-to-point IPv4 address, and IPv6 has only IFA_ADDRESS.
+    address = message.get("IFA_LOCAL") or message.get("IFA_ADDRESS")
+    return ipaddress.ip_interface(f"{address}/{message['prefixlen']}")
 
 
 def set_mtu(name: str, mtu: int) -> None:

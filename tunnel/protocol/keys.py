@@ -25,8 +25,8 @@ def generate_preshared_key() -> bytes:
 
 
 def public_key(private: bytes) -> bytes:
-    # Imported here: reading a config or a key does not need the crypto stack
-    # (`pyvpn show` on a hub waits for every import), and few commands derive keys.
+    # Imported when called, so that `import tunnel.cli` does not load the crypto
+    # stack: `pyvpn show` on a hub waits for every import, and never derives a key.
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
