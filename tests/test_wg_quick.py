@@ -66,8 +66,10 @@ class Net:
         self.key_c = keys.generate_private_key()
         self.etc = Path("/etc/netns") / bed.a.name
 
-    def run(self, *argv: str, impl: str | None = None, check: bool = True):
-        env = {**os.environ, "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
+    def run(
+        self, *argv: str, impl: str | None = None, check: bool = True, **more: str
+    ) -> subprocess.CompletedProcess:
+        env = {**os.environ, "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", **more}
         env.pop("LOG_LEVEL", None)  # both daemons then write to /dev/null, not our pipes
         if impl is not None:
             env["WG_QUICK_USERSPACE_IMPLEMENTATION"] = implementation(impl)
@@ -208,6 +210,29 @@ def test_up_pings_both_ways_with_mtu_hooks_and_dns_and_down_leaves_nothing(net, 
     assert (hooks / f"down-{name}").exists()
     assert DNS_SERVER not in net.resolv_conf()
     assert HOST_RESOLV_CONF.read_bytes() == net.host_resolv_conf
+    assert_nothing_left(net, name)
+
+
+@pytest.mark.parametrize("datapath", ["python", "native"])
+def test_pyvpn_wg_runs_the_plane_pyvpn_datapath_names(net, datapath):
+    name = ifname("pyvpn-wg")
+    config = net.config(name, "Address = 10.10.0.1/24\n")
+    net.run("wg-quick", "up", str(config), impl="pyvpn-wg", PYVPN_DATAPATH=datapath)
+    try:
+        assert pyvpn_status(name)["datapath"] == datapath
+        wait_reachable(net.bed.a, PEER_B[0])
+        wait_reachable(net.bed.b, "10.10.0.1")
+    finally:
+        net.run("wg-quick", "down", str(config), impl="pyvpn-wg")
+    assert_nothing_left(net, name)
+
+
+def test_an_unknown_pyvpn_datapath_is_one_line_and_leaves_nothing(net):
+    name = ifname("pyvpn-wg")
+    env = {**os.environ, "PYVPN_DATAPATH": "fast"}
+    result = run_command(net.bed.a.argv(str(PYVPN_WG), name), env=env, check=False)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "pyvpn-wg: PYVPN_DATAPATH='fast': one of auto, native, python\n"
     assert_nothing_left(net, name)
 
 

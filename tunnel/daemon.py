@@ -110,12 +110,15 @@ def _up(config: Config, datapath: str) -> int:
             return runner.run(serve(tunnel))
 
 
-def up_device(name: str, ready: Callable[[], None]) -> int:
+def up_device(name: str, ready: Callable[[], None], wanted: str = "auto") -> int:
     """pyvpn-wg, wireguard-go's part under wg-quick: a tun device (down, MTU 1420 as
     wireguard-go's DefaultMTU) and its UAPI socket, with no key, no peers, no
     address and no route; everything else comes over UAPI. Serves until SIGINT,
-    SIGTERM or the device's deletion; `ready` runs once the socket answers."""
-    datapath = "native" if dp.available() else "python"
+    SIGTERM or the device's deletion; `ready` runs once the socket answers.
+    `wanted` is the data plane, as a config's `datapath` gives it."""
+    datapath = datapath_for(wanted)
+    if datapath is None:
+        raise SetupError(f"PYVPN_DATAPATH={NATIVE_MISSING}")
     with contextlib.ExitStack() as teardown:
         dev_fd, sock = _open(teardown, name, False, datapath, 0)
         try:
@@ -217,19 +220,23 @@ def tunnel_mtu(config: Config) -> int:
     return mtu
 
 
-def choose_datapath(config: Config) -> str:
-    """ "auto" means native when the module is built; asking for native without it
-    is a config error, so the user learns why instead of getting a slow tunnel."""
-    wanted = config.interface.datapath
+NATIVE_MISSING = "native, but the native module is not built (run scripts/setup)"
+
+
+def datapath_for(wanted: str) -> str | None:
+    """The plane that `wanted` ("auto", "native" or "python") runs: "auto" means
+    native when the module is built. None for native without it, which the
+    caller refuses, so the user learns why instead of getting a slow tunnel."""
     if wanted == "python" or (wanted == "auto" and not dp.available()):
         return "python"
-    if not dp.available():
-        raise ConfigError(
-            config.path,
-            "interface.datapath",
-            "native, but the native module is not built (run scripts/setup)",
-        )
-    return "native"
+    return "native" if dp.available() else None
+
+
+def choose_datapath(config: Config) -> str:
+    datapath = datapath_for(config.interface.datapath)
+    if datapath is None:
+        raise ConfigError(config.path, "interface.datapath", NATIVE_MISSING)
+    return datapath
 
 
 async def serve(

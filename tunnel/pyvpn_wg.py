@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+from .control.config import DATAPATHS
 from .daemon import SetupError, up_device
 
 PROG = "pyvpn-wg"
@@ -36,7 +37,8 @@ HELP = (
     "and its UAPI socket /var/run/wireguard/INTERFACE-NAME.sock, and takes its whole\n"
     "configuration over UAPI (wg setconf, wg set). Without -f it returns once both\n"
     "are ready and keeps running in the background. It stops, removing its socket,\n"
-    "on SIGTERM, SIGINT or the device's deletion. LOG_LEVEL=verbose|error|silent.\n"
+    "on SIGTERM, SIGINT or the device's deletion. LOG_LEVEL=verbose|error|silent;\n"
+    "PYVPN_DATAPATH=auto|native|python picks the data plane (default auto).\n"
 )
 
 
@@ -74,9 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         fail(f"{name}: needs root (CAP_NET_ADMIN) to create the device")
         return EXIT_SETUP_FAILED
+    datapath = os.environ.get("PYVPN_DATAPATH", "auto")
+    if datapath not in DATAPATHS:
+        fail(f"PYVPN_DATAPATH={datapath[:40]!r}: one of {', '.join(DATAPATHS)}")
+        return EXIT_USAGE
     level = os.environ.get("LOG_LEVEL", "")
     if foreground:
-        return run(name, level)
+        return run(name, level, datapath)
     return daemonize(name, level)
 
 
@@ -84,7 +90,7 @@ def fail(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
 
 
-def run(name: str, level: str) -> int:
+def run(name: str, level: str, datapath: str) -> int:
     """In the foreground: serve until stopped. A parent waiting on READY_FD hears
     READY once the UAPI socket answers, or the error."""
     parent = os.environ.pop(READY_FD, None)
@@ -107,7 +113,7 @@ def run(name: str, level: str) -> int:
             os.close(fd)
 
     try:
-        return up_device(name, lambda: tell(READY))
+        return up_device(name, lambda: tell(READY), datapath)
     except SetupError as e:
         if pipe:
             tell(f"{name}: {e}".encode())  # the parent says it; our stderr may be /dev/null
