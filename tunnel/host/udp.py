@@ -44,8 +44,9 @@ def open_socket(port: int) -> socket.socket:
 
 # Both conversions are memoized: a peer sends from one address for a long time, and
 # parsing the address text of every datagram was a fifth of the Python plane's CPU
-# (py-spy). The caches are bounded, so a flood from many sources only churns them.
-ADDRESS_CACHE = 1024
+# (py-spy). The caches are bounded, so a flood from many sources only churns them;
+# a hub's peers, each at its own endpoint, fit (a few MB for this many).
+ADDRESS_CACHE = 16384
 
 
 @functools.lru_cache(maxsize=ADDRESS_CACHE)

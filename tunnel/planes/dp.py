@@ -18,12 +18,15 @@ import enum
 import errno
 import functools
 import ipaddress
+import operator
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
+
+from tunnel.host.udp import ADDRESS_CACHE
 
 try:  # the extension is optional: pyvpn falls back to the Python plane
     from tunnel.planes._native import ffi, lib
@@ -100,6 +103,9 @@ class Upcall:
     payload: bytes
 
 
+# Memoized as the Python plane's conversions are (host/udp.py): every upcall and
+# every peer's stats carry an address, mostly one seen before.
+@functools.lru_cache(maxsize=ADDRESS_CACHE)
 def _address(family: int, port: int, raw: bytes) -> tuple[str, int] | None:
     if family == socket.AF_INET:
         return (str(ipaddress.IPv4Address(raw[:4])), port)
@@ -173,6 +179,26 @@ class PeerStats:
     drop_malformed: int
 
 
+class Slots(NamedTuple):
+    """Which keypairs C holds, by local index (None: the slot is empty), and the
+    current one's send counter: what the core adopts after every change."""
+
+    current: int | None
+    previous: int | None
+    next: int | None
+    current_send_counter: int
+
+
+def slots_of(st: Any) -> Slots:
+    """A dp_peer_stats struct's or a PeerStats' slots: the fields have the same names."""
+    return Slots(
+        st.current_local_index if st.has_current else None,
+        st.previous_local_index if st.has_previous else None,
+        st.next_local_index if st.has_next else None,
+        st.current_send_counter,
+    )
+
+
 @dataclass(frozen=True)
 class InterfaceStats:
     rx_unknown_index: int
@@ -203,18 +229,24 @@ def _peer_stats(st: Any) -> PeerStats:
 def _from_struct(cls: type[T], st: Any, **given: Any) -> T:
     """A stats dataclass from the dp.h struct whose fields have the same names
     (C's uint32_t flags become bools), with `given` for those that need more."""
-    values = dict(given)
-    for name, is_bool in _struct_fields(cls):
-        if name not in given:
-            value = getattr(st, name)
-            values[name] = bool(value) if is_bool else value
+    read, flags, names = _struct_reader(cls, tuple(given))
+    values = dict(zip(names, read(st), strict=True), **given)
+    for name in flags:
+        values[name] = bool(values[name])
     return cls(**values)
 
 
 @functools.cache
-def _struct_fields(cls: type) -> tuple[tuple[str, bool], ...]:
+def _struct_reader(
+    cls: type, given: tuple[str, ...]
+) -> tuple[Callable[[Any], tuple[Any, ...]], tuple[str, ...], tuple[str, ...]]:
+    """One attrgetter for the fields the struct gives (a hub's refresh reads
+    thousands of these), the bool ones among them, and their names."""
     # f.type is the annotation's text under `from __future__ import annotations`.
-    return tuple((f.name, f.type in (bool, "bool")) for f in fields(cls))
+    names = tuple(f.name for f in fields(cls) if f.name not in given)
+    flags = tuple(f.name for f in fields(cls) if f.name in names and f.type in (bool, "bool"))
+    read = operator.attrgetter(*names)
+    return read, flags, names
 
 
 @dataclass(frozen=True)
@@ -380,6 +412,13 @@ class NativePlane:
         st = ffi.new("struct dp_peer_stats *")
         _check(lib.dp_peer_stats(self._handle(), peer_id, st), "stats")
         return _peer_stats(st)
+
+    def slots(self, peer_id: int) -> Slots:
+        """The peer's slots alone, without the rest of its stats: read after every
+        keypair install, so a hub's handshakes pay for no more."""
+        st = ffi.new("struct dp_peer_stats *")
+        _check(lib.dp_peer_stats(self._handle(), peer_id, st), "stats")
+        return slots_of(st)
 
     def changed_stats(self, max_peers: int = CHANGED_BATCH) -> list[tuple[int, PeerStats]]:
         """The peers whose stats moved since they were last reported here, and

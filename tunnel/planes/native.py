@@ -176,7 +176,7 @@ class NativeShell(Plane):
                 continue
             old = self.last.get(peer_id, NO_STATS)
             self.last[peer_id] = new
-            self._adopt(peer, new)
+            self._adopt(peer, dp.slots_of(new))
             peer.drops.replay_or_forged += (new.drop_bad_tag - old.drop_bad_tag) + (
                 new.drop_replay - old.drop_replay
             )
@@ -220,17 +220,12 @@ class NativeShell(Plane):
         """C's interface counters as C holds them now (upcalls, offloads, errors)."""
         return asdict(self.plane.interface_stats())
 
-    def _adopt(self, peer: Peer, stats: PeerStats) -> None:
+    def _adopt(self, peer: Peer, slots: dp.Slots) -> None:
         """C owns the keypair slots (it shuffles and confirms them): the core's
         view of them is what C reports, and so is the current send counter."""
-        self.iface.adopt(
-            peer,
-            stats.current_local_index if stats.has_current else None,
-            stats.previous_local_index if stats.has_previous else None,
-            stats.next_local_index if stats.has_next else None,
-        )
+        self.iface.adopt(peer, slots.current, slots.previous, slots.next)
         if peer.current is not None:
-            peer.current.send_counter = stats.current_send_counter
+            peer.current.send_counter = slots.current_send_counter
 
     def _upcalls(self) -> None:
         for _ in range(UPCALL_BATCH):
@@ -285,7 +280,7 @@ class NativeShell(Plane):
                 log.error("native plane refused a keypair: %s", e.strerror)
             finally:
                 keys.erase()  # C holds them now, and is the only one to
-            self._adopt(action.peer, self.plane.stats(peer_id))
+            self._adopt(action.peer, self.plane.slots(peer_id))
         elif isinstance(action, Transmit):
             try:
                 self.plane.send_packet(self.ids[action.peer], action.packet)
