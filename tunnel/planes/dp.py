@@ -126,6 +126,7 @@ def parse_upcall(data: bytes) -> Upcall:
     )
 
 
+@functools.lru_cache(maxsize=ADDRESS_CACHE)  # a handshake's endpoint, mostly known
 def _sockaddr(address: tuple[str, int]) -> bytes:
     host, port = address
     host, _, scope = str(host).partition("%")
