@@ -1,5 +1,6 @@
 """An in-memory network of sans-IO interfaces with a fake clock, for unit tests."""
 
+import heapq
 import ipaddress
 import random
 from dataclasses import dataclass, field
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 from tunnel.core.actions import Deliver, DeliverBatch, Send, SendBatch
 from tunnel.core.interface import Interface
 from tunnel.protocol import keys
+from tunnel.protocol.constants import TIMER_TICK
 from tunnel.protocol.peer_config import PeerConfig
 
 
@@ -121,3 +123,80 @@ class SimNet:
             self.now = min(end, self.now + step)
             for node in list(self.nodes.values()):
                 self.run(node, node.iface.tick(self.now))
+
+
+class TimedNet:
+    """Nodes with clocks of their own on a network with latency: datagrams take
+    `latency` (plus up to a fifth more) to arrive, each node reads its clock as
+    the network's time plus its offset, and ticks every TIMER_TICK from its own
+    phase, as each daemon does. Events run in time order (a heap)."""
+
+    def __init__(self, seed: int, latency: float = 0.0002) -> None:
+        self.rng = random.Random(seed)
+        self.latency = latency
+        self.now = 1000.0
+        self.nodes: dict[tuple[str, int], TimedNode] = {}
+        self._events: list = []
+        self._seq = 0
+        self.wire: list[tuple[tuple[str, int], tuple[str, int], bytes]] = []
+
+    def node(self, name: str, host: str, offset: float = 0.0, phase: float = 0.0, **kw):
+        iface = Interface(
+            keys.generate_private_key(), randbytes=self.rng.randbytes, wall_offset=1.7e9, **kw
+        )
+        node = TimedNode(name, (host, 51820), iface, offset=offset)
+        self.nodes[node.address] = node
+        self.at(self.now + phase, node, self._tick)
+        return node
+
+    def at(self, when: float, node: "TimedNode", handler, *args) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (when, self._seq, node, handler, args))
+
+    def run_until(self, end: float, done=lambda: False) -> bool:
+        """Run events up to `end`; True as soon as `done()` holds."""
+        while self._events and self._events[0][0] <= end:
+            when, _, node, handler, args = heapq.heappop(self._events)
+            self.now = when
+            self.carry_out(node, handler(node, when + node.offset, *args))
+            if done():
+                return True
+        self.now = end
+        return done()
+
+    def carry_out(self, node: "TimedNode", actions: list) -> None:
+        for action in actions:
+            if isinstance(action, SendBatch | DeliverBatch):
+                self.carry_out(node, unbatched(action))
+            elif isinstance(action, Deliver):
+                node.delivered.append(action.packet)
+            elif isinstance(action, Send) and action.destination in self.nodes:
+                self.wire.append((node.address, action.destination, action.data))
+                arrival = self.now + self.latency * (1 + self.rng.random() / 5)
+                target = self.nodes[action.destination]
+                self.at(arrival, target, self._receive, action.data, node.address)
+
+    def start(self, node: "TimedNode") -> None:
+        self.at(self.now, node, lambda n, now: n.iface.start(now))
+
+    def feed(self, node: "TimedNode", packet: bytes, every: float) -> None:
+        """The node's device reads `packet` at random, `every` seconds on average."""
+
+        def read(n: TimedNode, now: float) -> list:
+            self.at(self.now + self.rng.expovariate(1 / every), n, read)
+            return n.iface.send_packet(packet, now)
+
+        self.at(self.now + self.rng.random() * every, node, read)
+
+    def _tick(self, node: "TimedNode", now: float) -> list:
+        self.at(self.now + TIMER_TICK, node, self._tick)
+        return node.iface.tick(now)
+
+    @staticmethod
+    def _receive(node: "TimedNode", now: float, data: bytes, source: tuple[str, int]) -> list:
+        return node.iface.receive_datagram(data, source, now)
+
+
+@dataclass
+class TimedNode(Node):
+    offset: float = 0.0

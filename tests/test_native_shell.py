@@ -16,6 +16,7 @@ from tunnel.core.actions import Send, SendBatch
 from tunnel.host import clock
 from tunnel.planes import dp
 from tunnel.planes.native import NativeShell
+from tunnel.protocol.constants import REKEY_TIMEOUT
 from tunnel.protocol.messages import Initiation, parse
 
 from .simnet import Node, SimNet, ipv4_packet, unbatched
@@ -105,6 +106,9 @@ def test_a_packet_c_has_no_key_for_starts_a_handshake() -> None:
         (peer,) = s.a.iface.peers.values()
         assert peer.current is not None
         s.shell.plane.clear_keypair(s.shell.ids[peer], dp.SLOT_CURRENT)
+        # The response a sent is as old as REKEY_TIMEOUT: it no longer holds back
+        # a's own initiation (send.c's last_sent_handshake).
+        peer.last_handshake_sent -= REKEY_TIMEOUT
         packet = ipv4_packet("10.0.0.1", "10.0.0.2", b"waits for a handshake")
         s.shell.apply(s.a.iface.send_packet(packet, clock.now()))
         assert parse(s.udp_b.recv(2048)).__class__ is Initiation

@@ -560,6 +560,30 @@ def test_keys_never_appear_in_logs_or_show(bed, tmp_path, monkeypatch):
         assert not [t for t in texts if form in t]
 
 
+def test_verbose_logs_pyvpns_handshake_events_and_no_library_chatter(bed, tmp_path, datapath):
+    """`pyvpn up -v` tells the handshake as it happens, as wireguard-go's verbose
+    log does; pyroute2's and asyncio's debugging stays out (it takes -vv)."""
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath)
+    with (
+        start_pyvpn(bed.a, path_a, args=["-v"]) as a,
+        start_pyvpn(bed.b, path_b, args=["-v"]) as b,
+    ):
+        wait_reachable(bed.a, INNER_B)
+        ping(bed.a, INNER_B, 3, interval=0.2)
+    both = a.output() + b.output()
+    for event in (
+        r"peer \S+: initiation sent \(attempt 1\)",
+        r"peer \S+: initiation received",
+        r"peer \S+: response sent, session \d+ derived",
+        r"peer \S+: response received, session \d+ made",
+        r"peer \S+: session confirmed by its first message",
+    ):
+        assert re.search(event, both), event
+    ours = re.compile(r"DEBUG: (peer \S+: |keypair \d+ retired|native |device write|send to )")
+    chatter = [line for line in both.splitlines() if "DEBUG:" in line and not ours.search(line)]
+    assert not chatter, chatter[:5]
+
+
 # Privileges.
 
 

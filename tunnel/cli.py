@@ -57,7 +57,14 @@ def build_parser(command: str | None = None) -> Parser:
     p.add_argument(
         "config", help=f"the peer's config file: pyvpn's TOML or wg-quick's NAME.conf{BARE}"
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log every event")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log pyvpn's every event (handshakes, sessions, roaming); twice: "
+        "the libraries' debugging too",
+    )
     p = sub.add_parser("reload", help="apply a changed config to its running tunnel")
     p.add_argument("config", help=f"the config file the tunnel runs from{BARE}")
     p = sub.add_parser("down", help="stop a running tunnel")
@@ -129,10 +136,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UsageError("up needs root (CAP_NET_ADMIN) to create the device")
     config = load(args.config)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose > 1 else logging.INFO,
         format=f"%(asctime)s pyvpn[{config.interface.name}] %(levelname)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.verbose:
+        logging.getLogger("pyvpn").setLevel(logging.DEBUG)
     try:
         return up(config)
     except SetupError as e:

@@ -27,7 +27,12 @@ from tunnel.protocol.messages import (
     Response,
     Transport,
 )
-from tunnel.protocol.noise import HandshakeError, accept_initiation, consume_initiation
+from tunnel.protocol.noise import (
+    HandshakeError,
+    HandshakeState,
+    accept_initiation,
+    consume_initiation,
+)
 from tunnel.protocol.peer import Peer
 from tunnel.protocol.ratelimiter import source_key
 
@@ -35,6 +40,7 @@ from .actions import Action, DeliverBatch, KeypairInstalled, Send
 from .l2 import Learned
 from .l3 import parse_ip
 from .send import Sending
+from .state import log, short
 
 
 class Receiving(Sending):
@@ -214,28 +220,38 @@ class Receiving(Sending):
         if now - peer.last_initiation_consumed < 1 / INITIATIONS_PER_SECOND:
             self.drops["handshake_flood"] += 1
             return []
+        # Both ends initiating at once: ours stays in flight beside the answer.
+        crossed = peer.handshake.state is HandshakeState.CREATED_INITIATION
+        handshake = peer.handshake.for_answer() if crossed else peer.handshake
         try:
-            accept_initiation(peer.handshake, consumed)
+            accept_initiation(handshake, consumed)
         except HandshakeError:
             self.drops["replayed_initiation"] += 1
             return []
+        peer.handshake.latest_timestamp = handshake.latest_timestamp
         peer.last_initiation_consumed = now
         self._authenticated(peer, len(data), source, now)
-        self._drop_handshake_index(peer)
+        log.debug(
+            "peer %s: initiation received%s", short(peer), ", ours in flight" if crossed else ""
+        )
+        if not crossed:
+            self._drop_handshake_index(peer)
         index = self._new_index(peer, None)
-        response = peer.handshake.create_response(index, self._ephemeral(), self.l2)
+        response = handshake.create_response(index, self._ephemeral(), self.l2)
         packed = peer.cookies.add_macs(response.pack(), now)
         self._count_tx(peer, len(packed), now)
+        peer.last_handshake_sent = now
         if msg.l2 != self.l2:
             # Answer anyway so the initiator can authenticate us and report it too,
             # but derive no keys: frames of one mode are garbage to the other.
             self._report_mismatch(peer, msg.l2, now)
             del self.indices[index]
-            peer.handshake.zero()
+            handshake.zero()
             return [Send(source, packed)]
-        keypair = Keypair(peer.handshake.derive_session(), now)
+        keypair = Keypair(handshake.derive_session(), now)
         self._install(peer, keypair)
         peer.timers.session_derived(now)
+        log.debug("peer %s: response sent, session %d derived", short(peer), index)
         return [Send(source, packed), KeypairInstalled(peer, keypair)]
 
     def _receive_response(
@@ -267,6 +283,7 @@ class Receiving(Sending):
         self._install(peer, keypair)
         self._handshake_complete(peer, now)
         peer.timers.session_derived(now)
+        log.debug("peer %s: response received, session %d made", short(peer), msg.receiver)
         actions: list[Action] = [KeypairInstalled(peer, keypair)]
         # The responder cannot send until it hears from us on the new keys.
         if not peer.staged:
@@ -282,6 +299,8 @@ class Receiving(Sending):
             entry[0].cookies.consume_reply(msg, now)
         except DecryptError:
             self.drops["bad_cookie"] += 1
+            return []
+        log.debug("peer %s: cookie reply received (it is under load)", short(entry[0]))
         # The retransmit timer resends the initiation, now with a mac2.
         return []
 
@@ -301,6 +320,7 @@ class Receiving(Sending):
         and staged packets may go. An external transport that confirms keypairs
         itself says so here, after adopt()."""
         self._handshake_complete(peer, now)
+        log.debug("peer %s: session confirmed by its first message", short(peer))
         return self._flush_staged(peer, now)
 
     def transport_received(

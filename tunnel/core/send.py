@@ -10,7 +10,7 @@ from tunnel.protocol.tai64n import tai64n
 from . import l3
 from .actions import Action, Deliver, Send, SendBatch, Transmit
 from .l2 import frame_targets, too_big_reply
-from .state import State
+from .state import State, log, short
 
 
 class Sending(State):
@@ -152,19 +152,24 @@ class Sending(State):
         if peer.endpoint is None or not self.identity.present:
             return []
         if not retry:
-            # One initiation in flight at a time (send.c wg_packet_send_handshake_initiation).
-            if now - peer.last_initiation_sent < REKEY_TIMEOUT:
-                return []
             peer.timers.handshake_attempts = 0
+        # A handshake message sent, initiation or response, holds back the next
+        # initiation, retries too (send.c wg_packet_send_queued_handshake_initiation):
+        # an end that just answered waits for its answer to complete the session.
+        if now - peer.last_handshake_sent < REKEY_TIMEOUT:
+            return []
         self._drop_handshake_index(peer)
         index = self._new_index(peer, None)
         initiation = peer.handshake.create_initiation(
             index, self._ephemeral(), tai64n(now + self.wall_offset), self.l2
         )
         data = peer.cookies.add_macs(initiation.pack(), now)
-        peer.last_initiation_sent = now
+        peer.last_initiation_sent = peer.last_handshake_sent = now
         peer.handshakes.initiations_sent += 1
         jitter = int.from_bytes(self.randbytes(2), "little") / 65536 * REKEY_TIMEOUT_JITTER_MAX
         peer.timers.handshake_initiated(now, jitter)
         self._count_tx(peer, len(data), now)
+        log.debug(
+            "peer %s: initiation sent (attempt %d)", short(peer), peer.timers.handshake_attempts + 1
+        )
         return [Send(peer.endpoint, data)]

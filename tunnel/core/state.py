@@ -121,6 +121,7 @@ class State:
         if self.external_transport:
             return  # the transport frees its keypairs; adopt() learns which
         for keypair in keypairs:
+            log.debug("keypair %d retired", keypair.local_index)
             keypair.keys.erase()
             entry = self.indices.get(keypair.local_index)
             if entry is not None and entry[1] is keypair:
@@ -139,6 +140,7 @@ class State:
             None if i is None else held.get(i) for i in (current, previous, next_)
         )
         for index in held.keys() - {current, previous, next_}:
+            log.debug("keypair %d retired", index)
             del held[index]
             entry = self.indices.get(index)
             if entry is not None and entry[0] is peer:

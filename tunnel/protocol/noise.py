@@ -115,6 +115,19 @@ class Handshake:
             self._static_static = crypto.dh(self.identity.key, self.remote_static)
         return self._static_static
 
+    def for_answer(self) -> "Handshake":
+        """A second state, to answer the peer's initiation while ours is in flight.
+        The kernel overwrites its one state here, so when both ends initiate at
+        once each drops the response to its own initiation; keeping ours lets the
+        answer to it complete a session within one round trip. Replay protection
+        stays with this state: the caller takes `latest_timestamp` back."""
+        fork = Handshake(
+            self.identity, self.remote_static, self.preshared_key,
+            latest_timestamp=self.latest_timestamp,
+        )  # fmt: skip
+        fork._static_static = self._static_static
+        return fork
+
     def zero(self) -> None:
         self.state = HandshakeState.ZEROED
         self.hash = self.chaining_key = self.local_ephemeral = self.remote_ephemeral = b""

@@ -49,6 +49,9 @@ class Peer:
         self.held: dict[int, Keypair] = {}
         self.staged: deque[bytes] = deque(maxlen=MAX_STAGED_PACKETS)
         self.last_initiation_sent = float("-inf")
+        # An initiation or a response: either holds back our next initiation for
+        # REKEY_TIMEOUT (send.c's last_sent_handshake).
+        self.last_handshake_sent = float("-inf")
         self.last_initiation_consumed = float("-inf")
         self.last_handshake_wall: float | None = None
         self.rx_bytes = 0
