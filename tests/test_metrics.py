@@ -6,15 +6,20 @@ import socket
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
 
+from tunnel.control.metrics import TunnelCollector
 from tunnel.lab.testbed import (
     INNER_A,
     INNER_B,
@@ -73,8 +78,10 @@ def start_exporter(ns: Namespace, *args: str) -> Daemon:
 def scrape(ns: Namespace) -> dict[str, Any] | None:
     """/metrics parsed: {family name: (type, [(sample name, labels, value)...])}."""
     text = http_get(ns, f"http://{EXPORTER}/metrics")
-    if text is None:
-        return None
+    return None if text is None else parse(text)
+
+
+def parse(text: str) -> dict[str, Any]:
     return {
         f.name: (f.type, [(s.name, s.labels, s.value) for s in f.samples])
         for f in text_string_to_metric_families(text)
@@ -342,3 +349,112 @@ def test_rekeys_are_counted_on_the_native_plane(bed, tmp_path, monkeypatch):
             handshakes = value(m, "pyvpn_peer_handshakes_total", interface=name)
             assert handshakes == value(m, "pyvpn_peer_rekeys_total", interface=name) + 1
             assert value(m, "pyvpn_peer_session", interface=name) == 1
+
+
+class FakeTunnel:
+    """A tunnel's UAPI socket that counts the statuses asked of it; each one
+    reports received bytes of 1000 times its number. The first is held until
+    `release` is set, as a hub's event loop takes its time to build one."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.path = WG_RUN_DIR / f"{name}.sock"
+        self.asked = 0
+        self.asked_first = threading.Event()
+        self.release = threading.Event()
+        WG_RUN_DIR.mkdir(parents=True, exist_ok=True)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(self.path))
+        self.listener.listen(64)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                request = b""
+                while not request.endswith(b"\n\n") and (chunk := conn.recv(4096)):
+                    request += chunk
+                if request != b"get=pyvpn\n\n":
+                    continue  # given up on, or not a status request: not counted
+                self.asked += 1
+                self.asked_first.set()
+                self.release.wait()
+                conn.sendall(f"json={json.dumps(self.status())}\nerrno=0\n\n".encode())
+
+    def status(self) -> dict[str, Any]:
+        peer = {
+            "public_key": "peer",
+            "endpoint": None,
+            "allowed_ips": [],
+            "latest_handshake": None,
+            "rx_bytes": 1000 * self.asked,
+            "tx_bytes": 0,
+            "drops": {},
+            "has_session": False,
+        }
+        return {
+            "name": self.name,
+            "mode": "tun",
+            "datapath": "python",
+            "public_key": "me",
+            "listen_port": 51820,
+            "under_load": False,
+            "cookie_replies_sent": 0,
+            "drops": {},
+            "native": None,
+            "peers": [peer],
+        }
+
+    def close(self) -> None:
+        self.release.set()
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        self.listener.close()
+        self.thread.join(5)
+        self.path.unlink(missing_ok=True)
+
+
+def test_concurrent_scrapes_cost_each_tunnel_one_status_per_interval():
+    """Eight scrapes at once, while the tunnels build their first status, and
+    one more within the interval: one status each. The next scrape after the
+    interval reads them anew."""
+    now = [0.0]
+    tunnels = [FakeTunnel(device_name("pvfake", side)) for side in "ab"]
+    try:
+        registry = CollectorRegistry(auto_describe=False)
+        only = [t.name for t in tunnels]
+        registry.register(TunnelCollector(only, max_age=1.0, clock=lambda: now[0]))
+
+        def received() -> dict[str, list[float]]:
+            """Each tunnel's wireguard_received_bytes_total samples, as a scrape has them."""
+            m = parse(generate_latest(registry).decode())
+            return {
+                t.name: [
+                    v for _, v in samples(m, "wireguard_received_bytes_total", interface=t.name)
+                ]
+                for t in tunnels
+            }
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            scrapes = [pool.submit(received) for _ in range(8)]
+            for t in tunnels:
+                assert t.asked_first.wait(10)
+            time.sleep(0.5)  # the other scrapes come meanwhile
+            for t in tunnels:
+                t.release.set()
+            together = [s.result() for s in scrapes]
+        assert [t.asked for t in tunnels] == [1, 1]
+        assert together == [{t.name: [1000.0] for t in tunnels}] * 8
+        now[0] = 0.9
+        assert received() == {t.name: [1000.0] for t in tunnels}
+        assert [t.asked for t in tunnels] == [1, 1]
+        now[0] = 2.0
+        assert received() == {t.name: [2000.0] for t in tunnels}
+        assert [t.asked for t in tunnels] == [2, 2]
+    finally:
+        for t in tunnels:
+            t.close()

@@ -13,11 +13,14 @@ import errno
 import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
 
 from tunnel.host import udp
+from tunnel.lab.testbed import pyvpn_env
 from tunnel.planes import dp
 from tunnel.protocol import crypto
 from tunnel.protocol.constants import (
@@ -971,3 +974,34 @@ def test_ipv6_underlay_endpoint(h: Harness) -> None:
     h.dev.send(pkt[:8] + a1 + a2 + b"abcd")  # reply to fd00::2
     assert r.recv()[1].startswith(pkt[:8])
     r.close()
+
+
+# In a namespace of its own: one process gives C a link-local endpoint, has its
+# interface recreated, and gives it again.
+RECREATED_SCOPE = r"""
+import socket, struct, subprocess, sys
+from tunnel.planes import dp
+name = sys.argv[1]
+for _ in range(2):
+    subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", name + "p"], check=True)
+    raw = dp._sockaddr(("fe80::1%" + name, 51820))
+    print(socket.if_nametoindex(name), struct.unpack_from("=I", raw, 24)[0])
+    subprocess.run(["ip", "link", "del", name], check=True)
+"""
+
+
+def test_a_recreated_interface_scopes_a_link_local_endpoint_by_its_new_index(bed) -> None:
+    """fe80::1%NAME goes to C with NAME's index as it is now, not as it was."""
+    done = subprocess.run(
+        bed.a.argv(sys.executable, "-c", RECREATED_SCOPE, "pvscope0"),
+        capture_output=True,
+        text=True,
+        env=pyvpn_env(),
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    (first, first_scope), (second, second_scope) = (
+        map(int, line.split()) for line in done.stdout.splitlines()
+    )
+    assert first != second  # the kernel gave the new interface a new index
+    assert (first_scope, second_scope) == (first, second)

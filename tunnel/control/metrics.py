@@ -9,8 +9,9 @@ as pyvpn_*."""
 
 import logging
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,6 +30,10 @@ log = logging.getLogger("pyvpn")
 
 # A scrape waits this long for a tunnel; Prometheus' own scrape timeout is 10 s.
 TUNNEL_TIMEOUT = 2.0
+# A tunnel's figures younger than this are reused. Its status is built on its
+# event loop (0.17 s of a 2,000-peer hub's), and anyone on the host can reach
+# 127.0.0.1: however many scrapes come, a tunnel builds at most one a second.
+STATUS_MAX_AGE = 1.0
 # prometheus-wireguard-exporter's label set for a peer, in its order (with -r).
 PEER_LABELS = ["interface", "public_key", "allowed_ips", "remote_ip", "remote_port"]
 PYVPN_PEER_LABELS = ["interface", "public_key"]
@@ -61,17 +66,50 @@ def remote(endpoint: str | None) -> tuple[str, str]:
     return host.strip("[]"), port
 
 
-class TunnelCollector(Collector):
-    """Reads the tunnels at each scrape: one that is gone has no series any more;
-    one that does not answer in time is pyvpn_up 0 and counted, and the others
-    are exported as ever."""
+class Reading:
+    """A tunnel's latest read and when it began; its lock is held while a read is
+    under way, so scrapes that come meanwhile wait for it and take its result."""
 
-    def __init__(self, only: Iterable[str] = (), timeout: float = TUNNEL_TIMEOUT) -> None:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.at: float | None = None
+        self.result: list[Metric] | Exception | None = None
+
+
+class TunnelCollector(Collector):
+    """Reads the tunnels at scrapes, each at most once in `max_age` seconds: one
+    that is gone has no series any more; one that does not answer in time is
+    pyvpn_up 0 and counted, and the others are exported as ever."""
+
+    def __init__(
+        self,
+        only: Iterable[str] = (),
+        timeout: float = TUNNEL_TIMEOUT,
+        max_age: float = STATUS_MAX_AGE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.only = set(only)
         self.timeout = timeout
+        self.max_age = max_age
+        self.clock = clock
         self.failures: Counter[str] = Counter()
         self.failing: set[str] = set()  # said in the log when they started failing
+        self._readings: dict[str, Reading] = {}
         self._lock = threading.Lock()  # scrapes may come in on several threads
+
+    def _latest(self, name: str) -> list[Metric] | Exception | None:
+        """The tunnel's metrics as `_read` gives them, read anew only when the last
+        read is `max_age` old; never two reads of a tunnel at once."""
+        with self._lock:
+            reading = self._readings.setdefault(name, Reading())
+        with reading.lock:
+            now = self.clock()
+            # Aged from when the read began: scrapes `max_age` apart read anew
+            # however long the tunnel took to answer the last one.
+            if reading.at is None or now - reading.at >= self.max_age:
+                reading.result = self._read(name)
+                reading.at = now
+            return reading.result
 
     def _read(self, name: str) -> list[Metric] | Exception | None:
         """The tunnel's metrics; None if it is gone since it was listed or is not
@@ -89,8 +127,11 @@ class TunnelCollector(Collector):
         # Every socket, read once: a leftover one refuses and is skipped, as is one
         # of another UAPI server (wireguard-go).
         names = [n for n in uapi_client.socket_names() if not self.only or n in self.only]
+        with self._lock:  # a tunnel's socket gone, its last figures go too
+            for gone in self._readings.keys() - set(names):
+                del self._readings[gone]
         with ThreadPoolExecutor(max_workers=max(1, min(16, len(names)))) as pool:
-            results = list(pool.map(self._read, names))
+            results = list(pool.map(self._latest, names))
         up = GaugeMetricFamily(
             "pyvpn_up", "1 if the tunnel answered this scrape, 0 if not", labels=["interface"]
         )
@@ -99,7 +140,9 @@ class TunnelCollector(Collector):
             "Scrapes in which the tunnel did not answer in time or answered garbage",
             labels=["interface"],
         )
-        merged: dict[str, Metric] = {}  # one family per name, every tunnel's samples in it
+        # One family per name, every tunnel's samples in it: new families, as the
+        # tunnels' own are reused by the scrapes that follow.
+        merged: dict[str, Metric] = {}
         with self._lock:
             for name, result in zip(names, results, strict=True):
                 if result is None:
@@ -111,11 +154,10 @@ class TunnelCollector(Collector):
                         self.failing.add(name)
                 else:
                     self.failing.discard(name)
-                    for family in result:
-                        if family.name in merged:
-                            merged[family.name].samples += family.samples
-                        else:
-                            merged[family.name] = family
+                    for f in result:
+                        if f.name not in merged:
+                            merged[f.name] = Metric(f.name, f.documentation, f.type, f.unit)
+                        merged[f.name].samples += f.samples
                 up.add_metric([name], 0 if isinstance(result, Exception) else 1)
                 failed.add_metric([name], self.failures[name])
         yield up

@@ -126,14 +126,20 @@ def parse_upcall(data: bytes) -> Upcall:
     )
 
 
-@functools.lru_cache(maxsize=ADDRESS_CACHE)  # a handshake's endpoint, mostly known
 def _sockaddr(address: tuple[str, int]) -> bytes:
     host, port = address
     host, _, scope = str(host).partition("%")
+    # A scope named by its interface is looked up at each use, never memoized: a
+    # recreated interface has a new index. Link-local endpoints are rare.
+    scope_id = socket.if_nametoindex(scope) if scope and not scope.isdigit() else int(scope or 0)
+    return _sockaddr_of(host, port, scope_id)
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE)  # a handshake's endpoint, mostly known
+def _sockaddr_of(host: str, port: int, scope_id: int) -> bytes:
     ip = ipaddress.ip_address(host)
     if ip.version == 4:
         return struct.pack("=H", socket.AF_INET) + struct.pack("!H4s", port, ip.packed) + bytes(8)
-    scope_id = socket.if_nametoindex(scope) if scope and not scope.isdigit() else int(scope or 0)
     return (
         struct.pack("=H", socket.AF_INET6)
         + struct.pack("!HI16s", port, 0, ip.packed)
