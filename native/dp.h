@@ -75,6 +75,8 @@ struct dp_peer_stats {
 	uint64_t drop_bad_tag, drop_replay, drop_bad_source;
 	uint64_t drop_no_keypair, drop_expired_keypair, drop_malformed;
 	uint64_t rx_packets, tx_packets;  /* transport messages */
+	uint64_t rx_data_packets;         /* of rx_packets, those not keepalives: each
+					   * may arm a keepalive (timers.c) */
 };
 
 struct dp_if_stats {

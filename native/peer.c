@@ -367,6 +367,7 @@ static void peer_fill_stats(struct peer *p, struct dp_peer_stats *out, uint64_t 
 	out->tx_bytes = STAT_GET(p->tx_bytes);
 	out->rx_packets = STAT_GET(p->rx_packets);
 	out->tx_packets = STAT_GET(p->tx_packets);
+	out->rx_data_packets = STAT_GET(p->rx_data_packets);
 	out->last_tx_ns = STAT_GET(p->last_tx_ns);
 	out->last_tx_data_ns = STAT_GET(p->last_tx_data_ns);
 	out->last_rx_ns = STAT_GET(p->last_rx_ns);

@@ -178,6 +178,7 @@ class PeerStats:
     drop_no_keypair: int  # includes packets diverted to Python as NEED_KEY
     drop_expired_keypair: int
     drop_malformed: int
+    rx_data_packets: int  # of rx_packets, those not keepalives
 
 
 class Slots(NamedTuple):
