@@ -198,5 +198,8 @@ int dp_test_cached_keys(dp_t *);
 /* Whether the peer's CURRENT may send at a time `offset_ns` from its birth, as
  * keypair_usable_for_send() judges it (0, -ENOKEY, -EKEYEXPIRED). */
 int dp_test_usable_at(dp_t *, uint32_t peer_id, int64_t offset_ns);
+/* Set the send counter of the peer's CURRENT, to reach the message limits
+ * without sending 2^60 messages.  -ENOKEY without CURRENT. */
+int dp_test_set_send_counter(dp_t *, uint32_t peer_id, uint64_t counter);
 
 #endif
