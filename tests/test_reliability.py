@@ -43,6 +43,7 @@ from tunnel.protocol.constants import (
     INITIATION_SIZE,
     KEEPALIVE_SIZE,
     KEEPALIVE_TIMEOUT,
+    MAX_STAGED_PACKETS,
     MAX_TIMER_HANDSHAKES,
     MESSAGE_INITIATION,
     MESSAGE_TRANSPORT,
@@ -529,6 +530,78 @@ def test_unanswered_data_starts_a_handshake_retried_until_it_gives_up(bed, tmp_p
         finally:
             os.kill(b.pid, signal.SIGCONT)
         no_traceback(a)
+
+
+def test_a_replayed_transport_message_from_a_new_address_does_not_move_the_endpoint(
+    bed, tmp_path, datapath
+):
+    """A genuine transport message of A's, captured on the wire and sent again from
+    another address: it authenticates but is a replay, so B drops it, counted, and
+    keeps A's endpoint (whitepaper 2.1: roaming follows authenticated, fresh data)."""
+    with pyvpn_pair(bed, tmp_path, "tun", datapath) as (_, b):
+        wait_reachable(bed.a, INNER_B)
+        with capture_frames(bed.b, bed.b_veth, ETH_P_IP, seconds=1.0) as frames:
+            assert ping(bed.a, INNER_B, 1) == 1
+        (request,) = [p for p in udp_payloads(frames) if p[0] == MESSAGE_TRANSPORT
+                      and len(p) > KEEPALIVE_SIZE]  # fmt: skip
+        before = peer_of(pyvpn_status(b.name))
+        elsewhere = "198.18.0.3"
+        bed.a.add_address(bed.a_veth, f"{elsewhere}/24")
+        bed.a.run(
+            sys.executable, "-c",
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 40001))\n"
+            "s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[3], 51820))\n",
+            elsewhere, request.hex(), UNDERLAY_B,
+        )  # fmt: skip
+
+        def replays() -> int:
+            return peer_of(pyvpn_status(b.name))["drops"]["replay_or_forged"]
+
+        wait_until("replay counted", lambda: replays() > before["drops"]["replay_or_forged"], 5)
+        assert replays() == before["drops"]["replay_or_forged"] + 1
+        assert peer_of(pyvpn_status(b.name))["endpoint"] == f"{UNDERLAY_A}:{PORT}"
+        assert ping(bed.b, INNER_A, 3, interval=0.2) == 3
+
+
+def test_staged_packets_past_the_queue_drop_the_oldest(bed, tmp_path, datapath, monkeypatch):
+    """B is down: A holds at most MAX_STAGED_PACKETS for it, each one more drops
+    the oldest, counted in `staged_overflow`; once B is up, the newest arrive."""
+    monkeypatch.setenv("PYVPN_TIMER_SCALE", "0.2")  # A retries its initiation every second
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath, peer_b={"endpoint": None})
+    listener = bed.b.popen(
+        sys.executable, "-c",
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9))\n"
+        "s.settimeout(30)\n"
+        "try:\n"
+        "    while True: print(int(s.recv(64)), flush=True); s.settimeout(2)\n"
+        "except TimeoutError: pass\n",
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with start_pyvpn(bed.a, path_a) as a:
+            bed.a.run(
+                sys.executable, "-c",
+                "import socket, sys\n"
+                "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                "for i in range(200): s.sendto(b'%d' % i, (sys.argv[1], 9))\n",
+                INNER_B,
+            )  # fmt: skip
+
+            def overflow() -> int:
+                return peer_of(pyvpn_status(a.name))["drops"]["staged_overflow"]
+
+            wait_until("overflow counted", lambda: overflow() >= 200 - MAX_STAGED_PACKETS, 10)
+            with start_pyvpn(bed.b, path_b):
+                out, _ = listener.communicate(timeout=40)
+            assert [int(n) for n in out.split()] == list(range(200 - MAX_STAGED_PACKETS, 200))
+            assert overflow() == 200 - MAX_STAGED_PACKETS
+            no_traceback(a)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
 
 
 # Long run.
