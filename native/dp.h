@@ -75,6 +75,8 @@ struct dp_peer_stats {
 	uint64_t drop_bad_tag, drop_replay, drop_bad_source;
 	uint64_t drop_no_keypair, drop_expired_keypair, drop_malformed;
 	uint64_t rx_packets, tx_packets;  /* transport messages */
+	uint64_t rx_data_packets;         /* of rx_packets, those not keepalives: each
+					   * may arm a keepalive (timers.c) */
 };
 
 struct dp_if_stats {
@@ -196,5 +198,8 @@ int dp_test_cached_keys(dp_t *);
 /* Whether the peer's CURRENT may send at a time `offset_ns` from its birth, as
  * keypair_usable_for_send() judges it (0, -ENOKEY, -EKEYEXPIRED). */
 int dp_test_usable_at(dp_t *, uint32_t peer_id, int64_t offset_ns);
+/* Set the send counter of the peer's CURRENT, to reach the message limits
+ * without sending 2^60 messages.  -ENOKEY without CURRENT. */
+int dp_test_set_send_counter(dp_t *, uint32_t peer_id, uint64_t counter);
 
 #endif

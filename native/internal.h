@@ -125,7 +125,7 @@ struct peer {
 	pthread_mutex_t endpoint_lock; /* roaming writes it under the read lock */
 	struct sockaddr_storage endpoint;
 	socklen_t endpoint_len;
-	_Atomic uint64_t rx_bytes, tx_bytes, rx_packets, tx_packets;
+	_Atomic uint64_t rx_bytes, tx_bytes, rx_packets, tx_packets, rx_data_packets;
 	_Atomic uint64_t last_tx_ns, last_tx_data_ns, last_rx_ns, last_rx_data_ns;
 	_Atomic uint64_t drop_bad_tag, drop_replay, drop_bad_source;
 	_Atomic uint64_t drop_no_keypair, drop_expired_keypair, drop_malformed;

@@ -367,6 +367,7 @@ static void peer_fill_stats(struct peer *p, struct dp_peer_stats *out, uint64_t 
 	out->tx_bytes = STAT_GET(p->tx_bytes);
 	out->rx_packets = STAT_GET(p->rx_packets);
 	out->tx_packets = STAT_GET(p->tx_packets);
+	out->rx_data_packets = STAT_GET(p->rx_data_packets);
 	out->last_tx_ns = STAT_GET(p->last_tx_ns);
 	out->last_tx_data_ns = STAT_GET(p->last_tx_data_ns);
 	out->last_rx_ns = STAT_GET(p->last_rx_ns);
@@ -471,4 +472,15 @@ int dp_test_usable_at(dp_t *dp, uint32_t peer_id, int64_t offset_ns)
 	int ret = keypair_usable_for_send(kp, kp ? kp->birth_ns + (uint64_t)offset_ns : 0);
 	pthread_rwlock_unlock(&dp->lock);
 	return ret;
+}
+
+int dp_test_set_send_counter(dp_t *dp, uint32_t peer_id, uint64_t counter)
+{
+	pthread_rwlock_rdlock(&dp->lock);
+	struct peer *p = peer_lookup(dp, peer_id);
+	struct keypair *kp = p ? p->keypairs[DP_CURRENT] : NULL;
+	if (kp)
+		atomic_store_explicit(&kp->send_counter, counter, memory_order_relaxed);
+	pthread_rwlock_unlock(&dp->lock);
+	return kp ? 0 : -ENOKEY;
 }

@@ -240,6 +240,7 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 	size_t plen = n - KEEPALIVE_SIZE;
 	if (!plen)
 		return; /* keepalive */
+	STAT_ADD(p->rx_data_packets, 1);
 	STAT_SET(p->last_rx_data_ns, now);
 	if (dp->tap) {
 		if (plen < ETHERNET_HEADER_SIZE) {

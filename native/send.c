@@ -291,6 +291,12 @@ static void tx_to_peer(struct tx_state *t, struct peer *p, const struct gso_plan
 		size_t mlen = message_build(dp, &t->aead, kp, in, len, out);
 		if (!mlen) {
 			STAT_ADD(p->drop_expired_keypair, 1);
+			/* The counter ran out under us (this read's earlier segments, or
+			 * another worker): the rest wait for a new session, as a read
+			 * that found none does.  (An AEAD failure leaves the counter be,
+			 * and `in` may be half sealed: dropped.) */
+			if (keypair_usable_for_send(kp, now) == -EKEYEXPIRED)
+				upcall_send(dp, DP_UPCALL_NEED_KEY, p->id, NULL, in, len);
 			continue;
 		}
 		t->msgs[t->nmsgs++] = (struct tx_msg){(uint32_t)t->used, (uint32_t)mlen, ep};

@@ -17,9 +17,12 @@ from tunnel.protocol.constants import (
     KEEPALIVE_SIZE,
     KEEPALIVE_TIMEOUT,
     MAC_TABLE_MAX,
+    MAX_STAGED_PACKETS,
     MAX_TIMER_HANDSHAKES,
     RATELIMIT_BURST,
+    REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
     START_INITIATIONS_BURST,
@@ -209,6 +212,71 @@ def test_rekey_after_time_keeps_traffic_flowing():
             "completed": 2,
             "rekeys": 1,
         }
+
+
+def transport_counters(net, since, source):
+    return [int.from_bytes(d[8:16], "little") for s, _, d in net.wire[since:] if s == source
+            and d[0] == 4]  # fmt: skip
+
+
+@pytest.mark.parametrize("side", ["initiator", "responder"])
+def test_a_keypair_that_sent_rekey_after_messages_is_replaced(side):
+    """Either side, initiator or responder, handshakes anew once its session has
+    sent more than REKEY_AFTER_MESSAGES messages (timers.c keep_key_fresh)."""
+    net, a, b = pair()
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    net.send(b, ipv4_packet("10.0.0.2", "10.0.0.1"))  # b's session confirmed
+    net.advance(REKEY_TIMEOUT + 0.1)  # no initiation holds back the next
+    sender, receiver = (a, b) if side == "initiator" else (b, a)
+    src, dst = ("10.0.0.1", "10.0.0.2") if sender is a else ("10.0.0.2", "10.0.0.1")
+    first = peer_of(sender).current
+    first.send_counter = REKEY_AFTER_MESSAGES - 1
+    n = len(net.wire)
+    net.send(sender, ipv4_packet(src, dst, b"the 2^60th"))
+    assert kinds(net, n) == [4]
+    net.send(sender, ipv4_packet(src, dst, b"one more"))
+    assert kinds(net, n) == [4, 4, 1, 2, 4]  # then a handshake, confirmed
+    assert transport_counters(net, n, sender.address)[:2] == [
+        REKEY_AFTER_MESSAGES - 1,
+        REKEY_AFTER_MESSAGES,
+    ]
+    assert peer_of(sender).current is not first
+    assert peer_of(sender).handshakes.rekeys == 1
+    assert receiver.delivered[-2:] == [
+        ipv4_packet(src, dst, b"the 2^60th"),
+        ipv4_packet(src, dst, b"one more"),
+    ]
+
+
+def test_no_message_is_sent_past_reject_after_messages():
+    """The last counter a keypair uses is REJECT_AFTER_MESSAGES - 1: the packets
+    after it wait for a new session and go on it."""
+    net, a, b = pair()
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
+    net.advance(REKEY_TIMEOUT + 0.1)
+    peer_of(a).current.send_counter = REJECT_AFTER_MESSAGES - 1
+    packets = [ipv4_packet("10.0.0.1", "10.0.0.2", bytes([i]) * 20) for i in range(3)]
+    n = len(net.wire)
+    net.run(a, a.iface.send_packets(packets, net.now))
+    counters = transport_counters(net, n, a.address)
+    assert counters == [REJECT_AFTER_MESSAGES - 1, 0, 1]  # the last two on the new keys
+    assert kinds(net, n) == [4, 1, 2, 4, 4]
+    assert b.delivered[-3:] == packets
+
+
+def test_staged_packets_beyond_the_queue_drop_the_oldest_counted():
+    """While no handshake completes, at most MAX_STAGED_PACKETS wait; each one
+    more drops the oldest and is counted (the kernel's send.c)."""
+    net, a, b = pair()
+    del net.nodes[b.address]  # b is unreachable
+    packets = [ipv4_packet("10.0.0.1", "10.0.0.2", i.to_bytes(2, "big")) for i in range(200)]
+    for packet in packets[:100]:
+        net.send(a, packet)
+    net.run(a, a.iface.send_packets(packets[100:], net.now))  # in one read, too
+    assert peer_of(a).drops.staged_overflow == 200 - MAX_STAGED_PACKETS
+    net.nodes[b.address] = b
+    net.advance(REKEY_TIMEOUT + 0.5)  # the next retry gets through
+    assert b.delivered == packets[-MAX_STAGED_PACKETS:]
 
 
 def test_no_keypair_is_used_past_reject_after_time():

@@ -695,6 +695,55 @@ def test_reject_after_messages(h: Harness) -> None:
     r.close()
 
 
+def test_c_sends_nothing_past_reject_after_messages_and_asks_for_a_key(h: Harness) -> None:
+    """The last counter a keypair may use is REJECT_AFTER_MESSAGES - 1; a packet
+    after it goes up as NEED_KEY (Python handshakes), never out on the worn key."""
+    r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+    h.plane.set_send_counter(1, REJECT_AFTER_MESSAGES - 1)
+    h.start()
+    last = udp_packet("10.0.0.1", "10.0.0.2", b"last")
+    h.dev.send(last)
+    counter, plain, _ = r.recv()
+    assert counter == REJECT_AFTER_MESSAGES - 1 and plain.startswith(last)
+    over = udp_packet("10.0.0.1", "10.0.0.2", b"over")
+    h.dev.send(over)
+    up = h.upcall()
+    assert (up.kind, up.peer_id, up.payload) == (dp.UpcallKind.NEED_KEY, 1, over)
+    with pytest.raises(OSError) as e:
+        h.plane.send_packet(1, b"")  # Python's keepalive: refused the same way
+    assert e.value.errno == errno.ENOKEY
+    r.nothing()
+    assert h.plane.stats(1).drop_expired_keypair == 1
+    r.close()
+
+
+def test_segments_past_reject_after_messages_go_up_for_a_new_key() -> None:
+    """A super-packet whose segments outrun the counter: those within it go out,
+    the rest go up as NEED_KEY, segmented, as a read without a session does."""
+    h = Harness(vnet=True)
+    try:
+        r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+        h.plane.set_send_counter(1, REJECT_AFTER_MESSAGES - 2)
+        h.start()
+        payload = os.urandom(4 * 536)
+        opts = b"\x01\x01\x08\x0a" + bytes(8)  # as Linux sends: timestamps
+        sup = bytearray(tcp_segment("10.0.0.1", "10.0.0.2", 0, payload, flags=0x18, opts=opts))
+        sup[16 + 20 : 18 + 20] = b"\0\0"
+        h.dev.send(struct.pack("<BBHHHH", 1, 1, 52, 536, 20, 16) + bytes(sup))  # TCPV4
+        sent = [r.recv()[1] for _ in range(2)]
+        r.nothing()
+        waiting = [h.upcall() for _ in range(2)]
+        assert [u.kind for u in waiting] == [dp.UpcallKind.NEED_KEY] * 2
+        # Sequence numbers: the first two segments went, the last two wait.
+        seqs = [struct.unpack_from("!I", p, 24)[0] for p in sent + [u.payload for u in waiting]]
+        assert seqs == [0, 536, 1072, 1608]
+        assert [u.payload[52:] for u in waiting] == [payload[1072:1608], payload[1608:]]
+        assert h.plane.stats(1).drop_expired_keypair == 2
+        r.close()
+    finally:
+        h.close()
+
+
 def test_tap_learning_and_flooding() -> None:
     h = Harness(tap=True)
     try:

@@ -1,7 +1,8 @@
 """The native shell between C and the sans-IO core: what Python learns when an
 upcall is lost, here the responder's confirmation, which a flood can crowd out
-of the control socket. The device is a socketpair; the initiator is a sans-IO
-Interface whose datagrams this test carries over real loopback UDP."""
+of the control socket, and what it does when C's counters reach the message
+limits. The device is a socketpair; the peer is a sans-IO Interface whose
+datagrams this test carries over real loopback UDP."""
 
 import contextlib
 import select
@@ -16,7 +17,7 @@ from tunnel.core.actions import Send, SendBatch
 from tunnel.host import clock
 from tunnel.planes import dp
 from tunnel.planes.native import NativeShell
-from tunnel.protocol.constants import REKEY_TIMEOUT
+from tunnel.protocol.constants import REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES, REKEY_TIMEOUT
 from tunnel.protocol.messages import Initiation, parse
 
 from .simnet import Node, SimNet, ipv4_packet, unbatched
@@ -45,10 +46,43 @@ class Session:
     shell: NativeShell
     udp_b: socket.socket
     confirmation: bytes  # b's first transport message, sent only if confirm
+    dev: socket.socket  # a's device, this end: what is written here C reads
+
+    def from_device(self, packet: bytes) -> None:
+        """A packet read from a's device (after a virtio_net_hdr of no offload)."""
+        self.dev.send(bytes(dp.VNET_HDR_LEN) + packet)
 
 
 @contextlib.contextmanager
 def confirmed_session(confirm: bool = True) -> Iterator[Session]:
+    with peers() as s:
+        # b initiates; a answers as the responder, its new keypair NEXT in C.
+        (initiation,) = sends(s.b.iface.send_packet(ipv4_packet("10.0.0.2", "10.0.0.1"), s.net.now))
+        s.shell.apply(s.a.iface.receive_datagram(initiation.data, s.b.address, clock.now()))
+        response = s.udp_b.recv(2048)
+        # b's first transport message confirms it: C makes NEXT CURRENT and says so.
+        (transport,) = sends(s.b.iface.receive_datagram(response, s.a.address, s.net.now))
+        if confirm:
+            s.udp_b.sendto(transport.data, s.a.address)
+            assert s.dev.recv(2048).endswith(ipv4_packet("10.0.0.2", "10.0.0.1"))
+        s.confirmation = transport.data
+        yield s
+
+
+@contextlib.contextmanager
+def initiated_session() -> Iterator[Session]:
+    """a initiated, b answered, and b took a's first packet on the new session."""
+    with peers() as s:
+        first = ipv4_packet("10.0.0.1", "10.0.0.2", b"first")
+        s.shell.apply(s.a.iface.send_packet(first, clock.now()))
+        answer_initiation(s)
+        assert delivered_to_b(s) == [first]
+        yield s
+
+
+@contextlib.contextmanager
+def peers() -> Iterator[Session]:
+    """a behind a NativeShell and b, peers, over loopback UDP; no session yet."""
     net = SimNet()
     udp_a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp_b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -64,16 +98,7 @@ def confirmed_session(confirm: bool = True) -> Iterator[Session]:
     shell = NativeShell(a.iface, dev_plane.fileno(), udp_a)
     shell.plane.start(1)
     try:
-        # b initiates; a answers as the responder, its new keypair NEXT in C.
-        (initiation,) = sends(b.iface.send_packet(ipv4_packet("10.0.0.2", "10.0.0.1"), net.now))
-        shell.apply(a.iface.receive_datagram(initiation.data, b.address, clock.now()))
-        response = udp_b.recv(2048)
-        # b's first transport message confirms it: C makes NEXT CURRENT and says so.
-        (transport,) = sends(b.iface.receive_datagram(response, a.address, net.now))
-        if confirm:
-            udp_b.sendto(transport.data, a.address)
-            assert dev.recv(2048).endswith(ipv4_packet("10.0.0.2", "10.0.0.1"))
-        yield Session(net, a, b, shell, udp_b, transport.data)
+        yield Session(net, a, b, shell, udp_b, b"", dev)
     finally:
         shell.stop()
         for s in (udp_a, udp_b, dev):
@@ -177,3 +202,69 @@ def refreshed_after_confirmation(s: Session) -> None:
 def peer_of(node: Node):
     (peer,) = node.iface.peers.values()
     return peer
+
+
+def answer_initiation(s: Session) -> None:
+    """b answers a's initiation; a, handed the response by C, takes the session."""
+    initiation = s.udp_b.recv(2048)
+    assert parse(initiation).__class__ is Initiation
+    (response,) = sends(s.b.iface.receive_datagram(initiation, s.a.address, s.net.now))
+    s.udp_b.sendto(response.data, s.a.address)
+    assert select.select([s.shell.ctrl], [], [], 2)[0]
+    s.shell._upcalls()
+
+
+def delivered_to_b(s: Session) -> list[bytes]:
+    """The packets in the next transport message from a, as b delivers them."""
+    actions = s.b.iface.receive_datagram(s.udp_b.recv(2048), s.a.address, s.net.now)
+    return [p for a in actions if hasattr(a, "packets") for p in a.packets]
+
+
+def as_if_initiated_long_ago(s: Session) -> None:
+    """One initiation per REKEY_TIMEOUT: let a start the next at once (and b,
+    on its own clock, take it)."""
+    peer_of(s.a).last_initiation_sent -= REKEY_TIMEOUT
+    s.a.iface.wall_offset += REKEY_TIMEOUT  # its TAI64N stamps, which b checks
+    s.net.now += REKEY_TIMEOUT
+
+
+@pytest.mark.parametrize("a_initiated", [True, False], ids=["initiator", "responder"])
+def test_c_counting_past_rekey_after_messages_starts_a_handshake(a_initiated: bool) -> None:
+    """C counts the messages; once its session has sent more than
+    REKEY_AFTER_MESSAGES, a handshakes anew, initiator or responder alike
+    (timers.c keep_key_fresh), and the new session carries the traffic."""
+    with initiated_session() if a_initiated else confirmed_session() as s:
+        if not a_initiated:
+            refreshed_after_confirmation(s)
+        peer = peer_of(s.a)
+        first = peer.current
+        as_if_initiated_long_ago(s)
+        s.shell.plane.set_send_counter(s.shell.ids[peer], REKEY_AFTER_MESSAGES - 1)
+        for text in (b"the 2^60th", b"one more"):
+            s.from_device(ipv4_packet("10.0.0.1", "10.0.0.2", text))
+            assert delivered_to_b(s)[-1].endswith(text)
+            s.shell.refresh()
+        answer_initiation(s)  # only after the second: an initiation waits here
+        assert delivered_to_b(s) == []  # a's keepalive, on the new session
+        assert peer.current is not first and peer.handshakes.rekeys == 1
+        s.from_device(ipv4_packet("10.0.0.1", "10.0.0.2", b"new keys"))
+        assert delivered_to_b(s)[-1].endswith(b"new keys")
+        assert peer_of(s.b).current.keys.local_index == peer.current.keys.remote_index
+
+
+def test_a_packet_past_reject_after_messages_waits_for_a_new_session() -> None:
+    """C sends nothing on a keypair past REJECT_AFTER_MESSAGES: the packet goes up,
+    waits in the core while a handshakes, and goes on the new session."""
+    with initiated_session() as s:
+        peer = peer_of(s.a)
+        as_if_initiated_long_ago(s)
+        s.shell.plane.set_send_counter(s.shell.ids[peer], REJECT_AFTER_MESSAGES - 1)
+        last, waits = (ipv4_packet("10.0.0.1", "10.0.0.2", t) for t in (b"last", b"waits"))
+        s.from_device(last)
+        assert delivered_to_b(s)[-1] == last
+        s.from_device(waits)
+        assert select.select([s.shell.ctrl], [], [], 2)[0]
+        s.shell._upcalls()  # NEED_KEY: staged, and an initiation
+        answer_initiation(s)
+        assert delivered_to_b(s)[-1] == waits
+        assert peer.handshakes.rekeys == 1 and peer.drops.staged_overflow == 0

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,9 @@ from tunnel.protocol import keys
 from tunnel.protocol.constants import (
     INITIATION_SIZE,
     KEEPALIVE_SIZE,
+    KEEPALIVE_TIMEOUT,
+    MAX_STAGED_PACKETS,
+    MAX_TIMER_HANDSHAKES,
     MESSAGE_INITIATION,
     MESSAGE_TRANSPORT,
     RATELIMIT_BURST,
@@ -431,6 +434,174 @@ def test_nat_rebinding_is_followed_and_keepalive_holds_the_mapping(bed, tmp_path
         events = proc.stdout.read().splitlines()
         # One mapping before the rebinding, one after: none ever expired.
         assert [e.split()[0] for e in events] == ["mapping", "mapping"], events
+
+
+# Timers (timers.c), on each plane: on the native one they run on what C counted.
+
+SINK = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9))\n"
+    "print('ready', flush=True)\n"
+    "while True: s.recv(2048)\n"
+)
+
+
+@contextmanager
+def udp_sink(ns: Namespace) -> Iterator[None]:
+    """A socket on UDP port 9 in `ns` that takes datagrams and answers nothing (not
+    even the ICMP port unreachable a closed port would): traffic only one way."""
+    proc = ns.popen(sys.executable, "-c", SINK, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def send_burst(ns: Namespace, address: str, count: int) -> None:
+    """`count` UDP datagrams to port 9 of `address`, back to back."""
+    script = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "for _ in range(int(sys.argv[2])): s.sendto(b'one way', (sys.argv[1], 9))\n"
+    )
+    ns.run(sys.executable, "-c", script, address, str(count))
+
+
+def wait_until(what: str, ready: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, f"no {what} within {timeout:g} s"
+        time.sleep(0.05)
+
+
+def test_data_received_is_answered_by_a_keepalive_and_another(bed, tmp_path, datapath,
+                                                              monkeypatch):  # fmt: skip
+    """B gets data it has nothing to answer with: it sends a keepalive
+    KEEPALIVE_TIMEOUT later, and since more data came while that one was pending,
+    another one a KEEPALIVE_TIMEOUT after it (timers.c wg_timers_data_received), and
+    no more."""
+    scale = 0.1  # KEEPALIVE_TIMEOUT 1 s
+    monkeypatch.setenv("PYVPN_TIMER_SCALE", str(scale))
+    keepalive_timeout = KEEPALIVE_TIMEOUT * scale
+    with (
+        pyvpn_pair(bed, tmp_path, "tun", datapath, peer_b={"endpoint": None}) as (_, b),
+        udp_sink(bed.b),
+    ):
+        wait_reachable(bed.a, INNER_B)
+        time.sleep(2 * keepalive_timeout)  # the ping's keepalives are out
+        before = peer_of(pyvpn_status(b.name))["tx_bytes"]
+        send_burst(bed.a, INNER_B, 5)
+
+        def sent() -> int:
+            return peer_of(pyvpn_status(b.name))["tx_bytes"] - before
+
+        wait_until("second keepalive from B", lambda: sent() >= 2 * KEEPALIVE_SIZE, 10)
+        time.sleep(2 * keepalive_timeout)
+        assert sent() == 2 * KEEPALIVE_SIZE
+        assert ping(bed.a, INNER_B, 1) == 1  # the session carried on
+        no_traceback(b)
+
+
+def test_unanswered_data_starts_a_handshake_retried_until_it_gives_up(bed, tmp_path, datapath,
+                                                                      monkeypatch):  # fmt: skip
+    """B stops answering. A's data gets no reply for KEEPALIVE_TIMEOUT +
+    REKEY_TIMEOUT, so A handshakes again, retries every REKEY_TIMEOUT, and gives up
+    after MAX_TIMER_HANDSHAKES retries more (timers.c): 1 + 18 + 1 initiations,
+    then silence until there is new data to send."""
+    scale = 0.05  # REKEY_TIMEOUT 0.25 s: the give-up comes after some 5 s
+    monkeypatch.setenv("PYVPN_TIMER_SCALE", str(scale))
+    with pyvpn_pair(bed, tmp_path, "tun", datapath, peer_b={"endpoint": None}) as (a, b):
+        wait_reachable(bed.a, INNER_B)
+        os.kill(b.pid, signal.SIGSTOP)
+        try:
+
+            def initiations() -> int:
+                return peer_of(pyvpn_status(a.name))["handshakes"]["initiations_sent"]
+
+            before = initiations()
+            send_marker(bed.a, INNER_B, b"unanswered", count=1)
+            wait_until("give-up", lambda: "giving up" in a.output(), 20)
+            assert "handshaking again" in a.output()
+            assert initiations() - before == MAX_TIMER_HANDSHAKES + 2
+            time.sleep(8 * REKEY_TIMEOUT * scale)
+            assert initiations() - before == MAX_TIMER_HANDSHAKES + 2
+        finally:
+            os.kill(b.pid, signal.SIGCONT)
+        no_traceback(a)
+
+
+def test_a_replayed_transport_message_from_a_new_address_does_not_move_the_endpoint(
+    bed, tmp_path, datapath
+):
+    """A genuine transport message of A's, captured on the wire and sent again from
+    another address: it authenticates but is a replay, so B drops it, counted, and
+    keeps A's endpoint (whitepaper 2.1: roaming follows authenticated, fresh data)."""
+    with pyvpn_pair(bed, tmp_path, "tun", datapath) as (_, b):
+        wait_reachable(bed.a, INNER_B)
+        with capture_frames(bed.b, bed.b_veth, ETH_P_IP, seconds=1.0) as frames:
+            assert ping(bed.a, INNER_B, 1) == 1
+        (request,) = [p for p in udp_payloads(frames) if p[0] == MESSAGE_TRANSPORT
+                      and len(p) > KEEPALIVE_SIZE]  # fmt: skip
+        before = peer_of(pyvpn_status(b.name))
+        elsewhere = "198.18.0.3"
+        bed.a.add_address(bed.a_veth, f"{elsewhere}/24")
+        bed.a.run(
+            sys.executable, "-c",
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 40001))\n"
+            "s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[3], 51820))\n",
+            elsewhere, request.hex(), UNDERLAY_B,
+        )  # fmt: skip
+
+        def replays() -> int:
+            return peer_of(pyvpn_status(b.name))["drops"]["replay_or_forged"]
+
+        wait_until("replay counted", lambda: replays() > before["drops"]["replay_or_forged"], 5)
+        assert replays() == before["drops"]["replay_or_forged"] + 1
+        assert peer_of(pyvpn_status(b.name))["endpoint"] == f"{UNDERLAY_A}:{PORT}"
+        assert ping(bed.b, INNER_A, 3, interval=0.2) == 3
+
+
+def test_staged_packets_past_the_queue_drop_the_oldest(bed, tmp_path, datapath, monkeypatch):
+    """B is down: A holds at most MAX_STAGED_PACKETS for it, each one more drops
+    the oldest, counted in `staged_overflow`; once B is up, the newest arrive."""
+    monkeypatch.setenv("PYVPN_TIMER_SCALE", "0.2")  # A retries its initiation every second
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath, peer_b={"endpoint": None})
+    listener = bed.b.popen(
+        sys.executable, "-c",
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9))\n"
+        "s.settimeout(30)\n"
+        "try:\n"
+        "    while True: print(int(s.recv(64)), flush=True); s.settimeout(2)\n"
+        "except TimeoutError: pass\n",
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with start_pyvpn(bed.a, path_a) as a:
+            bed.a.run(
+                sys.executable, "-c",
+                "import socket, sys\n"
+                "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                "for i in range(200): s.sendto(b'%d' % i, (sys.argv[1], 9))\n",
+                INNER_B,
+            )  # fmt: skip
+
+            def overflow() -> int:
+                return peer_of(pyvpn_status(a.name))["drops"]["staged_overflow"]
+
+            wait_until("overflow counted", lambda: overflow() >= 200 - MAX_STAGED_PACKETS, 10)
+            with start_pyvpn(bed.b, path_b):
+                out, _ = listener.communicate(timeout=40)
+            assert [int(n) for n in out.split()] == list(range(200 - MAX_STAGED_PACKETS, 200))
+            assert overflow() == 200 - MAX_STAGED_PACKETS
+            no_traceback(a)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
 
 
 # Long run.

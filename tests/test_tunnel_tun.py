@@ -512,6 +512,26 @@ def test_roaming_follows_the_new_underlay_address(bed, tmp_path, datapath):
         wait_reachable(bed.b, INNER_A)
 
 
+def test_roaming_from_ipv4_to_ipv6_is_followed_and_shown(bed, tmp_path, datapath):
+    """A's packets start coming from its IPv6 underlay address (it was told B's
+    IPv6 endpoint): B follows it to the other family, shows it, and its traffic
+    to A takes the new path once the old one is gone."""
+    with pyvpn_pair(bed, tmp_path, "tun", datapath) as (a, b):
+        wait_reachable(bed.a, INNER_B)
+        public_b = pyvpn_status(b.name)["public_key"]
+        bed.a.run("wg", "set", a.name, "peer", public_b, "endpoint", f"[{UNDERLAY_B6}]:51820")
+        wait_reachable(bed.a, INNER_B)
+        moved = f"[{UNDERLAY_A6}]:51820"
+        assert pyvpn_status(b.name)["peers"][0]["endpoint"] == moved
+        assert f"endpoint: {moved}" in pyvpn("show", b.name, netns=bed.b.name).stdout
+        assert f"endpoint: {moved}" in bed.b.run("wg", "show", b.name).stdout
+        # No IPv4 path left between them: B's replies can only take the new one.
+        bed.a.run("ip", "addr", "del", "198.18.0.1/24", "dev", bed.a_veth)
+        wait_reachable(bed.b, INNER_A)
+        sent, received = tcp_transfer(bed.b, bed.a, INNER_B, 1 << 20)
+        assert sent == received
+
+
 def test_an_endpoint_given_by_name_follows_the_name(bed, tmp_path, datapath, monkeypatch):
     """A names B's endpoint by a host name, and B knows no endpoint for A, so it never
     sends first. The name cannot be resolved when A starts (no DNS yet, as at boot),

@@ -327,7 +327,7 @@ class Receiving(Sending):
         self, peer: Peer, source: Address, size: int, data_messages: int, now: float
     ) -> list[Action]:
         """Authenticated transport bytes arrived from the peer, `data_messages`
-        of them (or True: some) not keepalives."""
+        of them not keepalives."""
         self._authenticated(peer, size, source, now)
         # A second data message may note that another keepalive is due; more
         # change nothing (timers.c wg_timers_data_received).

@@ -107,7 +107,7 @@ class Sending(State):
     def transport_sent(self, peer: Peer, size: int, is_data: bool, now: float) -> list[Action]:
         """Transport bytes went to the peer; sending data may call for a rekey."""
         self._count_tx(peer, size, now)
-        peer.timers.any_authenticated_sent()
+        peer.timers.any_authenticated_sent(now, is_data)
         if not is_data:
             return []
         peer.timers.data_sent(now)

@@ -58,11 +58,8 @@ class Ticking(Sending):
             peer.timers.handshake_attempts += 1
             return self._initiate(peer, now, retry=True)
         if timer is Timer.SEND_KEEPALIVE:
-            actions = self._keepalive(peer, now)
-            if peer.timers.need_another_keepalive:
-                peer.timers.need_another_keepalive = False
-                peer.timers.data_received(now)
-            return actions
+            peer.timers.keepalive_due()
+            return self._keepalive(peer, now)
         if timer is Timer.NEW_HANDSHAKE:
             log.info(
                 "peer %s: no reply for %.0f s, handshaking again",

@@ -184,6 +184,7 @@ class PeerStats:
     drop_no_keypair: int  # includes packets diverted to Python as NEED_KEY
     drop_expired_keypair: int
     drop_malformed: int
+    rx_data_packets: int  # of rx_packets, those not keepalives
 
 
 class Slots(NamedTuple):
@@ -464,6 +465,10 @@ class NativePlane:
     def usable_at(self, peer_id: int, offset_ns: int) -> int:
         """0 or a negative errno: may CURRENT send `offset_ns` after its birth (a test hook)."""
         return int(lib.dp_test_usable_at(self._handle(), peer_id, offset_ns))
+
+    def set_send_counter(self, peer_id: int, counter: int) -> None:
+        """The next counter CURRENT sends with (a test hook: the message limits)."""
+        _check(lib.dp_test_set_send_counter(self._handle(), peer_id, counter), "set_send_counter")
 
     def cached_keys(self) -> int:
         """How many of the workers' AEAD contexts hold a key (a test hook)."""

@@ -200,7 +200,7 @@ class NativeShell(Plane):
                         peer,
                         new.endpoint,
                         new.rx_bytes - old.rx_bytes,
-                        new.last_rx_data_ns != old.last_rx_data_ns,
+                        new.rx_data_packets - old.rx_data_packets,
                         new.last_rx_ns / 1e9,
                     )
                 )

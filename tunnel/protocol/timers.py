@@ -26,6 +26,8 @@ class Timers:
         # over a hub's thousands of peers skips those with nothing due in one compare.
         self.earliest = float("inf")
         self.need_another_keepalive = False
+        # The next keepalive sent is SEND_KEEPALIVE's, and another is due after it.
+        self.keepalive_follows = False
         self.handshake_attempts = 0
 
     def _arm(self, timer: Timer, at: float) -> None:
@@ -53,8 +55,20 @@ class Timers:
         else:
             self._arm(Timer.SEND_KEEPALIVE, now + KEEPALIVE_TIMEOUT)
 
-    def any_authenticated_sent(self) -> None:
-        self._disarm(Timer.SEND_KEEPALIVE)
+    def keepalive_due(self) -> None:
+        """SEND_KEEPALIVE fired: if more data arrived while it was pending, another
+        keepalive follows the one it sends (timers.c wg_expired_send_keepalive)."""
+        self.keepalive_follows, self.need_another_keepalive = self.need_another_keepalive, False
+
+    def any_authenticated_sent(self, now: float, is_data: bool) -> None:
+        if self.keepalive_follows and not is_data:
+            # Armed once the keepalive went, not when its timer fired: an external
+            # transport reports the send a tick later, and the report must not
+            # disarm what comes after it. Data sent instead needs no keepalive.
+            self._arm(Timer.SEND_KEEPALIVE, now + KEEPALIVE_TIMEOUT)
+        else:
+            self._disarm(Timer.SEND_KEEPALIVE)
+        self.keepalive_follows = False
 
     def any_authenticated_received(self) -> None:
         self._disarm(Timer.NEW_HANDSHAKE)
