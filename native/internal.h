@@ -243,7 +243,7 @@ void allowedips_remove_peer(dp_t *dp, struct peer *peer);
 void allowedips_free(dp_t *dp);
 
 /* --- mactable.c: the tap learning switch ------------------------------- */
-enum { MAC_LEARNED, MAC_HELD_BY_OTHER, MAC_TABLE_FULL }; /* mac_learn() */
+/* mac_learn() answers a DP_MAC_* (dp.h). */
 int mac_learn(dp_t *dp, const uint8_t mac[6], uint32_t peer_id, uint64_t now);
 bool mac_lookup(dp_t *dp, const uint8_t mac[6], uint64_t now, uint32_t *peer_id);
 void mac_forget_peer(dp_t *dp, uint32_t peer_id);

@@ -77,14 +77,14 @@ void mac_bind_peer(dp_t *dp, const struct peer *p, uint64_t now)
 int mac_learn(dp_t *dp, const uint8_t mac[6], uint32_t peer_id, uint64_t now)
 {
 	if (mac[0] & 1)
-		return MAC_LEARNED; /* a group address is never a source: nothing to learn */
-	int result = MAC_LEARNED;
+		return DP_MAC_LEARNED; /* a group address is never a source: nothing to learn */
+	int result = DP_MAC_LEARNED;
 	pthread_mutex_lock(&dp->mac_lock);
 	struct mac_entry **pp = &dp->mac_hash[mac_bucket(mac)], *e;
 	while ((e = *pp)) {
 		if (!memcmp(e->mac, mac, 6)) {
 			if (e->peer_id != peer_id && !expired(dp, e, now))
-				result = MAC_HELD_BY_OTHER;
+				result = DP_MAC_HELD_BY_OTHER;
 			else if (!e->bound) {
 				e->peer_id = peer_id;
 				e->seen_ns = now;
@@ -108,7 +108,7 @@ int mac_learn(dp_t *dp, const uint8_t mac[6], uint32_t peer_id, uint64_t now)
 		dp->mac_hash[mac_bucket(mac)] = e;
 		dp->mac_count++;
 	} else
-		result = MAC_TABLE_FULL;
+		result = DP_MAC_TABLE_FULL;
 out:
 	pthread_mutex_unlock(&dp->mac_lock);
 	return result;
@@ -162,10 +162,9 @@ void mac_free(dp_t *dp)
 	dp->mac_count = 0;
 }
 
-int dp_mac_table(dp_t *dp, struct dp_mac_entry *out, int max)
+int dp_test_mac_table_at(dp_t *dp, uint64_t now, struct dp_mac_entry *out, int max)
 {
 	int n = 0;
-	uint64_t now = now_ns();
 	pthread_mutex_lock(&dp->mac_lock);
 	for (int b = 0; b < MAC_HASH_SIZE && n < max; b++) {
 		for (struct mac_entry *e = dp->mac_hash[b]; e && n < max; e = e->next) {
@@ -183,9 +182,24 @@ int dp_mac_table(dp_t *dp, struct dp_mac_entry *out, int max)
 	return n;
 }
 
+int dp_mac_table(dp_t *dp, struct dp_mac_entry *out, int max)
+{
+	return dp_test_mac_table_at(dp, now_ns(), out, max);
+}
+
 int dp_mac_owner(dp_t *dp, const uint8_t mac[6], uint32_t *peer_id)
 {
 	return mac_lookup(dp, mac, now_ns(), peer_id);
+}
+
+int dp_test_mac_learn(dp_t *dp, const uint8_t mac[6], uint32_t peer_id, uint64_t now)
+{
+	return mac_learn(dp, mac, peer_id, now);
+}
+
+int dp_test_mac_owner_at(dp_t *dp, const uint8_t mac[6], uint64_t now, uint32_t *peer_id)
+{
+	return mac_lookup(dp, mac, now, peer_id);
 }
 
 void dp_set_mac_ageing(dp_t *dp, uint32_t seconds)
