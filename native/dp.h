@@ -201,5 +201,16 @@ int dp_test_usable_at(dp_t *, uint32_t peer_id, int64_t offset_ns);
 /* Set the send counter of the peer's CURRENT, to reach the message limits
  * without sending 2^60 messages.  -ENOKEY without CURRENT. */
 int dp_test_set_send_counter(dp_t *, uint32_t peer_id, uint64_t counter);
+/* tap's learning switch at a time of the caller's choosing (CLOCK_BOOTTIME ns),
+ * as the workers use it: learn a source MAC from a frame that authenticated from
+ * peer_id (a DP_MAC_* answer), who it sits behind (1: found, *peer_id set), and
+ * the learned entries (as dp_mac_table). */
+enum { DP_MAC_LEARNED, DP_MAC_HELD_BY_OTHER, DP_MAC_TABLE_FULL };
+int dp_test_mac_learn(dp_t *, const uint8_t mac[6], uint32_t peer_id, uint64_t now_ns);
+int dp_test_mac_owner_at(dp_t *, const uint8_t mac[6], uint64_t now_ns, uint32_t *peer_id);
+int dp_test_mac_table_at(dp_t *, uint64_t now_ns, struct dp_mac_entry *out, int max);
+/* The peer whose allowed IPs hold `addr` (4 or 16 bytes by family), as the
+ * workers route a packet: 1 found, *peer_id set; 0 none. */
+int dp_test_allowed_ips_lookup(dp_t *, int family, const uint8_t *addr, uint32_t *peer_id);
 
 #endif

@@ -160,7 +160,8 @@ struct mac_entry {
 	uint8_t mac[6];
 	uint32_t peer_id;
 	uint64_t seen_ns;
-	bool bound; /* one of its peer's allowed_macs: never ages, never moves */
+	bool bound; /* one of its peer's allowed_macs: never ages, never moves,
+		     * not under MAC_TABLE_MAX */
 };
 
 struct worker;
@@ -185,7 +186,8 @@ struct dp {
 	pthread_mutex_t mac_lock;
 	pthread_mutex_t report_lock; /* dp_changed_peer_stats: one caller at a time */
 	struct mac_entry *mac_hash[MAC_HASH_SIZE];
-	int mac_count;
+	int mac_learned; /* entries not bound: what MAC_TABLE_MAX caps */
+	uint64_t mac_prune_due_ns; /* no learned entry expires before (prune_all) */
 	_Atomic uint64_t mac_ageing_ns;
 
 	/* Counts keypair_free() calls: a worker that sees it move forgets the keys
@@ -243,12 +245,13 @@ void allowedips_remove_peer(dp_t *dp, struct peer *peer);
 void allowedips_free(dp_t *dp);
 
 /* --- mactable.c: the tap learning switch ------------------------------- */
-enum { MAC_LEARNED, MAC_HELD_BY_OTHER, MAC_TABLE_FULL }; /* mac_learn() */
+/* mac_learn() answers a DP_MAC_* (dp.h). */
 int mac_learn(dp_t *dp, const uint8_t mac[6], uint32_t peer_id, uint64_t now);
 bool mac_lookup(dp_t *dp, const uint8_t mac[6], uint64_t now, uint32_t *peer_id);
 void mac_forget_peer(dp_t *dp, uint32_t peer_id);
-/* The peer's allowed_macs become its bound entries, replacing those it had. */
-void mac_bind_peer(dp_t *dp, const struct peer *p, uint64_t now);
+/* The peer's allowed_macs become its bound entries; what it held and may no
+ * longer send from goes. */
+void mac_bind_peer(dp_t *dp, const struct peer *p);
 bool peer_allows_mac(const struct peer *p, const uint8_t mac[6]);
 void mac_free(dp_t *dp);
 

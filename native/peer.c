@@ -456,7 +456,7 @@ int dp_peer_set_allowed_macs(dp_t *dp, uint32_t peer_id, const uint8_t *macs, si
 		free(p->allowed_macs);
 		p->allowed_macs = copy;
 		p->n_allowed_macs = n;
-		mac_bind_peer(dp, p, now_ns());
+		mac_bind_peer(dp, p);
 	}
 	pthread_rwlock_unlock(&dp->lock);
 	if (!p)

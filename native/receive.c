@@ -256,13 +256,13 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 		if (!r->mac_memo.valid || r->mac_memo.peer_id != p->id ||
 		    memcmp(r->mac_memo.mac, plain + 6, 6)) {
 			int learned = mac_learn(dp, plain + 6, p->id, now);
-			if (learned == MAC_HELD_BY_OTHER) {
+			if (learned == DP_MAC_HELD_BY_OTHER) {
 				/* The L2 form of a wrong inner source: another
 				 * peer's host's address. */
 				STAT_ADD(p->drop_bad_source, 1);
 				return;
 			}
-			if (learned == MAC_TABLE_FULL)
+			if (learned == DP_MAC_TABLE_FULL)
 				STAT_ADD(dp->st.rx_mac_table_full, 1);
 			else {
 				memcpy(r->mac_memo.mac, plain + 6, 6);

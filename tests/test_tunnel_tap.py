@@ -422,6 +422,43 @@ def test_allowed_macs_bind_a_spokes_hosts_to_it(tmp_path, datapath):
         assert all(d.alive() for d in daemons)
 
 
+def test_a_mac_dropped_from_allowed_macs_by_reload_is_free_at_once(tmp_path, datapath):
+    """b's host moves behind c: the hub's operator drops its MAC address from b's
+    allowed_macs with `pyvpn reload`, and c's frames from it arrive at once, and
+    unicast to it follows them to c, not only after mac_ageing."""
+
+    def bind(peers: list[dict[str, Any]]) -> None:
+        peers[0]["allowed_macs"] = [SPOKE_MACS[0]]
+
+    with running_star(tmp_path, datapath, "ub", {"mac_ageing": 120}, hub_peers=bind) as star:
+        hub, spokes, names, daemons = star.hub, star.spokes, star.names, star.daemons
+        hub_dev, moved = names[0], SPOKE_MACS[0]
+        key_c = pyvpn_status(names[2])["public_key"]
+
+        def from_c(label: str) -> list[bytes]:
+            with capture_frames(hub, hub_dev, seconds=1.5) as at_hub:
+                send_frames(spokes[1], names[2], BROADCAST, marker(label), source=moved,
+                            count=3)  # fmt: skip
+            return [f.payload for f in at_hub if f.payload == marker(label)]
+
+        assert from_c("bound to b") == []  # refused while the address is b's
+        path = tmp_path / f"{hub_dev}.toml"
+        config = tomllib.loads(path.read_text())
+        del config["peer"][0]["allowed_macs"]
+        path.write_text(render_config(config["interface"], config["peer"]))
+        assert pyvpn("reload", str(path)).returncode == 0
+        assert from_c("moved to c") == [marker("moved to c")] * 3
+        assert macs_by_peer(hub_dev)[key_c] == [moved]
+        with contextlib.ExitStack() as captures:
+            seen = [captures.enter_context(capture_frames(s, d, seconds=1.5))
+                    for s, d in zip(spokes, names[1:], strict=True)]  # fmt: skip
+            send_frames(hub, hub_dev, moved, marker("to the moved host"), count=3)
+        assert [sum(f.payload == marker("to the moved host") for f in s) for s in seen] == [
+            0, 3, 0,
+        ]  # fmt: skip
+        assert all(d.alive() for d in daemons)
+
+
 def test_a_bridged_hub_relays_between_spokes_never_back_to_the_sender(tmp_path, datapath):
     """Spokes of a hub whose device is in a bridge reach each other at L2: the hub's
     bridge port is in hairpin mode, so a frame from one spoke comes back to pyvpn,

@@ -26,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 0: {
 			bool held = mac_lookup(b.dp, mac, now, &owner);
 			int r = mac_learn(b.dp, mac, peer, now);
-			if (held && owner != peer && r != MAC_HELD_BY_OTHER)
+			if (held && owner != peer && r != DP_MAC_HELD_BY_OTHER)
 				abort(); /* a fresh entry moved */
 			break;
 		}

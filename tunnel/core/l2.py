@@ -70,10 +70,15 @@ class Switch(Protocol[T]):
 
 
 class MacTable(Generic[T]):
+    """The learned entries, at most MAC_TABLE_MAX live ones, and the bound ones (peers'
+    allowed_macs): configuration, never aged, never taken, and not under the cap,
+    which bounds what peers' frames can make the table grow by (the configuration
+    is bounded already). native/mactable.c keeps the same rules, and
+    tests/test_native_agreement.py holds the two to the same answers."""
+
     def __init__(self, ageing: float = DEFAULT_MAC_AGEING) -> None:
         self.ageing = ageing
         self._entries: dict[bytes, tuple[T, float]] = {}
-        # Peers' allowed_macs: never aged, never taken by another peer.
         self._bound: dict[bytes, T] = {}
 
     def learn(self, mac: bytes, owner: T, now: float) -> Learned:
@@ -107,12 +112,17 @@ class MacTable(Generic[T]):
         self._bound = {m: o for m, o in self._bound.items() if o is not owner}
 
     def bind(self, owner: T, macs: Iterable[bytes]) -> None:
-        """The owner's allowed MACs become exactly these, taken from whoever held them."""
+        """The owner's allowed MACs become exactly these, taken from whoever held them.
+
+        What the owner may no longer send from is no longer its: an address dropped
+        from its list goes at once, free for whoever sends from it next, and so,
+        with a list, does any address it had learned off it."""
         macs = set(macs)
         self._bound = {m: o for m, o in self._bound.items() if o is not owner}
         self._bound.update(dict.fromkeys(macs, owner))
-        for mac in macs:
-            self._entries.pop(mac, None)
+        self._entries = {
+            m: e for m, e in self._entries.items() if m not in macs and not (macs and e[0] is owner)
+        }
 
     def entries(self, now: float) -> list[tuple[bytes, T, float]]:
         """Live entries as (mac, owner, age in seconds); expired ones are dropped."""

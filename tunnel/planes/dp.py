@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, TypeVar
 
+from tunnel.core.l2 import Learned
 from tunnel.host.udp import ADDRESS_CACHE
+from tunnel.protocol.constants import MAC_TABLE_MAX
 
 try:  # the extension is optional: pyvpn falls back to the Python plane
     from tunnel.planes._native import ffi, lib
@@ -445,15 +447,41 @@ class NativePlane:
         lib.dp_if_stats(self._handle(), st)
         return _from_struct(InterfaceStats, st)
 
-    def mac_table(self, max_entries: int = 8192) -> list[MacEntry]:
+    def mac_table(self, max_entries: int = MAC_TABLE_MAX) -> list[MacEntry]:
+        """The learned entries (an address in a peer's allowed_macs is not one)."""
         out = ffi.new("struct dp_mac_entry[]", max_entries)
-        n = lib.dp_mac_table(self._handle(), out, max_entries)
-        return [MacEntry(bytes(out[i].mac), out[i].peer_id, out[i].age_ms / 1000) for i in range(n)]
+        return _mac_entries(out, lib.dp_mac_table(self._handle(), out, max_entries))
 
     def mac_owner(self, mac: bytes) -> int | None:
         """The id of the peer a learned MAC address sits behind, if it has not aged out."""
         peer_id = ffi.new("uint32_t *")
         return peer_id[0] if lib.dp_mac_owner(self._handle(), mac, peer_id) else None
+
+    # Test hooks: tap's switch at a time the caller gives (CLOCK_BOOTTIME ns), as
+    # the workers use it, and the allowed IPs as they route a packet.
+    def mac_learn_at(self, mac: bytes, peer_id: int, now_ns: int) -> Learned:
+        answer = lib.dp_test_mac_learn(self._handle(), mac, peer_id, now_ns)
+        return {
+            lib.DP_MAC_LEARNED: Learned.YES,
+            lib.DP_MAC_HELD_BY_OTHER: Learned.HELD_BY_OTHER,
+            lib.DP_MAC_TABLE_FULL: Learned.TABLE_FULL,
+        }[answer]
+
+    def mac_owner_at(self, mac: bytes, now_ns: int) -> int | None:
+        peer_id = ffi.new("uint32_t *")
+        found = lib.dp_test_mac_owner_at(self._handle(), mac, now_ns, peer_id)
+        return peer_id[0] if found else None
+
+    def mac_table_at(self, now_ns: int, max_entries: int = MAC_TABLE_MAX) -> list[MacEntry]:
+        out = ffi.new("struct dp_mac_entry[]", max_entries)
+        return _mac_entries(out, lib.dp_test_mac_table_at(self._handle(), now_ns, out, max_entries))
+
+    def allowed_ips_owner(self, address: bytes) -> int | None:
+        """The id of the peer whose allowed IPs hold the IPv4 or IPv6 address."""
+        family = socket.AF_INET if len(address) == 4 else socket.AF_INET6
+        peer_id = ffi.new("uint32_t *")
+        found = lib.dp_test_allowed_ips_lookup(self._handle(), family, address, peer_id)
+        return peer_id[0] if _check(found, "allowed_ips_lookup") else None
 
     def set_mtu(self, mtu: int) -> None:
         """The device's new MTU (native/dp.h dp_set_mtu); OSError(EINVAL) if refused."""
@@ -479,6 +507,10 @@ class NativePlane:
         if len(key) != 32:
             raise ValueError("the mac1 key is 32 bytes")
         lib.dp_set_mac1_key(self._handle(), key)
+
+
+def _mac_entries(out: Any, n: int) -> list[MacEntry]:
+    return [MacEntry(bytes(out[i].mac), out[i].peer_id, out[i].age_ms / 1000) for i in range(n)]
 
 
 def _keys(*keys: bytes) -> None:
