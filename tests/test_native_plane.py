@@ -16,6 +16,7 @@ import struct
 import time
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from tunnel.host import udp
 from tunnel.planes import dp
@@ -28,6 +29,7 @@ from tunnel.protocol.constants import (
     RATELIMIT_PACKETS_PER_SECOND,
 )
 
+from .conftest import NATIVE_MISSING, needs
 from .packets import (
     QINQ,
     VIRTIO_NET_HDR_GSO_TCPV4,
@@ -42,11 +44,7 @@ from .packets import (
     vlan_tag,
 )
 
-pytestmark = pytest.mark.skipif(not dp.available(), reason="tunnel.planes._native not built")
-
-ChaCha20Poly1305 = pytest.importorskip(
-    "cryptography.hazmat.primitives.ciphers.aead"
-).ChaCha20Poly1305
+pytestmark = needs(NATIVE_MISSING)
 
 REJECT_AFTER_MESSAGES = 2**64 - 2**13 - 1
 UDP_GRO = 104  # <linux/udp.h>
