@@ -2,12 +2,47 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 from tunnel.lab.testbed import Testbed, cleanup_stale
+from tunnel.planes import dp
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# What the native tests need, or None: scripts/setup builds it.
+NATIVE_MISSING = None if dp.available() else "the native plane (tunnel.planes._native) is not built"
+
+
+def under_ci() -> bool:
+    """CI=true (or any value but false/0/no), as CI services set it."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def unavailable(problem: str) -> NoReturn:
+    """A test cannot run for want of a build, a tool or root: locally it is
+    skipped, but under CI it fails, since there a skip would hide that the
+    machine lacks what the suite is meant to prove."""
+    if under_ci():
+        pytest.fail(f"CI: {problem}", pytrace=False)
+    pytest.skip(problem)
+
+
+def needs(problem: str | None) -> pytest.MarkDecorator:
+    """Mark tests (or a module, as pytestmark) that cannot run while `problem`
+    (what host_problem, missing_tools or NATIVE_MISSING say) is not None."""
+    return pytest.mark.needs(problem)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs(problem): skip for it locally, fail under CI")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs"):
+        if mark.args[0] is not None:
+            unavailable(mark.args[0])
 
 
 def pyvpn(

@@ -6,13 +6,17 @@ Run inside a namespace:
         [--count N] [--rate PPS] [--seed S]
     python -m tests.hostile TARGET_HOST:PORT --public-key B64 --initiations
         --source ADDR [--source ADDR ...] [--seconds S] [--rate PPS]
+    python -m tests.hostile TARGET_HOST:PORT --public-key B64 --as-peer PRIVATE_B64
+        [--bursts N] [--burst K]
 
 The first form sends `count` datagrams of every kind in KINDS at `rate` per second.
 With the target's public key some carry a valid mac1 (what an attacker who knows
 the key can do) so they reach the handshake code; with `--index` (a receiver index
 the target really uses) transport messages and cookie replies hit a live session
 with bad tags. The second form floods valid-mac1 initiations from each source
-address and counts the cookie replies that come back. Both print one JSON line.
+address and counts the cookie replies that come back. The third sends genuine
+initiations with a peer's own private key, in bursts, and counts the responses.
+Each prints one JSON line.
 """
 
 import argparse
@@ -37,6 +41,8 @@ from tunnel.protocol.constants import (
     RESPONSE_SIZE,
 )
 from tunnel.protocol.cookie import CookieGenerator
+from tunnel.protocol.noise import Handshake, StaticIdentity
+from tunnel.protocol.tai64n import tai64n
 
 SIZES = {
     MESSAGE_INITIATION: INITIATION_SIZE,
@@ -44,6 +50,7 @@ SIZES = {
     MESSAGE_COOKIE_REPLY: COOKIE_REPLY_SIZE,
 }
 BATCH = 200  # datagrams between pacing sleeps
+BURST_GAP = 0.1  # seconds from one burst of a peer's initiations to the next
 
 
 class Forger:
@@ -241,6 +248,46 @@ def _drain(
                 cookie.consume_reply(reply, now)
 
 
+def flood_as_peer(
+    target: tuple[str, int], responder: bytes, private_key: bytes, bursts: int, burst: int
+) -> dict:
+    """Initiations that are a peer's own, `burst` of them back to back every
+    BURST_GAP seconds: within a burst far faster than the responder's per-peer
+    limit, over a second slower than its load threshold. Each is newer than the
+    last but older than now, so the real peer's next one is newer still."""
+    handshake = Handshake(StaticIdentity(private_key), responder)
+    macs = CookieGenerator(responder)
+    oldest = time.time() - 60 - bursts * burst
+    initiations = [
+        macs.add_macs(
+            handshake.create_initiation(
+                i + 1, keys.generate_private_key(), tai64n(oldest + i)
+            ).pack(),
+            0.0,
+        )
+        for i in range(bursts * burst)
+    ]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    responses = 0
+    started = time.monotonic()
+    for b in range(bursts):
+        for initiation in initiations[b * burst : (b + 1) * burst]:
+            sock.sendto(initiation, target)
+        responses += _responses(sock, started + (b + 1) * BURST_GAP)
+    responses += _responses(sock, time.monotonic() + 0.5)  # the last still on their way
+    return {"sent": len(initiations), "responses": responses}
+
+
+def _responses(sock: socket.socket, until: float) -> int:
+    """Handshake responses read until `until` (the peer's own retries are not)."""
+    count = 0
+    while (left := until - time.monotonic()) > 0:
+        if select.select([sock], [], [], left)[0]:
+            data = sock.recv(2048)
+            count += len(data) == RESPONSE_SIZE and data[0] == MESSAGE_RESPONSE
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("target")
@@ -252,11 +299,18 @@ def main() -> None:
     parser.add_argument("--initiations", action="store_true")
     parser.add_argument("--source", action="append", default=[])
     parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--as-peer", metavar="PRIVATE_KEY")
+    parser.add_argument("--bursts", type=int, default=20)
+    parser.add_argument("--burst", type=int, default=4)
     args = parser.parse_args()
     host, _, port = args.target.rpartition(":")
     target = (host, int(port))
     forger = Forger(random.Random(args.seed), keys.decode(args.public_key), args.index)
-    if args.initiations:
+    if args.as_peer:
+        result = flood_as_peer(
+            target, keys.decode(args.public_key), keys.decode(args.as_peer), args.bursts, args.burst
+        )
+    elif args.initiations:
         result = flood_initiations(target, forger, args.source, args.seconds, args.rate)
     else:
         result = flood_mixed(target, forger, args.count, args.rate)

@@ -18,8 +18,9 @@ from tunnel.lab.contenders import header_overhead
 from tunnel.lab.report import FIGURE_KEYS, Result, combine, ratios, write_chart
 from tunnel.lab.testbed import host_problem, leftovers
 
-_PROBLEM = host_problem(("ip", "ping", "iperf3", "ss", "wireguard-go", "wg"))
-root_only = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
+from .conftest import needs
+
+root_only = needs(host_problem(("ip", "ping", "iperf3", "ss", "wireguard-go", "wg")))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

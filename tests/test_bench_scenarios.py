@@ -31,10 +31,11 @@ from tunnel.lab.scenarios.run import Run, Scenario, Settings, measure_group
 from tunnel.lab.testbed import host_problem, leftovers
 from tunnel.protocol.constants import DEFAULT_MTU
 
+from .conftest import needs, unavailable
 from .packets import csum
 
 _PROBLEM = host_problem(("ip", "ping", "iperf3", "ss"))
-root_only = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
+root_only = needs(_PROBLEM)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HOSTS, PEERS, TRIALS = 2, 3, 2
 
@@ -49,7 +50,7 @@ def _args(*argv: str) -> argparse.Namespace:
 def run(tmp_path_factory) -> dict[str, Any]:
     """One `pyvpn bench --only none --scenarios all` on small sizes, with a report."""
     if _PROBLEM is not None:
-        pytest.skip(_PROBLEM)
+        unavailable(_PROBLEM)
     out = tmp_path_factory.mktemp("scenarios")
     code = bench.run(
         _args("--only", "none", "--scenarios", "all", "--hosts", str(HOSTS), "--peers",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-import pytest
-
 from tunnel.lab import demo, measure
 from tunnel.lab.testbed import TunnelStartError, host_problem, leftovers
 
-_PROBLEM = host_problem()
-pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
+from .conftest import needs
+
+pytestmark = needs(host_problem())
 
 
 def _args(*argv: str) -> argparse.Namespace:

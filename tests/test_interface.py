@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from tunnel.core.actions import Send
 from tunnel.core.l2 import Learned, MacTable
 from tunnel.core.l3 import unreachable
 from tunnel.core.reconfig import Change, PeerChange, apply
@@ -14,6 +15,7 @@ from tunnel.protocol.constants import (
     ICMP_ERRORS_BURST,
     ICMP_ERRORS_PER_SECOND,
     INITIATION_SIZE,
+    INITIATIONS_PER_SECOND,
     KEEPALIVE_SIZE,
     KEEPALIVE_TIMEOUT,
     MAC_TABLE_MAX,
@@ -31,6 +33,8 @@ from tunnel.protocol.constants import (
 from tunnel.protocol.cookie import CookieChecker, CookieGenerator
 from tunnel.protocol.crypto import DecryptError
 from tunnel.protocol.messages import INITIATION_MAC1_OFFSET, Initiation, parse
+from tunnel.protocol.noise import Handshake
+from tunnel.protocol.tai64n import tai64n
 from tunnel.protocol.timers import Timer
 
 from .packets import udp_packet
@@ -197,14 +201,19 @@ def test_rekey_after_time_keeps_traffic_flowing():
     net, a, b = pair()
     net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
     first = peer_of(a).current
+    # A packet b sends on the first session that is still on the wire when the
+    # rekey completes: a must still take it.
+    late = ipv4_packet("10.0.0.2", "10.0.0.1", b"late")
+    in_flight = peer_of(b).current.encrypt(late, net.now)
     for _ in range(int(REKEY_AFTER_TIME) + 5):
         net.advance(1.0, step=0.5)
         net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2"))
         net.send(b, ipv4_packet("10.0.0.2", "10.0.0.1"))
-    assert peer_of(a).current is not first
-    assert peer_of(a).previous is first or peer_of(a).previous is not None
+    assert peer_of(a).current is not first and peer_of(a).previous is first
     assert len(b.delivered) == int(REKEY_AFTER_TIME) + 6
     assert len(a.delivered) == int(REKEY_AFTER_TIME) + 5
+    net.inject(b.address, a, in_flight)
+    assert a.delivered[-1] == late
     # What `show --json` and `pyvpn metrics` report: one handshake, then one rekey.
     for node in (a, b):
         assert vars(peer_of(node).handshakes) == {
@@ -399,6 +408,24 @@ def test_under_load_an_ipv6_slash_64_is_one_source():
     assert b.iface.drops["ratelimited"] == 20 - RATELIMIT_BURST
 
 
+def test_a_peer_initiating_too_fast_is_answered_once_per_flood_interval():
+    """The per-peer flood guard (noise.c): initiations that authenticate as a known
+    peer, each newer than the last, get a response (and cost the work of one) at
+    most INITIATIONS_PER_SECOND times a second; the rest count as handshake_flood."""
+    net, a, b = pair()
+    initiator = Handshake(a.iface.identity, b.iface.identity.public_key)
+    macs = CookieGenerator(b.iface.identity.public_key)
+    gap = 0.4 / INITIATIONS_PER_SECOND  # 2.5 times the rate: every third is answered
+    answers = 0
+    for i in range(30):
+        now = net.now + i * gap
+        msg = initiator.create_initiation(i + 1, keys.generate_private_key(), tai64n(1.7e9 + i))
+        actions = b.iface.receive_datagram(macs.add_macs(msg.pack(), now), a.address, now)
+        answers += sum(isinstance(action, Send) for action in actions)
+    assert (answers, b.iface.drops["handshake_flood"]) == (10, 20)
+    assert not b.iface.drops["replayed_initiation"] and not b.iface.drops["ratelimited"]
+
+
 def test_three_peers_route_by_allowed_ips():
     net = SimNet()
     hub = net.node("hub", "198.18.0.1")
@@ -512,11 +539,21 @@ def test_tap_never_learns_a_mac_from_an_unauthenticated_frame():
     hub = net.node("hub", "198.18.0.1", l2=True)
     s = net.node("s", "198.18.0.2", l2=True)
     net.connect(hub, s, [], [])
-    net.send(s, frame(BROADCAST, MAC[3]))
-    forged = bytearray(net.wire[-1][2])
+    net.send(s, frame(BROADCAST, MAC[3]))  # the session, and MAC[3] behind s
+    # A frame from MAC[4], which the hub has not seen, caught on its way...
+    net.lose = lambda data: True
+    net.send(s, frame(BROADCAST, MAC[4]))
+    net.lose = lambda data: False
+    genuine = net.wire[-1][2]
+    # ...and delivered with its tag broken: the plaintext is intact, but unproven.
+    forged = bytearray(genuine)
     forged[-1] ^= 1
     net.inject(s.address, hub, bytes(forged))
     assert [m for m, _, _ in hub.iface.macs.entries(net.now)] == [MAC[3]]
+    assert len(hub.delivered) == 1 and peer_of(hub).drops.replay_or_forged == 1
+    # The same message as sent is learned from: only the tag kept MAC[4] out.
+    net.inject(s.address, hub, genuine)
+    assert [m for m, _, _ in hub.iface.macs.entries(net.now)] == [MAC[3], MAC[4]]
 
 
 def test_mode_mismatch_is_reported_on_both_sides(caplog):

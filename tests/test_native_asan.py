@@ -11,21 +11,18 @@ driver with an "ERROR: AddressSanitizer" report.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import pytest
+from tunnel.lab.testbed import missing_tools
 
-from tunnel.planes import dp
+from .conftest import NATIVE_MISSING, needs, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(
-    not dp.available() or not shutil.which("gcc"), reason="needs gcc and the native plane"
-)
+pytestmark = [needs(NATIVE_MISSING), needs(missing_tools(("gcc",)))]
 
 DRIVER = textwrap.dedent(r"""
     import importlib.machinery, importlib.util, os, random, socket, struct, sys, threading, time
@@ -212,7 +209,7 @@ def test_asan_fuzz(tmp_path: Path) -> None:
         ["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True
     ).stdout.strip()
     if not libasan or not os.path.exists(libasan):
-        pytest.skip("libasan not installed")
+        unavailable("libasan is not installed")
     build = subprocess.run(
         [
             sys.executable,

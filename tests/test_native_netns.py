@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -21,17 +20,18 @@ import sys
 
 import pytest
 
+from tunnel.lab.testbed import host_problem
 from tunnel.planes import dp
+
+from .conftest import NATIVE_MISSING, needs
 
 TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_TAP, IFF_NO_PI = 0x0001, 0x0002, 0x1000
 
 pytestmark = [
-    pytest.mark.skipif(not dp.available(), reason="tunnel.planes._native not built"),
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or not shutil.which("ip"),
-        reason="needs root, /dev/net/tun and ip",
-    ),
+    needs(NATIVE_MISSING),
+    needs(host_problem(("ip",))),
+    needs(None if os.path.exists("/dev/net/tun") else "no /dev/net/tun"),
 ]
 
 SERVER = r"""

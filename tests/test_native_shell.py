@@ -11,8 +11,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pytest
-
 from tunnel.core.actions import Send, SendBatch
 from tunnel.host import clock
 from tunnel.planes import dp
@@ -20,9 +18,10 @@ from tunnel.planes.native import NativeShell
 from tunnel.protocol.constants import REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES, REKEY_TIMEOUT
 from tunnel.protocol.messages import Initiation, parse
 
+from .conftest import NATIVE_MISSING, needs
 from .simnet import Node, SimNet, ipv4_packet, unbatched
 
-pytestmark = pytest.mark.skipif(not dp.available(), reason="tunnel.planes._native not built")
+pytestmark = needs(NATIVE_MISSING)
 
 
 def sends(actions: list) -> list[Send]:

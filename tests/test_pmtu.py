@@ -6,7 +6,7 @@ namespace tests show real Linux hosts accept the replies."""
 
 import struct
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tunnel.core.l2 import too_big_reply
@@ -189,10 +189,111 @@ def test_vlan_tags_are_kept_and_counted_against_the_mtu():
     assert too_big_reply(frame(ipv4(1500), 0x0800, tags=three), MTU) is None
 
 
+def check_reply(sent: bytes, mtu: int, reply: bytes | None) -> None:
+    """What any answer to `sent` must be: the error a router with a next hop of
+    `mtu` would send, back to the sender on its VLAN, its checksums right, quoting
+    the start of the packet, and no bigger than its family's minimum MTU."""
+    if reply is None:
+        return
+    assert len(sent) - 14 > mtu  # only a frame too big is answered
+    assert reply[:6] == sent[6:12] and reply[6:12] == sent[:6]
+    offset = 14
+    while sent[offset - 2 : offset] in (b"\x81\x00", b"\x88\xa8"):
+        offset += 4
+    assert reply[12:offset] == sent[12:offset]  # tags and ethertype kept
+    ip, packet, ip_mtu = reply[offset:], sent[offset:], mtu - (offset - 14)
+    if sent[offset - 2 : offset] == b"\x08\x00":
+        assert ip[0] == 0x45 and ip[9] == 1 and int.from_bytes(ip[2:4], "big") == len(ip)
+        assert ip[12:16] == packet[16:20] and ip[16:20] == packet[12:16]
+        assert checksum_ok(ip[:20]) and checksum_ok(ip[20:])
+        assert ip[20:22] == b"\x03\x04" and int.from_bytes(ip[26:28], "big") == ip_mtu
+        # RFC 792: the header and 64 bits of data, but no more than the packet holds.
+        quoted = min((packet[0] & 0x0F) * 4 + 8, int.from_bytes(packet[2:4], "big"))
+        assert ip[28:] == packet[:quoted]
+        assert len(ip) <= 576  # RFC 1812 4.3.2.3
+    else:
+        assert sent[offset - 2 : offset] == b"\x86\xdd"
+        assert ip[0] >> 4 == 6 and ip[6] == 58 and int.from_bytes(ip[4:6], "big") == len(ip) - 40
+        assert ip[8:24] == packet[24:40] and ip[24:40] == packet[8:24]
+        assert checksum_ok(ip[8:40] + struct.pack("!I3xB", len(ip) - 40, 58) + ip[40:])
+        assert ip[40:42] == b"\x02\x00" and int.from_bytes(ip[44:48], "big") == ip_mtu
+        assert ip[48:] == packet[: len(ip) - 48]
+        assert len(ip) <= 1280  # RFC 4443 2.4 (c)
+
+
+def mostly(draw, usual, other: st.SearchStrategy):
+    """`usual` three times in four, else anything `other` gives."""
+    return usual if draw(st.integers(0, 3)) else draw(other)
+
+
+def address(draw, size: int) -> bytes:
+    """Unicast mostly, but also multicast, loopback, unspecified, broadcast."""
+    first = mostly(draw, 10, st.sampled_from((0, 127, 224, 255)))
+    return bytes([first]) + draw(st.binary(min_size=size - 1, max_size=size - 1))
+
+
+@st.composite
+def too_big(draw) -> tuple[bytes, int]:
+    """A frame and an MTU around its size, the frame one that often deserves an
+    answer: IP of either version under up to three tags (more than are answered),
+    its header fields, lengths and addresses mostly sound but any value at times."""
+    tags = b"".join(
+        draw(st.sampled_from((b"\x81\x00", b"\x88\xa8"))) + draw(st.binary(min_size=2, max_size=2))
+        for _ in range(mostly(draw, draw(st.integers(0, 2)), st.just(3)))
+    )
+    mac = st.binary(min_size=6, max_size=6)  # a group address at times
+    frame = mostly(draw, MAC_Y, mac) + mostly(draw, MAC_X, mac) + tags
+    # The first bytes vary (an ICMP type, say); the length matters more than the rest.
+    size = mostly(draw, draw(st.integers(1240, 1600)), st.integers(0, 1600))
+    body = draw(st.binary(max_size=8)) + bytes(size)
+    if draw(st.booleans()):
+        options = bytes(4 * draw(st.integers(0, 10)))
+        ihl = 5 + len(options) // 4
+        header = bytearray(
+            struct.pack(
+                "!BBHHHBB2s4s4s",
+                mostly(draw, 0x40 | ihl, st.integers(0, 255)),
+                0,
+                mostly(draw, 20 + len(options) + len(body), st.integers(0, 0xFFFF)),
+                0,
+                mostly(draw, 0x4000, st.integers(0, 0xFFFF)),  # don't fragment
+                64,
+                mostly(draw, 6, st.sampled_from((1, 17, 58, 255))),
+                b"\0\0",
+                address(draw, 4),
+                address(draw, 4),
+            )
+            + options
+        )
+        if draw(st.integers(0, 9)):
+            header[10:12] = internet_checksum(header[: (header[0] & 0x0F) * 4]).to_bytes(2, "big")
+        frame += b"\x08\x00" + header + body
+    else:
+        frame += b"\x86\xdd" + struct.pack(
+            "!IHBB16s16s",
+            6 << 28,
+            mostly(draw, len(body), st.integers(0, 0xFFFF)),
+            mostly(draw, 6, st.sampled_from((1, 17, 58, 255))),
+            64,
+            address(draw, 16),
+            address(draw, 16),
+        )
+        frame += body
+    return frame, max(
+        0, len(frame) - 14 - mostly(draw, draw(st.integers(1, 12)), st.integers(-8, 1000))
+    )
+
+
 @given(st.binary(max_size=2000), st.integers(min_value=0, max_value=70000))
-def test_never_raises_on_arbitrary_bytes(data, mtu):
-    reply = too_big_reply(data, mtu)
-    assert reply is None or isinstance(reply, bytes)
+def test_arbitrary_bytes_get_no_answer_or_a_sound_one(data, mtu):
+    check_reply(data, mtu, too_big_reply(data, mtu))
+
+
+@settings(max_examples=500)  # a few answers in every hundred cases are tagged
+@given(too_big())
+def test_any_answer_fits_its_family_minimum_mtu_checksums_and_quotes_the_packet(case):
+    sent, mtu = case
+    check_reply(sent, mtu, too_big_reply(sent, mtu))
 
 
 @given(
@@ -204,23 +305,13 @@ def test_never_raises_on_arbitrary_bytes(data, mtu):
 def test_every_reply_is_well_formed(size, mtu, payload, v6):
     if v6:
         size = max(size, 40)
-        original = ipv6(size, next_header=58, payload=b"\x80" + payload)
-        reply = too_big_reply(frame(original, 0x86DD), mtu)
+        sent = frame(ipv6(size, next_header=58, payload=b"\x80" + payload), 0x86DD)
     else:
-        original = ipv4(size, proto=1, payload=b"\x08" + payload)
-        reply = too_big_reply(frame(original, 0x0800), mtu)
+        sent = frame(ipv4(size, proto=1, payload=b"\x08" + payload), 0x0800)
+    reply = too_big_reply(sent, mtu)
     ip_mtu_limit = 1280 if v6 else 68
-    if size <= mtu or mtu < ip_mtu_limit:
-        assert reply is None
-        return
-    assert reply is not None and reply[:12] == MAC_X + MAC_Y
-    ip = reply[14:]
-    if v6:
-        assert len(ip) <= 1280 and ip[48:] == original[: len(ip) - 48]
-        assert checksum_ok(ip[8:40] + struct.pack("!I3xB", len(ip) - 40, 58) + ip[40:])
-    else:
-        assert checksum_ok(ip[:20]) and checksum_ok(ip[20:])
-        assert ip[28:] == original[:28]
+    assert (reply is None) == (size <= mtu or mtu < ip_mtu_limit)
+    check_reply(sent, mtu, reply)
 
 
 def test_a_packet_no_peer_takes_gets_host_unreachable():

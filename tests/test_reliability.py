@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -212,7 +213,7 @@ def test_hostile_flood_is_counted_and_changes_nothing(bed, tmp_path, datapath):
         assert sent_hash == received_hash
 
 
-def test_handshake_flood_gets_cookie_replies_then_a_rate_limit(bed, tmp_path):
+def test_initiation_flood_from_two_sources_gets_cookies_then_a_per_source_limit(bed, tmp_path):
     """Two addresses flood initiations that know our public key, and take the
     cookies handed out, as senders at real addresses can. Under load each gets its
     cookie, and once its initiations carry it, at most WireGuard's 20/s (burst 5)
@@ -259,6 +260,30 @@ def test_handshake_flood_gets_cookie_replies_then_a_rate_limit(bed, tmp_path):
         # The established peer never noticed.
         received = int(re.search(r"(\d+) received", out).group(1))
         assert received >= 38, out
+        no_traceback(a)
+
+
+def test_a_peer_initiating_too_fast_gets_one_response_per_flood_interval(bed, tmp_path, datapath):
+    """Initiations that are really the peer's (its key stolen, or a client gone
+    wrong) in bursts of four back to back: the first of each burst is answered,
+    the others come within 1/INITIATIONS_PER_SECOND of it and are dropped as
+    handshake_flood before they cost a response. The real peer then handshakes
+    as ever: the flood left it nothing to be refused for."""
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath)
+    with start_pyvpn(bed.a, path_a) as a:
+        before = pyvpn_status(a.name)
+        private_b = tomllib.loads(path_b.read_text())["interface"]["private_key"]
+        report = hostile(
+            bed.b, f"{UNDERLAY_A}:{PORT}", "--public-key", before["public_key"],
+            "--as-peer", private_b, "--bursts", "20", "--burst", "4",
+        )  # fmt: skip
+        after = pyvpn_status(a.name)
+        flood = after["drops"].get("handshake_flood", 0) - before["drops"].get("handshake_flood", 0)
+        # Every initiation answered or dropped as a flood; most of them dropped.
+        assert report["responses"] + flood == report["sent"], (report, after["drops"])
+        assert flood >= report["sent"] // 2, (report, after["drops"])
+        with start_pyvpn(bed.b, path_b):
+            wait_reachable(bed.b, INNER_A)
         no_traceback(a)
 
 

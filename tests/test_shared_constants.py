@@ -6,17 +6,17 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
-
 from tunnel.planes import dp
 from tunnel.protocol import constants
+
+from .conftest import NATIVE_MISSING, needs
 
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native"
 sys.path.insert(0, str(NATIVE))
 import build  # noqa: E402  (native/build.py, by path)
 
-needs_native = pytest.mark.skipif(not dp.available(), reason="the native plane is not built")
+needs_native = needs(NATIVE_MISSING)
 
 
 def test_every_shared_name_is_a_python_constant() -> None:

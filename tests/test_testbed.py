@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tunnel.control import config
 from tunnel.lab.testbed import (
     IFNAMSIZ,
     INNER_A,
@@ -30,10 +31,10 @@ from tunnel.lab.testbed import (
 )
 from tunnel.protocol import keys
 
-_PROBLEM = host_problem(("ip", "ping"))
-_WG_PROBLEM = host_problem(("wireguard-go", "wg"))
-needs_wireguard_go = pytest.mark.skipif(_WG_PROBLEM is not None, reason=_WG_PROBLEM or "")
-pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
+from .conftest import needs
+
+needs_wireguard_go = needs(host_problem(("wireguard-go", "wg")))
+pytestmark = needs(host_problem(("ip", "ping")))
 
 
 @pytest.fixture
@@ -142,7 +143,6 @@ def test_pair_config_overrides_set_and_remove_keys(tmp_path) -> None:
 
 
 def test_pair_configs_are_valid_pyvpn_configs(tmp_path) -> None:
-    config = pytest.importorskip("tunnel.control.config")
     for mode in ("tun", "tap"):
         for path in write_pair_configs(tmp_path, mode, persistent_keepalive=5):
             loaded = config.load(str(path))

@@ -316,12 +316,28 @@ def test_a_file_others_can_read_is_a_warning(tmp_path: Path) -> None:
     assert config.load(str(path)).warnings == []
 
 
-def test_up_with_a_broken_file_says_one_line_and_exits_2(tmp_path: Path) -> None:
+def test_up_with_a_broken_file_says_one_line_exits_2_and_leaves_nothing(bed, tmp_path) -> None:
     path = wg0(tmp_path, GOOD.format("PersistentKeepalive = 25"))
-    result = pyvpn("up", str(path))
+
+    def network() -> list[str]:
+        return [
+            bed.a.run("ip", *what).stdout
+            for what in (
+                ["-o", "link"],
+                ["-o", "address"],
+                ["-4", "route", "show", "table", "all"],
+                ["-6", "route", "show", "table", "all"],
+                ["-4", "rule"],
+                ["-6", "rule"],
+            )
+        ]
+
+    before = network()
+    result = pyvpn("up", str(path), netns=bed.a.name)
     assert result.returncode == 2
     assert result.stderr == f"pyvpn: {path}:4: PersistentKeepalive: belongs in [Peer]\n"
-    assert not Path("/sys/class/net/wg0").exists() or result.stdout == ""
+    assert result.stdout == ""
+    assert network() == before  # no device, address, route or rule
 
 
 def test_toml_hooks_and_dns(tmp_path: Path) -> None:

@@ -138,6 +138,11 @@ def host_problem(tools: Sequence[str] = ("ip", "ping", "iperf3", "ss")) -> str |
     """Why this machine cannot build testbeds and measure through them, or None."""
     if os.geteuid() != 0:
         return "must run as root (it creates network namespaces)"
+    return missing_tools(tools)
+
+
+def missing_tools(tools: Sequence[str]) -> str | None:
+    """Which of these commands are not on the PATH, or None."""
     missing = [t for t in tools if shutil.which(t) is None]
     return f"missing required tools: {', '.join(missing)}" if missing else None
 
