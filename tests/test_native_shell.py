@@ -43,6 +43,7 @@ class Session:
     b: Node
     shell: NativeShell
     udp_b: socket.socket
+    dev: socket.socket  # a's device, the test's end
     confirmation: bytes  # b's first transport message, sent only if confirm
 
 
@@ -72,7 +73,7 @@ def confirmed_session(confirm: bool = True) -> Iterator[Session]:
         if confirm:
             udp_b.sendto(transport.data, a.address)
             assert dev.recv(2048).endswith(ipv4_packet("10.0.0.2", "10.0.0.1"))
-        yield Session(net, a, b, shell, udp_b, transport.data)
+        yield Session(net, a, b, shell, udp_b, dev, transport.data)
     finally:
         shell.stop()
         for s in (udp_a, udp_b, dev):
