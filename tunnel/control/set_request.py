@@ -71,6 +71,9 @@ async def set_request(tunnel: Settable, args: list[str]) -> str:
         log.warning("%s: set refused: socket: %s", tunnel.name, e.strerror)
         await loop.run_in_executor(None, _undo, tunnel.name, undo)
         return uapi.set_error_response(e.errno or errno.EIO)
+    except Exception:
+        await loop.run_in_executor(None, _undo, tunnel.name, undo)
+        raise
     undo.pop_all()
     if new is not None:
         tunnel.plane.replace_socket(new)
@@ -92,7 +95,7 @@ def _prepare_socket(
     tunnel: Settable, change: Change, undo: contextlib.ExitStack
 ) -> socket.socket | None:
     """The fwmark set on the live socket, and for a new listen port a new socket,
-    bound and marked, that takes over at the end."""
+    bound now, that takes the live socket's mark and its place at the end."""
     sock = tunnel.plane.sock
     mark = udp.mark(sock)
     undo.callback(_mark_back, sock, mark)  # the request's fwmark, or the full tunnel's
