@@ -4,6 +4,8 @@ What a user sees: traffic starts or stops, `wg show` and the kernel's routes fol
 and a refused change says why and changes nothing."""
 
 import contextlib
+import errno
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from tunnel.lab.testbed import (
     reachable,
     render_config,
     start_pyvpn,
+    uapi_socket,
     wait_reachable,
     write_pair_configs,
 )
@@ -313,3 +316,75 @@ def test_refused_changes_say_why_and_change_nothing(bed, tmp_path, datapath):
         assert reachable(bed.a, INNER_B)
         wg(bed.b, "set", b.name, "fwmark", "0")
         assert "fwmark" not in wg(bed.b, "show", b.name).stdout
+
+
+def test_a_route_the_kernel_refuses_leaves_peer_fwmark_and_routes_as_they_were(
+    bed, tmp_path, datapath
+):
+    """With IPv6 off in B's namespace, the IPv6 route of a `wg set` cannot go in:
+    the whole request is refused with the kernel's reason; the fwmark and the
+    listen port it also set and the IPv4 route that did go in are taken back, and
+    A keeps its networks."""
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath)
+    key_a = public_of(path_a)
+    with start_pyvpn(bed.a, path_a), start_pyvpn(bed.b, path_b) as b:
+        wait_reachable(bed.a, INNER_B)
+        bed.b.sysctl("net.ipv6.conf.all.disable_ipv6", 1)
+        before, routed = wg(bed.b, "showconf", b.name).stdout, routes(bed.b, b.name)
+        shown = pyvpn("show", b.name, netns=bed.b.name).stdout
+        argv = ("listen-port", "4003", "fwmark", "0x42", "peer", key_a)
+        argv += ("allowed-ips", "fd00:1::/64,10.83.0.2/32")
+        result = wg(bed.b, "set", b.name, *argv, check=False)
+        assert result.returncode != 0 and "Permission denied" in result.stderr
+        assert "cannot add route fd00:1::/64" in b.output()
+        assert wg(bed.b, "showconf", b.name).stdout == before
+        assert "fwmark" not in wg(bed.b, "show", b.name).stdout
+        assert ":4003 " not in bed.b.run("ss", "-Huln").stdout
+        assert routes(bed.b, b.name) == routed and "10.83.0.2" not in routed
+        assert (
+            pyvpn("show", b.name, netns=bed.b.name).stdout.split("\n\n")[0]
+            == (shown.split("\n\n")[0])
+        )
+        assert reachable(bed.a, INNER_B) and reachable(bed.b, INNER_A)
+
+
+def test_a_listen_port_taken_refuses_the_fwmark_sent_with_it(bed, tmp_path, datapath):
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath)
+    with start_pyvpn(bed.a, path_a), start_pyvpn(bed.b, path_b) as b:
+        wait_reachable(bed.a, INNER_B)
+        before = wg(bed.b, "showconf", b.name).stdout
+        with holding_udp_port(bed.b, 4002):
+            argv = ("set", b.name, "fwmark", "0x42", "listen-port", "4002")
+            result = wg(bed.b, *argv, check=False)
+        assert result.returncode != 0 and "Address already in use" in result.stderr
+        assert wg(bed.b, "showconf", b.name).stdout == before
+        assert wg(bed.b, "show", b.name, "fwmark").stdout == "off\n"
+        assert wg(bed.b, "show", b.name, "listen-port").stdout == "51820\n"
+        assert ":4002 " not in bed.b.run("ss", "-Huln").stdout
+        assert reachable(bed.a, INNER_B)
+
+
+def test_a_line_over_64_kib_gets_an_errno_and_the_tunnel_serves_on(bed, tmp_path, datapath):
+    """A set request whose line overruns the reader: an errno reply, nothing
+    applied, and the same connection answers the next operation."""
+    path_a, path_b = write_pair_configs(tmp_path, "tun", datapath)
+    with start_pyvpn(bed.a, path_a), start_pyvpn(bed.b, path_b) as b:
+        wait_reachable(bed.a, INNER_B)
+        before = wg(bed.b, "showconf", b.name).stdout
+        key_a = bytes.fromhex(uapi_client.request(b.name, "get=1")["public_key"])
+        huge = f"public_key={key_a.hex()}\nallowed_ip=10.84.0.0/24\nendpoint=" + "1" * 200_000
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(uapi_socket(b.name)))
+            sock.sendall(f"set=1\n{huge}\n\nget=1\n\n".encode())
+            replies = b""
+            while not replies.endswith(b"errno=0\n\n"):
+                chunk = sock.recv(1 << 16)
+                assert chunk, replies
+                replies += chunk
+        refused, _, got = replies.decode().partition("\n\n")
+        assert refused == f"errno={-errno.EMSGSIZE}"
+        assert got.startswith("private_key=") and f"public_key={key_a.hex()}" in got
+        assert "a line over 64 KiB" in b.output() and "Traceback" not in b.output()
+        assert wg(bed.b, "showconf", b.name).stdout == before
+        assert reachable(bed.a, INNER_B) and b.alive()

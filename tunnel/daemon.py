@@ -17,16 +17,16 @@ import uvloop
 from tunnel.control import save_config, show, uapi, uapi_client, wg_quick
 from tunnel.control.config import Config, ConfigError
 from tunnel.control.reresolve import follow_names
+from tunnel.control.set_request import set_request
 from tunnel.control.status import snapshot
 from tunnel.control.uapi_socket import SOCKET_DIR, socket_path
-from tunnel.core import reconfig
 from tunnel.core.interface import Interface
 from tunnel.host import clock, hooks, netlink, resolvconf, sd_notify, udp
 from tunnel.host.device import DeviceError, open_device
 from tunnel.host.full_tunnel import FullTunnel, remove_leftovers
 from tunnel.host.link_watch import LinkWatch
 from tunnel.host.privileges import PrivilegeError, drop_privileges
-from tunnel.host.routing import InterfaceAddress
+from tunnel.host.routing import InterfaceAddress, numbered
 from tunnel.host.udp import SocketError, open_socket
 from tunnel.planes import dp
 from tunnel.planes.base import Plane
@@ -82,7 +82,7 @@ def _up(config: Config, datapath: str) -> int:
         try:
             # The core's table, not the config's lists: a network listed twice is routed once.
             routes = set() if c.table == "off" else iface.routes.networks()
-            netlink.configure(c.name, mtu, c.addresses, routes, c.bridge, _numbered(c.table))
+            netlink.configure(c.name, mtu, c.addresses, routes, c.bridge, numbered(c.table))
             if c.fwmark:
                 udp.set_mark(sock, c.fwmark)
             if c.table == "auto":
@@ -380,14 +380,24 @@ async def _serve_uapi(tunnel: Tunnel, status) -> asyncio.AbstractServer:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                line = (await reader.readline()).decode(errors="replace").strip()
-                if not line:
+                line = await uapi.read_line(reader)
+                if line == "":
                     break
                 # An operation's arguments end at an empty line; get has none.
-                args = []
-                while arg := (await reader.readline()).decode(errors="replace").strip():
-                    args.append(arg)
-                if line == "get=1":
+                args, too_long = [], line is None
+                while (arg := await uapi.read_line(reader)) != "":
+                    if arg is None:
+                        too_long = True
+                    else:
+                        args.append(arg)
+                if too_long:
+                    log.warning("%s: UAPI: a line over 64 KiB, operation refused", tunnel.name)
+                    reply = (
+                        uapi.set_error_response(errno.EMSGSIZE)
+                        if line == "set=1"
+                        else uapi.error_response(errno.EMSGSIZE)
+                    )
+                elif line == "get=1":
                     reply = uapi.get_response(
                         tunnel.iface, tunnel.listen_port, udp.mark(tunnel.plane.sock)
                     )
@@ -397,7 +407,7 @@ async def _serve_uapi(tunnel: Tunnel, status) -> asyncio.AbstractServer:
                     reply = uapi.text_response(show.render(status()))
                 elif line == "set=1":
                     async with tunnel.setting:
-                        reply = await _set(tunnel, args)
+                        reply = await set_request(tunnel, args)
                 else:
                     reply = uapi.error_response(uapi.EPROTO)
                 writer.write(reply.encode())
@@ -414,76 +424,6 @@ async def _serve_uapi(tunnel: Tunnel, status) -> asyncio.AbstractServer:
         return await asyncio.start_unix_server(handle, path=str(path))
     finally:
         os.umask(old_umask)
-
-
-async def _set(tunnel: Tunnel, args: list[str]) -> str:
-    """`wg set`, `wg setconf`, `wg syncconf`: checked whole, then applied to the core,
-    the plane, the socket's fwmark and the kernel's routes."""
-    name, iface, plane, full_tunnel = tunnel.name, tunnel.iface, tunnel.plane, tunnel.full_tunnel
-    try:
-        change = uapi.parse_set(args)
-        fwmark = udp.mark(plane.sock)
-        uapi.check(iface, change, fwmark, bool(full_tunnel.versions), tunnel.table == "auto")
-        _set_socket(tunnel, change)
-    except (reconfig.Refused, udp.SocketError) as e:
-        log.warning("%s: set refused: %s", name, e)
-        return uapi.set_error_response(e.errno)
-    except OSError as e:  # setting the fwmark, or the new socket's setup
-        log.warning("%s: set refused: socket: %s", name, e.strerror)
-        return uapi.set_error_response(e.errno or errno.EIO)
-    before = iface.routes.networks()
-    applied = reconfig.apply(iface, change, clock.now())
-    plane.reconfigured(applied)
-    after = iface.routes.networks()
-    log.info(
-        "%s: set: peers added %d, removed %d, changed %d",
-        name,
-        len(applied.added),
-        len(applied.removed),
-        len(applied.updated),
-    )
-
-    def follow() -> None:
-        if tunnel.table == "off":
-            return
-        netlink.update_routes(name, after - before, before - after, _numbered(tunnel.table), after)
-        if tunnel.table == "auto":
-            full_tunnel.fit(after)
-
-    # pyroute2 runs its own event loop: in a worker thread, not inside this one.
-    try:
-        await asyncio.get_running_loop().run_in_executor(None, follow)
-    except netlink.LinkError as e:
-        log.warning("%s: %s", name, e)
-        return uapi.set_error_response(e.errno)
-    return uapi.error_response(0)
-
-
-def _numbered(table: str | int) -> int | None:
-    """netlink's table: a number of the user's, or None for wg-quick's "auto"."""
-    return table if isinstance(table, int) else None
-
-
-def _set_socket(tunnel: Tunnel, change: reconfig.Change) -> None:
-    """The socket's part of a set request: its fwmark and its port. A new port gets
-    a new socket, bound (or refused) before anything else changes."""
-    sock = tunnel.plane.sock
-    new = None
-    if change.listen_port is not None and change.listen_port != tunnel.listen_port:
-        new = udp.open_socket(change.listen_port)
-    try:
-        if change.fwmark is not None:
-            udp.set_mark(sock, change.fwmark)
-        if new is not None:
-            udp.set_mark(new, udp.mark(sock))
-    except OSError:
-        if new is not None:
-            new.close()
-        raise
-    if new is not None:
-        tunnel.plane.replace_socket(new)
-        tunnel.listen_port = sock.getsockname()[1]
-        log.info("%s: now listening on UDP port %d", tunnel.name, tunnel.listen_port)
 
 
 def _remove_socket(name: str) -> None:

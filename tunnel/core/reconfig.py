@@ -2,17 +2,21 @@
 through the UAPI (uapi.parse_set), applied to the sans-IO core in one step. The
 request is checked whole before this runs, so a bad one changes nothing."""
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from tunnel.protocol.address import Address
-from tunnel.protocol.allowed_ips import Network
-from tunnel.protocol.keys import public_key
+from tunnel.protocol.allowed_ips import AllowedIPs, Network
+from tunnel.protocol.keypair import Keypair
+from tunnel.protocol.noise import Handshake, StaticIdentity
 from tunnel.protocol.peer import Peer
 from tunnel.protocol.peer_config import PeerConfig
 
 from .actions import Action, Deliver, Send
 from .interface import Interface
+
+T = TypeVar("T")
 
 
 class Refused(Exception):
@@ -68,37 +72,24 @@ class Applied:
 def apply(iface: Interface, change: Change, now: float) -> Applied:
     """Apply the interface's part of `change` (the socket's part is the shell's)."""
     applied = Applied()
-
-    def remove(key: bytes) -> None:
-        peer = iface.peers[key]
-        iface.remove_peer(key)
-        if peer in applied.added:
-            applied.added.remove(peer)
-        else:
-            applied.removed.append(peer)
-
-    if change.private_key is not None and change.private_key != iface.identity.private_key:
-        # No peer may carry our own public key (device.go SetPrivateKey).
-        if any(change.private_key) and public_key(change.private_key) in iface.peers:
-            remove(public_key(change.private_key))
+    steps = list(_steps(iface, change))
+    if _new_private_key(iface, change):
+        assert change.private_key is not None
         applied.actions += iface.set_private_key(change.private_key)
-    if change.replace_peers:
-        for key in list(iface.peers):
-            remove(key)
-    for pc in change.peers:
-        if pc.public_key == iface.identity.public_key:
-            continue  # ourselves: ignored, as wireguard-go does
-        peer = iface.peers.get(pc.public_key)
-        if pc.remove:
-            if peer is not None:
-                remove(pc.public_key)
+    for key, section in steps:
+        peer = iface.peers.get(key)
+        if section is None:
+            assert peer is not None
+            iface.remove_peer(key)
+            if peer in applied.added:
+                applied.added.remove(peer)
+            else:
+                applied.removed.append(peer)
             continue
         if peer is None:
-            if pc.update_only:
-                continue
-            peer = iface.add_peer(PeerConfig(pc.public_key))
+            peer = iface.add_peer(PeerConfig(key))
             applied.added.append(peer)
-        _update(iface, peer, pc, now, applied)
+        _update(iface, peer, section, now, applied)
 
     def live(peer: Peer) -> bool:
         return iface.peers.get(peer.public_key) is peer
@@ -111,6 +102,125 @@ def apply(iface: Interface, change: Change, now: float) -> Applied:
     return applied
 
 
+def networks_after(iface: Interface, change: Change) -> set[Network]:
+    """The allowed networks once `change` is applied, foreseen without applying it:
+    the kernel's routes for them are added before the core takes the change, so a
+    route the kernel refuses leaves the core as it was."""
+    routes: AllowedIPs[bytes] = AllowedIPs()
+    for key, peer in iface.peers.items():
+        for network in iface.routes.networks_of(peer):
+            routes.insert(network, key)
+    for key, section in _steps(iface, change):
+        if section is None:
+            routes.remove_owner(key)
+        else:
+            _edit_allowed_ips(routes, key, section)
+    return routes.networks()
+
+
+class PeerBefore(NamedTuple):
+    """What apply may change in a peer that stays."""
+
+    preshared_key: bytes | None
+    handshake: Handshake
+    endpoint: Address | None
+    endpoint_name: Address | None
+    allowed_macs: frozenset[bytes]
+    persistent_keepalive: int
+    keypairs: tuple[Keypair | None, Keypair | None, Keypair | None]
+
+
+class Before:
+    """The core as it was before a change, to put back if the plane refuses to
+    follow it (the native plane: C could not take a peer). Sessions come back only
+    with an external transport, which frees keypairs itself: without one a new
+    private key has erased the old sessions' keys, and those peers handshake
+    again."""
+
+    def __init__(self, iface: Interface, change: Change) -> None:
+        self.identity, self.cookie_checker = iface.identity, iface.cookie_checker
+        self.peers = dict(iface.peers)
+        self.indices = dict(iface.indices)
+        self.networks = {peer: iface.routes.networks_of(peer) for peer in iface.peers.values()}
+        # A new private key touches every peer; otherwise only those the request names.
+        named = {pc.public_key for pc in change.peers}
+        touched = [
+            p for k, p in iface.peers.items() if change.private_key is not None or k in named
+        ]
+        self.fields = {
+            p: PeerBefore(
+                p.preshared_key,
+                p.handshake,
+                p.endpoint,
+                p.endpoint_name,
+                p.allowed_macs,
+                p.persistent_keepalive,
+                (p.current, p.previous, p.next),
+            )
+            for p in touched
+        }
+
+    def restore(self, iface: Interface) -> None:
+        for peer in iface.peers.values():
+            if self.peers.get(peer.public_key) is not peer:
+                iface.macs.forget_owner(peer)  # added by the change
+        # Their MAC addresses are bound again (learned ones are learned anew).
+        rebound = [
+            p for k, p in self.peers.items() if p in self.fields or iface.peers.get(k) is not p
+        ]
+        iface.identity, iface.cookie_checker = self.identity, self.cookie_checker
+        iface.peers.clear()
+        iface.peers.update(self.peers)
+        iface.indices = dict(self.indices)
+        iface.routes = AllowedIPs()
+        for peer, networks in self.networks.items():
+            for network in networks:
+                iface.routes.insert(network, peer)
+        for peer, before in self.fields.items():
+            peer.handshake = before.handshake
+            peer.set_preshared_key(before.preshared_key)
+            peer.endpoint, peer.endpoint_name = before.endpoint, before.endpoint_name
+            peer.allowed_macs = before.allowed_macs
+            peer.timers.set_persistent_keepalive(float(before.persistent_keepalive))
+            if iface.external_transport:
+                peer.current, peer.previous, peer.next = before.keypairs
+        for peer in rebound:
+            iface.macs.bind(peer, peer.allowed_macs)
+
+
+def _new_private_key(iface: Interface, change: Change) -> bool:
+    return change.private_key is not None and change.private_key != iface.identity.private_key
+
+
+def _steps(iface: Interface, change: Change) -> Iterator[tuple[bytes, PeerChange | None]]:
+    """The request peer by peer, in order, as (public key, its section to apply,
+    adding the peer if it is new) or (public key, None: the peer goes). Both apply
+    and networks_after follow these, so what one foresees the other does."""
+    present = set(iface.peers)
+    own = iface.identity.public_key
+    if _new_private_key(iface, change):
+        assert change.private_key is not None
+        own = StaticIdentity(change.private_key).public_key
+        # No peer may carry our own public key (device.go SetPrivateKey).
+        if any(change.private_key) and own in present:
+            present.discard(own)
+            yield own, None
+    if change.replace_peers:
+        yield from ((key, None) for key in list(present))
+        present.clear()
+    for pc in change.peers:
+        key = pc.public_key
+        if key == own:
+            continue  # ourselves: ignored, as wireguard-go does
+        if pc.remove:
+            if key in present:
+                present.discard(key)
+                yield key, None
+        elif key in present or not pc.update_only:
+            present.add(key)
+            yield key, pc
+
+
 def _update(iface: Interface, peer: Peer, pc: PeerChange, now: float, applied: Applied) -> None:
     if pc.preshared_key is not None:
         peer.set_preshared_key(pc.preshared_key if any(pc.preshared_key) else None)
@@ -120,14 +230,7 @@ def _update(iface: Interface, peer: Peer, pc: PeerChange, now: float, applied: A
         if pc.endpoint is not None and pc.endpoint != peer.endpoint:
             peer.endpoint = pc.endpoint
             applied.updated.append(peer)
-    if pc.replace_allowed_ips or pc.allowed_ips:
-        if pc.replace_allowed_ips:
-            iface.routes.remove_owner(peer)
-        for network, remove in pc.allowed_ips:
-            if remove:
-                iface.routes.remove(network, peer)
-            else:
-                iface.routes.insert(network, peer)
+    if _edit_allowed_ips(iface.routes, peer, pc):
         applied.updated.append(peer)
     if pc.allowed_macs is not None:
         peer.allowed_macs = frozenset(pc.allowed_macs)
@@ -139,3 +242,15 @@ def _update(iface: Interface, peer: Peer, pc: PeerChange, now: float, applied: A
         if not was_on:
             # Turned on: announce at once (uapi.go pkaOn), as at start.
             applied.actions += iface.announce(peer, now)
+
+
+def _edit_allowed_ips(routes: AllowedIPs[T], owner: T, pc: PeerChange) -> bool:
+    """The section's allowed_ip lines, in order; whether it had any."""
+    if pc.replace_allowed_ips:
+        routes.remove_owner(owner)
+    for network, remove in pc.allowed_ips:
+        if remove:
+            routes.remove(network, owner)
+        else:
+            routes.insert(network, owner)
+    return pc.replace_allowed_ips or bool(pc.allowed_ips)

@@ -128,8 +128,8 @@ def update_routes(
     allowed: Iterable[Network] = (),
 ) -> None:
     """Follow a change of the allowed networks on a running tunnel, as configure
-    routes them; `allowed` are all of them after the change. A route the kernel
-    refuses raises LinkError."""
+    routes them; `allowed` are all of them before and after the change. A route
+    the kernel refuses raises LinkError, and then none of `add` was added."""
     add, remove = list(add), list(remove)
     with IPRoute() as ipr:
         index = _index(ipr, name)
@@ -193,9 +193,11 @@ def _change_routes(
     """Add or delete a route through the device for each network, many to a
     netlink message (one request each, acknowledged each): thousands of peers
     outside the device's prefix cost milliseconds, not a round trip each. The
-    first the kernel refuses raises LinkError, after the rest were tried."""
+    first the kernel refuses raises LinkError, after the rest were tried; an add
+    is all or nothing: the routes it did add are deleted again first."""
     if not networks:
         return
+    done: list[Network] = []
     refused: tuple[Network, int] | None = None
     batch = IPBatch()
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
@@ -209,10 +211,15 @@ def _change_routes(
                 struct.pack_into("=I", batch.batch, offset + 8, seq)
             sock.send(bytes(batch.batch))
             for seq, code in _acks(sock, len(chunk)):
-                if code and refused is None:
+                if not code:
+                    done.append(chunk[seq])
+                elif refused is None:
                     refused = (chunk[seq], code)
     if refused is not None:
         network, code = refused
+        if command == "add":
+            with contextlib.suppress(LinkError):
+                _change_routes("del", name, index, done, table)
         verb = "add" if command == "add" else "remove"
         raise LinkError(f"cannot {verb} route {network} on {name}: {os.strerror(code)}", code)
 

@@ -16,3 +16,9 @@ RESERVED_TABLES = {253: "default", RT_TABLE_MAIN: "main", RT_TABLE_LOCAL: "local
 def ip_versions(versions: Iterable[int]) -> str:
     """IP versions as show and the log name them: "IPv4 and IPv6"."""
     return " and ".join(f"IPv{v}" for v in sorted(versions))
+
+
+def numbered(table: str | int) -> int | None:
+    """netlink's table for a config's `table`: a number of the user's, or None for
+    wg-quick's "auto" (the main table, and a full tunnel's own)."""
+    return table if isinstance(table, int) else None

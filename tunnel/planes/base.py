@@ -114,6 +114,11 @@ class Plane:
         of them follows before the change's actions are carried out."""
         self.apply(applied.actions)
 
+    def reverted(self) -> None:
+        """The core was put back as it was before a change this plane refused
+        partway (reconfig.Before): a plane holding its own copy of the peers takes
+        them from the core again."""
+
     def carry_out(self, action: Action) -> None:
         """Keypair and Transmit actions are for a plane that moves transport
         messages outside the core; where the core moves them, it has already

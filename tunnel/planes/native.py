@@ -109,8 +109,8 @@ class NativeShell(Plane):
 
     def _add(self, peer: Peer) -> None:
         peer_id, self._next_id = self._next_id, self._next_id + 1
+        self.plane.add_peer(peer_id)  # refused: C and the maps hold nothing of it
         self.ids[peer], self.peers[peer_id] = peer_id, peer
-        self.plane.add_peer(peer_id)
         self._sync(peer)
 
     def _sync(self, peer: Peer) -> None:
@@ -122,18 +122,35 @@ class NativeShell(Plane):
         if self.iface.l2:
             self.plane.set_allowed_macs(peer_id, peer.allowed_macs)
 
+    def _remove(self, peer: Peer) -> None:
+        peer_id = self.ids.pop(peer)
+        del self.peers[peer_id]
+        self.last.pop(peer_id, None)
+        self.plane.remove_peer(peer_id)  # its keypairs and MAC addresses too
+
     def reconfigured(self, applied: Applied) -> None:
         for peer in applied.removed:
-            peer_id = self.ids.pop(peer)
-            del self.peers[peer_id]
-            self.last.pop(peer_id, None)
-            self.plane.remove_peer(peer_id)  # its keypairs and MAC addresses too
+            self._remove(peer)
         for peer in applied.added:
             self._add(peer)
         for peer in applied.updated:
             self._sync(peer)
         self.plane.set_mac1_key(self.iface.cookie_checker.mac1_key)  # a new private key's
         super().reconfigured(applied)
+
+    def reverted(self) -> None:
+        """C takes every peer from the core again: a peer the change removed comes
+        back (without its sessions, which C freed), one it added goes, and the
+        networks it moved between peers go back to their owners."""
+        for peer in [p for p in self.ids if self.iface.peers.get(p.public_key) is not p]:
+            self._remove(peer)
+        for peer in self.iface.peers.values():
+            if peer in self.ids:
+                self._sync(peer)
+            else:
+                self._add(peer)
+                self.iface.adopt(peer, None, None, None)
+        self.plane.set_mac1_key(self.iface.cookie_checker.mac1_key)
 
     def set_mtu(self, mtu: int) -> None:
         self.plane.set_mtu(mtu)  # C pads the packets it sends
