@@ -11,15 +11,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def pyvpn(
-    *args: str, input: str | None = None, netns: str | None = None, timeout: float = 30
+    *args: str,
+    input: str | None = None,
+    netns: str | None = None,
+    timeout: float = 30,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run the pyvpn command line as a user would (in a namespace if given)."""
+    """Run the pyvpn command line as a user would (in a namespace, in cwd, if given)."""
     argv = [sys.executable, "-m", "tunnel", *args]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        argv, input=input, capture_output=True, text=True, timeout=timeout, env=env
+        argv, input=input, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
     )
 
 

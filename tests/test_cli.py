@@ -92,6 +92,18 @@ BAD_CONFIGS = [
         config().replace('name = "pvcfg', 'name = "far/too/long/a/name'),
         "valid device name",
     ),
+    # A trailing newline is no part of a name (patterns match whole, not up to a "\n").
+    ("interface.name", config().replace('"\nprivate_key', '\\n"\nprivate_key'), "valid device"),
+    ("interface.dns[0]", config('dns = "lan\\n"'), "neither an IP address nor a search domain"),
+    # resolv.conf would take the newline for a line of its own.
+    (
+        "interface.dns[0]",
+        config('dns = "fe80::1%x\\nnameserver 203.0.113.66"'),
+        "not a nameserver's IP address",
+    ),
+    ("peer[0].allowed_macs[0]", config(peer='allowed_macs = "02:00:00:00:00:01\\n"'), "not a MAC"),
+    # User text in an error is quoted, its escapes shown rather than sent to the terminal.
+    ("'interface.\\x1b[2Jred'", config('"\\u001b[2Jred" = 1'), "unknown key"),
     ("interface.table", config('table = "sometimes"'), '"auto", "off", "main" or a table'),
     ("interface.table", config("table = 255"), "the kernel's local table"),
     ("interface.colour", config('colour = "blue"'), "unknown key"),
@@ -115,6 +127,7 @@ def test_bad_config_is_one_line_exit_2_and_leaves_nothing(bed, tmp_path, key, te
     result = pyvpn("up", str(path), netns=bed.a.name)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.removesuffix("\n").isprintable(), result.stderr
     assert result.stderr.startswith(f"pyvpn: {path}: ") and key in result.stderr
     assert problem in result.stderr
     assert bed.a.run("ip", "-o", "link").stdout == before

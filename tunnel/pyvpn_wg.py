@@ -10,19 +10,15 @@ the child's readiness byte, or its one-line error, and exits with either."""
 import importlib.metadata
 import logging
 import os
-import re
 import select
 import subprocess
 import sys
 import time
 
-from .control.config import DATAPATHS
+from .control.config import DATAPATHS, IFNAME, IFNAME_RULE
 from .daemon import SetupError, up_device
 
 PROG = "pyvpn-wg"
-# The interface names wg-quick takes (its parse_options), "." and ".." aside,
-# which Linux refuses (dev_valid_name).
-IFNAME = re.compile(r"(?!\.\.?$)[a-zA-Z0-9_=+.-]{1,15}")
 READY_FD = "PYVPN_WG_READY_FD"  # the pipe's write end, in the re-executed child
 READY = b"\0"
 START_TIMEOUT = 30.0
@@ -71,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     (name,) = names
     if not IFNAME.fullmatch(name):
-        fail(f"{name[:40]!r} is not an interface name (1 to 15 of A-Z a-z 0-9 _ = + . -)")
+        fail(f"{name[:40]!r} is not an interface name ({IFNAME_RULE})")
         return EXIT_USAGE
     if os.geteuid() != 0:
         fail(f"{name}: needs root (CAP_NET_ADMIN) to create the device")
