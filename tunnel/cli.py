@@ -343,10 +343,12 @@ def cmd_pubkey(args: argparse.Namespace) -> int:
 
 def cmd_mesh(args: argparse.Namespace) -> int:
     try:
-        lines = write_mesh(args.hosts, args.out, args.format)
+        lines, warnings = write_mesh(args.hosts, args.out, args.format)
     except OSError as e:
         print(f"pyvpn: {e.filename}: {e.strerror}", file=sys.stderr)
         return 1
+    for warning in warnings:
+        print(f"pyvpn: {warning}", file=sys.stderr)
     for line in lines:
         print(line)
     return 0
