@@ -11,6 +11,7 @@ import threading
 
 import pytest
 
+from tunnel import cli
 from tunnel.cli import restart_needed
 from tunnel.control import uapi_socket
 from tunnel.control.config import parse
@@ -271,6 +272,56 @@ def test_show_renders_what_a_daemon_from_before_get_pyvpn_text_sends():
         result.stdout
     )
     assert "  dropped: replay_or_forged 3" in result.stdout
+
+
+def as_nobody(*argv: str) -> tuple[int, str, str]:
+    """`pyvpn ARGV` as a user other than root (nobody, uid 65534) runs it: its exit
+    status, stdout and stderr. In a forked child, since the interpreter is root's
+    alone to start (it lives under /root)."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        status = 99
+        try:
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            with open(1, "w", closefd=False) as out, open(2, "w", closefd=False) as err:
+                sys.stdout, sys.stderr = out, err
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                status = cli.main(list(argv))
+        finally:
+            os._exit(status)
+    os.close(out_w)
+    os.close(err_w)
+    with os.fdopen(out_r) as out, os.fdopen(err_r) as err:
+        stdout, stderr = out.read(), err.read()
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status), stdout, stderr
+
+
+def test_a_user_not_root_is_told_permission_denied():
+    """A tunnel's socket is root's (mode 0700), as wireguard-go's is: another user's
+    show and down are refused there, and say so, as wg does, rather than that the
+    tunnel is not running or, for `pyvpn show`, nothing at all."""
+    name = f"pvperm{os.getpid()}"[:15]
+    path = uapi_socket.socket_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(str(path))
+        path.chmod(0o700)
+        listener.listen()
+        denied = f"pyvpn: {name}: Permission denied\n"
+        assert as_nobody("show", name) == (1, "", denied)
+        assert as_nobody("down", name) == (1, "", denied)
+        status, stdout, stderr = as_nobody("show")
+        assert (status, stdout) == (1, "") and denied in stderr
+    finally:
+        listener.close()
+        path.unlink(missing_ok=True)
 
 
 def test_down_unknown_tunnel():
