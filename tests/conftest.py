@@ -1,10 +1,14 @@
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tunnel.control.uapi_socket import socket_path
 from tunnel.lab.testbed import Testbed, cleanup_stale
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +29,24 @@ def pyvpn(
     return subprocess.run(
         argv, input=input, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
     )
+
+
+@contextlib.contextmanager
+def uapi_listener(prefix: str) -> Iterator[tuple[str, socket.socket]]:
+    """A tunnel's UAPI socket, as a daemon makes it (mode 0700, root's), listening
+    under a name no one else uses; gone afterwards. Yields the name and the socket."""
+    name = f"{prefix}{os.getpid()}"[:15]
+    path = socket_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(str(path))
+        path.chmod(0o700)
+        listener.listen()
+        yield name, listener
+    finally:
+        listener.close()
+        path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

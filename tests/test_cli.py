@@ -13,14 +13,13 @@ import pytest
 
 from tunnel import cli
 from tunnel.cli import restart_needed
-from tunnel.control import uapi_socket
 from tunnel.control.config import parse
 from tunnel.control.show import render
 from tunnel.daemon import choose_datapath
 from tunnel.lab.testbed import device_name, start_wireguard_go
 from tunnel.protocol import keys
 
-from .conftest import pyvpn
+from .conftest import pyvpn, uapi_listener
 
 
 def test_genkey_pubkey_match_wireguard_tools():
@@ -235,15 +234,9 @@ SNAPSHOT = {
 def test_show_renders_what_a_daemon_from_before_get_pyvpn_text_sends():
     """After an upgrade, a tunnel started before it refuses get=pyvpn_text
     (EPROTO) and still answers get=pyvpn: `pyvpn show` prints the same text."""
-    name = f"pvold{os.getpid()}"[:15]
-    path = uapi_socket.socket_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(path))
-    listener.listen()
     asked: list[str] = []
 
-    def serve() -> None:
+    def serve(listener: socket.socket, name: str) -> None:
         for _ in range(2):
             conn, _ = listener.accept()
             with conn:
@@ -257,14 +250,13 @@ def test_show_renders_what_a_daemon_from_before_get_pyvpn_text_sends():
                 )
                 conn.sendall(reply.encode() + b"\n\n")
 
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    try:
-        result = pyvpn("show", name)
-    finally:
-        server.join(5)
-        listener.close()
-        path.unlink(missing_ok=True)
+    with uapi_listener("pvold") as (name, listener):
+        server = threading.Thread(target=serve, args=(listener, name), daemon=True)
+        server.start()
+        try:
+            result = pyvpn("show", name)
+        finally:
+            server.join(5)
     assert asked == ["get=pyvpn_text", "get=pyvpn"]
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == render({**SNAPSHOT, "name": name}) + "\n"
@@ -306,22 +298,12 @@ def test_a_user_not_root_is_told_permission_denied():
     """A tunnel's socket is root's (mode 0700), as wireguard-go's is: another user's
     show and down are refused there, and say so, as wg does, rather than that the
     tunnel is not running or, for `pyvpn show`, nothing at all."""
-    name = f"pvperm{os.getpid()}"[:15]
-    path = uapi_socket.socket_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    listener = socket.socket(socket.AF_UNIX)
-    try:
-        listener.bind(str(path))
-        path.chmod(0o700)
-        listener.listen()
+    with uapi_listener("pvperm") as (name, _):
         denied = f"pyvpn: {name}: Permission denied\n"
         assert as_nobody("show", name) == (1, "", denied)
         assert as_nobody("down", name) == (1, "", denied)
         status, stdout, stderr = as_nobody("show")
         assert (status, stdout) == (1, "") and denied in stderr
-    finally:
-        listener.close()
-        path.unlink(missing_ok=True)
 
 
 def test_down_unknown_tunnel():
