@@ -11,15 +11,15 @@ import threading
 
 import pytest
 
+from tunnel import cli
 from tunnel.cli import restart_needed
-from tunnel.control import uapi_socket
 from tunnel.control.config import parse
 from tunnel.control.show import render
 from tunnel.daemon import choose_datapath
 from tunnel.lab.testbed import device_name, start_wireguard_go
 from tunnel.protocol import keys
 
-from .conftest import pyvpn
+from .conftest import pyvpn, uapi_listener
 
 
 def test_genkey_pubkey_match_wireguard_tools():
@@ -92,6 +92,18 @@ BAD_CONFIGS = [
         config().replace('name = "pvcfg', 'name = "far/too/long/a/name'),
         "valid device name",
     ),
+    # A trailing newline is no part of a name (patterns match whole, not up to a "\n").
+    ("interface.name", config().replace('"\nprivate_key', '\\n"\nprivate_key'), "valid device"),
+    ("interface.dns[0]", config('dns = "lan\\n"'), "neither an IP address nor a search domain"),
+    # resolv.conf would take the newline for a line of its own.
+    (
+        "interface.dns[0]",
+        config('dns = "fe80::1%x\\nnameserver 203.0.113.66"'),
+        "not a nameserver's IP address",
+    ),
+    ("peer[0].allowed_macs[0]", config(peer='allowed_macs = "02:00:00:00:00:01\\n"'), "not a MAC"),
+    # User text in an error is quoted, its escapes shown rather than sent to the terminal.
+    ("'interface.\\x1b[2Jred'", config('"\\u001b[2Jred" = 1'), "unknown key"),
     ("interface.table", config('table = "sometimes"'), '"auto", "off", "main" or a table'),
     ("interface.table", config("table = 255"), "the kernel's local table"),
     ("interface.colour", config('colour = "blue"'), "unknown key"),
@@ -115,6 +127,7 @@ def test_bad_config_is_one_line_exit_2_and_leaves_nothing(bed, tmp_path, key, te
     result = pyvpn("up", str(path), netns=bed.a.name)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.removesuffix("\n").isprintable(), result.stderr
     assert result.stderr.startswith(f"pyvpn: {path}: ") and key in result.stderr
     assert problem in result.stderr
     assert bed.a.run("ip", "-o", "link").stdout == before
@@ -221,15 +234,9 @@ SNAPSHOT = {
 def test_show_renders_what_a_daemon_from_before_get_pyvpn_text_sends():
     """After an upgrade, a tunnel started before it refuses get=pyvpn_text
     (EPROTO) and still answers get=pyvpn: `pyvpn show` prints the same text."""
-    name = f"pvold{os.getpid()}"[:15]
-    path = uapi_socket.socket_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(path))
-    listener.listen()
     asked: list[str] = []
 
-    def serve() -> None:
+    def serve(listener: socket.socket, name: str) -> None:
         for _ in range(2):
             conn, _ = listener.accept()
             with conn:
@@ -243,14 +250,13 @@ def test_show_renders_what_a_daemon_from_before_get_pyvpn_text_sends():
                 )
                 conn.sendall(reply.encode() + b"\n\n")
 
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    try:
-        result = pyvpn("show", name)
-    finally:
-        server.join(5)
-        listener.close()
-        path.unlink(missing_ok=True)
+    with uapi_listener("pvold") as (name, listener):
+        server = threading.Thread(target=serve, args=(listener, name), daemon=True)
+        server.start()
+        try:
+            result = pyvpn("show", name)
+        finally:
+            server.join(5)
     assert asked == ["get=pyvpn_text", "get=pyvpn"]
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == render({**SNAPSHOT, "name": name}) + "\n"
@@ -258,6 +264,46 @@ def test_show_renders_what_a_daemon_from_before_get_pyvpn_text_sends():
         result.stdout
     )
     assert "  dropped: replay_or_forged 3" in result.stdout
+
+
+def as_nobody(*argv: str) -> tuple[int, str, str]:
+    """`pyvpn ARGV` as a user other than root (nobody, uid 65534) runs it: its exit
+    status, stdout and stderr. In a forked child, since the interpreter is root's
+    alone to start (it lives under /root)."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        status = 99
+        try:
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            with open(1, "w", closefd=False) as out, open(2, "w", closefd=False) as err:
+                sys.stdout, sys.stderr = out, err
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                status = cli.main(list(argv))
+        finally:
+            os._exit(status)
+    os.close(out_w)
+    os.close(err_w)
+    with os.fdopen(out_r) as out, os.fdopen(err_r) as err:
+        stdout, stderr = out.read(), err.read()
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status), stdout, stderr
+
+
+def test_a_user_not_root_is_told_permission_denied():
+    """A tunnel's socket is root's (mode 0700), as wireguard-go's is: another user's
+    show and down are refused there, and say so, as wg does, rather than that the
+    tunnel is not running or, for `pyvpn show`, nothing at all."""
+    with uapi_listener("pvperm") as (name, _):
+        denied = f"pyvpn: {name}: Permission denied\n"
+        assert as_nobody("show", name) == (1, "", denied)
+        assert as_nobody("down", name) == (1, "", denied)
+        status, stdout, stderr = as_nobody("show")
+        assert (status, stdout) == (1, "") and denied in stderr
 
 
 def test_down_unknown_tunnel():

@@ -3,16 +3,15 @@
 
 import argparse
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tunnel.cli import build_parser
-from tunnel.control import uapi_socket
 from tunnel.control.config import CONFIG_DIRS
 
+from .conftest import uapi_listener
 from .test_manpages import long_options, subcommands
 
 SCRIPT = Path(__file__).resolve().parent.parent / "configs" / "bash-completion" / "pyvpn"
@@ -49,17 +48,9 @@ def test_options_are_those_of_help(command: str):
 
 
 def test_down_and_show_offer_running_tunnels():
-    name = f"cmpl{os.getpid()}"[:15]
-    path = uapi_socket.socket_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    listener = socket.socket(socket.AF_UNIX)
-    try:
-        listener.bind(str(path))
+    with uapi_listener("cmpl") as (name, _):
         assert name in complete("pyvpn", "down", "")
         assert complete("pyvpn", "show", name[:6]) == [name]
-    finally:
-        listener.close()
-        path.unlink(missing_ok=True)
     assert name not in complete("pyvpn", "down", "")
 
 

@@ -163,3 +163,35 @@ def test_save_config_keeps_key_files_in_use_and_takes_the_running_peers(tmp_path
     iface.set_private_key(bytes(32))  # none, as `wg showconf` then gives no PrivateKey
     data = running_data(config, iface, 4242, 0, 1380)
     assert {"private_key", "private_key_file"}.isdisjoint(data["interface"])
+
+
+def test_save_config_writes_0600_whatever_was_left_at_the_temporary_name(tmp_path: Path) -> None:
+    """SaveConfig writes the private key: a leftover NAME.conf.tmp of mode 0644 (an
+    earlier crash's, at the name it used to write) lends the file no mode, and a
+    symlink planted there is not written through."""
+    import stat
+
+    from tunnel.control.config import load
+    from tunnel.control.save_config import write
+    from tunnel.protocol import keys
+
+    path = tmp_path / "wg0.conf"
+    key = keys.encode(keys.generate_private_key())
+    path.write_text(f"[Interface]\nPrivateKey = {key}\nSaveConfig = true\n")
+    path.chmod(0o600)
+    config = load(str(path))
+    leftover = tmp_path / "wg0.conf.tmp"
+    leftover.write_text("left over\n")
+    leftover.chmod(0o644)
+    data = {"interface": {"private_key": key, "listen_port": 4242, "save_config": True}}
+    write(config, data)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "ListenPort = 4242" in path.read_text()
+    victim = tmp_path / "victim"
+    victim.write_text("not yours\n")
+    leftover.unlink()
+    leftover.symlink_to(victim)
+    write(config, {"interface": {**data["interface"], "listen_port": 4343}})
+    assert victim.read_text() == "not yours\n" and not path.is_symlink()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and "ListenPort = 4343" in path.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim", "wg0.conf", "wg0.conf.tmp"]

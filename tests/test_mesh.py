@@ -163,7 +163,12 @@ def test_kept_keys_stay_and_new_hosts_get_new_ones():
         ({"mode": "l3"}, "mode: must be one of tun, tap; got 'l3'"),
         ({"hub": "z"}, "hub: 'z' is not the name of any host"),
         ({"listen_port": 70000}, "listen_port: must be a whole number from 0 to 65535, got 70000"),
-        ({"device": "a/b"}, "device: 'a/b' is not a valid device name (1-15 of A-Z a-z 0-9 _ . -)"),
+        ({"device": "a/b"},
+         "device: 'a/b' is not a valid device name (1-15 of A-Z a-z 0-9 _ = + . -)"),
+        ({"device": "wg0\n"},
+         "device: 'wg0\\n' is not a valid device name (1-15 of A-Z a-z 0-9 _ = + . -)"),
+        ({1: {"name": "b\n"}},
+         "host[1].name: 'b\\n' is not a host name (1-64 of A-Z a-z 0-9 _ . -)"),
         ({1: {"colour": 1}}, "host[1].colour: unknown key"),
         ({1: {"name": "a"}}, "host[1].name: 'a' is also host[0]'s name"),
         ({1: {"name": "../x"}},
@@ -263,7 +268,8 @@ def test_the_command_writes_wg_quick_files(tmp_path):
     out = tmp_path / "out"
     result = pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(out), "--format", "wg-quick")
     assert result.returncode == 0, result.stderr
-    text = (out / "beta.conf").read_text()
+    conf = out / "beta" / "pyvpn0.conf"  # wg-quick's device is its file's name
+    text = conf.read_text()
     private = keys.decode((out / "beta.key").read_text())
     alpha_public = keys.encode(keys.public_key(keys.decode((out / "alpha.key").read_text())))
     assert text.splitlines() == [
@@ -278,9 +284,9 @@ def test_the_command_writes_wg_quick_files(tmp_path):
         "AllowedIPs = 10.1.0.0/24",
         "PersistentKeepalive = 25",
     ]
-    assert stat.S_IMODE((out / "beta.conf").stat().st_mode) == 0o600
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     # wg-quick reads it, without a warning about who may read the key in it.
-    stripped = subprocess.run(["wg-quick", "strip", str(out / "beta.conf")],
+    stripped = subprocess.run(["wg-quick", "strip", str(conf)],
                               capture_output=True, text=True)  # fmt: skip
     assert (stripped.returncode, stripped.stderr) == (0, "")
     # It prints what wg(8) takes, so it leaves Address out (and ends in an empty line).
@@ -320,6 +326,80 @@ def test_bad_hosts_are_one_line_exit_2_and_write_nothing(tmp_path):
         1,
         "pyvpn: /proc/pyvpn-mesh: No such file or directory\n",
     )
+
+
+def test_wg_quick_files_take_the_device_name_whatever_the_host_name(tmp_path):
+    """wg-quick names the device after the file: DIR/NAME/DEVICE.conf, so the
+    `device` setting holds and a host name of 64 characters still loads."""
+    long_name = "a-host-name-that-is-far-longer-than-any-device-name-may-be-" + "x" * 5
+    assert len(long_name) == 64
+    text = HOSTS_FILE.replace('name = "beta"', f'name = "{long_name}"\ndevice = "wg+1"')
+    (tmp_path / HOSTS).write_text('device = "wg0"\n' + text)
+    out = tmp_path / "out"
+    result = pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(out), "--format", "wg-quick")
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(
+        ["alpha.key", "alpha/wg0.conf", f"{long_name}.key", f"{long_name}/wg+1.conf"]
+    )
+    for conf, device in (
+        (out / "alpha" / "wg0.conf", "wg0"),
+        (out / long_name / "wg+1.conf", "wg+1"),
+    ):
+        loaded = load(str(conf))
+        assert (loaded.interface.name, loaded.warnings) == (device, [])
+        stripped = subprocess.run(["wg-quick", "strip", str(conf)], capture_output=True, text=True)
+        assert (stripped.returncode, stripped.stderr) == (0, "")
+
+
+def test_kept_keys_are_each_hosts_own_and_others_may_not_read_them(tmp_path):
+    (tmp_path / HOSTS).write_text(HOSTS_FILE)
+    out = tmp_path / "out"
+    assert pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(out)).returncode == 0
+    # A key file others may read is reused, with wg's warning.
+    (out / "beta.key").chmod(0o644)
+    result = pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(out))
+    assert result.returncode == 0 and "beta.toml (key kept)" in result.stdout
+    assert result.stderr == (
+        f"pyvpn: {out}/beta.key: warning: key file is accessible by others (mode 644); "
+        "chmod 600 it\n"
+    )
+    # One key in two hosts' files (a copy) would make them one peer to the others.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "beta.key").write_bytes((out / "alpha.key").read_bytes())
+    (out / "beta.key").chmod(0o600)
+    result = pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(out))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"pyvpn: {out}/beta.key: holds the same key as {out}/alpha.key: each host needs a key "
+        "of its own (remove one file, and the next run makes a new key for it)\n"
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "beta.key"} == {
+        n: b for n, b in before.items() if n != "beta.key"
+    }
+
+
+def test_key_and_config_files_are_0600_whatever_was_left_at_a_temporary_name(tmp_path):
+    """A crash's leftover at the old fixed temporary names (.NAME.key.tmp of mode
+    0666, NAME.toml.tmp of 0644) or a symlink planted there is neither written
+    through nor lends its mode: the files come out 0600, the symlink's target as it
+    was."""
+    (tmp_path / HOSTS).write_text(HOSTS_FILE)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, mode in ((".alpha.key.tmp", 0o666), (".alpha.toml.tmp", 0o644)):
+        (out / name).write_text("left over\n")
+        (out / name).chmod(mode)
+    victim = tmp_path / "victim"
+    victim.write_text("not yours\n")
+    (out / ".beta.key.tmp").symlink_to(victim)
+    (out / ".beta.toml.tmp").symlink_to(victim)
+    result = pyvpn("mesh", str(tmp_path / HOSTS), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    for name in ("alpha.key", "alpha.toml", "beta.key", "beta.toml"):
+        path = out / name
+        assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600, name
+    assert victim.read_text() == "not yours\n"
+    assert load(str(out / "beta.toml")).warnings == []
 
 
 # ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from tunnel.lab.testbed import (
     UNDERLAY_A6,
     UNDERLAY_B6,
     device_name,
+    pyvpn_env,
     pyvpn_pair,
     pyvpn_status,
     reachable,
@@ -265,6 +266,28 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
         assert bed.a.run("ip", "rule").stdout == rules_before
         assert bed.a.run("nft", "list", "tables").stdout == ""
         assert bed.a.run("ip", "route", "show", "table", "51820", check=False).stdout == ""
+
+
+NFT_NAMES = """
+import ipaddress, json, sys
+from tunnel.host import nftables
+name = sys.argv[1]
+nftables.mark_replies(name, 0xCA6C, {6}, [ipaddress.ip_interface("fd10::1/64")])
+kept = nftables.remove_leftovers(lambda n: n == name)
+gone = nftables.remove_leftovers(lambda n: False)
+print(json.dumps([kept, gone]))
+"""
+
+
+def test_a_device_name_with_plus_or_equals_gets_its_nft_table(bed):
+    """A full tunnel's nftables table is named after its device, and wg-quick's
+    names ('+', '=') are no nft identifiers: escaped, and read back as the name."""
+    argv = bed.a.argv(sys.executable, "-c", NFT_NAMES, "wg+0=")
+    done = subprocess.run(argv, capture_output=True, text=True, env=pyvpn_env(), timeout=30)
+    assert done.returncode == 0, done.stderr
+    # Kept while its device lives, removed once it is gone.
+    assert json.loads(done.stdout) == [[], ["pyvpn-wg/2b0/3d"]]
+    assert bed.a.run("nft", "list", "tables").stdout == ""
 
 
 def test_an_ipv6_default_route_makes_an_ipv6_full_tunnel(tmp_path):

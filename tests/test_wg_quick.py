@@ -25,6 +25,7 @@ from tunnel.lab.testbed import (
     WgPeer,
     device_name,
     proc_stat,
+    pyvpn_env,
     pyvpn_status,
     run_command,
     start_daemon,
@@ -348,6 +349,36 @@ def test_without_f_it_returns_once_the_socket_answers(net, impl):
         assert "state DOWN" in net.a("ip", "link", "show", name)
         # The native plane where it is built, as datapath "auto" picks.
         assert pyvpn_status(name)["datapath"] == ("native" if dp.available() else "python")
+
+
+def test_without_f_it_imports_nothing_from_the_current_directory(bed, tmp_path):
+    """wg-quick runs pyvpn-wg from wherever root happens to be: a ./tunnel/ there
+    must not be what its re-executed child imports, as root."""
+    marker = tmp_path / "imported"
+    package = tmp_path / "cwd" / "tunnel"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    name = device_name("pvwq", "cwd")
+    # This checkout's pyvpn-wg, as the tests run it: PYTHONPATH is where it may
+    # import from, the current directory is not.
+    env = {**pyvpn_env(), "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
+    env.pop("LOG_LEVEL", None)
+    try:
+        done = subprocess.run(
+            bed.a.argv(str(PYVPN_WG), name),
+            cwd=package.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert not marker.exists()
+        assert (done.returncode, done.stderr) == (0, "")
+        assert uapi_listening(name) and bed.a.has_link(name)
+    finally:
+        if bed.a.has_link(name):
+            bed.a.run("ip", "link", "delete", name)
+        uapi_socket(name).unlink(missing_ok=True)
 
 
 def test_deleting_the_device_makes_it_exit_and_remove_its_socket(net, impl):

@@ -125,9 +125,14 @@ def test_values_as_wg_reads_them() -> None:
     def interface(line: str) -> dict:
         return read(f"[Interface]\nPrivateKey = {KEY_A}\n{line}\n").data["interface"]
 
-    assert interface("FwMark = off")["fwmark"] == 0
-    assert interface("FwMark = 010")["fwmark"] == 8  # strtoul(..., 0): octal
+    # As wg's parse_fwmark: "off", decimal (a leading 0 is no octal prefix), and hex
+    # after a lowercase 0x only.
+    assert interface("FwMark = off")["fwmark"] == interface("FwMark = OFF")["fwmark"] == 0
+    assert interface("FwMark = 010")["fwmark"] == 10
+    assert interface("FwMark = 0x10")["fwmark"] == 16
+    assert interface("FwMark = 0xfF")["fwmark"] == 255
     assert interface("FwMark = 51820")["fwmark"] == 51820
+    assert interface("FwMark = 0X10")["fwmark"] == "0X10"  # refused by config.parse (ERRORS)
     assert interface("SaveConfig = False")["save_config"] is False
     assert interface("Table = off")["table"] == "off"
     assert interface("Table = main")["table"] == "main"
@@ -172,6 +177,9 @@ ERRORS = [
     ("Table = 255", "wg0.conf:4: Table: 255 is the kernel's local table"),
     ("Table = vpn", 'wg0.conf:4: Table: must be "auto", "off", "main" or a table number'),
     ("FwMark = 0x100000000", "wg0.conf:4: FwMark: must be a whole number from 0 to 4294967295"),
+    ("FwMark = 0X10", "wg0.conf:4: FwMark: must be a whole number from 0 to 4294967295, got '0X"),
+    ("FwMark = 0x", "wg0.conf:4: FwMark: must be a whole number from 0 to 4294967295, got '0x'"),
+    ("FwMark = -1", "wg0.conf:4: FwMark: must be a whole number from 0 to 4294967295, got '-1'"),
     ("PrivateKey = abc", "wg0.conf:4: PrivateKey: not a key"),
     ("[Peers]", "wg0.conf:4: [Peers]: unknown section (there are [Interface], [Peer])"),
     ("just words", "wg0.conf:4: just words: is not a line like Key = value"),
@@ -206,29 +214,64 @@ def test_errors_of_whole_sections(tmp_path: Path, text: str, error: str) -> None
 
 def test_the_interface_is_named_after_the_file(tmp_path: Path) -> None:
     text = GOOD.format("")
-    assert config.load(str(wg0(tmp_path, text, "office-1.conf"))).interface.name == "office-1"
+    # Every name wg-quick takes: '+' and '=' too, which Linux takes.
+    for name in ("office-1", "wg+0", "wg=1", "a.b_c-15chars.x"):
+        loaded = config.load(str(wg0(tmp_path, text, f"{name}.conf")))
+        assert (loaded.interface.name, loaded.warnings) == (name, [])
     for name, error in [
         ("wg0.toml", ": a wg-quick file is named after its interface: NAME.conf"),
         ("a-name-too-long0.conf", ": a wg-quick file is named after its interface: NAME.conf"),
-        ("wg+0.conf", ": interface name (the file's name): 'wg+0' is not a valid device name"),
+        ("wg0.conf\n", ": a wg-quick file is named after its interface: NAME.conf"),
+        ("..conf", ": interface name (the file's name): '.' is not a valid device name"),
     ]:
         with pytest.raises(ConfigError) as e:
             config.load(str(wg0(tmp_path, text, name)))
-        assert str(e.value).startswith(f"{tmp_path}/{name}{error}"), str(e.value)
+        assert str(e.value).startswith(wg_quick.shown(f"{tmp_path}/{name}") + error), str(e.value)
+
+
+def test_a_comment_may_hold_any_bytes_as_in_wg_quick(tmp_path: Path) -> None:
+    """wg-quick and wg read bytes: a comment an editor wrote in Latin-1 is still
+    a comment. Only a setting must be UTF-8, and a TOML file throughout."""
+    path = tmp_path / "wg0.conf"
+    path.write_bytes(GOOD.format("# caf\xe9 au lait").encode("latin-1"))
+    assert config.load(str(path)).interface.name == "wg0"
+    path.write_bytes(GOOD.format("PostUp = echo caf\xe9").encode("latin-1"))
+    with pytest.raises(ConfigError) as e:
+        config.load(str(path))
+    assert str(e.value) == f"{path}:4: not UTF-8 text (only a comment may hold other bytes)"
+    toml = tmp_path / "a.toml"
+    toml.write_bytes(b'# caf\xe9\n[interface]\nname = "a"\n')
+    with pytest.raises(ConfigError) as e:
+        config.load(str(toml))
+    assert str(e.value) == f"{toml}:1: not UTF-8 text, which a TOML file is"
+
+
+def test_a_byte_order_mark_is_named_as_what_is_wrong(tmp_path: Path) -> None:
+    """wg-quick does not read a file that starts with a UTF-8 BOM ("\ufeff[Interface]"
+    is no section to it, and `wg setconf` refuses the line): said as such, not as
+    "not valid TOML"."""
+    path = tmp_path / "wg0.conf"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.format("").encode())
+    with pytest.raises(ConfigError) as e:
+        config.load(str(path))
+    assert str(e.value) == (
+        f"{path}: starts with a UTF-8 byte order mark, which neither wg-quick nor TOML reads: "
+        "save it without one"
+    )
 
 
 def test_a_bare_name_is_looked_up_as_wg_quick_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`pyvpn up wg0` is `wg-quick up wg0`: /etc/wireguard/wg0.conf (or pyvpn's
-    /etc/pyvpn/wg0.toml), unless ./wg0 is a file."""
+    /etc/pyvpn/wg0.toml), never ./wg0, which is named as a path."""
     ours, theirs = tmp_path / "pyvpn", tmp_path / "wireguard"
     ours.mkdir(), theirs.mkdir()
     monkeypatch.setattr(config, "CONFIG_DIRS", ((ours, ".toml"), (theirs, ".conf")))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as e:
         config.load("wg0")
-    assert str(e.value) == (f"wg0: no such file here, nor {ours}/wg0.toml nor {theirs}/wg0.conf")
+    assert str(e.value) == f"wg0: no {ours}/wg0.toml nor {theirs}/wg0.conf"
     ini = wg0(theirs, GOOD.format(""))
     loaded = config.load("wg0")
     assert (loaded.path, loaded.format, loaded.interface.name) == (str(ini), "wg-quick", "wg0")
@@ -239,20 +282,76 @@ def test_a_bare_name_is_looked_up_as_wg_quick_does(
     assert tomllib.loads(converted)["interface"]["name"] == "wg0"
     # Converted into pyvpn's place, it takes over, and the load says from what.
     (ours / "wg0.toml").write_text(converted)
+    (ours / "wg0.toml").chmod(0o600)
     loaded = config.load("wg0")
     assert (loaded.path, loaded.format) == (str(ours / "wg0.toml"), "toml")
     assert loaded.warnings == [f"{ours}/wg0.toml: warning: read, not {ini}"]
-    # A file of that name here is a path; a directory is not a file.
-    (tmp_path / "wg0").mkdir()
-    assert config.load("wg0").path == str(ours / "wg0.toml")
-    (tmp_path / "wg0").rmdir()
+    # A file of that name here is not read, unless named as a path.
     (tmp_path / "wg0").write_text(converted)
-    assert config.load("wg0").path == "wg0"
+    assert config.load("wg0").path == str(ours / "wg0.toml")
+    assert config.load("./wg0").path == "./wg0"
+    for file in (ours / "wg0.toml", ini):
+        file.unlink()
+    with pytest.raises(ConfigError) as e:
+        config.load("wg0")
+    assert str(e.value) == (
+        f"wg0: no {ours}/wg0.toml nor {theirs}/wg0.conf (a bare name is never a file here: "
+        "for that one, say ./wg0)"
+    )
+    # A name with a newline is none: a path, as given.
+    assert config.config_file("wg0\n") == ("wg0\n", [])
     # wg-quick's names, '+' and '=' among them; a name with a suffix is a file's.
     plus = wg0(theirs, GOOD.format(""), "wg+1.conf")
     assert config.config_file("wg+1") == (str(plus), [])
     with pytest.raises(ConfigError, match=r"^wg1\.conf: cannot read: No such file"):
         config.load("wg1.conf")
+
+
+@pytest.fixture
+def etc_wireguard_file() -> Iterator[Path]:
+    """A file of a name no one else uses in the real /etc/wireguard, which a bare name
+    on the command line is looked up in; removed afterwards."""
+    path = config.CONFIG_DIRS[1][0] / f"pvbare{os.getpid()}"[:15]
+    path = path.with_name(path.name + ".conf")
+    assert not path.exists()
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_a_bare_name_never_runs_a_file_in_the_current_directory(
+    bed, tmp_path: Path, etc_wireguard_file: Path
+) -> None:
+    """A root shell's current directory may be anyone's: `pyvpn up NAME` there reads
+    /etc/wireguard/NAME.conf, never a ./NAME whose hooks would run as root. That one
+    is named as a path. Both files' PreUp hooks say which ran, and fail, so that
+    nothing comes up."""
+    name = etc_wireguard_file.stem
+    ran = tmp_path / "ran"
+    etc_wireguard_file.write_text(GOOD.format(f"PreUp = echo etc >> {ran}; exit 3"))
+    etc_wireguard_file.chmod(0o600)
+    here = tmp_path / "cwd"
+    here.mkdir()
+    (here / name).write_text(
+        f'[interface]\nname = "pvcwd"\nprivate_key = "{KEY_A}"\n'
+        f'pre_up = "echo cwd >> {ran}; exit 3"\n'
+    )
+    (here / name).chmod(0o600)
+    up = pyvpn("up", name, netns=bed.a.name, cwd=here)
+    assert up.returncode == 1
+    assert up.stderr.endswith(f": PreUp failed (exit status 3): echo etc >> {ran}; exit 3\n")
+    assert ran.read_text() == "etc\n"
+    converted = pyvpn("convert", name, cwd=here)
+    assert converted.returncode == 0 and "echo etc" in converted.stdout
+    reload = pyvpn("reload", name, cwd=here)
+    assert reload.stderr == f"pyvpn: no tunnel named {name} is running\n"
+    # Named as a path, the file here is read.
+    ran.unlink()
+    up = pyvpn("up", f"./{name}", netns=bed.a.name, cwd=here)
+    assert up.returncode == 1 and up.stderr.endswith(f"echo cwd >> {ran}; exit 3\n")
+    assert ran.read_text() == "cwd\n"
+    assert not bed.a.has_link(name) and not bed.a.has_link("pvcwd")
 
 
 def test_a_bare_name_others_cannot_look_up_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -314,6 +413,23 @@ def test_a_file_others_can_read_is_a_warning(tmp_path: Path) -> None:
     assert config.load(str(path)).warnings == [f"{path}: warning: world accessible; chmod 600 it"]
     path.chmod(0o640)
     assert config.load(str(path)).warnings == []
+    # A TOML file with a key in it is warned of the same way; one whose keys are in
+    # key files holds no secret (key_file() warns of those).
+    toml = tmp_path / "wg0.toml"
+    toml.write_text(to_toml(config.load(str(path)).data))
+    toml.chmod(0o644)
+    assert config.load(str(toml)).warnings == [f"{toml}: warning: world accessible; chmod 600 it"]
+    toml.chmod(0o600)
+    assert config.load(str(toml)).warnings == []
+    key_file = tmp_path / "a.key"
+    key_file.write_text(KEY_A + "\n")
+    key_file.chmod(0o600)
+    inline = f'private_key = "{KEY_A}"'
+    toml.write_text(toml.read_text().replace(inline, 'private_key_file = "a.key"'))
+    toml.chmod(0o644)
+    assert config.load(str(toml)).warnings == []
+    toml.write_text(toml.read_text() + f'preshared_key = "{PUB_C}"\n')  # into the last [[peer]]
+    assert config.load(str(toml)).warnings == [f"{toml}: warning: world accessible; chmod 600 it"]
 
 
 def test_up_with_a_broken_file_says_one_line_exits_2_and_leaves_nothing(bed, tmp_path) -> None:
@@ -385,7 +501,9 @@ def test_examples_convert_there_and_back(path: Path, tmp_path: Path) -> None:
 def test_tap_examples_do_not_convert(path: Path) -> None:
     result = pyvpn("convert", str(path))
     assert result.returncode == 2 and result.stdout == ""
+    # A checkout's file is world readable, and these hold their private keys.
     assert result.stderr == (
+        f"pyvpn: {path}: warning: world accessible; chmod 600 it\n"
         f"pyvpn: {path}: interface.mode: tap: a wg-quick file is always tun (L3)\n"
     )
 
@@ -395,6 +513,7 @@ def test_convert_on_the_command_line(tmp_path: Path) -> None:
     toml = pyvpn("convert", str(ini))
     assert toml.returncode == 0, toml.stderr
     (tmp_path / "wg0.toml").write_text(toml.stdout)
+    (tmp_path / "wg0.toml").chmod(0o600)  # it holds the private key
     assert meaning(config.load(str(tmp_path / "wg0.toml"))) == meaning(config.load(str(ini)))
     out = tmp_path / "out" / "wg0.conf"
     out.parent.mkdir()

@@ -169,6 +169,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
     except uapi_client.NotRunning:
         print(f"pyvpn: no tunnel named {c.name} is running", file=sys.stderr)
         return 1
+    except uapi_client.NotPermitted as e:
+        print(f"pyvpn: {e.strerror}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"pyvpn: {e.strerror} (the tunnel's log says why)", file=sys.stderr)
         return 1
@@ -225,7 +228,7 @@ def _ask(name: str, question: Callable[[str], Any]) -> Any:
         print(f"pyvpn: no tunnel named {name} is running", file=sys.stderr)
     except uapi_client.NotPyvpn:
         print(f"pyvpn: {name} is not a pyvpn tunnel: wg show {name}", file=sys.stderr)
-    except uapi_client.NotAnswering as e:
+    except (uapi_client.NotAnswering, uapi_client.NotPermitted) as e:
         print(f"pyvpn: {e.strerror}", file=sys.stderr)
     return None
 
@@ -259,7 +262,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             answers.append(question(name))
         except (uapi_client.NotRunning, uapi_client.NotPyvpn):
             continue  # gone since it was listed, or another WireGuard's (wg show lists it)
-        except uapi_client.NotAnswering as e:
+        except (uapi_client.NotAnswering, uapi_client.NotPermitted) as e:
             print(f"pyvpn: {e.strerror}", file=sys.stderr)
             answered = False
     if args.json:
@@ -352,10 +355,12 @@ def cmd_pubkey(args: argparse.Namespace) -> int:
 
 def cmd_mesh(args: argparse.Namespace) -> int:
     try:
-        lines = write_mesh(args.hosts, args.out, args.format)
+        lines, warnings = write_mesh(args.hosts, args.out, args.format)
     except OSError as e:
         print(f"pyvpn: {e.filename}: {e.strerror}", file=sys.stderr)
         return 1
+    for warning in warnings:
+        print(f"pyvpn: {warning}", file=sys.stderr)
     for line in lines:
         print(line)
     return 0

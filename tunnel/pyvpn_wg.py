@@ -10,19 +10,15 @@ the child's readiness byte, or its one-line error, and exits with either."""
 import importlib.metadata
 import logging
 import os
-import re
 import select
 import subprocess
 import sys
 import time
 
-from .control.config import DATAPATHS
+from .control.config import DATAPATHS, IFNAME, IFNAME_RULE
 from .daemon import SetupError, up_device
 
 PROG = "pyvpn-wg"
-# The interface names wg-quick takes (its parse_options), "." and ".." aside,
-# which Linux refuses (dev_valid_name).
-IFNAME = re.compile(r"(?!\.\.?$)[a-zA-Z0-9_=+.-]{1,15}")
 READY_FD = "PYVPN_WG_READY_FD"  # the pipe's write end, in the re-executed child
 READY = b"\0"
 START_TIMEOUT = 30.0
@@ -71,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     (name,) = names
     if not IFNAME.fullmatch(name):
-        fail(f"{name[:40]!r} is not an interface name (1 to 15 of A-Z a-z 0-9 _ = + . -)")
+        fail(f"{name[:40]!r} is not an interface name ({IFNAME_RULE})")
         return EXIT_USAGE
     if os.geteuid() != 0:
         fail(f"{name}: needs root (CAP_NET_ADMIN) to create the device")
@@ -133,13 +129,17 @@ def daemonize(name: str, level: str) -> int:
     output = subprocess.DEVNULL if quiet else None
     try:
         child = subprocess.Popen(
-            [sys.executable, "-m", "tunnel.pyvpn_wg", "--foreground", name],
+            # -P: -m alone would put the current directory first on the import path,
+            # and wg-quick runs us from wherever root happens to be (a ./tunnel/
+            # there would run as root). The child imports the package from where
+            # this process did, as wireguard-go re-executes its own binary.
+            [sys.executable, "-P", "-m", "tunnel.pyvpn_wg", "--foreground", name],
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=output,
             pass_fds=(write_end,),
             start_new_session=True,
-            env={**os.environ, READY_FD: str(write_end)},
+            env={**os.environ, READY_FD: str(write_end), "PYTHONPATH": _import_path()},
         )
     except OSError as e:
         os.close(read_end)
@@ -157,6 +157,16 @@ def daemonize(name: str, level: str) -> int:
     code = child.wait()
     fail(answer.decode(errors="replace") or f"{name}: the daemon exited with status {code}")
     return EXIT_SETUP_FAILED
+
+
+def _import_path() -> str:
+    """The child's PYTHONPATH: ours, and where this package came from if only the
+    first entry of our path holds it (the script's directory, or the current one
+    for `python -m` in a checkout), which -P leaves out of the child's."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ours = os.environ.get("PYTHONPATH", "")
+    known = {os.path.abspath(p) for p in sys.path[1:] if p}
+    return os.pathsep.join(filter(None, [ours, None if root in known else root]))
 
 
 def _answer(fd: int, deadline: float) -> bytes | None:

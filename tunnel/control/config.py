@@ -2,6 +2,7 @@
 file), validated into plain objects. Every error names the file, the key and what
 is wrong, in one line."""
 
+import codecs
 import ipaddress
 import os
 import pwd
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunnel.control import wg_quick
+from tunnel.control.wg_quick import shown
 from tunnel.host.resolvconf import NAMESERVER
 from tunnel.host.routing import RESERVED_TABLES, RT_TABLE_LOCAL, RT_TABLE_MAIN, InterfaceAddress
 from tunnel.host.udp import is_name, resolve, split_address
@@ -24,7 +26,9 @@ from tunnel.protocol.allowed_ips import Network
 from tunnel.protocol.constants import DEFAULT_MAC_AGEING, MAX_MTU, MIN_MTU
 from tunnel.protocol.peer_config import PeerConfig
 
-IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1, no '/', ':' or spaces
+# A device name: IFNAMSIZ - 1 of the characters wg-quick takes in one (no '/', ':' or
+# spaces). Every pattern here is matched whole: "$" would also take a trailing "\n".
+IFNAME, IFNAME_RULE = wg_quick.IFNAME, wg_quick.IFNAME_RULE
 MODES = ("tun", "tap")
 DATAPATHS = ("auto", "native", "python")
 INTERFACE_KEYS = {
@@ -48,7 +52,7 @@ INTERFACE_KEYS = {
     "post_down",
     "save_config",
 }
-DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
+DOMAIN = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?")
 LOW_ORDER = "is a low-order point, with which no handshake can ever succeed"
 PEER_KEYS = {
     "public_key",
@@ -61,12 +65,12 @@ PEER_KEYS = {
 }
 
 
-MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
 def parse_mac(text: str) -> bytes:
     """A unicast MAC address written aa:bb:cc:dd:ee:ff; ValueError says what is wrong."""
-    if not MAC.match(text):
+    if not MAC.fullmatch(text):
         raise ValueError(f"{text[:40]!r} is not a MAC address like 02:00:00:00:00:01")
     mac = bytes.fromhex(text.replace(":", ""))
     if mac[0] & 1:
@@ -75,7 +79,12 @@ def parse_mac(text: str) -> bytes:
 
 
 class ConfigError(Exception):
+    """One line: the file, the key and the problem. The file's name and the key are
+    user text, quoted where a terminal would act on them (wg_quick.shown); so is
+    any user text the problem quotes."""
+
     def __init__(self, path: str, key: str, problem: str) -> None:
+        path, key = shown(path), shown(key)
         super().__init__(f"{path}: {key}: {problem}" if key else f"{path}: {problem}")
 
 
@@ -135,29 +144,36 @@ class Source:
 # /etc/wireguard/wg0.conf (wg-quick(8)); pyvpn's own directory first, so that a
 # file converted there takes over from the wg-quick file it came from.
 CONFIG_DIRS = ((Path("/etc/pyvpn"), ".toml"), (Path("/etc/wireguard"), ".conf"))
-# The names wg-quick looks up (its CONFIG_FILE test, wg_quick.FILE_NAME's).
-BARE_NAME = re.compile(r"^[a-zA-Z0-9_=+.-]{1,15}$")
+
+
+def is_bare_name(argument: str) -> bool:
+    """Whether a config argument is a bare interface name: one wg-quick would look
+    up (IFNAME), and not ending in .conf or .toml, which name files (wg-quick
+    would look for wg0.conf.conf)."""
+    suffixes = tuple(suffix for _, suffix in CONFIG_DIRS)
+    return bool(IFNAME.fullmatch(argument)) and not argument.endswith(suffixes)
 
 
 def config_file(argument: str) -> tuple[str, list[str]]:
-    """The file a command line's config argument names, and warnings: a path as
-    given, or, for a bare interface name that is no file here, NAME.toml in
-    /etc/pyvpn or else NAME.conf in /etc/wireguard. A name ending in .conf or
-    .toml is a file's (wg-quick would look for wg0.conf.conf)."""
-    suffixes = tuple(suffix for _, suffix in CONFIG_DIRS)
-    if not BARE_NAME.match(argument) or argument.endswith(suffixes):
+    """The file a command line's config argument names, and warnings: for a bare
+    interface name, NAME.toml in /etc/pyvpn or else NAME.conf in /etc/wireguard,
+    never a file in the current directory (a root shell's cwd may be anyone's,
+    and a TOML file there runs its hooks); anything else is a path, as given, so
+    a file here is named ./NAME or NAME.toml."""
+    if not is_bare_name(argument):
         return argument, []
     tried = [directory / f"{argument}{suffix}" for directory, suffix in CONFIG_DIRS]
     try:
-        if os.path.isfile(argument):
-            return argument, []
         found = [str(f) for f in tried if f.is_file()]
     except OSError as e:  # /etc/wireguard is often root's alone: EACCES for others
         raise ConfigError(argument, "", f"cannot look it up: {e.strerror}") from None
     if not found:
         where = " nor ".join(str(f) for f in tried)
-        raise ConfigError(argument, "", f"no such file here, nor {where}")
-    return found[0], [f"{found[0]}: warning: read, not {f}" for f in found[1:]]
+        here = ""
+        if os.path.isfile(argument):
+            here = f" (a bare name is never a file here: for that one, say ./{argument})"
+        raise ConfigError(argument, "", f"no {where}{here}")
+    return found[0], [f"{shown(found[0])}: warning: read, not {shown(str(f))}" for f in found[1:]]
 
 
 def read(path: str) -> Source:
@@ -165,10 +181,19 @@ def read(path: str) -> Source:
     text, mode = _text(path)
     found = source(text, path)
     found.warnings += warnings
-    if found.format == "wg-quick" and mode & stat.S_IRWXO:
-        # As wg-quick warns of a file that holds a private key.
-        found.warnings.append(f"{path}: warning: world accessible; chmod 600 it")
+    if mode & stat.S_IRWXO and (found.format == "wg-quick" or _inline_secret(found.data)):
+        # As wg-quick warns of its file, which holds the private key; a TOML file
+        # may keep its keys in key files instead, which key_file() checks.
+        found.warnings.append(f"{shown(path)}: warning: world accessible; chmod 600 it")
     return found
+
+
+def _inline_secret(data: dict[str, Any]) -> bool:
+    """Whether TOML-shaped data holds a private or preshared key itself."""
+    interface, peers = data.get("interface"), data.get("peer")
+    tables = [interface] + (peers if isinstance(peers, list) else [])
+    keys_in = ("private_key", "preshared_key")
+    return any(isinstance(t, dict) and any(k in t for k in keys_in) for t in tables)
 
 
 def read_toml(path: str) -> dict[str, Any]:
@@ -177,10 +202,21 @@ def read_toml(path: str) -> dict[str, Any]:
 
 
 def _text(path: str) -> tuple[str, int]:
+    """The file's text and mode. Bytes that are not UTF-8 stay as surrogates
+    (surrogateescape), for the format's parser to say where they are: a wg-quick
+    file may have them in comments, as wg-quick reads bytes."""
     try:
-        return Path(path).read_text(encoding="utf-8"), os.stat(path).st_mode
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(path, "", f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+        with open(path, "rb") as f:
+            data, mode = f.read(), os.fstat(f.fileno()).st_mode
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read: {e.strerror}") from None
+    if data.startswith(codecs.BOM_UTF8):
+        # wg-quick would read "\ufeff[Interface]" as no section, and wg refuse it.
+        raise ConfigError(
+            path, "", "starts with a UTF-8 byte order mark, which neither wg-quick nor TOML "
+            "reads: save it without one",
+        )  # fmt: skip
+    return data.decode("utf-8", "surrogateescape"), mode
 
 
 def source(text: str, path: str) -> Source:
@@ -200,6 +236,11 @@ def source(text: str, path: str) -> Source:
 
 
 def _toml(text: str, path: str) -> dict[str, Any]:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        line = text.count("\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}", "", "not UTF-8 text, which a TOML file is") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -225,6 +266,17 @@ def parse(data: dict[str, Any], path: str = "<config>", locate: Locate | None = 
     return _Parser(path, locate).config(data)
 
 
+def exposed_key_file(path: str, mode: int) -> str | None:
+    """The warning for a key file others may read or write, as wg(8) warns of a
+    secret written where others can read it; a warning, not an error."""
+    if not mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return None
+    return (
+        f"{shown(path)}: warning: key file is accessible by others "
+        f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
+    )
+
+
 class _Parser:
     def __init__(self, path: str, locate: Locate | None = None) -> None:
         self.path = path
@@ -236,8 +288,8 @@ class _Parser:
         return ConfigError(*self.locate(key), problem)
 
     def warn(self, key: str, problem: str) -> None:
-        where, shown = self.locate(key)
-        self.warnings.append(f"{where}: {shown}: {problem}")
+        where, written = self.locate(key)
+        self.warnings.append(f"{shown(where)}: {shown(written)}: {problem}")
 
     def config(self, data: dict[str, Any]) -> Config:
         self.only(data, {"interface", "peer"}, "")
@@ -299,9 +351,9 @@ class _Parser:
     def interface(self, t: dict[str, Any]) -> InterfaceConfig:
         self.only(t, INTERFACE_KEYS, "interface.")
         name = self.string(t, "name", "interface", "pyvpn0")
-        if not IFNAME.match(name):
+        if not IFNAME.fullmatch(name):
             raise self.fail(
-                "interface.name", f"{name!r} is not a valid device name (1-15 of A-Z a-z 0-9 _ . -)"
+                "interface.name", f"{name!r} is not a valid device name ({IFNAME_RULE})"
             )
         mode = self.choice(t, "mode", "interface", MODES, "tun")
         private_key = self.key(t, "private_key", "interface", required=False)
@@ -328,7 +380,7 @@ class _Parser:
         if bridge is not None:
             if mode != "tap":
                 raise self.fail("interface.bridge", "only a tap interface can join a bridge")
-            if not isinstance(bridge, str) or not IFNAME.match(bridge):
+            if not isinstance(bridge, str) or not IFNAME.fullmatch(bridge):
                 raise self.fail("interface.bridge", f"{bridge!r} is not a valid bridge name")
         datapath = self.choice(t, "datapath", "interface", DATAPATHS, "auto")
         ageing = self.integer(t, "mac_ageing", "interface", 1, 86400, DEFAULT_MAC_AGEING)
@@ -369,11 +421,16 @@ class _Parser:
 
     def dns(self, value: str, key: str) -> str:
         if NAMESERVER.search(value):
+            # ipaddress takes any text after "%" as an IPv6 scope, a newline too,
+            # which resolv.conf would read as a line of its own.
+            scope = value.partition("%")[2]
             try:
                 ipaddress.ip_address(value)
+                if scope and not IFNAME.fullmatch(scope):
+                    raise ValueError(scope)
             except ValueError:
                 raise self.fail(key, f"{value!r} is not a nameserver's IP address") from None
-        elif not DOMAIN.match(value):
+        elif not DOMAIN.fullmatch(value):
             raise self.fail(key, f"{value!r} is neither an IP address nor a search domain")
         return value
 
@@ -493,12 +550,9 @@ class _Parser:
             raise self.fail(
                 key, f"cannot read {str(path)!r}: {getattr(e, 'strerror', None) or e}"
             ) from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            # As wg(8) does: a secret others can read is a warning, not an error.
-            self.warnings.append(
-                f"{path}: warning: key file is accessible by others "
-                f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
-            )
+        exposed = exposed_key_file(str(path), mode)
+        if exposed:
+            self.warnings.append(exposed)
         try:
             return keys.decode(text)
         except keys.InvalidKey as e:

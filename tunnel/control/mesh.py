@@ -14,9 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunnel.control.config import DATAPATHS, IFNAME, MODES, ConfigError, _Parser, read_toml
+from tunnel.control.config import (
+    DATAPATHS,
+    IFNAME,
+    IFNAME_RULE,
+    MODES,
+    ConfigError,
+    _Parser,
+    exposed_key_file,
+    read_toml,
+)
 from tunnel.control.convert import ConvertError, to_toml, to_wg_quick
 from tunnel.host.routing import InterfaceAddress
+from tunnel.host.secret_file import write_secret
 from tunnel.host.udp import split_address
 from tunnel.protocol import keys
 from tunnel.protocol.allowed_ips import Network
@@ -26,7 +36,7 @@ from tunnel.protocol.constants import MAX_MTU, MIN_MTU
 SETTINGS = {"mode", "device", "listen_port", "datapath", "mtu", "bridge", "persistent_keepalive"}
 TOP_KEYS = SETTINGS | {"hub", "host"}
 HOST_KEYS = SETTINGS | {"name", "endpoint", "address", "subnets"}
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a file name in DIR, too
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a file name in DIR, too
 DEFAULT_PORT = 51820
 # wg(8): "a sensible interval that works with a wide variety of firewalls is 25".
 DEFAULT_KEEPALIVE = 25
@@ -193,10 +203,9 @@ class _HostsParser(_Parser):
                 defaults.get("keepalive", DEFAULT_KEEPALIVE),
             ),
         }  # fmt: skip
-        if not IFNAME.match(s["device"]):
+        if not IFNAME.fullmatch(s["device"]):
             raise self.fail(
-                f"{where}.device",
-                f"{s['device']!r} is not a valid device name (1-15 of A-Z a-z 0-9 _ . -)",
+                f"{where}.device", f"{s['device']!r} is not a valid device name ({IFNAME_RULE})"
             )
         s["datapath"] = defaults.get("datapath")
         if "datapath" in t:
@@ -207,7 +216,7 @@ class _HostsParser(_Parser):
         s["bridge"] = defaults.get("bridge")
         if "bridge" in t:
             s["bridge"] = self.string(t, "bridge", where, "")
-            if not IFNAME.match(s["bridge"]):
+            if not IFNAME.fullmatch(s["bridge"]):
                 raise self.fail(f"{where}.bridge", f"{s['bridge']!r} is not a valid bridge name")
         return s
 
@@ -218,7 +227,7 @@ class _HostsParser(_Parser):
         if "name" not in t:
             raise self.fail(f"{where}.name", "missing")
         name = self.string(t, "name", where, "")
-        if not NAME.match(name):
+        if not NAME.fullmatch(name):
             raise self.fail(
                 f"{where}.name", f"{name!r} is not a host name (1-64 of A-Z a-z 0-9 _ . -)"
             )
@@ -322,23 +331,38 @@ def _overlap(a: Network, b: Network) -> bool:
 # At the edge: the kept keys read from DIR, the files written there.
 
 
-def kept_keys(out: Path, names: Iterable[str]) -> dict[str, bytes]:
-    """The private keys an earlier run left in DIR/NAME.key."""
-    kept = {}
+def kept_keys(out: Path, names: Iterable[str]) -> tuple[dict[str, bytes], list[str]]:
+    """The private keys an earlier run left in DIR/NAME.key, and warnings (a key
+    file others may read). Two hosts with one key would be one peer to the rest:
+    an error."""
+    kept: dict[str, bytes] = {}
+    warnings = []
+    holder: dict[bytes, Path] = {}
     for name in names:
         path = out / f"{name}.key"
         try:
-            text = path.read_text(encoding="ascii")
+            with open(path, "rb") as f:
+                text, mode = f.read().decode("ascii"), os.fstat(f.fileno()).st_mode
         except FileNotFoundError:
             continue
         except (OSError, UnicodeDecodeError) as e:
             reason = getattr(e, "strerror", None) or e
             raise ConfigError(str(path), "", f"cannot read: {reason}") from None
         try:
-            kept[name] = keys.decode(text)
+            key = keys.decode(text)
         except keys.InvalidKey as e:
             raise ConfigError(str(path), "", f"does not hold a key: {e}") from None
-    return kept
+        first = holder.setdefault(key, path)
+        if first != path:
+            raise ConfigError(
+                str(path), "", f"holds the same key as {first}: each host needs a key of its "
+                "own (remove one file, and the next run makes a new key for it)",
+            )  # fmt: skip
+        kept[name] = key
+        exposed = exposed_key_file(str(path), mode)
+        if exposed:
+            warnings.append(exposed)
+    return kept, warnings
 
 
 def render(host: HostConfig, fmt: str) -> str:
@@ -349,28 +373,38 @@ def render(host: HostConfig, fmt: str) -> str:
     del interface["private_key_file"], interface["name"]
     data = {**host.config, "interface": {"private_key": keys.encode(host.private_key), **interface}}
     try:
-        return to_wg_quick(data, host.name)
+        return to_wg_quick(data, host.config["interface"]["name"])
     except ConvertError as e:
         raise ConfigError("--format wg-quick", "", f"{host.name}: {e}") from None
 
 
-def write_mesh(hosts_path: str, out_dir: str, fmt: str) -> list[str]:
-    """Write DIR/NAME.key (new keys only) and DIR/NAME.toml or .conf for every host;
-    what to tell the user, a line each. Everything is checked before anything is
-    written."""
+def config_path(out: Path, host: HostConfig, fmt: str) -> Path:
+    """DIR/NAME.toml; or, since wg-quick names the device after its file and the
+    hosts may share one device name, DIR/NAME/DEVICE.conf."""
+    if fmt == "toml":
+        return out / f"{host.name}{FORMATS[fmt]}"
+    return out / host.name / f"{host.config['interface']['name']}{FORMATS[fmt]}"
+
+
+def write_mesh(hosts_path: str, out_dir: str, fmt: str) -> tuple[list[str], list[str]]:
+    """Write DIR/NAME.key (new keys only) and each host's config (config_path());
+    what to tell the user, a line each, and warnings. Everything is checked before
+    anything is written."""
     hosts = parse_hosts(read_toml(hosts_path), hosts_path)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(out_dir, "", "is not a directory")
-    planned = configs(hosts, kept_keys(out, [h.name for h in hosts.hosts]))
+    kept, warnings = kept_keys(out, [h.name for h in hosts.hosts])
+    planned = configs(hosts, kept)
     texts = [render(h, fmt) for h in planned]
     out.mkdir(parents=True, exist_ok=True)
     lines = []
     for host, text in zip(planned, texts, strict=True):
         if host.new_key:
-            _write_secret(out / f"{host.name}.key", keys.encode(host.private_key) + "\n")
-        path = out / f"{host.name}{FORMATS[fmt]}"
-        _write_secret(path, text)
+            write_secret(out / f"{host.name}.key", keys.encode(host.private_key) + "\n")
+        path = config_path(out, host, fmt)
+        path.parent.mkdir(exist_ok=True)
+        write_secret(path, text)
         lines.append(f"{path} ({'new key' if host.new_key else 'key kept'})")
     for host in planned:
         if host.forwards:
@@ -379,14 +413,4 @@ def write_mesh(hosts_path: str, out_dir: str, fmt: str) -> list[str]:
                 f"{host.name} routes for its peers: turn on IP forwarding there: sysctl -w "
                 + " ".join(sysctls[v] for v in host.forwards)
             )
-    return lines
-
-
-def _write_secret(path: Path, text: str) -> None:
-    """Readable by its owner only (wg(8) warns of a key file others can read), and
-    whole or not at all."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(temporary, path)
+    return lines, warnings

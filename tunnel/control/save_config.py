@@ -4,7 +4,6 @@ in that file's format, as wg-quick's save_config does: the file's own settings
 `wg showconf` would give (private key, listen port, fwmark, MTU if the file sets
 one, and the peers as they run now, with their endpoints)."""
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from tunnel.control.config import Config
 from tunnel.control.convert import to_toml, to_wg_quick
 from tunnel.core.interface import Interface
 from tunnel.host.routing import InterfaceAddress
+from tunnel.host.secret_file import write_secret
 from tunnel.protocol.address import format_address
 from tunnel.protocol.keys import encode
 
@@ -75,20 +75,10 @@ def running_data(
 
 def write(config: Config, data: dict[str, Any]) -> None:
     """data over config's file, in its format; whole or not at all, mode 0600 (it
-    holds keys), as wg-quick writes FILE.tmp with umask 077 and moves it over."""
+    holds keys)."""
     path = Path(config.path)
     if config.format == "wg-quick":
         text = to_wg_quick(data, name=path.name.removesuffix(".conf"))
     else:
         text = to_toml(data)
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    write_secret(path, text)

@@ -57,6 +57,11 @@ class NotAnswering(OSError):
     """A tunnel holds the socket but does not answer: it is hung, or far behind."""
 
 
+class NotPermitted(OSError):
+    """The socket is there but not ours to use: it is root's (mode 0700), as
+    wireguard-go's is, and wg says "Permission denied" to anyone else."""
+
+
 def socket_names() -> list[str]:
     """The names of every tunnel socket, live or a crash's leftover."""
     if not SOCKET_DIR.is_dir():
@@ -74,7 +79,7 @@ def _alive(path: Path) -> bool:
             return True
     except NotRunning:
         return False
-    except NotAnswering:
+    except (NotAnswering, NotPermitted):
         return True
 
 
@@ -92,6 +97,9 @@ def _connect(path: Path, timeout: float = TIMEOUT) -> socket.socket:
         # does not accept them (a leftover socket refuses instead).
         sock.close()
         raise NotAnswering(errno.EAGAIN, f"the tunnel at {path} does not answer") from None
+    except PermissionError as e:
+        sock.close()
+        raise NotPermitted(e.errno, f"{path.stem}: {e.strerror}") from None
     except OSError:
         sock.close()
         raise NotRunning(f"no tunnel is running at {path}") from None

@@ -36,10 +36,25 @@ PEER = {
 LISTS = {"address", "dns", "allowed_ips"}
 HOOKS = ("pre_up", "post_up", "pre_down", "post_down")
 SECTIONS = {"[interface]": INTERFACE, "[peer]": PEER}
+# The interface names wg-quick takes (its parse_options), "." and ".." aside, which
+# Linux refuses (dev_valid_name). Every pattern here is matched whole (fullmatch):
+# "$" would also take a trailing newline.
+IFNAME = re.compile(r"(?!\.\.?\Z)[a-zA-Z0-9_=+.-]{1,15}")
+IFNAME_RULE = "1-15 of A-Z a-z 0-9 _ = + . -"
 # wg-quick reads a file named like this as the interface of that name (parse_options).
-FILE_NAME = re.compile(r"^([a-zA-Z0-9_=+.-]{1,15})\.conf$")
+FILE_NAME = re.compile(r"([a-zA-Z0-9_=+.-]{1,15})\.conf")
 SPACE = " \t\r\v\f"  # [[:space:]] in wg-quick's C locale
-DIGITS = re.compile(r"^[0-9]{1,20}$")
+DIGITS = re.compile(r"[0-9]{1,20}")
+# wg's parse_fwmark: a 0x prefix (lowercase x) for hex, else decimal (a leading 0 is
+# no octal prefix, 0X none at all), and "off".
+FWMARK = re.compile(r"0x([0-9a-fA-F]{1,64})|([0-9]{1,64})")
+
+
+def shown(text: str, limit: int | None = None) -> str:
+    """User text as an error quotes it: as it is if every character of it prints,
+    else as a Python literal, whose escapes a terminal shows rather than obeys."""
+    text = text[:limit]
+    return text if text.isprintable() else repr(text)
 
 
 def is_wg_quick(text: str) -> bool:
@@ -58,8 +73,7 @@ class IniError(Exception):
     def __init__(self, line: int | None, key: str, problem: str) -> None:
         super().__init__(problem)
         # What the file wrote, cut short, and quoted if a terminal would not show it.
-        key = key[:40]
-        self.line, self.key, self.problem = line, key if key.isprintable() else repr(key), problem
+        self.line, self.key, self.problem = line, shown(key, 40), problem
 
 
 @dataclass
@@ -87,11 +101,11 @@ class IniFile:
 
 def read(text: str, path: str) -> IniFile:
     """A wg-quick file as the TOML-shaped dict; IniError for what is not its format."""
-    match = FILE_NAME.match(Path(path).name)
+    match = FILE_NAME.fullmatch(Path(path).name)
     if not match:
         raise IniError(
-            None, "", "a wg-quick file is named after its interface: NAME.conf, NAME being "
-            "1-15 of A-Z a-z 0-9 _ = + . -",
+            None, "", f"a wg-quick file is named after its interface: NAME.conf, NAME being "
+            f"{IFNAME_RULE}",
         )  # fmt: skip
     interface: dict[str, Any] = {"name": match.group(1)}
     peers: list[dict[str, Any]] = []
@@ -103,6 +117,10 @@ def read(text: str, path: str) -> IniFile:
         line = raw.split("#", 1)[0].strip(SPACE)
         if not line:
             continue
+        if not line.isascii() and _undecoded(line):
+            # config._text kept the bytes that are not UTF-8 as surrogates: as in wg-quick,
+            # a comment may hold anything (a Latin-1 editor's), a setting may not.
+            raise IniError(number, "", "not UTF-8 text (only a comment may hold other bytes)")
         if line.startswith("["):
             if line.lower() not in SECTIONS:
                 raise IniError(number, line, "unknown section (there are [Interface], [Peer])")
@@ -163,9 +181,14 @@ def _typed(key: str, value: str) -> Any:
     if key in ("fwmark", "persistent_keepalive") and lower == "off":
         return 0
     if key == "fwmark":
-        # wg reads it with strtoul(value, NULL, 0): 0x hex, a leading 0 octal.
-        for pattern, base in ((r"0[xX][0-9a-fA-F]{1,16}", 16), (r"0[0-7]{1,22}", 8)):
-            if re.fullmatch(pattern, value):
-                return int(value, base)
-    numbers = ("listen_port", "mtu", "persistent_keepalive", "fwmark", "table")
-    return int(value) if key in numbers and DIGITS.match(value) else value
+        match = FWMARK.fullmatch(value)
+        if match:
+            hexadecimal, decimal = match.groups()
+            return int(hexadecimal, 16) if hexadecimal else int(decimal)
+    numbers = ("listen_port", "mtu", "persistent_keepalive", "table")
+    return int(value) if key in numbers and DIGITS.fullmatch(value) else value
+
+
+def _undecoded(text: str) -> bool:
+    """Whether text holds bytes that were not UTF-8 (decoded with surrogateescape)."""
+    return any("\udc80" <= c <= "\udcff" for c in text)

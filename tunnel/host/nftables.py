@@ -70,7 +70,7 @@ def remove_leftovers(live: Callable[[str], bool]) -> list[str]:
     prefix = f"table inet {_table('')}"
     gone = []
     for line in listed.splitlines():
-        name = line.removeprefix(prefix)
+        name = _device(line.removeprefix(prefix))
         if line.startswith(prefix) and not live(name):
             remove(name)  # whether or not another starting run removed it first
             gone.append(_table(name))
@@ -82,9 +82,22 @@ def _deleted(table: str) -> list[str]:
     return [f"add table inet {table}", f"delete table inet {table}"]
 
 
+# nft takes no quoted table name, and no '+' or '=' in one, which a device name
+# (config.IFNAME) may hold; '/' it takes, and a device name never holds.
+_ESCAPES = {"+": "/2b", "=": "/3d"}
+
+
 def _table(name: str) -> str:
-    # Unquoted: a device name (config.IFNAME) is also a valid nft identifier here.
+    for char, escape in _ESCAPES.items():
+        name = name.replace(char, escape)
     return f"pyvpn-{name}"
+
+
+def _device(escaped: str) -> str:
+    """The device name of a table's _table(name) less its prefix."""
+    for char, escape in _ESCAPES.items():
+        escaped = escaped.replace(escape, char)
+    return escaped
 
 
 def _run(what: str, commands: list[str]) -> str:
