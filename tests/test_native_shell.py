@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pytest
+
 from tunnel.core.actions import Send, SendBatch
 from tunnel.host import clock
 from tunnel.planes import dp
@@ -220,9 +222,11 @@ def delivered_to_b(s: Session) -> list[bytes]:
 
 
 def as_if_initiated_long_ago(s: Session) -> None:
-    """One initiation per REKEY_TIMEOUT: let a start the next at once (and b,
+    """One handshake message per REKEY_TIMEOUT: let a start the next at once (and b,
     on its own clock, take it)."""
-    peer_of(s.a).last_initiation_sent -= REKEY_TIMEOUT
+    peer = peer_of(s.a)
+    peer.last_initiation_sent -= REKEY_TIMEOUT
+    peer.last_handshake_sent -= REKEY_TIMEOUT
     s.a.iface.wall_offset += REKEY_TIMEOUT  # its TAI64N stamps, which b checks
     s.net.now += REKEY_TIMEOUT
 
