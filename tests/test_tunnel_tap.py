@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import struct
 import time
@@ -514,8 +515,13 @@ def test_mode_mismatch_is_reported_on_both_sides(bed, tmp_path, datapath):
 # configs/
 
 
-def test_example_tap_configs_are_a_matching_bridged_pair():
-    a, b = (load(str(ROOT / "configs" / f"tap-{side}.toml")) for side in "ab")
+def test_example_tap_configs_are_a_matching_bridged_pair(tmp_path):
+    # Installed as a key file should be (a checkout gives every file 0644,
+    # which rightly earns the world-accessible warning).
+    for side in "ab":
+        shutil.copy(ROOT / "configs" / f"tap-{side}.toml", tmp_path)
+        (tmp_path / f"tap-{side}.toml").chmod(0o600)
+    a, b = (load(str(tmp_path / f"tap-{side}.toml")) for side in "ab")
     for this, other in ((a, b), (b, a)):
         assert this.interface.mode == "tap" and this.interface.bridge == "br0"
         assert this.peers[0].public_key == keys.public_key(other.interface.private_key)
