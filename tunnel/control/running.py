@@ -39,6 +39,8 @@ def bind(port: int) -> Bound:
 
 @dataclass(kw_only=True)
 class Tunnel:
+    """A tunnel that is up, with what `pyvpn show` reports of its setup."""
+
     name: str
     iface: Interface
     plane: Plane
