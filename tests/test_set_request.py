@@ -7,17 +7,18 @@ line) is in test_uapi_set.py."""
 import asyncio
 import errno
 import ipaddress
-from dataclasses import dataclass
+import socket
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tunnel.control import uapi
+from tunnel.control.running import Tunnel
 from tunnel.control.set_request import set_request
 from tunnel.core.interface import Interface
 from tunnel.core.reconfig import Change, IPEdit, PeerChange, apply, networks_after
 from tunnel.host.full_tunnel import FullTunnel
-from tunnel.planes.base import Plane
+from tunnel.planes.native import NativeShell
 from tunnel.protocol import keys
 from tunnel.protocol.peer_config import PeerConfig
 
@@ -59,16 +60,16 @@ def test_the_routes_foreseen_are_the_routes_the_core_then_has(change):
     assert iface.routes.networks() == foreseen
 
 
-@dataclass
-class Target:
-    """What set_request changes, as daemon.Tunnel holds it; no routes (table off)."""
-
-    name: str
-    iface: Interface
-    plane: Plane
-    listen_port: int
-    full_tunnel: FullTunnel
-    table: str = "off"
+def running(shell: NativeShell) -> Tunnel:
+    """The tunnel a's shell serves, as the daemon makes it; no routes (table off)."""
+    return Tunnel(
+        name="pv0",
+        iface=shell.iface,
+        plane=shell,
+        listen_port=shell.sock.getsockname()[1],
+        table="off",
+        full_tunnel=FullTunnel("pv0", shell.sock, []),
+    )
 
 
 def test_a_change_the_native_plane_refuses_partway_changes_nothing(monkeypatch):
@@ -77,8 +78,8 @@ def test_a_change_the_native_plane_refuses_partway_changes_nothing(monkeypatch):
     again routes b's network to b, on the session it had."""
     with confirmed_session() as s:
         shell, iface = s.shell, s.a.iface
-        port = shell.sock.getsockname()[1]
-        target = Target("pv0", iface, shell, port, FullTunnel("pv0", shell.sock, []))
+        target = running(shell)
+        port = target.listen_port
         before = uapi.get_response(iface, port)
         first, second = (keys.public_key(keys.generate_private_key()) for _ in range(2))
         args = [f"public_key={first.hex()}", "allowed_ip=10.0.0.2/32", f"public_key={second.hex()}"]
@@ -102,4 +103,24 @@ def test_a_change_the_native_plane_refuses_partway_changes_nothing(monkeypatch):
         packet = ipv4_packet("10.0.0.2", "10.0.0.1", b"still b's")
         for send in sends(s.b.iface.send_packet(packet, s.net.now)):
             s.udp_b.sendto(send.data, s.a.address)
+        assert s.dev.recv(2048).endswith(packet)
+
+
+def test_a_new_listen_port_is_the_one_the_new_socket_got_and_the_session_carries_on():
+    """listen_port=0 asks the kernel for a port: the tunnel then reports the port
+    its new socket is bound to, the old port is given up, and b's next packet,
+    sent to the new port, reaches a's device on the session it had."""
+    with confirmed_session() as s:
+        tunnel = running(s.shell)
+        old = tunnel.listen_port
+        assert asyncio.run(set_request(tunnel, ["listen_port=0"])) == "errno=0\n\n"
+        new = tunnel.listen_port
+        assert new not in (0, old)
+        assert s.shell.sock.getsockname()[1] == new  # what it reports is where it listens
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taker:
+            taker.bind(("127.0.0.1", old))  # free again
+
+        packet = ipv4_packet("10.0.0.2", "10.0.0.1", b"to the new port")
+        for send in sends(s.b.iface.send_packet(packet, s.net.now)):
+            s.udp_b.sendto(send.data, ("127.0.0.1", new))
         assert s.dev.recv(2048).endswith(packet)

@@ -1,32 +1,38 @@
-"""`pyvpn up`: set the tunnel up from a config, serve until SIGINT/SIGTERM, and
-tear down everything it made, in reverse order, whatever happens."""
+"""Bring a tunnel up and run it until told to stop, then tear down everything it
+made, in reverse order, whatever happens. Two ways up: `pyvpn up` sets up the
+whole tunnel from a config (device, addresses, routes, DNS, hooks); `pyvpn-wg`
+only the device, for wg-quick to configure over UAPI. Told to stop by SIGINT or
+SIGTERM, and under pyvpn-wg also by the device's deletion.
+
+What a running tunnel does is the control plane's: the UAPI server
+(control/uapi_server.py) with its set requests (control/set_request.py),
+endpoint names (control/reresolve.py), SaveConfig (control/save_config.py),
+and following a device set up by others (control/follow_link.py)."""
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import uvloop
 
-from tunnel.control import save_config, show, uapi, uapi_client, wg_quick
+from tunnel.control import save_config, uapi_client, uapi_server, wg_quick
 from tunnel.control.config import Config, ConfigError
+from tunnel.control.follow_link import following
 from tunnel.control.reresolve import follow_names
-from tunnel.control.set_request import set_request
+from tunnel.control.running import Tunnel
 from tunnel.control.status import snapshot
-from tunnel.control.uapi_socket import SOCKET_DIR, socket_path
+from tunnel.control.uapi_socket import socket_path
 from tunnel.core.interface import Interface
 from tunnel.host import clock, hooks, netlink, resolvconf, sd_notify, udp
 from tunnel.host.device import DeviceError, open_device
 from tunnel.host.full_tunnel import FullTunnel, remove_leftovers
-from tunnel.host.link_watch import LinkWatch
 from tunnel.host.privileges import PrivilegeError, drop_privileges
-from tunnel.host.routing import InterfaceAddress, numbered
+from tunnel.host.routing import numbered
 from tunnel.host.udp import SocketError, open_socket
 from tunnel.planes import dp
 from tunnel.planes.base import Plane
@@ -94,17 +100,16 @@ def _up(config: Config, datapath: str) -> int:
         except (netlink.LinkError, resolvconf.ResolvconfError) as e:
             raise SetupError(str(e)) from None
         tunnel = Tunnel(
-            c.name,
-            c.mode,
-            iface,
-            _plane(datapath, iface, dev_fd, sock),
-            sock.getsockname()[1],
-            c.table,
-            full_tunnel,
-            c.addresses,
-            c.bridge,
-            c.user,
-            config,
+            name=c.name,
+            iface=iface,
+            plane=_plane(datapath, iface, dev_fd, sock),
+            listen_port=sock.getsockname()[1],
+            table=c.table,
+            full_tunnel=full_tunnel,
+            addresses=c.addresses,
+            bridge=c.bridge,
+            user=c.user,
+            config=config,
         )
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(serve(tunnel))
@@ -132,16 +137,12 @@ def up_device(name: str, ready: Callable[[], None], wanted: str = "auto") -> int
             external_transport=datapath == "native",
         )
         tunnel = Tunnel(
-            name,
-            "tun",
-            iface,
-            _plane(datapath, iface, dev_fd, sock),
-            sock.getsockname()[1],
-            "off",  # wg-quick routes, from `wg show NAME allowed-ips`
-            FullTunnel(name, sock, []),
-            [],
-            None,
-            None,
+            name=name,
+            iface=iface,
+            plane=_plane(datapath, iface, dev_fd, sock),
+            listen_port=sock.getsockname()[1],
+            table="off",  # wg-quick routes, from `wg show NAME allowed-ips`
+            full_tunnel=FullTunnel(name, sock, []),
         )
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(serve(tunnel, ready, follow_device=True))
@@ -179,26 +180,6 @@ def _plane(datapath: str, iface: Interface, dev_fd: int, sock: socket.socket) ->
     if datapath == "native":
         return NativeShell(iface, dev_fd, sock)
     return PythonPlane(iface, dev_fd, sock)
-
-
-@dataclass
-class Tunnel:
-    """A tunnel that is up, as serving it needs it."""
-
-    name: str
-    mode: str
-    iface: Interface
-    plane: Plane
-    listen_port: int
-    table: str | int  # config.InterfaceConfig.table
-    full_tunnel: FullTunnel
-    addresses: list[InterfaceAddress]
-    bridge: str | None
-    user: str | None
-    # For its hooks and SaveConfig; none under pyvpn-wg, where wg-quick does both.
-    config: Config | None = None
-    # One set request at a time: each ends with netlink work in an executor thread.
-    setting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def tunnel_mtu(config: Config) -> int:
@@ -248,28 +229,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     name, plane = tunnel.name, tunnel.plane
-
-    def status() -> dict:
-        plane.refresh()
-        return snapshot(
-            tunnel.iface,
-            name,
-            tunnel.listen_port,
-            plane.name,
-            clock.now(),
-            udp.mark(plane.sock),
-            tunnel.table,
-            tunnel.full_tunnel.versions,
-            tunnel.addresses,
-            tunnel.bridge,
-            tunnel.user,
-            plane.own_stats(),
-        )
-
-    with contextlib.ExitStack() as teardown:
-        server = await _serve_uapi(tunnel, status)
-        teardown.callback(_remove_socket, name)
-        teardown.callback(server.close)
+    async with contextlib.AsyncExitStack() as teardown:
+        await teardown.enter_async_context(uapi_server.serving(tunnel))
         if tunnel.user is not None:
             # Setup is done; before plane.start, whose threads inherit the capabilities.
             try:
@@ -278,16 +239,20 @@ async def serve(
                 raise SetupError(str(e)) from None
         plane.start(loop)
         teardown.callback(plane.stop)
-        names = loop.create_task(follow_names(name, tunnel.iface, plane, tunnel.setting))
+        names = loop.create_task(follow_names(tunnel))
         teardown.callback(names.cancel)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
             teardown.callback(loop.remove_signal_handler, sig)
         if follow_device:
-            teardown.enter_context(_following(tunnel, loop, stop))
+            try:
+                teardown.enter_context(following(tunnel, stop.set))
+            except OSError as e:
+                raise SetupError(f"cannot follow the device: {e.strerror}") from None
+        status = snapshot(tunnel)
         up = (
-            f"{name} up: {tunnel.mode} mode, UDP port {tunnel.listen_port}, "
-            f"{plane.name} data plane, public key {status()['public_key'] or '(none yet)'}"
+            f"{name} up: {status['mode']} mode, UDP port {status['listen_port']}, "
+            f"{status['datapath']} data plane, public key {status['public_key'] or '(none yet)'}"
         )
         # After addresses, routes and DNS, as wg-quick runs PostUp; in a thread, so
         # that the UAPI answers a hook's `wg set %i ...`.
@@ -307,42 +272,8 @@ async def serve(
             except SetupError as e:
                 log.warning("%s: %s", name, e)
             if tunnel.config.interface.save_config:
-                # pyroute2 cannot run inside the event loop it would use itself.
-                configured = tunnel.config.interface.addresses
-                addresses = await loop.run_in_executor(None, _addresses_now, name, configured)
-                save(tunnel, tunnel.config, addresses)
+                await save_config.save(tunnel, tunnel.config)
     return 0
-
-
-@contextlib.contextmanager
-def _following(
-    tunnel: Tunnel, loop: asyncio.AbstractEventLoop, stop: asyncio.Event
-) -> Iterator[None]:
-    """The device's deletion stops the tunnel; a new MTU reaches the plane (padding,
-    `pyvpn show`)."""
-    try:
-        watch = LinkWatch(tunnel.name)
-    except OSError as e:
-        raise SetupError(f"cannot follow the device: {e.strerror}") from None
-
-    def readable() -> None:
-        state = watch.read()
-        if state.mtu is not None and state.mtu != tunnel.iface.mtu:
-            try:
-                tunnel.plane.set_mtu(state.mtu)
-                log.info("%s: MTU now %d", tunnel.name, state.mtu)
-            except OSError as e:
-                log.warning("%s: MTU %d not followed: %s", tunnel.name, state.mtu, e.strerror)
-        if state.deleted:
-            log.info("%s: the device was deleted", tunnel.name)
-            stop.set()
-
-    loop.add_reader(watch.fileno(), readable)
-    try:
-        yield
-    finally:
-        loop.remove_reader(watch.fileno())
-        watch.close()
 
 
 def run_hooks(config: Config, hook: str) -> None:
@@ -351,82 +282,3 @@ def run_hooks(config: Config, hook: str) -> None:
         hooks.run(wg_quick.INTERFACE[hook], c.hooks.get(hook, []), c.name)
     except hooks.HookError as e:
         raise SetupError(str(e)) from None
-
-
-def _addresses_now(name: str, configured: list[InterfaceAddress]) -> list[InterfaceAddress] | None:
-    try:
-        return netlink.addresses(name, configured)
-    except netlink.LinkError as e:  # the device is gone: the file's addresses stay
-        log.warning("%s: SaveConfig: %s", name, e)
-        return None
-
-
-def save(tunnel: Tunnel, config: Config, addresses: list[InterfaceAddress] | None) -> None:
-    """SaveConfig, as wg-quick does it at down: after PreDown, before teardown."""
-    plane, iface = tunnel.plane, tunnel.iface
-    plane.refresh()
-    data = save_config.running_data(
-        config, iface, tunnel.listen_port, udp.mark(plane.sock), iface.mtu, addresses
-    )
-    try:
-        save_config.write(config, data)
-    except (OSError, ValueError) as e:
-        log.error("%s: SaveConfig: cannot write %s: %s", tunnel.name, config.path, e)
-        return
-    log.info("%s: SaveConfig: wrote the running config to %s", tunnel.name, config.path)
-
-
-async def _serve_uapi(tunnel: Tunnel, status) -> asyncio.AbstractServer:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                line = await uapi.read_line(reader)
-                if line == "":
-                    break
-                # An operation's arguments end at an empty line; get has none.
-                args, too_long = [], line is None
-                while (arg := await uapi.read_line(reader)) != "":
-                    if arg is None:
-                        too_long = True
-                    else:
-                        args.append(arg)
-                if too_long:
-                    log.warning("%s: UAPI: a line over 64 KiB, operation refused", tunnel.name)
-                    reply = (
-                        uapi.set_error_response(errno.EMSGSIZE)
-                        if line == "set=1"
-                        else uapi.error_response(errno.EMSGSIZE)
-                    )
-                elif line == "get=1":
-                    reply = uapi.get_response(
-                        tunnel.iface, tunnel.listen_port, udp.mark(tunnel.plane.sock)
-                    )
-                elif line == "get=pyvpn":
-                    reply = uapi.status_response(status())
-                elif line == "get=pyvpn_text":
-                    reply = uapi.text_response(show.render(status()))
-                elif line == "set=1":
-                    async with tunnel.setting:
-                        reply = await set_request(tunnel, args)
-                else:
-                    reply = uapi.error_response(uapi.EPROTO)
-                writer.write(reply.encode())
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    SOCKET_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
-    path = socket_path(tunnel.name)
-    old_umask = os.umask(0o077)  # the socket hands out the private key: root only
-    try:
-        return await asyncio.start_unix_server(handle, path=str(path))
-    finally:
-        os.umask(old_umask)
-
-
-def _remove_socket(name: str) -> None:
-    # PermissionError: we dropped root; the janitor of privileges.py removes it.
-    with contextlib.suppress(FileNotFoundError, PermissionError):
-        os.unlink(socket_path(name))

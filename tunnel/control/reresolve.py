@@ -11,13 +11,13 @@ import logging
 import threading
 
 from tunnel.core import reconfig
-from tunnel.core.interface import Interface
 from tunnel.host import clock
 from tunnel.host.udp import resolve
-from tunnel.planes.base import Plane
 from tunnel.protocol.address import Address, format_address
 from tunnel.protocol.constants import TIMER_SCALE
 from tunnel.protocol.peer import Peer
+
+from .running import Tunnel
 
 log = logging.getLogger("pyvpn")
 
@@ -42,27 +42,21 @@ def due(peer: Peer, now: float, wall_offset: float) -> bool:
     return peer.last_initiation_sent > handshake and now - handshake > STALE_AFTER
 
 
-async def follow_names(name: str, iface: Interface, plane: Plane, setting: asyncio.Lock) -> None:
-    """Run until cancelled. `setting` serialises this with set requests (daemon.Tunnel)."""
-    loop = asyncio.get_running_loop()
+async def follow_names(tunnel: Tunnel) -> None:
+    """Run until cancelled, one change at a time with set requests (tunnel.setting)."""
+    loop, iface = asyncio.get_running_loop(), tunnel.iface
     while True:
         await asyncio.sleep(INTERVAL)
         now = clock.now()
         for peer in [p for p in iface.peers.values() if due(p, now, iface.wall_offset)]:
             try:
-                await _follow(name, iface, plane, setting, peer, loop)
+                await _follow(tunnel, peer, loop)
             except Exception:  # one peer's failure must not end the others' following
-                log.exception("%s: following the endpoint name of a peer failed", name)
+                log.exception("%s: following the endpoint name of a peer failed", tunnel.name)
 
 
-async def _follow(
-    name: str,
-    iface: Interface,
-    plane: Plane,
-    setting: asyncio.Lock,
-    peer: Peer,
-    loop: asyncio.AbstractEventLoop,
-) -> None:
+async def _follow(tunnel: Tunnel, peer: Peer, loop: asyncio.AbstractEventLoop) -> None:
+    name, iface, plane = tunnel.name, tunnel.iface, tunnel.plane
     named = peer.endpoint_name
     assert named is not None
     try:
@@ -70,7 +64,7 @@ async def _follow(
     except (OSError, UnicodeError) as e:
         log.debug("%s: cannot resolve %s: %s", name, named[0], e)
         return
-    async with setting:
+    async with tunnel.setting:
         now = clock.now()
         # The lookup may have taken long: a set request may have changed or removed
         # the peer, or a handshake or roaming made its endpoint work, meanwhile.

@@ -4,16 +4,50 @@ in that file's format, as wg-quick's save_config does: the file's own settings
 `wg showconf` would give (private key, listen port, fwmark, MTU if the file sets
 one, and the peers as they run now, with their endpoints)."""
 
+import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
 from tunnel.control.config import Config
 from tunnel.control.convert import to_toml, to_wg_quick
 from tunnel.core.interface import Interface
+from tunnel.host import netlink, udp
 from tunnel.host.routing import InterfaceAddress
 from tunnel.host.secret_file import write_secret
 from tunnel.protocol.address import format_address
 from tunnel.protocol.keys import encode
+
+from .running import Tunnel
+
+log = logging.getLogger("pyvpn")
+
+
+async def save(tunnel: Tunnel, config: Config) -> None:
+    """SaveConfig, as wg-quick does it at down: after PreDown, before teardown."""
+    # pyroute2 cannot run inside the event loop it would use itself.
+    loop = asyncio.get_running_loop()
+    configured = config.interface.addresses
+    addresses = await loop.run_in_executor(None, _addresses_now, tunnel.name, configured)
+    plane, iface = tunnel.plane, tunnel.iface
+    plane.refresh()
+    data = running_data(
+        config, iface, tunnel.listen_port, udp.mark(plane.sock), iface.mtu, addresses
+    )
+    try:
+        write(config, data)
+    except (OSError, ValueError) as e:
+        log.error("%s: SaveConfig: cannot write %s: %s", tunnel.name, config.path, e)
+        return
+    log.info("%s: SaveConfig: wrote the running config to %s", tunnel.name, config.path)
+
+
+def _addresses_now(name: str, configured: list[InterfaceAddress]) -> list[InterfaceAddress] | None:
+    try:
+        return netlink.addresses(name, configured)
+    except netlink.LinkError as e:  # the device is gone: the file's addresses stay
+        log.warning("%s: SaveConfig: %s", name, e)
+        return None
 
 
 def running_data(

@@ -4,47 +4,33 @@ core and the plane: it applies whole or changes nothing, and the reply's errno
 says which.
 
 Each part that can fail is done before the core takes the change, with its undo
-kept: the new socket is bound and the fwmark set; the routes for the networks
-the change adds go in (reconfig.networks_after foresees them); the full tunnel
-follows. Then the core applies it, which cannot fail once uapi.check passed,
+kept: the new socket is bound (running.bind) and the fwmark set; the routes for
+the networks the change adds go in (reconfig.networks_after foresees them); the
+full tunnel follows. Then the core applies it, which cannot fail once uapi.check passed,
 and the plane follows; if the plane refuses, the core is put back
 (reconfig.Before) and the plane follows it back. Only then does what cannot be
-undone happen: the old socket gives way to the new one, and the routes of the
-networks no longer allowed go."""
+undone happen: the tunnel rebinds to the new socket (Tunnel.rebind), and the
+routes of the networks no longer allowed go."""
 
 import asyncio
 import contextlib
 import errno
 import logging
 import socket
-from typing import Protocol
 
 from tunnel.core import reconfig
-from tunnel.core.interface import Interface
 from tunnel.core.reconfig import Change, Refused
 from tunnel.host import clock, netlink, udp
-from tunnel.host.full_tunnel import FullTunnel
 from tunnel.host.routing import numbered
-from tunnel.planes.base import Plane
 from tunnel.protocol.allowed_ips import Network
 
 from . import uapi
+from .running import Bound, Tunnel, bind
 
 log = logging.getLogger("pyvpn")
 
 
-class Settable(Protocol):
-    """What a set request changes: a running tunnel (daemon.Tunnel)."""
-
-    name: str
-    iface: Interface
-    plane: Plane
-    listen_port: int
-    table: str | int  # config.InterfaceConfig.table
-    full_tunnel: FullTunnel
-
-
-async def set_request(tunnel: Settable, args: list[str]) -> str:
+async def set_request(tunnel: Tunnel, args: list[str]) -> str:
     """The reply to `set=1` with these argument lines. The caller holds the
     tunnel's lock: one set request at a time."""
     loop = asyncio.get_running_loop()
@@ -61,7 +47,7 @@ async def set_request(tunnel: Settable, args: list[str]) -> str:
         # pyroute2 runs its own event loop: in a worker thread, not inside this one.
         await loop.run_in_executor(None, _prepare_routes, tunnel, before, after, undo)
         if new is not None:
-            udp.set_mark(new, udp.mark(tunnel.plane.sock))  # the full tunnel's, if it took one
+            udp.set_mark(new.sock, udp.mark(tunnel.plane.sock))  # the full tunnel's, if it took one
         applied = _apply(tunnel, change)
     except (Refused, udp.SocketError, netlink.LinkError) as e:
         log.warning("%s: set refused: %s", tunnel.name, e)
@@ -76,9 +62,7 @@ async def set_request(tunnel: Settable, args: list[str]) -> str:
         raise
     undo.pop_all()
     if new is not None:
-        tunnel.plane.replace_socket(new)
-        tunnel.listen_port = tunnel.plane.sock.getsockname()[1]
-        log.info("%s: now listening on UDP port %d", tunnel.name, tunnel.listen_port)
+        tunnel.rebind(new)
     log.info(
         "%s: set: peers added %d, removed %d, changed %d",
         tunnel.name,
@@ -91,9 +75,7 @@ async def set_request(tunnel: Settable, args: list[str]) -> str:
     return uapi.error_response(0)
 
 
-def _prepare_socket(
-    tunnel: Settable, change: Change, undo: contextlib.ExitStack
-) -> socket.socket | None:
+def _prepare_socket(tunnel: Tunnel, change: Change, undo: contextlib.ExitStack) -> Bound | None:
     """The fwmark set on the live socket, and for a new listen port a new socket,
     bound now, that takes the live socket's mark and its place at the end."""
     sock = tunnel.plane.sock
@@ -101,8 +83,8 @@ def _prepare_socket(
     undo.callback(_mark_back, sock, mark)  # the request's fwmark, or the full tunnel's
     new = None
     if change.listen_port is not None and change.listen_port != tunnel.listen_port:
-        new = udp.open_socket(change.listen_port)
-        undo.callback(new.close)
+        new = bind(change.listen_port)
+        undo.callback(new.sock.close)
     if change.fwmark is not None and change.fwmark != mark:
         udp.set_mark(sock, change.fwmark)
     return new
@@ -114,7 +96,7 @@ def _mark_back(sock: socket.socket, mark: int) -> None:
 
 
 def _prepare_routes(
-    tunnel: Settable, before: set[Network], after: set[Network], undo: contextlib.ExitStack
+    tunnel: Tunnel, before: set[Network], after: set[Network], undo: contextlib.ExitStack
 ) -> None:
     """Routes for the networks the change adds, and the full tunnel as `after`
     asks; blocking netlink work."""
@@ -129,7 +111,7 @@ def _prepare_routes(
         tunnel.full_tunnel.fit(after)
 
 
-def _apply(tunnel: Settable, change: Change) -> reconfig.Applied:
+def _apply(tunnel: Tunnel, change: Change) -> reconfig.Applied:
     """The core takes the change and the plane follows; if the plane refuses, both
     are as they were."""
     iface, plane = tunnel.iface, tunnel.plane
@@ -150,7 +132,7 @@ def _apply(tunnel: Settable, change: Change) -> reconfig.Applied:
     return applied
 
 
-def _remove_routes(tunnel: Settable, before: set[Network], after: set[Network]) -> None:
+def _remove_routes(tunnel: Tunnel, before: set[Network], after: set[Network]) -> None:
     """After the change: the routes of the networks no longer allowed go. A route
     already gone is fine; one the kernel keeps is only logged, the change stands."""
     try:

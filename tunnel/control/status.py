@@ -1,31 +1,21 @@
 """A plain-data snapshot of a running interface: what `pyvpn show`, `show --json`
 and the UAPI report. Public keys only; private and preshared keys never appear."""
 
-from collections.abc import Iterable
 from typing import Any
 
-from tunnel.core.interface import Interface
 from tunnel.core.state import mode_name
-from tunnel.host.routing import InterfaceAddress
+from tunnel.host import clock, udp
 from tunnel.protocol.address import format_address
 from tunnel.protocol.allowed_ips import network_text
 from tunnel.protocol.keys import encode
 
+from .running import Tunnel
 
-def snapshot(
-    iface: Interface,
-    name: str,
-    listen_port: int,
-    datapath: str,
-    now: float,
-    fwmark: int = 0,
-    table: str | int = "auto",
-    full_tunnel: Iterable[int] = (),
-    addresses: Iterable[InterfaceAddress] = (),
-    bridge: str | None = None,
-    user: str | None = None,
-    native: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+
+def snapshot(tunnel: Tunnel) -> dict[str, Any]:
+    """The tunnel now, its plane's figures brought up to date first."""
+    tunnel.plane.refresh()
+    iface, now = tunnel.iface, clock.now()
     peers = []
     learned = iface.macs.entries(now) if iface.l2 else []  # once: C may hold the table
     for peer in iface.peers.values():
@@ -63,22 +53,24 @@ def snapshot(
             }
         )
     return {
-        "name": name,
+        "name": tunnel.name,
         "mode": mode_name(iface.l2),
         "public_key": encode(iface.identity.public_key) if iface.identity.present else None,
-        "listen_port": listen_port,
-        "fwmark": fwmark,
-        "table": table,  # config.InterfaceConfig.table
-        "full_tunnel": sorted(full_tunnel),  # IP versions all traffic of which goes through
-        "datapath": datapath,
+        "listen_port": tunnel.listen_port,
+        "fwmark": udp.mark(tunnel.plane.sock),
+        "table": tunnel.table,  # config.InterfaceConfig.table
+        # IP versions all traffic of which goes through
+        "full_tunnel": sorted(tunnel.full_tunnel.versions),
+        "datapath": tunnel.plane.name,
         "mtu": iface.mtu,
-        "addresses": [str(a) for a in addresses],  # as the config gives them
-        "bridge": bridge,  # the one joined at start (tap)
+        "addresses": [str(a) for a in tunnel.addresses],  # as the config gives them
+        "bridge": tunnel.bridge,  # the one joined at start (tap)
         **({"mac_ageing": iface.macs.ageing} if iface.l2 else {}),
-        "user": user,  # the one run as after setup; None: root
+        "user": tunnel.user,  # the one run as after setup; None: root
         "under_load": now < iface.under_load_until,
         "cookie_replies_sent": iface.cookie_replies_sent,
         "drops": dict(iface.drops),
-        "native": native,  # the C plane's own counters (dp.h dp_if_stats); None: Python plane
+        # The C plane's own counters (dp.h dp_if_stats); None: Python plane.
+        "native": tunnel.plane.own_stats(),
         "peers": peers,
     }

@@ -3,11 +3,11 @@ key=value text protocol `wg` speaks over /var/run/wireguard/NAME.sock.
 pyvpn answers `get=1` exactly as wireguard-go does, takes `set=1` (so `wg set`,
 `wg setconf` and `wg syncconf` work), and adds `get=pyvpn`, which returns the
 JSON status snapshot that `pyvpn show --json` prints, and `get=pyvpn_text`,
-the text `pyvpn show` prints (control/show.py), as a JSON string. A set request is parsed and
-checked whole here before core/reconfig.py applies it; control/uapi_client.py
-is the other end."""
+the text `pyvpn show` prints (control/show.py), as a JSON string. A set request
+is parsed and checked whole here before core/reconfig.py applies it. The text
+only: control/uapi_server.py listens and answers, control/uapi_client.py is the
+other end."""
 
-import asyncio
 import errno
 import ipaddress
 import json
@@ -24,28 +24,8 @@ from tunnel.protocol.allowed_ips import Network, network_text
 
 from .config import LOW_ORDER, parse_mac
 
-EPROTO = errno.EPROTO
 KEY_HEX = re.compile(r"[0-9a-fA-F]{64}")
 DECIMAL = re.compile(r"[0-9]{1,10}")
-
-
-async def read_line(reader: asyncio.StreamReader) -> str | None:
-    """The next line, stripped ("" at the end of the stream), or None for one longer
-    than the reader's limit (64 KiB), skipped to its end: the operation it is in
-    gets an errno reply, and the connection stays in step for the next one."""
-    try:
-        line = await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError as e:  # the last line, without its newline
-        line = e.partial
-    except asyncio.LimitOverrunError as e:
-        while True:
-            await reader.readexactly(e.consumed)  # the line so far, its newline not yet
-            try:
-                await reader.readuntil(b"\n")
-                return None
-            except asyncio.LimitOverrunError as more:
-                e = more
-    return line.decode(errors="replace").strip()
 
 
 def get_response(iface: Interface, listen_port: int, fwmark: int = 0) -> str:
