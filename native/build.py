@@ -20,6 +20,7 @@ SOURCES = [
     "device.c",
     "send.c",
     "receive.c",
+    "socket.c",
     "peer.c",
     "allowedips.c",
     "mactable.c",
