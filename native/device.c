@@ -265,11 +265,3 @@ int dp_if_stats(dp_t *dp, struct dp_if_stats *out)
 	return 0;
 }
 
-int dp_test_cached_keys(dp_t *dp)
-{
-	int n = 0;
-	for (int i = 0; i < dp->nworkers; i++)
-		n += (tx_aead(dp->workers[i].tx)->key_id != 0) +
-		     (rx_aead(dp->workers[i].rx)->key_id != 0);
-	return n;
-}

@@ -248,6 +248,8 @@ void allowedips_free(dp_t *dp);
 /* mac_learn() answers a DP_MAC_* (dp.h). */
 int mac_learn(dp_t *dp, const uint8_t mac[6], uint32_t peer_id, uint64_t now);
 bool mac_lookup(dp_t *dp, const uint8_t mac[6], uint64_t now, uint32_t *peer_id);
+/* The learned entries at `now` (dp_mac_table's). */
+int mac_table_at(dp_t *dp, uint64_t now, struct dp_mac_entry *out, int max);
 void mac_forget_peer(dp_t *dp, uint32_t peer_id);
 /* The peer's allowed_macs become its bound entries; what it held and may no
  * longer send from goes. */
