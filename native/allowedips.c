@@ -51,18 +51,6 @@ struct peer *allowedips_lookup(dp_t *dp, int family, const uint8_t *addr)
 	return best;
 }
 
-int dp_test_allowed_ips_lookup(dp_t *dp, int family, const uint8_t *addr, uint32_t *peer_id)
-{
-	if (family != AF_INET && family != AF_INET6)
-		return -EINVAL;
-	pthread_rwlock_rdlock(&dp->lock);
-	struct peer *p = allowedips_lookup(dp, family, addr);
-	if (p)
-		*peer_id = p->id;
-	pthread_rwlock_unlock(&dp->lock);
-	return p != NULL;
-}
-
 /* Take the prefix from the peer if it still holds it (another may have taken
  * it since), and free the nodes that leaves empty on its path. */
 static void remove_prefix(struct trie_node **root, const struct dp_prefix *pf,

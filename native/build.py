@@ -20,6 +20,7 @@ SOURCES = [
     "device.c",
     "send.c",
     "receive.c",
+    "socket.c",
     "peer.c",
     "allowedips.c",
     "mactable.c",
@@ -27,12 +28,15 @@ SOURCES = [
     "crypto.c",
     "offload.c",
     "upcall.c",
+    "testhooks.c",
 ]
+# The headers cffi reads the API from: the plane's, then the tests' way in.
+API_HEADERS = ["dp.h", "testhooks.h"]
 
-# cffi reads the API from dp.h itself, so it is declared in one place: the
-# header minus its preprocessor lines, which cffi's parser does not take, after
-# the system types it uses ("..." lets the C compiler fill in what cffi cannot
-# see, such as the layout of sockaddr_storage).
+# cffi reads the API from API_HEADERS themselves, so it is declared in one
+# place: the headers minus their preprocessor lines, which cffi's parser does
+# not take, after the system types they use ("..." lets the C compiler fill in
+# what cffi cannot see, such as the layout of sockaddr_storage).
 SYSTEM_TYPES = """
 typedef int... socklen_t;
 struct sockaddr { ...; };
@@ -87,10 +91,10 @@ def write_constants_header() -> None:
 
 
 def cdef() -> str:
-    """dp.h, and the shared constants as C compiled them (lib.NAME), so that a test
-    can hold them against Python's."""
-    header = (HERE / "dp.h").read_text().splitlines()
-    api = "\n".join(line for line in header if not line.startswith("#"))
+    """API_HEADERS, and the shared constants as C compiled them (lib.NAME), so that
+    a test can hold them against Python's."""
+    lines = [line for name in API_HEADERS for line in (HERE / name).read_text().splitlines()]
+    api = "\n".join(line for line in lines if not line.startswith("#"))
     compiled = "\n".join(f"#define {name} ..." for name in shared_constants())
     return SYSTEM_TYPES + api + "\n" + compiled
 
@@ -124,7 +128,7 @@ def make_ffibuilder(asan: bool | None = None) -> FFI:
     ffi.cdef(cdef())
     ffi.set_source(
         "tunnel.planes._native",
-        '#include "dp.h"\n#include "constants.h"\n',
+        "".join(f'#include "{name}"\n' for name in [*API_HEADERS, "constants.h"]),
         sources=[str(base / s) for s in SOURCES],
         include_dirs=[str(base)],
         libraries=["crypto"],

@@ -167,26 +167,3 @@ bool mac1_valid(struct mac1 *m, const uint8_t key[32], const uint8_t *msg, size_
 	       EVP_MAC_final(m->ctx, mac, &n, sizeof(mac)) == 1 && n == MAC_SIZE &&
 	       CRYPTO_memcmp(mac, msg + at, MAC_SIZE) == 0;
 }
-
-/* Test hooks: the same code path with a fresh context. */
-int dp_test_aead_seal(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
-		      size_t aad_len, const uint8_t *pt, size_t len, uint8_t *out)
-{
-	struct aead a;
-	if (aead_init(&a, 1))
-		return -1;
-	int r = aead_seal(&a, key, 0, nonce, aad, aad_len, pt, len, 0, out);
-	aead_free(&a);
-	return r;
-}
-
-int dp_test_aead_open(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
-		      size_t aad_len, const uint8_t *ct, size_t len, uint8_t *out)
-{
-	struct aead a;
-	if (aead_init(&a, 0))
-		return -1;
-	int r = aead_open(&a, key, 0, nonce, aad, aad_len, ct, len, out);
-	aead_free(&a);
-	return r;
-}

@@ -1,13 +1,13 @@
 /* SPDX-License-Identifier: MIT
  *
- * device.c -- the life of a dp_t: taking over the fds Python opened (and the
- * ioctls/sockopts that turn the offloads on, each with a fallback when the
- * kernel refuses), the worker threads, interface-wide statistics.
+ * device.c -- the life of a dp_t: taking over the fds Python opened (the
+ * ioctls that turn the device's offloads on, each with a fallback when the
+ * kernel refuses; the socket's are socket.c's), the worker threads,
+ * interface-wide statistics.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/if_tun.h>
-#include <linux/udp.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -25,43 +25,9 @@
 #define TUN_F_USO6 0x40
 #endif
 
-#define SOCKET_BUFFER_SIZE (7 << 20) /* wireguard-go's conn/ asks for 7 MiB */
-
-static void set_socket_buffers(int fd)
-{
-	int sz = SOCKET_BUFFER_SIZE;
-	/* *FORCE ignores rmem_max/wmem_max but needs CAP_NET_ADMIN. */
-	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof(sz)) < 0)
-		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
-	if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sz, sizeof(sz)) < 0)
-		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
-}
-
-static int setup_udp(dp_t *dp)
-{
-	int v = 0;
-	socklen_t l = sizeof(v);
-	if (getsockopt(dp->udp_fd, SOL_SOCKET, SO_TYPE, &v, &l) < 0 || v != SOCK_DGRAM)
-		return -EINVAL;
-	l = sizeof(v);
-	if (getsockopt(dp->udp_fd, SOL_SOCKET, SO_DOMAIN, &v, &l) < 0 ||
-	    (v != AF_INET && v != AF_INET6))
-		return -EAFNOSUPPORT;
-	dp->udp_family = v;
-	set_socket_buffers(dp->udp_fd);
-	/* UDP_GRO only changes what recvmsg returns (we are the only reader);
-	 * UDP_SEGMENT is passed per message as a cmsg and never set on the
-	 * socket, so Python's plain sendto() of a handshake stays plain. */
-	v = 1;
-	dp->udp_gro = setsockopt(dp->udp_fd, SOL_UDP, UDP_GRO, &v, sizeof(v)) == 0;
-	l = sizeof(v);
-	atomic_store(&dp->udp_gso, getsockopt(dp->udp_fd, SOL_UDP, UDP_SEGMENT, &v, &l) == 0);
-	return 0;
-}
-
 int dp_udp_replaced(dp_t *dp)
 {
-	return dp->running ? -EBUSY : setup_udp(dp);
+	return dp->running ? -EBUSY : udp_setup(dp);
 }
 
 static int setup_device(dp_t *dp)
@@ -134,7 +100,7 @@ dp_t *dp_create(int dev_fd, int udp_fd, int ctrl_fd, uint32_t flags, int mtu)
 	pthread_mutex_init(&dp->mac_lock, NULL);
 	pthread_mutex_init(&dp->report_lock, NULL);
 	dp->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	int err = dp->stop_efd < 0 ? -errno : setup_udp(dp);
+	int err = dp->stop_efd < 0 ? -errno : udp_setup(dp);
 	if (!err)
 		err = setup_device(dp);
 	if (err) {
@@ -299,11 +265,3 @@ int dp_if_stats(dp_t *dp, struct dp_if_stats *out)
 	return 0;
 }
 
-int dp_test_cached_keys(dp_t *dp)
-{
-	int n = 0;
-	for (int i = 0; i < dp->nworkers; i++)
-		n += (tx_aead(dp->workers[i].tx)->key_id != 0) +
-		     (rx_aead(dp->workers[i].rx)->key_id != 0);
-	return n;
-}

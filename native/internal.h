@@ -248,6 +248,8 @@ void allowedips_free(dp_t *dp);
 /* mac_learn() answers a DP_MAC_* (dp.h). */
 int mac_learn(dp_t *dp, const uint8_t mac[6], uint32_t peer_id, uint64_t now);
 bool mac_lookup(dp_t *dp, const uint8_t mac[6], uint64_t now, uint32_t *peer_id);
+/* The learned entries at `now` (dp_mac_table's). */
+int mac_table_at(dp_t *dp, uint64_t now, struct dp_mac_entry *out, int max);
 void mac_forget_peer(dp_t *dp, uint32_t peer_id);
 /* The peer's allowed_macs become its bound entries; what it held and may no
  * longer send from goes. */
@@ -309,6 +311,64 @@ void gro_reset(struct gro_batch *);
 bool gro_add(struct gro_batch *, uint8_t *pkt, size_t len, bool tap, bool coalesce);
 /* Writes everything; returns number of write errors. */
 int gro_flush(struct gro_batch *, int fd, bool vnet, _Atomic uint64_t *coalesced);
+
+/* --- socket.c: the UDP socket, in batches ------------------------------ */
+int udp_setup(dp_t *dp); /* dp_create, dp_udp_replaced: 0 or a negative errno */
+
+/* One recvmmsg's worth: RX_MSGS_PER_BATCH buffers, each maybe a UDP GRO train
+ * of equal-size datagrams from one source (src[i]). */
+struct udp_recv_batch {
+	uint8_t *bufs[RX_MSGS_PER_BATCH];
+	struct mmsghdr mm[RX_MSGS_PER_BATCH];
+	struct iovec iov[RX_MSGS_PER_BATCH];
+	struct sockaddr_storage src[RX_MSGS_PER_BATCH];
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} cmsg[RX_MSGS_PER_BATCH];
+};
+int udp_recv_batch_init(struct udp_recv_batch *); /* 0 or -ENOMEM; free it either way */
+void udp_recv_batch_free(struct udp_recv_batch *);
+/* One recvmmsg, without waiting: how many buffers it filled (0: none). */
+int udp_receive(dp_t *dp, struct udp_recv_batch *);
+/* The size of the datagrams buffer i's GRO train is cut into (its whole length
+ * if it holds one datagram). */
+size_t udp_segment_size(struct udp_recv_batch *, int i);
+
+#define UDP_SEND_ARENA_SIZE (2u << 20)
+#define UDP_SEND_MAX_MSGS 4096
+#define UDP_SEND_MAX_EPS 64
+/* Transport messages waiting for one sendmmsg: send.c seals them back to back
+ * into the arena, each naming one of the endpoints; udp_send_queued() sends
+ * them and empties the queue. */
+struct udp_queued {
+	uint32_t off, len;
+	int ep; /* index in eps */
+};
+struct udp_send_queue {
+	uint8_t *arena;
+	size_t used;
+	struct udp_queued *msgs;
+	int nmsgs;
+	struct sockaddr_storage eps[UDP_SEND_MAX_EPS];
+	socklen_t eplens[UDP_SEND_MAX_EPS];
+	int neps;
+	struct mmsghdr *mm;
+	struct iovec *iov;
+	union {
+		char buf[CMSG_SPACE(sizeof(uint16_t))];
+		struct cmsghdr align;
+	} *cmsg;
+};
+int udp_send_queue_init(struct udp_send_queue *); /* 0 or -ENOMEM; free it either way */
+void udp_send_queue_free(struct udp_send_queue *);
+/* Send every queued message, and empty the queue.  Touches no peer, so it may
+ * run without dp->lock. */
+void udp_send_queued(dp_t *dp, struct udp_send_queue *);
+/* One message from the calling thread, waiting while the socket is full:
+ * 0 or a negative errno. */
+int udp_send_one(dp_t *dp, const uint8_t *msg, size_t len, const struct sockaddr_storage *ep,
+		 socklen_t eplen);
 
 /* --- send.c / receive.c: the two directions, device.c: the workers ---- */
 /* One thread serving both directions: device.c worker_main says how. */

@@ -211,7 +211,7 @@ void mac_free(dp_t *dp)
 	dp->mac_learned = 0;
 }
 
-int dp_test_mac_table_at(dp_t *dp, uint64_t now, struct dp_mac_entry *out, int max)
+int mac_table_at(dp_t *dp, uint64_t now, struct dp_mac_entry *out, int max)
 {
 	int n = 0;
 	pthread_mutex_lock(&dp->mac_lock);
@@ -233,22 +233,12 @@ int dp_test_mac_table_at(dp_t *dp, uint64_t now, struct dp_mac_entry *out, int m
 
 int dp_mac_table(dp_t *dp, struct dp_mac_entry *out, int max)
 {
-	return dp_test_mac_table_at(dp, now_ns(), out, max);
+	return mac_table_at(dp, now_ns(), out, max);
 }
 
 int dp_mac_owner(dp_t *dp, const uint8_t mac[6], uint32_t *peer_id)
 {
 	return mac_lookup(dp, mac, now_ns(), peer_id);
-}
-
-int dp_test_mac_learn(dp_t *dp, const uint8_t mac[6], uint32_t peer_id, uint64_t now)
-{
-	return mac_learn(dp, mac, peer_id, now);
-}
-
-int dp_test_mac_owner_at(dp_t *dp, const uint8_t mac[6], uint64_t now, uint32_t *peer_id)
-{
-	return mac_lookup(dp, mac, now, peer_id);
 }
 
 void dp_set_mac_ageing(dp_t *dp, uint32_t seconds)

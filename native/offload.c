@@ -470,63 +470,83 @@ static int write_item(struct gro_batch *b, struct gro_item *it, int fd, bool vne
 	return writev(fd, b->iov, n) < 0 ? -1 : 0;
 }
 
+/* Packet i onto the newest item of its flow, if that item is open and the
+ * packet continues it: true if it did.  A packet that cannot join closes the
+ * item, so that the flow's order holds. */
+static bool join_open_item(struct gro_batch *b, int i)
+{
+	struct gro_pkt *pk = &b->pkts[i];
+	uint8_t *ip = pk->p + pk->l3off;
+	size_t len = pk->len - pk->l3off;
+	uint8_t iphl = pk->iphl, thl = pk->thl;
+	int kind = pk->kind; /* classified by gro_add() */
+	if (kind == 0 && iphl == 0) {
+		/* TCP we cannot even locate the ports of (IPv4 options or
+		 * fragments): close every open item to keep order. */
+		for (int j = 0; j < b->nitems; j++)
+			b->items[j].open = false;
+		return false;
+	}
+	if (kind < 0)
+		return false;
+	/* Find this flow's most recent open item. */
+	int lo = b->nitems > GRO_OPEN_SCAN ? b->nitems - GRO_OPEN_SCAN : 0;
+	for (int j = b->nitems - 1; j >= lo; j--) {
+		struct gro_item *it = &b->items[j];
+		if (!same_flow(&b->pkts[it->head], pk))
+			continue;
+		if (!it->open)
+			return false; /* newest item of this flow is closed */
+		if (kind == 1 && can_merge(b, it, pk, ip, len, iphl, thl)) {
+			uint32_t seg = (uint32_t)(len - iphl - thl);
+			b->pkts[it->tail].next = i;
+			it->tail = i;
+			it->nseg++;
+			it->total += seg;
+			it->next_seq += seg;
+			it->last_seg = (uint16_t)seg;
+			if (ip[iphl + 13] & 0x08) {
+				it->psh = true;
+				it->open = false;
+			}
+			return true;
+		}
+		it->open = false; /* keep the flow's order */
+		return false;
+	}
+	return false;
+}
+
+/* A new item headed by packet i: open for more if it is a TCP segment
+ * without PSH whose checksum was right. */
+static void start_item(struct gro_batch *b, int i)
+{
+	const struct gro_pkt *pk = &b->pkts[i];
+	const uint8_t *ip = pk->p + pk->l3off;
+	size_t len = pk->len - pk->l3off;
+	uint8_t iphl = pk->iphl, thl = pk->thl;
+	struct gro_item *it = &b->items[b->nitems++];
+	memset(it, 0, sizeof(*it));
+	it->head = it->tail = i;
+	it->nseg = 1;
+	if (pk->kind == 1 && !(ip[iphl + 13] & 0x08) && pk->csum_ok) {
+		uint32_t seg = (uint32_t)(len - iphl - thl);
+		it->open = true;
+		it->iphl = iphl;
+		it->thl = thl;
+		it->total = (uint32_t)len;
+		it->gso_size = it->last_seg = (uint16_t)seg;
+		it->next_seq = get32(ip + iphl + 4) + seg;
+	}
+}
+
 int gro_flush(struct gro_batch *b, int fd, bool vnet, _Atomic uint64_t *coalesced)
 {
 	int errors = 0;
 	b->nitems = 0;
-	for (int i = 0; i < b->n; i++) {
-		struct gro_pkt *pk = &b->pkts[i];
-		uint8_t *ip = pk->p + pk->l3off;
-		size_t len = pk->len - pk->l3off;
-		uint8_t iphl = pk->iphl, thl = pk->thl;
-		int kind = pk->kind; /* classified by gro_add() */
-		if (kind == 0 && iphl == 0) {
-			/* TCP we cannot even locate the ports of (IPv4 options or
-			 * fragments): close every open item to keep order. */
-			for (int j = 0; j < b->nitems; j++)
-				b->items[j].open = false;
-		} else if (kind >= 0) {
-			/* Find this flow's most recent open item. */
-			int lo = b->nitems > GRO_OPEN_SCAN ? b->nitems - GRO_OPEN_SCAN : 0;
-			for (int j = b->nitems - 1; j >= lo; j--) {
-				struct gro_item *it = &b->items[j];
-				if (!same_flow(&b->pkts[it->head], pk))
-					continue;
-				if (!it->open)
-					break; /* newest item of this flow is closed */
-				if (kind == 1 && can_merge(b, it, pk, ip, len, iphl, thl)) {
-					uint32_t seg = (uint32_t)(len - iphl - thl);
-					b->pkts[it->tail].next = i;
-					it->tail = i;
-					it->nseg++;
-					it->total += seg;
-					it->next_seq += seg;
-					it->last_seg = (uint16_t)seg;
-					if (ip[iphl + 13] & 0x08) {
-						it->psh = true;
-						it->open = false;
-					}
-					goto next;
-				}
-				it->open = false; /* keep the flow's order */
-				break;
-			}
-		}
-		struct gro_item *it = &b->items[b->nitems++];
-		memset(it, 0, sizeof(*it));
-		it->head = it->tail = i;
-		it->nseg = 1;
-		if (kind == 1 && !(ip[iphl + 13] & 0x08) && pk->csum_ok) {
-			uint32_t seg = (uint32_t)(len - iphl - thl);
-			it->open = true;
-			it->iphl = iphl;
-			it->thl = thl;
-			it->total = (uint32_t)len;
-			it->gso_size = it->last_seg = (uint16_t)seg;
-			it->next_seq = get32(ip + iphl + 4) + seg;
-		}
-next:;
-	}
+	for (int i = 0; i < b->n; i++)
+		if (!join_open_item(b, i))
+			start_item(b, i);
 	for (int j = 0; j < b->nitems; j++) {
 		if (write_item(b, &b->items[j], fd, vnet) < 0)
 			errors++;

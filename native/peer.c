@@ -463,24 +463,3 @@ int dp_peer_set_allowed_macs(dp_t *dp, uint32_t peer_id, const uint8_t *macs, si
 		free(copy);
 	return p ? 0 : -ENOENT;
 }
-
-int dp_test_usable_at(dp_t *dp, uint32_t peer_id, int64_t offset_ns)
-{
-	pthread_rwlock_rdlock(&dp->lock);
-	struct peer *p = peer_lookup(dp, peer_id);
-	struct keypair *kp = p ? p->keypairs[DP_CURRENT] : NULL;
-	int ret = keypair_usable_for_send(kp, kp ? kp->birth_ns + (uint64_t)offset_ns : 0);
-	pthread_rwlock_unlock(&dp->lock);
-	return ret;
-}
-
-int dp_test_set_send_counter(dp_t *dp, uint32_t peer_id, uint64_t counter)
-{
-	pthread_rwlock_rdlock(&dp->lock);
-	struct peer *p = peer_lookup(dp, peer_id);
-	struct keypair *kp = p ? p->keypairs[DP_CURRENT] : NULL;
-	if (kp)
-		atomic_store_explicit(&kp->send_counter, counter, memory_order_relaxed);
-	pthread_rwlock_unlock(&dp->lock);
-	return kp ? 0 : -ENOKEY;
-}

@@ -11,7 +11,6 @@
  * packet's source against the peer's allowed-ips.
  */
 #include <errno.h>
-#include <linux/udp.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +18,6 @@
 
 #include "internal.h"
 
-#define RX_BUF_SIZE 65536
 #define RX_GRO_PKTS 1024
 #define RX_MAX_CONFIRMS 16
 
@@ -27,14 +25,7 @@ struct rx_state {
 	dp_t *dp;
 	struct aead aead;
 	struct mac1 mac1;
-	uint8_t *bufs[RX_MSGS_PER_BATCH];
-	struct mmsghdr mm[RX_MSGS_PER_BATCH];
-	struct iovec iov[RX_MSGS_PER_BATCH];
-	struct sockaddr_storage src[RX_MSGS_PER_BATCH];
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} cmsg[RX_MSGS_PER_BATCH];
+	struct udp_recv_batch udp;
 	struct gro_batch *gro;
 	struct {
 		uint32_t peer_id, local_index;
@@ -65,23 +56,18 @@ struct rx_state *rx_state_new(dp_t *dp)
 	r->dp = dp;
 	int crypto_err = aead_init(&r->aead, 0) | mac1_init(&r->mac1);
 	r->gro = gro_new(RX_GRO_PKTS);
-	if (crypto_err || !r->gro)
-		goto fail;
-	for (int i = 0; i < RX_MSGS_PER_BATCH; i++)
-		if (!(r->bufs[i] = malloc(RX_BUF_SIZE)))
-			goto fail;
+	if (crypto_err || !r->gro || udp_recv_batch_init(&r->udp)) {
+		rx_state_free(r);
+		return NULL;
+	}
 	return r;
-fail:
-	rx_state_free(r);
-	return NULL;
 }
 
 void rx_state_free(struct rx_state *r)
 {
 	if (!r)
 		return;
-	for (int i = 0; i < RX_MSGS_PER_BATCH; i++)
-		free(r->bufs[i]);
+	udp_recv_batch_free(&r->udp);
 	gro_free(r->gro);
 	aead_free(&r->aead);
 	mac1_free(&r->mac1);
@@ -185,129 +171,223 @@ static bool bad_mac1(struct rx_state *r, const uint8_t *d, size_t n)
 	       !d[2] && !d[3] && !mac1_valid(&r->mac1, dp->mac1_key, d, n);
 }
 
-/* One datagram. Lock held (read). */
-static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
-			const struct sockaddr_storage *src, uint64_t now)
+/* The one kind of datagram C handles itself: a transport message of this
+ * plane's mode. */
+static inline bool is_our_transport(const dp_t *dp, const uint8_t *d, size_t n)
 {
-	dp_t *dp = r->dp;
-	if (n < 4 || d[0] != MESSAGE_TRANSPORT || d[1] != (dp->tap ? MARKER_L2 : 0) ||
-	    d[2] || d[3]) {
-		/* Handshakes, cookies, the other mode's transport, garbage:
-		 * Python decides, on all but what fails mac1. */
-		if (n >= 4 && bad_mac1(r, d, n))
-			STAT_ADD(dp->st.rx_bad_mac1, 1);
-		else
-			upcall_datagram(dp, src, d, n, now);
-		return;
-	}
+	return n >= 4 && d[0] == MESSAGE_TRANSPORT && d[1] == (dp->tap ? MARKER_L2 : 0) && !d[2] &&
+	       !d[3];
+}
+
+/* Handshakes, cookies, the other mode's transport, garbage: Python decides,
+ * on all but what fails mac1. */
+static void rx_to_python(struct rx_state *r, const uint8_t *d, size_t n,
+			 const struct sockaddr_storage *src, uint64_t now)
+{
+	if (n >= 4 && bad_mac1(r, d, n))
+		STAT_ADD(r->dp->st.rx_bad_mac1, 1);
+	else
+		upcall_datagram(r->dp, src, d, n, now);
+}
+
+/* The keypair whose receiver index the transport message names. */
+static struct keypair *lookup_keypair(dp_t *dp, const uint8_t *d, size_t n)
+{
 	if (n < KEEPALIVE_SIZE) {
 		STAT_ADD(dp->st.rx_malformed, 1);
-		return;
+		return NULL;
 	}
 	struct keypair *kp = index_lookup(dp, le32(d + 4));
-	if (!kp) {
+	if (!kp)
 		STAT_ADD(dp->st.rx_unknown_index, 1);
-		return;
-	}
-	struct peer *p = kp->peer;
-	uint64_t counter = le64(d + 8);
+	return kp;
+}
+
+/* Open the message in place, if the keypair may still receive (Reject-After-
+ * Time, Reject-After-Messages) and the tag is right.  *counter: its counter. */
+static bool decrypt_packet(struct rx_state *r, struct keypair *kp, uint8_t *d, size_t n,
+			   uint64_t now, uint64_t *counter)
+{
+	*counter = le64(d + 8);
 	if (age_ns(now, kp->birth_ns) >= (int64_t)REJECT_AFTER_TIME_NS ||
-	    counter >= REJECT_AFTER_MESSAGES) {
-		STAT_ADD(p->drop_expired_keypair, 1);
-		return;
+	    *counter >= REJECT_AFTER_MESSAGES) {
+		STAT_ADD(kp->peer->drop_expired_keypair, 1);
+		return false;
 	}
 	uint8_t nonce[12];
-	aead_nonce(nonce, counter);
+	aead_nonce(nonce, *counter);
 	uint8_t *plain = d + TRANSPORT_HEADER_SIZE;
 	if (aead_open(&r->aead, kp->recv_key, kp->key_id, nonce, NULL, 0, plain,
 		      n - TRANSPORT_HEADER_SIZE, plain)) {
-		STAT_ADD(p->drop_bad_tag, 1);
-		return;
+		STAT_ADD(kp->peer->drop_bad_tag, 1);
+		return false;
 	}
+	return true;
+}
+
+/* The replay window, after the tag (an unauthenticated counter must not move
+ * it). */
+static bool counter_validate(struct keypair *kp, uint64_t counter)
+{
 	pthread_mutex_lock(&kp->replay_lock);
 	bool fresh = replay_validate(&kp->replay, counter);
 	pthread_mutex_unlock(&kp->replay_lock);
-	if (!fresh) {
-		STAT_ADD(p->drop_replay, 1);
-		return;
+	if (!fresh)
+		STAT_ADD(kp->peer->drop_replay, 1);
+	return fresh;
+}
+
+/* tap: a whole Ethernet header, from a source MAC the peer may send from,
+ * learned behind it.  The frame's length, or 0: dropped (counted). */
+static size_t check_inner_frame(struct rx_state *r, struct peer *p, const uint8_t *frame,
+				size_t len, uint64_t now)
+{
+	const uint8_t *source = frame + 6;
+	if (len < ETHERNET_HEADER_SIZE) {
+		STAT_ADD(p->drop_malformed, 1);
+		return 0;
 	}
+	if (!peer_allows_mac(p, source)) {
+		STAT_ADD(p->drop_bad_source, 1); /* outside its allowed_macs */
+		return 0;
+	}
+	/* `now` is per batch, so learning the same MAC for the same peer twice
+	 * in one batch changes nothing: skip the lock. */
+	if (r->mac_memo.valid && r->mac_memo.peer_id == p->id && !memcmp(r->mac_memo.mac, source, 6))
+		return len;
+	int learned = mac_learn(r->dp, source, p->id, now);
+	if (learned == DP_MAC_HELD_BY_OTHER) {
+		/* The L2 form of a wrong inner source: another peer's host's
+		 * address. */
+		STAT_ADD(p->drop_bad_source, 1);
+		return 0;
+	}
+	if (learned == DP_MAC_TABLE_FULL) {
+		STAT_ADD(r->dp->st.rx_mac_table_full, 1);
+	} else {
+		memcpy(r->mac_memo.mac, source, 6);
+		r->mac_memo.peer_id = p->id;
+		r->mac_memo.valid = true;
+	}
+	return len;
+}
+
+/* tun: a well-formed IP packet whose source the peer's allowed IPs hold
+ * (cryptokey routing, whitepaper 2).  The packet's own length (the padding
+ * cut off), or 0: dropped (counted). */
+static size_t check_inner_packet(struct rx_state *r, struct peer *p, const uint8_t *ip,
+				 size_t len)
+{
+	int family;
+	const uint8_t *source;
+	len = inner_ip(ip, len, &family, &source);
+	if (!len) {
+		STAT_ADD(p->drop_malformed, 1);
+		return 0;
+	}
+	size_t alen = family == AF_INET ? 4 : 16;
+	if (!r->src_memo.valid || r->src_memo.family != family ||
+	    memcmp(r->src_memo.addr, source, alen)) {
+		r->src_memo.peer = allowedips_lookup(r->dp, family, source);
+		r->src_memo.family = family;
+		memcpy(r->src_memo.addr, source, alen);
+		r->src_memo.valid = true;
+	}
+	if (r->src_memo.peer != p) {
+		STAT_ADD(p->drop_bad_source, 1);
+		return 0;
+	}
+	return len;
+}
+
+/* Write what the batch's GRO holds to the device. */
+static void write_to_device(struct rx_state *r)
+{
+	dp_t *dp = r->dp;
+	int errs = gro_flush(r->gro, dp->dev_fd, dp->vnet, &dp->st.rx_coalesced);
+	if (errs)
+		STAT_ADD(dp->st.dev_write_errors, errs);
+}
+
+/* Into the batch's GRO, which writes it to the device at the end of the batch
+ * (or now, to make room). */
+static void deliver_to_device(struct rx_state *r, uint8_t *pkt, size_t len)
+{
+	bool tap = r->dp->tap, vnet = r->dp->vnet;
+	if (!gro_add(r->gro, pkt, len, tap, vnet)) {
+		write_to_device(r);
+		gro_add(r->gro, pkt, len, tap, vnet);
+	}
+}
+
+/* An authentic, fresh message (the kernel's wg_packet_consume_data_done): the
+ * peer was heard from, at this endpoint, and under NEXT confirms its
+ * handshake; a keepalive ends there, a packet its sender may send goes to the
+ * device. */
+static void consume_data_done(struct rx_state *r, struct keypair *kp, uint8_t *d, size_t n,
+			      const struct sockaddr_storage *src, uint64_t now)
+{
+	struct peer *p = kp->peer;
 	STAT_ADD(p->rx_bytes, n);
 	STAT_ADD(p->rx_packets, 1);
 	STAT_SET(p->last_rx_ns, now);
-	update_endpoint(dp, p, src);
+	update_endpoint(r->dp, p, src);
 	if (p->keypairs[DP_NEXT] == kp)
 		note_confirm(r, kp); /* the initiator used it: handshake confirmed */
+	uint8_t *plain = d + TRANSPORT_HEADER_SIZE;
 	size_t plen = n - KEEPALIVE_SIZE;
 	if (!plen)
 		return; /* keepalive */
 	STAT_ADD(p->rx_data_packets, 1);
 	STAT_SET(p->last_rx_data_ns, now);
-	if (dp->tap) {
-		if (plen < ETHERNET_HEADER_SIZE) {
-			STAT_ADD(p->drop_malformed, 1);
-			return;
-		}
-		if (!peer_allows_mac(p, plain + 6)) {
-			STAT_ADD(p->drop_bad_source, 1); /* outside its allowed_macs */
-			return;
-		}
-		/* `now` is per batch, so learning the same MAC for the same
-		 * peer twice in one batch changes nothing: skip the lock. */
-		if (!r->mac_memo.valid || r->mac_memo.peer_id != p->id ||
-		    memcmp(r->mac_memo.mac, plain + 6, 6)) {
-			int learned = mac_learn(dp, plain + 6, p->id, now);
-			if (learned == DP_MAC_HELD_BY_OTHER) {
-				/* The L2 form of a wrong inner source: another
-				 * peer's host's address. */
-				STAT_ADD(p->drop_bad_source, 1);
-				return;
-			}
-			if (learned == DP_MAC_TABLE_FULL)
-				STAT_ADD(dp->st.rx_mac_table_full, 1);
-			else {
-				memcpy(r->mac_memo.mac, plain + 6, 6);
-				r->mac_memo.peer_id = p->id;
-				r->mac_memo.valid = true;
-			}
-		}
-	} else {
-		int family;
-		const uint8_t *isrc;
-		plen = inner_ip(plain, plen, &family, &isrc);
-		if (!plen) {
-			STAT_ADD(p->drop_malformed, 1);
-			return;
-		}
-		size_t alen = family == AF_INET ? 4 : 16;
-		if (!r->src_memo.valid || r->src_memo.family != family ||
-		    memcmp(r->src_memo.addr, isrc, alen)) {
-			r->src_memo.peer = allowedips_lookup(dp, family, isrc);
-			r->src_memo.family = family;
-			memcpy(r->src_memo.addr, isrc, alen);
-			r->src_memo.valid = true;
-		}
-		if (r->src_memo.peer != p) {
-			STAT_ADD(p->drop_bad_source, 1);
-			return;
-		}
-	}
-	if (!gro_add(r->gro, plain, plen, dp->tap, dp->vnet)) {
-		STAT_ADD(dp->st.dev_write_errors,
-			 gro_flush(r->gro, dp->dev_fd, dp->vnet, &dp->st.rx_coalesced));
-		gro_add(r->gro, plain, plen, dp->tap, dp->vnet);
-	}
+	plen = r->dp->tap ? check_inner_frame(r, p, plain, plen, now)
+			  : check_inner_packet(r, p, plain, plen);
+	if (plen)
+		deliver_to_device(r, plain, plen);
 }
 
-static int gro_size_of(struct msghdr *h)
+/* One datagram. Lock held (read). */
+static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
+			const struct sockaddr_storage *src, uint64_t now)
 {
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c)) {
-		if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
-			int v;
-			memcpy(&v, CMSG_DATA(c), sizeof(v));
-			return v;
-		}
+	if (!is_our_transport(r->dp, d, n)) {
+		rx_to_python(r, d, n, src, now);
+		return;
 	}
-	return 0;
+	uint64_t counter;
+	struct keypair *kp = lookup_keypair(r->dp, d, n);
+	if (kp && decrypt_packet(r, kp, d, n, now, &counter) && counter_validate(kp, counter))
+		consume_data_done(r, kp, d, n, src, now);
+}
+
+/* Buffer i of the batch: one datagram, or a UDP GRO train of them. Lock held
+ * (read). */
+static void rx_buffer(struct rx_state *r, int i, uint64_t now)
+{
+	const struct sockaddr_storage *src = &r->udp.src[i];
+	size_t len = r->udp.mm[i].msg_len;
+	if (r->udp.mm[i].msg_hdr.msg_flags & MSG_TRUNC) {
+		STAT_ADD(r->dp->st.rx_malformed, 1);
+		return;
+	}
+	size_t seg = udp_segment_size(&r->udp, i);
+	if (!seg) { /* an empty datagram is still Python's to see */
+		upcall_datagram(r->dp, src, NULL, 0, now);
+		return;
+	}
+	for (size_t off = 0; off < len; off += seg)
+		rx_datagram(r, r->udp.bufs[i] + off, len - off < seg ? len - off : seg, src, now);
+}
+
+/* The handshakes the batch confirmed: their NEXT becomes CURRENT (under the
+ * write lock, so after the batch). */
+static void confirm_keypairs(struct rx_state *r)
+{
+	for (int i = 0; i < r->nconfirms; i++) {
+		if (peer_confirm_next(r->dp, r->confirms[i].peer_id, r->confirms[i].local_index))
+			upcall_send(r->dp, DP_UPCALL_KEYPAIR_CONFIRMED, r->confirms[i].peer_id,
+				    NULL, NULL, 0);
+	}
 }
 
 /* One batch UDP -> device: one recvmmsg of up to RX_MSGS_PER_BATCH
@@ -316,51 +396,18 @@ static int gro_size_of(struct msghdr *h)
 int rx_batch(struct rx_state *r)
 {
 	dp_t *dp = r->dp;
-	for (int i = 0; i < RX_MSGS_PER_BATCH; i++) {
-		r->iov[i] = (struct iovec){r->bufs[i], RX_BUF_SIZE};
-		struct msghdr *h = &r->mm[i].msg_hdr;
-		memset(h, 0, sizeof(*h));
-		h->msg_iov = &r->iov[i];
-		h->msg_iovlen = 1;
-		h->msg_name = &r->src[i];
-		h->msg_namelen = sizeof(r->src[i]);
-		h->msg_control = r->cmsg[i].buf;
-		h->msg_controllen = sizeof(r->cmsg[i].buf);
-	}
-	int n = recvmmsg(dp->udp_fd, r->mm, RX_MSGS_PER_BATCH, MSG_DONTWAIT, NULL);
-	if (n <= 0)
+	int n = udp_receive(dp, &r->udp);
+	if (!n)
 		return 0;
 	uint64_t now = now_ns();
 	r->nconfirms = 0;
 	pthread_rwlock_rdlock(&dp->lock);
 	r->src_memo.valid = r->mac_memo.valid = false;
-	for (int i = 0; i < n; i++) {
-		struct msghdr *h = &r->mm[i].msg_hdr;
-		size_t len = r->mm[i].msg_len;
-		if (h->msg_flags & MSG_TRUNC) {
-			STAT_ADD(dp->st.rx_malformed, 1);
-			continue;
-		}
-		size_t seg = (size_t)gro_size_of(h);
-		if (!seg || seg > len)
-			seg = len;
-		if (!seg) { /* an empty datagram is still Python's to see */
-			upcall_datagram(dp, &r->src[i], NULL, 0, now);
-			continue;
-		}
-		for (size_t off = 0; off < len; off += seg)
-			rx_datagram(r, r->bufs[i] + off, len - off < seg ? len - off : seg,
-				    &r->src[i], now);
-	}
+	for (int i = 0; i < n; i++)
+		rx_buffer(r, i, now);
 	pthread_rwlock_unlock(&dp->lock);
-	int errs = gro_flush(r->gro, dp->dev_fd, dp->vnet, &dp->st.rx_coalesced);
-	if (errs)
-		STAT_ADD(dp->st.dev_write_errors, errs);
-	for (int i = 0; i < r->nconfirms; i++) {
-		if (peer_confirm_next(dp, r->confirms[i].peer_id, r->confirms[i].local_index))
-			upcall_send(dp, DP_UPCALL_KEYPAIR_CONFIRMED, r->confirms[i].peer_id,
-				    NULL, NULL, 0);
-	}
+	write_to_device(r);
+	confirm_keypairs(r);
 	return n;
 }
 

@@ -12,7 +12,6 @@
  * It must only be called after the message's tag verified (whitepaper 5.4.6),
  * otherwise a forged counter could slide the window.
  */
-#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -53,27 +52,4 @@ bool replay_validate(struct dp_replay *r, uint64_t their_counter)
 	bool seen = r->backtrack[index] & bit;
 	r->backtrack[index] |= bit;
 	return !seen;
-}
-
-dp_replay_t *dp_test_replay_new(void)
-{
-	dp_replay_t *r = malloc(sizeof(*r));
-	if (r)
-		replay_init(r);
-	return r;
-}
-
-int dp_test_replay_check(dp_replay_t *r, uint64_t counter)
-{
-	return replay_validate(r, counter) ? 1 : 0;
-}
-
-void dp_test_replay_free(dp_replay_t *r)
-{
-	free(r);
-}
-
-uint64_t dp_test_replay_window_size(void)
-{
-	return COUNTER_WINDOW_SIZE;
 }

@@ -2,29 +2,17 @@
  *
  * send.c -- device -> UDP: read a batch from the TUN/TAP device, segment
  * super-packets, route each to a peer (allowed-ips in tun mode, the MAC
- * table in tap mode), encrypt into transport messages and send them with
- * sendmmsg, runs of equal-size messages to one endpoint as a single UDP GSO
- * send (UDP_SEGMENT), as wireguard-go's conn/ does.
+ * table in tap mode), encrypt into transport messages queued for the socket,
+ * which sends them (socket.c).
  */
 #include <errno.h>
-#include <linux/udp.h>
 #include <linux/virtio_net.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "internal.h"
-
-#define TX_ARENA_SIZE (2u << 20)
-#define TX_MAX_MSGS 4096
-#define TX_MAX_EPS 64
-
-struct tx_msg {
-	uint32_t off, len;
-	int ep;
-};
 
 struct tx_state {
 	dp_t *dp;
@@ -34,20 +22,8 @@ struct tx_state {
 	uint8_t **bufs;
 	ssize_t *lens;
 	uint8_t *seg; /* one plain segment for NEED_KEY upcalls */
-	uint8_t *arena;
-	size_t used;
-	struct tx_msg *msgs;
-	int nmsgs;
-	struct sockaddr_storage eps[TX_MAX_EPS];
-	socklen_t eplens[TX_MAX_EPS];
-	struct peer *ep_peer[TX_MAX_EPS];
-	int neps;
-	struct mmsghdr *mm;
-	struct iovec *iov;
-	union {
-		char buf[CMSG_SPACE(sizeof(uint16_t))];
-		struct cmsghdr align;
-	} *cmsg;
+	struct udp_send_queue out;
+	struct peer *ep_peer[UDP_SEND_MAX_EPS]; /* whose endpoint each of out.eps is */
 };
 
 /* Padding (whitepaper 5.4.6; kernel send.c calculate_skb_padding()): pad the
@@ -109,13 +85,8 @@ struct tx_state *tx_state_new(dp_t *dp)
 	t->bufs = calloc(t->nbufs, sizeof(*t->bufs));
 	t->lens = calloc(t->nbufs, sizeof(*t->lens));
 	t->seg = malloc(MAX_SUPER_PACKET + 64);
-	t->arena = malloc(TX_ARENA_SIZE);
-	t->msgs = calloc(TX_MAX_MSGS, sizeof(*t->msgs));
-	t->mm = calloc(TX_MAX_MSGS, sizeof(*t->mm));
-	t->iov = calloc(TX_MAX_MSGS, sizeof(*t->iov));
-	t->cmsg = calloc(TX_MAX_MSGS, sizeof(*t->cmsg));
-	if (aead_err || !t->bufs || !t->lens || !t->seg || !t->arena || !t->msgs || !t->mm ||
-	    !t->iov || !t->cmsg)
+	int queue_err = udp_send_queue_init(&t->out);
+	if (aead_err || queue_err || !t->bufs || !t->lens || !t->seg)
 		goto fail;
 	for (int i = 0; i < t->nbufs; i++)
 		if (!(t->bufs[i] = malloc(t->buf_size)))
@@ -136,173 +107,100 @@ void tx_state_free(struct tx_state *t)
 	free(t->bufs);
 	free(t->lens);
 	free(t->seg);
-	free(t->arena);
-	free(t->msgs);
-	free(t->mm);
-	free(t->iov);
-	free(t->cmsg);
+	udp_send_queue_free(&t->out);
 	aead_free(&t->aead);
 	free(t);
 }
 
-/* Wait until the UDP socket can take more; false when stopping. */
-static bool wait_writable(dp_t *dp)
-{
-	struct pollfd pfd[2] = {{dp->udp_fd, POLLOUT, 0}, {dp->stop_efd, POLLIN, 0}};
-	poll(pfd, 2, 100);
-	return !atomic_load(&dp->stopping);
-}
-
-/* Send every queued message; must not touch peers (may run unlocked). */
-static void tx_flush(struct tx_state *t)
-{
-	dp_t *dp = t->dp;
-	int gso = atomic_load(&dp->udp_gso);
-	int nmm = 0;
-	for (int i = 0; i < t->nmsgs;) {
-		int start = i;
-		uint32_t size = t->msgs[i].len, total = size;
-		for (i++; gso && i < t->nmsgs && i - start < UDP_GSO_MAX_SEGS; i++) {
-			const struct tx_msg *m = &t->msgs[i], *prev = &t->msgs[i - 1];
-			/* A GSO run: one endpoint, contiguous, all but the last of
-			 * exactly `size` bytes (the kernel cuts at gso_size). */
-			if (m->ep != t->msgs[start].ep || m->off != prev->off + prev->len ||
-			    prev->len != size || m->len > size || total + m->len > UDP_GSO_MAX_BYTES)
-				break;
-			total += m->len;
-		}
-		struct msghdr *h = &t->mm[nmm].msg_hdr;
-		memset(h, 0, sizeof(*h));
-		t->iov[nmm] = (struct iovec){t->arena + t->msgs[start].off, total};
-		h->msg_iov = &t->iov[nmm];
-		h->msg_iovlen = 1;
-		h->msg_name = &t->eps[t->msgs[start].ep];
-		h->msg_namelen = t->eplens[t->msgs[start].ep];
-		if (i - start > 1) {
-			struct cmsghdr *c = (struct cmsghdr *)t->cmsg[nmm].buf;
-			c->cmsg_level = SOL_UDP;
-			c->cmsg_type = UDP_SEGMENT;
-			c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-			uint16_t gs = (uint16_t)size;
-			memcpy(CMSG_DATA(c), &gs, sizeof(gs));
-			h->msg_control = t->cmsg[nmm].buf;
-			h->msg_controllen = CMSG_SPACE(sizeof(uint16_t));
-		}
-		nmm++;
-	}
-	for (int sent = 0; sent < nmm;) {
-		int r = sendmmsg(dp->udp_fd, t->mm + sent, nmm - sent, MSG_DONTWAIT);
-		if (r > 0) {
-			sent += r;
-			continue;
-		}
-		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
-			if (!wait_writable(dp))
-				break;
-			continue;
-		}
-		if (errno == EINTR)
-			continue;
-		struct msghdr *h = &t->mm[sent].msg_hdr;
-		if (h->msg_controllen && (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP)) {
-			/* The route refused UDP GSO (e.g. no checksum offload):
-			 * turn it off for good and resend this run one by one,
-			 * as wireguard-go does on EIO. */
-			atomic_store(&dp->udp_gso, 0);
-			uint16_t gs;
-			memcpy(&gs, CMSG_DATA((struct cmsghdr *)h->msg_control), sizeof(gs));
-			uint8_t *p = h->msg_iov[0].iov_base;
-			size_t left = h->msg_iov[0].iov_len;
-			while (left) {
-				size_t n = left < gs ? left : gs;
-				if (sendto(dp->udp_fd, p, n, 0, h->msg_name, h->msg_namelen) < 0) {
-					if (errno == EAGAIN && wait_writable(dp))
-						continue;
-					STAT_ADD(dp->st.tx_send_errors, 1);
-				}
-				p += n;
-				left -= n;
-			}
-		} else {
-			STAT_ADD(dp->st.tx_send_errors, 1);
-		}
-		sent++;
-	}
-	t->nmsgs = 0;
-	t->used = 0;
-	t->neps = 0;
-}
-
+/* The peer's endpoint in the send queue, added if it is not there yet; -1:
+ * the peer has none. */
 static int endpoint_slot(struct tx_state *t, struct peer *p)
 {
-	for (int i = t->neps - 1; i >= 0; i--)
+	struct udp_send_queue *q = &t->out;
+	for (int i = q->neps - 1; i >= 0; i--)
 		if (t->ep_peer[i] == p)
 			return i;
-	if (t->neps == TX_MAX_EPS)
-		tx_flush(t);
-	int i = t->neps;
-	peer_copy_endpoint(p, &t->eps[i], &t->eplens[i]);
-	if (!t->eplens[i])
+	if (q->neps == UDP_SEND_MAX_EPS)
+		udp_send_queued(t->dp, q);
+	int i = q->neps;
+	peer_copy_endpoint(p, &q->eps[i], &q->eplens[i]);
+	if (!q->eplens[i])
 		return -1;
 	t->ep_peer[i] = p;
-	t->neps++;
+	q->neps++;
 	return i;
 }
 
-/* Encrypt the segments of one device read for one peer. Lock held (read). */
-static void tx_to_peer(struct tx_state *t, struct peer *p, const struct gso_plan *g, uint64_t now)
+/* No usable session: Python handshakes and sends these again.  Counted
+ * first, so that whoever reads an upcall finds it counted. */
+static void need_key(struct tx_state *t, struct peer *p, const struct gso_plan *g, int usable)
+{
+	if (usable == -ENOKEY)
+		STAT_ADD(p->drop_no_keypair, g->nseg);
+	else
+		STAT_ADD(p->drop_expired_keypair, g->nseg);
+	for (int i = 0; i < g->nseg; i++) {
+		size_t n = gso_plan_segment(g, i, t->seg);
+		upcall_send(t->dp, DP_UPCALL_NEED_KEY, p->id, NULL, t->seg, n);
+	}
+}
+
+/* Segment i of a read, encrypted under kp into the send queue (the kernel's
+ * encrypt_packet).  false: the peer has no endpoint, the read's other
+ * segments neither (counted). */
+static bool seal_segment(struct tx_state *t, struct peer *p, struct keypair *kp,
+			 const struct gso_plan *g, int i, uint64_t now)
 {
 	dp_t *dp = t->dp;
+	struct udp_send_queue *q = &t->out;
+	size_t room = TRANSPORT_HEADER_SIZE + (g->gso ? (size_t)g->hdrs + g->gso_size : g->len) +
+		      MESSAGE_PADDING_MULTIPLE + TAG_SIZE;
+	if (q->used + room > UDP_SEND_ARENA_SIZE || q->nmsgs == UDP_SEND_MAX_MSGS)
+		udp_send_queued(dp, q); /* rare: flush under the read lock */
+	int ep = endpoint_slot(t, p);
+	if (ep < 0) {
+		STAT_ADD(dp->st.tx_no_route, g->nseg - i);
+		return false;
+	}
+	uint8_t *out = q->arena + q->used;
+	const uint8_t *in;
+	size_t len;
+	if (g->gso || g->needs_csum) {
+		len = gso_plan_segment(g, i, out + TRANSPORT_HEADER_SIZE);
+		in = out + TRANSPORT_HEADER_SIZE;
+	} else {
+		in = g->pkt; /* encrypt straight from the read buffer */
+		len = g->len;
+	}
+	size_t mlen = message_build(dp, &t->aead, kp, in, len, out);
+	if (!mlen) {
+		STAT_ADD(p->drop_expired_keypair, 1);
+		/* The counter ran out under us (this read's earlier segments, or
+		 * another worker): the rest wait for a new session, as a read
+		 * that found none does.  (An AEAD failure leaves the counter be,
+		 * and `in` may be half sealed: dropped.) */
+		if (keypair_usable_for_send(kp, now) == -EKEYEXPIRED)
+			upcall_send(dp, DP_UPCALL_NEED_KEY, p->id, NULL, in, len);
+		return true;
+	}
+	q->msgs[q->nmsgs++] = (struct udp_queued){(uint32_t)q->used, (uint32_t)mlen, ep};
+	q->used += mlen;
+	account_tx(p, mlen, len, now);
+	return true;
+}
+
+/* The segments of one device read, for one peer. Lock held (read). */
+static void tx_to_peer(struct tx_state *t, struct peer *p, const struct gso_plan *g, uint64_t now)
+{
 	struct keypair *kp = p->keypairs[DP_CURRENT];
 	int usable = keypair_usable_for_send(kp, now);
 	if (usable) {
-		/* No usable session: Python handshakes and re-sends these.  Counted
-		 * first, so that whoever reads an upcall finds it counted. */
-		if (usable == -ENOKEY)
-			STAT_ADD(p->drop_no_keypair, g->nseg);
-		else
-			STAT_ADD(p->drop_expired_keypair, g->nseg);
-		for (int i = 0; i < g->nseg; i++) {
-			size_t n = gso_plan_segment(g, i, t->seg);
-			upcall_send(dp, DP_UPCALL_NEED_KEY, p->id, NULL, t->seg, n);
-		}
+		need_key(t, p, g, usable);
 		return;
 	}
-	for (int i = 0; i < g->nseg; i++) {
-		size_t room = TRANSPORT_HEADER_SIZE + (g->gso ? (size_t)g->hdrs + g->gso_size : g->len) +
-			      MESSAGE_PADDING_MULTIPLE + TAG_SIZE;
-		if (t->used + room > TX_ARENA_SIZE || t->nmsgs == TX_MAX_MSGS)
-			tx_flush(t); /* rare: flush under the read lock */
-		int ep = endpoint_slot(t, p);
-		if (ep < 0) {
-			STAT_ADD(dp->st.tx_no_route, g->nseg - i); /* peer has no endpoint */
+	for (int i = 0; i < g->nseg; i++)
+		if (!seal_segment(t, p, kp, g, i, now))
 			return;
-		}
-		uint8_t *out = t->arena + t->used;
-		const uint8_t *in;
-		size_t len;
-		if (g->gso || g->needs_csum) {
-			len = gso_plan_segment(g, i, out + TRANSPORT_HEADER_SIZE);
-			in = out + TRANSPORT_HEADER_SIZE;
-		} else {
-			in = g->pkt; /* encrypt straight from the read buffer */
-			len = g->len;
-		}
-		size_t mlen = message_build(dp, &t->aead, kp, in, len, out);
-		if (!mlen) {
-			STAT_ADD(p->drop_expired_keypair, 1);
-			/* The counter ran out under us (this read's earlier segments, or
-			 * another worker): the rest wait for a new session, as a read
-			 * that found none does.  (An AEAD failure leaves the counter be,
-			 * and `in` may be half sealed: dropped.) */
-			if (keypair_usable_for_send(kp, now) == -EKEYEXPIRED)
-				upcall_send(dp, DP_UPCALL_NEED_KEY, p->id, NULL, in, len);
-			continue;
-		}
-		t->msgs[t->nmsgs++] = (struct tx_msg){(uint32_t)t->used, (uint32_t)mlen, ep};
-		t->used += mlen;
-		account_tx(p, mlen, len, now);
-	}
 }
 
 static const uint8_t *route_dst(const uint8_t *ip, size_t len, int *family)
@@ -318,31 +216,17 @@ static const uint8_t *route_dst(const uint8_t *ip, size_t len, int *family)
 	return NULL;
 }
 
-/* Whether an oversized tap frame could get a "fragmentation needed" or "packet too
- * big" answer: IPv4 with Don't Fragment, or IPv6, behind its VLAN tags (l3off,
- * type: eth_l3_offset()).  Python (tunnel/core/l2.py) makes the final call;
- * everything else is sent on and the underlay fragments the outer datagram. */
-static bool wants_too_big(const uint8_t *frame, size_t n, int l3off, uint16_t type)
+/* A device read as the segments to send (offload.c's gso_plan): behind its
+ * virtio header, and in tap mode behind the frame's VLAN tags, whose
+ * ethertype is *type.  false: malformed (counted). */
+static bool plan_segments(dp_t *dp, const uint8_t *buf, size_t n, struct gso_plan *g,
+			  uint16_t *type)
 {
-	if ((size_t)l3off + 20 > n)
-		return false;
-	return (type == 0x0800 && (frame[l3off + 6] & 0x40)) || type == 0x86dd;
-}
-
-/* One read from the device. Lock held (read).  answer_too_big: an oversized
- * frame goes up for Python's ICMP answer; false for one Python handed back
- * (dp_transmit_frame). */
-static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now,
-		      bool answer_too_big)
-{
-	dp_t *dp = t->dp;
-	const uint8_t *read = buf; /* what the device gave, virtio header and all */
-	size_t read_len = n;
 	struct vnet_hdr vh = {0};
 	if (dp->vnet) {
 		if (n < VNET_HDR_LEN) {
 			STAT_ADD(dp->st.tx_malformed, 1);
-			return;
+			return false;
 		}
 		struct virtio_net_hdr raw;
 		memcpy(&raw, buf, sizeof(raw));
@@ -352,46 +236,63 @@ static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now,
 		n -= VNET_HDR_LEN;
 	}
 	int l3off = 0;
-	uint16_t type = 0;
+	*type = 0;
 	if (dp->tap)
-		l3off = eth_l3_offset(buf, n, &type);
-	struct gso_plan g;
-	if (l3off < 0 || gso_plan_init(&g, &vh, buf, n, l3off) < 0) {
+		l3off = eth_l3_offset(buf, n, type);
+	if (l3off < 0 || gso_plan_init(g, &vh, buf, n, l3off) < 0) {
 		STAT_ADD(dp->st.tx_malformed, 1);
-		return;
+		return false;
 	}
-	if (g.gso)
+	if (g->gso)
 		STAT_ADD(dp->st.tx_super_packets, 1);
-	if (!dp->tap) {
-		int family;
-		const uint8_t *dst = route_dst(buf, n, &family);
-		struct peer *p = dst ? allowedips_lookup(dp, family, dst) : NULL;
-		if (p) {
-			tx_to_peer(t, p, &g, now);
-		} else {
-			STAT_ADD(dp->st.tx_no_route, g.nseg);
-			upcall_unrouted(dp, buf, n, now);
-		}
-		return;
+	return true;
+}
+
+/* tun: to the peer whose allowed IPs hold the destination (cryptokey
+ * routing); a packet no peer's hold goes up for Python's ICMP answer. */
+static void tx_route(struct tx_state *t, const struct gso_plan *g, uint64_t now)
+{
+	dp_t *dp = t->dp;
+	int family;
+	const uint8_t *dst = route_dst(g->pkt, g->len, &family);
+	struct peer *p = dst ? allowedips_lookup(dp, family, dst) : NULL;
+	if (p) {
+		tx_to_peer(t, p, g, now);
+	} else {
+		STAT_ADD(dp->st.tx_no_route, g->nseg);
+		upcall_unrouted(dp, g->pkt, g->len, now);
 	}
-	/* Segments too big for the tunnel: the sender should hear why, as from a
-	 * router, rather than have its frames fragmented underneath for ever. */
-	size_t seg_payload = g.gso ? (size_t)g.hdrs - ETHERNET_HEADER_SIZE + g.gso_size : n - ETHERNET_HEADER_SIZE;
-	if (answer_too_big && seg_payload > (size_t)dp->mtu && wants_too_big(buf, n, l3off, type)) {
-		/* Whole, virtio header included: if Python does not answer, it hands
-		 * the read back to be segmented and checksummed as any other. */
-		upcall_send(dp, DP_UPCALL_TOO_BIG, 0, NULL, read, read_len);
-		return;
-	}
+}
+
+/* tap: segments too big for the tunnel, in a frame that could get a
+ * "fragmentation needed" or "packet too big" answer: IPv4 with Don't
+ * Fragment, or IPv6, behind its VLAN tags (type: eth_l3_offset()).  Python
+ * (tunnel/core/l2.py) makes the final call; everything else is sent on and the
+ * underlay fragments the outer datagram. */
+static bool deserves_too_big(const dp_t *dp, const struct gso_plan *g, uint16_t type)
+{
+	const uint8_t *frame = g->pkt;
+	size_t seg_payload = g->gso ? (size_t)g->hdrs - ETHERNET_HEADER_SIZE + g->gso_size
+				    : g->len - ETHERNET_HEADER_SIZE;
+	if (seg_payload <= (size_t)dp->mtu || (size_t)g->l3off + 20 > g->len)
+		return false;
+	return (type == 0x0800 && (frame[g->l3off + 6] & 0x40)) || type == 0x86dd;
+}
+
+/* tap: switch the frame as a learning bridge does. */
+static void tx_switch(struct tx_state *t, const struct gso_plan *g, uint64_t now)
+{
+	dp_t *dp = t->dp;
+	const uint8_t *frame = g->pkt;
 	/* Split horizon: a frame whose source was learned behind a peer came from
 	 * that peer, and a bridge port in hairpin mode hands it back to relay it
 	 * to the others; it must never return to where it came from. */
 	uint32_t pid, from = 0;
 	struct peer *p;
-	bool relayed = mac_lookup(dp, buf + 6, now, &from);
-	if (!(buf[0] & 1) && mac_lookup(dp, buf, now, &pid) && (p = peer_lookup(dp, pid))) {
+	bool relayed = mac_lookup(dp, frame + 6, now, &from);
+	if (!(frame[0] & 1) && mac_lookup(dp, frame, now, &pid) && (p = peer_lookup(dp, pid))) {
 		if (!relayed || pid != from)
-			tx_to_peer(t, p, &g, now); /* known unicast */
+			tx_to_peer(t, p, g, now); /* known unicast */
 		return;
 	}
 	/* Broadcast, multicast, unknown unicast: flood, like a bridge.  Peers
@@ -399,10 +300,33 @@ static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now,
 	 * so Python can start the handshake that lets the frame through. */
 	for (int i = 0; i < dp->npeers; i++) {
 		if (!relayed || dp->peer_list[i]->id != from)
-			tx_to_peer(t, dp->peer_list[i], &g, now);
+			tx_to_peer(t, dp->peer_list[i], g, now);
 	}
 	if (!dp->npeers)
-		STAT_ADD(dp->st.tx_no_route, g.nseg);
+		STAT_ADD(dp->st.tx_no_route, g->nseg);
+}
+
+/* One read from the device. Lock held (read).  answer_too_big: an oversized
+ * frame goes up for Python's ICMP answer; false for one Python handed back
+ * (dp_transmit_frame). */
+static void tx_packet(struct tx_state *t, uint8_t *buf, size_t n, uint64_t now,
+		      bool answer_too_big)
+{
+	dp_t *dp = t->dp;
+	struct gso_plan g;
+	uint16_t type;
+	if (!plan_segments(dp, buf, n, &g, &type))
+		return;
+	if (!dp->tap)
+		tx_route(t, &g, now);
+	else if (answer_too_big && deserves_too_big(dp, &g, type))
+		/* The sender should hear why, as from a router, rather than have
+		 * its frames fragmented underneath for ever.  The read goes up
+		 * whole, virtio header included: if Python does not answer, it
+		 * hands it back to be segmented and checksummed as any other. */
+		upcall_send(dp, DP_UPCALL_TOO_BIG, 0, NULL, buf, n);
+	else
+		tx_switch(t, &g, now);
 }
 
 /* One batch device -> UDP: up to t->nbufs reads, then encrypt and send them.
@@ -428,7 +352,7 @@ int tx_batch(struct tx_state *t)
 	for (int i = 0; i < n; i++)
 		tx_packet(t, t->bufs[i], (size_t)t->lens[i], now, true);
 	pthread_rwlock_unlock(&dp->lock);
-	tx_flush(t);
+	udp_send_queued(dp, &t->out);
 	return n;
 }
 
@@ -472,14 +396,8 @@ int dp_send_packet(dp_t *dp, uint32_t peer_id, const uint8_t *pkt, size_t len)
 		}
 	}
 	pthread_rwlock_unlock(&dp->lock);
-	while (!ret && sendto(dp->udp_fd, out, mlen, MSG_DONTWAIT, (struct sockaddr *)&ep, eplen) < 0) {
-		if (errno == EAGAIN || errno == EINTR) {
-			struct pollfd pfd = {dp->udp_fd, POLLOUT, 0};
-			if (poll(&pfd, 1, 200) > 0 || errno == EINTR)
-				continue;
-		}
-		ret = -errno;
-	}
+	if (!ret)
+		ret = udp_send_one(dp, out, mlen, &ep, eplen);
 out:
 	free(out);
 	aead_free(&aead);
@@ -509,7 +427,7 @@ int dp_transmit_frame(dp_t *dp, const uint8_t *data, size_t len)
 	pthread_rwlock_rdlock(&dp->lock);
 	tx_packet(t, t->bufs[0], len, now, false);
 	pthread_rwlock_unlock(&dp->lock);
-	tx_flush(t);
+	udp_send_queued(dp, &t->out);
 	tx_state_free(t);
 	return 0;
 }

@@ -51,6 +51,7 @@ pytestmark = needs(NATIVE_MISSING)
 
 REJECT_AFTER_MESSAGES = 2**64 - 2**13 - 1
 UDP_GRO = 104  # <linux/udp.h>
+SO_NO_CHECK = 11  # <asm-generic/socket.h>
 WAIT = 2.0
 
 
@@ -854,6 +855,29 @@ def test_tso_super_packet_is_split(gso_size: int, segment: int) -> None:
         h.dev.send(struct.pack("<BBHHHH", 1, 0, 0, 0, 20, 6) + bytes(u))
         plain = r.recv()[1][: len(u)]
         assert csum(pseudo4(plain[12:16], plain[16:20], 17, len(u) - 20) + plain[20:]) == 0
+        r.close()
+    finally:
+        h.close()
+
+
+def test_segments_go_one_by_one_where_the_socket_refuses_udp_gso() -> None:
+    """A route that refuses UDP GSO (here the socket, SO_NO_CHECK, which the kernel
+    answers EINVAL) turns it off for good; the run it refused still goes, one
+    datagram per segment, and nothing counts as a send error."""
+    h = Harness(vnet=True)
+    try:
+        r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
+        h.udp.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        assert h.plane.interface_stats().udp_gso == 1
+        h.start()
+        payload = os.urandom(4 * 536)
+        sup = tcp_segment("10.0.0.1", "10.0.0.2", 1000, payload, flags=0x18)
+        h.dev.send(struct.pack("<BBHHHH", 1, 1, 40, 536, 20, 16) + sup)  # NEEDS_CSUM, TCPV4
+        got = [r.recv() for _ in range(4)]
+        assert [counter for counter, _, _ in got] == [0, 1, 2, 3]
+        assert b"".join(plain[40 : 40 + 536] for _, plain, _ in got) == payload
+        st = h.plane.interface_stats()
+        assert st.udp_gso == 0 and st.tx_send_errors == 0
         r.close()
     finally:
         h.close()
