@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tunnel.core import send
 from tunnel.core.actions import Send, SendBatch
 from tunnel.host import clock
 from tunnel.planes import dp
@@ -162,7 +163,7 @@ def test_the_slots_are_cs_even_when_an_initiation_overtakes_its_confirmation() -
         s.shell.plane.stop()  # so that one recvmmsg takes both
         s.udp_b.sendto(s.confirmation, s.a.address)
         s.net.now += 10  # past REKEY_TIMEOUT: b may initiate again
-        (initiation,) = sends(s.b.iface._initiate(peer_of(s.b), s.net.now, retry=False))
+        (initiation,) = sends(send.initiate(s.b.iface.state, peer_of(s.b), s.net.now, retry=False))
         s.udp_b.sendto(initiation.data, s.a.address)
         s.shell.plane.start(1)
         assert select.select([s.shell.ctrl], [], [], 2)[0]
