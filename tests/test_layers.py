@@ -3,7 +3,10 @@ docs/internals.md stays true: the sans-IO protocol and core never reach the OS
 edge, the planes, the control plane or the lab."""
 
 import ast
+import importlib
 from pathlib import Path
+
+from tunnel.core import API
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tunnel"
 
@@ -92,3 +95,64 @@ def test_the_checker_sees_a_wrong_import() -> None:
         "protocol",
         "planes",
     }
+
+
+CORE = PACKAGE / "core"
+
+
+def _core_modules() -> list[tuple[Path, ast.Module]]:
+    return [(path, ast.parse(path.read_text())) for path in sorted(CORE.glob("*.py"))]
+
+
+def test_the_core_is_functions_over_a_state_not_a_class_chain() -> None:
+    """No class of core/ extends another: send, receive and ticks act on a State
+    they are given, so a reader sees where each step lives."""
+    classes = {
+        node.name
+        for _, tree in _core_modules()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+    }
+    wrong = [
+        f"{path.name}: {node.name}({ast.unparse(base)})"
+        for path, tree in _core_modules()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        for base in node.bases
+        if isinstance(base, ast.Name) and base.id in classes
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_core_modules_use_each_other_only_through_the_listed_api() -> None:
+    """What one module of core/ takes from another is in that module's list in
+    core/__init__.py, and no private name crosses a module."""
+    for module, names in API.items():
+        loaded = importlib.import_module(f"tunnel.core.{module}")
+        missing = [n for n in names if not hasattr(loaded, n)]
+        assert not missing, f"core/__init__.py lists {missing}, which {module}.py lacks"
+    wrong = []
+    for path, tree in _core_modules():
+        siblings = set()  # modules bound by `from . import x`, whose `x.name` counts too
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or node.level != 1:
+                continue
+            if node.module is None:
+                siblings |= {a.asname or a.name for a in node.names if a.name in API}
+                continue
+            for alias in node.names:
+                if _private(alias.name) or alias.name not in API.get(node.module, (alias.name,)):
+                    wrong.append(f"{path.name} imports {node.module}.{alias.name}")
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            owner = node.value.id if isinstance(node.value, ast.Name) else None
+            if owner in ("self", "cls"):
+                continue
+            if _private(node.attr) or (owner in siblings and node.attr not in API[owner]):
+                wrong.append(f"{path.name}:{node.lineno} uses {ast.unparse(node)}")
+    assert not wrong, "\n".join(wrong)
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")

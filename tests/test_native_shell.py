@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from tunnel.core import send
 from tunnel.core.actions import Send, SendBatch
+from tunnel.core.drops import Drop
 from tunnel.host import clock
 from tunnel.planes import dp
 from tunnel.planes.native import NativeShell
@@ -162,7 +164,7 @@ def test_the_slots_are_cs_even_when_an_initiation_overtakes_its_confirmation() -
         s.shell.plane.stop()  # so that one recvmmsg takes both
         s.udp_b.sendto(s.confirmation, s.a.address)
         s.net.now += 10  # past REKEY_TIMEOUT: b may initiate again
-        (initiation,) = sends(s.b.iface._initiate(peer_of(s.b), s.net.now, retry=False))
+        (initiation,) = sends(send.initiate(s.b.iface.state, peer_of(s.b), s.net.now, retry=False))
         s.udp_b.sendto(initiation.data, s.a.address)
         s.shell.plane.start(1)
         assert select.select([s.shell.ctrl], [], [], 2)[0]
@@ -271,3 +273,23 @@ def test_a_packet_past_reject_after_messages_waits_for_a_new_session() -> None:
         answer_initiation(s)
         assert delivered_to_b(s)[-1] == waits
         assert peer.handshakes.rekeys == 1 and peer.drops.staged_overflow == 0
+
+
+def test_c_counts_its_drops_under_the_cores_reasons() -> None:
+    """What C drops for the interface lands in the core's counter under the Drop
+    the Python plane counts it as, so `show --json` has one key per reason."""
+    with peers() as s:
+        s.udp_b.sendto(bytes([4, 0, 0, 0]) + bytes(28), s.a.address)  # an index no one holds
+        s.from_device(ipv4_packet("10.0.0.1", "10.9.9.9"))  # in no peer's allowed IPs
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            stats = s.shell.plane.interface_stats()
+            if stats.rx_unknown_index and stats.tx_no_route:
+                break
+            time.sleep(0.01)
+        s.shell.refresh()
+        assert s.a.iface.drops == {Drop.UNKNOWN_INDEX: 1, Drop.NO_ROUTE: 1}
+        assert all(type(reason) is Drop for reason in s.a.iface.drops)
+        python = SimNet().node("python", "127.0.0.1")
+        python.iface.receive_datagram(bytes([4, 0, 0, 0]) + bytes(28), s.b.address, s.net.now)
+        assert [(r, type(r)) for r in python.iface.drops] == [(Drop.UNKNOWN_INDEX, Drop)]

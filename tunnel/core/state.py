@@ -1,6 +1,7 @@
 """What the core keeps (the kernel's struct wg_device and its index hashtable):
-peers, the index table, routing and switching tables, limiters and counters, and
-the bookkeeping that the receive, send and timer paths share."""
+peers, the index table, routing and switching tables, limiters and counters; and
+the bookkeeping over it that the receive, send and timer paths share (the
+kernel's peer.c and noise.c helpers), as functions of the state."""
 
 import logging
 import os
@@ -23,6 +24,7 @@ from tunnel.protocol.noise import StaticIdentity
 from tunnel.protocol.peer import Peer
 from tunnel.protocol.ratelimiter import RateLimiter
 
+from .drops import Drop
 from .l2 import MacTable, Switch
 
 log = logging.getLogger("pyvpn")
@@ -79,109 +81,118 @@ class State:
         self.icmp_limiter = RateLimiter(ICMP_ERRORS_PER_SECOND, ICMP_ERRORS_BURST)  # one bucket
         self.under_load_threshold = under_load_threshold
         self.under_load_until = float("-inf")
-        self._load_second = 0
-        self._load_count = 0
+        # Initiations counted in the current second (core/receive.py).
+        self.load_second = 0
+        self.load_count = 0
         # Peers still to be greeted with an initiation since start (core/ticks.py).
         self.greeting: deque[Peer] = deque()
         self.greeting_since = 0.0
         self.greeted = 0
-        self.drops: Counter[str] = Counter()
+        self.drops: Counter[Drop] = Counter()
         self.cookie_replies_sent = 0
 
-    def _authenticated(self, peer: Peer, size: int, source: Address, now: float) -> None:
-        """Roaming (whitepaper 2.1): the last authenticated source is the endpoint."""
-        if peer.endpoint != source:
-            if peer.endpoint is not None:
-                log.info("peer %s roamed to %s:%d", short(peer), *source)
-            peer.endpoint = source
-        peer.rx_bytes += size
-        peer.timers.any_authenticated_received()
-        peer.timers.any_authenticated_traversal(now)
 
-    def _count_tx(self, peer: Peer, size: int, now: float) -> None:
-        peer.tx_bytes += size
-        peer.timers.any_authenticated_traversal(now)
+def authenticated(peer: Peer, size: int, source: Address, now: float) -> None:
+    """Roaming (whitepaper 2.1): the last authenticated source is the endpoint."""
+    if peer.endpoint != source:
+        if peer.endpoint is not None:
+            log.info("peer %s roamed to %s:%d", short(peer), *source)
+        peer.endpoint = source
+    peer.rx_bytes += size
+    peer.timers.any_authenticated_received()
+    peer.timers.any_authenticated_traversal(now)
 
-    def _handshake_complete(self, peer: Peer, now: float) -> None:
-        """After the new keypair took its slot: the session it replaced, if any,
-        is `previous` by now (Peer.install, Peer.confirm, or C's slots adopted)."""
-        peer.handshakes.completed += 1
-        if peer.previous is not None:
-            peer.handshakes.rekeys += 1
-        peer.timers.handshake_complete()
-        peer.last_handshake_wall = now + self.wall_offset
 
-    def _install(self, peer: Peer, keypair: Keypair) -> None:
-        self.indices[keypair.local_index] = (peer, keypair)
-        if self.external_transport:
-            peer.held[keypair.local_index] = keypair  # until adopt() learns it is freed
-        self._retire(peer.install(keypair))
+def count_tx(peer: Peer, size: int, now: float) -> None:
+    peer.tx_bytes += size
+    peer.timers.any_authenticated_traversal(now)
 
-    def _retire(self, keypairs: list[Keypair]) -> None:
-        if self.external_transport:
-            return  # the transport frees its keypairs; adopt() learns which
-        for keypair in keypairs:
-            log.debug("keypair %d retired", keypair.local_index)
-            keypair.keys.erase()
-            entry = self.indices.get(keypair.local_index)
-            if entry is not None and entry[1] is keypair:
-                del self.indices[keypair.local_index]
 
-    def adopt(
-        self, peer: Peer, current: int | None, previous: int | None, next_: int | None
-    ) -> None:
-        """With an external transport, which owns the keypair slots (the native
-        plane: native/peer.c runs add_new_keypair() and the confirmation), the
-        peer's slots become the keypairs it reports by local index, and the ones
-        it no longer holds are forgotten. The core's own shuffle is only its
-        expectation until then."""
-        held = peer.held
-        peer.current, peer.previous, peer.next = (
-            None if i is None else held.get(i) for i in (current, previous, next_)
+def handshake_complete(state: State, peer: Peer, now: float) -> None:
+    """After the new keypair took its slot: the session it replaced, if any,
+    is `previous` by now (Peer.install, Peer.confirm, or C's slots adopted)."""
+    peer.handshakes.completed += 1
+    if peer.previous is not None:
+        peer.handshakes.rekeys += 1
+    peer.timers.handshake_complete()
+    peer.last_handshake_wall = now + state.wall_offset
+
+
+def install(state: State, peer: Peer, keypair: Keypair) -> None:
+    state.indices[keypair.local_index] = (peer, keypair)
+    if state.external_transport:
+        peer.held[keypair.local_index] = keypair  # until adopt() learns it is freed
+    retire(state, peer.install(keypair))
+
+
+def retire(state: State, keypairs: list[Keypair]) -> None:
+    if state.external_transport:
+        return  # the transport frees its keypairs; adopt() learns which
+    for keypair in keypairs:
+        log.debug("keypair %d retired", keypair.local_index)
+        keypair.keys.erase()
+        entry = state.indices.get(keypair.local_index)
+        if entry is not None and entry[1] is keypair:
+            del state.indices[keypair.local_index]
+
+
+def adopt(
+    state: State, peer: Peer, current: int | None, previous: int | None, next_: int | None
+) -> None:
+    """With an external transport, which owns the keypair slots (the native
+    plane: native/peer.c runs add_new_keypair() and the confirmation), the
+    peer's slots become the keypairs it reports by local index, and the ones
+    it no longer holds are forgotten. The core's own shuffle is only its
+    expectation until then."""
+    held = peer.held
+    peer.current, peer.previous, peer.next = (
+        None if i is None else held.get(i) for i in (current, previous, next_)
+    )
+    for index in held.keys() - {current, previous, next_}:
+        log.debug("keypair %d retired", index)
+        del held[index]
+        entry = state.indices.get(index)
+        if entry is not None and entry[0] is peer:
+            del state.indices[index]
+
+
+def drop_handshake_index(state: State, peer: Peer) -> None:
+    entry = state.indices.get(peer.handshake.local_index)
+    if entry is not None and entry[0] is peer and entry[1] is None:
+        del state.indices[peer.handshake.local_index]
+
+
+def forget_indices(state: State, peer: Peer) -> None:
+    state.indices = {i: e for i, e in state.indices.items() if e[0] is not peer}
+
+
+def new_index(state: State, peer: Peer, keypair: Keypair | None) -> int:
+    while True:
+        index = int.from_bytes(state.randbytes(4), "little")
+        if index not in state.indices:
+            state.indices[index] = (peer, keypair)
+            return index
+
+
+def mac_conflict(peer: Peer, now: float) -> None:
+    """tap: the peer sent frames from a MAC address another peer holds. Dropped
+    and counted (its drops' bad_source); said in the log, once a minute."""
+    if reportable(peer, "mac_conflict", now):
+        log.warning(
+            "peer %s sent frames from MAC addresses it may not use (another peer's "
+            "hosts hold them, or they are outside its allowed_macs): dropped (%d so far)",
+            short(peer),
+            peer.drops.bad_source,
         )
-        for index in held.keys() - {current, previous, next_}:
-            log.debug("keypair %d retired", index)
-            del held[index]
-            entry = self.indices.get(index)
-            if entry is not None and entry[0] is peer:
-                del self.indices[index]
 
-    def _drop_handshake_index(self, peer: Peer) -> None:
-        entry = self.indices.get(peer.handshake.local_index)
-        if entry is not None and entry[0] is peer and entry[1] is None:
-            del self.indices[peer.handshake.local_index]
 
-    def _forget_indices(self, peer: Peer) -> None:
-        self.indices = {i: e for i, e in self.indices.items() if e[0] is not peer}
-
-    def _new_index(self, peer: Peer, keypair: Keypair | None) -> int:
-        while True:
-            index = int.from_bytes(self.randbytes(4), "little")
-            if index not in self.indices:
-                self.indices[index] = (peer, keypair)
-                return index
-
-    def _ephemeral(self) -> bytes:
-        return self.randbytes(32)
-
-    def mac_conflict(self, peer: Peer, now: float) -> None:
-        """tap: the peer sent frames from a MAC address another peer holds. Dropped
-        and counted (its drops' bad_source); said in the log, once a minute."""
-        if reportable(peer, "mac_conflict", now):
-            log.warning(
-                "peer %s sent frames from MAC addresses it may not use (another peer's "
-                "hosts hold them, or they are outside its allowed_macs): dropped (%d so far)",
-                short(peer),
-                peer.drops.bad_source,
-            )
-
-    def _report_mismatch(self, peer: Peer, remote_l2: bool, now: float) -> None:
-        self.drops["mode_mismatch"] += 1
-        if reportable(peer, "mode_mismatch", now):
-            log.warning(
-                "peer %s is configured for %s mode but this interface is %s: "
-                "no traffic can flow until both ends use the same mode",
-                short(peer),
-                mode_name(remote_l2),
-                mode_name(self.l2),
-            )
+def report_mismatch(state: State, peer: Peer, remote_l2: bool, now: float) -> None:
+    state.drops[Drop.MODE_MISMATCH] += 1
+    if reportable(peer, "mode_mismatch", now):
+        log.warning(
+            "peer %s is configured for %s mode but this interface is %s: "
+            "no traffic can flow until both ends use the same mode",
+            short(peer),
+            mode_name(remote_l2),
+            mode_name(state.l2),
+        )

@@ -14,6 +14,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from tunnel.core.actions import Action, KeypairInstalled, KeypairsCleared, Transmit
+from tunnel.core.drops import Drop
 from tunnel.core.interface import Interface
 from tunnel.core.l2 import Learned
 from tunnel.core.reconfig import Applied
@@ -26,16 +27,17 @@ from .dp import NativePlane, PeerStats, UpcallKind, parse_upcall
 
 log = logging.getLogger("pyvpn")
 
-# The C plane's interface-wide drop counters, under the core's names for them.
+# The core's reason for each of the C plane's interface-wide drop counters
+# (dp_if_stats, whose names `show --json` prints as C's own under "native").
 INTERFACE_DROPS = {
-    "unknown_index": "rx_unknown_index",
-    "malformed": "rx_malformed",
-    "no_route": "tx_no_route",
-    "runt_frame": "tx_malformed",
-    "upcall_overflow": "upcalls_dropped",
-    "ratelimited": "rx_ratelimited",
-    "bad_mac1": "rx_bad_mac1",
-    "mac_table_full": "rx_mac_table_full",
+    Drop.UNKNOWN_INDEX: "rx_unknown_index",
+    Drop.MALFORMED: "rx_malformed",
+    Drop.NO_ROUTE: "tx_no_route",
+    Drop.RUNT_FRAME: "tx_malformed",
+    Drop.UPCALL_OVERFLOW: "upcalls_dropped",
+    Drop.RATELIMITED: "rx_ratelimited",
+    Drop.BAD_MAC1: "rx_bad_mac1",
+    Drop.MAC_TABLE_FULL: "rx_mac_table_full",
 }
 UPCALL_BATCH = 256
 UPCALL_BUFFER = 4 << 20  # bytes: some 3000 handshake upcalls

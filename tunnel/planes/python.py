@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import Callable
 
+from tunnel.core.drops import Drop
 from tunnel.core.interface import Interface
 from tunnel.host import clock, udp
 from tunnel.protocol.address import Address
@@ -76,7 +77,7 @@ class PythonPlane(Plane):
                 and data[:1] != TRANSPORT
                 and not self.sources.allow(source_key(source[0]), now)
             ):
-                self.iface.drops["ratelimited"] += 1
+                self.iface.drops[Drop.RATELIMITED] += 1
                 continue
             datagrams.append((data, source))
         if datagrams:
