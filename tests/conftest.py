@@ -10,7 +10,7 @@ from typing import NoReturn
 import pytest
 
 from tunnel.control.uapi_socket import socket_path
-from tunnel.lab.testbed import Testbed, cleanup_stale
+from tunnel.lab.testbed import Namespace, Testbed, cleanup_stale
 from tunnel.planes import dp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +41,26 @@ def needs(problem: str | None) -> pytest.MarkDecorator:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs(problem): skip for it locally, fail under CI")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test that takes the test bed, itself or through a fixture, builds
+    # namespaces: `-m "not netns"` leaves it out, and the unit tests run alone.
+    for item in items:
+        if "bed" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.netns)
+
+
+@pytest.fixture(autouse=True)
+def _namespaces_only_where_marked(request, monkeypatch):
+    """A test that makes a namespace must say so (the netns mark), or
+    `-m "not netns"` would not be the unit tests alone."""
+    if request.node.get_closest_marker("netns") is None:
+
+        def refuse(self):
+            pytest.fail(f"{request.node.nodeid} makes a namespace but is not marked netns")
+
+        monkeypatch.setattr(Namespace, "create", refuse)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
