@@ -20,6 +20,8 @@ from tunnel.lab.testbed import host_problem, leftovers
 
 from .conftest import needs
 
+pytestmark = [pytest.mark.netns, pytest.mark.serial]
+
 root_only = needs(host_problem(("ip", "ping", "iperf3", "ss", "wireguard-go", "wg")))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

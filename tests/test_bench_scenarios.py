@@ -34,6 +34,8 @@ from tunnel.protocol.constants import DEFAULT_MTU
 from .conftest import needs, unavailable
 from .packets import csum
 
+pytestmark = [pytest.mark.netns, pytest.mark.serial]
+
 _PROBLEM = host_problem(("ip", "ping", "iperf3", "ss"))
 root_only = needs(_PROBLEM)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

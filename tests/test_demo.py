@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from tunnel.lab import demo, measure
 from tunnel.lab.testbed import TunnelStartError, host_problem, leftovers
 
 from .conftest import needs
 
-pytestmark = needs(host_problem())
+pytestmark = [needs(host_problem()), pytest.mark.netns, pytest.mark.serial]
 
 
 def _args(*argv: str) -> argparse.Namespace:

@@ -19,6 +19,8 @@ from tunnel.protocol import keys
 from tunnel.protocol.constants import MESSAGE_COOKIE_REPLY, MESSAGE_RESPONSE
 from tunnel.protocol.peer_config import PeerConfig
 
+pytestmark = pytest.mark.netns
+
 INSIDE, OUTSIDE = 300, 20
 
 
@@ -96,6 +98,7 @@ def test_wg_set_routes_what_no_route_of_the_device_covers(running):
 
 
 @pytest.mark.parametrize("datapath", ["native"])
+@pytest.mark.serial
 def test_handshake_capacity_counts_only_valid_responses(running, tmp_path):
     ns, h, daemon = running
     result = hub.handshake_capacity(ns, daemon, h, tmp_path, count=400, window=32)

@@ -16,13 +16,15 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from tunnel.lab.testbed import missing_tools
 
 from .conftest import NATIVE_MISSING, needs, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = [needs(NATIVE_MISSING), needs(missing_tools(("gcc",)))]
+pytestmark = [needs(NATIVE_MISSING), needs(missing_tools(("gcc",))), pytest.mark.serial]
 
 DRIVER = textwrap.dedent(r"""
     import importlib.machinery, importlib.util, os, random, socket, struct, sys, threading, time

@@ -464,6 +464,7 @@ def test_allowed_ips_are_replaced_whole_and_moved_between_peers(h: Harness) -> N
     r2.close()
 
 
+@pytest.mark.serial
 def test_unrouted_packets_go_up_no_faster_than_python_answers(h: Harness) -> None:
     """A burst, then one a millisecond (ICMP_ERRORS_*). Packets queued before the
     plane starts arrive at once, so only a burst of them goes up; a second round
@@ -544,6 +545,7 @@ def test_other_datagrams_go_up_unchanged(h: Harness) -> None:
     s.close()
 
 
+@pytest.mark.serial
 def test_a_flooding_source_gets_its_share_while_python_is_behind(h: Harness) -> None:
     flooder, other = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
     flooder.bind(("127.0.0.1", 0))

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tunnel.lab import measure
 from tunnel.lab.testbed import (
     INNER_A,
@@ -163,6 +165,7 @@ def drops_total(status: dict[str, Any]) -> int:
 # Hostile input.
 
 
+@pytest.mark.serial
 def test_hostile_flood_is_counted_and_changes_nothing(bed, tmp_path, datapath):
     with pyvpn_pair(bed, tmp_path, "tun", datapath) as (a, b):
         wait_reachable(bed.a, INNER_B)
@@ -213,6 +216,7 @@ def test_hostile_flood_is_counted_and_changes_nothing(bed, tmp_path, datapath):
         assert sent_hash == received_hash
 
 
+@pytest.mark.serial
 def test_initiation_flood_from_two_sources_gets_cookies_then_a_per_source_limit(bed, tmp_path):
     """Two addresses flood initiations that know our public key, and take the
     cookies handed out, as senders at real addresses can. Under load each gets its
@@ -263,6 +267,7 @@ def test_initiation_flood_from_two_sources_gets_cookies_then_a_per_source_limit(
         no_traceback(a)
 
 
+@pytest.mark.serial
 def test_a_peer_initiating_too_fast_gets_one_response_per_flood_interval(bed, tmp_path, datapath):
     """Initiations that are really the peer's (its key stolen, or a client gone
     wrong) in bursts of four back to back: the first of each burst is answered,
@@ -287,6 +292,7 @@ def test_a_peer_initiating_too_fast_gets_one_response_per_flood_interval(bed, tm
         no_traceback(a)
 
 
+@pytest.mark.serial
 def test_a_peer_handshakes_beside_a_source_flooding_at_line_rate(bed, tmp_path, datapath):
     """One source floods valid-mac1 initiations as fast as it can, faster than the
     core judges them. The plane gives each source its share while it overflows, so
@@ -631,10 +637,11 @@ def test_staged_packets_past_the_queue_drop_the_oldest(bed, tmp_path, datapath, 
 
 # Long run.
 
-SOAK_SECONDS = int(os.environ.get("PYVPN_SOAK_SECONDS", "60"))
+SOAK_SECONDS = int(os.environ.get("PYVPN_SOAK_SECONDS", "20"))
 WARMUP = 6.0
 
 
+@pytest.mark.serial
 def test_soak_with_rekeys_every_few_seconds(bed, tmp_path, datapath, monkeypatch):
     # Timers at 1/20: REKEY_AFTER_TIME 6 s, so a rekey every ~6 s of the run.
     monkeypatch.setenv("PYVPN_TIMER_SCALE", "0.05")

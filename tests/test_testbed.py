@@ -34,7 +34,7 @@ from tunnel.protocol import keys
 from .conftest import needs
 
 needs_wireguard_go = needs(host_problem(("wireguard-go", "wg")))
-pytestmark = needs(host_problem(("ip", "ping")))
+pytestmark = [needs(host_problem(("ip", "ping"))), pytest.mark.netns]
 
 
 @pytest.fixture

@@ -318,6 +318,7 @@ def running_star(
         yield Star(bed, hub_ns, spokes, names, daemons)
 
 
+@pytest.mark.netns
 def test_hub_is_a_learning_switch_with_ageing(tmp_path, datapath):
     with running_star(tmp_path, datapath, "sw") as star:
         hub, spokes, daemons = star.hub, star.spokes, star.daemons
@@ -355,6 +356,7 @@ def test_hub_is_a_learning_switch_with_ageing(tmp_path, datapath):
         assert all(d.alive() for d in daemons)
 
 
+@pytest.mark.netns
 def test_a_spoke_cannot_take_the_mac_of_a_host_behind_another(tmp_path, datapath):
     """Spoke c forges frames from the MAC address of a host behind spoke b: the
     host behind b keeps getting its unicast, and c's forgeries are dropped and
@@ -385,6 +387,7 @@ def test_a_spoke_cannot_take_the_mac_of_a_host_behind_another(tmp_path, datapath
         assert all(d.alive() for d in daemons)
 
 
+@pytest.mark.netns
 def test_allowed_macs_bind_a_spokes_hosts_to_it(tmp_path, datapath):
     """The hub lists the MAC address of spoke b's host in b's allowed_macs: unicast
     to it goes to b before b ever sent a frame, b may send from no other address,
@@ -423,6 +426,7 @@ def test_allowed_macs_bind_a_spokes_hosts_to_it(tmp_path, datapath):
         assert all(d.alive() for d in daemons)
 
 
+@pytest.mark.netns
 def test_a_mac_dropped_from_allowed_macs_by_reload_is_free_at_once(tmp_path, datapath):
     """b's host moves behind c: the hub's operator drops its MAC address from b's
     allowed_macs with `pyvpn reload`, and c's frames from it arrive at once, and
@@ -460,6 +464,7 @@ def test_a_mac_dropped_from_allowed_macs_by_reload_is_free_at_once(tmp_path, dat
         assert all(d.alive() for d in daemons)
 
 
+@pytest.mark.netns
 def test_a_bridged_hub_relays_between_spokes_never_back_to_the_sender(tmp_path, datapath):
     """Spokes of a hub whose device is in a bridge reach each other at L2: the hub's
     bridge port is in hairpin mode, so a frame from one spoke comes back to pyvpn,

@@ -122,6 +122,7 @@ def test_second_tunnel_with_same_name_is_refused_cleanly(bed, tmp_path, datapath
         assert a.alive()
 
 
+@pytest.mark.netns
 def test_hub_with_three_peers_routes_by_allowed_ips(tmp_path, datapath):
     from tunnel.lab.testbed import Testbed, device_name, render_config
 
@@ -193,6 +194,7 @@ def test_hub_with_three_peers_routes_by_allowed_ips(tmp_path, datapath):
                 d.stop()
 
 
+@pytest.mark.netns
 def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_path, datapath):
     """allowed_ips 0.0.0.0/0: A reaches a host behind B that only B routes to, while A's
     own default route (the one the tunnel's datagrams need) leads elsewhere; `wg set`
@@ -290,6 +292,7 @@ def test_a_device_name_with_plus_or_equals_gets_its_nft_table(bed):
     assert bed.a.run("nft", "list", "tables").stdout == ""
 
 
+@pytest.mark.netns
 def test_an_ipv6_default_route_makes_an_ipv6_full_tunnel(tmp_path):
     """::/0 over an IPv6 underlay: A reaches an IPv6 host behind B while its own IPv6
     default route, which the tunnel's datagrams need, leads elsewhere; IPv4 is left
