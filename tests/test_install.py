@@ -1,13 +1,43 @@
 """pyvpn installed as an operator installs it: the runtime apart from the lab,
 a wheel in a fresh venv, a Debian package in a fresh Debian root."""
 
+import contextlib
+import os
+import shutil
 import stat
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tunnel.lab import testbed
-from tunnel.lab.testbed import WIREGUARD_GO_ENV, wireguard_go
+from tunnel.lab.testbed import (
+    INNER_B,
+    WIREGUARD_GO_ENV,
+    Daemon,
+    Namespace,
+    pyvpn_status,
+    start_daemon,
+    uapi_listening,
+    wait_for,
+    wait_reachable,
+    wireguard_go,
+    write_pair_configs,
+)
+
+from .conftest import NATIVE_MISSING, ROOT, needs
+
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+# The Python an operator's Debian has (python3-venv, which scripts/setup installs).
+SYSTEM_PYTHON = "/usr/bin/python3"
+# What a copy of the source tree leaves behind: builds, caches, the venv.
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.so", "*.o",
+    ".pytest_cache", ".ruff_cache", ".hypothesis", "bench-out", "constants.h",
+)  # fmt: skip
 
 
 def fake_binary(path: Path) -> Path:
@@ -38,3 +68,103 @@ def test_a_missing_wireguard_go_says_where_to_get_one(tmp_path, monkeypatch):
         FileNotFoundError, match=f"run scripts/setup, or name one in \\${WIREGUARD_GO_ENV}"
     ):
         wireguard_go()
+
+
+def run(*argv: str | Path, **kw) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kw)
+    assert result.returncode == 0, f"{argv}: {result.stderr or result.stdout}"
+    return result
+
+
+def source_copy(tmp: Path) -> Path:
+    """The source tree as a fresh clone has it, nothing built."""
+    shutil.copytree(ROOT, tmp / "src", ignore=NOT_SOURCE)
+    return tmp / "src"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """`python -m build`: the sdist, and the wheel built from it."""
+    tmp = tmp_path_factory.mktemp("build")
+    run(sys.executable, "-m", "build", "--outdir", tmp / "dist", source_copy(tmp))
+    return tmp / "dist"
+
+
+@pytest.fixture(scope="module")
+def venv(built, tmp_path_factory) -> Path:
+    """A fresh venv of the system's Python, without its site packages, holding the
+    wheel and its dependencies from the package index: pyvpn as pip installs it."""
+    path = tmp_path_factory.mktemp("venv")
+    run(SYSTEM_PYTHON, "-m", "venv", path)
+    (wheel,) = built.glob("pyvpn-*.whl")
+    run(path / "bin/pip", "install", "-q", wheel)
+    return path
+
+
+@pytest.mark.serial
+def test_python_m_build_makes_an_sdist_and_a_wheel_with_the_native_plane(built):
+    (sdist,) = built.glob("*.tar.gz")
+    (wheel,) = built.glob("*.whl")
+    assert sdist.name == f"pyvpn-{VERSION}.tar.gz"
+    assert wheel.name.startswith(f"pyvpn-{VERSION}-cp311-")
+    assert "tunnel/planes/_native." in run("unzip", "-l", wheel).stdout
+
+
+@pytest.mark.serial
+def test_the_wheel_installs_the_runtime_alone(venv):
+    """`pip install pyvpn`: the tunnel's packages, not the lab's."""
+    assert run(venv / "bin/pyvpn", "--version").stdout == f"pyvpn {VERSION}\n"
+    assert run(venv / "bin/pyvpn-wg", "--version").stdout.startswith(f"pyvpn-wg (pyvpn) {VERSION}")
+    installed = run(venv / "bin/pip", "list", "--format=freeze").stdout.lower()
+    names = {line.split("==")[0].replace("_", "-") for line in installed.split()}
+    assert {"cryptography", "pynacl", "pyroute2", "uvloop", "cffi", "prometheus-client"} <= names
+    assert not names & {"rich", "matplotlib", "pytest"}
+    demo = subprocess.run([venv / "bin/pyvpn", "demo"], capture_output=True, text=True)
+    assert demo.returncode == 2
+    assert demo.stderr == "pyvpn: demo needs rich, matplotlib: pip install 'pyvpn[bench]'\n"
+
+
+def start_up(ns: Namespace, pyvpn: list[str], config: Path) -> Daemon:
+    """`pyvpn up CONFIG` in `ns` as `pyvpn` (an installed one) runs it, without
+    this checkout on PYTHONPATH; returns once its UAPI socket answers."""
+    name = config.stem  # write_pair_configs names the file after the device
+    daemon = start_daemon(ns, [*pyvpn, "up", str(config)], name, {"PYTHONPATH": ""})
+    wait_for(daemon, lambda: uapi_listening(name), "its UAPI socket appeared", 20)
+    return daemon
+
+
+@contextlib.contextmanager
+def installed_pair(bed, tmp_path: Path, pyvpn: list[str]) -> Iterator[str]:
+    """A tun tunnel on the native plane between bed.a and bed.b, both ends run
+    by an installed pyvpn; yields A's device name once B answers a ping."""
+    path_a, path_b = write_pair_configs(tmp_path, "tun", "native")
+    with start_up(bed.a, pyvpn, path_a), start_up(bed.b, pyvpn, path_b):
+        wait_reachable(bed.a, INNER_B)
+        yield path_a.stem
+
+
+@pytest.mark.serial
+@needs(NATIVE_MISSING)
+def test_the_wheel_runs_a_tunnel_on_the_native_plane(venv, bed, tmp_path):
+    where = run(venv / "bin/python", "-c", "import tunnel; print(tunnel.__file__)", cwd=tmp_path)
+    assert where.stdout.startswith(str(venv))
+    with installed_pair(bed, tmp_path, [str(venv / "bin/pyvpn")]) as name:
+        assert pyvpn_status(name)["datapath"] == "native"
+
+
+@pytest.mark.serial
+def test_the_sdist_says_what_is_missing_to_build_the_native_plane(built, venv, tmp_path):
+    """`pip install pyvpn-VERSION.tar.gz` on a host without a compiler: one line
+    that names it, not a compiler's pages."""
+    (sdist,) = built.glob("*.tar.gz")
+    result = subprocess.run(
+        [venv / "bin/pip", "wheel", "--no-deps", "-w", tmp_path, sdist],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CC": "/nonexistent/cc"},
+    )
+    assert result.returncode != 0 and list(tmp_path.glob("*.whl")) == []
+    said = "error: pyvpn's native data plane cannot be built: "
+    lines = [line.strip() for line in (result.stdout + result.stderr).splitlines()]
+    assert f"{said}no C compiler '/nonexistent/cc' ($CC): apt-get install gcc, or set CC" in lines
+    assert not [line for line in lines if "gcc" in line and said not in line]
