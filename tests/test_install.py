@@ -2,6 +2,7 @@
 a wheel in a fresh venv, a Debian package in a fresh Debian root."""
 
 import contextlib
+import hashlib
 import os
 import shutil
 import stat
@@ -124,21 +125,23 @@ def test_the_wheel_installs_the_runtime_alone(venv):
     assert demo.stderr == "pyvpn: demo needs rich, matplotlib: pip install 'pyvpn[bench]'\n"
 
 
-def start_up(ns: Namespace, pyvpn: list[str], config: Path) -> Daemon:
-    """`pyvpn up CONFIG` in `ns` as `pyvpn` (an installed one) runs it, without
-    this checkout on PYTHONPATH; returns once its UAPI socket answers."""
+def start_up(ns: Namespace, pyvpn: list[str], config: Path, by_name: bool) -> Daemon:
+    """`pyvpn up CONFIG` (or `up NAME`, for /etc/pyvpn/NAME.toml) in `ns` as `pyvpn`
+    (an installed one) runs it, without this checkout on PYTHONPATH; returns
+    once its UAPI socket answers."""
     name = config.stem  # write_pair_configs names the file after the device
-    daemon = start_daemon(ns, [*pyvpn, "up", str(config)], name, {"PYTHONPATH": ""})
+    argv = [*pyvpn, "up", name if by_name else str(config)]
+    daemon = start_daemon(ns, argv, name, {"PYTHONPATH": ""})
     wait_for(daemon, lambda: uapi_listening(name), "its UAPI socket appeared", 20)
     return daemon
 
 
 @contextlib.contextmanager
-def installed_pair(bed, tmp_path: Path, pyvpn: list[str]) -> Iterator[str]:
+def installed_pair(bed, directory: Path, pyvpn: list[str], by_name: bool = False) -> Iterator[str]:
     """A tun tunnel on the native plane between bed.a and bed.b, both ends run
     by an installed pyvpn; yields A's device name once B answers a ping."""
-    path_a, path_b = write_pair_configs(tmp_path, "tun", "native")
-    with start_up(bed.a, pyvpn, path_a), start_up(bed.b, pyvpn, path_b):
+    path_a, path_b = write_pair_configs(directory, "tun", "native")
+    with start_up(bed.a, pyvpn, path_a, by_name), start_up(bed.b, pyvpn, path_b, by_name):
         wait_reachable(bed.a, INNER_B)
         yield path_a.stem
 
@@ -168,3 +171,90 @@ def test_the_sdist_says_what_is_missing_to_build_the_native_plane(built, venv, t
     lines = [line.strip() for line in (result.stdout + result.stderr).splitlines()]
     assert f"{said}no C compiler '/nonexistent/cc' ($CC): apt-get install gcc, or set CC" in lines
     assert not [line for line in lines if "gcc" in line and said not in line]
+
+
+# What the test runs in the Debian root besides pyvpn's own Depends: man(1)
+# and systemd-analyze(1).
+ROOT_TOOLS = ["man-db", "systemd"]
+
+
+@pytest.fixture(scope="module")
+def deb() -> Path:
+    """scripts/build-deb's package (lintian clean of errors, or it fails)."""
+    built = run(ROOT / "scripts/build-deb", cwd=ROOT, timeout=900).stdout.strip()
+    return ROOT / built
+
+
+def debian_root_tarball(packages: list[str]) -> Path:
+    """A minimal bookworm root holding `packages`, from the machine's own Debian
+    mirror, made once per package list: build/debian-root-KEY.tar."""
+    key = hashlib.sha256(" ".join(sorted(packages)).encode()).hexdigest()[:16]
+    tarball = ROOT / "build" / f"debian-root-{key}.tar"
+    if not tarball.exists():
+        mirror = run(ROOT / "scripts/apt-mirror").stdout.strip()
+        partial = tarball.with_suffix(".partial.tar")
+        run("mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(packages)}",
+            "bookworm", partial, mirror, timeout=1800)  # fmt: skip
+        partial.rename(tarball)
+    return tarball
+
+
+@pytest.fixture
+def debian_root(deb, tmp_path) -> Iterator[Path]:
+    """A fresh Debian root with the package installed by dpkg, and the host's
+    /proc, /sys, /dev and /run in it (the tunnel's UAPI sockets are seen from
+    outside); unmounted after."""
+    depends = run("dpkg-deb", "-f", deb, "Depends").stdout
+    packages = [d.split()[0] for d in depends.split(",")] + ROOT_TOOLS
+    root = tmp_path / "root"
+    root.mkdir()
+    run("tar", "-xf", debian_root_tarball(packages), "-C", root)
+    shutil.copy(deb, root / "tmp" / deb.name)
+    mounted = []
+    try:
+        for place in ("proc", "sys", "dev", "run"):
+            run("mount", "--bind", f"/{place}", root / place)
+            mounted.append(root / place)
+        run("chroot", root, "dpkg", "-i", f"/tmp/{deb.name}")
+        yield root
+    finally:
+        for place in reversed(mounted):
+            subprocess.run(["umount", "--lazy", place], check=False)
+
+
+def in_root(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return run("chroot", root, *argv)
+
+
+@pytest.mark.serial
+@needs(NATIVE_MISSING)
+def test_the_debian_package_installs_runs_and_removes(deb, debian_root, bed):
+    root = debian_root
+    assert deb.name == f"pyvpn_{VERSION}_amd64.deb"
+    assert in_root(root, "pyvpn", "--version").stdout == f"pyvpn {VERSION}\n"
+    assert stat.S_IMODE((root / "etc/pyvpn").stat().st_mode) == 0o700
+    # A tunnel between two namespaces, both ends the package's /usr/bin/pyvpn.
+    pyvpn = ["chroot", str(root), "/usr/bin/pyvpn"]
+    with installed_pair(bed, root / "etc/pyvpn", pyvpn, by_name=True) as name:
+        assert pyvpn_status(name)["datapath"] == "native"
+    # Its manual, and its units as systemd reads them.
+    page = in_root(root, "man", "-P", "cat", "pyvpn").stdout
+    assert "pyvpn up" in page
+    shutil.copy(root / "lib/systemd/system/pyvpn@.service", root / "tmp/pyvpn@tun-a.service")
+    for unit in ("/tmp/pyvpn@tun-a.service", "/lib/systemd/system/pyvpn-metrics.service"):
+        checked = in_root(root, "systemd-analyze", "verify", "--man=no", unit)
+        assert checked.stderr == ""
+    completion = root / "usr/share/bash-completion/completions/pyvpn"
+    example = root / "usr/share/doc/pyvpn/examples/wg-quick@.service.d/pyvpn.conf"
+    assert completion.is_file() and example.is_file()
+    # dpkg -r takes all of it but /etc/pyvpn and the configs in it.
+    files = [p.split()[-1].lstrip(".") for p in run("dpkg-deb", "-c", deb).stdout.splitlines()]
+    in_root(root, "dpkg", "-r", "pyvpn")
+    left = [
+        f
+        for f in files
+        if os.path.lexists(root / f.lstrip("/")) and not (root / f.lstrip("/")).is_dir()
+    ]
+    assert left == []
+    assert not (root / "usr/lib/pyvpn").exists()
+    assert (root / "etc/pyvpn").is_dir() and list((root / "etc/pyvpn").glob("*.toml"))
