@@ -3,11 +3,13 @@
 import importlib.metadata
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import tomllib
 
 import pytest
 
@@ -19,7 +21,7 @@ from tunnel.daemon import choose_datapath
 from tunnel.lab.testbed import device_name, start_wireguard_go
 from tunnel.protocol import keys
 
-from .conftest import pyvpn, uapi_listener
+from .conftest import ROOT, pyvpn, uapi_listener
 
 
 def test_genkey_pubkey_match_wireguard_tools():
@@ -175,13 +177,70 @@ def test_show_leaves_wireguard_gos_tunnels_to_wg(bed):
 DAEMON_ONLY = ("pyroute2", "cryptography", "nacl", "tunnel.core", "importlib.metadata")
 
 
+# What only `pyvpn demo` and `pyvpn bench` load: the lab and the [bench] extra,
+# which `pip install pyvpn` leaves out.
+LAB_ONLY = ("tunnel.lab", "rich", "matplotlib")
+
+
 def test_the_command_line_loads_without_the_daemons_stack():
     """A hub's `pyvpn show` waits for every import of the command line first."""
     check = "import sys, tunnel.cli; print(*sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     modules = loaded.stdout.split()
     assert "tunnel.cli" in modules
-    assert [m for m in modules if m.startswith(DAEMON_ONLY)] == []
+    assert [m for m in modules if m.startswith(DAEMON_ONLY + LAB_ONLY)] == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["show", "--json"], ["up", "/nonexistent/pyvpn-x.toml"], ["metrics", "--listen", "x"],
+     ["genkey"], ["convert", "/nonexistent/x.conf"], ["up", "--help"]],
+)  # fmt: skip
+def test_the_tunnels_commands_never_load_the_lab(argv):
+    """The runtime (`pip install pyvpn`) has no rich, matplotlib or lab to load."""
+    check = (
+        "import sys, tunnel.cli\n"
+        "try:\n    tunnel.cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print(*sys.modules, file=sys.stderr)"
+    )
+    run = subprocess.run([sys.executable, "-c", check, *argv], capture_output=True, text=True)
+    modules = run.stderr.split()
+    assert "tunnel.cli" in modules
+    assert [m for m in modules if m.startswith(LAB_ONLY)] == []
+
+
+# What a Python without the [bench] extra finds: no rich, no matplotlib.
+WITHOUT_LAB = "import sys; sys.modules.update(rich=None, matplotlib=None); "
+
+
+@pytest.mark.parametrize("command", ["demo", "bench"])
+def test_the_lab_without_its_extra_says_what_to_install(command):
+    run = subprocess.run(
+        [sys.executable, "-c", WITHOUT_LAB + "import tunnel.cli; sys.exit(tunnel.cli.main())",
+         command, "--time", "1"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr == f"pyvpn: {command} needs rich, matplotlib: pip install 'pyvpn[bench]'\n"
+
+
+def test_help_without_the_lab_still_names_its_commands():
+    run = subprocess.run(
+        [sys.executable, "-c", WITHOUT_LAB + "import tunnel.cli; tunnel.cli.main()", "--help"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0 and run.stderr == ""
+    assert "demo" in run.stdout and "bench" in run.stdout
+
+
+def test_the_lab_extra_is_pyprojects():
+    """cli.LAB_EXTRA names what pyproject.toml's [bench] extra installs."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    bench = project["optional-dependencies"]["bench"]
+    assert [re.match(r"[\w.-]+", r).group() for r in bench] == list(cli.LAB_EXTRA)
+    assert not {re.match(r"[\w.-]+", r).group() for r in project["dependencies"]} & set(
+        cli.LAB_EXTRA
+    )
 
 
 def test_a_reader_that_goes_away_gets_no_traceback():

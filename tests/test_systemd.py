@@ -25,10 +25,15 @@ UNIT = ROOT / "configs" / "pyvpn@.service"
 METRICS_UNIT = ROOT / "configs" / "pyvpn-metrics.service"
 
 
+# Where the Debian package puts pyvpn's commands, which the units run; in this
+# checkout they are in the .venv scripts/setup made.
+PACKAGED = "/usr/bin/"
+CHECKOUT = f"{ROOT}/.venv/bin/"
+
+
 def verify(unit: Path, instance: Path) -> None:
-    """`systemd-analyze verify` accepts the unit, its paths pointed at this
-    checkout, whose .venv scripts/setup made."""
-    instance.write_text(unit.read_text().replace("/opt/pyvpn", str(ROOT)))
+    """`systemd-analyze verify` accepts the unit, its paths pointed at this checkout."""
+    instance.write_text(unit.read_text().replace(PACKAGED, CHECKOUT))
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(instance)],
         capture_output=True,
@@ -87,7 +92,7 @@ def verify_wg_quick_with(drop_in: str, units: Path) -> subprocess.CompletedProce
 
 def test_wg_quick_drop_in_points_wg_quick_at_pyvpn_wg(tmp_path):
     text = DROP_IN.read_text()
-    result = verify_wg_quick_with(text.replace("/opt/pyvpn", str(ROOT)), tmp_path / "good")
+    result = verify_wg_quick_with(text.replace(PACKAGED, CHECKOUT), tmp_path / "good")
     assert result.returncode == 0 and result.stderr == "", result.stderr
     # The check reads the drop-in: a broken one is reported.
     broken = verify_wg_quick_with(text.replace("Environment=", "Environmen="), tmp_path / "bad")
@@ -96,9 +101,9 @@ def test_wg_quick_drop_in_points_wg_quick_at_pyvpn_wg(tmp_path):
     unit.read_string(text)
     variable, _, program = unit["Service"]["Environment"].partition("=")
     assert variable == "WG_QUICK_USERSPACE_IMPLEMENTATION"
-    assert program == "/opt/pyvpn/.venv/bin/pyvpn-wg"
+    assert program == "/usr/bin/pyvpn-wg"
     # The console script pyproject installs, in this checkout's .venv.
-    installed = Path(program.replace("/opt/pyvpn", str(ROOT)))
+    installed = Path(program.replace(PACKAGED, CHECKOUT))
     assert os.access(installed, os.X_OK)
     done = subprocess.run([str(installed), "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("pyvpn-wg")

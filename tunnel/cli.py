@@ -3,6 +3,7 @@ exit status 2; runtime failures exit 1; nothing prints a traceback."""
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -17,6 +18,11 @@ from tunnel.control import uapi_client
 from tunnel.control.config import Config, ConfigError, load, load_source, read
 from tunnel.control.mesh import FORMATS, write_mesh
 from tunnel.protocol import keys
+
+# What `pyvpn demo` and `pyvpn bench` need beyond the tunnel's own packages:
+# pyproject.toml's [bench] extra, which a plain `pip install pyvpn` leaves out.
+LAB_EXTRA = ("rich", "matplotlib")
+LAB_COMMANDS = ("demo", "bench")
 
 # What a config argument may also be (config.config_file).
 BARE = "; a bare NAME is /etc/pyvpn/NAME.toml or /etc/wireguard/NAME.conf"
@@ -100,9 +106,15 @@ def build_parser(command: str | None = None) -> Parser:
     ):
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(module=name)
-        if command in (None, name):
+        # `pyvpn --help` lists the lab's commands, with their options when installed.
+        if command in (None, name) and not lab_missing():
             _plugin(name).add_arguments(p)
     return parser
+
+
+def lab_missing() -> list[str]:
+    """The packages of the [bench] extra that are not installed (found, not imported)."""
+    return [name for name in LAB_EXTRA if importlib.util.find_spec(name) is None]
 
 
 def _plugin(name: str) -> Any:
@@ -111,6 +123,12 @@ def _plugin(name: str) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    if words and words[0] in LAB_COMMANDS and lab_missing():
+        print(
+            f"pyvpn: {words[0]} needs {', '.join(lab_missing())}: pip install 'pyvpn[bench]'",
+            file=sys.stderr,
+        )
+        return 2
     args = build_parser(words[0] if words else None).parse_args(argv)
     try:
         status = COMMANDS[args.command](args)

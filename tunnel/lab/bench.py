@@ -8,6 +8,7 @@ never at once, so they do not share the machine's two cores.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ from .scenarios import options as scenario_options
 from .scenarios.output import Found
 from .scenarios.run import run_scenarios
 from .testbed import (
+    WIREGUARD_GO_ENV,
     Testbed,
     first_line,
     host_problem,
@@ -90,6 +92,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write DIR/report.md (the tables with each figure's spread, the chart, the "
         "machine and every version) beside DIR/bench.json and DIR/bench.png",
     )
+    parser.add_argument(
+        "--wireguard-go",
+        metavar="PATH",
+        help=f"the wireguard-go binary to measure (default: ${WIREGUARD_GO_ENV}, else the "
+        "venv's contenders/ that scripts/setup fills, else wireguard-go on PATH); OpenVPN "
+        "and iperf3 come from PATH",
+    )
     hub.add_arguments(parser)
 
 
@@ -107,6 +116,8 @@ def selected(only: str | None) -> list[Contender]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.wireguard_go:
+        os.environ[WIREGUARD_GO_ENV] = args.wireguard_go  # for the hub's wireguard-go too
     if args.hub is not None:
         return hub.run(args)
     out, err = Console(), Console(stderr=True)

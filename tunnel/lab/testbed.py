@@ -58,7 +58,8 @@ DEFAULT_PORT = 51820
 # pyvpn's "native plane not built" refusal: status 2 from `pyvpn up`.
 EXIT_CONFIG = 2
 
-_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the checkout, which holds tunnel/
+# Where this `tunnel` package was imported from: a checkout or site-packages.
+_IMPORT_ROOT = Path(__file__).resolve().parents[2]
 _testbed_seq = itertools.count()
 
 
@@ -519,9 +520,10 @@ def _remove_dead_socket(name: str) -> None:
 
 
 def pyvpn_env() -> dict[str, str]:
-    """The environment in which `python -m tunnel...` runs this checkout."""
-    # The package root on PYTHONPATH: `-m tunnel` must find this checkout from any cwd.
-    path = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
+    """The environment in which `python -m tunnel...` runs this same package."""
+    # Its import root on PYTHONPATH: `-m tunnel` must find an uninstalled checkout
+    # from any cwd too (an installed package is found there anyway).
+    path = os.pathsep.join(filter(None, [str(_IMPORT_ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path}
 
 
@@ -575,31 +577,41 @@ def _key_file(directory: str, key: bytes, name: str) -> str:
     return path
 
 
-# The wireguard-go builds pyvpn is tested and measured against, both installed by
-# scripts/setup: Debian trixie's (0.0.20231211, with the TUN and UDP offloads of
-# 2023), fetched into the checkout, and bookworm's (0.0.20220316) from the system.
-WIREGUARD_GO_BUILDS = {
-    "current": _PACKAGE_ROOT / ".venv" / "contenders" / "wireguard-go" / "usr/bin/wireguard-go",
-    "bookworm": Path("/usr/bin/wireguard-go"),
-}
+# The wireguard-go builds pyvpn is tested and measured against. The current one
+# (Debian trixie's 0.0.20231211, with the TUN and UDP offloads of 2023) is the
+# binary $PYVPN_WIREGUARD_GO names (`pyvpn bench --wireguard-go`), else the one
+# scripts/setup unpacks into the venv (the repo's .venv/contenders), else
+# wireguard-go on PATH; bookworm's (0.0.20220316) is the system's.
+WIREGUARD_GO_ENV = "PYVPN_WIREGUARD_GO"
+_VENV_WIREGUARD_GO = Path(sys.prefix) / "contenders/wireguard-go/usr/bin/wireguard-go"
+WIREGUARD_GO_BUILDS = {"bookworm": Path("/usr/bin/wireguard-go")}
 
 
 def wireguard_go(build: str = "current") -> Path:
     """The binary of a wireguard-go build; FileNotFoundError says how to get it."""
-    binary = WIREGUARD_GO_BUILDS[build]
+    if build != "current":
+        binary = WIREGUARD_GO_BUILDS[build]
+    elif os.environ.get(WIREGUARD_GO_ENV):
+        binary = Path(os.environ[WIREGUARD_GO_ENV])
+    elif os.access(_VENV_WIREGUARD_GO, os.X_OK):
+        binary = _VENV_WIREGUARD_GO
+    else:
+        binary = Path(shutil.which("wireguard-go") or _VENV_WIREGUARD_GO)
     if not os.access(binary, os.X_OK):
         raise FileNotFoundError(
-            f"wireguard-go ({build} build) is not at {binary}: run scripts/setup"
+            f"wireguard-go ({build} build) is not at {binary}: run scripts/setup, "
+            f"or name one in ${WIREGUARD_GO_ENV}"
         )
     return binary
 
 
 def wireguard_go_version(build: str = "current") -> str:
     """The Debian package version of a build, "0.0.20231211-1+b9" (the binary's own
-    --version of trixie's build says 0.0.20230223, which its source left as it was)."""
-    wireguard_go(build)
-    if build == "current":
-        return (WIREGUARD_GO_BUILDS[build].parents[2] / "VERSION").read_text().strip()
+    --version of trixie's build says 0.0.20230223, which its source left as it was):
+    from the VERSION file scripts/setup writes beside an unpacked one, else dpkg's."""
+    stamp = wireguard_go(build).parents[2] / "VERSION"
+    if stamp.is_file():
+        return stamp.read_text().strip()
     query = ["dpkg-query", "-W", "-f=${Version}", "wireguard-go"]
     return subprocess.run(query, capture_output=True, text=True, check=True).stdout.strip()
 
