@@ -21,6 +21,7 @@ SOURCES = [
     "send.c",
     "receive.c",
     "socket.c",
+    "staged.c",
     "peer.c",
     "allowedips.c",
     "mactable.c",

@@ -90,7 +90,7 @@ def _check(ret: int, what: str) -> int:
 
 class UpcallKind(enum.IntEnum):
     DATAGRAM = 1  # a UDP datagram the plane does not handle (handshakes, other mode, junk)
-    NEED_KEY = 2  # plain packet for a peer without a usable CURRENT keypair
+    NEED_KEY = 2  # no payload: packets wait in C for a peer without a usable CURRENT
     KEYPAIR_CONFIRMED = 3  # NEXT was used by the peer and is now CURRENT
     ENDPOINT_CHANGED = 4  # roaming: authenticated traffic from a new address
     TOO_BIG = 5  # tap: an oversized device read for Python's PMTU answer (tunnel/core/l2.py)
@@ -183,10 +183,12 @@ class PeerStats:
     drop_bad_tag: int
     drop_replay: int
     drop_bad_source: int
-    drop_no_keypair: int  # includes packets diverted to Python as NEED_KEY
+    drop_no_keypair: int  # includes packets staged for want of a keypair
     drop_expired_keypair: int
     drop_malformed: int
     rx_data_packets: int  # of rx_packets, those not keepalives
+    staged_packets: int  # waiting in C for a usable CURRENT
+    staged_overflow: int  # dropped from a full staged queue, the oldest first
 
 
 class Slots(NamedTuple):
@@ -405,12 +407,17 @@ class NativePlane:
         _check(lib.dp_keypair_clear(self._handle(), peer_id, slot), "clear_keypair")
 
     def send_packet(self, peer_id: int, packet: bytes) -> None:
-        """Encrypt with CURRENT and send; b"" is a keepalive.
+        """Encrypt with CURRENT and send, behind what C has staged for the peer;
+        b"" is a keepalive, sent only if nothing staged goes instead.
 
-        Raises OSError(ENOKEY) when there is no usable CURRENT keypair (queue
-        the packet and handshake), OSError(EDESTADDRREQ) without an endpoint.
+        Raises OSError(ENOKEY) when there is no usable CURRENT keypair (C stages
+        the packet: handshake), OSError(EDESTADDRREQ) without an endpoint.
         """
         _check(lib.dp_send_packet(self._handle(), peer_id, packet, len(packet)), "send_packet")
+
+    def purge_staged(self, peer_id: int) -> None:
+        """Drop what C has staged for the peer (its handshake was given up)."""
+        _check(lib.dp_peer_purge_staged(self._handle(), peer_id), "purge_staged")
 
     def transmit_frame(self, data: bytes) -> None:
         """tap: hand back a TOO_BIG upcall's payload (a device read) that Python

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, fields
 from typing import Any
 
-from tunnel.core.actions import Action, KeypairInstalled, KeypairsCleared, Transmit
+from tunnel.core.actions import Action, KeypairInstalled, KeypairsCleared, StagedPurged, Transmit
 from tunnel.core.drops import Drop
 from tunnel.core.interface import Interface
 from tunnel.core.l2 import Learned
@@ -204,6 +204,7 @@ class NativeShell(Plane):
             if bad_source and self.iface.l2:
                 self.iface.mac_conflict(peer, now)
             peer.drops.not_ip += new.drop_malformed - old.drop_malformed
+            peer.drops.staged_overflow += new.staged_overflow - old.staged_overflow
             if new.last_tx_ns != old.last_tx_ns:
                 self.apply(
                     self.iface.transport_sent(
@@ -273,8 +274,8 @@ class NativeShell(Plane):
                 self.apply(self.iface.unreachable(upcall.payload, now))
             elif peer is None:
                 continue
-            elif upcall.kind is UpcallKind.NEED_KEY:
-                self.apply(self.iface.stage(peer, upcall.payload, now))
+            elif upcall.kind is UpcallKind.NEED_KEY:  # C holds the packets meanwhile
+                self.apply(self.iface.need_key(peer, now))
             elif upcall.kind is UpcallKind.KEYPAIR_CONFIRMED:
                 self.refresh()  # now rather than at the next tick: staged packets wait
             elif upcall.kind is UpcallKind.ENDPOINT_CHANGED and upcall.address is not None:
@@ -304,11 +305,12 @@ class NativeShell(Plane):
             try:
                 self.plane.send_packet(self.ids[action.peer], action.packet)
             except OSError as e:
-                if e.errno == errno.ENOKEY:
-                    now = clock.now()
-                    self.apply(self.iface.need_key(action.peer, action.packet, now))
+                if e.errno == errno.ENOKEY:  # C staged it
+                    self.apply(self.iface.need_key(action.peer, clock.now()))
                 else:
                     log.debug("native send failed: %s", e.strerror)
         elif isinstance(action, KeypairsCleared):
             for slot in (dp.SLOT_CURRENT, dp.SLOT_PREVIOUS, dp.SLOT_NEXT):
                 self.plane.clear_keypair(self.ids[action.peer], slot)
+        elif isinstance(action, StagedPurged):
+            self.plane.purge_staged(self.ids[action.peer])
