@@ -22,6 +22,7 @@ SOURCES = [
     "receive.c",
     "socket.c",
     "staged.c",
+    "events.c",
     "peer.c",
     "allowedips.c",
     "mactable.c",

@@ -50,6 +50,8 @@ enum {
 	DP_UPCALL_UNROUTED = 6,          /* tun: payload = a packet no peer's allowed IPs
 					  * cover (counted in tx_no_route); Python answers
 					  * it with ICMP unreachable (tunnel/core/l3.py) */
+	DP_UPCALL_EVENTS = 7,            /* no payload: peer_id has transport events for
+					  * Python's timers: dp_peer_take_events() */
 };
 
 struct dp_upcall_hdr {
@@ -81,6 +83,21 @@ struct dp_peer_stats {
 					   * may arm a keepalive (timers.c) */
 	uint64_t staged_packets;          /* waiting for a usable CURRENT now */
 	uint64_t staged_overflow;         /* dropped from a full staged queue: its oldest */
+};
+
+/* The transport messages of a peer since Python last took them, for its timers
+ * (timers.c's hooks: data sent, data received, keepalives either way), with the
+ * peer's slots and endpoint as they are now.  The slot fields have
+ * dp_peer_stats' names. */
+struct dp_peer_events {
+	uint64_t tx_bytes, tx_data_messages, last_tx_ns; /* CLOCK_BOOTTIME; 0: none */
+	uint64_t rx_bytes, rx_data_messages, last_rx_ns;
+	uint64_t current_send_counter;
+	uint32_t has_current, current_local_index;
+	uint32_t has_previous, has_next;
+	uint32_t previous_local_index, next_local_index;
+	uint32_t endpoint_len;
+	struct sockaddr_storage endpoint;
 };
 
 struct dp_if_stats {
@@ -182,6 +199,9 @@ int dp_peer_purge_staged(dp_t *, uint32_t peer_id);
 int dp_transmit_frame(dp_t *, const uint8_t *data, size_t len);
 
 int dp_peer_stats(dp_t *, uint32_t peer_id, struct dp_peer_stats *out);
+/* Take the peer's transport events (after DP_UPCALL_EVENTS, or at a tick for
+ * the peers whose stats moved: a lost upcall loses no event). */
+int dp_peer_take_events(dp_t *, uint32_t peer_id, struct dp_peer_events *out);
 /* The peers whose dp_peer_stats() changed since this call last reported them
  * (the age of CURRENT aside, which always does), at most max: their ids in ids[],
  * their stats in out[]; the rest come in the next call.  A new peer counts as

@@ -148,6 +148,12 @@ struct peer {
 	_Atomic uint64_t staged_overflow;
 	/* DP_UPCALL_NEED_KEY went up; no keypair came or went since. */
 	_Atomic bool key_wanted;
+	/* Transport events since Python last took them (events.c), whether
+	 * DP_UPCALL_EVENTS rang for them, and when it last did. */
+	_Atomic uint64_t ev_tx_bytes, ev_tx_data, ev_last_tx_ns;
+	_Atomic uint64_t ev_rx_bytes, ev_rx_data, ev_last_rx_ns;
+	_Atomic uint64_t ev_rung_ns;
+	_Atomic bool ev_pending;
 };
 
 /* Sized for hubs of thousands of peers, each with up to three keypairs: a
@@ -278,6 +284,10 @@ void staged_need_key(dp_t *dp, struct peer *p);
  * -EDESTADDRREQ: no endpoint; -ENOMEM.  Lock held (read). */
 int staged_flush(dp_t *dp, struct peer *p, uint64_t now);
 void staged_flush_peer(dp_t *dp, uint32_t peer_id); /* takes the lock */
+
+/* --- events.c: transport events for Python's timers -------------------- */
+void events_sent(dp_t *dp, struct peer *p, size_t mlen, bool data, uint64_t now);
+void events_received(dp_t *dp, struct peer *p, size_t mlen, bool data, uint64_t now);
 
 /* --- upcall.c ---------------------------------------------------------- */
 /* false: lost (the control socket is full), counted in upcalls_dropped. */
@@ -414,7 +424,7 @@ struct aead *tx_aead(struct tx_state *);
 size_t message_build(dp_t *dp, struct aead *aead, struct keypair *kp, const uint8_t *in,
 		     size_t len, uint8_t *out);
 /* A transport message of mlen bytes (plain_len of them data) went to the peer. */
-void account_tx(struct peer *p, size_t mlen, size_t plain_len, uint64_t now);
+void account_tx(dp_t *dp, struct peer *p, size_t mlen, size_t plain_len, uint64_t now);
 struct rx_state *rx_state_new(dp_t *dp);
 void rx_state_free(struct rx_state *);
 int rx_batch(struct rx_state *); /* datagrams received; < RX_MSGS_PER_BATCH: drained */

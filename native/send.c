@@ -61,13 +61,14 @@ size_t message_build(dp_t *dp, struct aead *aead, struct keypair *kp, const uint
 	return TRANSPORT_HEADER_SIZE + len + pad + TAG_SIZE;
 }
 
-void account_tx(struct peer *p, size_t mlen, size_t plain_len, uint64_t now)
+void account_tx(dp_t *dp, struct peer *p, size_t mlen, size_t plain_len, uint64_t now)
 {
 	STAT_ADD(p->tx_bytes, mlen);
 	STAT_ADD(p->tx_packets, 1);
 	STAT_SET(p->last_tx_ns, now);
 	if (plain_len)
 		STAT_SET(p->last_tx_data_ns, now);
+	events_sent(dp, p, mlen, plain_len != 0, now);
 }
 
 struct tx_state *tx_state_new(dp_t *dp)
@@ -184,7 +185,7 @@ static bool seal_segment(struct tx_state *t, struct peer *p, struct keypair *kp,
 	}
 	q->msgs[q->nmsgs++] = (struct udp_queued){(uint32_t)q->used, (uint32_t)mlen, ep};
 	q->used += mlen;
-	account_tx(p, mlen, len, now);
+	account_tx(dp, p, mlen, len, now);
 	return true;
 }
 

@@ -124,7 +124,7 @@ int staged_flush(dp_t *dp, struct peer *p, uint64_t now)
 			ret = -ENOKEY; /* its counter ran out: this one waits too */
 			break;
 		}
-		account_tx(p, mlen, s->len, now);
+		account_tx(dp, p, mlen, s->len, now);
 		free(staged_pop(p));
 		if (udp_send_one(dp, out, mlen, &ep, eplen))
 			STAT_ADD(dp->st.tx_send_errors, 1);

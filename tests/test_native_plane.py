@@ -89,13 +89,16 @@ class Harness:
             s.close()
 
     def upcall(self, timeout: float = WAIT) -> dp.Upcall:
+        """The next upcall but transport events (the timers', test_native_shell.py)."""
         self.ctrl.settimeout(timeout)
-        return dp.parse_upcall(self.ctrl.recv(70000))
+        while True:
+            up = dp.parse_upcall(self.ctrl.recv(70000))
+            if up.kind is not dp.UpcallKind.EVENTS:
+                return up
 
     def no_upcall(self, timeout: float = 0.3) -> None:
-        self.ctrl.settimeout(timeout)
         with pytest.raises(TimeoutError):
-            self.ctrl.recv(70000)
+            self.upcall(timeout)
 
     def read_dev(self, timeout: float = WAIT) -> bytes:
         self.dev.settimeout(timeout)

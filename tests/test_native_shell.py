@@ -24,6 +24,7 @@ from tunnel.protocol.constants import (
     REJECT_AFTER_MESSAGES,
     REKEY_AFTER_MESSAGES,
     REKEY_TIMEOUT,
+    TIMER_TICK,
 )
 from tunnel.protocol.messages import Initiation, parse
 from tunnel.protocol.timers import Timer
@@ -118,10 +119,10 @@ def test_a_confirmation_lost_with_its_upcall_is_read_from_the_plane() -> None:
     with confirmed_session() as s:
         (peer,) = s.a.iface.peers.values()
         assert peer.current is None and peer.next is not None
-        # The upcall is lost, as to a full control socket. (C writes the packet to
-        # the device before it promotes the keypair and says so: wait for it.)
-        assert select.select([s.shell.ctrl], [], [], 2)[0]
-        lost = dp.parse_upcall(s.shell.ctrl.recv(2048))
+        # The upcall is lost, as to a full control socket, with the transport events
+        # before it. (C writes the packet to the device before it promotes the
+        # keypair and says so: wait for it.)
+        lost = lost_upcalls_until(s, dp.UpcallKind.KEYPAIR_CONFIRMED)
         assert lost.kind is dp.UpcallKind.KEYPAIR_CONFIRMED
         s.shell.refresh()
         assert peer.current is not None and peer.next is None
@@ -203,11 +204,23 @@ def test_session_keys_live_in_c_alone() -> None:
         assert delivered.packets[-1].endswith(b"c")
 
 
+def lost_upcalls_until(s: Session, kind: dp.UpcallKind) -> dp.Upcall:
+    """Read and drop a's upcalls, as a full control socket would, up to one of `kind`."""
+    while True:
+        assert select.select([s.shell.ctrl], [], [], 2)[0]
+        lost = dp.parse_upcall(s.shell.ctrl.recv(2048))
+        if lost.kind is kind:
+            return lost
+
+
 def refreshed_after_confirmation(s: Session) -> None:
     """C writes b's first packet into the device before it promotes the keypair
-    and says so: wait for its word, then let the core learn it."""
-    assert select.select([s.shell.ctrl], [], [], 2)[0]
-    s.shell._upcalls()
+    and says so (after the transport events of the same batch): wait for its word,
+    then let the core learn it."""
+    (peer,) = s.a.iface.peers.values()
+    while not peer.handshakes.completed:
+        assert select.select([s.shell.ctrl], [], [], 2)[0]
+        s.shell._upcalls()
 
 
 def peer_of(node: Node):
@@ -352,3 +365,39 @@ def test_packets_staged_while_the_responder_waits_go_when_the_initiator_confirms
         s.shell._upcalls()  # NEED_KEY, the initiation held back
         s.udp_b.sendto(s.confirmation, s.a.address)
         assert delivered_to_b(s) == [packet]
+
+
+def b_sends_data(s: Session, text: bytes) -> None:
+    """A data message from b, which C writes into a's device."""
+    packet = ipv4_packet("10.0.0.2", "10.0.0.1", text)
+    for send_ in sends(s.b.iface.send_packet(packet, s.net.now)):
+        s.udp_b.sendto(send_.data, s.a.address)
+    assert s.dev.recv(2048).endswith(packet)
+
+
+def test_c_tells_the_timers_what_it_received_without_waiting_for_a_tick() -> None:
+    """b's first message armed a's keepalive (timers.c wg_timers_data_received);
+    a second data message, heard as an event from C, notes that another keepalive
+    is due, with no tick between."""
+    with confirmed_session() as s:
+        refreshed_after_confirmation(s)
+        peer = peer_of(s.a)
+        assert peer.timers.pending(Timer.SEND_KEEPALIVE)
+        assert not peer.timers.need_another_keepalive
+        time.sleep(TIMER_TICK)  # C rings for a peer at most once a tick
+        b_sends_data(s, b"second")
+        assert select.select([s.shell.ctrl], [], [], 2)[0]
+        s.shell._upcalls()
+        assert peer.timers.need_another_keepalive
+
+
+def test_transport_events_lost_with_their_upcall_reach_the_timers_at_the_tick() -> None:
+    with confirmed_session() as s:
+        refreshed_after_confirmation(s)
+        peer = peer_of(s.a)
+        time.sleep(TIMER_TICK)
+        b_sends_data(s, b"second")
+        lost_upcalls_until(s, dp.UpcallKind.EVENTS)
+        assert not peer.timers.need_another_keepalive
+        s.shell.refresh()
+        assert peer.timers.need_another_keepalive

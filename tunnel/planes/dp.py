@@ -95,6 +95,7 @@ class UpcallKind(enum.IntEnum):
     ENDPOINT_CHANGED = 4  # roaming: authenticated traffic from a new address
     TOO_BIG = 5  # tap: an oversized device read for Python's PMTU answer (tunnel/core/l2.py)
     UNROUTED = 6  # tun: a packet no peer takes, for Python's ICMP answer (tunnel/core/l3.py)
+    EVENTS = 7  # no payload: the peer has transport events for the timers (take_events)
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,27 @@ class PeerStats:
     staged_overflow: int  # dropped from a full staged queue, the oldest first
 
 
+@dataclass(frozen=True)
+class PeerEvents:
+    """A peer's transport messages since they were last taken (dp_peer_take_events),
+    and its slots and endpoint now."""
+
+    tx_bytes: int
+    tx_data_messages: int
+    last_tx_ns: int  # CLOCK_BOOTTIME; 0: none
+    rx_bytes: int
+    rx_data_messages: int
+    last_rx_ns: int
+    current_send_counter: int
+    has_current: bool
+    current_local_index: int
+    has_previous: bool
+    has_next: bool
+    previous_local_index: int
+    next_local_index: int
+    endpoint: tuple[str, int] | None
+
+
 class Slots(NamedTuple):
     """Which keypairs C holds, by local index (None: the slot is empty), and the
     current one's send counter: what the core adopts after every change."""
@@ -232,10 +254,13 @@ class InterfaceStats:
     workers: int
 
 
-def _peer_stats(st: Any) -> PeerStats:
+def _endpoint(st: Any) -> tuple[str, int] | None:
     ep = ffi.buffer(ffi.addressof(st, "endpoint"), st.endpoint_len)[:]
-    endpoint = _from_sockaddr(ep) if st.endpoint_len else None
-    return _from_struct(PeerStats, st, endpoint=endpoint)
+    return _from_sockaddr(ep) if st.endpoint_len else None
+
+
+def _peer_stats(st: Any) -> PeerStats:
+    return _from_struct(PeerStats, st, endpoint=_endpoint(st))
 
 
 def _from_struct(cls: type[T], st: Any, **given: Any) -> T:
@@ -429,6 +454,12 @@ class NativePlane:
         st = ffi.new("struct dp_peer_stats *")
         _check(lib.dp_peer_stats(self._handle(), peer_id, st), "stats")
         return _peer_stats(st)
+
+    def take_events(self, peer_id: int) -> PeerEvents:
+        """The peer's transport events since they were last taken (dp.h)."""
+        ev = ffi.new("struct dp_peer_events *")
+        _check(lib.dp_peer_take_events(self._handle(), peer_id, ev), "take_events")
+        return _from_struct(PeerEvents, ev, endpoint=_endpoint(ev))
 
     def slots(self, peer_id: int) -> Slots:
         """The peer's slots alone, without the rest of its stats: read after every
