@@ -86,16 +86,11 @@ struct dp_peer_stats {
 };
 
 /* The transport messages of a peer since Python last took them, for its timers
- * (timers.c's hooks: data sent, data received, keepalives either way), with the
- * peer's slots and endpoint as they are now.  The slot fields have
- * dp_peer_stats' names. */
+ * (timers.c's hooks: data sent, data received, keepalives either way), and the
+ * endpoint they came from. */
 struct dp_peer_events {
 	uint64_t tx_bytes, tx_data_messages, last_tx_ns; /* CLOCK_BOOTTIME; 0: none */
 	uint64_t rx_bytes, rx_data_messages, last_rx_ns;
-	uint64_t current_send_counter;
-	uint32_t has_current, current_local_index;
-	uint32_t has_previous, has_next;
-	uint32_t previous_local_index, next_local_index;
 	uint32_t endpoint_len;
 	struct sockaddr_storage endpoint;
 };

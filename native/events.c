@@ -29,21 +29,13 @@ static void events_ring(dp_t *dp, struct peer *p, uint64_t now)
 
 /* The time after the count: dp_peer_take_events() takes the time first, so
  * it never reports a time without the messages that set it. */
-void events_sent(dp_t *dp, struct peer *p, size_t mlen, bool data, uint64_t now)
+void events_add(dp_t *dp, struct peer *p, struct transport_events *ev, size_t mlen, bool data,
+		uint64_t now)
 {
-	STAT_ADD(p->ev_tx_bytes, mlen);
+	STAT_ADD(ev->bytes, mlen);
 	if (data)
-		STAT_ADD(p->ev_tx_data, 1);
-	STAT_SET(p->ev_last_tx_ns, now);
-	events_ring(dp, p, now);
-}
-
-void events_received(dp_t *dp, struct peer *p, size_t mlen, bool data, uint64_t now)
-{
-	STAT_ADD(p->ev_rx_bytes, mlen);
-	if (data)
-		STAT_ADD(p->ev_rx_data, 1);
-	STAT_SET(p->ev_last_rx_ns, now);
+		STAT_ADD(ev->data_messages, 1);
+	STAT_SET(ev->last_ns, now);
 	events_ring(dp, p, now);
 }
 
@@ -57,24 +49,12 @@ int dp_peer_take_events(dp_t *dp, uint32_t peer_id, struct dp_peer_events *out)
 	if (p) {
 		/* Cleared first: a message from now on rings again. */
 		STAT_SET(p->ev_pending, false);
-		out->last_tx_ns = TAKE(p->ev_last_tx_ns);
-		out->last_rx_ns = TAKE(p->ev_last_rx_ns);
-		out->tx_bytes = TAKE(p->ev_tx_bytes);
-		out->tx_data_messages = TAKE(p->ev_tx_data);
-		out->rx_bytes = TAKE(p->ev_rx_bytes);
-		out->rx_data_messages = TAKE(p->ev_rx_data);
-		struct keypair *cur = p->keypairs[DP_CURRENT];
-		if (cur) {
-			out->has_current = 1;
-			out->current_local_index = cur->local_index;
-			out->current_send_counter = STAT_GET(cur->send_counter);
-		}
-		out->has_previous = p->keypairs[DP_PREVIOUS] != NULL;
-		out->has_next = p->keypairs[DP_NEXT] != NULL;
-		if (out->has_previous)
-			out->previous_local_index = p->keypairs[DP_PREVIOUS]->local_index;
-		if (out->has_next)
-			out->next_local_index = p->keypairs[DP_NEXT]->local_index;
+		out->last_tx_ns = TAKE(p->ev_tx.last_ns);
+		out->last_rx_ns = TAKE(p->ev_rx.last_ns);
+		out->tx_bytes = TAKE(p->ev_tx.bytes);
+		out->tx_data_messages = TAKE(p->ev_tx.data_messages);
+		out->rx_bytes = TAKE(p->ev_rx.bytes);
+		out->rx_data_messages = TAKE(p->ev_rx.data_messages);
 		socklen_t l;
 		peer_copy_endpoint(p, &out->endpoint, &l);
 		out->endpoint_len = l;

@@ -105,6 +105,10 @@ int aead_open(struct aead *, const uint8_t key[32], uint64_t key_id, const uint8
 
 /* --- peer.c: peers, keypairs, the index table ------------------------- */
 struct peer;
+/* One direction's transport messages since Python last took them (events.c). */
+struct transport_events {
+	_Atomic uint64_t bytes, data_messages, last_ns;
+};
 struct keypair {
 	struct peer *peer;
 	struct keypair *index_next; /* chain in the index hash table */
@@ -150,8 +154,7 @@ struct peer {
 	_Atomic bool key_wanted;
 	/* Transport events since Python last took them (events.c), whether
 	 * DP_UPCALL_EVENTS rang for them, and when it last did. */
-	_Atomic uint64_t ev_tx_bytes, ev_tx_data, ev_last_tx_ns;
-	_Atomic uint64_t ev_rx_bytes, ev_rx_data, ev_last_rx_ns;
+	struct transport_events ev_tx, ev_rx;
 	_Atomic uint64_t ev_rung_ns;
 	_Atomic bool ev_pending;
 };
@@ -286,8 +289,10 @@ int staged_flush(dp_t *dp, struct peer *p, uint64_t now);
 void staged_flush_peer(dp_t *dp, uint32_t peer_id); /* takes the lock */
 
 /* --- events.c: transport events for Python's timers -------------------- */
-void events_sent(dp_t *dp, struct peer *p, size_t mlen, bool data, uint64_t now);
-void events_received(dp_t *dp, struct peer *p, size_t mlen, bool data, uint64_t now);
+/* A transport message of mlen bytes (data: not a keepalive) in p->ev_tx or
+ * p->ev_rx. */
+void events_add(dp_t *dp, struct peer *p, struct transport_events *ev, size_t mlen, bool data,
+		uint64_t now);
 
 /* --- upcall.c ---------------------------------------------------------- */
 /* false: lost (the control socket is full), counted in upcalls_dropped. */

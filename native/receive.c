@@ -336,7 +336,7 @@ static void consume_data_done(struct rx_state *r, struct keypair *kp, uint8_t *d
 		note_confirm(r, kp); /* the initiator used it: handshake confirmed */
 	uint8_t *plain = d + TRANSPORT_HEADER_SIZE;
 	size_t plen = n - KEEPALIVE_SIZE;
-	events_received(r->dp, p, n, plen != 0, now);
+	events_add(r->dp, p, &p->ev_rx, n, plen != 0, now);
 	if (!plen)
 		return; /* keepalive */
 	STAT_ADD(p->rx_data_packets, 1);

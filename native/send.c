@@ -68,7 +68,7 @@ void account_tx(dp_t *dp, struct peer *p, size_t mlen, size_t plain_len, uint64_
 	STAT_SET(p->last_tx_ns, now);
 	if (plain_len)
 		STAT_SET(p->last_tx_data_ns, now);
-	events_sent(dp, p, mlen, plain_len != 0, now);
+	events_add(dp, p, &p->ev_tx, mlen, plain_len != 0, now);
 }
 
 struct tx_state *tx_state_new(dp_t *dp)

@@ -195,7 +195,7 @@ class PeerStats:
 @dataclass(frozen=True)
 class PeerEvents:
     """A peer's transport messages since they were last taken (dp_peer_take_events),
-    and its slots and endpoint now."""
+    and the endpoint they came from."""
 
     tx_bytes: int
     tx_data_messages: int
@@ -203,13 +203,6 @@ class PeerEvents:
     rx_bytes: int
     rx_data_messages: int
     last_rx_ns: int
-    current_send_counter: int
-    has_current: bool
-    current_local_index: int
-    has_previous: bool
-    has_next: bool
-    previous_local_index: int
-    next_local_index: int
     endpoint: tuple[str, int] | None
 
 

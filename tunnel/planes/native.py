@@ -223,7 +223,6 @@ class NativeShell(Plane):
     def _events(self, peer: Peer, events: dp.PeerEvents, now: float) -> None:
         """What C sent to and received from the peer, to the core's timers, each
         direction at the time of its last message."""
-        self._adopt(peer, dp.slots_of(events))  # the send counter rekeying reads
         if events.tx_bytes:
             when = events.last_tx_ns / 1e9 if events.last_tx_ns else now
             self.apply(
@@ -276,7 +275,9 @@ class NativeShell(Plane):
             elif peer is None:
                 continue
             elif upcall.kind is UpcallKind.EVENTS:
-                self._events(peer, self.plane.take_events(upcall.peer_id), now)
+                events = self.plane.take_events(upcall.peer_id)
+                self._adopt(peer, self.plane.slots(upcall.peer_id))  # the counter rekeying reads
+                self._events(peer, events, now)
             elif upcall.kind is UpcallKind.NEED_KEY:  # C holds the packets meanwhile
                 self.apply(self.iface.need_key(peer, now))
             elif upcall.kind is UpcallKind.KEYPAIR_CONFIRMED:
