@@ -21,6 +21,8 @@ SOURCES = [
     "send.c",
     "receive.c",
     "socket.c",
+    "staged.c",
+    "events.c",
     "peer.c",
     "allowedips.c",
     "mactable.c",

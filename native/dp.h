@@ -36,7 +36,9 @@ enum { DP_CURRENT = 0, DP_PREVIOUS = 1, DP_NEXT = 2 }; /* keypair slots */
  * struct dp_upcall_hdr followed by the payload. */
 enum {
 	DP_UPCALL_DATAGRAM = 1,          /* payload = the UDP datagram, addr = its source */
-	DP_UPCALL_NEED_KEY = 2,          /* payload = plain packet/frame for peer_id */
+	DP_UPCALL_NEED_KEY = 2,          /* no payload: peer_id has packets staged and no
+					  * usable CURRENT; once until a keypair is installed
+					  * or cleared or the staged packets are purged */
 	DP_UPCALL_KEYPAIR_CONFIRMED = 3, /* peer_id's NEXT became CURRENT: dp_peer_stats()
 					  * tells which, also when this was lost */
 	DP_UPCALL_ENDPOINT_CHANGED = 4,  /* addr = new endpoint of peer_id */
@@ -48,6 +50,8 @@ enum {
 	DP_UPCALL_UNROUTED = 6,          /* tun: payload = a packet no peer's allowed IPs
 					  * cover (counted in tx_no_route); Python answers
 					  * it with ICMP unreachable (tunnel/core/l3.py) */
+	DP_UPCALL_EVENTS = 7,            /* no payload: peer_id has transport events for
+					  * Python's timers: dp_peer_take_events() */
 };
 
 struct dp_upcall_hdr {
@@ -71,12 +75,24 @@ struct dp_peer_stats {
 	uint32_t endpoint_len;            /* 0 = no endpoint */
 	struct sockaddr_storage endpoint;
 	/* Drops (and, for no_keypair/expired_keypair on the send side,
-	 * packets diverted to Python as NEED_KEY). */
+	 * packets staged for want of a usable CURRENT). */
 	uint64_t drop_bad_tag, drop_replay, drop_bad_source;
 	uint64_t drop_no_keypair, drop_expired_keypair, drop_malformed;
 	uint64_t rx_packets, tx_packets;  /* transport messages */
 	uint64_t rx_data_packets;         /* of rx_packets, those not keepalives: each
 					   * may arm a keepalive (timers.c) */
+	uint64_t staged_packets;          /* waiting for a usable CURRENT now */
+	uint64_t staged_overflow;         /* dropped from a full staged queue: its oldest */
+};
+
+/* The transport messages of a peer since Python last took them, for its timers
+ * (timers.c's hooks: data sent, data received, keepalives either way), and the
+ * endpoint they came from. */
+struct dp_peer_events {
+	uint64_t tx_bytes, tx_data_messages, last_tx_ns; /* CLOCK_BOOTTIME; 0: none */
+	uint64_t rx_bytes, rx_data_messages, last_rx_ns;
+	uint32_t endpoint_len;
+	struct sockaddr_storage endpoint;
 };
 
 struct dp_if_stats {
@@ -154,11 +170,23 @@ int dp_keypair_install(dp_t *, uint32_t peer_id, int initiator, uint32_t local_i
 		       uint32_t remote_index, const uint8_t send_key[32],
 		       const uint8_t recv_key[32]);
 
-/* Encrypt one packet (tun: IP packet, tap: frame; len 0 = keepalive) with
- * CURRENT and send it to the peer's endpoint from the calling thread.
- * -ENOKEY: no usable CURRENT (missing, too old, counter exhausted);
- * -EDESTADDRREQ: no endpoint. */
+/* Staging (the kernel's wg_packet_send_staged_packets): a packet for a peer
+ * without a usable CURRENT waits in C, at most MAX_STAGED_PACKETS a peer (the
+ * oldest dropped, counted in staged_overflow), and Python hears once that the
+ * peer needs a key (DP_UPCALL_NEED_KEY).  The staged packets go, in order, at
+ * the first send once CURRENT is usable: the keepalive Python asks for after a
+ * handshake response (dp_send_packet), the first packet read for the peer, or,
+ * for a responder, the confirmation of NEXT itself.
+ *
+ * Send one packet (tun: IP packet, tap: frame) behind any staged ones, each
+ * encrypted with CURRENT, to the peer's endpoint from the calling thread.
+ * len 0 is a keepalive (wg_packet_send_keepalive): sent only if nothing staged
+ * goes in its place.  -ENOKEY: no usable CURRENT (missing, too old, counter
+ * exhausted): the packet is staged; -EDESTADDRREQ: no endpoint (staged too). */
 int dp_send_packet(dp_t *, uint32_t peer_id, const uint8_t *pkt, size_t len);
+/* Drop the peer's staged packets: Python gave up handshaking (timers.c
+ * wg_expired_retransmit_handshake purges them too). */
+int dp_peer_purge_staged(dp_t *, uint32_t peer_id);
 
 /* tap: a DP_UPCALL_TOO_BIG payload Python does not answer, switched, segmented
  * and checksummed as the device read it would have been, from the calling
@@ -166,6 +194,9 @@ int dp_send_packet(dp_t *, uint32_t peer_id, const uint8_t *pkt, size_t len);
 int dp_transmit_frame(dp_t *, const uint8_t *data, size_t len);
 
 int dp_peer_stats(dp_t *, uint32_t peer_id, struct dp_peer_stats *out);
+/* Take the peer's transport events (after DP_UPCALL_EVENTS, or at a tick for
+ * the peers whose stats moved: a lost upcall loses no event). */
+int dp_peer_take_events(dp_t *, uint32_t peer_id, struct dp_peer_events *out);
 /* The peers whose dp_peer_stats() changed since this call last reported them
  * (the age of CURRENT aside, which always does), at most max: their ids in ids[],
  * their stats in out[]; the rest come in the next call.  A new peer counts as

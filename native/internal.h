@@ -105,6 +105,10 @@ int aead_open(struct aead *, const uint8_t key[32], uint64_t key_id, const uint8
 
 /* --- peer.c: peers, keypairs, the index table ------------------------- */
 struct peer;
+/* One direction's transport messages since Python last took them (events.c). */
+struct transport_events {
+	_Atomic uint64_t bytes, data_messages, last_ns;
+};
 struct keypair {
 	struct peer *peer;
 	struct keypair *index_next; /* chain in the index hash table */
@@ -140,6 +144,19 @@ struct peer {
 	/* What dp_changed_peer_stats() last reported (NULL: nothing yet, all zeros),
 	 * under dp->report_lock. */
 	struct dp_peer_stats *reported;
+	/* Packets waiting for a usable CURRENT (staged.c), oldest first, under
+	 * staged_lock; the count is read without it. */
+	pthread_mutex_t staged_lock;
+	struct staged_packet *staged_head, *staged_tail;
+	_Atomic uint32_t staged_count;
+	_Atomic uint64_t staged_overflow;
+	/* DP_UPCALL_NEED_KEY went up; no keypair came or went since. */
+	_Atomic bool key_wanted;
+	/* Transport events since Python last took them (events.c), whether
+	 * DP_UPCALL_EVENTS rang for them, and when it last did. */
+	struct transport_events ev_tx, ev_rx;
+	_Atomic uint64_t ev_rung_ns;
+	_Atomic bool ev_pending;
 };
 
 /* Sized for hubs of thousands of peers, each with up to three keypairs: a
@@ -257,8 +274,29 @@ void mac_bind_peer(dp_t *dp, const struct peer *p);
 bool peer_allows_mac(const struct peer *p, const uint8_t mac[6]);
 void mac_free(dp_t *dp);
 
+/* --- staged.c: packets waiting for a session --------------------------- */
+void staged_init(struct peer *p);
+void staged_free(struct peer *p); /* drops what is staged */
+/* Hold a copy of the packet for the peer; a full queue drops its oldest (counted
+ * in staged_overflow). */
+void staged_add(struct peer *p, const uint8_t *pkt, size_t len);
+/* DP_UPCALL_NEED_KEY for the peer, unless Python knows already. */
+void staged_need_key(dp_t *dp, struct peer *p);
+/* Send the peer's staged packets under CURRENT, oldest first, from the calling
+ * thread.  0: none left; -ENOKEY: CURRENT is not usable (the rest wait);
+ * -EDESTADDRREQ: no endpoint; -ENOMEM.  Lock held (read). */
+int staged_flush(dp_t *dp, struct peer *p, uint64_t now);
+void staged_flush_peer(dp_t *dp, uint32_t peer_id); /* takes the lock */
+
+/* --- events.c: transport events for Python's timers -------------------- */
+/* A transport message of mlen bytes (data: not a keepalive) in p->ev_tx or
+ * p->ev_rx. */
+void events_add(dp_t *dp, struct peer *p, struct transport_events *ev, size_t mlen, bool data,
+		uint64_t now);
+
 /* --- upcall.c ---------------------------------------------------------- */
-void upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa,
+/* false: lost (the control socket is full), counted in upcalls_dropped. */
+bool upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa,
 		 const uint8_t *payload, size_t len);
 void upcall_sources_init(dp_t *dp); /* dp_create: the keys of the sources' hash */
 /* DP_UPCALL_UNROUTED, unless too many went up just now (the caller counts the
@@ -385,6 +423,13 @@ void tx_state_free(struct tx_state *);
 int tx_batch(struct tx_state *);           /* device reads done; 0 = none */
 int tx_batch_max(const struct tx_state *); /* fewer reads than this: drained */
 struct aead *tx_aead(struct tx_state *);
+/* One transport message at out (room: 16 + len + 15 + 16) sealed under kp with
+ * its next counter; `in` may be out + 16.  Its length, or 0: kp's counter ran
+ * out (or the AEAD failed). */
+size_t message_build(dp_t *dp, struct aead *aead, struct keypair *kp, const uint8_t *in,
+		     size_t len, uint8_t *out);
+/* A transport message of mlen bytes (plain_len of them data) went to the peer. */
+void account_tx(dp_t *dp, struct peer *p, size_t mlen, size_t plain_len, uint64_t now);
 struct rx_state *rx_state_new(dp_t *dp);
 void rx_state_free(struct rx_state *);
 int rx_batch(struct rx_state *); /* datagrams received; < RX_MSGS_PER_BATCH: drained */

@@ -93,6 +93,7 @@ static void peer_free(dp_t *dp, struct peer *p)
 	for (int s = 0; s < 3; s++)
 		keypair_free(dp, p->keypairs[s]);
 	pthread_mutex_destroy(&p->endpoint_lock);
+	staged_free(p);
 	free(p->allowed_macs);
 	free(p->prefixes);
 	free(p->reported);
@@ -134,6 +135,7 @@ int dp_peer_add(dp_t *dp, uint32_t peer_id)
 	}
 	p->id = peer_id;
 	pthread_mutex_init(&p->endpoint_lock, NULL);
+	staged_init(p);
 	unsigned b = peer_bucket(peer_id);
 	p->hash_next = dp->peer_hash[b];
 	dp->peer_hash[b] = p;
@@ -298,6 +300,7 @@ int dp_keypair_clear(dp_t *dp, uint32_t peer_id, int slot)
 	if (p) {
 		keypair_free(dp, p->keypairs[slot]);
 		p->keypairs[slot] = NULL;
+		STAT_SET(p->key_wanted, false); /* a packet staged from now on asks anew */
 	}
 	pthread_rwlock_unlock(&dp->lock);
 	return p ? 0 : -ENOENT;
@@ -337,6 +340,8 @@ int dp_keypair_install(dp_t *dp, uint32_t peer_id, int initiator, uint32_t local
 			keypair_free(dp, k[DP_PREVIOUS]);
 			k[DP_PREVIOUS] = NULL;
 		}
+		/* Python answered: a packet staged from now on asks anew. */
+		STAT_SET(p->key_wanted, false);
 	}
 	pthread_rwlock_unlock(&dp->lock);
 	return ret;
@@ -394,6 +399,8 @@ static void peer_fill_stats(struct peer *p, struct dp_peer_stats *out, uint64_t 
 	out->drop_no_keypair = STAT_GET(p->drop_no_keypair);
 	out->drop_expired_keypair = STAT_GET(p->drop_expired_keypair);
 	out->drop_malformed = STAT_GET(p->drop_malformed);
+	out->staged_packets = STAT_GET(p->staged_count);
+	out->staged_overflow = STAT_GET(p->staged_overflow);
 }
 
 int dp_peer_stats(dp_t *dp, uint32_t peer_id, struct dp_peer_stats *out)

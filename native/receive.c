@@ -336,6 +336,7 @@ static void consume_data_done(struct rx_state *r, struct keypair *kp, uint8_t *d
 		note_confirm(r, kp); /* the initiator used it: handshake confirmed */
 	uint8_t *plain = d + TRANSPORT_HEADER_SIZE;
 	size_t plen = n - KEEPALIVE_SIZE;
+	events_add(r->dp, p, &p->ev_rx, n, plen != 0, now);
 	if (!plen)
 		return; /* keepalive */
 	STAT_ADD(p->rx_data_packets, 1);
@@ -380,13 +381,16 @@ static void rx_buffer(struct rx_state *r, int i, uint64_t now)
 }
 
 /* The handshakes the batch confirmed: their NEXT becomes CURRENT (under the
- * write lock, so after the batch). */
+ * write lock, so after the batch), and what was staged for the peer goes
+ * (the kernel's wg_packet_consume_data_done). */
 static void confirm_keypairs(struct rx_state *r)
 {
 	for (int i = 0; i < r->nconfirms; i++) {
-		if (peer_confirm_next(r->dp, r->confirms[i].peer_id, r->confirms[i].local_index))
-			upcall_send(r->dp, DP_UPCALL_KEYPAIR_CONFIRMED, r->confirms[i].peer_id,
-				    NULL, NULL, 0);
+		uint32_t peer_id = r->confirms[i].peer_id;
+		if (!peer_confirm_next(r->dp, peer_id, r->confirms[i].local_index))
+			continue;
+		staged_flush_peer(r->dp, peer_id);
+		upcall_send(r->dp, DP_UPCALL_KEYPAIR_CONFIRMED, peer_id, NULL, NULL, 0);
 	}
 }
 

@@ -21,7 +21,7 @@ struct tx_state {
 	size_t buf_size;
 	uint8_t **bufs;
 	ssize_t *lens;
-	uint8_t *seg; /* one plain segment for NEED_KEY upcalls */
+	uint8_t *seg; /* one plain segment to stage */
 	struct udp_send_queue out;
 	struct peer *ep_peer[UDP_SEND_MAX_EPS]; /* whose endpoint each of out.eps is */
 };
@@ -39,11 +39,8 @@ static size_t padding_for(const dp_t *dp, size_t len)
 	return padded - len;
 }
 
-/* Build one transport message at out (room: 16 + len + 15 + 16).  `in` may
- * be out + 16 (in-place).  Returns the message length, or 0 if the keypair's
- * counter ran out under us. */
-static size_t message_build(dp_t *dp, struct aead *aead, struct keypair *kp,
-			    const uint8_t *in, size_t len, uint8_t *out)
+size_t message_build(dp_t *dp, struct aead *aead, struct keypair *kp, const uint8_t *in,
+		     size_t len, uint8_t *out)
 {
 	uint64_t counter = atomic_fetch_add_explicit(&kp->send_counter, 1, memory_order_relaxed);
 	if (counter >= REJECT_AFTER_MESSAGES)
@@ -64,13 +61,14 @@ static size_t message_build(dp_t *dp, struct aead *aead, struct keypair *kp,
 	return TRANSPORT_HEADER_SIZE + len + pad + TAG_SIZE;
 }
 
-static void account_tx(struct peer *p, size_t mlen, size_t plain_len, uint64_t now)
+void account_tx(dp_t *dp, struct peer *p, size_t mlen, size_t plain_len, uint64_t now)
 {
 	STAT_ADD(p->tx_bytes, mlen);
 	STAT_ADD(p->tx_packets, 1);
 	STAT_SET(p->last_tx_ns, now);
 	if (plain_len)
 		STAT_SET(p->last_tx_data_ns, now);
+	events_add(dp, p, &p->ev_tx, mlen, plain_len != 0, now);
 }
 
 struct tx_state *tx_state_new(dp_t *dp)
@@ -131,18 +129,18 @@ static int endpoint_slot(struct tx_state *t, struct peer *p)
 	return i;
 }
 
-/* No usable session: Python handshakes and sends these again.  Counted
- * first, so that whoever reads an upcall finds it counted. */
-static void need_key(struct tx_state *t, struct peer *p, const struct gso_plan *g, int usable)
+/* No usable session: the read's segments wait for one (staged.c), and Python
+ * hears that the peer needs a key.  Counted first, so that whoever reads the
+ * upcall finds them counted. */
+static void stage_segments(struct tx_state *t, struct peer *p, const struct gso_plan *g,
+			   int usable)
 {
 	if (usable == -ENOKEY)
 		STAT_ADD(p->drop_no_keypair, g->nseg);
-	else
+	else if (usable)
 		STAT_ADD(p->drop_expired_keypair, g->nseg);
-	for (int i = 0; i < g->nseg; i++) {
-		size_t n = gso_plan_segment(g, i, t->seg);
-		upcall_send(t->dp, DP_UPCALL_NEED_KEY, p->id, NULL, t->seg, n);
-	}
+	for (int i = 0; i < g->nseg; i++)
+		staged_add(p, t->seg, gso_plan_segment(g, i, t->seg));
 }
 
 /* Segment i of a read, encrypted under kp into the send queue (the kernel's
@@ -179,13 +177,15 @@ static bool seal_segment(struct tx_state *t, struct peer *p, struct keypair *kp,
 		 * another worker): the rest wait for a new session, as a read
 		 * that found none does.  (An AEAD failure leaves the counter be,
 		 * and `in` may be half sealed: dropped.) */
-		if (keypair_usable_for_send(kp, now) == -EKEYEXPIRED)
-			upcall_send(dp, DP_UPCALL_NEED_KEY, p->id, NULL, in, len);
+		if (keypair_usable_for_send(kp, now) == -EKEYEXPIRED) {
+			staged_add(p, in, len);
+			staged_need_key(dp, p);
+		}
 		return true;
 	}
 	q->msgs[q->nmsgs++] = (struct udp_queued){(uint32_t)q->used, (uint32_t)mlen, ep};
 	q->used += mlen;
-	account_tx(p, mlen, len, now);
+	account_tx(dp, p, mlen, len, now);
 	return true;
 }
 
@@ -195,7 +195,16 @@ static void tx_to_peer(struct tx_state *t, struct peer *p, const struct gso_plan
 	struct keypair *kp = p->keypairs[DP_CURRENT];
 	int usable = keypair_usable_for_send(kp, now);
 	if (usable) {
-		need_key(t, p, g, usable);
+		stage_segments(t, p, g, usable);
+		staged_need_key(t->dp, p);
+		return;
+	}
+	if (STAT_GET(p->staged_count)) {
+		/* A session came while packets waited (its keepalive not sent yet):
+		 * they go first, then these, in the order they were read. */
+		stage_segments(t, p, g, 0);
+		udp_send_queued(t->dp, &t->out);
+		staged_flush(t->dp, p, now);
 		return;
 	}
 	for (int i = 0; i < g->nseg; i++)
@@ -365,42 +374,18 @@ int dp_send_packet(dp_t *dp, uint32_t peer_id, const uint8_t *pkt, size_t len)
 {
 	if (len > MAX_SUPER_PACKET)
 		return -EMSGSIZE;
-	uint8_t *out = malloc(len + TRANSPORT_HEADER_SIZE + MESSAGE_PADDING_MULTIPLE + TAG_SIZE);
-	struct aead aead;
-	int aead_err = aead_init(&aead, 1);
-	struct sockaddr_storage ep;
-	socklen_t eplen = 0;
-	size_t mlen = 0;
-	int ret = 0;
-	if (!out || aead_err) {
-		ret = -ENOMEM;
-		goto out;
-	}
 	uint64_t now = now_ns();
+	int ret = -ENOENT;
 	pthread_rwlock_rdlock(&dp->lock);
 	struct peer *p = peer_lookup(dp, peer_id);
-	if (!p) {
-		ret = -ENOENT;
-	} else if (keypair_usable_for_send(p->keypairs[DP_CURRENT], now)) {
-		ret = -ENOKEY;
-	} else {
-		peer_copy_endpoint(p, &ep, &eplen);
-		if (!eplen) {
-			ret = -EDESTADDRREQ;
-		} else {
-			mlen = message_build(dp, &aead, p->keypairs[DP_CURRENT], pkt, len, out);
-			if (mlen)
-				account_tx(p, mlen, len, now);
-			else
-				ret = -ENOKEY;
-		}
+	if (p) {
+		/* Python's own packets are few (keepalives, mostly): through the
+		 * queue, as the kernel sends every packet. */
+		if (len || !STAT_GET(p->staged_count))
+			staged_add(p, pkt, len);
+		ret = staged_flush(dp, p, now);
 	}
 	pthread_rwlock_unlock(&dp->lock);
-	if (!ret)
-		ret = udp_send_one(dp, out, mlen, &ep, eplen);
-out:
-	free(out);
-	aead_free(&aead);
 	return ret;
 }
 

@@ -21,7 +21,7 @@
  * overflowed, as the kernel stays under load for a second after its handshake
  * queue was last long (receive.c, wg_receive_handshake_packet). */
 
-void upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa,
+bool upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa,
 		 const uint8_t *payload, size_t len)
 {
 	struct dp_upcall_hdr h;
@@ -46,9 +46,10 @@ void upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa
 		if (errno == EAGAIN || errno == ENOBUFS) /* full: Python is behind */
 			atomic_store_explicit(&dp->upcall_load_until_ns,
 					      now_ns() + UNDER_LOAD_HOLD_NS, memory_order_relaxed);
-	} else {
-		STAT_ADD(dp->st.upcalls_sent, 1);
+		return false;
 	}
+	STAT_ADD(dp->st.upcalls_sent, 1);
+	return true;
 }
 
 /* A token bucket as GCRA: one timestamp, the time the next event is due, so

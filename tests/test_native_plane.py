@@ -28,6 +28,7 @@ from tunnel.protocol.constants import (
     ICMP_ERRORS_BURST,
     ICMP_ERRORS_PER_SECOND,
     LABEL_MAC1,
+    MAX_STAGED_PACKETS,
     RATELIMIT_BURST,
     RATELIMIT_PACKETS_PER_SECOND,
 )
@@ -88,13 +89,16 @@ class Harness:
             s.close()
 
     def upcall(self, timeout: float = WAIT) -> dp.Upcall:
+        """The next upcall but transport events (the timers', test_native_shell.py)."""
         self.ctrl.settimeout(timeout)
-        return dp.parse_upcall(self.ctrl.recv(70000))
+        while True:
+            up = dp.parse_upcall(self.ctrl.recv(70000))
+            if up.kind is not dp.UpcallKind.EVENTS:
+                return up
 
     def no_upcall(self, timeout: float = 0.3) -> None:
-        self.ctrl.settimeout(timeout)
         with pytest.raises(TimeoutError):
-            self.ctrl.recv(70000)
+            self.upcall(timeout)
 
     def read_dev(self, timeout: float = WAIT) -> bytes:
         self.dev.settimeout(timeout)
@@ -119,8 +123,6 @@ class Remote:
         tap: bool = False,
     ) -> None:
         self.h, self.peer_id, self.tap = h, peer_id, tap
-        self.local_index, self.remote_index = local_index, remote_index
-        self.to_remote, self.from_remote = os.urandom(32), os.urandom(32)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(WAIT)
@@ -128,13 +130,15 @@ class Remote:
         h.plane.add_peer(peer_id)
         h.plane.set_endpoint(peer_id, self.sock.getsockname())
         h.plane.set_allowed_ips(peer_id, allowed)
-        h.plane.install_keypair(
-            peer_id,
-            True,  # as the initiator: CURRENT at once
-            local_index,
-            remote_index,
-            self.to_remote,
-            self.from_remote,
+        self.rekey(local_index, remote_index)
+
+    def rekey(self, local_index: int, remote_index: int) -> None:
+        """New session keys, installed as the initiator's: CURRENT at once."""
+        self.local_index, self.remote_index = local_index, remote_index
+        self.to_remote, self.from_remote = os.urandom(32), os.urandom(32)
+        self.counter = 0
+        self.h.plane.install_keypair(
+            self.peer_id, True, local_index, remote_index, self.to_remote, self.from_remote
         )
 
     def seal(
@@ -401,15 +405,53 @@ def test_keepalive_and_send_packet(h: Harness) -> None:
     r.close()
 
 
-def test_need_key_upcall(h: Harness) -> None:
+def test_packets_without_a_session_wait_in_c_and_python_hears_once(h: Harness) -> None:
+    """Packets for a peer without a session wait in C (the kernel's staged queue);
+    Python hears once that the peer needs a key, not once a packet. The session
+    comes, and the keepalive Python asks for after its response carries them
+    instead, in the order they were read."""
     h.plane.add_peer(7)
     h.plane.set_allowed_ips(7, ["10.7.0.0/16"])
     h.start()
-    pkt = udp_packet("10.0.0.1", "10.7.1.1", b"first packet")
-    h.dev.send(pkt)
+    pkts = [udp_packet("10.0.0.1", "10.7.1.1", b"packet %d" % i) for i in range(3)]
+    for pkt in pkts:
+        h.dev.send(pkt)
     up = h.upcall()
-    assert up.kind == dp.UpcallKind.NEED_KEY and up.peer_id == 7 and up.payload == pkt
-    assert h.plane.stats(7).drop_no_keypair == 1
+    assert (up.kind, up.peer_id, up.payload) == (dp.UpcallKind.NEED_KEY, 7, b"")
+    h.no_upcall()
+    assert h.plane.stats(7).staged_packets == 3
+    assert h.plane.stats(7).drop_no_keypair == 3
+    r = Remote(h, 8, 0x1111, 0x2222)  # a socket to be peer 7's endpoint
+    h.plane.set_endpoint(7, r.sock.getsockname())
+    r.peer_id = 7
+    r.rekey(0x7777, 0x8888)
+    h.plane.send_packet(7, b"")
+    assert [r.recv()[1][: len(pkts[0])] for _ in pkts] == pkts
+    r.nothing()  # no keepalive: the packets went in its place
+    assert h.plane.stats(7).staged_packets == 0
+    r.close()
+
+
+def test_a_full_staged_queue_drops_its_oldest_counted(h: Harness) -> None:
+    h.plane.add_peer(7)
+    h.plane.set_allowed_ips(7, ["10.7.0.0/16"])
+    h.start()
+    pkts = [udp_packet("10.0.0.1", "10.7.1.1", b"%d" % i) for i in range(MAX_STAGED_PACKETS + 5)]
+    for i in range(0, len(pkts), 8):  # the fake device queues 10 datagrams at most
+        for pkt in pkts[i : i + 8]:
+            h.dev.send(pkt)
+        while h.plane.stats(7).drop_no_keypair < min(i + 8, len(pkts)):
+            time.sleep(0.01)
+    assert h.plane.stats(7).staged_packets == MAX_STAGED_PACKETS
+    assert h.plane.stats(7).staged_overflow == 5
+    r = Remote(h, 8, 0x1111, 0x2222)
+    h.plane.set_endpoint(7, r.sock.getsockname())
+    r.peer_id = 7
+    r.rekey(0x7777, 0x8888)
+    h.plane.send_packet(7, b"")
+    got = [r.recv()[1][: len(pkts[-1])].rstrip(b"\0") for _ in range(MAX_STAGED_PACKETS)]
+    assert got == [p.rstrip(b"\0") for p in pkts[5:]]
+    r.close()
 
 
 def test_routing_longest_prefix(h: Harness) -> None:
@@ -714,7 +756,8 @@ def test_reject_after_messages(h: Harness) -> None:
 
 def test_c_sends_nothing_past_reject_after_messages_and_asks_for_a_key(h: Harness) -> None:
     """The last counter a keypair may use is REJECT_AFTER_MESSAGES - 1; a packet
-    after it goes up as NEED_KEY (Python handshakes), never out on the worn key."""
+    after it waits for a new key (NEED_KEY: Python handshakes), never out on the
+    worn key."""
     r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
     h.plane.set_send_counter(1, REJECT_AFTER_MESSAGES - 1)
     h.start()
@@ -725,18 +768,22 @@ def test_c_sends_nothing_past_reject_after_messages_and_asks_for_a_key(h: Harnes
     over = udp_packet("10.0.0.1", "10.0.0.2", b"over")
     h.dev.send(over)
     up = h.upcall()
-    assert (up.kind, up.peer_id, up.payload) == (dp.UpcallKind.NEED_KEY, 1, over)
+    assert (up.kind, up.peer_id, up.payload) == (dp.UpcallKind.NEED_KEY, 1, b"")
     with pytest.raises(OSError) as e:
         h.plane.send_packet(1, b"")  # Python's keepalive: refused the same way
     assert e.value.errno == errno.ENOKEY
     r.nothing()
     assert h.plane.stats(1).drop_expired_keypair == 1
+    r.rekey(0x3333, 0x4444)
+    h.plane.send_packet(1, b"")
+    counter, plain, _ = r.recv()
+    assert counter == 0 and plain.startswith(over)
     r.close()
 
 
 def test_segments_past_reject_after_messages_go_up_for_a_new_key() -> None:
     """A super-packet whose segments outrun the counter: those within it go out,
-    the rest go up as NEED_KEY, segmented, as a read without a session does."""
+    the rest wait for a new key, segmented, as a read without a session does."""
     h = Harness(vnet=True)
     try:
         r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
@@ -749,13 +796,16 @@ def test_segments_past_reject_after_messages_go_up_for_a_new_key() -> None:
         h.dev.send(struct.pack("<BBHHHH", 1, 1, 52, 536, 20, 16) + bytes(sup))  # TCPV4
         sent = [r.recv()[1] for _ in range(2)]
         r.nothing()
-        waiting = [h.upcall() for _ in range(2)]
-        assert [u.kind for u in waiting] == [dp.UpcallKind.NEED_KEY] * 2
-        # Sequence numbers: the first two segments went, the last two wait.
-        seqs = [struct.unpack_from("!I", p, 24)[0] for p in sent + [u.payload for u in waiting]]
-        assert seqs == [0, 536, 1072, 1608]
-        assert [u.payload[52:] for u in waiting] == [payload[1072:1608], payload[1608:]]
+        assert h.upcall().kind is dp.UpcallKind.NEED_KEY
+        h.no_upcall()  # once, not once a segment
         assert h.plane.stats(1).drop_expired_keypair == 2
+        r.rekey(0x3333, 0x4444)
+        h.plane.send_packet(1, b"")
+        waiting = [r.recv()[1] for _ in range(2)]
+        # Sequence numbers: the first two segments went, the last two waited.
+        seqs = [struct.unpack_from("!I", p, 24)[0] for p in sent + waiting]
+        assert seqs == [0, 536, 1072, 1608]
+        assert [p[52 : 52 + 536] for p in waiting] == [payload[1072:1608], payload[1608:]]
         r.close()
     finally:
         h.close()

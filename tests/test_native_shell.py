@@ -19,8 +19,15 @@ from tunnel.core.drops import Drop
 from tunnel.host import clock
 from tunnel.planes import dp
 from tunnel.planes.native import NativeShell
-from tunnel.protocol.constants import REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES, REKEY_TIMEOUT
+from tunnel.protocol.constants import (
+    MAX_TIMER_HANDSHAKES,
+    REJECT_AFTER_MESSAGES,
+    REKEY_AFTER_MESSAGES,
+    REKEY_TIMEOUT,
+    TIMER_TICK,
+)
 from tunnel.protocol.messages import Initiation, parse
+from tunnel.protocol.timers import Timer
 
 from .conftest import NATIVE_MISSING, needs
 from .simnet import Node, SimNet, ipv4_packet, unbatched
@@ -112,10 +119,10 @@ def test_a_confirmation_lost_with_its_upcall_is_read_from_the_plane() -> None:
     with confirmed_session() as s:
         (peer,) = s.a.iface.peers.values()
         assert peer.current is None and peer.next is not None
-        # The upcall is lost, as to a full control socket. (C writes the packet to
-        # the device before it promotes the keypair and says so: wait for it.)
-        assert select.select([s.shell.ctrl], [], [], 2)[0]
-        lost = dp.parse_upcall(s.shell.ctrl.recv(2048))
+        # The upcall is lost, as to a full control socket, with the transport events
+        # before it. (C writes the packet to the device before it promotes the
+        # keypair and says so: wait for it.)
+        lost = lost_upcalls_until(s, dp.UpcallKind.KEYPAIR_CONFIRMED)
         assert lost.kind is dp.UpcallKind.KEYPAIR_CONFIRMED
         s.shell.refresh()
         assert peer.current is not None and peer.next is None
@@ -128,7 +135,8 @@ def test_a_confirmation_lost_with_its_upcall_is_read_from_the_plane() -> None:
 def test_a_packet_c_has_no_key_for_starts_a_handshake() -> None:
     """C refuses to send on the keypair Python holds for current (ENOKEY: gone, too
     old or worn out in C's eyes): the packet waits and a handshake starts, as
-    send.c does for a packet without a usable keypair."""
+    send.c does for a packet without a usable keypair, and goes on the new session
+    in place of the keepalive that would confirm it."""
     with confirmed_session() as s:
         refreshed_after_confirmation(s)
         (peer,) = s.a.iface.peers.values()
@@ -139,8 +147,9 @@ def test_a_packet_c_has_no_key_for_starts_a_handshake() -> None:
         peer.last_handshake_sent -= REKEY_TIMEOUT
         packet = ipv4_packet("10.0.0.1", "10.0.0.2", b"waits for a handshake")
         s.shell.apply(s.a.iface.send_packet(packet, clock.now()))
-        assert parse(s.udp_b.recv(2048)).__class__ is Initiation
-        assert list(peer.staged) == [packet]
+        assert s.shell.plane.stats(s.shell.ids[peer]).staged_packets == 1  # C holds it
+        answer_initiation(s)
+        assert delivered_to_b(s) == [packet]
 
 
 def test_c_and_python_keep_time_on_one_clock() -> None:
@@ -195,11 +204,23 @@ def test_session_keys_live_in_c_alone() -> None:
         assert delivered.packets[-1].endswith(b"c")
 
 
+def lost_upcalls_until(s: Session, kind: dp.UpcallKind) -> dp.Upcall:
+    """Read and drop a's upcalls, as a full control socket would, up to one of `kind`."""
+    while True:
+        assert select.select([s.shell.ctrl], [], [], 2)[0]
+        lost = dp.parse_upcall(s.shell.ctrl.recv(2048))
+        if lost.kind is kind:
+            return lost
+
+
 def refreshed_after_confirmation(s: Session) -> None:
     """C writes b's first packet into the device before it promotes the keypair
-    and says so: wait for its word, then let the core learn it."""
-    assert select.select([s.shell.ctrl], [], [], 2)[0]
-    s.shell._upcalls()
+    and says so (after the transport events of the same batch): wait for its word,
+    then let the core learn it."""
+    (peer,) = s.a.iface.peers.values()
+    while not peer.handshakes.completed:
+        assert select.select([s.shell.ctrl], [], [], 2)[0]
+        s.shell._upcalls()
 
 
 def peer_of(node: Node):
@@ -293,3 +314,90 @@ def test_c_counts_its_drops_under_the_cores_reasons() -> None:
         python = SimNet().node("python", "127.0.0.1")
         python.iface.receive_datagram(bytes([4, 0, 0, 0]) + bytes(28), s.b.address, s.net.now)
         assert [(r, type(r)) for r in python.iface.drops] == [(Drop.UNKNOWN_INDEX, Drop)]
+
+
+def test_a_key_wanted_while_the_hold_lasts_is_handshaked_for_once_it_ends() -> None:
+    """a has just answered b's initiation (its session waits for b's confirmation,
+    which never comes) when a packet for b arrives: C stages it and says once that
+    b needs a key, and a's own initiation waits for the hold (REKEY_TIMEOUT after
+    its response). Once the hold is over a handshakes without another packet, and
+    the packet goes on the new session."""
+    with confirmed_session(confirm=False) as s:
+        peer = peer_of(s.a)
+        packet = ipv4_packet("10.0.0.1", "10.0.0.2", b"waits out the hold")
+        s.from_device(packet)
+        assert select.select([s.shell.ctrl], [], [], 2)[0]
+        s.shell._upcalls()  # NEED_KEY, the initiation held back
+        assert peer.handshakes.initiations_sent == 0
+        s.shell.apply(s.a.iface.tick(peer.last_handshake_sent + REKEY_TIMEOUT / 2))
+        assert peer.handshakes.initiations_sent == 0
+        s.shell.apply(s.a.iface.tick(peer.last_handshake_sent + REKEY_TIMEOUT))
+        assert peer.handshakes.initiations_sent == 1
+        answer_initiation(s)
+        assert delivered_to_b(s) == [packet]
+
+
+def test_giving_up_the_handshake_drops_what_c_staged_and_the_next_packet_asks_again() -> None:
+    """timers.c gives up after MAX_TIMER_HANDSHAKES retries and purges the staged
+    packets: C's go too, and a packet after it asks for a key again."""
+    with peers() as s:
+        peer = peer_of(s.a)
+        s.from_device(ipv4_packet("10.0.0.1", "10.0.0.2", b"never answered"))
+        assert select.select([s.shell.ctrl], [], [], 2)[0]
+        s.shell._upcalls()  # NEED_KEY: an initiation
+        assert peer.handshakes.initiations_sent == 1
+        assert s.shell.plane.stats(s.shell.ids[peer]).staged_packets == 1
+        peer.timers.handshake_attempts = MAX_TIMER_HANDSHAKES + 1
+        s.shell.apply(s.a.iface.tick(peer.timers.deadlines[Timer.RETRANSMIT_HANDSHAKE]))
+        assert s.shell.plane.stats(s.shell.ids[peer]).staged_packets == 0
+        s.from_device(ipv4_packet("10.0.0.1", "10.0.0.2", b"new data"))
+        assert select.select([s.shell.ctrl], [], [], 2)[0]
+        assert dp.parse_upcall(s.shell.ctrl.recv(2048)).kind is dp.UpcallKind.NEED_KEY
+
+
+def test_packets_staged_while_the_responder_waits_go_when_the_initiator_confirms() -> None:
+    """a answered b's initiation; a packet for b waits in C until b's first message
+    confirms the session, and C sends it then, without waiting for Python."""
+    with confirmed_session(confirm=False) as s:
+        packet = ipv4_packet("10.0.0.1", "10.0.0.2", b"after the confirmation")
+        s.from_device(packet)
+        assert select.select([s.shell.ctrl], [], [], 2)[0]
+        s.shell._upcalls()  # NEED_KEY, the initiation held back
+        s.udp_b.sendto(s.confirmation, s.a.address)
+        assert delivered_to_b(s) == [packet]
+
+
+def b_sends_data(s: Session, text: bytes) -> None:
+    """A data message from b, which C writes into a's device."""
+    packet = ipv4_packet("10.0.0.2", "10.0.0.1", text)
+    for send_ in sends(s.b.iface.send_packet(packet, s.net.now)):
+        s.udp_b.sendto(send_.data, s.a.address)
+    assert s.dev.recv(2048).endswith(packet)
+
+
+def test_c_tells_the_timers_what_it_received_without_waiting_for_a_tick() -> None:
+    """b's first message armed a's keepalive (timers.c wg_timers_data_received);
+    a second data message, heard as an event from C, notes that another keepalive
+    is due, with no tick between."""
+    with confirmed_session() as s:
+        refreshed_after_confirmation(s)
+        peer = peer_of(s.a)
+        assert peer.timers.pending(Timer.SEND_KEEPALIVE)
+        assert not peer.timers.need_another_keepalive
+        time.sleep(TIMER_TICK)  # C rings for a peer at most once a tick
+        b_sends_data(s, b"second")
+        assert select.select([s.shell.ctrl], [], [], 2)[0]
+        s.shell._upcalls()
+        assert peer.timers.need_another_keepalive
+
+
+def test_transport_events_lost_with_their_upcall_reach_the_timers_at_the_tick() -> None:
+    with confirmed_session() as s:
+        refreshed_after_confirmation(s)
+        peer = peer_of(s.a)
+        time.sleep(TIMER_TICK)
+        b_sends_data(s, b"second")
+        lost_upcalls_until(s, dp.UpcallKind.EVENTS)
+        assert not peer.timers.need_another_keepalive
+        s.shell.refresh()
+        assert peer.timers.need_another_keepalive

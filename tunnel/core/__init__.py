@@ -34,7 +34,6 @@ API = {
         "keepalive",
         "need_key",
         "send_packets",
-        "stage",
         "transport_sent",
         "unreachable",
     ),

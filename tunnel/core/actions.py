@@ -65,4 +65,21 @@ class KeypairsCleared:
     peer: Peer
 
 
-Action = Send | Deliver | SendBatch | DeliverBatch | Transmit | KeypairInstalled | KeypairsCleared
+@dataclass(frozen=True)
+class StagedPurged:
+    """The peer's staged packets are dropped: its handshake was given up. An
+    external transport that stages packets itself drops its own."""
+
+    peer: Peer
+
+
+Action = (
+    Send
+    | Deliver
+    | SendBatch
+    | DeliverBatch
+    | Transmit
+    | KeypairInstalled
+    | KeypairsCleared
+    | StagedPurged
+)

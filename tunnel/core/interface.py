@@ -96,11 +96,8 @@ class Interface:
     def unreachable(self, packet: bytes, now: float) -> list[Action]:
         return send.unreachable(self.state, packet, now)
 
-    def stage(self, peer: Peer, packet: bytes, now: float) -> list[Action]:
-        return send.stage(self.state, peer, packet, now)
-
-    def need_key(self, peer: Peer, packet: bytes, now: float) -> list[Action]:
-        return send.need_key(self.state, peer, packet, now)
+    def need_key(self, peer: Peer, now: float) -> list[Action]:
+        return send.need_key(self.state, peer, now)
 
     def transport_sent(self, peer: Peer, size: int, is_data: bool, now: float) -> list[Action]:
         return send.transport_sent(self.state, peer, size, is_data, now)

@@ -6,6 +6,7 @@ from tunnel.protocol.constants import ETHERNET_HEADER_SIZE, REKEY_TIMEOUT, REKEY
 from tunnel.protocol.keypair import pad
 from tunnel.protocol.peer import Peer
 from tunnel.protocol.tai64n import tai64n
+from tunnel.protocol.timers import Timer
 
 from . import l3
 from .actions import Action, Deliver, Send, SendBatch, Transmit
@@ -85,19 +86,22 @@ def unreachable(state: State, packet: bytes, now: float) -> list[Action]:
     return [Deliver(reply)]
 
 
-def stage(state: State, peer: Peer, packet: bytes, now: float) -> list[Action]:
-    """Queue a packet for the peer and send what can be sent."""
-    _hold(peer, packet)
-    return flush_staged(state, peer, now)
-
-
-def need_key(state: State, peer: Peer, packet: bytes, now: float) -> list[Action]:
-    """An external transport refused to send the packet: it holds no usable
-    keypair for the peer (gone, too old or worn out by its own clock and
-    counters). The packet waits for a new handshake, as send.c's
-    wg_packet_send_staged_packets starts one for a packet without a keypair."""
-    _hold(peer, packet)
-    return initiate(state, peer, now, retry=False)
+def need_key(state: State, peer: Peer, now: float) -> list[Action]:
+    """An external transport holds packets staged for the peer and no usable
+    keypair (gone, too old or worn out by its own clock and counters): a
+    handshake, as send.c's wg_packet_send_staged_packets starts one for a packet
+    without a keypair. The transport says so once, not once a packet, so an
+    initiation the hold keeps back (our response went just now) is tried again
+    by tick() once the hold is over, unless a handshake completes first or our
+    own initiation is in flight, which its retransmit timer repeats."""
+    actions = initiate(state, peer, now, retry=False)
+    if (
+        not actions
+        and peer.endpoint is not None
+        and not peer.timers.pending(Timer.RETRANSMIT_HANDSHAKE)
+    ):
+        state.key_wanted[peer] = None
+    return actions
 
 
 def _hold(peer: Peer, packet: bytes) -> None:

@@ -90,6 +90,9 @@ class State:
         self.greeted = 0
         self.drops: Counter[Drop] = Counter()
         self.cookie_replies_sent = 0
+        # Peers an external transport wants a key for, whose initiation the hold
+        # kept back (core/send.py need_key): tried again when it is over.
+        self.key_wanted: dict[Peer, None] = {}
 
 
 def authenticated(peer: Peer, size: int, source: Address, now: float) -> None:
@@ -112,6 +115,7 @@ def handshake_complete(state: State, peer: Peer, now: float) -> None:
     """After the new keypair took its slot: the session it replaced, if any,
     is `previous` by now (Peer.install, Peer.confirm, or C's slots adopted)."""
     peer.handshakes.completed += 1
+    state.key_wanted.pop(peer, None)
     if peer.previous is not None:
         peer.handshakes.rekeys += 1
     peer.timers.handshake_complete()

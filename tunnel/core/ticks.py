@@ -11,17 +11,22 @@ from tunnel.protocol.constants import (
 from tunnel.protocol.peer import Peer
 from tunnel.protocol.timers import Timer
 
-from .actions import Action, KeypairsCleared
-from .send import initiate, keepalive
+from .actions import Action, KeypairsCleared, StagedPurged
+from .send import initiate, keepalive, need_key
 from .state import State, drop_handshake_index, log, retire, short
 
 
 def tick(state: State, now: float) -> list[Action]:
-    """Every timer due by `now`, and the greetings still due since start."""
+    """Every timer due by `now`, the keys wanted since the hold ended, and the
+    greetings still due since start."""
     actions: list[Action] = []
     for peer in [p for p in state.peers.values() if p.timers.earliest <= now]:
         for timer in peer.timers.expired(now):
             actions += _timer_fired(state, peer, timer, now)
+    for peer in [p for p in state.key_wanted if now - p.last_handshake_sent >= REKEY_TIMEOUT]:
+        del state.key_wanted[peer]
+        if state.peers.get(peer.public_key) is peer:
+            actions += need_key(state, peer, now)
     return actions + greet(state, now)
 
 
@@ -52,7 +57,8 @@ def _timer_fired(state: State, peer: Peer, timer: Timer, now: float) -> list[Act
             peer.staged.clear()
             if not peer.timers.pending(Timer.ZERO_KEY_MATERIAL):
                 peer.timers.session_derived(now)
-            return []
+            # An external transport holds its own staged packets (the native plane).
+            return [StagedPurged(peer)] if state.external_transport else []
         peer.timers.handshake_attempts += 1
         return initiate(state, peer, now, retry=True)
     if timer is Timer.SEND_KEEPALIVE:

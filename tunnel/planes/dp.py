@@ -90,11 +90,12 @@ def _check(ret: int, what: str) -> int:
 
 class UpcallKind(enum.IntEnum):
     DATAGRAM = 1  # a UDP datagram the plane does not handle (handshakes, other mode, junk)
-    NEED_KEY = 2  # plain packet for a peer without a usable CURRENT keypair
+    NEED_KEY = 2  # no payload: packets wait in C for a peer without a usable CURRENT
     KEYPAIR_CONFIRMED = 3  # NEXT was used by the peer and is now CURRENT
     ENDPOINT_CHANGED = 4  # roaming: authenticated traffic from a new address
     TOO_BIG = 5  # tap: an oversized device read for Python's PMTU answer (tunnel/core/l2.py)
     UNROUTED = 6  # tun: a packet no peer takes, for Python's ICMP answer (tunnel/core/l3.py)
+    EVENTS = 7  # no payload: the peer has transport events for the timers (take_events)
 
 
 @dataclass(frozen=True)
@@ -183,10 +184,26 @@ class PeerStats:
     drop_bad_tag: int
     drop_replay: int
     drop_bad_source: int
-    drop_no_keypair: int  # includes packets diverted to Python as NEED_KEY
+    drop_no_keypair: int  # includes packets staged for want of a keypair
     drop_expired_keypair: int
     drop_malformed: int
     rx_data_packets: int  # of rx_packets, those not keepalives
+    staged_packets: int  # waiting in C for a usable CURRENT
+    staged_overflow: int  # dropped from a full staged queue, the oldest first
+
+
+@dataclass(frozen=True)
+class PeerEvents:
+    """A peer's transport messages since they were last taken (dp_peer_take_events),
+    and the endpoint they came from."""
+
+    tx_bytes: int
+    tx_data_messages: int
+    last_tx_ns: int  # CLOCK_BOOTTIME; 0: none
+    rx_bytes: int
+    rx_data_messages: int
+    last_rx_ns: int
+    endpoint: tuple[str, int] | None
 
 
 class Slots(NamedTuple):
@@ -230,10 +247,13 @@ class InterfaceStats:
     workers: int
 
 
-def _peer_stats(st: Any) -> PeerStats:
+def _endpoint(st: Any) -> tuple[str, int] | None:
     ep = ffi.buffer(ffi.addressof(st, "endpoint"), st.endpoint_len)[:]
-    endpoint = _from_sockaddr(ep) if st.endpoint_len else None
-    return _from_struct(PeerStats, st, endpoint=endpoint)
+    return _from_sockaddr(ep) if st.endpoint_len else None
+
+
+def _peer_stats(st: Any) -> PeerStats:
+    return _from_struct(PeerStats, st, endpoint=_endpoint(st))
 
 
 def _from_struct(cls: type[T], st: Any, **given: Any) -> T:
@@ -405,12 +425,17 @@ class NativePlane:
         _check(lib.dp_keypair_clear(self._handle(), peer_id, slot), "clear_keypair")
 
     def send_packet(self, peer_id: int, packet: bytes) -> None:
-        """Encrypt with CURRENT and send; b"" is a keepalive.
+        """Encrypt with CURRENT and send, behind what C has staged for the peer;
+        b"" is a keepalive, sent only if nothing staged goes instead.
 
-        Raises OSError(ENOKEY) when there is no usable CURRENT keypair (queue
-        the packet and handshake), OSError(EDESTADDRREQ) without an endpoint.
+        Raises OSError(ENOKEY) when there is no usable CURRENT keypair (C stages
+        the packet: handshake), OSError(EDESTADDRREQ) without an endpoint.
         """
         _check(lib.dp_send_packet(self._handle(), peer_id, packet, len(packet)), "send_packet")
+
+    def purge_staged(self, peer_id: int) -> None:
+        """Drop what C has staged for the peer (its handshake was given up)."""
+        _check(lib.dp_peer_purge_staged(self._handle(), peer_id), "purge_staged")
 
     def transmit_frame(self, data: bytes) -> None:
         """tap: hand back a TOO_BIG upcall's payload (a device read) that Python
@@ -422,6 +447,12 @@ class NativePlane:
         st = ffi.new("struct dp_peer_stats *")
         _check(lib.dp_peer_stats(self._handle(), peer_id, st), "stats")
         return _peer_stats(st)
+
+    def take_events(self, peer_id: int) -> PeerEvents:
+        """The peer's transport events since they were last taken (dp.h)."""
+        ev = ffi.new("struct dp_peer_events *")
+        _check(lib.dp_peer_take_events(self._handle(), peer_id, ev), "take_events")
+        return _from_struct(PeerEvents, ev, endpoint=_endpoint(ev))
 
     def slots(self, peer_id: int) -> Slots:
         """The peer's slots alone, without the rest of its stats: read after every

@@ -1,8 +1,8 @@
 """The native data plane behind `pyvpn up`: C threads move transport messages
 (native/), this shell keeps the protocol in the sans-IO core. It hands new
 keypairs to C, which owns their slots, and has the core adopt them; it feeds the
-core the datagrams and packets C hands up, and turns C's per-peer counters into
-the core's timer events."""
+core the datagrams and packets C hands up, and the transport events C reports,
+which the core's timers run on; C's counters are the figures `show` prints."""
 
 import asyncio
 import contextlib
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, fields
 from typing import Any
 
-from tunnel.core.actions import Action, KeypairInstalled, KeypairsCleared, Transmit
+from tunnel.core.actions import Action, KeypairInstalled, KeypairsCleared, StagedPurged, Transmit
 from tunnel.core.drops import Drop
 from tunnel.core.interface import Interface
 from tunnel.core.l2 import Learned
@@ -180,7 +180,9 @@ class NativeShell(Plane):
         self._ctrl_native.close()
 
     def refresh(self) -> None:
-        """Turn what C counted since the last look into the core's transport events."""
+        """Bring the figures up to date from C's counters, and hand the core the
+        events of the peers whose counters moved: what an upcall lost, or what
+        C held back for the next tick (native/events.c)."""
         now = clock.now()
         new_if, old_if = self.plane.interface_stats(), self.last_interface
         self.last_interface = new_if
@@ -204,25 +206,8 @@ class NativeShell(Plane):
             if bad_source and self.iface.l2:
                 self.iface.mac_conflict(peer, now)
             peer.drops.not_ip += new.drop_malformed - old.drop_malformed
-            if new.last_tx_ns != old.last_tx_ns:
-                self.apply(
-                    self.iface.transport_sent(
-                        peer,
-                        new.tx_bytes - old.tx_bytes,
-                        new.last_tx_data_ns != old.last_tx_data_ns,
-                        new.last_tx_ns / 1e9,
-                    )
-                )
-            if new.last_rx_ns != old.last_rx_ns and new.endpoint is not None:
-                self.apply(
-                    self.iface.transport_received(
-                        peer,
-                        new.endpoint,
-                        new.rx_bytes - old.rx_bytes,
-                        new.rx_data_packets - old.rx_data_packets,
-                        new.last_rx_ns / 1e9,
-                    )
-                )
+            peer.drops.staged_overflow += new.staged_overflow - old.staged_overflow
+            self._events(peer, self.plane.take_events(peer_id), now)
             promoted = (new.has_current, new.current_local_index) != (
                 old.has_current,
                 old.current_local_index,
@@ -234,6 +219,22 @@ class NativeShell(Plane):
                     # so in an upcall too, which a flood can crowd out of the
                     # control socket: the stats always tell.
                     self.apply(self.iface.session_confirmed(peer, now))
+
+    def _events(self, peer: Peer, events: dp.PeerEvents, now: float) -> None:
+        """What C sent to and received from the peer, to the core's timers, each
+        direction at the time of its last message."""
+        if events.tx_bytes:
+            when = events.last_tx_ns / 1e9 if events.last_tx_ns else now
+            self.apply(
+                self.iface.transport_sent(peer, events.tx_bytes, events.tx_data_messages > 0, when)
+            )
+        if events.rx_bytes and events.endpoint is not None:
+            when = events.last_rx_ns / 1e9 if events.last_rx_ns else now
+            self.apply(
+                self.iface.transport_received(
+                    peer, events.endpoint, events.rx_bytes, events.rx_data_messages, when
+                )
+            )
 
     def own_stats(self) -> dict[str, Any]:
         """C's interface counters as C holds them now (upcalls, offloads, errors)."""
@@ -273,8 +274,12 @@ class NativeShell(Plane):
                 self.apply(self.iface.unreachable(upcall.payload, now))
             elif peer is None:
                 continue
-            elif upcall.kind is UpcallKind.NEED_KEY:
-                self.apply(self.iface.stage(peer, upcall.payload, now))
+            elif upcall.kind is UpcallKind.EVENTS:
+                events = self.plane.take_events(upcall.peer_id)
+                self._adopt(peer, self.plane.slots(upcall.peer_id))  # the counter rekeying reads
+                self._events(peer, events, now)
+            elif upcall.kind is UpcallKind.NEED_KEY:  # C holds the packets meanwhile
+                self.apply(self.iface.need_key(peer, now))
             elif upcall.kind is UpcallKind.KEYPAIR_CONFIRMED:
                 self.refresh()  # now rather than at the next tick: staged packets wait
             elif upcall.kind is UpcallKind.ENDPOINT_CHANGED and upcall.address is not None:
@@ -304,11 +309,12 @@ class NativeShell(Plane):
             try:
                 self.plane.send_packet(self.ids[action.peer], action.packet)
             except OSError as e:
-                if e.errno == errno.ENOKEY:
-                    now = clock.now()
-                    self.apply(self.iface.need_key(action.peer, action.packet, now))
+                if e.errno == errno.ENOKEY:  # C staged it
+                    self.apply(self.iface.need_key(action.peer, clock.now()))
                 else:
                     log.debug("native send failed: %s", e.strerror)
         elif isinstance(action, KeypairsCleared):
             for slot in (dp.SLOT_CURRENT, dp.SLOT_PREVIOUS, dp.SLOT_NEXT):
                 self.plane.clear_keypair(self.ids[action.peer], slot)
+        elif isinstance(action, StagedPurged):
+            self.plane.purge_staged(self.ids[action.peer])
