@@ -16,7 +16,6 @@ import pytest
 from tunnel.lab.testbed import (
     Daemon,
     Namespace,
-    Testbed,
     pyvpn_env,
     pyvpn_status,
     read_config,
@@ -26,6 +25,8 @@ from tunnel.lab.testbed import (
     write_pair_configs,
 )
 from tunnel.protocol.constants import REKEY_TIMEOUT
+
+from .bed import Testbed
 
 BRIDGE = "br0"
 SERVER, SERVER6 = "10.77.0.1", "fd77::1"

@@ -23,7 +23,6 @@ from tunnel.control.config import load
 from tunnel.lab.testbed import (
     Daemon,
     Namespace,
-    Testbed,
     device_name,
     pyvpn_status,
     render_config,
@@ -33,6 +32,7 @@ from tunnel.lab.testbed import (
 )
 from tunnel.protocol import keys
 
+from .bed import Testbed
 from .conftest import ROOT, pyvpn
 from .packets import (
     VIRTIO_NET_HDR_GSO_TCPV4,

@@ -124,7 +124,8 @@ def test_second_tunnel_with_same_name_is_refused_cleanly(bed, tmp_path, datapath
 
 @pytest.mark.netns
 def test_hub_with_three_peers_routes_by_allowed_ips(tmp_path, datapath):
-    from tunnel.lab.testbed import Testbed, device_name, render_config
+    from tests.bed import Testbed
+    from tunnel.lab.testbed import device_name, render_config
 
     with Testbed(n=4, tag="hub") as bed:
         hub, spokes = bed.namespaces[0], bed.namespaces[1:]
@@ -199,7 +200,7 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
     """allowed_ips 0.0.0.0/0: A reaches a host behind B that only B routes to, while A's
     own default route (the one the tunnel's datagrams need) leads elsewhere; `wg set`
     turns the policy off and on again."""
-    from tunnel.lab.testbed import Testbed
+    from tests.bed import Testbed
 
     with Testbed(n=3, tag="full") as bed:
         far = bed.namespaces[2]
@@ -297,7 +298,7 @@ def test_an_ipv6_default_route_makes_an_ipv6_full_tunnel(tmp_path):
     """::/0 over an IPv6 underlay: A reaches an IPv6 host behind B while its own IPv6
     default route, which the tunnel's datagrams need, leads elsewhere; IPv4 is left
     alone."""
-    from tunnel.lab.testbed import Testbed
+    from tests.bed import Testbed
 
     with Testbed(n=3, tag="full6") as bed:
         far = bed.namespaces[2]

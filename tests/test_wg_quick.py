@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from tunnel.lab.testbed import (
-    Testbed,
     WgPeer,
     device_name,
     proc_stat,
@@ -38,6 +37,8 @@ from tunnel.lab.testbed import (
 )
 from tunnel.planes import dp
 from tunnel.protocol import keys
+
+from .bed import Testbed
 
 PYVPN_WG = Path(sys.executable).parent / "pyvpn-wg"  # the console script, from pyproject
 IMPLEMENTATIONS = ["pyvpn-wg", "wireguard-go"]

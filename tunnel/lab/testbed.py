@@ -9,8 +9,8 @@ could collide; failures come back as readable text; and no netlink socket or
 namespace handle outlives a call, which keeps teardown after a crash trivial.
 
 Every name carries the owner's pid (namespaces "pvtb-PID-SEQx", tunnel devices
-"pvtunPIDa"), so parallel runs never collide and `cleanup_stale` can tell
-leftovers of a dead run from a live one.
+"pvtunPIDa"), so parallel runs never collide and the test suite's sweep
+(tests/bed.py) can tell leftovers of a dead run from a live one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import contextlib
 import itertools
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -153,16 +152,6 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Namespace:
     """A network namespace by name; processes started in it are stopped when it is deleted."""
 
@@ -259,8 +248,6 @@ class Testbed:
     A context manager: leaving it stops every process started in its namespaces
     and deletes them (which removes their devices), also on errors and Ctrl-C.
     """
-
-    __test__ = False  # not a pytest test class, despite the name
 
     def __init__(self, n: int = 2, tag: str | None = None, prefix: str = DEFAULT_PREFIX) -> None:
         if n < 2:
@@ -366,19 +353,6 @@ class Testbed:
         return name
 
 
-def cleanup_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
-    """Delete namespaces named PREFIX-PID-... whose PID is dead: leftovers of crashed runs."""
-    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)-")
-    removed = []
-    listing = NETNS_DIR.iterdir() if NETNS_DIR.is_dir() else iter(())
-    for entry in sorted(listing):
-        match = pattern.match(entry.name)
-        if match and not pid_alive(int(match.group(1))):
-            Namespace(entry.name).delete()
-            removed.append(entry.name)
-    return removed
-
-
 def proc_stat(pid: int) -> list[str]:
     """/proc/PID/stat from field 3 (state) on, as proc(5) numbers them."""
     text = Path(f"/proc/{pid}/stat").read_text()
@@ -395,26 +369,6 @@ def children(pid: int) -> list[int]:
                 state, ppid = proc_stat(int(entry.name))[:2]
                 if int(ppid) == pid and state != "Z":
                     found.append(int(entry.name))
-    return found
-
-
-def leftovers(pid: int | None = None, prefix: str = DEFAULT_PREFIX) -> list[str]:
-    """What a run by `pid` (default: us) left behind: namespaces, UAPI sockets, child processes.
-
-    Tests assert this is empty after teardown."""
-    pid = pid if pid is not None else os.getpid()
-    found = []
-    if NETNS_DIR.is_dir():
-        found += [
-            f"netns {e.name}" for e in NETNS_DIR.iterdir() if e.name.startswith(f"{prefix}-{pid}-")
-        ]
-    if WG_RUN_DIR.is_dir():
-        found += [
-            f"socket {e}"
-            for e in WG_RUN_DIR.iterdir()
-            if re.search(rf"\D{pid}[a-z]\.sock$", e.name)
-        ]
-    found += [f"child process {child}" for child in children(pid)]
     return found
 
 
