@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import struct
-import time
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from .traffic import (
     send_offloaded_frame,
     tcp_transfer,
 )
+from .waiting import wait_until
 
 BRIDGE = "br0"
 HOST_X, HOST_Y = "10.30.0.1", "10.30.0.2"
@@ -86,14 +86,6 @@ def macs_by_peer(name: str) -> dict[str, list[str]]:
     """`pyvpn show --json`: the MAC addresses learned behind each peer, by public key."""
     peers = pyvpn_status(name)["peers"]
     return {p["public_key"]: sorted(m["mac"] for m in p["macs"]) for p in peers}
-
-
-def poll(condition, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {timeout:g} s")
-        time.sleep(0.1)
 
 
 def marker(label: str) -> bytes:
@@ -313,8 +305,8 @@ def running_star(
             paths[0].write_text(render_config(config["interface"], config["peer"]))
         daemons = [stack.enter_context(start(ns, p, datapath))
                    for ns, p in zip(bed.namespaces, paths, strict=True)]  # fmt: skip
-        poll(lambda: all(p["has_session"] for p in pyvpn_status(names[0])["peers"]),
-             "session with every spoke")  # fmt: skip
+        wait_until(lambda: all(p["has_session"] for p in pyvpn_status(names[0])["peers"]),
+                   "session with every spoke", poll=0.1)  # fmt: skip
         yield Star(bed, hub_ns, spokes, names, daemons)
 
 
@@ -351,7 +343,7 @@ def test_hub_is_a_learning_switch_with_ageing(tmp_path, datapath):
         assert deliveries(SPOKE_MACS[1], "unicast 2") == [0, 3, 0]
         assert deliveries(BROADCAST, "broadcast") == [3, 3, 3]
         # Ageing: silent for MAC_AGEING seconds, the entries go, and unicast floods.
-        poll(lambda: not any(macs_by_peer(hub_dev).values()), "ageing", MAC_AGEING + 5)
+        wait_until(lambda: not any(macs_by_peer(hub_dev).values()), "ageing", MAC_AGEING + 5, 0.1)
         assert deliveries(SPOKE_MACS[0], "aged unicast") == [3, 3, 3]
         assert all(d.alive() for d in daemons)
 
@@ -368,7 +360,9 @@ def test_a_spoke_cannot_take_the_mac_of_a_host_behind_another(tmp_path, datapath
         key_b, key_c = (pyvpn_status(n)["public_key"] for n in names[1:3])
         victim = SPOKE_MACS[0]
         send_frames(spokes[0], names[1], BROADCAST, marker("b's host"), source=victim)
-        poll(lambda: macs_by_peer(hub_dev)[key_b] == [victim], "the hub learning b's host")
+        wait_until(
+            lambda: macs_by_peer(hub_dev)[key_b] == [victim], "the hub learning b's host", poll=0.1
+        )
         with capture_frames(hub, hub_dev, seconds=1.5) as at_hub:
             send_frames(spokes[1], names[2], BROADCAST, marker("forged"), source=victim,
                         count=5)  # fmt: skip
@@ -509,7 +503,9 @@ def test_mode_mismatch_is_reported_on_both_sides(bed, tmp_path, datapath):
             a: f"peer {key_of_b[:8]}… is configured for tap mode but this interface is tun",
             b: f"peer {key_of_a[:8]}… is configured for tun mode but this interface is tap",
         }
-        poll(lambda: all(line in d.output() for d, line in expected.items()), "report")
+        wait_until(
+            lambda: all(line in d.output() for d, line in expected.items()), "report", poll=0.1
+        )
         for daemon, line in expected.items():
             # One clear line, not one per dropped packet.
             assert daemon.output().count(line) == 1, daemon.output()

@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +38,7 @@ from tunnel.planes import dp
 from tunnel.protocol import keys
 
 from .bed import Testbed
+from .waiting import wait_until
 
 PYVPN_WG = Path(sys.executable).parent / "pyvpn-wg"  # the console script, from pyproject
 IMPLEMENTATIONS = ["pyvpn-wg", "wireguard-go"]
@@ -161,9 +161,7 @@ def ifname(impl: str) -> str:
 
 def assert_nothing_left(net: Net, name: str) -> None:
     """No device, socket, ip rule, nft table or process of the interface."""
-    deadline = time.monotonic() + 5
-    while (net.bed.a.pids() or uapi_socket(name).exists()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not (net.bed.a.pids() or uapi_socket(name).exists()), "teardown", 5)
     assert not net.bed.a.has_link(name)
     assert not uapi_socket(name).exists()
     assert net.bed.a.pids() == []

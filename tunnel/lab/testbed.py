@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from tunnel.control.config import read as read_config
 from tunnel.control.convert import to_toml
@@ -59,6 +59,7 @@ EXIT_CONFIG = 2
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the checkout, which holds tunnel/
 _testbed_seq = itertools.count()
+T = TypeVar("T")
 
 
 class CommandError(RuntimeError):
@@ -431,25 +432,33 @@ def start_daemon(
     return Daemon(ns, argv, name, full_env, label or f"{Path(argv[0]).name} ({name})")
 
 
+def poll_until(ready: Callable[[], T], timeout: float, poll: float = 0.05) -> T:
+    """Call `ready()` every `poll` seconds until it returns something true, and return
+    that; at the deadline, return its last (false) answer."""
+    deadline = time.monotonic() + timeout
+    while not (answer := ready()) and time.monotonic() < deadline:
+        time.sleep(poll)
+    return answer
+
+
 def wait_for(
     daemon: Daemon, ready: Callable[[], bool], what: str, timeout: float, poll: float = 0.05
 ) -> None:
     """Poll `ready()` until true; fail early and clearly if the daemon dies meanwhile."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if ready():
-            return
-        if not daemon.alive():
-            code = daemon.stop()
-            raise TunnelStartError(
-                f"{daemon.label} exited with status {code} before {what}", code, daemon.output()
-            )
-        if time.monotonic() > deadline:
-            daemon.stop()
-            raise TunnelStartError(
-                f"{daemon.label}: no {what} within {timeout:g} s", None, daemon.output()
-            )
-        time.sleep(poll)
+
+    def outcome() -> str:
+        return "ready" if ready() else "" if daemon.alive() else "dead"
+
+    found = poll_until(outcome, timeout, poll)
+    if found == "ready":
+        return
+    if found == "dead":
+        code = daemon.stop()
+        raise TunnelStartError(
+            f"{daemon.label} exited with status {code} before {what}", code, daemon.output()
+        )
+    daemon.stop()
+    raise TunnelStartError(f"{daemon.label}: no {what} within {timeout:g} s", None, daemon.output())
 
 
 def uapi_socket(name: str) -> Path:
