@@ -4,12 +4,25 @@ outlives a test, and its sweep of what crashed runs left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from tunnel.lab import testbed
-from tunnel.lab.testbed import DEFAULT_PREFIX, NETNS_DIR, WG_RUN_DIR, Namespace, children
+from tunnel.lab.testbed import (
+    DEFAULT_PORT,
+    DEFAULT_PREFIX,
+    NETNS_DIR,
+    WG_RUN_DIR,
+    Namespace,
+    children,
+    render_config,
+)
+from tunnel.protocol import keys
 
 
 def pid_alive(pid: int) -> bool:
@@ -75,3 +88,58 @@ class Testbed(testbed.Testbed):
         if kind is None:  # a failing test's own error says more than what it left
             left = sorted(set(leftovers()) - self._before)
             assert left == [], f"left over by the test bed's test: {left}"
+
+
+# A star: a hub (namespace 0) with three spokes, each over a link of its own.
+# (the hub's end, the spoke's end) for each spoke; the first is the bed's a-b veth.
+STAR_UNDERLAY = [(f"198.18.{i}.1", f"198.18.{i}.2") for i in (0, 2, 3)]
+
+
+@contextlib.contextmanager
+def star_bed(tag: str) -> Iterator[Testbed]:
+    """Four namespaces, the first (the hub) linked to each other one over STAR_UNDERLAY."""
+    with Testbed(n=4, tag=tag) as bed:
+        hub = bed.namespaces[0]
+        for i, spoke in enumerate(bed.namespaces[2:], start=2):
+            bed.link(hub, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"])
+        yield bed
+
+
+def write_star_configs(
+    directory: Path,
+    names: Sequence[str],
+    datapath: str,
+    mode: str = "tun",
+    *,
+    hub: dict[str, Any] | None = None,
+    hub_peer: Callable[[int], dict[str, Any]] = lambda i: {},
+    spoke: Callable[[int], dict[str, Any]] = lambda i: {},
+    spoke_peer: Callable[[int], dict[str, Any]] = lambda i: {},
+) -> list[Path]:
+    """pyvpn configs for a star_bed, with fresh keys: the hub (names[0]) has a
+    [[peer]] for each spoke, each spoke the hub as its one peer. `hub` adds keys to
+    the hub's [interface], `hub_peer(i)` to its peer for spoke i, `spoke(i)` and
+    `spoke_peer(i)` to spoke i's [interface] and [[peer]]."""
+    private = [keys.generate_private_key() for _ in names]
+    public = [keys.encode(keys.public_key(k)) for k in private]
+
+    def interface(i: int) -> dict[str, Any]:
+        return {"name": names[i], "mode": mode, "private_key": keys.encode(private[i]),
+                "listen_port": DEFAULT_PORT, "datapath": datapath}  # fmt: skip
+
+    tables = [
+        (
+            {**interface(0), **(hub or {})},
+            [{"public_key": public[i + 1], "endpoint": f"{spoke_end}:{DEFAULT_PORT}",
+              **hub_peer(i)} for i, (_, spoke_end) in enumerate(STAR_UNDERLAY)],
+        )
+    ]  # fmt: skip
+    for i, (hub_end, _) in enumerate(STAR_UNDERLAY):
+        peer = {"public_key": public[0], "endpoint": f"{hub_end}:{DEFAULT_PORT}", **spoke_peer(i)}
+        tables.append(({**interface(i + 1), **spoke(i)}, [peer]))
+    paths = []
+    for (settings, peers), name in zip(tables, names, strict=True):
+        path = directory / f"{name}.toml"
+        path.write_text(render_config(settings, peers))
+        paths.append(path)
+    return paths

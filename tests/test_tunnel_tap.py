@@ -31,7 +31,7 @@ from tunnel.lab.testbed import (
 )
 from tunnel.protocol import keys
 
-from .bed import Testbed
+from .bed import Testbed, star_bed, write_star_configs
 from .conftest import ROOT, pyvpn
 from .packets import (
     VIRTIO_NET_HDR_GSO_TCPV4,
@@ -230,39 +230,6 @@ SPOKE_MACS = ["02:00:00:00:b5:01", "02:00:00:00:b5:02", "02:00:00:00:b5:03"]
 MAC_AGEING = 5
 
 
-def write_star_configs(directory: Path, names: list[str], underlay: list[tuple[str, str]],
-                       datapath: str, hub: dict[str, Any] | None = None) -> list[Path]:  # fmt: skip
-    """A tap hub (names[0], with the `hub` settings) with one peer per spoke; spoke i
-    reaches the hub at underlay[i][0] and is reached at underlay[i][1]. No addresses:
-    the only frames are the test's."""
-    private = [keys.generate_private_key() for _ in names]
-    public = [keys.encode(keys.public_key(k)) for k in private]
-    common = {"mode": "tap", "listen_port": 51820, "datapath": datapath}
-    tables = [
-        (
-            {"name": names[0], "private_key": keys.encode(private[0]), **common,
-             "mac_ageing": MAC_AGEING, **(hub or {})},
-            [{"public_key": public[i + 1], "endpoint": f"{spoke}:51820"}
-             for i, (_, spoke) in enumerate(underlay)],
-        )
-    ]  # fmt: skip
-    for i, (hub, _) in enumerate(underlay):
-        tables.append(
-            (
-                {"name": names[i + 1], "private_key": keys.encode(private[i + 1]), **common},
-                # The spoke handshakes at once, so the hub knows every spoke's endpoint.
-                [{"public_key": public[0], "endpoint": f"{hub}:51820",
-                  "persistent_keepalive": 25}],
-            )
-        )  # fmt: skip
-    paths = []
-    for (interface, peers), name in zip(tables, names, strict=True):
-        path = directory / f"{name}.toml"
-        path.write_text(render_config(interface, peers))
-        paths.append(path)
-    return paths
-
-
 @dataclass
 class Star:
     """A tap hub (namespaces[0]) and three spokes, each tunnel up and in session."""
@@ -285,10 +252,8 @@ def running_star(
 ) -> Iterator[Star]:
     """`hub`: settings of the hub's interface; `bridged`: its device joins a bridge
     br0; `hub_peers`: edits the hub's [[peer]] tables before it starts."""
-    with Testbed(n=4, tag=tag) as bed, contextlib.ExitStack() as stack:
+    with star_bed(tag) as bed, contextlib.ExitStack() as stack:
         hub_ns, spokes = bed.namespaces[0], bed.namespaces[1:]
-        for i, spoke in enumerate(spokes[1:], start=2):
-            bed.link(hub_ns, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"])
         for ns in bed.namespaces:
             # A tap device with IPv6 sends router solicitations and MLD reports on its
             # own: without IPv6 the frames we count are only the test's.
@@ -296,9 +261,14 @@ def running_star(
         settings = dict(hub or {})
         if bridged:
             settings["bridge"] = bed.add_bridge(hub_ns, "br0")
-        underlay = [(f"198.18.{i}.1", f"198.18.{i}.2") for i in (0, 2, 3)]
         names = [device_name(f"pv{tag}", c) for c in "hbcd"]
-        paths = write_star_configs(tmp_path, names, underlay, datapath, settings)
+        # No addresses: the only frames are the test's. The spokes handshake at
+        # once, so the hub knows every spoke's endpoint.
+        paths = write_star_configs(
+            tmp_path, names, datapath, "tap",
+            hub={"mac_ageing": MAC_AGEING, **settings},
+            spoke_peer=lambda i: {"persistent_keepalive": 25},
+        )  # fmt: skip
         if hub_peers is not None:
             config = tomllib.loads(paths[0].read_text())
             hub_peers(config["peer"])
