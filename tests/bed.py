@@ -90,6 +90,14 @@ class Testbed(testbed.Testbed):
             assert left == [], f"left over by the test bed's test: {left}"
 
 
+# How long a test pings to show that an address is NOT reachable: no waiting for
+# an event can prove a negative, so this is the shortest bound the protocol
+# allows. On a veth a handshake is one round trip and a ping another, each about a
+# millisecond, and ping probes every 0.2 s: within 1 s an answer would have come
+# several times over (and ping's deadline counts whole seconds).
+UNREACHABLE_WITHIN = 1.0
+
+
 # A star: a hub (namespace 0) with three spokes, each over a link of its own.
 # (the hub's end, the spoke's end) for each spoke; the first is the bed's a-b veth.
 STAR_UNDERLAY = [(f"198.18.{i}.1", f"198.18.{i}.2") for i in (0, 2, 3)]

@@ -32,7 +32,7 @@ from tunnel.lab.testbed import (
 )
 from tunnel.protocol import keys
 
-from .bed import Testbed, star_bed, write_star_configs
+from .bed import UNREACHABLE_WITHIN, Testbed, star_bed, write_star_configs
 from .conftest import ROOT, pyvpn
 from .traffic import tcp_transfer
 
@@ -215,7 +215,7 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
             assert bed.a.run("ip", "rule").stdout == rules_before
             assert bed.a.run("nft", "list", "tables").stdout == ""
             assert pyvpn_status(a.name)["full_tunnel"] == []
-            assert not reachable(bed.a, "198.19.0.2", timeout=1)
+            assert not reachable(bed.a, "198.19.0.2", UNREACHABLE_WITHIN)
             wait_reachable(bed.a, INNER_B)
             bed.a.run("wg", "set", a.name, "peer", peer_b, "allowed-ips", "0.0.0.0/0")
             wait_reachable(bed.a, "198.19.0.2")
@@ -397,7 +397,7 @@ def test_table_puts_every_allowed_network_in_the_users_table_or_nowhere(bed, tmp
         assert "10.98.0.0/24" in table and "10.99.0.0/24" not in table and "default" not in table
         # Only table 1234 knows the way to 10.98.0.0/24: a rule of the user's uses it.
         bed.b.run("ip", "addr", "add", "10.98.0.1/32", "dev", b.name)
-        assert not reachable(bed.a, "10.98.0.1", timeout=1)
+        assert not reachable(bed.a, "10.98.0.1", UNREACHABLE_WITHIN)
         bed.a.run("ip", "rule", "add", "to", "10.98.0.0/24", "lookup", "1234", "pref", "100")
         wait_reachable(bed.a, "10.98.0.1")
     path_a.write_text(path_a.read_text().replace("table = 1234", 'table = "off"'))
