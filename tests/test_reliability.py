@@ -57,7 +57,7 @@ from tunnel.protocol.constants import (
 )
 
 from .conftest import ROOT, pyvpn
-from .traffic import Frame, capture_frames, tcp_transfer
+from .traffic import Frame, capture_frames, iperf3_server, tcp_transfer
 from .waiting import wait_until
 
 PORT = 51820
@@ -651,20 +651,17 @@ def test_soak_with_rekeys_every_few_seconds(bed, tmp_path, datapath, monkeypatch
                 samples.append((time.monotonic() - started, rss_kib(a.pid), rss_kib(b.pid)))
 
         sampler = threading.Thread(target=sample)
-        server = bed.b.popen("iperf3", "-s", "-1", stdout=subprocess.DEVNULL)
-        try:
-            time.sleep(0.5)
-            sampler.start()
-            out = bed.a.run(
-                "iperf3", "-c", INNER_B, "-t", str(SOAK_SECONDS), "-b", "50M", "-i", "0.5",
-                "-J", timeout=SOAK_SECONDS + 30,
-            ).stdout  # fmt: skip
-        finally:
-            stop.set()
-            if sampler.is_alive():
-                sampler.join()
-            server.kill()
-            server.wait()
+        with iperf3_server(bed.b):
+            try:
+                sampler.start()
+                out = bed.a.run(
+                    "iperf3", "-c", INNER_B, "-t", str(SOAK_SECONDS), "-b", "50M", "-i", "0.5",
+                    "-J", timeout=SOAK_SECONDS + 30,
+                ).stdout  # fmt: skip
+            finally:
+                stop.set()
+                if sampler.is_alive():
+                    sampler.join()
         intervals = [i["sum"] for i in json.loads(out)["intervals"]]
         assert len(intervals) >= 2 * SOAK_SECONDS - 1
         slowest = min(intervals, key=lambda i: i["bits_per_second"])

@@ -31,8 +31,7 @@ from tunnel.protocol import keys
 
 from .bed import UNREACHABLE_WITHIN
 from .conftest import pyvpn
-from .traffic import tcp_transfer
-from .waiting import wait_until
+from .traffic import iperf3_server, tcp_transfer
 
 
 def wg(ns: Namespace, *argv: str, check: bool = True):
@@ -244,16 +243,11 @@ def test_reload_under_a_tcp_stream_drops_no_packet(bed, tmp_path, datapath):
     with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b):
         wait_reachable(bed.a, INNER_B)
         before = pyvpn_status(a.name)["drops"].get("no_route", 0)
-        server = bed.b.popen("iperf3", "-s", "-1", stdout=subprocess.DEVNULL)
-        try:
-            wait_until(lambda: bed.b.run("ss", "-Hltn", "sport = :5201").stdout, "iperf3 server")
+        with iperf3_server(bed.b):
             client = bed.a.popen("iperf3", "-c", INNER_B, "-t", "6", stdout=subprocess.DEVNULL)
             for _ in range(15):
                 assert pyvpn("reload", str(path_a)).returncode == 0
             assert client.wait(timeout=30) == 0
-        finally:
-            server.kill()
-            server.wait()
         status = pyvpn_status(a.name)
         assert status["drops"].get("no_route", 0) == before, status["drops"]
         assert status["peers"][0]["drops"]["bad_source"] == 0, status["peers"][0]["drops"]
