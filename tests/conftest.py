@@ -10,8 +10,10 @@ from typing import NoReturn
 import pytest
 
 from tunnel.control.uapi_socket import socket_path
-from tunnel.lab.testbed import Namespace, Testbed, cleanup_stale
+from tunnel.lab.testbed import Namespace
 from tunnel.planes import dp
+
+from .bed import Testbed, cleanup_stale
 
 ROOT = Path(__file__).resolve().parent.parent
 

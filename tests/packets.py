@@ -32,16 +32,27 @@ def ipv4(
     ident: int = 7,
     flags: int = 0x4000,
     options: bytes = b"",
+    ttl: int = 64,
+    checksum: bool = True,
 ) -> bytes:
     """`flags` is the flags and fragment offset field (default: don't fragment)."""
     ihl = (20 + len(options)) // 4
     total = 4 * ihl + len(l4)
     hdr = bytearray(
-        struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, total, ident, flags, 64, proto, 0, src, dst)
+        struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, total, ident, flags, ttl, proto, 0, src, dst)
         + options
     )
-    hdr[10:12] = struct.pack("!H", csum(bytes(hdr)))
+    if checksum:
+        hdr[10:12] = struct.pack("!H", csum(bytes(hdr)))
     return bytes(hdr) + l4
+
+
+def ipv4_packet(src: str, dst: str, payload: bytes = b"x" * 20) -> bytes:
+    """An IPv4 packet for tests that need only its addresses and payload. Its header
+    is all zeros but for those (no checksum, TTL 0), so no router would answer it:
+    where no peer takes it, pyvpn sends no ICMP error back, and a test sees only
+    what the tunnel sends."""
+    return ipv4(ip4(src), ip4(dst), 0, payload, ident=0, flags=0, ttl=0, checksum=False)
 
 
 def pseudo4(src: bytes, dst: bytes, proto: int, length: int) -> bytes:

@@ -9,19 +9,11 @@ from tunnel.core.actions import Deliver, DeliverBatch, Send, SendBatch
 from tunnel.core.interface import Interface
 from tunnel.protocol import keys
 from tunnel.protocol.constants import TIMER_TICK
+from tunnel.protocol.peer import Peer
 from tunnel.protocol.peer_config import PeerConfig
 
-
-def ipv4_packet(src: str, dst: str, payload: bytes = b"x" * 20) -> bytes:
-    total = 20 + len(payload)
-    return (
-        bytes([0x45, 0])
-        + total.to_bytes(2, "big")
-        + bytes(8)
-        + ipaddress.ip_address(src).packed
-        + ipaddress.ip_address(dst).packed
-        + payload
-    )
+# Two fixed keys, for tests that need any key at all.
+K1, K2 = bytes(range(32)), bytes(range(1, 33))
 
 
 def unbatched(action: SendBatch | DeliverBatch) -> list[Send | Deliver]:
@@ -200,3 +192,18 @@ class TimedNet:
 @dataclass
 class TimedNode(Node):
     offset: float = 0.0
+
+
+def pair(**kw) -> tuple[SimNet, Node, Node]:
+    """Nodes a (10.0.0.1) and b (10.0.0.2), each the other's one peer; `kw` goes to both."""
+    net = SimNet()
+    a = net.node("a", "198.18.0.1", **kw)
+    b = net.node("b", "198.18.0.2", **kw)
+    net.connect(a, b, ["10.0.0.1/32"], ["10.0.0.2/32"])
+    return net, a, b
+
+
+def peer_of(node: Node) -> Peer:
+    """A node's one peer."""
+    (peer,) = node.iface.peers.values()
+    return peer

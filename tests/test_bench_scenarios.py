@@ -28,9 +28,10 @@ from tunnel.lab.scenarios.lan import TAP_SUBNETS, TUN_SUBNETS
 from tunnel.lab.scenarios.options import MAX_HOSTS
 from tunnel.lab.scenarios.output import write_chart
 from tunnel.lab.scenarios.run import Run, Scenario, Settings, measure_group
-from tunnel.lab.testbed import host_problem, leftovers
+from tunnel.lab.testbed import host_problem
 from tunnel.protocol.constants import DEFAULT_MTU
 
+from .bed import leftovers
 from .conftest import needs, unavailable
 from .packets import csum
 

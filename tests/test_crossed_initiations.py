@@ -11,7 +11,8 @@ import pytest
 from tunnel.protocol.constants import REKEY_TIMEOUT
 from tunnel.protocol.peer_config import PeerConfig
 
-from .simnet import TimedNet, TimedNode, ipv4_packet
+from .packets import ipv4_packet
+from .simnet import TimedNet, TimedNode
 
 SEEDS = range(100)
 

@@ -7,8 +7,9 @@ import argparse
 import pytest
 
 from tunnel.lab import demo, measure
-from tunnel.lab.testbed import TunnelStartError, host_problem, leftovers
+from tunnel.lab.testbed import TunnelStartError, host_problem
 
+from .bed import leftovers
 from .conftest import needs
 
 pytestmark = [needs(host_problem()), pytest.mark.netns, pytest.mark.serial]

@@ -3,6 +3,8 @@ native plane's parsers, atheris for Python's), over its seed corpus and
 whatever it finds in a few seconds. A crash fails with libFuzzer's report; a
 longer run is `.venv/bin/python tests/fuzz/run --seconds 600` (docs/reliability.md)."""
 
+import importlib.machinery
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +34,15 @@ def test_fuzzer_finds_no_crash(name: str) -> None:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Done " in result.stderr  # libFuzzer ran to its time limit
+
+
+def test_a_harness_is_compiled_once_until_its_sources_change() -> None:
+    loader = importlib.machinery.SourceFileLoader("fuzz_run", str(FUZZ / "run"))
+    spec = importlib.util.spec_from_loader("fuzz_run", loader)
+    run = importlib.util.module_from_spec(spec)
+    loader.exec_module(run)
+    first = run.build("fuzz_gro")
+    built = first.stat().st_mtime_ns
+    again = run.build("fuzz_gro")
+    assert again == first and again.stat().st_mtime_ns == built
+    assert [p.name for p in first.parent.glob("fuzz_gro-*")] == [first.name]

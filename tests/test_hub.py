@@ -14,10 +14,12 @@ import pytest
 from tunnel.core.interface import Interface
 from tunnel.lab import hub
 from tunnel.lab.handshakes import prepare
-from tunnel.lab.testbed import device_name, leftovers, pyvpn_env, pyvpn_status, run_command
+from tunnel.lab.testbed import device_name, pyvpn_env, pyvpn_status, run_command
 from tunnel.protocol import keys
 from tunnel.protocol.constants import MESSAGE_COOKIE_REPLY, MESSAGE_RESPONSE
 from tunnel.protocol.peer_config import PeerConfig
+
+from .bed import leftovers
 
 pytestmark = pytest.mark.netns
 

@@ -37,20 +37,8 @@ from tunnel.protocol.noise import Handshake
 from tunnel.protocol.tai64n import tai64n
 from tunnel.protocol.timers import Timer
 
-from .packets import udp_packet
-from .simnet import Node, SimNet, ipv4_packet
-
-
-def pair(**kw):
-    net = SimNet()
-    a = net.node("a", "198.18.0.1", **kw)
-    b = net.node("b", "198.18.0.2", **kw)
-    net.connect(a, b, ["10.0.0.1/32"], ["10.0.0.2/32"])
-    return net, a, b
-
-
-def peer_of(node):
-    return next(iter(node.iface.peers.values()))
+from .packets import ipv4_packet, udp_packet
+from .simnet import Node, SimNet, pair, peer_of
 
 
 def kinds(net, since=0):

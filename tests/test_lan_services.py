@@ -7,7 +7,6 @@ waiting. The lease must come in on every start."""
 import json
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from tunnel.lab.testbed import (
     Daemon,
     Namespace,
-    Testbed,
+    poll_until,
     pyvpn_env,
     pyvpn_status,
     read_config,
@@ -26,6 +25,8 @@ from tunnel.lab.testbed import (
     write_pair_configs,
 )
 from tunnel.protocol.constants import REKEY_TIMEOUT
+
+from .bed import Testbed
 
 BRIDGE = "br0"
 SERVER, SERVER6 = "10.77.0.1", "fd77::1"
@@ -136,15 +137,6 @@ def sessions(daemons: list[Daemon]) -> bool:
     return all(pyvpn_status(d.name)["peers"][0]["latest_handshake"] for d in daemons)
 
 
-def wait_until(ready, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def test_dhcp_and_slaac_across_tap_on_every_simultaneous_start(bed, lan, tmp_path, datapath):
     host, dev = lan
     bridged = {"bridge": BRIDGE, "address": None}
@@ -172,16 +164,16 @@ def test_dhcp_and_slaac_across_tap_on_every_simultaneous_start(bed, lan, tmp_pat
         try:
             # Crossed initiations complete in a round trip: a start that needs a
             # retransmit (REKEY_TIMEOUT) to make its session has collided.
-            if not wait_until(lambda d=daemons: sessions(d), REKEY_TIMEOUT - 0.5):
+            if not poll_until(lambda d=daemons: sessions(d), REKEY_TIMEOUT - 0.5):
                 failures.append(f"start {start + 1}: no session on both ends in time")
-            if not wait_until(lambda: any(map(leased, addresses(host, dev))), LEASE_WITHIN):
+            if not poll_until(lambda: any(map(leased, addresses(host, dev))), LEASE_WITHIN):
                 status = [pyvpn_status(d.name)["peers"] for d in daemons]
                 failures.append(f"start {start + 1}: no lease in {LEASE_WITHIN:g} s; {status}")
                 continue
             # One segment: the server answers the leased host, and radvd's prefix
             # reached it as an address of its own (SLAAC).
             host.run("ping", "-c", "1", "-W", "2", SERVER)
-            slaac = wait_until(lambda: any(a.startswith("fd77:") for a in addresses(host, dev)), 10)
+            slaac = poll_until(lambda: any(a.startswith("fd77:") for a in addresses(host, dev)), 10)
             assert slaac, addresses(host, dev)
         finally:
             client.stop()

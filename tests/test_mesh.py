@@ -18,9 +18,10 @@ import pytest
 
 from tunnel.control.config import Config, ConfigError, load, parse
 from tunnel.control.mesh import configs, parse_hosts
-from tunnel.lab.testbed import Namespace, Testbed, device_name, leftovers, start_pyvpn
+from tunnel.lab.testbed import Namespace, device_name, start_pyvpn
 from tunnel.protocol import keys
 
+from .bed import Testbed, leftovers
 from .conftest import pyvpn
 
 HOSTS = "hosts.toml"

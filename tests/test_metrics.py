@@ -9,7 +9,6 @@ import textwrap
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from tunnel.protocol import keys
 
 from .conftest import pyvpn
 from .traffic import tcp_transfer
+from .waiting import wait_until
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 EXPORTER = "127.0.0.1:9586"
@@ -102,15 +102,6 @@ def value(families: dict[str, Any], name: str, **labels: str) -> float:
     found = samples(families, name, **labels)
     assert len(found) == 1, (name, labels, found)
     return found[0][1]
-
-
-def until(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout:g} s")
-        time.sleep(0.2)
-    return result
 
 
 def test_exposition_has_the_wireguard_exporter_names_and_pyvpn_figures(bed, tmp_path, datapath):
@@ -287,9 +278,13 @@ def test_prometheus_sees_the_received_bytes_grow(bed, tmp_path):
                 figure = float(result[0]["value"][1]) if result else 0.0
                 return figure if figure > more_than else None
 
-            first = until(lambda: received(256 << 10), "scrape of the first transfer")
+            first = wait_until(
+                lambda: received(256 << 10), "scrape of the first transfer", poll=0.2
+            )
             tcp_transfer(bed.a, bed.b, INNER_A, 512 << 10)
-            second = until(lambda: received(first + (512 << 10)), "scrape of the second one")
+            second = wait_until(
+                lambda: received(first + (512 << 10)), "scrape of the second one", poll=0.2
+            )
             assert second > first
             [series] = query(bed.a, web, promql)
             assert series["metric"]["job"] == "pyvpn"
@@ -342,7 +337,7 @@ def test_rekeys_are_counted_on_the_native_plane(bed, tmp_path, monkeypatch):
                 for name in (a.name, b.name)
             )
 
-        until(rekeyed, "rekey on both ends", timeout=30)
+        wait_until(rekeyed, "rekey on both ends", timeout=30, poll=0.2)
         m = scrape(bed.a)
         assert m is not None
         for name in (a.name, b.name):

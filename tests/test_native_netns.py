@@ -1,7 +1,7 @@
 """The native plane on real TUN devices with offloads, between two namespaces.
 
 Two TUN devices are opened here (IFF_VNET_HDR, so the kernel hands over TSO
-super-packets), moved into two fresh network namespaces and linked by two
+super-packets), moved into the test bed's two namespaces and linked by two
 NativePlanes talking UDP over 127.0.0.1 in the test's own namespace.  A TCP
 transfer of a few MB between the namespaces must arrive byte for byte, and
 the planes' counters must show that super-packets were split on the way out
@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from tunnel.lab.testbed import host_problem
+from tunnel.lab.testbed import Namespace, host_problem, run_command
 from tunnel.planes import dp
 
 from .conftest import NATIVE_MISSING, needs
@@ -58,10 +58,6 @@ s.sendall(data); s.close()
 """
 
 
-def sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, timeout=30)
-
-
 def open_tun(name: str, tap: bool = False) -> int:
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     flags = (IFF_TAP if tap else IFF_TUN) | IFF_NO_PI | dp.device_open_flags(tap=tap)
@@ -70,10 +66,12 @@ def open_tun(name: str, tap: bool = False) -> int:
 
 
 @pytest.fixture(params=["tun", "tap"])
-def tunnel_pair(request, tmp_path):
+def tunnel_pair(request, bed, tmp_path):
+    """The test bed's two namespaces, each holding a device of ours; their veth
+    stays unused, as the planes talk over loopback out here."""
     tap = request.param == "tap"
     tag = f"{os.getpid() % 100000}{request.param[1]}"
-    spaces = [f"pyvpn-native-{tag}-a", f"pyvpn-native-{tag}-b"]
+    spaces = [bed.a, bed.b]
     devs = [f"pvn{tag}a", f"pvn{tag}b"]
     fds: list[int] = []
     socks: list[socket.socket] = []
@@ -81,13 +79,11 @@ def tunnel_pair(request, tmp_path):
     planes: list[dp.NativePlane] = []
     try:
         for i, (ns, dev) in enumerate(zip(spaces, devs, strict=True)):
-            sh("ip", "netns", "add", ns)
             fds.append(open_tun(dev, tap))
-            sh("ip", "link", "set", dev, "netns", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "-n", ns, "addr", "add", f"10.201.0.{i + 1}/24", "dev", dev)
-            sh("ip", "-n", ns, "addr", "add", f"fd00:201::{i + 1}/64", "dev", dev, "nodad")
-            sh("ip", "-n", ns, "link", "set", dev, "mtu", "1420", "up")
+            run_command(["ip", "link", "set", dev, "netns", ns.name])
+            ns.add_address(dev, f"10.201.0.{i + 1}/24")
+            ns.add_address(dev, f"fd00:201::{i + 1}/64")
+            ns.link_up(dev, 1420)
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind(("127.0.0.1", 0))
             socks.append(s)
@@ -113,26 +109,18 @@ def tunnel_pair(request, tmp_path):
             os.close(fd)
         for s in socks + ctrls:
             s.close()
-        for ns in spaces:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
-def transfer(spaces: list[str], tmp_path, address: str, size: int) -> None:
+def transfer(spaces: list[Namespace], tmp_path, address: str, size: int) -> None:
     data = os.urandom(size)
     src = tmp_path / "data.bin"
     src.write_bytes(data)
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", spaces[1], sys.executable, "-c", SERVER, address],
-        stdout=subprocess.PIPE,
-        text=True,
+    server = spaces[1].popen(
+        sys.executable, "-c", SERVER, address, stdout=subprocess.PIPE, text=True
     )
     try:
         assert server.stdout.readline().strip() == "ready"
-        subprocess.run(
-            ["ip", "netns", "exec", spaces[0], sys.executable, "-c", CLIENT, address, str(src)],
-            check=True,
-            timeout=60,
-        )
+        spaces[0].run(sys.executable, "-c", CLIENT, address, str(src), timeout=60)
         digest, n = server.stdout.readline().split()
         assert int(n) == size
         assert digest == hashlib.sha256(data).hexdigest()

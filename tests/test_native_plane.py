@@ -47,6 +47,7 @@ from .packets import (
     virtio_net_hdr,
     vlan_tag,
 )
+from .waiting import wait_until
 
 pytestmark = needs(NATIVE_MISSING)
 
@@ -309,9 +310,7 @@ def test_a_cleared_keypair_leaves_no_key_in_the_workers(h: Harness) -> None:
     r.recv()
     assert h.plane.cached_keys() == 2  # the worker's receive and send contexts
     h.plane.clear_keypair(1, dp.SLOT_CURRENT)
-    deadline = time.monotonic() + 3
-    while h.plane.cached_keys() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: h.plane.cached_keys() == 0, "keys dropped from the cache", 3)
     assert h.plane.cached_keys() == 0
     r.close()
 
@@ -519,9 +518,7 @@ def test_unrouted_packets_go_up_no_faster_than_python_answers(h: Harness) -> Non
             h.dev.send(udp_packet("10.9.9.9", "192.0.2.1", b"%d" % i))
 
     def counted(n: int) -> None:
-        deadline = time.monotonic() + WAIT
-        while h.plane.interface_stats().tx_no_route < n and time.monotonic() < deadline:
-            time.sleep(0.001)
+        wait_until(lambda: h.plane.interface_stats().tx_no_route >= n, "count", WAIT, 0.001)
         assert h.plane.interface_stats().tx_no_route == n  # every one counted
 
     send_round()

@@ -30,7 +30,9 @@ from tunnel.protocol.messages import Initiation, parse
 from tunnel.protocol.timers import Timer
 
 from .conftest import NATIVE_MISSING, needs
-from .simnet import Node, SimNet, ipv4_packet, unbatched
+from .packets import ipv4_packet
+from .simnet import Node, SimNet, peer_of, unbatched
+from .waiting import wait_until
 
 pytestmark = needs(NATIVE_MISSING)
 
@@ -223,11 +225,6 @@ def refreshed_after_confirmation(s: Session) -> None:
         s.shell._upcalls()
 
 
-def peer_of(node: Node):
-    (peer,) = node.iface.peers.values()
-    return peer
-
-
 def answer_initiation(s: Session) -> None:
     """b answers a's initiation; a, handed the response by C, takes the session."""
     initiation = s.udp_b.recv(2048)
@@ -302,12 +299,8 @@ def test_c_counts_its_drops_under_the_cores_reasons() -> None:
     with peers() as s:
         s.udp_b.sendto(bytes([4, 0, 0, 0]) + bytes(28), s.a.address)  # an index no one holds
         s.from_device(ipv4_packet("10.0.0.1", "10.9.9.9"))  # in no peer's allowed IPs
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            stats = s.shell.plane.interface_stats()
-            if stats.rx_unknown_index and stats.tx_no_route:
-                break
-            time.sleep(0.01)
+        stats = s.shell.plane.interface_stats
+        wait_until(lambda: stats().rx_unknown_index and stats().tx_no_route, "drops", 2, 0.01)
         s.shell.refresh()
         assert s.a.iface.drops == {Drop.UNKNOWN_INDEX: 1, Drop.NO_ROUTE: 1}
         assert all(type(reason) is Drop for reason in s.a.iface.drops)

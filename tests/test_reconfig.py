@@ -21,18 +21,11 @@ from tunnel.protocol.peer_config import PeerConfig
 from tunnel.protocol.timers import Timer
 
 from .hostile import Forger
-from .simnet import SimNet, ipv4_packet
+from .packets import ipv4_packet
+from .simnet import K1, K2, SimNet, pair
 
-K1, K2, PSK = bytes(range(32)), bytes(range(1, 33)), bytes([7] * 32)
+PSK = bytes([7] * 32)
 net4 = ipaddress.ip_network
-
-
-def pair():
-    net = SimNet()
-    a = net.node("a", "198.18.0.1")
-    b = net.node("b", "198.18.0.2")
-    net.connect(a, b, ["10.0.0.1/32"], ["10.0.0.2/32"])
-    return net, a, b
 
 
 def peer_with_everything(key, endpoint, networks):

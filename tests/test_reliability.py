@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,8 @@ from tunnel.protocol.constants import (
 )
 
 from .conftest import ROOT, pyvpn
-from .traffic import Frame, capture_frames, tcp_transfer
+from .traffic import Frame, capture_frames, iperf3_server, tcp_transfer
+from .waiting import wait_until
 
 PORT = 51820
 ETH_P_ALL = 0x0003
@@ -500,13 +501,6 @@ def send_burst(ns: Namespace, address: str, count: int) -> None:
     ns.run(sys.executable, "-c", script, address, str(count))
 
 
-def wait_until(what: str, ready: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert time.monotonic() < deadline, f"no {what} within {timeout:g} s"
-        time.sleep(0.05)
-
-
 def test_data_received_is_answered_by_a_keepalive_and_another(bed, tmp_path, datapath,
                                                               monkeypatch):  # fmt: skip
     """B gets data it has nothing to answer with: it sends a keepalive
@@ -528,7 +522,7 @@ def test_data_received_is_answered_by_a_keepalive_and_another(bed, tmp_path, dat
         def sent() -> int:
             return peer_of(pyvpn_status(b.name))["tx_bytes"] - before
 
-        wait_until("second keepalive from B", lambda: sent() >= 2 * KEEPALIVE_SIZE, 10)
+        wait_until(lambda: sent() >= 2 * KEEPALIVE_SIZE, "second keepalive from B", 10)
         time.sleep(2 * keepalive_timeout)
         assert sent() == 2 * KEEPALIVE_SIZE
         assert ping(bed.a, INNER_B, 1) == 1  # the session carried on
@@ -553,7 +547,7 @@ def test_unanswered_data_starts_a_handshake_retried_until_it_gives_up(bed, tmp_p
 
             before = initiations()
             send_marker(bed.a, INNER_B, b"unanswered", count=1)
-            wait_until("give-up", lambda: "giving up" in a.output(), 20)
+            wait_until(lambda: "giving up" in a.output(), "give-up", 20)
             assert "handshaking again" in a.output()
             assert initiations() - before == MAX_TIMER_HANDSHAKES + 2
             time.sleep(8 * REKEY_TIMEOUT * scale)
@@ -589,7 +583,7 @@ def test_a_replayed_transport_message_from_a_new_address_does_not_move_the_endpo
         def replays() -> int:
             return peer_of(pyvpn_status(b.name))["drops"]["replay_or_forged"]
 
-        wait_until("replay counted", lambda: replays() > before["drops"]["replay_or_forged"], 5)
+        wait_until(lambda: replays() > before["drops"]["replay_or_forged"], "replay counted", 5)
         assert replays() == before["drops"]["replay_or_forged"] + 1
         assert peer_of(pyvpn_status(b.name))["endpoint"] == f"{UNDERLAY_A}:{PORT}"
         assert ping(bed.b, INNER_A, 3, interval=0.2) == 3
@@ -623,7 +617,7 @@ def test_staged_packets_past_the_queue_drop_the_oldest(bed, tmp_path, datapath, 
             def overflow() -> int:
                 return peer_of(pyvpn_status(a.name))["drops"]["staged_overflow"]
 
-            wait_until("overflow counted", lambda: overflow() >= 200 - MAX_STAGED_PACKETS, 10)
+            wait_until(lambda: overflow() >= 200 - MAX_STAGED_PACKETS, "overflow counted", 10)
             with start_pyvpn(bed.b, path_b):
                 out, _ = listener.communicate(timeout=40)
             assert [int(n) for n in out.split()] == list(range(200 - MAX_STAGED_PACKETS, 200))
@@ -657,20 +651,17 @@ def test_soak_with_rekeys_every_few_seconds(bed, tmp_path, datapath, monkeypatch
                 samples.append((time.monotonic() - started, rss_kib(a.pid), rss_kib(b.pid)))
 
         sampler = threading.Thread(target=sample)
-        server = bed.b.popen("iperf3", "-s", "-1", stdout=subprocess.DEVNULL)
-        try:
-            time.sleep(0.5)
-            sampler.start()
-            out = bed.a.run(
-                "iperf3", "-c", INNER_B, "-t", str(SOAK_SECONDS), "-b", "50M", "-i", "0.5",
-                "-J", timeout=SOAK_SECONDS + 30,
-            ).stdout  # fmt: skip
-        finally:
-            stop.set()
-            if sampler.is_alive():
-                sampler.join()
-            server.kill()
-            server.wait()
+        with iperf3_server(bed.b):
+            try:
+                sampler.start()
+                out = bed.a.run(
+                    "iperf3", "-c", INNER_B, "-t", str(SOAK_SECONDS), "-b", "50M", "-i", "0.5",
+                    "-J", timeout=SOAK_SECONDS + 30,
+                ).stdout  # fmt: skip
+            finally:
+                stop.set()
+                if sampler.is_alive():
+                    sampler.join()
         intervals = [i["sum"] for i in json.loads(out)["intervals"]]
         assert len(intervals) >= 2 * SOAK_SECONDS - 1
         slowest = min(intervals, key=lambda i: i["bits_per_second"])
@@ -825,9 +816,7 @@ def test_dropped_privileges_keep_only_cap_net_admin(bed, tmp_path, datapath):
         # Teardown as nobody: device, routes, rules and (via the janitor) socket all gone.
         a.proc.send_signal(signal.SIGTERM)
         assert a.proc.wait(timeout=10) == 0
-        deadline = time.monotonic() + 3
-        while uapi_socket(a.name).exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: not uapi_socket(a.name).exists(), "socket removed", 3)
         assert not uapi_socket(a.name).exists()
         assert not bed.a.has_link(a.name)
         assert "10.10.0" not in bed.a.run("ip", "route").stdout

@@ -7,7 +7,7 @@ from tunnel.protocol.noise import StaticIdentity
 from tunnel.protocol.peer import Peer
 from tunnel.protocol.peer_config import PeerConfig
 
-from .test_reconfig import K1, K2
+from .simnet import K1, K2
 
 WALL = 1_700_000_000.0  # wall clock = monotonic + WALL
 

@@ -22,7 +22,7 @@ from tunnel.planes.native import NativeShell
 from tunnel.protocol import keys
 from tunnel.protocol.peer_config import PeerConfig
 
-from .simnet import ipv4_packet
+from .packets import ipv4_packet
 from .test_native_shell import confirmed_session, sends
 
 OWN = bytes(range(32))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,15 +16,13 @@ from tunnel.lab.testbed import (
     IFNAMSIZ,
     INNER_A,
     INNER_B,
+    WG_RUN_DIR,
     CommandError,
     Namespace,
-    Testbed,
     TunnelStartError,
     WgPeer,
-    cleanup_stale,
     device_name,
     host_problem,
-    leftovers,
     start_pyvpn,
     start_wireguard_go,
     wait_reachable,
@@ -31,6 +30,7 @@ from tunnel.lab.testbed import (
 )
 from tunnel.protocol import keys
 
+from .bed import Testbed, cleanup_stale, leftovers
 from .conftest import needs
 
 needs_wireguard_go = needs(host_problem(("wireguard-go", "wg")))
@@ -78,6 +78,23 @@ def test_exit_tears_down_on_error() -> None:
         testbed.a.popen("sleep", "60")
         raise RuntimeError("boom")
     assert leftovers() == []
+
+
+def test_a_bed_that_leaves_a_process_or_socket_of_ours_behind_fails() -> None:
+    """What a test made outside the namespaces (a process of ours, a UAPI socket
+    named with our pid) is not torn down with them: the bed says so at exit."""
+    socket_file = WG_RUN_DIR / f"pvleft{os.getpid()}a.sock"
+    with contextlib.ExitStack() as cleanup:
+        with pytest.raises(AssertionError) as info, Testbed():
+            sleeper = subprocess.Popen(["sleep", "60"])
+            cleanup.callback(sleeper.wait)
+            cleanup.callback(sleeper.kill)
+            WG_RUN_DIR.mkdir(parents=True, exist_ok=True)
+            socket_file.touch()
+            cleanup.callback(socket_file.unlink)
+        assert f"child process {sleeper.pid}" in str(info.value)
+        assert f"socket {socket_file}" in str(info.value)
+        assert "netns" not in str(info.value)  # the bed's own went with it
 
 
 def test_command_error_names_command_and_stderr(tb: Testbed) -> None:

@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import struct
-import time
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from tunnel.control.config import load
 from tunnel.lab.testbed import (
     Daemon,
     Namespace,
-    Testbed,
     device_name,
     pyvpn_status,
     render_config,
@@ -33,6 +31,7 @@ from tunnel.lab.testbed import (
 )
 from tunnel.protocol import keys
 
+from .bed import Testbed, star_bed, write_star_configs
 from .conftest import ROOT, pyvpn
 from .packets import (
     VIRTIO_NET_HDR_GSO_TCPV4,
@@ -52,6 +51,7 @@ from .traffic import (
     send_offloaded_frame,
     tcp_transfer,
 )
+from .waiting import wait_until
 
 BRIDGE = "br0"
 HOST_X, HOST_Y = "10.30.0.1", "10.30.0.2"
@@ -86,14 +86,6 @@ def macs_by_peer(name: str) -> dict[str, list[str]]:
     """`pyvpn show --json`: the MAC addresses learned behind each peer, by public key."""
     peers = pyvpn_status(name)["peers"]
     return {p["public_key"]: sorted(m["mac"] for m in p["macs"]) for p in peers}
-
-
-def poll(condition, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {timeout:g} s")
-        time.sleep(0.1)
 
 
 def marker(label: str) -> bytes:
@@ -238,39 +230,6 @@ SPOKE_MACS = ["02:00:00:00:b5:01", "02:00:00:00:b5:02", "02:00:00:00:b5:03"]
 MAC_AGEING = 5
 
 
-def write_star_configs(directory: Path, names: list[str], underlay: list[tuple[str, str]],
-                       datapath: str, hub: dict[str, Any] | None = None) -> list[Path]:  # fmt: skip
-    """A tap hub (names[0], with the `hub` settings) with one peer per spoke; spoke i
-    reaches the hub at underlay[i][0] and is reached at underlay[i][1]. No addresses:
-    the only frames are the test's."""
-    private = [keys.generate_private_key() for _ in names]
-    public = [keys.encode(keys.public_key(k)) for k in private]
-    common = {"mode": "tap", "listen_port": 51820, "datapath": datapath}
-    tables = [
-        (
-            {"name": names[0], "private_key": keys.encode(private[0]), **common,
-             "mac_ageing": MAC_AGEING, **(hub or {})},
-            [{"public_key": public[i + 1], "endpoint": f"{spoke}:51820"}
-             for i, (_, spoke) in enumerate(underlay)],
-        )
-    ]  # fmt: skip
-    for i, (hub, _) in enumerate(underlay):
-        tables.append(
-            (
-                {"name": names[i + 1], "private_key": keys.encode(private[i + 1]), **common},
-                # The spoke handshakes at once, so the hub knows every spoke's endpoint.
-                [{"public_key": public[0], "endpoint": f"{hub}:51820",
-                  "persistent_keepalive": 25}],
-            )
-        )  # fmt: skip
-    paths = []
-    for (interface, peers), name in zip(tables, names, strict=True):
-        path = directory / f"{name}.toml"
-        path.write_text(render_config(interface, peers))
-        paths.append(path)
-    return paths
-
-
 @dataclass
 class Star:
     """A tap hub (namespaces[0]) and three spokes, each tunnel up and in session."""
@@ -293,10 +252,8 @@ def running_star(
 ) -> Iterator[Star]:
     """`hub`: settings of the hub's interface; `bridged`: its device joins a bridge
     br0; `hub_peers`: edits the hub's [[peer]] tables before it starts."""
-    with Testbed(n=4, tag=tag) as bed, contextlib.ExitStack() as stack:
+    with star_bed(tag) as bed, contextlib.ExitStack() as stack:
         hub_ns, spokes = bed.namespaces[0], bed.namespaces[1:]
-        for i, spoke in enumerate(spokes[1:], start=2):
-            bed.link(hub_ns, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"])
         for ns in bed.namespaces:
             # A tap device with IPv6 sends router solicitations and MLD reports on its
             # own: without IPv6 the frames we count are only the test's.
@@ -304,17 +261,22 @@ def running_star(
         settings = dict(hub or {})
         if bridged:
             settings["bridge"] = bed.add_bridge(hub_ns, "br0")
-        underlay = [(f"198.18.{i}.1", f"198.18.{i}.2") for i in (0, 2, 3)]
         names = [device_name(f"pv{tag}", c) for c in "hbcd"]
-        paths = write_star_configs(tmp_path, names, underlay, datapath, settings)
+        # No addresses: the only frames are the test's. The spokes handshake at
+        # once, so the hub knows every spoke's endpoint.
+        paths = write_star_configs(
+            tmp_path, names, datapath, "tap",
+            hub={"mac_ageing": MAC_AGEING, **settings},
+            spoke_peer=lambda i: {"persistent_keepalive": 25},
+        )  # fmt: skip
         if hub_peers is not None:
             config = tomllib.loads(paths[0].read_text())
             hub_peers(config["peer"])
             paths[0].write_text(render_config(config["interface"], config["peer"]))
         daemons = [stack.enter_context(start(ns, p, datapath))
                    for ns, p in zip(bed.namespaces, paths, strict=True)]  # fmt: skip
-        poll(lambda: all(p["has_session"] for p in pyvpn_status(names[0])["peers"]),
-             "session with every spoke")  # fmt: skip
+        wait_until(lambda: all(p["has_session"] for p in pyvpn_status(names[0])["peers"]),
+                   "session with every spoke", poll=0.1)  # fmt: skip
         yield Star(bed, hub_ns, spokes, names, daemons)
 
 
@@ -351,7 +313,7 @@ def test_hub_is_a_learning_switch_with_ageing(tmp_path, datapath):
         assert deliveries(SPOKE_MACS[1], "unicast 2") == [0, 3, 0]
         assert deliveries(BROADCAST, "broadcast") == [3, 3, 3]
         # Ageing: silent for MAC_AGEING seconds, the entries go, and unicast floods.
-        poll(lambda: not any(macs_by_peer(hub_dev).values()), "ageing", MAC_AGEING + 5)
+        wait_until(lambda: not any(macs_by_peer(hub_dev).values()), "ageing", MAC_AGEING + 5, 0.1)
         assert deliveries(SPOKE_MACS[0], "aged unicast") == [3, 3, 3]
         assert all(d.alive() for d in daemons)
 
@@ -368,7 +330,9 @@ def test_a_spoke_cannot_take_the_mac_of_a_host_behind_another(tmp_path, datapath
         key_b, key_c = (pyvpn_status(n)["public_key"] for n in names[1:3])
         victim = SPOKE_MACS[0]
         send_frames(spokes[0], names[1], BROADCAST, marker("b's host"), source=victim)
-        poll(lambda: macs_by_peer(hub_dev)[key_b] == [victim], "the hub learning b's host")
+        wait_until(
+            lambda: macs_by_peer(hub_dev)[key_b] == [victim], "the hub learning b's host", poll=0.1
+        )
         with capture_frames(hub, hub_dev, seconds=1.5) as at_hub:
             send_frames(spokes[1], names[2], BROADCAST, marker("forged"), source=victim,
                         count=5)  # fmt: skip
@@ -509,7 +473,9 @@ def test_mode_mismatch_is_reported_on_both_sides(bed, tmp_path, datapath):
             a: f"peer {key_of_b[:8]}… is configured for tap mode but this interface is tun",
             b: f"peer {key_of_a[:8]}… is configured for tun mode but this interface is tap",
         }
-        poll(lambda: all(line in d.output() for d, line in expected.items()), "report")
+        wait_until(
+            lambda: all(line in d.output() for d, line in expected.items()), "report", poll=0.1
+        )
         for daemon, line in expected.items():
             # One clear line, not one per dropped packet.
             assert daemon.output().count(line) == 1, daemon.output()

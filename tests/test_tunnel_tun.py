@@ -32,6 +32,7 @@ from tunnel.lab.testbed import (
 )
 from tunnel.protocol import keys
 
+from .bed import UNREACHABLE_WITHIN, Testbed, star_bed, write_star_configs
 from .conftest import ROOT, pyvpn
 from .traffic import tcp_transfer
 
@@ -124,60 +125,16 @@ def test_second_tunnel_with_same_name_is_refused_cleanly(bed, tmp_path, datapath
 
 @pytest.mark.netns
 def test_hub_with_three_peers_routes_by_allowed_ips(tmp_path, datapath):
-    from tunnel.lab.testbed import Testbed, device_name, render_config
-
-    with Testbed(n=4, tag="hub") as bed:
+    with star_bed("hub") as bed:
         hub, spokes = bed.namespaces[0], bed.namespaces[1:]
-        # bed.a-bed.b already share 198.18.0.0/24; link the hub to the other two spokes.
-        for i, spoke in enumerate(spokes[1:], start=2):
-            bed.link(hub, spoke, [f"198.18.{i}.1/24"], [f"198.18.{i}.2/24"])
-        spoke_underlay = ["198.18.0.2", "198.18.2.2", "198.18.3.2"]
-        hub_underlay = ["198.18.0.1", "198.18.2.1", "198.18.3.1"]
-        private = [keys.generate_private_key() for _ in range(4)]
-        public = [keys.encode(keys.public_key(k)) for k in private]
         names = [device_name("pvhub", c) for c in "hxyz"]
-        hub_peers = [
-            {
-                "public_key": public[i + 1],
-                "endpoint": f"{spoke_underlay[i]}:51820",
-                "allowed_ips": [f"10.20.0.{i + 2}/32"],
-            }
-            for i in range(3)
-        ]
-        paths = [tmp_path / "hub.toml"]
-        paths[0].write_text(
-            render_config(
-                {
-                    "name": names[0],
-                    "private_key": keys.encode(private[0]),
-                    "listen_port": 51820,
-                    "address": ["10.20.0.1/24"],
-                    "datapath": datapath,
-                },
-                hub_peers,
-            )
-        )
-        for i in range(3):
-            p = tmp_path / f"spoke{i}.toml"
-            p.write_text(
-                render_config(
-                    {
-                        "name": names[i + 1],
-                        "private_key": keys.encode(private[i + 1]),
-                        "listen_port": 51820,
-                        "address": [f"10.20.0.{i + 2}/24"],
-                        "datapath": datapath,
-                    },
-                    [
-                        {
-                            "public_key": public[0],
-                            "endpoint": f"{hub_underlay[i]}:51820",
-                            "allowed_ips": ["10.20.0.0/24"],
-                        }
-                    ],
-                )
-            )
-            paths.append(p)
+        paths = write_star_configs(
+            tmp_path, names, datapath,
+            hub={"address": ["10.20.0.1/24"]},
+            hub_peer=lambda i: {"allowed_ips": [f"10.20.0.{i + 2}/32"]},
+            spoke=lambda i: {"address": [f"10.20.0.{i + 2}/24"]},
+            spoke_peer=lambda i: {"allowed_ips": ["10.20.0.0/24"]},
+        )  # fmt: skip
         hub.sysctl("net.ipv4.ip_forward", 1)
         daemons = [start_pyvpn(ns, p) for ns, p in zip([hub, *spokes], paths, strict=True)]
         try:
@@ -199,7 +156,6 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
     """allowed_ips 0.0.0.0/0: A reaches a host behind B that only B routes to, while A's
     own default route (the one the tunnel's datagrams need) leads elsewhere; `wg set`
     turns the policy off and on again."""
-    from tunnel.lab.testbed import Testbed
 
     with Testbed(n=3, tag="full") as bed:
         far = bed.namespaces[2]
@@ -259,7 +215,7 @@ def test_default_route_sends_everything_but_the_tunnel_itself_through_it(tmp_pat
             assert bed.a.run("ip", "rule").stdout == rules_before
             assert bed.a.run("nft", "list", "tables").stdout == ""
             assert pyvpn_status(a.name)["full_tunnel"] == []
-            assert not reachable(bed.a, "198.19.0.2", timeout=1)
+            assert not reachable(bed.a, "198.19.0.2", UNREACHABLE_WITHIN)
             wait_reachable(bed.a, INNER_B)
             bed.a.run("wg", "set", a.name, "peer", peer_b, "allowed-ips", "0.0.0.0/0")
             wait_reachable(bed.a, "198.19.0.2")
@@ -297,7 +253,6 @@ def test_an_ipv6_default_route_makes_an_ipv6_full_tunnel(tmp_path):
     """::/0 over an IPv6 underlay: A reaches an IPv6 host behind B while its own IPv6
     default route, which the tunnel's datagrams need, leads elsewhere; IPv4 is left
     alone."""
-    from tunnel.lab.testbed import Testbed
 
     with Testbed(n=3, tag="full6") as bed:
         far = bed.namespaces[2]
@@ -442,7 +397,7 @@ def test_table_puts_every_allowed_network_in_the_users_table_or_nowhere(bed, tmp
         assert "10.98.0.0/24" in table and "10.99.0.0/24" not in table and "default" not in table
         # Only table 1234 knows the way to 10.98.0.0/24: a rule of the user's uses it.
         bed.b.run("ip", "addr", "add", "10.98.0.1/32", "dev", b.name)
-        assert not reachable(bed.a, "10.98.0.1", timeout=1)
+        assert not reachable(bed.a, "10.98.0.1", UNREACHABLE_WITHIN)
         bed.a.run("ip", "rule", "add", "to", "10.98.0.0/24", "lookup", "1234", "pref", "100")
         wait_reachable(bed.a, "10.98.0.1")
     path_a.write_text(path_a.read_text().replace("table = 1234", 'table = "off"'))

@@ -8,7 +8,6 @@ import errno
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 
@@ -30,8 +29,9 @@ from tunnel.lab.testbed import (
 )
 from tunnel.protocol import keys
 
+from .bed import UNREACHABLE_WITHIN
 from .conftest import pyvpn
-from .traffic import tcp_transfer
+from .traffic import iperf3_server, tcp_transfer
 
 
 def wg(ns: Namespace, *argv: str, check: bool = True):
@@ -77,7 +77,7 @@ def test_wg_set_adds_changes_and_removes_peers_of_a_running_tunnel(bed, tmp_path
     )
     key_a = public_of(path_a)
     with start_pyvpn(bed.a, path_a), start_pyvpn(bed.b, path_b) as b:
-        assert not reachable(bed.a, INNER_B)
+        assert not reachable(bed.a, INNER_B, UNREACHABLE_WITHIN)
         wg(
             bed.b,
             "set",
@@ -109,7 +109,7 @@ def test_wg_set_adds_changes_and_removes_peers_of_a_running_tunnel(bed, tmp_path
 
         wg(bed.b, "set", b.name, "peer", key_a, "remove")
         assert peers_of(bed.b, b.name) == {}
-        assert not reachable(bed.a, INNER_B)
+        assert not reachable(bed.a, INNER_B, UNREACHABLE_WITHIN)
         assert b.alive()
 
 
@@ -117,7 +117,7 @@ def test_wg_set_adds_and_removes_a_peer_of_a_running_tap_tunnel(bed, tmp_path, d
     stranger = keys.encode(keys.public_key(keys.generate_private_key()))
     path_a, path_b = write_pair_configs(tmp_path, "tap", datapath, peer_b={"public_key": stranger})
     with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b) as b:
-        assert not reachable(bed.a, INNER_B)
+        assert not reachable(bed.a, INNER_B, UNREACHABLE_WITHIN)
         wg(bed.b, "set", b.name, "peer", public_of(path_a), "endpoint", f"{UNDERLAY_A}:51820")
         # The failed ARP entry would fail the next ping at once: ask again.
         bed.a.run("ip", "neigh", "flush", "dev", a.name)
@@ -128,7 +128,7 @@ def test_wg_set_adds_and_removes_a_peer_of_a_running_tap_tunnel(bed, tmp_path, d
         assert ips.returncode != 0 and "Invalid argument" in ips.stderr
         assert "tap mode switches by MAC address" in b.output()
         wg(bed.b, "set", b.name, "peer", public_of(path_a), "remove")
-        assert not reachable(bed.a, INNER_B)
+        assert not reachable(bed.a, INNER_B, UNREACHABLE_WITHIN)
 
 
 def test_setconf_round_trips_and_a_new_private_key_takes_over(bed, tmp_path, datapath):
@@ -150,7 +150,7 @@ def test_setconf_round_trips_and_a_new_private_key_takes_over(bed, tmp_path, dat
         wg(bed.b, "set", b.name, "private-key", str(tmp_path / "new.key"))
         new_b = keys.encode(keys.public_key(new_private))
         assert wg(bed.b, "show", b.name, "public-key").stdout.strip() == new_b
-        assert not reachable(bed.a, INNER_B)
+        assert not reachable(bed.a, INNER_B, UNREACHABLE_WITHIN)
         wg(
             bed.a,
             "set",
@@ -243,16 +243,11 @@ def test_reload_under_a_tcp_stream_drops_no_packet(bed, tmp_path, datapath):
     with start_pyvpn(bed.a, path_a) as a, start_pyvpn(bed.b, path_b):
         wait_reachable(bed.a, INNER_B)
         before = pyvpn_status(a.name)["drops"].get("no_route", 0)
-        server = bed.b.popen("iperf3", "-s", "-1", stdout=subprocess.DEVNULL)
-        try:
-            time.sleep(0.5)  # the server listening
+        with iperf3_server(bed.b):
             client = bed.a.popen("iperf3", "-c", INNER_B, "-t", "6", stdout=subprocess.DEVNULL)
             for _ in range(15):
                 assert pyvpn("reload", str(path_a)).returncode == 0
             assert client.wait(timeout=30) == 0
-        finally:
-            server.kill()
-            server.wait()
         status = pyvpn_status(a.name)
         assert status["drops"].get("no_route", 0) == before, status["drops"]
         assert status["peers"][0]["drops"]["bad_source"] == 0, status["peers"][0]["drops"]

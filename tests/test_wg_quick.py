@@ -15,13 +15,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tunnel.lab.testbed import (
-    Testbed,
     WgPeer,
     device_name,
     proc_stat,
@@ -38,6 +36,9 @@ from tunnel.lab.testbed import (
 )
 from tunnel.planes import dp
 from tunnel.protocol import keys
+
+from .bed import Testbed
+from .waiting import wait_until
 
 PYVPN_WG = Path(sys.executable).parent / "pyvpn-wg"  # the console script, from pyproject
 IMPLEMENTATIONS = ["pyvpn-wg", "wireguard-go"]
@@ -160,9 +161,7 @@ def ifname(impl: str) -> str:
 
 def assert_nothing_left(net: Net, name: str) -> None:
     """No device, socket, ip rule, nft table or process of the interface."""
-    deadline = time.monotonic() + 5
-    while (net.bed.a.pids() or uapi_socket(name).exists()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not (net.bed.a.pids() or uapi_socket(name).exists()), "teardown", 5)
     assert not net.bed.a.has_link(name)
     assert not uapi_socket(name).exists()
     assert net.bed.a.pids() == []

@@ -25,7 +25,6 @@ from tunnel.lab.testbed import (
     UNDERLAY_B,
     Namespace,
     device_name,
-    leftovers,
     pyvpn_status,
     start_pyvpn,
     uapi_socket,
@@ -36,6 +35,7 @@ from tunnel.lab.testbed import (
 )
 from tunnel.protocol import keys
 
+from .bed import leftovers
 from .conftest import pyvpn
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

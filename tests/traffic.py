@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from tunnel.lab.testbed import Namespace
 
+from .waiting import wait_until
+
 SERVER = textwrap.dedent("""
     import hashlib, socket, sys
     family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
@@ -40,6 +42,19 @@ CLIENT = textwrap.dedent("""
             time.sleep(0.2)
     conn.sendall(data); conn.shutdown(socket.SHUT_WR); conn.recv(1); conn.close()
 """)
+
+
+@contextlib.contextmanager
+def iperf3_server(ns: Namespace) -> Iterator[subprocess.Popen]:
+    """`iperf3 -s -1` (one test, then it exits) in `ns`, yielded once it listens."""
+    server = ns.popen("iperf3", "-s", "-1", stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: ns.run("ss", "-Hltn", "sport = :5201").stdout, "iperf3 server", 10)
+        yield server
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
 
 
 def tcp_transfer(

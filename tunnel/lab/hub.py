@@ -109,7 +109,8 @@ def write_keys(path: Path, private_keys: list[bytes]) -> Path:
 
 @contextlib.contextmanager
 def namespace(tag: str) -> Iterator[Namespace]:
-    """A namespace of its own, named as the testbed names them (cleanup_stale finds it)."""
+    """A namespace of its own, named as the testbed names them (so the test suite's
+    sweep of crashed runs finds it)."""
     ns = Namespace(f"{DEFAULT_PREFIX}-{os.getpid()}-{tag}")
     try:
         yield ns.create()

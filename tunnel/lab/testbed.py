@@ -9,8 +9,8 @@ could collide; failures come back as readable text; and no netlink socket or
 namespace handle outlives a call, which keeps teardown after a crash trivial.
 
 Every name carries the owner's pid (namespaces "pvtb-PID-SEQx", tunnel devices
-"pvtunPIDa"), so parallel runs never collide and `cleanup_stale` can tell
-leftovers of a dead run from a live one.
+"pvtunPIDa"), so parallel runs never collide and the test suite's sweep
+(tests/bed.py) can tell leftovers of a dead run from a live one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import contextlib
 import itertools
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -34,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from tunnel.control.config import read as read_config
 from tunnel.control.convert import to_toml
@@ -61,6 +60,7 @@ EXIT_CONFIG = 2
 # Where this `tunnel` package was imported from: a checkout or site-packages.
 _IMPORT_ROOT = Path(__file__).resolve().parents[2]
 _testbed_seq = itertools.count()
+T = TypeVar("T")
 
 
 class CommandError(RuntimeError):
@@ -152,16 +152,6 @@ def first_line(exc: BaseException) -> str:
     """An error as one line for a command's stderr; the details stay in the exception."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Namespace:
@@ -260,8 +250,6 @@ class Testbed:
     A context manager: leaving it stops every process started in its namespaces
     and deletes them (which removes their devices), also on errors and Ctrl-C.
     """
-
-    __test__ = False  # not a pytest test class, despite the name
 
     def __init__(self, n: int = 2, tag: str | None = None, prefix: str = DEFAULT_PREFIX) -> None:
         if n < 2:
@@ -367,19 +355,6 @@ class Testbed:
         return name
 
 
-def cleanup_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
-    """Delete namespaces named PREFIX-PID-... whose PID is dead: leftovers of crashed runs."""
-    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)-")
-    removed = []
-    listing = NETNS_DIR.iterdir() if NETNS_DIR.is_dir() else iter(())
-    for entry in sorted(listing):
-        match = pattern.match(entry.name)
-        if match and not pid_alive(int(match.group(1))):
-            Namespace(entry.name).delete()
-            removed.append(entry.name)
-    return removed
-
-
 def proc_stat(pid: int) -> list[str]:
     """/proc/PID/stat from field 3 (state) on, as proc(5) numbers them."""
     text = Path(f"/proc/{pid}/stat").read_text()
@@ -396,26 +371,6 @@ def children(pid: int) -> list[int]:
                 state, ppid = proc_stat(int(entry.name))[:2]
                 if int(ppid) == pid and state != "Z":
                     found.append(int(entry.name))
-    return found
-
-
-def leftovers(pid: int | None = None, prefix: str = DEFAULT_PREFIX) -> list[str]:
-    """What a run by `pid` (default: us) left behind: namespaces, UAPI sockets, child processes.
-
-    Tests assert this is empty after teardown."""
-    pid = pid if pid is not None else os.getpid()
-    found = []
-    if NETNS_DIR.is_dir():
-        found += [
-            f"netns {e.name}" for e in NETNS_DIR.iterdir() if e.name.startswith(f"{prefix}-{pid}-")
-        ]
-    if WG_RUN_DIR.is_dir():
-        found += [
-            f"socket {e}"
-            for e in WG_RUN_DIR.iterdir()
-            if re.search(rf"\D{pid}[a-z]\.sock$", e.name)
-        ]
-    found += [f"child process {child}" for child in children(pid)]
     return found
 
 
@@ -478,25 +433,33 @@ def start_daemon(
     return Daemon(ns, argv, name, full_env, label or f"{Path(argv[0]).name} ({name})")
 
 
+def poll_until(ready: Callable[[], T], timeout: float, poll: float = 0.05) -> T:
+    """Call `ready()` every `poll` seconds until it returns something true, and return
+    that; at the deadline, return its last (false) answer."""
+    deadline = time.monotonic() + timeout
+    while not (answer := ready()) and time.monotonic() < deadline:
+        time.sleep(poll)
+    return answer
+
+
 def wait_for(
     daemon: Daemon, ready: Callable[[], bool], what: str, timeout: float, poll: float = 0.05
 ) -> None:
     """Poll `ready()` until true; fail early and clearly if the daemon dies meanwhile."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if ready():
-            return
-        if not daemon.alive():
-            code = daemon.stop()
-            raise TunnelStartError(
-                f"{daemon.label} exited with status {code} before {what}", code, daemon.output()
-            )
-        if time.monotonic() > deadline:
-            daemon.stop()
-            raise TunnelStartError(
-                f"{daemon.label}: no {what} within {timeout:g} s", None, daemon.output()
-            )
-        time.sleep(poll)
+
+    def outcome() -> str:
+        return "ready" if ready() else "" if daemon.alive() else "dead"
+
+    found = poll_until(outcome, timeout, poll)
+    if found == "ready":
+        return
+    if found == "dead":
+        code = daemon.stop()
+        raise TunnelStartError(
+            f"{daemon.label} exited with status {code} before {what}", code, daemon.output()
+        )
+    daemon.stop()
+    raise TunnelStartError(f"{daemon.label}: no {what} within {timeout:g} s", None, daemon.output())
 
 
 def uapi_socket(name: str) -> Path:
