@@ -327,6 +327,32 @@ def test_parse_iperf_documents() -> None:
         measure.parse_iperf_tcp({"error": "unable to connect to server"})
 
 
+def test_cpu_meter_sees_a_few_milliseconds_not_clock_ticks() -> None:
+    """A flood's unicast phase costs a hub a few milliseconds: the meter must not
+    round them to 0 or 10 ms, as utime + stime in clock ticks would."""
+    burn = (
+        "import sys, time\n"
+        "sys.stdin.readline()\n"
+        "end = time.thread_time() + 0.003\n"
+        "while time.thread_time() < end: pass\n"
+        "print('done', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(0.5)  # past the interpreter's start
+        with measure.CpuMeter([child.pid]) as meter:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline() == "done\n"
+        assert 0.003 <= meter.seconds < 0.009, meter.seconds
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_cpu_meter_counts_a_busy_child_and_its_threads() -> None:
     spin = (
         "import threading, time\n"

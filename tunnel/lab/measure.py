@@ -291,25 +291,67 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total
 
 
+def thread_run_ns(pid: int) -> dict[int, int]:
+    """Each live thread's time on a CPU in ns (/proc/PID/task/TID/schedstat): finer
+    than utime + stime, which come in clock ticks (10 ms), but blind to threads
+    that have exited."""
+    found = {}
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with (
+                contextlib.suppress(OSError, ValueError, IndexError),
+                open(f"/proc/{pid}/task/{task}/schedstat") as f,
+            ):
+                found[int(task)] = int(f.read().split()[0])
+    return found
+
+
+@dataclass
+class _Sample:
+    ticks: float
+    threads: dict[int, int]
+
+
+def _sample(pids: list[int]) -> _Sample:
+    threads: dict[int, int] = {}
+    for pid in pids:
+        threads.update(thread_run_ns(pid))
+    return _Sample(cpu_seconds(pids), threads)
+
+
+def _used(start: _Sample, end: _Sample) -> float:
+    """CPU seconds between two samples: to the nanosecond where the threads seen
+    account for it all, else in clock ticks. Threads that exited in between, or
+    were born and exited, show only in the ticks: these then exceed the threads'
+    sum by more than their rounding (under a tick in utime and one in stime)."""
+    ticks = end.ticks - start.ticks
+    if start.threads.keys() <= end.threads.keys():
+        precise = (sum(end.threads.values()) - sum(start.threads.values())) / 1e9
+        if ticks <= precise + 2 / _CLK_TCK:
+            return precise
+    return ticks
+
+
 @dataclass
 class CpuMeter:
     """CPU seconds the given processes (and their descendants) use inside a `with`
-    block: each one's in `per_pid`, in the order given, and their sum."""
+    block: each one's in `per_pid`, in the order given, and their sum. A short
+    block's figure is not rounded to clock ticks (a flood's few milliseconds)."""
 
     pids: list[int]
     seconds: float = 0.0
     per_pid: list[float] = field(default_factory=list)
     _tracked: list[list[int]] = field(default_factory=list)
-    _start: list[float] = field(default_factory=list)
+    _start: list[_Sample] = field(default_factory=list)
 
     def __enter__(self) -> CpuMeter:
         self._tracked = [descendants(pid) for pid in self.pids]
-        self._start = [cpu_seconds(tracked) for tracked in self._tracked]
+        self._start = [_sample(tracked) for tracked in self._tracked]
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.per_pid = [
-            cpu_seconds(tracked) - start
+            _used(start, _sample(tracked))
             for tracked, start in zip(self._tracked, self._start, strict=True)
         ]
         self.seconds = sum(self.per_pid)
