@@ -501,6 +501,7 @@ def send_burst(ns: Namespace, address: str, count: int) -> None:
     ns.run(sys.executable, "-c", script, address, str(count))
 
 
+@pytest.mark.serial  # counts messages inside timer windows
 def test_data_received_is_answered_by_a_keepalive_and_another(bed, tmp_path, datapath,
                                                               monkeypatch):  # fmt: skip
     """B gets data it has nothing to answer with: it sends a keepalive
@@ -529,6 +530,7 @@ def test_data_received_is_answered_by_a_keepalive_and_another(bed, tmp_path, dat
         no_traceback(b)
 
 
+@pytest.mark.serial  # counts messages inside timer windows
 def test_unanswered_data_starts_a_handshake_retried_until_it_gives_up(bed, tmp_path, datapath,
                                                                       monkeypatch):  # fmt: skip
     """B stops answering. A's data gets no reply for KEEPALIVE_TIMEOUT +
