@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from tunnel.core import send
-from tunnel.core.actions import Send, SendBatch
+from tunnel.core.actions import KeypairInstalled, Send, SendBatch, Transmit
 from tunnel.core.drops import Drop
 from tunnel.host import clock
 from tunnel.planes import dp
@@ -27,6 +27,7 @@ from tunnel.protocol.constants import (
     TIMER_TICK,
 )
 from tunnel.protocol.messages import Initiation, parse
+from tunnel.protocol.peer import Peer
 from tunnel.protocol.timers import Timer
 
 from .conftest import NATIVE_MISSING, needs
@@ -190,6 +191,47 @@ def test_the_slots_are_cs_even_when_an_initiation_overtakes_its_confirmation() -
         held = (stats.current_local_index, stats.next_local_index)
         assert all(i in s.a.iface.indices for i in held)
         assert peer.last_handshake_wall is not None
+
+
+def slots(peer: Peer) -> tuple[int | None, ...]:
+    """The core's view of the peer's slots (current, previous, next), by local index."""
+    return tuple(k and k.local_index for k in (peer.current, peer.previous, peer.next))
+
+
+def slots_in_c(s: Session, peer: Peer) -> tuple[int | None, ...]:
+    return tuple(s.shell.plane.slots(s.shell.ids[peer])[:3])
+
+
+def test_only_c_shuffles_the_slots_and_the_core_learns_them_from_it() -> None:
+    """A new keypair is a command to C, which runs add_new_keypair(): the core's
+    slots do not move when it makes the keypair, as responder or as initiator,
+    only when the shell has C's answer. The initiator then sends its
+    confirmation through C, on the keypair C made current."""
+    with peers() as s:
+        peer = peer_of(s.a)
+        (initiation,) = sends(s.b.iface.send_packet(ipv4_packet("10.0.0.2", "10.0.0.1"), s.net.now))
+        answered = s.a.iface.receive_datagram(initiation.data, s.b.address, clock.now())
+        assert slots(peer) == (None, None, None)
+        s.shell.apply(answered)
+        first = peer.next.local_index
+        assert slots(peer) == slots_in_c(s, peer) == (None, None, first)
+        # b's first message, never handed to a: a's session stays unconfirmed.
+        assert sends(s.b.iface.receive_datagram(s.udp_b.recv(2048), s.a.address, s.net.now))
+
+        as_if_initiated_long_ago(s)
+        (initiation,) = sends(send.initiate(s.a.iface.state, peer, clock.now(), retry=False))
+        s.shell.apply([initiation])
+        (response,) = sends(s.b.iface.receive_datagram(s.udp_b.recv(2048), s.a.address, s.net.now))
+        completed = s.a.iface.receive_datagram(response.data, s.b.address, clock.now())
+        assert slots(peer) == slots_in_c(s, peer) == (None, None, first)
+        assert [type(a) for a in completed] == [KeypairInstalled, Transmit]
+        assert completed[1].packet == b""
+        s.shell.apply(completed)
+        made = completed[0].keypair.local_index
+        assert slots(peer) == slots_in_c(s, peer) == (made, first, None)
+        assert delivered_to_b(s) == []  # the confirmation: a keepalive on the new session
+        assert peer_of(s.b).current.keys.local_index == peer.current.keys.remote_index
+        assert peer.handshakes.completed == 1 and peer.handshakes.rekeys == 1
 
 
 def test_session_keys_live_in_c_alone() -> None:

@@ -13,6 +13,7 @@ API = {
         "State",
         "adopt",
         "authenticated",
+        "clear_keypairs",
         "count_tx",
         "drop_handshake_index",
         "forget_indices",
@@ -34,12 +35,12 @@ API = {
         "keepalive",
         "need_key",
         "send_packets",
+        "transmit_staged",
         "transport_sent",
         "unreachable",
     ),
     # Datagrams from the socket, and the transport events they come to.
     "receive": (
-        "confirmed",
         "receive_datagrams",
         "session_confirmed",
         "transport_received",

@@ -107,9 +107,6 @@ class Interface:
     ) -> list[Action]:
         return receive.transport_received(self.state, peer, source, size, data_messages, now)
 
-    def confirmed(self, peer: Peer, local_index: int, now: float) -> list[Action]:
-        return receive.confirmed(self.state, peer, local_index, now)
-
     def session_confirmed(self, peer: Peer, now: float) -> list[Action]:
         return receive.session_confirmed(self.state, peer, now)
 
@@ -152,7 +149,7 @@ class Interface:
         for peer in st.peers.values():
             state.drop_handshake_index(st, peer)
             peer.rekey_identity(st.identity)
-            state.retire(st, peer.clear_keypairs())
+            state.clear_keypairs(st, peer)
             actions.append(KeypairsCleared(peer))
         return actions
 

@@ -42,7 +42,7 @@ from .actions import Action, DeliverBatch, KeypairInstalled, Send
 from .drops import Drop
 from .l2 import Learned
 from .l3 import parse_ip
-from .send import flush_staged, initiate
+from .send import flush_staged, initiate, transmit_staged
 from .state import (
     State,
     authenticated,
@@ -114,7 +114,7 @@ def receive_datagrams(
             continue
         if keypair is peer.next:
             actions += _end_run(state, delivered, received, now)
-            actions += confirmed(state, peer, keypair.local_index, now)
+            actions += _confirmed(state, peer, keypair, now)
         tally = received.get(peer)
         if tally is None:
             tally = received[peer] = Tally(source)
@@ -325,14 +325,20 @@ def _receive_response(
         peer.timers.handshake_complete()
         return []
     keypair = Keypair(peer.handshake.derive_session(), now)
+    # add_new_keypair() moves a session still held, current or an unconfirmed
+    # next, to previous.
+    replaced = peer.current is not None or peer.next is not None
     install(state, peer, keypair)
-    handshake_complete(state, peer, now)
+    handshake_complete(state, peer, now, replaced)
     peer.timers.session_derived(now)
     log.debug("peer %s: response received, session %d made", short(peer), msg.receiver)
     actions: list[Action] = [KeypairInstalled(peer, keypair)]
     # The responder cannot send until it hears from us on the new keys.
     if not peer.staged:
         peer.staged.append(b"")
+    if state.external_transport:
+        # It makes the keypair current as it installs it, before it sends these.
+        return actions + transmit_staged(peer)
     return actions + flush_staged(state, peer, now)
 
 
@@ -354,21 +360,19 @@ def _receive_cookie_reply(state: State, msg: CookieReply, now: float) -> list[Ac
 # Transport events: from the path above, or reported by an external transport.
 
 
-def confirmed(state: State, peer: Peer, local_index: int, now: float) -> list[Action]:
+def _confirmed(state: State, peer: Peer, keypair: Keypair, now: float) -> list[Action]:
     """The first transport message on `next` arrived: the responder's session
     is confirmed (whitepaper 5.4.5) and staged packets may go."""
-    keypair = peer.next
-    if keypair is None or keypair.local_index != local_index:
-        return []
     retire(state, peer.confirm(keypair))
     return session_confirmed(state, peer, now)
 
 
 def session_confirmed(state: State, peer: Peer, now: float) -> list[Action]:
     """The responder's new session is confirmed: the handshake is complete
-    and staged packets may go. An external transport that confirms keypairs
-    itself says so here, after adopt()."""
-    handshake_complete(state, peer, now)
+    and staged packets may go. An external transport, which confirms keypairs
+    itself, says so here, after adopt()."""
+    # The confirmation moved the session it replaces, if any, to previous.
+    handshake_complete(state, peer, now, peer.previous is not None)
     log.debug("peer %s: session confirmed by its first message", short(peer))
     return flush_staged(state, peer, now)
 

@@ -8,7 +8,6 @@ from typing import NamedTuple, TypeVar
 
 from tunnel.protocol.address import Address
 from tunnel.protocol.allowed_ips import AllowedIPs, Network
-from tunnel.protocol.keypair import Keypair
 from tunnel.protocol.noise import Handshake, StaticIdentity
 from tunnel.protocol.peer import Peer
 from tunnel.protocol.peer_config import PeerConfig
@@ -127,15 +126,14 @@ class PeerBefore(NamedTuple):
     endpoint_name: Address | None
     allowed_macs: frozenset[bytes]
     persistent_keepalive: int
-    keypairs: tuple[Keypair | None, Keypair | None, Keypair | None]
 
 
 class Before:
     """The core as it was before a change, to put back if the plane refuses to
     follow it (the native plane: C could not take a peer). Sessions come back only
-    with an external transport, which frees keypairs itself: without one a new
-    private key has erased the old sessions' keys, and those peers handshake
-    again."""
+    with an external transport, whose slots the core leaves to it (the change's
+    KeypairsCleared is never carried out): without one a new private key has
+    erased the old sessions' keys, and those peers handshake again."""
 
     def __init__(self, iface: Interface, change: Change) -> None:
         self.identity, self.cookie_checker = iface.identity, iface.cookie_checker
@@ -155,7 +153,6 @@ class Before:
                 p.endpoint_name,
                 p.allowed_macs,
                 p.persistent_keepalive,
-                (p.current, p.previous, p.next),
             )
             for p in touched
         }
@@ -182,8 +179,6 @@ class Before:
             peer.endpoint, peer.endpoint_name = before.endpoint, before.endpoint_name
             peer.allowed_macs = before.allowed_macs
             peer.timers.set_persistent_keepalive(float(before.persistent_keepalive))
-            if iface.external_transport:
-                peer.current, peer.previous, peer.next = before.keypairs
         for peer in rebound:
             iface.macs.bind(peer, peer.allowed_macs)
 

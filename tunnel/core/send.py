@@ -130,9 +130,7 @@ def flush_staged(state: State, peer: Peer, now: float) -> list[Action]:
     if not staged:
         return []
     if state.external_transport:
-        transmits: list[Action] = [Transmit(peer, packet) for packet in staged]
-        staged.clear()
-        return transmits
+        return transmit_staged(peer)
     packets = list(staged)
     staged.clear()
     if state.l2:
@@ -151,6 +149,14 @@ def flush_staged(state: State, peer: Peer, now: float) -> list[Action]:
         staged.extend(packets[len(datagrams) :])
         actions += initiate(state, peer, now, retry=False)
     return actions
+
+
+def transmit_staged(peer: Peer) -> list[Action]:
+    """With an external transport: what the peer has staged, for the transport
+    to seal and send on the keypair it holds as current."""
+    transmits: list[Action] = [Transmit(peer, packet) for packet in peer.staged]
+    peer.staged.clear()
+    return transmits
 
 
 def keepalive(state: State, peer: Peer, now: float) -> list[Action]:

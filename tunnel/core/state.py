@@ -111,27 +111,39 @@ def count_tx(peer: Peer, size: int, now: float) -> None:
     peer.timers.any_authenticated_traversal(now)
 
 
-def handshake_complete(state: State, peer: Peer, now: float) -> None:
-    """After the new keypair took its slot: the session it replaced, if any,
-    is `previous` by now (Peer.install, Peer.confirm, or C's slots adopted)."""
+def handshake_complete(state: State, peer: Peer, now: float, replaced: bool) -> None:
+    """A handshake made a session; `replaced`: it took over from a session
+    still held, which its slot's owner moves to `previous`."""
     peer.handshakes.completed += 1
     state.key_wanted.pop(peer, None)
-    if peer.previous is not None:
+    if replaced:
         peer.handshakes.rekeys += 1
     peer.timers.handshake_complete()
     peer.last_handshake_wall = now + state.wall_offset
 
 
 def install(state: State, peer: Peer, keypair: Keypair) -> None:
+    """A handshake made a keypair: into its slot (Peer.install). An external
+    transport owns the slots and shuffles them itself when it carries out
+    KeypairInstalled; the core holds the keypair aside until adopt() learns
+    which slot it took, and when it is freed."""
     state.indices[keypair.local_index] = (peer, keypair)
     if state.external_transport:
-        peer.held[keypair.local_index] = keypair  # until adopt() learns it is freed
+        peer.held[keypair.local_index] = keypair
+        return
     retire(state, peer.install(keypair))
 
 
+def clear_keypairs(state: State, peer: Peer) -> None:
+    """Every keypair of the peer goes (KeypairsCleared). An external transport
+    empties its slots itself, and adopt() learns it."""
+    if not state.external_transport:
+        retire(state, peer.clear_keypairs())
+
+
 def retire(state: State, keypairs: list[Keypair]) -> None:
-    if state.external_transport:
-        return  # the transport frees its keypairs; adopt() learns which
+    """Keypairs the core's own shuffle let go (never with an external transport,
+    which frees its keypairs itself)."""
     for keypair in keypairs:
         log.debug("keypair %d retired", keypair.local_index)
         keypair.keys.erase()
@@ -146,8 +158,8 @@ def adopt(
     """With an external transport, which owns the keypair slots (the native
     plane: native/peer.c runs add_new_keypair() and the confirmation), the
     peer's slots become the keypairs it reports by local index, and the ones
-    it no longer holds are forgotten. The core's own shuffle is only its
-    expectation until then."""
+    it no longer holds are forgotten. This is the only way the core's slots
+    change while a keypair lives there."""
     held = peer.held
     peer.current, peer.previous, peer.next = (
         None if i is None else held.get(i) for i in (current, previous, next_)

@@ -13,7 +13,7 @@ from tunnel.protocol.timers import Timer
 
 from .actions import Action, KeypairsCleared, StagedPurged
 from .send import initiate, keepalive, need_key
-from .state import State, drop_handshake_index, log, retire, short
+from .state import State, clear_keypairs, drop_handshake_index, log, short
 
 
 def tick(state: State, now: float) -> list[Action]:
@@ -72,7 +72,7 @@ def _timer_fired(state: State, peer: Peer, timer: Timer, now: float) -> list[Act
         )
         return initiate(state, peer, now, retry=False)
     if timer is Timer.ZERO_KEY_MATERIAL:
-        retire(state, peer.clear_keypairs())
+        clear_keypairs(state, peer)
         drop_handshake_index(state, peer)
         peer.handshake.zero()
         return [KeypairsCleared(peer)]

@@ -314,7 +314,9 @@ class NativeShell(Plane):
                 else:
                     log.debug("native send failed: %s", e.strerror)
         elif isinstance(action, KeypairsCleared):
+            peer_id = self.ids[action.peer]
             for slot in (dp.SLOT_CURRENT, dp.SLOT_PREVIOUS, dp.SLOT_NEXT):
-                self.plane.clear_keypair(self.ids[action.peer], slot)
+                self.plane.clear_keypair(peer_id, slot)
+            self._adopt(action.peer, self.plane.slots(peer_id))
         elif isinstance(action, StagedPurged):
             self.plane.purge_staged(self.ids[action.peer])

@@ -44,8 +44,9 @@ class Peer:
         self.current: Keypair | None = None
         self.previous: Keypair | None = None
         self.next: Keypair | None = None
-        # With an external transport: every keypair handed to it that it may still
-        # hold, by local index (Interface.adopt).
+        # With an external transport, which owns the slots: every keypair handed
+        # to it that it may still hold, by local index; the slots above are what
+        # it reports (Interface.adopt), never shuffled here.
         self.held: dict[int, Keypair] = {}
         self.staged: deque[bytes] = deque(maxlen=MAX_STAGED_PACKETS)
         self.last_initiation_sent = float("-inf")
@@ -83,7 +84,9 @@ class Peer:
         """Make a fresh keypair usable and return the ones it retires.
         The initiator may send at once; the responder must wait for the initiator's
         first transport message (confirmation) before sending, so it goes to `next`
-        (whitepaper section 5.4.5, noise.c add_new_keypair)."""
+        (whitepaper section 5.4.5, noise.c add_new_keypair). Only the slots'
+        owner shuffles: the core, with this, on the Python plane; on the native
+        plane C (dp_keypair_install), and the core adopts what it reports."""
         if keypair.keys.is_initiator:
             if self.next is not None:
                 # An unconfirmed responder session outranks the current one.
