@@ -158,8 +158,7 @@ def adopt(
     """With an external transport, which owns the keypair slots (the native
     plane: native/peer.c runs add_new_keypair() and the confirmation), the
     peer's slots become the keypairs it reports by local index, and the ones
-    it no longer holds are forgotten. This is the only way the core's slots
-    change while a keypair lives there."""
+    it no longer holds are forgotten. The core's slots change only here."""
     held = peer.held
     peer.current, peer.previous, peer.next = (
         None if i is None else held.get(i) for i in (current, previous, next_)
