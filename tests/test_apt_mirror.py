@@ -1,5 +1,5 @@
-"""scripts/apt-mirror: the Debian archive that scripts/setup fetches trixie's
-wireguard-go from is the one the machine's own apt sources use, read from a root
+"""scripts/apt-mirror: the Debian archive that scripts/setup fetches the newer
+suites' contenders from is the one the machine's own apt sources use, read from a root
 directory laid out here."""
 
 import subprocess

@@ -75,7 +75,7 @@ def test_short_run_writes_every_figure_and_a_png(tmp_path: Path, capsys) -> None
     assert "wireguard-go" in printed.out and "Header overhead" in printed.out
     # Every contender named with what exactly ran.
     assert doc["contenders"][0]["version"].startswith("Linux ")
-    assert doc["contenders"][1]["version"].startswith("wireguard-go 0.0.2023")  # trixie's
+    assert doc["contenders"][1]["version"].startswith("wireguard-go 0.0.2026")  # sid's
     assert doc["contenders"][1]["version"] in " ".join(printed.out.split())
     assert leftovers() == []
 
@@ -177,6 +177,26 @@ def test_unknown_congestion_control_is_a_usage_error(capsys) -> None:
     assert "--congestion nonsense is not available here" in err and "cubic" in err
 
 
+@root_only
+def test_the_other_vpns_run_labelled_with_their_versions(tmp_path: Path) -> None:
+    """trixie's wireguard-go, Nebula and tinc in both modes come up, carry the tests
+    and say exactly what ran (the versions scripts/setup installs)."""
+    out_json = tmp_path / "bench.json"
+    only = "wireguard-go-trixie,nebula,tinc-router,tinc-switch"
+    assert bench.run(_args("--time", "1", "--only", only, "--json", str(out_json))) == 0
+    doc = {c["name"]: c for c in json.loads(out_json.read_text())["contenders"]}
+    assert doc["wireguard-go-trixie"]["version"] == "wireguard-go 0.0.20231211-1+b9"
+    assert doc["nebula"]["version"] == "Nebula 1.11.0+dfsg-1"
+    assert doc["tinc-router"]["version"] == "tinc 1.0.36 router mode"
+    assert doc["tinc-switch"]["version"] == "tinc 1.0.36 switch mode"
+    assert doc["tinc-switch"]["mode"] == "tap" and doc["tinc-router"]["mode"] == "tun"
+    for contender in doc.values():
+        assert contender["status"] == "ok", contender["notes"]
+        assert contender["figures"]["tcp_1_stream_bps"] > 0
+        assert contender["figures"]["cpu_receiver_s_per_gbit"] > 0
+    assert leftovers() == []
+
+
 def test_unknown_contender_is_a_usage_error(capsys) -> None:
     assert bench.run(_args("--only", "veth,nonsense")) == 2
     err = capsys.readouterr().err
@@ -186,7 +206,8 @@ def test_unknown_contender_is_a_usage_error(capsys) -> None:
 def test_contender_names() -> None:
     assert set(contenders.NAMES) == {
         "veth", "pyvpn-tun-native", "pyvpn-tap-native", "pyvpn-tun-python", "pyvpn-tap-python",
-        "wireguard-go", "wireguard-go-bookworm", "python-floor", "openvpn-tun", "openvpn-tap",
+        "wireguard-go", "wireguard-go-trixie", "wireguard-go-bookworm", "python-floor",
+        "openvpn-tun", "openvpn-tap", "nebula", "tinc-router", "tinc-switch",
     }  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tunnel.protocol import keys
 
+from . import nebula, tinc
 from .openvpn import DATA_OVERHEAD, make_pki, openvpn_argv, wait_ready
 from .testbed import (
     EXIT_CONFIG,
@@ -243,6 +244,70 @@ class OpenVPN(Contender):
             yield Endpoints(tb.a, tb.b, INNER_B, [d.pid for d in daemons])
 
 
+class Nebula(Contender):
+    def missing_tool(self) -> str | None:
+        for tool in ("nebula", "nebula-cert"):
+            if shutil.which(nebula.binary(tool)) is None:
+                return f"{tool} is not installed (run scripts/setup)"
+        return None
+
+    def overhead_bytes(self) -> int | None:
+        return header_overhead(self.mode, nebula.DATA_OVERHEAD)
+
+    def version(self) -> str:
+        return nebula.version()
+
+    @contextlib.contextmanager
+    def up(self, tb: Testbed, workdir: Path, mtu: int) -> Iterator[Endpoints]:
+        inner = {"a": f"{INNER_A}/{INNER_PREFIX}", "b": f"{INNER_B}/{INNER_PREFIX}"}
+        nebula.make_certs(workdir, inner)
+        sides = ((tb.a, "a", tb.a_addr, INNER_A), (tb.b, "b", tb.b_addr, INNER_B))
+        with contextlib.ExitStack() as stack:
+            daemons = []
+            for i, (ns, side, local, _) in enumerate(sides):
+                _, _, remote, remote_inner = sides[1 - i]
+                name = device_name("nb", side)
+                config = nebula.write_config(
+                    workdir, name=side, device=name, local=local, peer_inner=remote_inner,
+                    peer=remote, mtu=mtu,
+                )  # fmt: skip
+                argv = [nebula.binary("nebula"), "-config", str(config)]
+                daemons.append(stack.enter_context(start_daemon(ns, argv, name)))
+            nebula.wait_ready(daemons)
+            wait_reachable(tb.a, INNER_B)
+            yield Endpoints(tb.a, tb.b, INNER_B, [d.pid for d in daemons])
+
+
+class Tinc(Contender):
+    def overhead_bytes(self) -> int | None:
+        return header_overhead(self.mode, tinc.DATA_OVERHEAD)
+
+    def version(self) -> str:
+        return f"{tinc.version()} {'router' if self.mode == 'tun' else 'switch'} mode"
+
+    @contextlib.contextmanager
+    def up(self, tb: Testbed, workdir: Path, mtu: int) -> Iterator[Endpoints]:
+        sides = ((tb.a, "a", tb.a_addr, INNER_A), (tb.b, "b", tb.b_addr, INNER_B))
+        dirs = []
+        for _, side, local, inner in sides:
+            device = device_name(f"tc{self.mode}", side)
+            peer = tinc.make_peer(
+                workdir, name=side, device=device, mode=self.mode, local=local, inner=inner, mtu=mtu
+            )
+            dirs.append(peer)
+        tinc.connect(dirs[0], dirs[1])
+        with contextlib.ExitStack() as stack:
+            # b first: a connects to b, and a refused first try backs off for seconds.
+            daemons = {}
+            for ns, peer in ((tb.b, dirs[1]), (tb.a, dirs[0])):
+                label = f"tincd ({peer.name})"
+                daemon = start_daemon(ns, tinc.argv(peer), peer.name, label=label)
+                daemons[peer.name] = stack.enter_context(daemon)
+                tinc.wait_ready(daemon)
+            wait_reachable(tb.a, INNER_B)
+            yield Endpoints(tb.a, tb.b, INNER_B, [daemons["a"].pid, daemons["b"].pid])
+
+
 def pyvpn_version() -> str:
     """The installed version and the checkout's commit: "0.1.0 (a5b2303)"."""
     version = importlib.metadata.version("pyvpn")
@@ -266,12 +331,18 @@ CONTENDERS: tuple[Contender, ...] = (
         for dp in ("native", "python")
         for mode in ("tun", "tap")
     ),
-    # The current build is the one to beat; bookworm's, from before the 2023
-    # offloads, shows what they bought.
+    # The current build (sid's, the newest) is the one to beat; trixie's shows the
+    # step between releases, and bookworm's, from before the 2023 offloads, what
+    # they bought.
     WireguardGo("wireguard-go", "wireguard-go", "tun", ("wg",), build="current"),
+    WireguardGo("wireguard-go-trixie", "wireguard-go trixie", "tun", ("wg",), "trixie"),
     WireguardGo("wireguard-go-bookworm", "wireguard-go bookworm", "tun", ("wg",), "bookworm"),
     PythonFloor("python-floor", "python floor", "tun"),
     OpenVPN("openvpn-tun", "openvpn", "tun", ("openvpn", "openssl")),
     OpenVPN("openvpn-tap", "openvpn", "tap", ("openvpn", "openssl")),
+    Nebula("nebula", "nebula", "tun"),
+    # Switch mode is tinc's L2: a learning switch, as pyvpn's tap mode is.
+    Tinc("tinc-router", "tinc", "tun", ("tincd",)),
+    Tinc("tinc-switch", "tinc", "tap", ("tincd",)),
 )
 NAMES = tuple(c.name for c in CONTENDERS)

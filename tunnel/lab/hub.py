@@ -132,7 +132,7 @@ def start_hub(ns: Namespace, hub: Hub) -> tuple[Daemon, float]:
 
 
 def start_wireguard_go_hub(ns: Namespace, hub: Hub, directory: Path) -> Daemon:
-    """wireguard-go (trixie's) with the hub's key and address, and its peers added
+    """wireguard-go (the current build) with the hub's key and address, and its peers added
     over UAPI (`wg addconf`); the /16 routes every peer, as it does for pyvpn."""
     daemon = start_wireguard_go(ns, hub.name, hub.private_key, HUB_PORT, (), [str(HUB_ADDRESS)])
     try:

@@ -541,13 +541,18 @@ def _key_file(directory: str, key: bytes, name: str) -> str:
 
 
 # The wireguard-go builds pyvpn is tested and measured against. The current one
-# (Debian trixie's 0.0.20231211, with the TUN and UDP offloads of 2023) is the
-# binary $PYVPN_WIREGUARD_GO names (`pyvpn bench --wireguard-go`), else the one
-# scripts/setup unpacks into the venv (the repo's .venv/contenders), else
-# wireguard-go on PATH; bookworm's (0.0.20220316) is the system's.
+# (Debian sid's, the newest) is the binary $PYVPN_WIREGUARD_GO names (`pyvpn
+# bench --wireguard-go`), else the one scripts/setup unpacks into the venv (the
+# repo's .venv/contenders), else wireguard-go on PATH; trixie's (0.0.20231211,
+# with the TUN and UDP offloads of 2023) is unpacked beside it, and bookworm's
+# (0.0.20220316) is the system's.
 WIREGUARD_GO_ENV = "PYVPN_WIREGUARD_GO"
-_VENV_WIREGUARD_GO = Path(sys.prefix) / "contenders/wireguard-go/usr/bin/wireguard-go"
-WIREGUARD_GO_BUILDS = {"bookworm": Path("/usr/bin/wireguard-go")}
+_CONTENDERS = Path(sys.prefix) / "contenders"
+_VENV_WIREGUARD_GO = _CONTENDERS / "wireguard-go/usr/bin/wireguard-go"
+WIREGUARD_GO_BUILDS = {
+    "trixie": _CONTENDERS / "wireguard-go-trixie/usr/bin/wireguard-go",
+    "bookworm": Path("/usr/bin/wireguard-go"),
+}
 
 
 def wireguard_go(build: str = "current") -> Path:
