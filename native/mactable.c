@@ -7,7 +7,8 @@
  * Linux bridge (default 300 s).  A MAC address held by one peer is not taken
  * by another while its entry is fresh: else any peer could claim the address
  * of a host behind another and have its unicast (tunnel/core/l2.py does the
- * same, and tests/test_native_agreement.py holds the two to the same answers).
+ * same, and tests/planes/test_native_agreement.py holds the two to the same
+ * answers).
  *
  * A peer's allowed_macs are bound entries: configuration, never aged, never
  * taken.  An address the configuration no longer gives a peer is not its any

@@ -11,10 +11,10 @@ import pytest
 from tunnel.cli import build_parser
 from tunnel.control.config import CONFIG_DIRS
 
-from .conftest import uapi_listener
-from .test_manpages import long_options, subcommands
+from .cli_help import long_options, subcommands
+from .conftest import ROOT, uapi_listener
 
-SCRIPT = Path(__file__).resolve().parent.parent / "configs" / "bash-completion" / "pyvpn"
+SCRIPT = ROOT / "configs" / "bash-completion" / "pyvpn"
 
 
 def complete(*words: str, cwd: Path | None = None) -> list[str]:

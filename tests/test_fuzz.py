@@ -7,13 +7,14 @@ import importlib.machinery
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from .conftest import ROOT
+
 pytestmark = pytest.mark.serial
 
-FUZZ = Path(__file__).resolve().parent / "fuzz"
+FUZZ = ROOT / "tests" / "fuzz"
 HARNESSES = sorted(p.stem for p in (*FUZZ.glob("fuzz_*.c"), *FUZZ.glob("fuzz_*.py")))
 SECONDS = 4
 

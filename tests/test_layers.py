@@ -8,7 +8,9 @@ from pathlib import Path
 
 from tunnel.core import API
 
-PACKAGE = Path(__file__).resolve().parent.parent / "tunnel"
+from .conftest import ROOT
+
+PACKAGE = ROOT / "tunnel"
 
 # What each layer may import from tunnel/, besides itself.
 ALLOWED = {

@@ -5,7 +5,6 @@ import argparse
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -13,19 +12,11 @@ from tunnel.cli import build_parser
 from tunnel.control import wg_quick
 from tunnel.control.config import INTERFACE_KEYS, PEER_KEYS
 
-MAN = Path(__file__).resolve().parent.parent / "docs" / "man"
+from .cli_help import long_options, subcommands
+from .conftest import ROOT
+
+MAN = ROOT / "docs" / "man"
 PAGES = ["pyvpn.8", "pyvpn-wg.8", "pyvpn.toml.5"]
-
-
-def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices)
-
-
-def long_options(parser: argparse.ArgumentParser) -> set[str]:
-    return {
-        s for a in parser._actions for s in a.option_strings if s.startswith("--") and s != "--help"
-    }
 
 
 def rendered(page: str) -> str:

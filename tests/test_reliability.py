@@ -2,8 +2,8 @@
 namespaces and devices, both data planes where the data plane matters.
 
 What is shown elsewhere is not repeated here (docs/reliability.md maps each): parser and
-sans-IO properties (test_properties.py), fake-clock cookie and roaming logic
-(test_interface.py), transport replay via the relay, allowed-ips source check,
+sans-IO properties (protocol/test_properties.py), fake-clock cookie and roaming logic
+(core/test_interface.py), transport replay via the relay, allowed-ips source check,
 address roaming and a 20 s rekey run (test_tunnel_tun.py), key file warnings
 (test_cli.py)."""
 

@@ -2,7 +2,7 @@
 the WireGuard implementation our tun mode must match bit for bit.
 
 Run as root from the repo root: .venv/bin/python tests/vectors/record_wireguard_go.py
-It writes tests/vectors/wireguard_go.json, which test_vectors.py replays offline.
+It writes tests/vectors/wireguard_go.json, which tests/protocol/test_vectors.py replays offline.
 
 Two exchanges with fixed static keys, preshared key and our ephemeral keys:
 - we initiate: our initiation, wireguard-go's response, then an ICMP echo request

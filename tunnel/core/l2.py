@@ -74,7 +74,7 @@ class MacTable(Generic[T]):
     allowed_macs): configuration, never aged, never taken, and not under the cap,
     which bounds what peers' frames can make the table grow by (the configuration
     is bounded already). native/mactable.c keeps the same rules, and
-    tests/test_native_agreement.py holds the two to the same answers."""
+    tests/planes/test_native_agreement.py holds the two to the same answers."""
 
     def __init__(self, ageing: float = DEFAULT_MAC_AGEING) -> None:
         self.ageing = ageing

@@ -45,8 +45,8 @@ IFF_VNET_HDR = 0x4000
 
 T = TypeVar("T")
 
-# dp.h's values, which tests/test_shared_constants.py holds these to: Python needs
-# them where the extension may not be built.
+# dp.h's values, which tests/planes/test_shared_constants.py holds these to:
+# Python needs them where the extension may not be built.
 SLOT_CURRENT, SLOT_PREVIOUS, SLOT_NEXT = 0, 1, 2
 CHANGED_BATCH = 1024  # peers' stats per dp_changed_peer_stats call
 VNET_HDR_LEN = 10  # DP_VNET_HDR_LEN, sizeof(struct virtio_net_hdr)

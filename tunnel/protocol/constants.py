@@ -3,7 +3,8 @@ and drivers/net/wireguard/messages.h, and the limits pyvpn sets itself.
 
 This module is the one source of every fact the C data plane shares with Python:
 native/build.py writes the names in SHARED_WITH_C into native/constants.h when it
-builds the extension (tests/test_shared_constants.py checks C compiled with them)."""
+builds the extension (tests/planes/test_shared_constants.py checks C compiled with
+them)."""
 
 import os
 

@@ -31,9 +31,9 @@ from tunnel.lab.scenarios.run import Run, Scenario, Settings, measure_group
 from tunnel.lab.testbed import host_problem
 from tunnel.protocol.constants import DEFAULT_MTU
 
-from .bed import leftovers
-from .conftest import needs, unavailable
-from .packets import csum
+from ..bed import leftovers
+from ..conftest import needs, unavailable
+from ..packets import csum
 
 pytestmark = [pytest.mark.netns, pytest.mark.serial]
 

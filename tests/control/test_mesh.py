@@ -21,8 +21,8 @@ from tunnel.control.mesh import configs, parse_hosts
 from tunnel.lab.testbed import Namespace, device_name, start_pyvpn
 from tunnel.protocol import keys
 
-from .bed import Testbed, leftovers
-from .conftest import pyvpn
+from ..bed import Testbed, leftovers
+from ..conftest import pyvpn
 
 HOSTS = "hosts.toml"
 

@@ -9,8 +9,8 @@ import pytest
 from tunnel.lab import demo, measure
 from tunnel.lab.testbed import TunnelStartError, host_problem
 
-from .bed import leftovers
-from .conftest import needs
+from ..bed import leftovers
+from ..conftest import needs
 
 pytestmark = [needs(host_problem()), pytest.mark.netns, pytest.mark.serial]
 

@@ -33,8 +33,8 @@ from tunnel.protocol.constants import (
     RATELIMIT_PACKETS_PER_SECOND,
 )
 
-from .conftest import NATIVE_MISSING, needs
-from .packets import (
+from ..conftest import NATIVE_MISSING, needs
+from ..packets import (
     QINQ,
     VIRTIO_NET_HDR_GSO_TCPV4,
     VIRTIO_NET_HDR_GSO_UDP_L4,
@@ -47,7 +47,7 @@ from .packets import (
     virtio_net_hdr,
     vlan_tag,
 )
-from .waiting import wait_until
+from ..waiting import wait_until
 
 pytestmark = needs(NATIVE_MISSING)
 

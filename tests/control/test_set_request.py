@@ -22,8 +22,8 @@ from tunnel.planes.native import NativeShell
 from tunnel.protocol import keys
 from tunnel.protocol.peer_config import PeerConfig
 
-from .packets import ipv4_packet
-from .test_native_shell import confirmed_session, sends
+from ..native_session import confirmed_session, sends
+from ..packets import ipv4_packet
 
 OWN = bytes(range(32))
 OTHERS = [keys.public_key(bytes([i]) * 32) for i in (3, 4, 5)]

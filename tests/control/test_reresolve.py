@@ -1,13 +1,13 @@
 """When an endpoint given by name is resolved again (tunnel/control/reresolve.py): as
 wireguard-tools' reresolve-dns.sh decides it, but never for an idle peer. The
-namespace test is in test_tunnel_tun.py."""
+namespace test is in tests/test_tunnel_tun.py."""
 
 from tunnel.control.reresolve import STALE_AFTER, due
 from tunnel.protocol.noise import StaticIdentity
 from tunnel.protocol.peer import Peer
 from tunnel.protocol.peer_config import PeerConfig
 
-from .simnet import K1, K2
+from ..simnet import K1, K2
 
 WALL = 1_700_000_000.0  # wall clock = monotonic + WALL
 

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from tunnel.control.config import parse
 from tunnel.control.convert import ConvertError, pyvpn_only, to_toml, to_wg_quick
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from ..conftest import ROOT
+
+CONFIGS = ROOT / "configs"
 EXAMPLES = sorted(CONFIGS.glob("*.toml"))
 
 

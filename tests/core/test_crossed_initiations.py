@@ -11,8 +11,8 @@ import pytest
 from tunnel.protocol.constants import REKEY_TIMEOUT
 from tunnel.protocol.peer_config import PeerConfig
 
-from .packets import ipv4_packet
-from .simnet import TimedNet, TimedNode
+from ..packets import ipv4_packet
+from ..simnet import TimedNet, TimedNode
 
 SEEDS = range(100)
 

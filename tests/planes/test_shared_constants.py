@@ -4,14 +4,12 @@ defines one of them again, and the few that dp.h defines are Python's too."""
 
 import re
 import sys
-from pathlib import Path
 
 from tunnel.planes import dp
 from tunnel.protocol import constants
 
-from .conftest import NATIVE_MISSING, needs
+from ..conftest import NATIVE_MISSING, ROOT, needs
 
-ROOT = Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native"
 sys.path.insert(0, str(NATIVE))
 import build  # noqa: E402  (native/build.py, by path)

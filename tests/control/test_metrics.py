@@ -37,9 +37,9 @@ from tunnel.lab.testbed import (
 )
 from tunnel.protocol import keys
 
-from .conftest import pyvpn
-from .traffic import tcp_transfer
-from .waiting import wait_until
+from ..conftest import pyvpn
+from ..traffic import tcp_transfer
+from ..waiting import wait_until
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 EXPORTER = "127.0.0.1:9586"

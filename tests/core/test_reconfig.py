@@ -1,6 +1,6 @@
 """The UAPI `set=1` request (wireguard.com/xplatform) parsed and applied to the
 sans-IO core: the text wg sends, what is refused and why, and what a change does
-to peers, sessions, routes and timers. The namespace side is test_uapi_set.py."""
+to peers, sessions, routes and timers. The namespace side is tests/control/test_uapi_set.py."""
 
 import errno
 import ipaddress
@@ -20,9 +20,9 @@ from tunnel.protocol.constants import REKEY_TIMEOUT
 from tunnel.protocol.peer_config import PeerConfig
 from tunnel.protocol.timers import Timer
 
-from .hostile import Forger
-from .packets import ipv4_packet
-from .simnet import K1, K2, SimNet, pair
+from ..hostile import Forger
+from ..packets import ipv4_packet
+from ..simnet import K1, K2, SimNet, pair
 
 PSK = bytes([7] * 32)
 net4 = ipaddress.ip_network

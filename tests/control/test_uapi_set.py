@@ -29,9 +29,9 @@ from tunnel.lab.testbed import (
 )
 from tunnel.protocol import keys
 
-from .bed import UNREACHABLE_WITHIN
-from .conftest import pyvpn
-from .traffic import iperf3_server, tcp_transfer
+from ..bed import UNREACHABLE_WITHIN
+from ..conftest import pyvpn
+from ..traffic import iperf3_server, tcp_transfer
 
 
 def wg(ns: Namespace, *argv: str, check: bool = True):

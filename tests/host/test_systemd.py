@@ -19,7 +19,7 @@ from tunnel.lab.testbed import (
     write_pair_configs,
 )
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 UNIT = ROOT / "configs" / "pyvpn@.service"
 METRICS_UNIT = ROOT / "configs" / "pyvpn-metrics.service"

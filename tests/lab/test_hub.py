@@ -19,7 +19,7 @@ from tunnel.protocol import keys
 from tunnel.protocol.constants import MESSAGE_COOKIE_REPLY, MESSAGE_RESPONSE
 from tunnel.protocol.peer_config import PeerConfig
 
-from .bed import leftovers
+from ..bed import leftovers
 
 pytestmark = pytest.mark.netns
 

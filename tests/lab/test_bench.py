@@ -18,8 +18,8 @@ from tunnel.lab.contenders import header_overhead
 from tunnel.lab.report import FIGURE_KEYS, Result, combine, ratios, write_chart
 from tunnel.lab.testbed import host_problem
 
-from .bed import leftovers
-from .conftest import needs
+from ..bed import leftovers
+from ..conftest import needs
 
 pytestmark = [pytest.mark.netns, pytest.mark.serial]
 

@@ -23,7 +23,7 @@ import pytest
 from tunnel.lab.testbed import Namespace, host_problem, run_command
 from tunnel.planes import dp
 
-from .conftest import NATIVE_MISSING, needs
+from ..conftest import NATIVE_MISSING, needs
 
 TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_TAP, IFF_NO_PI = 0x0001, 0x0002, 0x1000

@@ -37,8 +37,8 @@ from tunnel.protocol.noise import Handshake
 from tunnel.protocol.tai64n import tai64n
 from tunnel.protocol.timers import Timer
 
-from .packets import ipv4_packet, udp_packet
-from .simnet import Node, SimNet, pair, peer_of
+from ..packets import ipv4_packet, udp_packet
+from ..simnet import Node, SimNet, pair, peer_of
 
 
 def kinds(net, since=0):

@@ -11,7 +11,6 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,7 +24,9 @@ from tunnel.protocol.messages import Response, Transport, parse
 from tunnel.protocol.noise import Handshake, StaticIdentity
 from tunnel.protocol.replay import ReplayWindow
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "wireguard_go.json").read_text())
+from ..conftest import ROOT
+
+VECTORS = json.loads((ROOT / "tests" / "vectors" / "wireguard_go.json").read_text())
 KEYS = {k: bytes.fromhex(v) for k, v in VECTORS["keys"].items()}
 
 

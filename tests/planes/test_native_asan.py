@@ -20,9 +20,7 @@ import pytest
 
 from tunnel.lab.testbed import missing_tools
 
-from .conftest import NATIVE_MISSING, needs, unavailable
-
-ROOT = Path(__file__).resolve().parent.parent
+from ..conftest import NATIVE_MISSING, ROOT, needs, unavailable
 
 pytestmark = [needs(NATIVE_MISSING), needs(missing_tools(("gcc",))), pytest.mark.serial]
 

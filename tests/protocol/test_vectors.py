@@ -3,7 +3,6 @@ handshake and transport against bytes recorded from wireguard-go
 (tests/vectors/record_wireguard_go.py; provenance in the JSON's "source")."""
 
 import json
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -21,7 +20,9 @@ from tunnel.protocol.noise import (
     consume_initiation,
 )
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "wireguard_go.json").read_text())
+from ..conftest import ROOT
+
+VECTORS = json.loads((ROOT / "tests" / "vectors" / "wireguard_go.json").read_text())
 KEYS = {k: bytes.fromhex(v) for k, v in VECTORS["keys"].items()}
 SUNSCREEN = (
     b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip "

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tunnel.core.l2 import too_big_reply
 from tunnel.core.l3 import internet_checksum, unreachable
 
-from . import packets
+from .. import packets
 
 MTU = 1406
 MAC_X = bytes.fromhex("020000000001")  # the sender

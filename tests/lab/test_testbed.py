@@ -30,8 +30,8 @@ from tunnel.lab.testbed import (
 )
 from tunnel.protocol import keys
 
-from .bed import Testbed, cleanup_stale, leftovers
-from .conftest import needs
+from ..bed import Testbed, cleanup_stale, leftovers
+from ..conftest import needs
 
 needs_wireguard_go = needs(host_problem(("wireguard-go", "wg")))
 pytestmark = [needs(host_problem(("ip", "ping"))), pytest.mark.netns]

@@ -11,8 +11,8 @@ from tunnel.protocol.cookie import CookieGenerator
 from tunnel.protocol.messages import CookieReply, Initiation, MessageError, Response, parse
 from tunnel.protocol.replay import ReplayWindow
 
-from .packets import ipv4_packet
-from .simnet import SimNet
+from ..packets import ipv4_packet
+from ..simnet import SimNet
 
 message_like = st.one_of(
     st.binary(max_size=300),

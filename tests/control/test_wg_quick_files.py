@@ -35,10 +35,10 @@ from tunnel.lab.testbed import (
 )
 from tunnel.protocol import keys
 
-from .bed import leftovers
-from .conftest import pyvpn
+from ..bed import leftovers
+from ..conftest import ROOT, pyvpn
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = ROOT / "configs"
 KEY_A = "8Cii0TwBeJOyO3zfGArk/EF6PWF2bL1B6bAPrKUUfF8="
 PUB_B = "JppVa1YzgvcS3ds2ci8hVAY7AETBWoxzDMAQBpHL/HA="
 PUB_C = "aEfKy51WKkmhVR+aQzJ0VM3asuAshUjXO1bIBMBuSwg="
