@@ -1,5 +1,6 @@
 """`pyvpn bench --scenarios`: the tun-versus-tap scenarios, on small sizes (two
-hosts a side, one-second tests, one round), in both modes. No test asserts a speed:
+hosts a side, one-second tests, one round), with pyvpn in both modes and tinc in
+switch mode. No test asserts a speed:
 each checks that a scenario produced its figures, of plausible kinds, from what
 really crossed, and that it left nothing behind."""
 
@@ -24,10 +25,10 @@ from tunnel.lab.measure import MeasurementError
 from tunnel.lab.report import Figure, Result
 from tunnel.lab.scenarios import NAMES, SCENARIOS, first_packet, frames
 from tunnel.lab.scenarios.chatter import FRAMES_PER_ROUND, ROUNDS_PER_S
-from tunnel.lab.scenarios.lan import TAP_SUBNETS, TUN_SUBNETS
+from tunnel.lab.scenarios.lan import TAP_SUBNETS, TINC_FULL_SIZE, TUN_SUBNETS
 from tunnel.lab.scenarios.options import MAX_HOSTS
 from tunnel.lab.scenarios.output import write_chart
-from tunnel.lab.scenarios.run import Run, Scenario, Settings, measure_group
+from tunnel.lab.scenarios.run import VARIANTS, Run, Scenario, Settings, measure_group
 from tunnel.lab.testbed import host_problem
 from tunnel.protocol.constants import DEFAULT_MTU
 
@@ -37,10 +38,13 @@ from ..packets import csum
 
 pytestmark = [pytest.mark.netns, pytest.mark.serial]
 
-_PROBLEM = host_problem(("ip", "ping", "iperf3", "ss"))
+_PROBLEM = host_problem(("ip", "ping", "iperf3", "ss", "tincd"))
 root_only = needs(_PROBLEM)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HOSTS, PEERS, TRIALS = 2, 3, 2
+TUN, TAP, TINC = (v.name for v in VARIANTS)
+# The scenarios tinc runs; the others send full-size LAN packets (TINC_FULL_SIZE).
+TINC_RUNS = ("chatter", "first-packet", "flooding")
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -65,14 +69,16 @@ def run(tmp_path_factory) -> dict[str, Any]:
 
 
 def _scenario(run: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
-    """The scenario's entries by mode, each of which must have run in full."""
-    entries = {e["mode"]: e for e in run["doc"]["scenarios"] if e["name"] == name}
-    assert set(entries) == {"tun", "tap"}
+    """The scenario's entries by variant that ran, each of which must have run in full."""
+    entries = {e["variant"]: e for e in run["doc"]["scenarios"] if e["name"] == name}
+    assert set(entries) == {TUN, TAP, TINC}
+    if name not in TINC_RUNS:
+        tinc = entries.pop(TINC)
+        assert (tinc["status"], tinc["notes"]) == ("skipped", [TINC_FULL_SIZE[TINC]])
     for entry in entries.values():
-        assert entry["status"] == "ok", (name, entry["mode"], entry["notes"])
-        assert entry["datapath"] == "native"
+        assert entry["status"] == "ok", (name, entry["variant"], entry["notes"])
         for key, value in entry["figures"].items():
-            assert isinstance(value, float) and value >= 0, (name, entry["mode"], key, value)
+            assert isinstance(value, float) and value >= 0, (name, entry["variant"], key, value)
     return entries
 
 
@@ -80,7 +86,7 @@ def _scenario(run: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
 def test_the_run_succeeds_and_leaves_nothing_behind(run) -> None:
     assert run["code"] == 0
     assert run["leftovers"] == []
-    assert [e["name"] for e in run["doc"]["scenarios"]] == [n for n in NAMES for _ in (0, 1)]
+    assert [e["name"] for e in run["doc"]["scenarios"]] == [n for n in NAMES for _ in VARIANTS]
     assert run["doc"]["contenders"] == []
     settings = run["doc"]["settings"]
     assert settings["scenarios"] == list(NAMES)
@@ -91,7 +97,7 @@ def test_the_run_succeeds_and_leaves_nothing_behind(run) -> None:
 def test_chatter_crosses_a_tap_bridge_and_not_a_tun_gateway(run) -> None:
     entries = _scenario(run, "chatter")
     prefix = f"chatter_{HOSTS}_hosts"
-    tap, tun = entries["tap"], entries["tun"]
+    tap, tun = entries[TAP], entries[TUN]
     offered = tap["details"][prefix]
     # Both sides' hosts sent their rounds; all of it is flooded across on tap.
     per_second = 2 * HOSTS * FRAMES_PER_ROUND * ROUNDS_PER_S
@@ -124,8 +130,8 @@ def test_lan_mtu_names_who_answered_and_what_became_of_full_size_datagrams(run) 
     # tap: pyvpn answers in the name of the far host; tun: the near gateway's kernel.
     far_host = str(ipaddress.ip_network(TAP_SUBNETS[0])[2])
     near_gateway = str(ipaddress.ip_network(TUN_SUBNETS[0][0])[1])
-    assert entries["tap"]["details"]["path_mtu"]["icmp_from"] == far_host
-    assert entries["tun"]["details"]["path_mtu"]["icmp_from"] == near_gateway
+    assert entries[TAP]["details"]["path_mtu"]["icmp_from"] == far_host
+    assert entries[TUN]["details"]["path_mtu"]["icmp_from"] == near_gateway
 
 
 @root_only
@@ -143,7 +149,7 @@ def test_first_packet_times_every_trial(run) -> None:
 @root_only
 def test_flooding_reaches_every_spoke_on_tap_and_one_on_tun(run) -> None:
     entries = _scenario(run, "flooding")
-    tap, tun = entries["tap"]["figures"], entries["tun"]["figures"]
+    tap, tun = entries[TAP]["figures"], entries[TUN]["figures"]
     for entry in entries.values():
         assert entry["details"]["spokes"] == PEERS
     # Each byte flooded goes to every spoke, headers on top; unicast to one.
@@ -153,6 +159,30 @@ def test_flooding_reaches_every_spoke_on_tap_and_one_on_tun(run) -> None:
     for figures in (tap, tun):
         assert 1 < figures["unicast_underlay_bytes_per_byte"] < 2
         assert figures["unicast_hub_cpu_s_per_gbit"] > 0
+
+
+@root_only
+def test_tinc_switch_stands_beside_pyvpn_tap_where_it_runs(run) -> None:
+    """tinc's learning switch carries the chatter and floods the hub's broadcasts
+    as pyvpn's tap does; its rows are labelled with what ran."""
+    for name in TINC_RUNS:
+        tinc = _scenario(run, name)[TINC]
+        assert tinc["mode"] == "tap" and tinc["version"].startswith("tinc 1.0")
+        assert tinc["version"].endswith("switch mode")
+    for name in NAMES:
+        assert _scenario(run, name)[TAP]["version"].endswith("native plane")
+    prefix = f"chatter_{HOSTS}_hosts"
+    chatter = _scenario(run, "chatter")[TINC]["details"][prefix]
+    assert chatter["offered_frames"] >= 2 * HOSTS * FRAMES_PER_ROUND * ROUNDS_PER_S * 0.5
+    assert chatter["delivered_frames"] >= chatter["offered_frames"] * 0.9
+    assert chatter["underlay_bytes"] > chatter["offered_bytes"]
+    assert _scenario(run, "first-packet")[TINC]["figures"]["first_reply_median_ms"] > 0
+    flooding = _scenario(run, "flooding")[TINC]
+    assert flooding["details"]["spokes"] == PEERS
+    for kind in ("broadcast", "unknown_unicast"):
+        assert flooding["figures"][f"{kind}_underlay_bytes_per_byte"] > PEERS
+    assert 1 < flooding["figures"]["unicast_underlay_bytes_per_byte"] < 2
+    assert flooding["figures"]["unicast_hub_cpu_s_per_gbit"] > 0
 
 
 @root_only
@@ -171,13 +201,13 @@ def test_report_and_chart_show_every_scenario(run) -> None:
     assert "## tun and tap scenarios" in text and "![tun and tap scenarios](scenarios.png)" in text
     for name in NAMES:
         assert f"(`{name}`)" in text
-    assert "| figure | pyvpn tun | pyvpn tap |" in text
+    assert "| figure | pyvpn-tun-native | pyvpn-tap-native | tinc-switch |" in text
     assert not (report / "bench.png").exists()  # no contender ran
     for png in (report / "scenarios.png", run["out"] / "chart-scenarios.png"):
         assert png.read_bytes()[:8] == PNG_MAGIC
         assert matplotlib.image.imread(png).shape[0] > 300
     doc = json.loads((report / "bench.json").read_text())
-    assert len(doc["scenarios"]) == 2 * len(NAMES)
+    assert len(doc["scenarios"]) == len(VARIANTS) * len(NAMES)
 
 
 @root_only
@@ -198,7 +228,7 @@ def test_a_failing_scenario_costs_its_own_figures_only(tmp_path: Path) -> None:
     group = [Scenario("broken", "B", "", lambda s: figure, setup, broken),
              Scenario("working", "W", "", lambda s: figure, setup, working)]  # fmt: skip
     display = bench.Display(Console(file=io.StringIO()))
-    results = measure_group(group, "tun", tmp_path, Settings(1.0, DEFAULT_MTU), display)
+    results = measure_group(group, VARIANTS[0], tmp_path, Settings(1.0, DEFAULT_MTU), display)
     assert [r.status for r in results] == ["failed", "ok"]
     assert results[0].notes == ["simulated failure"] and results[0].figures["x_count"] is None
     assert results[1].figures["x_count"] == 1.0
@@ -284,7 +314,7 @@ def test_hosts_of_the_two_sides_never_share_an_address() -> None:
 def test_the_chart_needs_no_figures_to_be_a_png(tmp_path: Path) -> None:
     settings = Settings(1.0, DEFAULT_MTU, (2,))
     results = [
-        Result(s.name, s.name, m, None, status="failed") for s in SCENARIOS for m in ("tun", "tap")
+        Result(s.name, v.name, v.mode, None, status="failed") for s in SCENARIOS for v in VARIANTS
     ]
     write_chart(tmp_path / "s.png", SCENARIOS, results, settings)
     assert (tmp_path / "s.png").read_bytes()[:8] == PNG_MAGIC

@@ -296,16 +296,10 @@ class Tinc(Contender):
             )
             dirs.append(peer)
         tinc.connect(dirs[0], dirs[1])
-        with contextlib.ExitStack() as stack:
-            # b first: a connects to b, and a refused first try backs off for seconds.
-            daemons = {}
-            for ns, peer in ((tb.b, dirs[1]), (tb.a, dirs[0])):
-                label = f"tincd ({peer.name})"
-                daemon = start_daemon(ns, tinc.argv(peer), peer.name, label=label)
-                daemons[peer.name] = stack.enter_context(daemon)
-                tinc.wait_ready(daemon)
+        # b first: a connects to b.
+        with tinc.daemons([(tb.b, dirs[1]), (tb.a, dirs[0])]) as (b, a):
             wait_reachable(tb.a, INNER_B)
-            yield Endpoints(tb.a, tb.b, INNER_B, [daemons["a"].pid, daemons["b"].pid])
+            yield Endpoints(tb.a, tb.b, INNER_B, [a.pid, b.pid])
 
 
 def pyvpn_version() -> str:

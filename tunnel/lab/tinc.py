@@ -10,11 +10,13 @@ Blowfish and SHA-1 defaults.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .testbed import Daemon, run_command, wait_for
+from .testbed import Daemon, Namespace, run_command, start_daemon, wait_for
 
 PORT = 655
 READY = "Ready"
@@ -33,36 +35,58 @@ def version() -> str:
 
 
 def make_peer(
-    root: Path, *, name: str, device: str, mode: str, local: str, inner: str, mtu: int
+    root: Path,
+    *,
+    name: str,
+    device: str,
+    mode: str,
+    local: str | None,
+    inner: str | None,
+    mtu: int,
+    bridge: str | None = None,
+    pmtu: int | None = None,
 ) -> Path:
-    """`name`'s config directory under `root`, with its key pair made."""
+    """`name`'s config directory under `root`, with its key pair made.
+
+    `local`: the one address it listens on (None: every address; whoever connects
+    names the address, see connect). `inner`: its device's address, if any.
+    `bridge`: the bridge its device becomes a port of. `pmtu`: the path MTU to
+    every node, set rather than discovered: while tinc discovers it, a packet
+    larger than the MTU found so far goes over the TCP connection instead."""
     directory = root / name
     (directory / "hosts").mkdir(parents=True)
+    bind = f"BindToAddress = {local}\n" if local else ""
     (directory / "tinc.conf").write_text(
         f"Name = {name}\nMode = {'router' if mode == 'tun' else 'switch'}\n"
-        f"DeviceType = {mode}\nInterface = {device}\nAddressFamily = ipv4\n"
-        f"BindToAddress = {local}\nPort = {PORT}\n"
+        f"DeviceType = {mode}\nInterface = {device}\nAddressFamily = ipv4\n{bind}Port = {PORT}\n"
     )
+    address = f"Address = {local}\n" if local else ""
     subnet = f"Subnet = {inner}/32\n" if mode == "tun" else ""
+    fixed = f"PMTUDiscovery = no\nPMTU = {pmtu}\n" if pmtu else ""
     (directory / "hosts" / name).write_text(
-        f"Address = {local}\nPort = {PORT}\nCipher = {CIPHER}\nDigest = {DIGEST}\n{subnet}"
+        f"{address}Port = {PORT}\nCipher = {CIPHER}\nDigest = {DIGEST}\n{subnet}{fixed}"
     )
     up = directory / "tinc-up"
-    up.write_text(
-        f'#!/bin/sh\nip link set "$INTERFACE" mtu {mtu} up\n'
-        f'ip addr add {inner}/24 dev "$INTERFACE"\n'
-    )
+    lines = [f'ip link set "$INTERFACE" mtu {mtu} up']
+    if inner:
+        lines.append(f'ip addr add {inner}/24 dev "$INTERFACE"')
+    if bridge:
+        lines.append(f'ip link set "$INTERFACE" master {bridge}')
+    up.write_text("#!/bin/sh\n" + "\n".join(lines) + "\n")
     os.chmod(up, 0o755)
     # With no terminal, -K writes the keys where tinc.conf's directory says, asking nothing.
     run_command(["tincd", "-c", str(directory), "-K", "2048"])
     return directory
 
 
-def connect(directory: Path, peer: Path) -> None:
-    """`directory`'s tincd connects to `peer`'s; each gets the other's host file,
-    whose public key the other end's authentication needs."""
+def connect(directory: Path, peer: Path, address: str | None = None) -> None:
+    """`directory`'s tincd connects to `peer`'s, at `address` (default: the one in
+    peer's host file); each gets the other's host file, whose public key the
+    other end's authentication needs."""
     for this, other in ((directory, peer), (peer, directory)):
         host = (other / "hosts" / other.name).read_text()
+        if this is directory and address:
+            host = f"Address = {address}\n{host}"
         (this / "hosts" / other.name).write_text(host)
     with (directory / "tinc.conf").open("a") as conf:
         conf.write(f"ConnectTo = {peer.name}\n")
@@ -75,3 +99,17 @@ def argv(directory: Path) -> list[str]:
 
 def wait_ready(daemon: Daemon, timeout: float = 20.0) -> None:
     wait_for(daemon, lambda: READY in daemon.output(), "its device", timeout)
+
+
+@contextlib.contextmanager
+def daemons(peers: Sequence[tuple[Namespace, Path]]) -> Iterator[list[Daemon]]:
+    """tincd for each (namespace, config directory), in this order, each ready
+    before the next starts: list the ones connected to first, since a refused
+    ConnectTo backs off for seconds before it tries again."""
+    with contextlib.ExitStack() as stack:
+        started = []
+        for ns, peer in peers:
+            daemon = start_daemon(ns, argv(peer), peer.name, label=f"tincd ({peer.name})")
+            started.append(stack.enter_context(daemon))
+            wait_ready(started[-1])
+        yield started

@@ -1,7 +1,8 @@
 """The tun-versus-tap scenarios of `pyvpn bench --scenarios`: where L2 and L3 differ.
 
-Each runs pyvpn in tun mode and in tap mode (native plane) on a testbed of its
-own; run.py runs them, output.py shows what they found.
+Each runs pyvpn in tun mode and in tap mode (native plane), and tinc in switch
+mode where it can, on a testbed of its own; run.py runs them, output.py shows
+what they found.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from . import chatter, first_packet, flooding, ipv6_inside, lan_mtu
 from .run import Scenario
 
-# In this order the first four share one network per mode (lan.two_lans), and
+# In this order the first four share one network per variant (lan.two_lans), and
 # lan-mtu comes before anything sends full-size packets, so that its path is new.
 SCENARIOS: tuple[Scenario, ...] = (
     chatter.SCENARIO,

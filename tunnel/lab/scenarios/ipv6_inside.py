@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..measure import CpuMeter, iperf_tcp, ping
 from ..report import Figure
 from ..testbed import wait_reachable
-from .lan import Sites, two_lans_setup
+from .lan import TINC_FULL_SIZE, Sites, two_lans_setup
 from .run import Run, Scenario, Settings
 
 PING_INTERVAL = 0.2
@@ -60,4 +60,5 @@ SCENARIO = Scenario(
     figures,
     two_lans_setup,
     measure,
+    not_run=TINC_FULL_SIZE,
 )

@@ -1,11 +1,12 @@
 """The networks the scenarios measure: a LAN behind each of two gateways, and a
-hub with spokes, each with pyvpn (native plane) in tun or in tap mode.
+hub with spokes, each with pyvpn (native plane) in tun or in tap mode, or with
+tinc in switch mode (tap devices, as pyvpn's tap mode has).
 
 Two LANs, one per gateway (testbed.a and testbed.b), each a namespace of its own
 with the LAN's hosts on a veth toward its gateway (MTU 1500, a standard LAN):
 
-- tap: the gateway's veth and pyvpn's device are ports of a Linux bridge; both
-  LANs are one segment, one subnet (10.30.0.0/16, fd30::/64).
+- tap: the gateway's veth and the tunnel's device (pyvpn's or tinc's) are ports
+  of a Linux bridge; both LANs are one segment, one subnet (10.30.0.0/16, fd30::/64).
 - tun: the gateway routes; each LAN is a subnet of its own (10.31.0.0/16 and
   fd31:1::/64 behind a, 10.32.0.0/16 and fd31:2::/64 behind b), and each peer's
   allowed_ips hold the other's LAN, so pyvpn routes it through the tunnel.
@@ -24,7 +25,8 @@ from typing import Any
 
 from tunnel.protocol import keys
 
-from ..contenders import Skip, check_plane, skip_unbuilt
+from .. import tinc
+from ..contenders import ETHERNET_HEADER, Skip, Tinc, check_plane, skip_unbuilt
 from ..testbed import (
     INNER_A,
     INNER_A6,
@@ -174,8 +176,50 @@ def two_lans(tb: Testbed, workdir: Path, mode: str, mtu: int) -> Iterator[Sites]
         )
 
 
+# What the scenarios that send full-size LAN packets say of tinc, instead of figures.
+TINC_FULL_SIZE = {
+    "tinc-switch": "not run: full-size LAN packets; tinc's device here is a bridge "
+    "port with the tunnel's MTU, so the bridge drops a 1500-byte frame before tinc "
+    "sees it, and the figures would show that, not tinc"
+}
+
+
+@contextlib.contextmanager
+def two_lans_tinc(tb: Testbed, workdir: Path, mtu: int) -> Iterator[Sites]:
+    """The two tap LANs of two_lans, joined by tinc in switch mode: its device is a
+    port of each gateway's bridge; a's tincd connects to b's."""
+    lans = (_lan(tb, 0, "tap"), _lan(tb, 1, "tap"))
+    devices = [device_name("tcsw", side) for side in "ab"]
+    dirs = [
+        tinc.make_peer(
+            workdir,
+            name=side,
+            device=device,
+            mode="tap",
+            local=local,
+            inner=None,
+            mtu=mtu,
+            bridge=BRIDGE,
+            pmtu=mtu + ETHERNET_HEADER,
+        )
+        for side, device, local in zip("ab", devices, (tb.a_addr, tb.b_addr), strict=True)
+    ]
+    tinc.connect(dirs[0], dirs[1])
+    with tinc.daemons([(tb.b, dirs[1]), (tb.a, dirs[0])]) as (b, a):
+        wait_reachable(lans[0].hosts, lans[1].host4)
+        yield Sites(
+            "tap",
+            lans,
+            (Port(tb.a, tb.a_veth), Port(tb.b, tb.b_veth)),
+            (Port(tb.a, devices[0]), Port(tb.b, devices[1])),
+            [a.pid, b.pid],
+        )
+
+
 def two_lans_setup(run: Run) -> contextlib.AbstractContextManager[Sites]:
-    """two_lans as a scenario's setup."""
+    """two_lans, or two_lans_tinc for tinc, as a scenario's setup."""
+    if isinstance(run.variant, Tinc):
+        return two_lans_tinc(run.tb, run.workdir, run.settings.mtu)
     return two_lans(run.tb, run.workdir, run.mode, run.settings.mtu)
 
 
@@ -254,10 +298,9 @@ def _star_configs(
     return paths
 
 
-@contextlib.contextmanager
-def star(tb: Testbed, workdir: Path, mode: str, mtu: int) -> Iterator[Star]:
-    """pyvpn on tb.namespaces[0] (the hub) with every other namespace as a spoke,
-    each over a veth of its own; the hub's device has no bridge."""
+def _spokes(tb: Testbed) -> tuple[list[Port], list[tuple[str, str]]]:
+    """A veth from the hub (tb.namespaces[0]) to every other namespace: the hub's
+    end of each, and the addresses (hub's, spoke's) on each."""
     for ns in tb.namespaces:
         # No IPv6 on the tunnel devices: no router solicitations or MLD reports of
         # their own among the bytes counted.
@@ -269,7 +312,20 @@ def star(tb: Testbed, workdir: Path, mode: str, mtu: int) -> Iterator[Star]:
     underlay = [(tb.a_addr, tb.b_addr)] + [
         (f"198.18.{i}.1", f"198.18.{i}.2") for i in range(2, len(spokes) + 1)
     ]
-    names = [device_name(f"pv{mode}", c) for c in "hbcdefghijklmnopqrstuvwxyz"[: len(spokes) + 1]]
+    return [Port(hub, link.dev1) for link in links], underlay
+
+
+def _star_names(kind: str, spokes: int) -> list[str]:
+    return [device_name(kind, c) for c in "hbcdefghijklmnopqrstuvwxyz"[: spokes + 1]]
+
+
+@contextlib.contextmanager
+def star(tb: Testbed, workdir: Path, mode: str, mtu: int) -> Iterator[Star]:
+    """pyvpn on tb.namespaces[0] (the hub) with every other namespace as a spoke,
+    each over a veth of its own; the hub's device has no bridge."""
+    ports, underlay = _spokes(tb)
+    hub, spokes = tb.namespaces[0], tb.namespaces[1:]
+    names = _star_names(f"pv{mode}", len(spokes))
     paths = _star_configs(workdir, mode, mtu, names, underlay)
     with contextlib.ExitStack() as stack:
         daemons = [
@@ -282,20 +338,44 @@ def star(tb: Testbed, workdir: Path, mode: str, mtu: int) -> Iterator[Star]:
                 raise TimeoutError("the hub has no session with every spoke within 15 s")
             time.sleep(0.1)
         addrs = [_nth(HUB_SUBNET, i + 2) for i in range(len(spokes))]
-        yield Star(
-            mode,
-            hub,
-            spokes,
-            names[0],
-            names[1:],
-            addrs,
-            [Port(hub, link.dev1) for link in links],
-            daemons[0].pid,
+        yield Star(mode, hub, spokes, names[0], names[1:], addrs, ports, daemons[0].pid)
+
+
+@contextlib.contextmanager
+def star_tinc(tb: Testbed, workdir: Path, mtu: int) -> Iterator[Star]:
+    """The star of `star` with tinc in switch mode: every spoke's tincd connects
+    to the hub's, which listens on all its underlay addresses."""
+    ports, underlay = _spokes(tb)
+    hub, spokes = tb.namespaces[0], tb.namespaces[1:]
+    names = _star_names("tcsw", len(spokes))
+    addrs = [_nth(HUB_SUBNET, i + 1) for i in range(len(names))]
+    locals_ = [None] + [spoke for _, spoke in underlay]
+    dirs = [
+        tinc.make_peer(
+            workdir,
+            name=f"n{i}",
+            device=name,
+            mode="tap",
+            local=local,
+            inner=addr,
+            mtu=mtu,
+            pmtu=mtu + ETHERNET_HEADER,
         )
+        for i, (name, local, addr) in enumerate(zip(names, locals_, addrs, strict=True))
+    ]
+    for spoke, (hub_addr, _) in zip(dirs[1:], underlay, strict=True):
+        tinc.connect(spoke, dirs[0], hub_addr)
+    with tinc.daemons(list(zip(tb.namespaces, dirs, strict=True))) as daemons:
+        for addr in addrs[1:]:
+            # Each spoke answers: the keys are exchanged both ways before anything is timed.
+            wait_reachable(hub, addr)
+        yield Star("tap", hub, spokes, names[0], names[1:], addrs[1:], ports, daemons[0].pid)
 
 
 def star_setup(run: Run) -> contextlib.AbstractContextManager[Star]:
-    """star as a scenario's setup."""
+    """star, or star_tinc for tinc, as a scenario's setup."""
+    if isinstance(run.variant, Tinc):
+        return star_tinc(run.tb, run.workdir, run.settings.mtu)
     return star(run.tb, run.workdir, run.mode, run.settings.mtu)
 
 

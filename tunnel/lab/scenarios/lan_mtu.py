@@ -20,7 +20,7 @@ from ..measure import MeasurementError, iperf_client, parse_iperf_tcp
 from ..report import Figure, Result
 from ..testbed import Namespace, stop_process
 from . import generator
-from .lan import Lan, Sites, two_lans_setup
+from .lan import TINC_FULL_SIZE, Lan, Sites, two_lans_setup
 from .run import Run, Scenario
 
 UDP_PAYLOAD = 1472  # + 8 UDP + 20 IPv4 = 1500, a full LAN packet
@@ -168,5 +168,6 @@ SCENARIO = Scenario(
     lambda settings: FIGURES,
     two_lans_setup,
     measure,
+    not_run=TINC_FULL_SIZE,
     explain=explain,
 )

@@ -1,6 +1,7 @@
-"""What the scenarios found, shown: a table per scenario with tun and tap side by
-side (the terminal's and the report's, each figure with its spread over the
-rounds), their JSON, and a chart with a panel per figure."""
+"""What the scenarios found, shown: a table per scenario with its variants (pyvpn
+tun, pyvpn tap, tinc switch) side by side (the terminal's and the report's, each
+figure with its spread over the rounds), their JSON, and a chart with a panel per
+figure."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ..report import Figure, Result, spread
-from .run import MODES, Scenario, Settings
+from .run import VARIANTS, Scenario, Settings
+
+NAMES = [v.name for v in VARIANTS]
 
 
-def _by_mode(results: Sequence[Result], scenario: Scenario) -> dict[str, Result]:
-    return {r.mode: r for r in results if r.name == scenario.name}
+def _by_variant(results: Sequence[Result], scenario: Scenario) -> dict[str, Result]:
+    return {r.family: r for r in results if r.name == scenario.name}
 
 
 def _value(figure: Figure, value: float) -> str:
@@ -42,22 +45,22 @@ def render_tables(
     scenarios: Sequence[Scenario], results: Sequence[Result], settings: Settings, console: Console
 ) -> None:
     for scenario in scenarios:
-        modes = _by_mode(results, scenario)
+        variants = _by_variant(results, scenario)
         table = Table(title=f"{scenario.title} ({scenario.name})", title_justify="left")
         table.add_column("figure")
-        for mode in MODES:
-            table.add_column(f"pyvpn {mode}", justify="right")
+        for name in NAMES:
+            table.add_column(name, justify="right")
         for figure in scenario.figures(settings):
             table.add_row(
-                f"{figure.label} ({figure.unit})", *(_cell(modes.get(m), figure) for m in MODES)
+                f"{figure.label} ({figure.unit})", *(_cell(variants.get(n), figure) for n in NAMES)
             )
         console.print(table)
-        for mode in MODES:
-            result = modes.get(mode)
+        for name in NAMES:
+            result = variants.get(name)
             if result is None:
                 continue
             for line in scenario.explain(result) + result.notes:
-                console.print(f"  [bold]{mode}[/bold]: {line}", highlight=False)
+                console.print(f"  [bold]{name}[/bold]: {line}", highlight=False)
 
 
 def to_json(
@@ -65,13 +68,14 @@ def to_json(
 ) -> list[dict[str, Any]]:
     out = []
     for scenario in scenarios:
-        for mode, r in _by_mode(results, scenario).items():
+        for name, r in _by_variant(results, scenario).items():
             out.append(
                 {
                     "name": scenario.name,
                     "title": scenario.title,
-                    "mode": mode,
-                    "datapath": "native",
+                    "variant": name,
+                    "mode": r.mode,
+                    "version": r.version,
                     "status": r.status,
                     "notes": r.notes,
                     "explained": scenario.explain(r),
@@ -92,28 +96,30 @@ def markdown(
         "",
         "## tun and tap scenarios",
         "",
-        "pyvpn in tun mode and in tap mode (native plane) on the same set-up; each figure "
-        "is the median over the rounds, the lowest and highest round in brackets.",
+        "pyvpn in tun mode and in tap mode (native plane), and tinc in switch mode (its "
+        "L2, a learning switch as pyvpn's tap is) where it can run, on the same set-up; "
+        "each figure is the median over the rounds, the lowest and highest round in "
+        "brackets.",
         "",
     ]
     for scenario in scenarios:
-        modes = _by_mode(results, scenario)
+        variants = _by_variant(results, scenario)
         lines += [
             f"### {scenario.title} (`{scenario.name}`)",
             "",
             scenario.description,
             "",
-            "| figure | " + " | ".join(f"pyvpn {m}" for m in MODES) + " |",
-            "|---|" + "---|" * len(MODES),
+            "| figure | " + " | ".join(NAMES) + " |",
+            "|---|" + "---|" * len(NAMES),
         ]
         for figure in scenario.figures(settings):
-            cells = [_cell(modes.get(m), figure) for m in MODES]
+            cells = [_cell(variants.get(n), figure) for n in NAMES]
             lines.append(f"| {figure.label} ({figure.unit}) | " + " | ".join(cells) + " |")
         remarks = [
-            f"- {mode}: {line}"
-            for mode in MODES
-            if mode in modes
-            for line in scenario.explain(modes[mode]) + modes[mode].notes
+            f"- {name}: {line}"
+            for name in NAMES
+            if name in variants
+            for line in scenario.explain(variants[name]) + variants[name].notes
         ]
         lines += ["", *remarks, ""] if remarks else [""]
     lines += [f"![tun and tap scenarios]({chart})"]
@@ -126,7 +132,7 @@ def write_chart(
     results: Sequence[Result],
     settings: Settings,
 ) -> None:
-    """A panel per figure: tun and tap bars, each with its lowest and highest round."""
+    """A panel per figure: a bar per variant, each with its lowest and highest round."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never a display
@@ -136,13 +142,13 @@ def write_chart(
     columns = min(4, max(1, len(panels)))
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
-    colours = {"tun": "#1f77b4", "tap": "#ff7f0e"}
+    colours = dict(zip(NAMES, ("#1f77b4", "#ff7f0e", "#2ca02c"), strict=True))
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax, (scenario, figure) in zip(axes.flat, panels, strict=False):
-        modes = _by_mode(results, scenario)
-        for x, mode in enumerate(MODES):
-            r = modes.get(mode)
+        variants = _by_variant(results, scenario)
+        for x, name in enumerate(NAMES):
+            r = variants.get(name)
             value = r.figures.get(figure.key) if r else None
             if value is None:
                 continue
@@ -159,17 +165,17 @@ def write_chart(
                 0.6,
                 yerr=err,
                 capsize=4,
-                color=colours[mode],
-                label=mode,
+                color=colours[name],
+                label=name,
             )
             ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=2)
-        ax.set_xticks(range(len(MODES)), [f"pyvpn {m}" for m in MODES], fontsize=8)
+        ax.set_xticks(range(len(NAMES)), NAMES, fontsize=7)
         ax.set_title(f"{scenario.name}: {figure.label}\n({figure.unit})", fontsize=8)
         ax.margins(y=0.2)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(
-        "pyvpn bench scenarios: tun (L3) and tap (L2), native plane; "
-        "error bars: lowest and highest round"
+        "pyvpn bench scenarios: pyvpn tun (L3) and tap (L2), native plane, and tinc "
+        "switch (L2); error bars: lowest and highest round"
     )
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
