@@ -174,8 +174,7 @@ def write_chart(
         ax.margins(y=0.2)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(
-        "pyvpn bench scenarios: pyvpn tun (L3) and tap (L2), native plane, and tinc "
-        "switch (L2); error bars: lowest and highest round"
+        "pyvpn bench scenarios: pyvpn tun and tap, tinc switch; error bars: lowest, highest round"
     )
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
