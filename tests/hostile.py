@@ -30,6 +30,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from aioice import stun
+
 from tunnel.protocol import crypto, keys, messages
 from tunnel.protocol.constants import (
     COOKIE_REPLY_SIZE,
@@ -39,6 +41,8 @@ from tunnel.protocol.constants import (
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
     RESPONSE_SIZE,
+    STUN_HEADER_SIZE,
+    STUN_MAGIC_COOKIE,
 )
 from tunnel.protocol.cookie import CookieGenerator
 from tunnel.protocol.noise import Handshake, StaticIdentity
@@ -129,6 +133,20 @@ class Forger:
     def transport_other_mode(self) -> bytes:
         return bytes((4, MARKER_L2, 0, 0)) + self.index(True) + self.bytes_(8 + 48)
 
+    def stun_lookalike(self) -> bytes:
+        """STUN's header (RFC 5389: the cookie, a length that fits) over random
+        attributes: a fleet host's STUN client parses these."""
+        body = self.bytes_(4 * self.rng.randrange(1, 64))
+        kind = self.rng.randrange(0, 0x4000)
+        header = struct.pack("!HHI", kind, len(body), STUN_MAGIC_COOKIE)
+        return header + self.bytes_(STUN_HEADER_SIZE - 8) + body
+
+    def stun_binding_response(self) -> bytes:
+        """A well-formed Binding answer to no request, naming any address."""
+        answer = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE)
+        answer.attributes["XOR-MAPPED-ADDRESS"] = (f"198.51.100.{self.rng.randrange(256)}", 9)
+        return bytes(answer)
+
 
 KINDS: dict[str, Callable[[Forger], bytes]] = {
     name: getattr(Forger, name)
@@ -145,6 +163,8 @@ KINDS: dict[str, Callable[[Forger], bytes]] = {
         "transport_bad_tag",
         "transport_short",
         "transport_other_mode",
+        "stun_lookalike",
+        "stun_binding_response",
     )
 }
 
