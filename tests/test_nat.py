@@ -12,7 +12,20 @@ import pytest
 
 from tunnel.lab.coturn import Coturn
 from tunnel.lab.internet import SERVERS, Internet, Mapping, conntrack_mapping
-from tunnel.lab.testbed import Namespace, host_problem, missing_tools
+from tunnel.lab.testbed import (
+    INNER_A,
+    INNER_B,
+    Daemon,
+    Namespace,
+    host_problem,
+    missing_tools,
+    poll_until,
+    pyvpn_status,
+    start_daemon,
+    start_pyvpn,
+    wait_reachable,
+    write_pair_configs,
+)
 from tunnel.protocol.address import Address, format_address
 
 from .conftest import needs
@@ -51,3 +64,73 @@ def test_stun_from_the_wireguard_socket_learns_the_mapping_the_nat_uses(internet
         assert address[0] == site.public
         assert conntrack_mapping(site, host, PORT) == [address]
     assert mapped[0] != mapped[1]
+
+
+def relay_for(ns: Namespace, coturn: Coturn, peer: Address) -> tuple[Daemon, Address, Address]:
+    """tests/turn_relay.py in `ns`, relaying for the tunnel on PORT to `peer`: the
+    running relay, its relayed address, and the local port that stands for `peer`."""
+    argv = ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "tests.turn_relay",
+            format_address(coturn.server), "--user", coturn.username,
+            "--password", coturn.password, "--wireguard-port", str(PORT),
+            "--peer", format_address(peer)]  # fmt: skip
+    relay = start_daemon(ns, argv, "turn_relay", label="TURN relay")
+    line = poll_until(lambda: relay.output().strip() or (not relay.alive() and "dead"), 15)
+    answer = json.loads(line) if line and line != "dead" else {"error": relay.output()}
+    if "relayed" not in answer:
+        relay.stop()
+        pytest.fail(f"no TURN allocation: {answer['error']}\n{coturn.log()[-2000:]}")
+    return relay, tuple(answer["relayed"]), tuple(answer["ports"][0])
+
+
+def test_a_host_behind_a_symmetric_nat_is_reached_through_a_turn_relay(
+    internet, datapath, tmp_path
+):
+    """Behind an endpoint-dependent NAT a host's mapping toward a peer is not the
+    one STUN saw, so no direct path can be set up; through a TURN allocation on
+    coturn and relay.py's local port, a cone-NAT host and it ping each other."""
+    net, coturn = internet
+    cone = net.add_site(Mapping.ENDPOINT_INDEPENDENT).hosts[0]
+    symmetric = net.add_site(Mapping.ENDPOINT_DEPENDENT).hosts[0]
+    cone_mapped = stun_probe(cone, coturn.server, "socket")
+    relay, relayed, local = relay_for(symmetric, coturn, cone_mapped)
+    with relay:
+        path_c, path_s = write_pair_configs(
+            tmp_path, "tun", datapath,
+            peer_a={"endpoint": format_address(relayed)},
+            peer_b={"endpoint": format_address(local)},
+        )  # fmt: skip
+        with start_pyvpn(cone, path_c) as c, start_pyvpn(symmetric, path_s) as s:
+            wait_reachable(cone, INNER_B)
+            wait_reachable(symmetric, INNER_A)
+            # Each side's WireGuard has the relay as the other's endpoint.
+            assert pyvpn_status(c.name)["peers"][0]["endpoint"] == format_address(relayed)
+            assert pyvpn_status(s.name)["peers"][0]["endpoint"] == format_address(local)
+
+
+ROUNDS = 3
+
+
+def test_two_hosts_behind_cone_nats_punch_through_to_each_other(internet, datapath, tmp_path):
+    """Each host has the other's mapped address (from STUN) as its endpoint and
+    both send initiations: the first of each opens its own NAT toward the other,
+    so the one that comes after gets in, and the crossed handshakes converge on
+    one session. From closed NATs (conntrack flushed), round after round."""
+    net, coturn = internet
+    sites = [net.add_site(Mapping.ENDPOINT_INDEPENDENT) for _ in range(2)]
+    hosts = [site.hosts[0] for site in sites]
+    for _ in range(ROUNDS):
+        for site in sites:
+            site.router.run("conntrack", "-F")
+        mapped = [stun_probe(host, coturn.server, "socket") for host in hosts]
+        assert [address[0] for address in mapped] == [site.public for site in sites]
+        path_a, path_b = write_pair_configs(
+            tmp_path, "tun", datapath,
+            peer_a={"endpoint": format_address(mapped[1])},
+            peer_b={"endpoint": format_address(mapped[0])},
+        )  # fmt: skip
+        with start_pyvpn(hosts[0], path_a) as a, start_pyvpn(hosts[1], path_b) as b:
+            wait_reachable(hosts[0], INNER_B)
+            wait_reachable(hosts[1], INNER_A)
+            for daemon, other in ((a, mapped[1]), (b, mapped[0])):
+                (peer,) = pyvpn_status(daemon.name)["peers"]
+                assert peer["endpoint"] == format_address(other)

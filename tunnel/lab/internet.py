@@ -110,12 +110,26 @@ class Internet:
 
 
 def _masquerade(uplink: str, mapping: Mapping) -> str:
-    """The router's ruleset: LAN flows leaving by the uplink are masqueraded."""
+    """The router's ruleset: LAN flows leaving by the uplink are masqueraded, and
+    from the uplink only what belongs to them comes in. Dropped before conntrack
+    confirms it, an unsolicited datagram leaves no flow behind; answered by the
+    router itself (ICMP port unreachable), it would stay as a flow that takes
+    the mapping a hole punch needs, as no real router lets it."""
     return (
         "table ip nat {\n"
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n"
         f'    oifname "{uplink}" {mapping.value}\n'
+        "  }\n"
+        "}\n"
+        "table inet filter {\n"
+        "  chain input {\n"
+        "    type filter hook input priority filter; policy accept;\n"
+        f'    iifname "{uplink}" ct state != {{ established, related }} drop\n'
+        "  }\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority filter; policy accept;\n"
+        f'    iifname "{uplink}" ct state != {{ established, related }} drop\n'
         "  }\n"
         "}\n"
     )
