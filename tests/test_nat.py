@@ -43,13 +43,13 @@ def internet(bed) -> Iterator[tuple[Internet, Coturn]]:
         yield net, coturn
 
 
-def stun_probe(ns: Namespace, server: Address, plane: str, port: int = PORT) -> Address:
+def stun_probe(ns: Namespace, coturn: Coturn, plane: str, port: int = PORT) -> Address:
     """tests/stun_probe.py in `ns`: the public address of a UDP port, asked from a
     data plane's WireGuard socket (plane "python" or "native") or a bare socket."""
     argv = ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "tests.stun_probe"]
-    done = ns.run(*argv, format_address(server), "--plane", plane, "--port", str(port))
+    done = ns.run(*argv, format_address(coturn.server), "--plane", plane, "--port", str(port))
     answer = json.loads(done.stdout)
-    assert "mapped" in answer, answer["error"]
+    assert "mapped" in answer, f"{answer['error']}; coturn's log:\n{coturn.log()[-2000:]}"
     return tuple(answer["mapped"])
 
 
@@ -59,7 +59,7 @@ def test_stun_from_the_wireguard_socket_learns_the_mapping_the_nat_uses(internet
     what the NAT's connection tracking says it mapped that host onto."""
     net, coturn = internet
     site = net.add_site(Mapping.ENDPOINT_INDEPENDENT, hosts=2)
-    mapped = [stun_probe(host, coturn.server, datapath) for host in site.hosts]
+    mapped = [stun_probe(host, coturn, datapath) for host in site.hosts]
     for host, address in zip(site.hosts, mapped, strict=True):
         assert address[0] == site.public
         assert conntrack_mapping(site, host, PORT) == [address]
@@ -91,7 +91,7 @@ def test_a_host_behind_a_symmetric_nat_is_reached_through_a_turn_relay(
     net, coturn = internet
     cone = net.add_site(Mapping.ENDPOINT_INDEPENDENT).hosts[0]
     symmetric = net.add_site(Mapping.ENDPOINT_DEPENDENT).hosts[0]
-    cone_mapped = stun_probe(cone, coturn.server, "socket")
+    cone_mapped = stun_probe(cone, coturn, "socket")
     relay, relayed, local = relay_for(symmetric, coturn, cone_mapped)
     with relay:
         path_c, path_s = write_pair_configs(
@@ -121,7 +121,7 @@ def test_two_hosts_behind_cone_nats_punch_through_to_each_other(internet, datapa
     for _ in range(ROUNDS):
         for site in sites:
             site.router.run("conntrack", "-F")
-        mapped = [stun_probe(host, coturn.server, "socket") for host in hosts]
+        mapped = [stun_probe(host, coturn, "socket") for host in hosts]
         assert [address[0] for address in mapped] == [site.public for site in sites]
         path_a, path_b = write_pair_configs(
             tmp_path, "tun", datapath,

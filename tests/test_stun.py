@@ -135,7 +135,9 @@ def test_an_error_answer_is_a_clear_failure() -> None:
 
 def test_the_python_plane_hands_stun_answers_to_its_listener() -> None:
     """A STUN server on loopback answers a request sent out of the plane's socket;
-    the answer reaches the client through the plane's receive path."""
+    the answer reaches the client through the plane's receive path, past hostile
+    look-alikes."""
+    forger = Forger(random.Random(3), keys.generate_private_key(), None)
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("127.0.0.1", 0))
     server.setblocking(False)
@@ -150,6 +152,10 @@ def test_the_python_plane_hands_stun_answers_to_its_listener() -> None:
 
         def answer() -> None:
             request, source = server.recvfrom(2048)
+            # Hostile STUN look-alikes first, from the server's own address.
+            for make in (KINDS["stun_lookalike"], KINDS["stun_binding_response"]):
+                for _ in range(50):
+                    server.sendto(make(forger), source)
             server.sendto(binding_answer(request, udp.from_sockaddr(source)), source)
 
         loop.add_reader(server.fileno(), answer)
