@@ -66,13 +66,17 @@ def test_stun_from_the_wireguard_socket_learns_the_mapping_the_nat_uses(internet
     assert mapped[0] != mapped[1]
 
 
+def turn_relay_argv(coturn: Coturn, password: str, *args: str) -> list[str]:
+    """tests/turn_relay.py for the tunnel on PORT, with coturn's user."""
+    return ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "tests.turn_relay",
+            format_address(coturn.server), "--user", coturn.username, "--password", password,
+            "--wireguard-port", str(PORT), *args]  # fmt: skip
+
+
 def relay_for(ns: Namespace, coturn: Coturn, peer: Address) -> tuple[Daemon, Address, Address]:
     """tests/turn_relay.py in `ns`, relaying for the tunnel on PORT to `peer`: the
     running relay, its relayed address, and the local port that stands for `peer`."""
-    argv = ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "tests.turn_relay",
-            format_address(coturn.server), "--user", coturn.username,
-            "--password", coturn.password, "--wireguard-port", str(PORT),
-            "--peer", format_address(peer)]  # fmt: skip
+    argv = turn_relay_argv(coturn, coturn.password, "--peer", format_address(peer))
     relay = start_daemon(ns, argv, "turn_relay", label="TURN relay")
     line = poll_until(lambda: relay.output().strip() or (not relay.alive() and "dead"), 15)
     answer = json.loads(line) if line and line != "dead" else {"error": relay.output()}
@@ -134,3 +138,13 @@ def test_two_hosts_behind_cone_nats_punch_through_to_each_other(internet, datapa
             for daemon, other in ((a, mapped[1]), (b, mapped[0])):
                 (peer,) = pyvpn_status(daemon.name)["peers"]
                 assert peer["endpoint"] == format_address(other)
+
+
+def test_a_relay_with_the_wrong_password_fails_clearly(internet):
+    net, coturn = internet
+    host = net.add_site(Mapping.ENDPOINT_DEPENDENT).hosts[0]
+    done = host.run(*turn_relay_argv(coturn, "wrong"), check=False, timeout=60)
+    assert done.returncode == 1
+    error = json.loads(done.stdout)["error"]
+    assert error.startswith(f"no TURN allocation on {format_address(coturn.server)}: "), error
+    assert "401" in error, error
