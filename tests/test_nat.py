@@ -53,6 +53,22 @@ def stun_probe(ns: Namespace, coturn: Coturn, plane: str, port: int = PORT) -> A
     return tuple(answer["mapped"])
 
 
+@pytest.mark.parametrize("mapping", list(Mapping))
+def test_the_lab_nats_map_as_rfc_4787_says(internet, mapping):
+    """Asked from one port by two STUN servers (coturn on the internet's servers
+    and on a public host), an endpoint-independent NAT reports one mapped
+    address to both, an endpoint-dependent one another to each."""
+    net, coturn = internet
+    public, address = net.add_public_host()
+    host = net.add_site(mapping).hosts[0]
+    with Coturn(public, address) as other:
+        mapped = [stun_probe(host, server, "socket") for server in (coturn, other)]
+    if mapping is Mapping.ENDPOINT_INDEPENDENT:
+        assert mapped[0] == mapped[1]
+    else:  # fully random: the same port twice is a chance of one in 64,000
+        assert mapped[0][0] == mapped[1][0] and mapped[0][1] != mapped[1][1]
+
+
 def test_stun_from_the_wireguard_socket_learns_the_mapping_the_nat_uses(internet, datapath):
     """Two hosts behind one cone NAT, each with its WireGuard socket on the same
     port: the NAT cannot give both that port, and what STUN reports to each is
