@@ -164,3 +164,25 @@ def test_a_relay_with_the_wrong_password_fails_clearly(internet):
     error = json.loads(done.stdout)["error"]
     assert error.startswith(f"no TURN allocation on {format_address(coturn.server)}: "), error
     assert "401" in error, error
+
+
+def test_two_hosts_behind_symmetric_nats_meet_through_one_relay(internet, datapath, tmp_path):
+    """Neither host's STUN-mapped address is the one the other's packets come
+    from. One host's relay has a local port for the other's stale candidate;
+    when the other reaches the relayed address from a new mapping of the same
+    address, the relay follows it there, as WireGuard follows a roaming peer."""
+    net, coturn = internet
+    first, second = (net.add_site(Mapping.ENDPOINT_DEPENDENT).hosts[0] for _ in range(2))
+    stale = stun_probe(second, coturn, "socket")
+    relay, relayed, local = relay_for(first, coturn, stale)
+    with relay:
+        path_1, path_2 = write_pair_configs(
+            tmp_path, "tun", datapath,
+            peer_a={"endpoint": format_address(local)},
+            peer_b={"endpoint": format_address(relayed)},
+        )  # fmt: skip
+        # The relayed host first: its initiation, sent to the stale candidate,
+        # gives the other's address permission on the allocation.
+        with start_pyvpn(first, path_1), start_pyvpn(second, path_2):
+            wait_reachable(second, INNER_A)
+            wait_reachable(first, INNER_B)
