@@ -16,13 +16,13 @@ import sys
 
 import uvloop
 
-from tunnel.fleet.relay import Relay, RelayError
+from tunnel.fleet.relay import RelayError, TurnRelay
 from tunnel.host.udp import split_address
 
 
 async def relay(args: argparse.Namespace) -> int:
     try:
-        r = await Relay.allocate(
+        r = await TurnRelay.allocate(
             split_address(args.server), args.user, args.password, args.wireguard_port
         )
     except RelayError as e:

@@ -32,6 +32,12 @@ LOOPBACK = "127.0.0.1"
 # Seconds an allocation lasts unless refreshed (RFC 8656's default); aioice
 # refreshes it at five sixths of that.
 LIFETIME = 600
+# Seconds after which the next datagram to a peer binds its channel again. A
+# binding lasts 600 s but the permission it installs only 300 s (RFC 8656
+# sections 9 and 12), and aioice's default of 500 would leave the peer without
+# one for minutes: refreshing before 300 s keeps both for a peer that is sent
+# to (persistent keepalive sends every 25 s).
+CHANNEL_REFRESH = 240
 
 
 class RelayError(Exception):
@@ -41,7 +47,7 @@ class RelayError(Exception):
 class _FromTurn(asyncio.DatagramProtocol):
     """What arrives through the allocation, from a peer."""
 
-    relay: Relay | None = None  # set once the allocation is made
+    relay: TurnRelay | None = None  # set once the allocation is made
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         if self.relay is not None:
@@ -54,7 +60,7 @@ class _FromTurn(asyncio.DatagramProtocol):
 class _LocalPort(asyncio.DatagramProtocol):
     """The loopback socket that stands in for one peer."""
 
-    def __init__(self, relay: Relay, peer: Address) -> None:
+    def __init__(self, relay: TurnRelay, peer: Address) -> None:
         self.relay = relay
         self.peer = peer
         self.transport: asyncio.DatagramTransport | None = None
@@ -69,7 +75,7 @@ class _LocalPort(asyncio.DatagramProtocol):
             self.relay.turn.sendto(data, self.peer)
 
 
-class Relay:
+class TurnRelay:
     """A TURN allocation and the local ports of the peers reached through it."""
 
     def __init__(
@@ -88,7 +94,7 @@ class Relay:
         password: str,
         wireguard_port: int,
         lifetime: int = LIFETIME,
-    ) -> Relay:
+    ) -> TurnRelay:
         """An allocation on the TURN server at `server` (an IP address and port)
         for the WireGuard socket on local UDP port `wireguard_port`."""
         receiver = _FromTurn()
@@ -99,6 +105,7 @@ class Relay:
                 username,
                 password,
                 lifetime=lifetime,
+                channel_refresh_time=CHANNEL_REFRESH,
             )
         except (OSError, ConnectionError, stun.TransactionError) as e:
             raise RelayError(f"no TURN allocation on {format_address(server)}: {e}") from None
