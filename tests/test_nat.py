@@ -4,6 +4,7 @@ really uses, two hosts behind cone NATs punch through to each other, and a host
 behind a symmetric NAT is reached through a TURN relay."""
 
 import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from tunnel.lab.testbed import (
     wait_reachable,
     write_pair_configs,
 )
+from tunnel.protocol import keys
 from tunnel.protocol.address import Address, format_address
 
 from .conftest import needs
@@ -43,12 +45,20 @@ def internet(bed) -> Iterator[tuple[Internet, Coturn]]:
         yield net, coturn
 
 
-def stun_probe(ns: Namespace, coturn: Coturn, plane: str, port: int = PORT) -> Address:
-    """tests/stun_probe.py in `ns`: the public address of a UDP port, asked from a
-    data plane's WireGuard socket (plane "python" or "native") or a bare socket."""
-    argv = ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "tests.stun_probe"]
-    done = ns.run(*argv, format_address(coturn.server), "--plane", plane, "--port", str(port))
-    answer = json.loads(done.stdout)
+def in_checkout(module: str, *args: str) -> list[str]:
+    """`python -m tests.MODULE ARGS` from this checkout, for a namespace to run."""
+    return ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", f"tests.{module}", *args]
+
+
+def stun_probe(
+    ns: Namespace, coturn: Coturn, plane: str, port: int = PORT, count: int = 1
+) -> Address:
+    """tests/stun_probe.py in `ns`: the public address of a UDP port, asked `count`
+    times from a data plane's WireGuard socket (plane "python" or "native") or a
+    bare socket; every question answered."""
+    argv = in_checkout("stun_probe", format_address(coturn.server), "--plane", plane,
+                       "--port", str(port), "--count", str(count))  # fmt: skip
+    answer = json.loads(ns.run(*argv, timeout=30 + 20 * count).stdout)
     assert "mapped" in answer, f"{answer['error']}; coturn's log:\n{coturn.log()[-2000:]}"
     return tuple(answer["mapped"])
 
@@ -84,9 +94,8 @@ def test_stun_from_the_wireguard_socket_learns_the_mapping_the_nat_uses(internet
 
 def turn_relay_argv(coturn: Coturn, password: str, *args: str) -> list[str]:
     """tests/turn_relay.py for the tunnel on PORT, with coturn's user."""
-    return ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "tests.turn_relay",
-            format_address(coturn.server), "--user", coturn.username, "--password", password,
-            "--wireguard-port", str(PORT), *args]  # fmt: skip
+    return in_checkout("turn_relay", format_address(coturn.server), "--user", coturn.username,
+                       "--password", password, "--wireguard-port", str(PORT), *args)  # fmt: skip
 
 
 def relay_for(ns: Namespace, coturn: Coturn, peer: Address) -> tuple[Daemon, Address, Address]:
@@ -186,3 +195,23 @@ def test_two_hosts_behind_symmetric_nats_meet_through_one_relay(internet, datapa
         with start_pyvpn(first, path_1), start_pyvpn(second, path_2):
             wait_reachable(second, INNER_A)
             wait_reachable(first, INNER_B)
+
+
+def test_hostile_stun_look_alikes_leave_the_wireguard_socket_answering(internet, datapath):
+    """A flood of STUN look-alikes and forged Binding answers at a host's
+    WireGuard socket while its plane asks coturn, again and again: every
+    question gets the true answer (on the native plane through C's upcalls)."""
+    net, coturn = internet
+    host, address = net.add_public_host()
+    attacker, _ = net.add_public_host()
+    key = keys.encode(keys.public_key(keys.generate_private_key()))
+    flood = attacker.popen(
+        *in_checkout("hostile", f"{address}:{PORT}", "--public-key", key, "--count", "60000",
+                     "--rate", "20000", "--kind", "stun_lookalike",
+                     "--kind", "stun_binding_response"),
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    mapped = stun_probe(host, coturn, datapath, count=12)
+    sent = json.loads(flood.communicate(timeout=60)[0])["sent"]
+    assert mapped == (address, PORT)
+    assert sent["stun_lookalike"] > 0 and sent["stun_binding_response"] > 0
