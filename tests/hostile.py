@@ -144,7 +144,7 @@ class Forger:
 
     def stun_binding_response(self) -> bytes:
         """A well-formed Binding answer to no request, naming any address."""
-        answer = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE)
+        answer = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, self.bytes_(12))
         answer.attributes["XOR-MAPPED-ADDRESS"] = (f"198.51.100.{self.rng.randrange(256)}", 9)
         return bytes(answer)
 
