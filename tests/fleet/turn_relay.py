@@ -1,6 +1,6 @@
 """A TURN relay (tunnel/fleet/relay.py) for a tunnel in a namespace, run inside it:
 
-    python -m tests.turn_relay SERVER_HOST:PORT --user USER --password PASS
+    python -m tests.fleet.turn_relay SERVER_HOST:PORT --user USER --password PASS
         --wireguard-port N --peer HOST:PORT [--peer HOST:PORT ...]
 
 Makes the allocation and a local port for each peer, prints one JSON line,

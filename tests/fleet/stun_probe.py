@@ -1,6 +1,6 @@
 """Ask a STUN server for a UDP port's public address, from inside a namespace:
 
-    python -m tests.stun_probe SERVER_HOST:PORT --plane python|native|socket
+    python -m tests.fleet.stun_probe SERVER_HOST:PORT --plane python|native|socket
         [--port N] [--device NAME] [--retransmissions N] [--count N]
 
 With --plane python or native the request goes out of a WireGuard socket that a

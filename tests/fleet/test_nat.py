@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -30,9 +29,8 @@ from tunnel.lab.testbed import (
 from tunnel.protocol import keys
 from tunnel.protocol.address import Address, format_address
 
-from .conftest import needs
+from ..conftest import ROOT, needs
 
-ROOT = Path(__file__).resolve().parent.parent
 PORT = 51820
 
 pytestmark = needs(host_problem() or missing_tools(("turnserver", "conntrack", "nft")))
@@ -53,10 +51,10 @@ def in_checkout(module: str, *args: str) -> list[str]:
 def stun_probe(
     ns: Namespace, coturn: Coturn, plane: str, port: int = PORT, count: int = 1
 ) -> Address:
-    """tests/stun_probe.py in `ns`: the public address of a UDP port, asked `count`
+    """tests/fleet/stun_probe.py in `ns`: the public address of a UDP port, asked `count`
     times from a data plane's WireGuard socket (plane "python" or "native") or a
     bare socket; every question answered."""
-    argv = in_checkout("stun_probe", format_address(coturn.server), "--plane", plane,
+    argv = in_checkout("fleet.stun_probe", format_address(coturn.server), "--plane", plane,
                        "--port", str(port), "--count", str(count))  # fmt: skip
     answer = json.loads(ns.run(*argv, timeout=30 + 20 * count).stdout)
     assert "mapped" in answer, f"{answer['error']}; coturn's log:\n{coturn.log()[-2000:]}"
@@ -93,13 +91,13 @@ def test_stun_from_the_wireguard_socket_learns_the_mapping_the_nat_uses(internet
 
 
 def turn_relay_argv(coturn: Coturn, password: str, *args: str) -> list[str]:
-    """tests/turn_relay.py for the tunnel on PORT, with coturn's user."""
-    return in_checkout("turn_relay", format_address(coturn.server), "--user", coturn.username,
+    """tests/fleet/turn_relay.py for the tunnel on PORT, with coturn's user."""
+    return in_checkout("fleet.turn_relay", format_address(coturn.server), "--user", coturn.username,
                        "--password", password, "--wireguard-port", str(PORT), *args)  # fmt: skip
 
 
 def relay_for(ns: Namespace, coturn: Coturn, peer: Address) -> tuple[Daemon, Address, Address]:
-    """tests/turn_relay.py in `ns`, relaying for the tunnel on PORT to `peer`: the
+    """tests/fleet/turn_relay.py in `ns`, relaying for the tunnel on PORT to `peer`: the
     running relay, its relayed address, and the local port that stands for `peer`."""
     argv = turn_relay_argv(coturn, coturn.password, "--peer", format_address(peer))
     relay = start_daemon(ns, argv, "turn_relay", label="TURN relay")

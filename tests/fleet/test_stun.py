@@ -20,7 +20,7 @@ from tunnel.protocol.address import Address
 from tunnel.protocol.constants import INITIATION_SIZE, STUN_MAGIC_COOKIE
 from tunnel.protocol.stun import is_stun
 
-from .hostile import KINDS, Forger
+from ..hostile import KINDS, Forger
 
 SERVER: Address = ("192.0.2.7", 3478)
 MAPPED: Address = ("203.0.113.11", 40000)
