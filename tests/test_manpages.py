@@ -48,12 +48,16 @@ def test_page_renders_without_warnings(page):
     assert "NAME" in text and "SYNOPSIS" in text and "SEE ALSO" in text
 
 
-def undocumented(text: str, parser: argparse.ArgumentParser) -> list[str]:
+def undocumented(text: str, parser: argparse.ArgumentParser, command: str = "pyvpn") -> list[str]:
+    """What of the parser's commands and options the text lacks, those of a
+    command's own commands (`pyvpn fleet admit`) too."""
     missing = [option for option in long_options(parser) if option not in text]
     for name, sub in subcommands(parser).items():
-        if f"pyvpn {name}" not in text:
+        if f"{command} {name}" not in text:
             missing.append(name)
         missing += [f"{name} {option}" for option in long_options(sub) if option not in text]
+        if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+            missing += [f"{name} {m}" for m in undocumented(text, sub, f"{command} {name}")]
     return missing
 
 

@@ -1,0 +1,3 @@
+"""A fleet: hosts that find each other through etcd, admitted by signed records
+(record.py, roster.py), configured by fleet.toml (settings.py), administered by
+`pyvpn fleet` (commands.py) and joined by each running host's agent (agent.py)."""

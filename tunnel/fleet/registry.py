@@ -1,0 +1,184 @@
+"""etcd as the fleet's registry, through etcd3gw: etcd's v3 API as JSON over
+HTTP (the gRPC gateway every etcd from 3.4 serves on its client URL).
+
+Blocking calls, for the commands and for the agent's worker threads. Each call
+tries the fleet's client URLs in order and says, in one line, why none
+answered (RegistryError). The watch is read here rather than through
+etcd3gw's Watcher, which reads the stream in a thread of its own and drops its
+end silently: resuming from a revision after an outage needs to see the end."""
+
+import base64
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import etcd3gw
+import requests
+from etcd3gw import exceptions as etcd_errors
+
+from .settings import FleetSettings
+
+log = logging.getLogger("pyvpn")
+
+# Long enough for a loaded etcd, short enough that a host notices an outage soon.
+TIMEOUT = 5.0
+
+
+class RegistryError(Exception):
+    """The registry did not answer, or refused: one line for the user."""
+
+
+class Compacted(RegistryError):
+    """A watch asked for a revision etcd has compacted away: read everything anew."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change under the prefix: a put (value) or a delete (value None)."""
+
+    key: str
+    value: bytes | None
+    revision: int
+
+
+def _b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def _range_end(prefix: str) -> str:
+    """The key just past every key that starts with prefix (etcd's prefix range)."""
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1
+    return _b64(bytes(raw))
+
+
+class Registry:
+    def __init__(self, settings: FleetSettings, timeout: float = TIMEOUT) -> None:
+        self.urls = settings.registry
+        self.timeout = timeout
+        self.session = requests.Session()
+        if settings.ca_file:
+            self.session.verify = settings.ca_file
+        if settings.cert_file and settings.key_file:
+            self.session.cert = (settings.cert_file, settings.key_file)
+        self.clients = [self._client(url) for url in self.urls]
+
+    def _client(self, url: str) -> etcd3gw.Etcd3Client:
+        parts = requests.utils.urlparse(url)
+        return etcd3gw.Etcd3Client(
+            host=parts.hostname, port=parts.port, protocol=parts.scheme,
+            timeout=self.timeout, api_path="/v3/", session=self.session,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST to the first client URL that answers; RegistryError if none does."""
+        errors = []
+        for client in self.clients:
+            try:
+                answer: dict[str, Any] = client.post(client.get_url(path), json=payload)
+                return answer
+            except etcd_errors.Etcd3Exception as e:
+                errors.append(f"{client.base_url}: {_reason(e)}")
+            except (requests.RequestException, ValueError) as e:
+                errors.append(f"{client.base_url}: {type(e).__name__}")
+        raise RegistryError("no registry answered: " + "; ".join(errors))
+
+    def snapshot(self, prefix: str) -> tuple[int, list[tuple[str, bytes]]]:
+        """Every key and value under prefix, and the revision they are as of."""
+        answer = self._call("/kv/range", {"key": _b64(prefix), "range_end": _range_end(prefix)})
+        kvs = [
+            (base64.b64decode(kv["key"]).decode(errors="replace"),
+             base64.b64decode(kv.get("value", "")))
+            for kv in answer.get("kvs", [])
+        ]  # fmt: skip
+        return int(answer["header"]["revision"]), kvs
+
+    def put(self, key: str, value: bytes, lease: int | None = None) -> None:
+        payload: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease is not None:
+            payload["lease"] = lease
+        self._call("/kv/put", payload)
+
+    def delete(self, key: str) -> None:
+        self._call("/kv/deleterange", {"key": _b64(key)})
+
+    def grant(self, ttl: int) -> int:
+        """A new lease, alive for ttl seconds unless kept alive."""
+        return int(self._call("/lease/grant", {"TTL": ttl})["ID"])
+
+    def keep_alive(self, lease: int) -> bool:
+        """Renew a lease; False if it is gone (expired, or etcd forgot it)."""
+        answer = self._call("/lease/keepalive", {"ID": lease})
+        return int(answer.get("result", {}).get("TTL", 0)) > 0
+
+    def revoke_lease(self, lease: int) -> None:
+        self._call("/kv/lease/revoke", {"ID": lease})
+
+    def watch(self, prefix: str, start_revision: int) -> "Watch":
+        """The changes under prefix from start_revision on, as they happen."""
+        errors = []
+        for client in self.clients:
+            request = {
+                "create_request": {
+                    "key": _b64(prefix),
+                    "range_end": _range_end(prefix),
+                    "start_revision": start_revision,
+                }
+            }
+            try:
+                response = self.session.post(
+                    client.get_url("/watch"), json=request, stream=True,
+                    timeout=(self.timeout, None),
+                )  # fmt: skip
+            except requests.RequestException as e:
+                errors.append(f"{client.base_url}: {type(e).__name__}")
+                continue
+            if response.status_code == 200:
+                return Watch(response, client.base_url)
+            errors.append(f"{client.base_url}: HTTP {response.status_code}")
+            response.close()
+        raise RegistryError("no registry answered: " + "; ".join(errors))
+
+
+class Watch:
+    """An open watch stream; close() from another thread ends events()."""
+
+    def __init__(self, response: requests.Response, url: str) -> None:
+        self.response = response
+        self.url = url
+
+    def events(self) -> Iterator[Event]:
+        """Events until the stream ends, which raises RegistryError (Compacted if
+        etcd no longer has the revision asked for)."""
+        try:
+            for line in self.response.iter_lines():
+                if not line:
+                    continue
+                result = json.loads(line).get("result", {})
+                if int(result.get("compact_revision", 0)):
+                    raise Compacted(f"{self.url}: revision compacted away")
+                if result.get("canceled"):
+                    raise RegistryError(f"{self.url}: watch canceled")
+                for event in result.get("events", []):
+                    kv = event["kv"]
+                    key = base64.b64decode(kv["key"]).decode(errors="replace")
+                    value = None
+                    if event.get("type", "PUT") == "PUT":
+                        value = base64.b64decode(kv.get("value", ""))
+                    yield Event(key, value, int(kv["mod_revision"]))
+        except (requests.RequestException, ValueError, KeyError, AttributeError) as e:
+            raise RegistryError(f"{self.url}: watch ended: {type(e).__name__}") from None
+        raise RegistryError(f"{self.url}: watch ended")
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def _reason(e: etcd_errors.Etcd3Exception) -> str:
+    detail = getattr(e, "detail_text", None) or str(e)
+    return detail.strip().splitlines()[0][:120] if detail.strip() else type(e).__name__
