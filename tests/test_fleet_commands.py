@@ -164,3 +164,21 @@ def test_a_bad_fleet_file_is_one_line_naming_file_and_key(tmp_path, table, key, 
     assert done.stderr.startswith(f"pyvpn: {tmp_path / 'fleet.toml'}: {key}: ")
     assert problem in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_up_reads_the_fleet_table_and_refuses_a_bad_one_before_making_anything(tmp_path):
+    name = f"pvflt{os.getpid()}"[:15]
+    path = tmp_path / "host.toml"
+    path.write_text(
+        f'[interface]\nname = "{name}"\nprivate_key = "{KEY}"\n\n'
+        f'[fleet]\nregistry = ["http://10.0.0.1:2379"]\nprefix = "/pyvpn/a"\n'
+        f'public_key = "{KEY}"\nstun = "no port"\n'
+    )
+    config = load(str(path))
+    assert config.fleet is not None and config.fleet["stun"] == "no port"
+    with pytest.raises(ConfigError, match=r"host.toml: fleet.stun: "):
+        settings.of_config(config)
+    done = pyvpn("up", str(path))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "fleet.stun" in done.stderr
+    assert not Path(f"/sys/class/net/{name}").exists()

@@ -184,10 +184,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from .daemon import SetupError, up
+    from .fleet import settings as fleet_settings
 
     if os.geteuid() != 0:
         raise UsageError("up needs root (CAP_NET_ADMIN) to create the device")
     config = load(args.config)
+    fleet = fleet_settings.of_config(config)  # its errors are the config's, before anything is made
     logging.basicConfig(
         level=logging.DEBUG if args.verbose > 1 else logging.INFO,
         format=f"%(asctime)s pyvpn[{config.interface.name}] %(levelname)s: %(message)s",
@@ -196,7 +198,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.verbose:
         logging.getLogger("pyvpn").setLevel(logging.DEBUG)
     try:
-        return up(config)
+        return up(config, fleet)
     except SetupError as e:
         print(f"pyvpn: {config.interface.name}: {e}", file=sys.stderr)
         return 1

@@ -8,8 +8,10 @@ etcd3gw's Watcher, which reads the stream in a thread of its own and drops its
 end silently: resuming from a revision after an outage needs to see the end."""
 
 import base64
+import contextlib
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -146,7 +148,9 @@ class Registry:
 
 
 class Watch:
-    """An open watch stream; close() from another thread ends events()."""
+    """An open watch stream, read by one thread; close() from another ends its
+    events(). It shuts the connection down rather than closing the response:
+    closing waits for the reader's lock, which a blocked read holds."""
 
     def __init__(self, response: requests.Response, url: str) -> None:
         self.response = response
@@ -173,10 +177,15 @@ class Watch:
                     yield Event(key, value, int(kv["mod_revision"]))
         except (requests.RequestException, ValueError, KeyError, AttributeError) as e:
             raise RegistryError(f"{self.url}: watch ended: {type(e).__name__}") from None
+        finally:
+            self.response.close()
         raise RegistryError(f"{self.url}: watch ended")
 
     def close(self) -> None:
-        self.response.close()
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            fd = self.response.raw.fileno()
+            with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as connection:
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 def _reason(e: etcd_errors.Etcd3Exception) -> str:
