@@ -8,8 +8,12 @@ The network: namespaces a, b, c (and d, admitted later) linked to a registry
 namespace's bridge, where etcd listens; a and b also share the bed's own veth.
 No NAT: every host reaches every other at a local address."""
 
+import base64
 import contextlib
+import ipaddress
 import json
+import shutil
+import subprocess
 import sys
 import time
 import tomllib
@@ -17,7 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from tunnel.control.convert import to_toml
+from tunnel.fleet.record import Admission, sign
 from tunnel.lab.etcd import Etcd, etcd_problem
 from tunnel.lab.testbed import (
     Daemon,
@@ -27,8 +35,9 @@ from tunnel.lab.testbed import (
     reachable,
     start_pyvpn,
 )
+from tunnel.protocol import keys
 
-from .bed import Testbed
+from .bed import UNREACHABLE_WITHIN, Testbed
 from .conftest import needs, pyvpn
 from .waiting import wait_until
 
@@ -52,15 +61,17 @@ class Fleet:
     datapath: str
     hosts: dict[str, Namespace]
 
-    def admit(self, name: str) -> Path:
-        """Admit a host; its config as --out wrote it, the device named for this run."""
+    def admit(self, name: str, directory: Path | None = None) -> Path:
+        """Admit a host (through the fleet in `directory`, default the fleet's own);
+        its config as --out wrote it, the device named for this run."""
         i = "abcd".index(name)
         path = self.tmp / f"{name}.toml"
-        done = pyvpn("fleet", "admit", str(self.directory), name, "--address",
+        done = pyvpn("fleet", "admit", str(directory or self.directory), name, "--address",
                      f"{inner(i)}/24", "--out", str(path), netns=self.registry.name)  # fmt: skip
         assert done.returncode == 0, done.stderr
         data = tomllib.loads(path.read_text())
         data["interface"] |= {"name": device_name("pvf", name), "datapath": self.datapath}
+        data["fleet"] = tomllib.loads((self.directory / "fleet.toml").read_text())["fleet"]
         path.write_text(to_toml(data))
         return path
 
@@ -107,6 +118,15 @@ def reaches(fleet: Fleet, a: str, b: str, deadline: float) -> bool:
     return reachable(fleet.hosts[a], inner("abcd".index(b)), max(1.0, deadline - time.monotonic()))
 
 
+def assert_reach(fleet: Fleet, pairs: list[str], within: float, daemons: list[Daemon]) -> None:
+    """Each pair "ab": a pings b within `within` s from now; else the hosts' logs say why."""
+    deadline = time.monotonic() + within
+    for a, b in pairs:
+        if not reaches(fleet, a, b, deadline):
+            logs = "\n".join(d.output() for d in daemons)
+            raise AssertionError(f"{a} does not reach {b} within {within:g} s:\n{logs}")
+
+
 def fleet_peers(fleet: Fleet, name: str) -> dict[str, dict]:
     """A host's fleet peers, by host name, as `pyvpn show --json` has them."""
     status = pyvpn_status(device_name("pvf", name))
@@ -117,11 +137,10 @@ def test_three_hosts_find_each_other_and_ping(bed, tmp_path, datapath):
     with fleet_of(bed, tmp_path, datapath) as fleet:
         paths = {name: fleet.admit(name) for name in "abc"}
         daemons = [fleet.start(name, path) for name, path in paths.items()]
-        deadline = time.monotonic() + 10  # from the last start
         try:
-            for a in "abc":
-                for b in "abc".replace(a, ""):
-                    assert reaches(fleet, a, b, deadline), f"{a} does not reach {b}"
+            assert_reach(
+                fleet, ["ab", "ac", "ba", "bc", "ca", "cb"], 10, daemons
+            )  # from the last start
             # The path is known at the agent's next look (every second).
             peers = wait_until(
                 lambda: (
@@ -143,4 +162,90 @@ def test_three_hosts_find_each_other_and_ping(bed, tmp_path, datapath):
             assert "a     10.77.0.1/24  tun   yes" in listing, listing
         finally:
             for daemon in daemons:
+                daemon.stop()
+
+
+def test_a_host_comes_and_goes_while_the_others_run(bed, tmp_path):
+    """Admitted: reachable by all within 3 s of its start. Revoked: dropped by
+    all within 3 s, and its old record written back does not return it. A
+    record the fleet key did not sign is refused, counted and shown."""
+    with fleet_of(bed, tmp_path, "auto", "abcd") as fleet:
+        running = [fleet.start(name, fleet.admit(name)) for name in "abc"]
+        try:
+            old_d = fleet.admit("d")
+            prefix = FLEET_PREFIX
+            record_d = fleet.etcd_call("/kv/range", {"key": b64(f"{prefix}/hosts/d")})["kvs"][0]
+            with fleet.start("d", old_d) as d:
+                assert_reach(fleet, ["ad", "bd", "cd", "da", "db", "dc"], 3, [*running, d])
+
+                assert "revoked d" in fleet.command("revoke", "d")
+                wait_until(lambda: all("d" not in fleet_peers(fleet, a) for a in "abc"),
+                           "d dropped by all", timeout=3)  # fmt: skip
+                for a in "abc":
+                    assert not reachable(fleet.hosts[a], inner(3), UNREACHABLE_WITHIN)
+                # The old admission, written back as it was: still revoked.
+                fleet.etcd_call("/kv/put", {"key": record_d["key"], "value": record_d["value"]})
+                wait_until(lambda: fleet_refused(fleet, "a").get("revoked"), "the replay refused")
+                assert all("d" not in fleet_peers(fleet, a) for a in "abc")
+                assert not reachable(fleet.hosts["a"], inner(3), UNREACHABLE_WITHIN)
+
+            # A record signed by another key than the fleet's.
+            mallory = Admission("mallory", keys.public_key(keys.generate_private_key()),
+                                ipaddress.ip_interface("10.77.0.66/24"), (), "tun", 99)  # fmt: skip
+            forged = sign(mallory, Ed25519PrivateKey.generate())
+            fleet.etcd_call("/kv/put", {"key": b64(f"{prefix}/hosts/mallory"),
+                                        "value": base64.b64encode(forged).decode()})  # fmt: skip
+            wait_until(lambda: fleet_refused(fleet, "b").get("forged") == 1, "the forgery refused")
+            assert sorted(fleet_peers(fleet, "b")) == ["a", "c"]
+            text = pyvpn("show", device_name("pvf", "b")).stdout
+            assert "refused records:" in text
+        finally:
+            for daemon in running:
+                daemon.stop()
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def fleet_refused(fleet: Fleet, name: str) -> dict[str, int]:
+    refused: dict[str, int] = pyvpn_status(device_name("pvf", name))["fleet"]["refused"]
+    return refused
+
+
+@pytest.mark.serial  # counts lost pings over 30 s
+def test_an_etcd_outage_loses_no_ping_and_is_caught_up_on(bed, tmp_path):
+    with fleet_of(bed, tmp_path, "auto", "abcd") as fleet:
+        running = [fleet.start(name, fleet.admit(name)) for name in "abc"]
+        try:
+            assert_reach(fleet, ["ab", "bc", "ca"], 10, running)
+            # Pings every 0.2 s for 36 s, across the outage and past its end.
+            pings = {
+                (a, b): fleet.hosts[a].popen("ping", "-n", "-q", "-i", "0.2", "-c", "180",
+                                            inner("abcd".index(b)), stdout=subprocess.PIPE,
+                                            text=True)
+                for a, b in ("ab", "bc", "ca")
+            }  # fmt: skip
+            fleet.etcd.stop()
+            outage = time.monotonic()
+            time.sleep(10)
+            # Meanwhile d is admitted, through an etcd the hosts cannot reach.
+            hidden = tmp_path / "hidden"
+            shutil.copytree(fleet.directory, hidden)
+            text = (hidden / "fleet.toml").read_text()
+            (hidden / "fleet.toml").write_text(text.replace(REGISTRY, "127.0.0.1"))
+            fleet.etcd.start(listen="127.0.0.1")
+            path_d = fleet.admit("d", hidden)
+            fleet.etcd.stop()
+            time.sleep(max(0.0, 30 - (time.monotonic() - outage)))
+            fleet.etcd.start()
+            # The hosts catch up on what they missed: d is everyone's peer.
+            wait_until(lambda: all("d" in fleet_peers(fleet, a) for a in "abc"), "d known to all")
+            for (a, b), ping in pings.items():
+                out, _ = ping.communicate(timeout=60)
+                assert " 180 received, 0% packet loss" in out, f"{a} -> {b}: {out}"
+            with fleet.start("d", path_d) as d:
+                assert_reach(fleet, ["ad", "bd", "cd"], 3, [*running, d])
+        finally:
+            for daemon in running:
                 daemon.stop()

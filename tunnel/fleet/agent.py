@@ -285,9 +285,7 @@ class Agent:
                     path.tried = order.index(keep)
                 elif order:
                     path.tried, path.reached, path.since = 0, None, None
-                    lines += [f"public_key={key.hex()}", "update_only=true",
-                              f"endpoint={order[0].endpoint}"]  # fmt: skip
-                    path.tried_at = time.monotonic()
+                    lines += self._try(key, path)
         await self._set(lines)
         self._report()
 
@@ -301,6 +299,20 @@ class Agent:
         # Last: turning it on sends the first handshake at once (reconfig.py).
         lines.append(f"persistent_keepalive_interval={KEEPALIVE}")
         return lines
+
+    def _try(self, key: bytes, path: Path) -> list[str]:
+        """Lines that make the path's current candidate the peer's endpoint and
+        send a handshake there now, rather than at WireGuard's next retry (up to
+        REKEY_TIMEOUT away, by when the next candidate would be up): persistent
+        keepalive turned off and on again announces at once (core/reconfig.py),
+        unless a handshake went out too recently."""
+        assert path.current is not None
+        path.tried_at = time.monotonic()
+        peer = [f"public_key={key.hex()}", "update_only=true"]
+        return [
+            *peer, f"endpoint={path.current.endpoint}", "persistent_keepalive_interval=0",
+            *peer, f"persistent_keepalive_interval={KEEPALIVE}",
+        ]  # fmt: skip
 
     async def _set(self, lines: list[str]) -> None:
         if not lines:
@@ -392,9 +404,7 @@ class Agent:
             path.reached, path.since = None, None
             if len(path.order) > 1 and now - path.tried_at >= REKEY_TIMEOUT:
                 path.tried = (path.tried + 1) % len(path.order)
-                path.tried_at = now
-                lines += [f"public_key={key.hex()}", "update_only=true",
-                          f"endpoint={path.order[path.tried].endpoint}"]  # fmt: skip
+                lines += self._try(key, path)
         await self._set(lines)
         self._report()
 
@@ -424,10 +434,17 @@ class Agent:
 PATH_NAMES = {"local": "direct local", "mapped": "direct mapped", "relayed": "relayed"}
 
 
+def _ended(task: asyncio.Task[None]) -> None:
+    """An agent ends only when cancelled; anything else is a bug, said loudly."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("fleet: the agent stopped", exc_info=task.exception())
+
+
 @contextlib.asynccontextmanager
 async def running(agent: Agent) -> Any:
     """The agent's loops while inside; cancelled on leaving."""
     task = asyncio.create_task(agent.run())
+    task.add_done_callback(_ended)
     try:
         yield agent
     finally:

@@ -160,10 +160,8 @@ class Watch:
         """Events until the stream ends, which raises RegistryError (Compacted if
         etcd no longer has the revision asked for)."""
         try:
-            for line in self.response.iter_lines():
-                if not line:
-                    continue
-                result = json.loads(line).get("result", {})
+            for message in self._messages():
+                result = json.loads(message).get("result", {})
                 if int(result.get("compact_revision", 0)):
                     raise Compacted(f"{self.url}: revision compacted away")
                 if result.get("canceled"):
@@ -180,6 +178,20 @@ class Watch:
         finally:
             self.response.close()
         raise RegistryError(f"{self.url}: watch ended")
+
+    def _messages(self) -> Iterator[bytes]:
+        """The stream's JSON messages as they come. Read as the data arrives
+        (chunk_size=None): a fixed size would wait for that many bytes, holding
+        an event back until more follow. A message whose newline has not come
+        yet counts once it parses whole."""
+        pending = b""
+        for chunk in self.response.iter_content(chunk_size=None):
+            *lines, pending = (pending + chunk).split(b"\n")
+            if pending.strip():
+                with contextlib.suppress(ValueError):
+                    json.loads(pending)
+                    lines, pending = [*lines, pending], b""
+            yield from (line for line in lines if line.strip())
 
     def close(self) -> None:
         with contextlib.suppress(OSError, ValueError, AttributeError):
