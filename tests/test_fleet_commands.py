@@ -2,10 +2,13 @@
 real etcd on loopback; and the fleet's settings, whose errors are one line
 naming the file and the key, exit status 2."""
 
+import base64
 import ipaddress
+import json
 import os
 import stat
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -147,6 +150,7 @@ def test_a_registry_that_does_not_answer_is_one_line_exit_1(tmp_path):
         ('stun = "stun.example.net"', "fleet.stun", "is not host:port"),
         ('relay = "turn:user@192.0.2.1:3478"', "fleet.relay", "is not turn:USER:PASSWORD"),
         ('ca_file = "missing.pem"', "fleet.ca_file", "is no file"),
+        ('user = "office"', "fleet.user", "needs both user and password_file"),
         ("colour = 1", "fleet.colour", "unknown key"),
     ],
 )
@@ -182,3 +186,49 @@ def test_up_reads_the_fleet_table_and_refuses_a_bad_one_before_making_anything(t
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "fleet.stun" in done.stderr
     assert not Path(f"/sys/class/net/{name}").exists()
+
+
+def etcd_call(url: str, path: str, payload: dict) -> dict:
+    request = urllib.request.Request(f"{url}/v3{path}", data=json.dumps(payload).encode())
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        found: dict = json.load(answer)
+        return found
+
+
+@needs(etcd_problem())
+def test_an_etcd_with_authentication_takes_the_fleets_user(tmp_path):
+    """etcd's RBAC: the fleet's user may write under the fleet's prefix only."""
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    with Etcd() as server:
+        url = server.url
+        for user, password in (("root", "secret"), ("office", "office-password")):
+            etcd_call(url, "/auth/user/add", {"name": user, "password": password})
+        etcd_call(url, "/auth/user/grant", {"user": "root", "role": "root"})
+        etcd_call(url, "/auth/role/add", {"name": "fleet"})
+        permission = {"permType": "READWRITE", "key": b64("/pyvpn/office/"),
+                      "range_end": b64("/pyvpn/office0")}  # fmt: skip
+        etcd_call(url, "/auth/role/grant", {"name": "fleet", "perm": permission})
+        etcd_call(url, "/auth/user/grant", {"user": "office", "role": "fleet"})
+        etcd_call(url, "/auth/enable", {})
+
+        directory = tmp_path / "office"
+        assert pyvpn("fleet", "init", str(directory), "--registry", url).returncode == 0
+        done = pyvpn("fleet", "list", str(directory))
+        assert (done.returncode, done.stderr) == (
+            1, f"pyvpn: fleet list: no registry answered: {url}: etcdserver: user name is empty\n"
+        )  # fmt: skip
+        (directory / "password").write_text("office-password\n")
+        with open(directory / "fleet.toml", "a") as f:
+            f.write('user = "office"\npassword_file = "password"\n')
+        host = tmp_path / "a.toml"
+        done = pyvpn("fleet", "admit", str(directory), "a", "--address", "10.7.0.1/24",
+                     "--out", str(host))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert listed(directory)[1][:2] == ["a", "10.7.0.1/24"]
+        # The host's config names the same user and the password file where it is.
+        written = settings.of_config(load(str(host)))
+        assert written is not None and written.user == "office"
+        assert written.password_file == str(directory / "password")

@@ -12,6 +12,7 @@ import pytest
 from tunnel.cli import build_parser
 from tunnel.control import wg_quick
 from tunnel.control.config import INTERFACE_KEYS, PEER_KEYS
+from tunnel.fleet.settings import KEYS as FLEET_KEYS
 
 MAN = Path(__file__).resolve().parent.parent / "docs" / "man"
 PAGES = ["pyvpn.8", "pyvpn-wg.8", "pyvpn.toml.5"]
@@ -78,7 +79,7 @@ def test_pyvpn_wg8_names_every_option_and_variable_of_its_help():
 
 def test_pyvpn_toml5_names_every_config_key():
     text = rendered("pyvpn.toml.5")
-    missing = [k for k in sorted(INTERFACE_KEYS | PEER_KEYS) if k not in text]
+    missing = [k for k in sorted(INTERFACE_KEYS | PEER_KEYS | FLEET_KEYS) if k not in text]
     missing += [k for k in (*wg_quick.INTERFACE.values(), *wg_quick.PEER.values()) if k not in text]
     assert not missing, f"pyvpn.toml.5 lacks: {', '.join(missing)}"
 

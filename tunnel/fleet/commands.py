@@ -177,7 +177,7 @@ def write_host_config(fleet: Fleet, out: str, mode: str, private: bytes | None) 
     if private is not None:
         interface["private_key"] = keys.encode(private)
     table = fleet.settings.table()
-    for key in ("ca_file", "cert_file", "key_file"):
+    for key in settings.FILES:
         if key in table:  # absolute: the host's file may live anywhere
             table[key] = os.path.abspath(table[key])
     write_secret(out, to_toml({"interface": interface, "fleet": table}))

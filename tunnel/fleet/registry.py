@@ -14,6 +14,7 @@ import logging
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import etcd3gw
@@ -66,6 +67,13 @@ class Registry:
         if settings.cert_file and settings.key_file:
             self.session.cert = (settings.cert_file, settings.key_file)
         self.clients = [self._client(url) for url in self.urls]
+        self.credentials: dict[str, str] | None = None
+        if settings.user is not None and settings.password_file is not None:
+            try:
+                password = Path(settings.password_file).read_text().rstrip("\n")
+            except OSError as e:
+                raise RegistryError(f"{settings.password_file}: {e.strerror}") from None
+            self.credentials = {"name": settings.user, "password": password}
 
     def _client(self, url: str) -> etcd3gw.Etcd3Client:
         parts = requests.utils.urlparse(url)
@@ -78,17 +86,31 @@ class Registry:
         self.session.close()
 
     def _call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST to the first client URL that answers; RegistryError if none does."""
+        """POST to the first client URL that answers; RegistryError if none does.
+        Under etcd's authentication a token is asked for first, and again once
+        etcd says the one held is no longer good (simple tokens expire)."""
         errors = []
         for client in self.clients:
-            try:
-                answer: dict[str, Any] = client.post(client.get_url(path), json=payload)
-                return answer
-            except etcd_errors.Etcd3Exception as e:
-                errors.append(f"{client.base_url}: {_reason(e)}")
-            except (requests.RequestException, ValueError) as e:
-                errors.append(f"{client.base_url}: {type(e).__name__}")
+            for attempt in range(2):
+                try:
+                    if self.credentials and "Authorization" not in self.session.headers:
+                        self._authenticate(client)
+                    answer: dict[str, Any] = client.post(client.get_url(path), json=payload)
+                    return answer
+                except etcd_errors.Etcd3Exception as e:
+                    reason = _reason(e)
+                    if self.credentials and "token" in reason and attempt == 0:
+                        self.session.headers.pop("Authorization", None)
+                        continue
+                    errors.append(f"{client.base_url}: {reason}")
+                except (requests.RequestException, ValueError) as e:
+                    errors.append(f"{client.base_url}: {type(e).__name__}")
+                break
         raise RegistryError("no registry answered: " + "; ".join(errors))
+
+    def _authenticate(self, client: etcd3gw.Etcd3Client) -> None:
+        answer = client.post(client.get_url("/auth/authenticate"), json=self.credentials)
+        self.session.headers["Authorization"] = answer["token"]
 
     def snapshot(self, prefix: str) -> tuple[int, list[tuple[str, bytes]]]:
         """Every key and value under prefix, and the revision they are as of."""
@@ -133,6 +155,8 @@ class Registry:
                 }
             }
             try:
+                if self.credentials and "Authorization" not in self.session.headers:
+                    self._authenticate(client)
                 response = self.session.post(
                     client.get_url("/watch"), json=request, stream=True,
                     timeout=(self.timeout, None),
@@ -140,10 +164,14 @@ class Registry:
             except requests.RequestException as e:
                 errors.append(f"{client.base_url}: {type(e).__name__}")
                 continue
+            except etcd_errors.Etcd3Exception as e:
+                errors.append(f"{client.base_url}: {_reason(e)}")
+                continue
             if response.status_code == 200:
                 return Watch(response, client.base_url)
             errors.append(f"{client.base_url}: HTTP {response.status_code}")
             response.close()
+            self.session.headers.pop("Authorization", None)  # asked for anew next time
         raise RegistryError("no registry answered: " + "; ".join(errors))
 
 
@@ -161,7 +189,10 @@ class Watch:
         etcd no longer has the revision asked for)."""
         try:
             for message in self._messages():
-                result = json.loads(message).get("result", {})
+                answer = json.loads(message)
+                if "error" in answer:  # an expired token, a permission refused
+                    raise RegistryError(f"{self.url}: {str(answer['error'])[:120]}")
+                result = answer.get("result", {})
                 if int(result.get("compact_revision", 0)):
                     raise Compacted(f"{self.url}: revision compacted away")
                 if result.get("canceled"):
@@ -201,5 +232,8 @@ class Watch:
 
 
 def _reason(e: etcd_errors.Etcd3Exception) -> str:
-    detail = getattr(e, "detail_text", None) or str(e)
-    return detail.strip().splitlines()[0][:120] if detail.strip() else type(e).__name__
+    """etcd's own words for a refusal: the message of its JSON answer, if any."""
+    detail = (getattr(e, "detail_text", None) or str(e)).strip()
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        detail = str(json.loads(detail).get("message") or detail)
+    return detail.splitlines()[0][:120] if detail else type(e).__name__

@@ -22,7 +22,9 @@ from . import record
 
 FLEET_FILE = "fleet.toml"
 KEY_FILE = "fleet.key"
-KEYS = {"registry", "prefix", "public_key", "stun", "relay", "ca_file", "cert_file", "key_file"}
+# Files the table names, relative to its file's directory.
+FILES = ("ca_file", "cert_file", "key_file", "password_file")
+KEYS = {"registry", "prefix", "public_key", "stun", "relay", "user", *FILES}
 # An etcd key prefix: absolute, no empty or dot segments, no trailing slash.
 PREFIX = re.compile(r"(/[A-Za-z0-9_.-]+)+")
 PREFIX_RULE = "an absolute key path like /pyvpn/office, of letters, digits, '_', '.' and '-'"
@@ -53,6 +55,9 @@ class FleetSettings:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    # etcd's own authentication: a user and the file holding its password.
+    user: str | None = None
+    password_file: str | None = None
 
     def verifier(self) -> Ed25519PublicKey:
         return record.decode_fleet_public(keys.encode(self.public_key))
@@ -68,7 +73,7 @@ class FleetSettings:
             table["stun"] = _host_port(*self.stun)
         if self.relay is not None:
             table["relay"] = str(self.relay)
-        for key in ("ca_file", "cert_file", "key_file"):
+        for key in ("user", *FILES):
             if getattr(self, key) is not None:
                 table[key] = getattr(self, key)
         return table
@@ -107,7 +112,7 @@ def parse(table: Any, path: str) -> FleetSettings:
     if "relay" in table:
         relay = parse_relay(p.string(table, "relay", "fleet", ""), p)
     files = {}
-    for key in ("ca_file", "cert_file", "key_file"):
+    for key in FILES:
         if key in table:
             name = Path(path).parent / p.string(table, key, "fleet", "")
             if not name.is_file():
@@ -115,9 +120,13 @@ def parse(table: Any, path: str) -> FleetSettings:
             files[key] = str(name)
     if ("cert_file" in files) != ("key_file" in files):
         raise p.fail("fleet.cert_file", "a client certificate needs both cert_file and key_file")
+    user = p.string(table, "user", "fleet", "") or None
+    if (user is None) != ("password_file" not in files):
+        raise p.fail("fleet.user", "etcd's authentication needs both user and password_file")
     return FleetSettings(
         tuple(registry), prefix, public_key, stun, relay,
         files.get("ca_file"), files.get("cert_file"), files.get("key_file"),
+        user, files.get("password_file"),
     )  # fmt: skip
 
 
