@@ -40,7 +40,7 @@ from tunnel.protocol.allowed_ips import Network
 from tunnel.protocol.constants import REKEY_TIMEOUT
 
 from . import roster as roster_module
-from .record import Admission, Revocation
+from .record import Admission
 from .registry import Compacted, Registry, RegistryError, Watch
 from .roster import Candidate, Layout, Member, Roster, encode_candidates
 from .settings import FleetSettings
@@ -145,6 +145,7 @@ class Agent:
         self.published: list[Candidate] = []
         self.networks: list[Network] = []  # the underlay's, this host is on
         self._mode_refused: set[str] = set()
+        self._revoked = False  # this host's own revocation, once logged
         self._report()
 
     async def run(self) -> None:
@@ -246,7 +247,8 @@ class Agent:
     async def apply(self) -> None:
         """Make the tunnel's fleet peers what the roster says."""
         members = self.roster.members(time.time())
-        if self.own.public_key not in members and self._own_revoked():
+        if not self._revoked and self._own_revoked():
+            self._revoked = True
             log.error("%s: fleet: this host is revoked; its peers drop it", self.tunnel.name)
         wanted = {}
         for key, member in members.items():
@@ -323,10 +325,7 @@ class Agent:
             log.warning("%s: fleet: the change was refused: %s", self.tunnel.name, reply.strip())
 
     def _own_revoked(self) -> bool:
-        return any(
-            isinstance(r, Revocation) and r.outranks(self.own)
-            for r in self.roster.revocations.values()
-        )
+        return any(r.outranks(self.own) for r in self.roster.revocations.values())
 
     def ranked(self, candidates: Sequence[Candidate]) -> list[Candidate]:
         """A peer's candidates, best first: an address on a network this host is on
