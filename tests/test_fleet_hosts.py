@@ -172,6 +172,11 @@ def test_a_host_comes_and_goes_while_the_others_run(bed, tmp_path):
     with fleet_of(bed, tmp_path, "auto", "abcd") as fleet:
         running = [fleet.start(name, fleet.admit(name)) for name in "abc"]
         try:
+            # A reload leaves the fleet's peers and the address it gave alone.
+            reload = pyvpn("reload", str(fleet.tmp / "a.toml"))
+            assert (reload.returncode, reload.stderr) == (0, ""), reload.stderr
+            assert "peers added 0, removed 0" in reload.stdout
+            assert sorted(fleet_peers(fleet, "a")) == ["b", "c"]
             old_d = fleet.admit("d")
             prefix = FLEET_PREFIX
             record_d = fleet.etcd_call("/kv/range", {"key": b64(f"{prefix}/hosts/d")})["kvs"][0]

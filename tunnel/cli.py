@@ -219,7 +219,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
             )
             return 1
         unapplied = restart_needed(config, status)
-        running = [keys.decode(p["public_key"]) for p in status["peers"]]
+        # A fleet's peers are its agent's to change, not the file's.
+        running = [keys.decode(p["public_key"]) for p in status["peers"] if "fleet" not in p]
         uapi_client.request(c.name, uapi_client.sync_request(config, running))
     except uapi_client.NotRunning:
         print(f"pyvpn: no tunnel named {c.name} is running", file=sys.stderr)
@@ -260,7 +261,10 @@ def restart_needed(config: Config, status: dict[str, Any]) -> list[tuple[str, st
     ]
     # Daemons of older pyvpn versions report fewer settings: only those they report.
     if "addresses" in status:
-        pairs.append(("address", _listed(status["addresses"]), _listed(map(str, c.addresses))))
+        # A fleet host's address comes from its admission, not from the file.
+        fleet = [status["fleet"]["address"]] if "fleet" in status else []
+        configured = _listed([*map(str, c.addresses), *fleet])
+        pairs.append(("address", _listed(status["addresses"]), configured))
     if "bridge" in status:
         pairs.append(("bridge", status["bridge"] or "none", c.bridge or "none"))
     if "user" in status:

@@ -412,6 +412,7 @@ class Agent:
     def _report(self) -> None:
         self.tunnel.notes["fleet"] = {
             "host": self.own.name,
+            "address": str(self.own.address),
             "prefix": self.settings.prefix,
             "registry_down_since": self.registry_down_since,
             "refused": dict(self.roster.refused),
