@@ -118,7 +118,16 @@ def test_the_wheel_installs_the_runtime_alone(venv):
     assert run(venv / "bin/pyvpn-wg", "--version").stdout.startswith(f"pyvpn-wg (pyvpn) {VERSION}")
     installed = run(venv / "bin/pip", "list", "--format=freeze").stdout.lower()
     names = {line.split("==")[0].replace("_", "-") for line in installed.split()}
-    assert {"cryptography", "pynacl", "pyroute2", "uvloop", "cffi", "prometheus-client"} <= names
+    runtime = {
+        "cryptography",
+        "pynacl",
+        "pyroute2",
+        "uvloop",
+        "cffi",
+        "prometheus-client",
+        "etcd3gw",
+    }
+    assert runtime <= names
     assert not names & {"rich", "matplotlib", "pytest"}
     demo = subprocess.run([venv / "bin/pyvpn", "demo"], capture_output=True, text=True)
     assert demo.returncode == 2
