@@ -18,7 +18,9 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from tunnel.lab.testbed import (
     Daemon,
     Namespace,
     children,
+    device_name,
     poll_until,
     pyvpn_pair,
     pyvpn_status,
@@ -58,6 +61,7 @@ from tunnel.protocol.constants import (
 )
 from tunnel.protocol.tai64n import tai64n
 
+from .bed import Testbed
 from .conftest import ROOT, pyvpn
 from .traffic import QUIET, Frame, capture_frames, iperf3_server, tcp_transfer
 from .waiting import wait_until
@@ -663,12 +667,23 @@ SOAK_SECONDS = int(os.environ.get("PYVPN_SOAK_SECONDS", "20"))
 WARMUP = 6.0
 
 
-@pytest.mark.serial
-def test_soak_with_rekeys_every_few_seconds(bed, tmp_path, datapath, monkeypatch):
-    # Timers at 1/20: REKEY_AFTER_TIME 6 s, so a rekey every ~6 s of the run.
-    monkeypatch.setenv("PYVPN_TIMER_SCALE", "0.05")
-    with pyvpn_pair(bed, tmp_path, "tun", datapath) as (a, b):
-        wait_reachable(bed.a, INNER_B)
+@dataclass
+class Soak:
+    """What a soak saw: iperf3's 0.5 s intervals, the handshakes made during the
+    run, each side's RSS samples (seconds in, KiB, KiB) and the daemons."""
+
+    intervals: list[dict[str, Any]]
+    handshakes: float
+    samples: list[tuple[float, int, int]]
+    daemons: tuple[Daemon, Daemon]
+
+
+def soak(testbed: Testbed, directory: Path, datapath: str, tag: str) -> Soak:
+    """SOAK_SECONDS of paced TCP through a tunnel between testbed.a and testbed.b."""
+    names = (device_name(f"pv{tag}", "a"), device_name(f"pv{tag}", "b"))
+    directory.mkdir()
+    with pyvpn_pair(testbed, directory, "tun", datapath, names=names) as (a, b):
+        wait_reachable(testbed.a, INNER_B)
         first = peer_of(pyvpn_status(a.name))["latest_handshake"]
         samples: list[tuple[float, int, int]] = []
         stop = threading.Event()
@@ -679,10 +694,10 @@ def test_soak_with_rekeys_every_few_seconds(bed, tmp_path, datapath, monkeypatch
                 samples.append((time.monotonic() - started, rss_kib(a.pid), rss_kib(b.pid)))
 
         sampler = threading.Thread(target=sample)
-        with iperf3_server(bed.b):
+        with iperf3_server(testbed.b):
             try:
                 sampler.start()
-                out = bed.a.run(
+                out = testbed.a.run(
                     "iperf3", "-c", INNER_B, "-t", str(SOAK_SECONDS), "-b", "50M", "-i", "0.5",
                     "-J", timeout=SOAK_SECONDS + 30,
                 ).stdout  # fmt: skip
@@ -690,21 +705,37 @@ def test_soak_with_rekeys_every_few_seconds(bed, tmp_path, datapath, monkeypatch
                 stop.set()
                 if sampler.is_alive():
                     sampler.join()
-        intervals = [i["sum"] for i in json.loads(out)["intervals"]]
-        assert len(intervals) >= 2 * SOAK_SECONDS - 1
-        slowest = min(intervals, key=lambda i: i["bits_per_second"])
-        assert slowest["bits_per_second"] > 2e6, f"stalled at {slowest['start']:.1f} s"
         handshakes = peer_of(pyvpn_status(a.name))["latest_handshake"] - first
-        assert handshakes > SOAK_SECONDS - 12, "no rekey in the last part of the run"
+        intervals = [i["sum"] for i in json.loads(out)["intervals"]]
+        return Soak(intervals, handshakes, samples, (a, b))
+
+
+@pytest.mark.serial
+def test_soak_with_rekeys_every_few_seconds(bed, tmp_path, monkeypatch):
+    """Both data planes at once, each between namespaces of its own: the length of
+    one soak for the two."""
+    # Timers at 1/20: REKEY_AFTER_TIME 6 s, so a rekey every ~6 s of the run.
+    monkeypatch.setenv("PYVPN_TIMER_SCALE", "0.05")
+    with Testbed(tag="soak") as native_bed, ThreadPoolExecutor(2) as pool:
+        runs = {
+            "python": pool.submit(soak, bed, tmp_path / "python", "python", "sp"),
+            "native": pool.submit(soak, native_bed, tmp_path / "native", "native", "sn"),
+        }
+        soaks = {datapath: run.result() for datapath, run in runs.items()}
+    for datapath, run in soaks.items():
+        assert len(run.intervals) >= 2 * SOAK_SECONDS - 1, datapath
+        slowest = min(run.intervals, key=lambda i: i["bits_per_second"])
+        assert slowest["bits_per_second"] > 2e6, f"{datapath}: stalled at {slowest['start']:.1f} s"
+        assert run.handshakes > SOAK_SECONDS - 12, f"{datapath}: no rekey in the last part"
         # Memory flat after warm-up: the last samples within 2 MiB of the first ones.
         # (A 90 s run grew by ~0.4 MiB, levelling off: the allocator settling.)
-        warm = [s for s in samples if s[0] >= WARMUP]
+        warm = [s for s in run.samples if s[0] >= WARMUP]
         for side in (1, 2):
             start = max(s[side] for s in warm[:4])
             end = max(s[side] for s in warm[-4:])
-            assert end - start < 2048, f"RSS grew from {start} to {end} KiB"
-        no_traceback(a)
-        no_traceback(b)
+            assert end - start < 2048, f"{datapath}: RSS grew from {start} to {end} KiB"
+        for daemon in run.daemons:
+            no_traceback(daemon)
 
 
 # Leaks.
