@@ -271,10 +271,14 @@ def test_initiation_flood_from_two_sources_gets_cookies_then_a_per_source_limit(
         args = ["--initiations", "--seconds", str(seconds), "--rate", str(rate)]
         for address in sources:
             args += ["--source", address]
+        started = time.monotonic()
         report = hostile(bed.b, f"{UNDERLAY_A}:{PORT}", "--public-key", before["public_key"], *args)
         watcher.join()
         out, _ = pinger.communicate(timeout=30)
         after = pyvpn_status(a.name)
+        # The longest the limiter can have refilled over: a loaded machine stretches
+        # the flood past its nominal seconds, and the daemon works through its backlog.
+        window = time.monotonic() - started
 
         assert seen_under_load == [True]
         for address in sources:
@@ -283,8 +287,8 @@ def test_initiation_flood_from_two_sources_gets_cookies_then_a_per_source_limit(
         assert after["drops"]["ratelimited"] > 0
         # What reached the Curve25519 work (each forged initiation fails there): the
         # first second's before load was seen, then per source the refill over the
-        # flood plus one burst (and slack for the half second of late replies).
-        limit = RATELIMIT_PACKETS_PER_SECOND * (report["seconds"] + 0.5) + RATELIMIT_BURST
+        # window the flood and its backlog took, plus one burst.
+        limit = RATELIMIT_PACKETS_PER_SECOND * window + RATELIMIT_BURST
         worked = after["drops"]["bad_handshake"] - before["drops"].get("bad_handshake", 0)
         assert worked <= UNDER_LOAD_INITIATIONS_PER_SECOND + 1 + len(sources) * limit, after
         # The established peer never noticed.
