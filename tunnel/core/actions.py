@@ -83,3 +83,13 @@ Action = (
     | KeypairsCleared
     | StagedPurged
 )
+
+
+@dataclass(frozen=True)
+class ConsumeInitiation:
+    """An initiation admitted under load (cookie and rate limit), for an external
+    handshake worker (the native plane's) to consume off this thread: it comes
+    back through receive_consumed_initiation, marked admitted."""
+
+    source: Address
+    data: bytes
