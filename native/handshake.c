@@ -9,8 +9,9 @@
  * Python not under load; under load Python admits it first, by cookie and
  * rate limit, and hands it back through dp_handshake_submit) and starts its
  * response: the initiation's DH with our static key, the initiator's static
- * key and timestamp decrypted, the static-static DH, then a new ephemeral key
- * and the response's two DH.  What it hands up (DP_UPCALL_INITIATION) leaves
+ * key and timestamp decrypted, the static-static DH (kept per initiator, as
+ * noise.c keeps it per peer), then a new ephemeral key and the response's two
+ * DH.  What it hands up (DP_UPCALL_INITIATION) leaves
  * Python every decision and no X25519: the peer by its static key, the
  * timestamp and flood checks, the psk, the empty AEAD, the indices, the
  * keypair.  A message that does not authenticate goes up too, marked
@@ -36,6 +37,10 @@
 
 #define HANDSHAKE_QUEUE 1024 /* initiations waiting for a worker (wireguard-go's) */
 #define HANDSHAKE_WORKERS 1
+/* Initiators whose static-static DH is kept (noise.c precomputes it per peer):
+ * a hub's peers hash into these slots by their key, a later one taking an
+ * earlier one's slot; a miss costs one DH more. */
+#define STATIC_CACHE_BITS 12
 
 /* An initiation's fields (whitepaper 5.4.2). */
 #define INITIATION_EPHEMERAL 8
@@ -58,6 +63,12 @@ struct noise_crypto {
 	struct aead aead;
 };
 
+struct static_static {
+	bool used;
+	uint8_t remote_static[KEY_SIZE];
+	uint8_t shared[KEY_SIZE];
+};
+
 struct handshakes {
 	dp_t *dp;
 	pthread_mutex_t lock;
@@ -69,6 +80,9 @@ struct handshakes {
 	_Atomic uint64_t under_load_until_ns;
 	struct handshake_job *queue; /* a ring of HANDSHAKE_QUEUE */
 	size_t head, count;
+	/* DH(our static key, theirs) of initiators that authenticated, under
+	 * lock, emptied when our key changes. */
+	struct static_static *static_cache;
 	pthread_t threads[HANDSHAKE_WORKERS];
 	int nthreads;
 	bool stopping;
@@ -170,10 +184,52 @@ static int open_zero(struct noise_crypto *nc, uint8_t *out, const uint8_t key[KE
 
 /* --- The responder's steps ---------------------------------------------- */
 
+/* The slot of the initiator's static-static DH in the cache. */
+static struct static_static *cached(struct handshakes *hs, const uint8_t remote[KEY_SIZE])
+{
+	return &hs->static_cache[(remote[0] | remote[1] << 8) & ((1 << STATIC_CACHE_BITS) - 1)];
+}
+
+/* DH(our static key, the initiator's): from the cache if it holds it (hs NULL:
+ * no cache); *fresh says it was computed. */
+static int static_static(struct handshakes *hs, EVP_PKEY *static_key,
+			 const uint8_t remote[KEY_SIZE], uint8_t shared[KEY_SIZE], bool *fresh)
+{
+	*fresh = false;
+	if (hs) {
+		pthread_mutex_lock(&hs->lock);
+		struct static_static *slot = cached(hs, remote);
+		bool hit = slot->used && !memcmp(slot->remote_static, remote, KEY_SIZE);
+		if (hit)
+			memcpy(shared, slot->shared, KEY_SIZE);
+		pthread_mutex_unlock(&hs->lock);
+		if (hit)
+			return 0;
+	}
+	*fresh = true;
+	return dh(shared, static_key, remote);
+}
+
+/* Keep an initiator's static-static DH once its initiation authenticated with
+ * it, unless our key changed meanwhile. */
+static void keep_static_static(struct handshakes *hs, EVP_PKEY *static_key,
+			       const uint8_t remote[KEY_SIZE], const uint8_t shared[KEY_SIZE])
+{
+	pthread_mutex_lock(&hs->lock);
+	if (hs->static_key == static_key) {
+		struct static_static *slot = cached(hs, remote);
+		slot->used = true;
+		memcpy(slot->remote_static, remote, KEY_SIZE);
+		memcpy(slot->shared, shared, KEY_SIZE);
+	}
+	pthread_mutex_unlock(&hs->lock);
+}
+
 /* consume_initiation() of protocol/noise.py, then start_response(): the
  * ephemeral key's private half is `ephemeral` if given (the tests'), else new.
- * 0, or -1: the initiation does not authenticate. */
-static int consume(struct noise_crypto *nc, EVP_PKEY *static_key,
+ * `hs` gives the cache of static-static DH (NULL: none).  0, or -1: the
+ * initiation does not authenticate. */
+static int consume(struct noise_crypto *nc, struct handshakes *hs, EVP_PKEY *static_key,
 		   const uint8_t chaining_key[HASH_SIZE], const uint8_t hash[HASH_SIZE],
 		   const uint8_t *msg, const uint8_t *ephemeral, struct dp_consumed_initiation *out)
 {
@@ -181,6 +237,7 @@ static int consume(struct noise_crypto *nc, EVP_PKEY *static_key,
 	uint8_t c[HASH_SIZE], h[HASH_SIZE], k[KEY_SIZE], shared[KEY_SIZE], e_r[KEY_SIZE];
 	EVP_PKEY *ephemeral_key = NULL;
 	size_t len = KEY_SIZE;
+	bool fresh;
 	int err = -1;
 	memcpy(c, chaining_key, HASH_SIZE);
 	if (kdf(nc, c, NULL, e_i, KEY_SIZE) || mix_hash(nc, h, hash, HASH_SIZE, e_i, KEY_SIZE) ||
@@ -188,11 +245,14 @@ static int consume(struct noise_crypto *nc, EVP_PKEY *static_key,
 	    open_zero(nc, out->remote_static, k, msg + INITIATION_STATIC, INITIATION_STATIC_LEN,
 		      h) ||
 	    mix_hash(nc, h, h, HASH_SIZE, msg + INITIATION_STATIC, INITIATION_STATIC_LEN) ||
-	    dh(shared, static_key, out->remote_static) || kdf(nc, c, k, shared, KEY_SIZE) ||
+	    static_static(hs, static_key, out->remote_static, shared, &fresh) ||
+	    kdf(nc, c, k, shared, KEY_SIZE) ||
 	    open_zero(nc, out->timestamp, k, msg + INITIATION_TIMESTAMP,
 		      INITIATION_TIMESTAMP_LEN, h) ||
 	    mix_hash(nc, h, h, HASH_SIZE, msg + INITIATION_TIMESTAMP, INITIATION_TIMESTAMP_LEN))
 		goto out;
+	if (hs && fresh)
+		keep_static_static(hs, static_key, out->remote_static, shared);
 	memcpy(out->hash, h, HASH_SIZE);
 	memcpy(out->chaining_key, c, HASH_SIZE);
 	/* The response, as far as it goes without the peer's psk. */
@@ -240,7 +300,7 @@ static void consume_job(struct handshakes *hs, struct noise_crypto *nc,
 	pthread_mutex_unlock(&hs->lock);
 	if (!key)
 		return; /* the key went while it waited: Python would drop it too */
-	if (consume(nc, key, chaining_key, hash, job->msg, NULL, &up.consumed)) {
+	if (consume(nc, hs, key, chaining_key, hash, job->msg, NULL, &up.consumed)) {
 		memset(&up.consumed, 0, sizeof(up.consumed)); /* what it decrypted, if any */
 		up.consumed.status = DP_INITIATION_REFUSED;
 	}
@@ -339,6 +399,7 @@ void dp_set_static_key(dp_t *dp, const uint8_t private[KEY_SIZE],
 	EVP_PKEY *old = hs->static_key;
 	hs->static_key = key;
 	atomic_store_explicit(&hs->keyed, key != NULL, memory_order_relaxed);
+	OPENSSL_cleanse(hs->static_cache, sizeof(*hs->static_cache) << STATIC_CACHE_BITS);
 	memcpy(hs->chaining_key, chaining_key, HASH_SIZE);
 	memcpy(hs->hash, hash, HASH_SIZE);
 	pthread_mutex_unlock(&hs->lock);
@@ -356,7 +417,10 @@ struct handshakes *handshakes_new(dp_t *dp)
 	if (!hs)
 		return NULL;
 	hs->queue = calloc(HANDSHAKE_QUEUE, sizeof(*hs->queue));
-	if (!hs->queue) {
+	hs->static_cache = calloc((size_t)1 << STATIC_CACHE_BITS, sizeof(*hs->static_cache));
+	if (!hs->queue || !hs->static_cache) {
+		free(hs->queue);
+		free(hs->static_cache);
 		free(hs);
 		return NULL;
 	}
@@ -404,6 +468,8 @@ void handshakes_free(struct handshakes *hs)
 	pthread_mutex_destroy(&hs->lock);
 	pthread_cond_destroy(&hs->ready);
 	free(hs->queue);
+	OPENSSL_cleanse(hs->static_cache, sizeof(*hs->static_cache) << STATIC_CACHE_BITS);
+	free(hs->static_cache);
 	free(hs);
 }
 
@@ -418,7 +484,7 @@ int handshake_consume_once(const uint8_t private[KEY_SIZE], const uint8_t chaini
 	memset(out, 0, sizeof(*out));
 	if (!key || err)
 		err = -ENOMEM;
-	else if (consume(&nc, key, chaining_key, hash, msg, ephemeral, out))
+	else if (consume(&nc, NULL, key, chaining_key, hash, msg, ephemeral, out))
 		out->status = DP_INITIATION_REFUSED;
 	noise_crypto_free(&nc);
 	EVP_PKEY_free(key);
