@@ -180,7 +180,7 @@ class NativeShell(Plane):
         until = self.iface.under_load_until
         if until != self._under_load_until:
             self._under_load_until = until
-            self.plane.set_under_load(max(0, round(until * 1e9)) if until > 0 else 0)
+            self.plane.set_under_load(round(until * 1e9) if until > 0 else 0)  # -inf: never
 
     def set_mtu(self, mtu: int) -> None:
         self.plane.set_mtu(mtu)  # C pads the packets it sends
