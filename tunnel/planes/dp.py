@@ -162,7 +162,8 @@ def parse_consumed(payload: bytes) -> Consumed:
     if status != INITIATION_CONSUMED:
         return Consumed(initiation, None, None, bool(admitted))
     # The initiation's sender index and ephemeral key (whitepaper 5.4.2).
-    sender, remote_ephemeral = int.from_bytes(initiation[4:8], "little"), initiation[8:40]
+    sender = int.from_bytes(initiation[4:8], "little")
+    remote_ephemeral = initiation[8 : 8 + KEY_SIZE]
     return Consumed(
         initiation,
         ConsumedInitiation(static, remote_ephemeral, sender, timestamp, h, c),
@@ -610,7 +611,8 @@ def _keys(*keys: bytes) -> None:
             raise ValueError("session keys are 32 bytes")
 
 
-# Test hooks: the C AEAD and replay window, for known-answer tests.
+# Test hooks: the handshake worker's steps, the C AEAD and replay window, for
+# known-answer and differential tests.
 def consume_initiation(
     private_key: bytes, chaining_key: bytes, hash_: bytes, initiation: bytes, ephemeral: bytes
 ) -> Consumed:
