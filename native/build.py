@@ -30,6 +30,7 @@ SOURCES = [
     "crypto.c",
     "offload.c",
     "upcall.c",
+    "handshake.c",
     "testhooks.c",
 ]
 # The headers cffi reads the API from: the plane's, then the tests' way in.

@@ -92,6 +92,12 @@ dp_t *dp_create(int dev_fd, int udp_fd, int ctrl_fd, uint32_t flags, int mtu)
 	dp->vnet = flags & DP_VNET_HDR;
 	atomic_init(&dp->mac_ageing_ns, DEFAULT_MAC_AGEING * 1000000000ULL);
 	upcall_sources_init(dp);
+	dp->handshakes = handshakes_new(dp);
+	if (!dp->handshakes) {
+		free(dp);
+		errno = ENOMEM;
+		return NULL;
+	}
 	pthread_rwlockattr_t a;
 	pthread_rwlockattr_init(&a);
 	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -182,7 +188,7 @@ int dp_start(dp_t *dp, int workers)
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
-	int err = 0;
+	int err = handshakes_start(dp->handshakes);
 	for (int i = 0; i < workers && !err; i++) {
 		struct worker *w = &dp->workers[i];
 		w->dp = dp;
@@ -221,6 +227,7 @@ void dp_stop(dp_t *dp)
 	free(dp->workers);
 	dp->workers = NULL;
 	dp->nworkers = 0;
+	handshakes_stop(dp->handshakes); /* after the workers, which hand it initiations */
 	dp->running = false;
 }
 
@@ -234,6 +241,7 @@ void dp_destroy(dp_t *dp)
 	allowedips_free(dp);
 	pthread_rwlock_unlock(&dp->lock);
 	mac_free(dp);
+	handshakes_free(dp->handshakes);
 	pthread_rwlock_destroy(&dp->lock);
 	pthread_mutex_destroy(&dp->mac_lock);
 	pthread_mutex_destroy(&dp->report_lock);

@@ -52,6 +52,8 @@ enum {
 					  * it with ICMP unreachable (tunnel/core/l3.py) */
 	DP_UPCALL_EVENTS = 7,            /* no payload: peer_id has transport events for
 					  * Python's timers: dp_peer_take_events() */
+	DP_UPCALL_INITIATION = 8,        /* payload = struct dp_consumed_initiation, then
+					  * the initiation; addr = its source (below) */
 };
 
 struct dp_upcall_hdr {
@@ -60,6 +62,26 @@ struct dp_upcall_hdr {
 	uint16_t port;    /* big-endian */
 	uint32_t peer_id; /* little-endian (host order on every Linux we build for) */
 	uint8_t addr[16]; /* IPv4 in the first 4 bytes */
+};
+
+/* An initiation the handshake worker consumed (native/handshake.c): the
+responder's Noise steps that depend only on the message, our static key and
+the initiator's, done off Python's thread.  What is left depends on the peer
+Python picks by remote_static: its replay and flood checks, the psk, the
+response's empty AEAD, the indices.  Byte arrays only, so no padding: sizes
+are KEY_SIZE, TIMESTAMP_SIZE and HASH_SIZE (tests/planes/test_shared_constants.py). */
+enum { DP_INITIATION_CONSUMED = 0, DP_INITIATION_REFUSED = 1 }; /* status */
+struct dp_consumed_initiation {
+	uint8_t status;   /* REFUSED: it did not authenticate (or a DH was low order) */
+	uint8_t admitted; /* Python admitted it already (dp_handshake_submit) */
+	uint8_t pad[2];
+	uint8_t remote_static[32];
+	uint8_t timestamp[12];
+	uint8_t hash[32];         /* H and C after the initiation (ConsumedInitiation) */
+	uint8_t chaining_key[32];
+	uint8_t response_ephemeral[32]; /* the response's, its private key forgotten */
+	uint8_t response_hash[32];      /* H after mixing it in */
+	uint8_t response_chaining_key[32]; /* C after its DH with e_i and s_i */
 };
 
 struct dp_peer_stats {
@@ -213,5 +235,22 @@ void dp_set_mac_ageing(dp_t *, uint32_t seconds);           /* tap; default 300 
  * response whose mac1 is wrong is dropped and counted in rx_bad_mac1 instead of
  * going up.  Until it is set, every one goes up. */
 void dp_set_mac1_key(dp_t *, const uint8_t key[32]);
+
+/* The handshake worker (native/handshake.c): initiations whose mac1 is right
+ * are consumed off Python's thread and go up as DP_UPCALL_INITIATION.  It needs
+ * our static private key, the chaining key every handshake starts from and
+ * HASH(initial hash || our public key) (protocol/noise.py computes both); a
+ * private key of zeros stops it (every initiation goes up as DP_UPCALL_DATAGRAM). */
+void dp_set_static_key(dp_t *, const uint8_t private_key[32], const uint8_t chaining_key[32],
+		       const uint8_t hash[32]);
+/* Python's under-load decision (CLOCK_BOOTTIME ns, 0 = not): until then
+ * initiations go up as DATAGRAM, for Python's cookie and rate-limit checks
+ * before any public-key work, and come back through dp_handshake_submit. */
+void dp_set_under_load(dp_t *, uint64_t until_ns);
+/* An initiation Python admitted, for the worker to consume (its upcall says
+ * admitted).  -ENOKEY: no static key; -EAGAIN: the queue is full (counted in
+ * upcalls_dropped); -EINVAL: not an initiation's size. */
+int dp_handshake_submit(dp_t *, const uint8_t *msg, size_t len, const struct sockaddr *sa,
+			socklen_t salen);
 
 #endif

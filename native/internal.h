@@ -211,6 +211,8 @@ struct dp {
 	 * its AEAD contexts hold (worker_main). */
 	_Atomic uint64_t keypairs_freed;
 
+	struct handshakes *handshakes; /* handshake.c */
+
 	/* HASH(LABEL_MAC1 || our public key), for mac1 (dp_set_mac1_key). */
 	uint8_t mac1_key[32];
 	bool has_mac1_key;
@@ -306,6 +308,28 @@ void upcall_unrouted(dp_t *dp, const uint8_t *pkt, size_t len, uint64_t now);
  * is behind (counted in rx_ratelimited). */
 void upcall_datagram(dp_t *dp, const struct sockaddr_storage *src, const uint8_t *d, size_t n,
 		     uint64_t now);
+/* Whether a datagram from src may go up now (its source's share while Python is
+ * behind, counted in rx_ratelimited if not). */
+bool upcall_source_allowed(dp_t *dp, const struct sockaddr_storage *src, uint64_t now);
+/* An upcall lost for want of room: counted, and Python is behind for a while. */
+void upcall_overflowed(dp_t *dp);
+
+/* --- handshake.c: the handshake worker ------------------------------- */
+struct handshakes;
+struct handshakes *handshakes_new(dp_t *dp); /* dp_create; NULL: no memory */
+int handshakes_start(struct handshakes *hs); /* dp_start */
+void handshakes_stop(struct handshakes *hs); /* dp_stop */
+void handshakes_free(struct handshakes *hs); /* dp_destroy */
+/* A handshake message C admitted (well formed, its mac1 right): if an
+ * initiation, for the worker while Python is not
+ * under load: true if taken (queued, or dropped as over its source's share or
+ * by a full queue), false if it goes up as DP_UPCALL_DATAGRAM.  Lock held (read). */
+bool handshake_take(dp_t *dp, const struct sockaddr_storage *src, const uint8_t *d, size_t n,
+		    uint64_t now);
+int handshake_consume_once(const uint8_t private_key[KEY_SIZE],
+			   const uint8_t chaining_key[HASH_SIZE], const uint8_t hash[HASH_SIZE],
+			   const uint8_t *msg, const uint8_t ephemeral[KEY_SIZE],
+			   struct dp_consumed_initiation *out);
 
 /* --- offload.c: virtio_net_hdr, segmentation, coalescing, checksums ---- */
 struct vnet_hdr {

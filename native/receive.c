@@ -159,16 +159,12 @@ void dp_set_mac1_key(dp_t *dp, const uint8_t key[32])
 }
 
 /* An initiation or a response, well formed as far as its header and size go
- * (so that Python would get as far as its mac1), whose mac1 is wrong: made by
- * someone who does not know our public key.  The kernel drops these first of
- * all (cookie.c), and so can C, without waking Python.  Lock held (read). */
-static bool bad_mac1(struct rx_state *r, const uint8_t *d, size_t n)
+ * (so that Python would get as far as its mac1), with a mac1 key to check it. */
+static bool checkable_handshake(const dp_t *dp, const uint8_t *d, size_t n)
 {
-	const dp_t *dp = r->dp;
 	bool handshake = (d[0] == MESSAGE_INITIATION && n == INITIATION_SIZE) ||
 			 (d[0] == MESSAGE_RESPONSE && n == RESPONSE_SIZE);
-	return dp->has_mac1_key && handshake && (d[1] == 0 || d[1] == MARKER_L2) &&
-	       !d[2] && !d[3] && !mac1_valid(&r->mac1, dp->mac1_key, d, n);
+	return dp->has_mac1_key && handshake && (d[1] == 0 || d[1] == MARKER_L2) && !d[2] && !d[3];
 }
 
 /* The one kind of datagram C handles itself: a transport message of this
@@ -180,14 +176,23 @@ static inline bool is_our_transport(const dp_t *dp, const uint8_t *d, size_t n)
 }
 
 /* Handshakes, cookies, the other mode's transport, garbage: Python decides,
- * on all but what fails mac1. */
+ * on all but a handshake message whose mac1 is wrong: made by someone who does
+ * not know our public key.  The kernel drops these first of all (cookie.c),
+ * and so can C, without waking Python.  An initiation whose mac1 is right goes
+ * to the handshake worker first, unless Python is under load.  Lock held
+ * (read). */
 static void rx_to_python(struct rx_state *r, const uint8_t *d, size_t n,
 			 const struct sockaddr_storage *src, uint64_t now)
 {
-	if (n >= 4 && bad_mac1(r, d, n))
-		STAT_ADD(r->dp->st.rx_bad_mac1, 1);
-	else
-		upcall_datagram(r->dp, src, d, n, now);
+	if (n >= 4 && checkable_handshake(r->dp, d, n)) {
+		if (!mac1_valid(&r->mac1, r->dp->mac1_key, d, n)) {
+			STAT_ADD(r->dp->st.rx_bad_mac1, 1);
+			return;
+		}
+		if (handshake_take(r->dp, src, d, n, now))
+			return;
+	}
+	upcall_datagram(r->dp, src, d, n, now);
 }
 
 /* The keypair whose receiver index the transport message names. */

@@ -121,3 +121,11 @@ int dp_test_allowed_ips_lookup(dp_t *dp, int family, const uint8_t *addr, uint32
 	pthread_rwlock_unlock(&dp->lock);
 	return p != NULL;
 }
+
+int dp_test_consume_initiation(const uint8_t private_key[32], const uint8_t chaining_key[32],
+			       const uint8_t hash[32], const uint8_t msg[148],
+			       const uint8_t ephemeral_private[32],
+			       struct dp_consumed_initiation *out)
+{
+	return handshake_consume_once(private_key, chaining_key, hash, msg, ephemeral_private, out);
+}

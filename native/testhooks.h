@@ -39,5 +39,13 @@ int dp_test_mac_table_at(dp_t *, uint64_t now_ns, struct dp_mac_entry *out, int 
 /* The peer whose allowed IPs hold `addr` (4 or 16 bytes by family), as the
  * workers route a packet: 1 found, *peer_id set; 0 none. */
 int dp_test_allowed_ips_lookup(dp_t *, int family, const uint8_t *addr, uint32_t *peer_id);
+/* The handshake worker's steps on one initiation (native/handshake.c), keyed
+ * with `private_key` and starting from `chaining_key` and `hash` as
+ * dp_set_static_key's, the response's ephemeral private key given: 0, with
+ * out->status saying whether it authenticated; -ENOMEM. */
+int dp_test_consume_initiation(const uint8_t private_key[32], const uint8_t chaining_key[32],
+			       const uint8_t hash[32], const uint8_t msg[148],
+			       const uint8_t ephemeral_private[32],
+			       struct dp_consumed_initiation *out);
 
 #endif

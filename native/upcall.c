@@ -42,14 +42,21 @@ bool upcall_send(dp_t *dp, int kind, uint32_t peer_id, const struct sockaddr *sa
 	struct iovec iov[2] = {{&h, sizeof(h)}, {(void *)payload, len}};
 	struct msghdr m = {.msg_iov = iov, .msg_iovlen = len ? 2 : 1};
 	if (sendmsg(dp->ctrl_fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
-		STAT_ADD(dp->st.upcalls_dropped, 1);
 		if (errno == EAGAIN || errno == ENOBUFS) /* full: Python is behind */
-			atomic_store_explicit(&dp->upcall_load_until_ns,
-					      now_ns() + UNDER_LOAD_HOLD_NS, memory_order_relaxed);
+			upcall_overflowed(dp);
+		else
+			STAT_ADD(dp->st.upcalls_dropped, 1);
 		return false;
 	}
 	STAT_ADD(dp->st.upcalls_sent, 1);
 	return true;
+}
+
+void upcall_overflowed(dp_t *dp)
+{
+	STAT_ADD(dp->st.upcalls_dropped, 1);
+	atomic_store_explicit(&dp->upcall_load_until_ns, now_ns() + UNDER_LOAD_HOLD_NS,
+			      memory_order_relaxed);
 }
 
 /* A token bucket as GCRA: one timestamp, the time the next event is due, so
@@ -128,14 +135,20 @@ static uint64_t source_bucket(const dp_t *dp, const struct sockaddr_storage *src
 	return (k * key) >> (64 - DP_SOURCE_BUCKET_BITS);
 }
 
-void upcall_datagram(dp_t *dp, const struct sockaddr_storage *src, const uint8_t *d, size_t n,
-		     uint64_t now)
+bool upcall_source_allowed(dp_t *dp, const struct sockaddr_storage *src, uint64_t now)
 {
 	if (now < atomic_load_explicit(&dp->upcall_load_until_ns, memory_order_relaxed) &&
 	    !gcra_allow(&dp->source_due_ns[source_bucket(dp, src)], now,
 			RATELIMIT_PACKETS_PER_SECOND, RATELIMIT_BURST)) {
 		STAT_ADD(dp->st.rx_ratelimited, 1);
-		return;
+		return false;
 	}
-	upcall_send(dp, DP_UPCALL_DATAGRAM, 0, (const struct sockaddr *)src, d, n);
+	return true;
+}
+
+void upcall_datagram(dp_t *dp, const struct sockaddr_storage *src, const uint8_t *d, size_t n,
+		     uint64_t now)
+{
+	if (upcall_source_allowed(dp, src, now))
+		upcall_send(dp, DP_UPCALL_DATAGRAM, 0, (const struct sockaddr *)src, d, n);
 }

@@ -7,10 +7,11 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tunnel.core.actions import Send, SendBatch
+from tunnel.core.actions import Action, Send, SendBatch
 from tunnel.host import clock
 from tunnel.planes import dp
 from tunnel.planes.native import NativeShell
+from tunnel.protocol.noise import INITIAL_CHAINING_KEY
 
 from .packets import ipv4_packet
 from .simnet import Node, SimNet, unbatched
@@ -44,12 +45,28 @@ class Session:
         self.dev.send(bytes(dp.VNET_HDR_LEN) + packet)
 
 
+def answer(s: "Session", initiation: bytes) -> list[Action]:
+    """What a's core makes of b's initiation once C's handshake worker has
+    consumed it, as the worker's upcall hands it over (native/handshake.c)."""
+    identity = s.a.iface.identity
+    c = dp.consume_initiation(
+        identity.private_key,
+        INITIAL_CHAINING_KEY,
+        identity.responder_hash,
+        initiation,
+        s.a.iface.randbytes(32),
+    )
+    return s.a.iface.receive_consumed_initiation(
+        initiation, s.b.address, c.consumed, c.start, False, clock.now()
+    )
+
+
 @contextlib.contextmanager
 def confirmed_session(confirm: bool = True) -> Iterator[Session]:
     with peers() as s:
         # b initiates; a answers as the responder, its new keypair NEXT in C.
         (initiation,) = sends(s.b.iface.send_packet(ipv4_packet("10.0.0.2", "10.0.0.1"), s.net.now))
-        s.shell.apply(s.a.iface.receive_datagram(initiation.data, s.b.address, clock.now()))
+        s.shell.apply(answer(s, initiation.data))
         response = s.udp_b.recv(2048)
         # b's first transport message confirms it: C makes NEXT CURRENT and says so.
         (transport,) = sends(s.b.iface.receive_datagram(response, s.a.address, s.net.now))

@@ -4,7 +4,9 @@ Builds tunnel.planes._native with PYVPN_ASAN=1 semantics (-fsanitize=address) in
 temp dir, then runs a driver in a subprocess with libasan preloaded (python
 itself is not instrumented) that pushes real traffic through two planes and
 then 100k garbage, truncated, oversized and authenticated-but-malformed
-datagrams and device reads through them.  Any out-of-bounds access aborts the
+datagrams and device reads through them, and initiations through the handshake
+worker (real ones and random ones with a right mac1, handed back as admitted,
+under load and not, the static key changing).  Any out-of-bounds access aborts the
 driver with an "ERROR: AddressSanitizer" report.
 """
 
@@ -182,6 +184,38 @@ DRIVER = textwrap.dedent(r"""
             inner += bytes(-len(inner) % 16)
             d = transport(0, 1, counter, inner)
         send(d, i, udpA)
+    # 3b. Initiations at A's handshake worker, their mac1 right: real ones,
+    #     and random bodies; some handed back as admitted, under load and not,
+    #     and A's static key changed while they wait.
+    from tunnel.protocol import keys
+    from tunnel.protocol.cookie import CookieGenerator
+    from tunnel.protocol.noise import INITIAL_CHAINING_KEY, Handshake, StaticIdentity
+
+    def keyed(p, private):
+        identity = StaticIdentity(private)
+        p.set_mac1_key(CookieGenerator(identity.public_key).mac1_key)
+        p.set_static_key(private, INITIAL_CHAINING_KEY, identity.responder_hash)
+        return identity
+
+    me = keyed(A, keys.generate_private_key())
+    macs = CookieGenerator(me.public_key)
+    real = [Handshake(StaticIdentity(keys.generate_private_key()), me.public_key)
+            .create_initiation(i, os.urandom(32), os.urandom(12)).pack() for i in range(50)]
+    for i in range(3000):
+        body = real[i % 50] if i % 2 else bytes([1, 0, 0, 0]) + os.urandom(144)
+        d = macs.add_macs(body, 0.0)
+        send(d, i, udpA)
+        if i % 7 == 0:
+            try:
+                A.submit_handshake(d, ("127.0.0.1", 1000 + i))
+            except OSError:  # the queue is full
+                pass
+        if i % 500 == 0:
+            A.set_under_load(time.clock_gettime_ns(time.CLOCK_BOOTTIME) + 10**8 * (i % 1000 == 0))
+        if i == 1500:
+            keyed(A, keys.generate_private_key())
+    time.sleep(0.5)
+    A.set_static_key(bytes(32), INITIAL_CHAINING_KEY, bytes(32))
     # 4. Authenticated frames into the tap plane: TCP segments in and out of
     #    order on VLANs (tags parsed, GRO), whole, corrupted and cut short.
     for i in range(20000):

@@ -28,7 +28,7 @@ from tunnel.protocol.peer import Peer
 from tunnel.protocol.timers import Timer
 
 from ..conftest import NATIVE_MISSING, needs
-from ..native_session import Session, confirmed_session, peers, sends
+from ..native_session import Session, answer, confirmed_session, peers, sends
 from ..packets import ipv4_packet
 from ..simnet import SimNet, peer_of
 from ..waiting import wait_until
@@ -139,7 +139,7 @@ def test_only_c_shuffles_the_slots_and_the_core_learns_them_from_it() -> None:
     with peers() as s:
         peer = peer_of(s.a)
         (initiation,) = sends(s.b.iface.send_packet(ipv4_packet("10.0.0.2", "10.0.0.1"), s.net.now))
-        answered = s.a.iface.receive_datagram(initiation.data, s.b.address, clock.now())
+        answered = answer(s, initiation.data)
         assert slots(peer) == (None, None, None)
         s.shell.apply(answered)
         first = peer.next.local_index

@@ -55,3 +55,24 @@ def test_what_dp_h_defines_python_uses_as_is() -> None:
     assert dp.UPCALL_HEADER.size == ffi.sizeof("struct dp_upcall_hdr")
     for kind in dp.UpcallKind:
         assert getattr(lib, f"DP_UPCALL_{kind.name}") == kind.value, kind
+
+
+@needs_native
+def test_python_reads_a_consumed_initiation_as_dp_h_lays_it_out() -> None:
+    fields = dict(dp.ffi.typeof("struct dp_consumed_initiation").fields)
+    sizes = {
+        "remote_static": constants.KEY_SIZE,
+        "timestamp": constants.TIMESTAMP_SIZE,
+        "hash": constants.HASH_SIZE,
+        "chaining_key": constants.HASH_SIZE,
+        "response_ephemeral": constants.KEY_SIZE,
+        "response_hash": constants.HASH_SIZE,
+        "response_chaining_key": constants.HASH_SIZE,
+    }
+    offset = fields["remote_static"].offset
+    assert (fields["status"].offset, fields["admitted"].offset, offset) == (0, 1, 4)
+    for name, size in sizes.items():  # in CONSUMED_INITIATION's order
+        assert (fields[name].offset, fields[name].type.length) == (offset, size), name
+        offset += size
+    assert dp.CONSUMED_INITIATION.size == offset == dp.ffi.sizeof("struct dp_consumed_initiation")
+    assert dp.INITIATION_CONSUMED == dp.lib.DP_INITIATION_CONSUMED

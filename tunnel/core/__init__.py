@@ -41,6 +41,7 @@ API = {
     ),
     # Datagrams from the socket, and the transport events they come to.
     "receive": (
+        "receive_consumed_initiation",
         "receive_datagrams",
         "session_confirmed",
         "transport_received",

@@ -73,6 +73,16 @@ class StagedPurged:
     peer: Peer
 
 
+@dataclass(frozen=True)
+class ConsumeInitiation:
+    """An initiation admitted under load (cookie and rate limit), for an external
+    handshake worker (the native plane's) to consume off this thread: it comes
+    back through receive_consumed_initiation, marked admitted."""
+
+    source: Address
+    data: bytes
+
+
 Action = (
     Send
     | Deliver
@@ -82,4 +92,5 @@ Action = (
     | KeypairInstalled
     | KeypairsCleared
     | StagedPurged
+    | ConsumeInitiation
 )

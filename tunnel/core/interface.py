@@ -14,7 +14,7 @@ from tunnel.protocol.address import Address
 from tunnel.protocol.allowed_ips import AllowedIPs
 from tunnel.protocol.cookie import CookieChecker
 from tunnel.protocol.keypair import Keypair
-from tunnel.protocol.noise import StaticIdentity
+from tunnel.protocol.noise import ConsumedInitiation, ResponseStart, StaticIdentity
 from tunnel.protocol.peer import Peer
 from tunnel.protocol.peer_config import PeerConfig
 
@@ -62,6 +62,7 @@ class Interface:
     wall_offset: OfState[float] = OfState()
     randbytes: OfState[Callable[[int], bytes]] = OfState()
     external_transport: OfState[bool] = OfState()
+    external_handshakes: OfState[bool] = OfState()
     drops: OfState[Counter[Drop]] = OfState()
     cookie_replies_sent: OfState[int] = OfState()
     under_load_until: OfState[float] = OfState()
@@ -77,6 +78,21 @@ class Interface:
 
     def receive_datagrams(self, datagrams: list[tuple[bytes, Address]], now: float) -> list[Action]:
         return receive.receive_datagrams(self.state, datagrams, now)
+
+    def receive_consumed_initiation(
+        self,
+        data: bytes,
+        source: Address,
+        consumed: ConsumedInitiation | None,
+        start: ResponseStart | None,
+        admitted: bool,
+        now: float,
+    ) -> list[Action]:
+        """An initiation an external handshake worker consumed (None: it did not
+        authenticate), with its response started."""
+        return receive.receive_consumed_initiation(
+            self.state, data, source, consumed, start, admitted, now
+        )
 
     def send_packet(self, packet: bytes, now: float) -> list[Action]:
         """A packet (tun) or frame (tap) read from the device."""

@@ -30,15 +30,17 @@ from tunnel.protocol.messages import (
     Transport,
 )
 from tunnel.protocol.noise import (
+    ConsumedInitiation,
     HandshakeError,
     HandshakeState,
+    ResponseStart,
     accept_initiation,
     consume_initiation,
 )
 from tunnel.protocol.peer import Peer
 from tunnel.protocol.ratelimiter import source_key
 
-from .actions import Action, DeliverBatch, KeypairInstalled, Send
+from .actions import Action, ConsumeInitiation, DeliverBatch, KeypairInstalled, Send
 from .drops import Drop
 from .l2 import Learned
 from .l3 import parse_ip
@@ -243,22 +245,81 @@ def _static_static(state: State, remote_static: bytes) -> bytes | None:
     return peer.handshake.precomputed_static_static if peer is not None else None
 
 
-def _receive_initiation(
-    state: State, msg: Initiation, data: bytes, source: Address, now: float
-) -> list[Action]:
-    rejected = _handshake_admitted(
-        state, data, messages.INITIATION_MAC1_OFFSET, msg.sender, msg.l2, source, now
-    )
-    if rejected is not None:
-        return rejected
+def _initiation_admitted(
+    state: State, msg: Initiation, data: bytes, source: Address, now: float, admitted: bool = False
+) -> list[Action] | None:
+    """The DoS checks, unless `admitted` passed them already, then whether we
+    have a key to answer with: None lets the initiation through."""
+    if not admitted:
+        rejected = _handshake_admitted(
+            state, data, messages.INITIATION_MAC1_OFFSET, msg.sender, msg.l2, source, now
+        )
+        if rejected is not None:
+            return rejected
     if not state.identity.present:
         state.drops[Drop.NO_PRIVATE_KEY] += 1
         return []
+    return None
+
+
+def _receive_initiation(
+    state: State, msg: Initiation, data: bytes, source: Address, now: float
+) -> list[Action]:
+    rejected = _initiation_admitted(state, msg, data, source, now)
+    if rejected is not None:
+        return rejected
+    if state.external_handshakes:
+        return [ConsumeInitiation(source, data)]
     try:
         consumed = consume_initiation(state.identity, msg, lambda key: _static_static(state, key))
     except HandshakeError:
         state.drops[Drop.BAD_HANDSHAKE] += 1
         return []
+    return _initiation_consumed(state, msg, data, source, consumed, None, now)
+
+
+def receive_consumed_initiation(
+    state: State,
+    data: bytes,
+    source: Address,
+    consumed: ConsumedInitiation | None,
+    start: ResponseStart | None,
+    admitted: bool,
+    now: float,
+) -> list[Action]:
+    """An initiation an external handshake worker consumed, and the start of its
+    response: the same checks and decisions as one consumed here. `admitted`: it
+    passed the DoS checks already (it came back from ConsumeInitiation); otherwise
+    the worker took it on its mac1 alone, so they come first, as for any other.
+    `consumed` is None if it did not authenticate."""
+    try:
+        msg = messages.parse(data)
+    except MessageError:
+        state.drops[Drop.MALFORMED] += 1
+        return []
+    if not isinstance(msg, Initiation):
+        state.drops[Drop.MALFORMED] += 1
+        return []
+    rejected = _initiation_admitted(state, msg, data, source, now, admitted)
+    if rejected is not None:
+        return rejected
+    if consumed is None:
+        state.drops[Drop.BAD_HANDSHAKE] += 1
+        return []
+    return _initiation_consumed(state, msg, data, source, consumed, start, now)
+
+
+def _initiation_consumed(
+    state: State,
+    msg: Initiation,
+    data: bytes,
+    source: Address,
+    consumed: ConsumedInitiation,
+    start: ResponseStart | None,
+    now: float,
+) -> list[Action]:
+    """The peer, the flood and replay checks, the index and the response, which
+    `start` began if given."""
     peer = state.peers.get(consumed.remote_static)
     if peer is None:
         state.drops[Drop.UNKNOWN_PEER] += 1
@@ -281,7 +342,10 @@ def _receive_initiation(
     if not crossed:
         drop_handshake_index(state, peer)
     index = new_index(state, peer, None)
-    response = handshake.create_response(index, state.randbytes(32), state.l2)
+    if start is None:
+        response = handshake.create_response(index, state.randbytes(32), state.l2)
+    else:
+        response = handshake.finish_response(index, start, state.l2)
     packed = peer.cookies.add_macs(response.pack(), now)
     count_tx(peer, len(packed), now)
     peer.last_handshake_sent = now

@@ -61,12 +61,17 @@ class State:
         mac_ageing: float = DEFAULT_MAC_AGEING,
         under_load_threshold: int = UNDER_LOAD_INITIATIONS_PER_SECOND,
         external_transport: bool = False,
+        external_handshakes: bool = False,
     ) -> None:
         self.identity = StaticIdentity(private_key)
         # With an external transport (the native plane) transport messages never
         # pass through here: this core must then never encrypt, or two counters
         # would use the same nonces.
         self.external_transport = external_transport
+        # With external handshakes (the native plane's worker) an initiation's
+        # public-key work is done off this thread: the core only decides
+        # (receive.receive_consumed_initiation).
+        self.external_handshakes = external_handshakes
         self.l2 = l2
         self.mtu = mtu
         self.randbytes = randbytes

@@ -28,7 +28,14 @@ from typing import Any, NamedTuple, TypeVar
 
 from tunnel.core.l2 import Learned
 from tunnel.host.udp import ADDRESS_CACHE
-from tunnel.protocol.constants import MAC_TABLE_MAX
+from tunnel.protocol.constants import (
+    HASH_SIZE,
+    INITIATION_SIZE,
+    KEY_SIZE,
+    MAC_TABLE_MAX,
+    TIMESTAMP_SIZE,
+)
+from tunnel.protocol.noise import ConsumedInitiation, ResponseStart
 
 try:  # the extension is optional: pyvpn falls back to the Python plane
     from tunnel.planes._native import ffi, lib
@@ -52,6 +59,12 @@ CHANGED_BATCH = 1024  # peers' stats per dp_changed_peer_stats call
 VNET_HDR_LEN = 10  # DP_VNET_HDR_LEN, sizeof(struct virtio_net_hdr)
 
 UPCALL_HEADER = struct.Struct("<BBHI16s")  # kind, family, port (BE, see below), peer_id, addr
+# struct dp_consumed_initiation: status, admitted, then remote_static, timestamp,
+# hash, chaining_key, response_ephemeral, response_hash, response_chaining_key.
+CONSUMED_INITIATION = struct.Struct(
+    f"<BB2x{KEY_SIZE}s{TIMESTAMP_SIZE}s{HASH_SIZE}s{HASH_SIZE}s{KEY_SIZE}s{HASH_SIZE}s{HASH_SIZE}s"
+)
+INITIATION_CONSUMED = 0  # DP_INITIATION_CONSUMED; DP_INITIATION_REFUSED otherwise
 
 
 class NativeUnavailable(RuntimeError):
@@ -96,6 +109,7 @@ class UpcallKind(enum.IntEnum):
     TOO_BIG = 5  # tap: an oversized device read for Python's PMTU answer (tunnel/core/l2.py)
     UNROUTED = 6  # tun: a packet no peer takes, for Python's ICMP answer (tunnel/core/l3.py)
     EVENTS = 7  # no payload: the peer has transport events for the timers (take_events)
+    INITIATION = 8  # an initiation the handshake worker consumed (parse_consumed)
 
 
 @dataclass(frozen=True)
@@ -126,6 +140,35 @@ def parse_upcall(data: bytes) -> Upcall:
     port = socket.ntohs(port_be)
     return Upcall(
         UpcallKind(kind), peer_id, _address(family, port, addr), bytes(data[UPCALL_HEADER.size :])
+    )
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """A DP_UPCALL_INITIATION's payload: the initiation, and what the handshake
+    worker made of it (None, None: it did not authenticate)."""
+
+    initiation: bytes
+    consumed: ConsumedInitiation | None
+    start: ResponseStart | None
+    admitted: bool
+
+
+def parse_consumed(payload: bytes) -> Consumed:
+    status, admitted, static, timestamp, h, c, ephemeral, response_h, response_c = (
+        CONSUMED_INITIATION.unpack_from(payload)
+    )
+    initiation = payload[CONSUMED_INITIATION.size :]
+    if status != INITIATION_CONSUMED:
+        return Consumed(initiation, None, None, bool(admitted))
+    # The initiation's sender index and ephemeral key (whitepaper 5.4.2).
+    sender = int.from_bytes(initiation[4:8], "little")
+    remote_ephemeral = initiation[8 : 8 + KEY_SIZE]
+    return Consumed(
+        initiation,
+        ConsumedInitiation(static, remote_ephemeral, sender, timestamp, h, c),
+        ResponseStart(ephemeral, response_h, response_c),
+        bool(admitted),
     )
 
 
@@ -539,6 +582,24 @@ class NativePlane:
             raise ValueError("the mac1 key is 32 bytes")
         lib.dp_set_mac1_key(self._handle(), key)
 
+    def set_static_key(self, private_key: bytes, chaining_key: bytes, hash_: bytes) -> None:
+        """The handshake worker's key and starting point (zeros: no worker)."""
+        _keys(private_key, chaining_key, hash_)
+        lib.dp_set_static_key(self._handle(), private_key, chaining_key, hash_)
+
+    def set_under_load(self, until_ns: int) -> None:
+        """Until then (CLOCK_BOOTTIME ns) initiations come up for the DoS checks first."""
+        lib.dp_set_under_load(self._handle(), until_ns)
+
+    def submit_handshake(self, initiation: bytes, source: tuple[str, int]) -> None:
+        """An initiation Python admitted, for the worker (dp.h): OSError if refused."""
+        raw = _sockaddr(source)
+        sa = ffi.cast("struct sockaddr *", ffi.from_buffer(raw))
+        _check(
+            lib.dp_handshake_submit(self._handle(), initiation, len(initiation), sa, len(raw)),
+            "submit_handshake",
+        )
+
 
 def _mac_entries(out: Any, n: int) -> list[MacEntry]:
     return [MacEntry(bytes(out[i].mac), out[i].peer_id, out[i].age_ms / 1000) for i in range(n)]
@@ -550,7 +611,26 @@ def _keys(*keys: bytes) -> None:
             raise ValueError("session keys are 32 bytes")
 
 
-# Test hooks: the C AEAD and replay window, for known-answer tests.
+# Test hooks: the handshake worker's steps, the C AEAD and replay window, for
+# known-answer and differential tests.
+def consume_initiation(
+    private_key: bytes, chaining_key: bytes, hash_: bytes, initiation: bytes, ephemeral: bytes
+) -> Consumed:
+    """The handshake worker's steps on one initiation, the response's ephemeral
+    private key given (dp_test_consume_initiation)."""
+    _keys(private_key, chaining_key, hash_, ephemeral)
+    if len(initiation) != INITIATION_SIZE:
+        raise ValueError("an initiation is 148 bytes")
+    out = ffi.new("struct dp_consumed_initiation *")
+    _check(
+        _require().dp_test_consume_initiation(
+            private_key, chaining_key, hash_, initiation, ephemeral, out
+        ),
+        "consume_initiation",
+    )
+    return parse_consumed(bytes(ffi.buffer(out)) + initiation)
+
+
 def aead_seal(key: bytes | bytearray, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
     out = ffi.new("uint8_t[]", len(plaintext) + 16)
     key = bytes(key)

@@ -13,12 +13,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, fields
 from typing import Any
 
-from tunnel.core.actions import Action, KeypairInstalled, KeypairsCleared, StagedPurged, Transmit
+from tunnel.core.actions import (
+    Action,
+    ConsumeInitiation,
+    KeypairInstalled,
+    KeypairsCleared,
+    StagedPurged,
+    Transmit,
+)
 from tunnel.core.drops import Drop
 from tunnel.core.interface import Interface
 from tunnel.core.l2 import Learned
 from tunnel.core.reconfig import Applied
 from tunnel.host import clock
+from tunnel.protocol.noise import INITIAL_CHAINING_KEY
 from tunnel.protocol.peer import Peer
 
 from . import dp
@@ -97,7 +105,11 @@ class NativeShell(Plane):
             dev_fd, sock.fileno(), ctrl_native.fileno(), tap=iface.l2, vnet_hdr=True, mtu=iface.mtu
         )
         self.plane.set_mac_ageing(int(iface.macs.ageing))
-        self.plane.set_mac1_key(iface.cookie_checker.mac1_key)
+        self._set_keys()
+        # C's handshake worker does the public-key work of initiations; the core
+        # decides (native/handshake.c).
+        iface.external_handshakes = True
+        self._under_load_until = float("-inf")  # as C last heard it
         self.ids: dict[Peer, int] = {}
         self.peers: dict[int, Peer] = {}
         # C's stats of each peer as last seen here; a peer whose stats never moved
@@ -137,7 +149,7 @@ class NativeShell(Plane):
             self._add(peer)
         for peer in applied.updated:
             self._sync(peer)
-        self.plane.set_mac1_key(self.iface.cookie_checker.mac1_key)  # a new private key's
+        self._set_keys()  # a new private key's
         super().reconfigured(applied)
 
     def reverted(self) -> None:
@@ -152,7 +164,23 @@ class NativeShell(Plane):
             else:
                 self._add(peer)
                 self.iface.adopt(peer, None, None, None)
+        self._set_keys()
+
+    def _set_keys(self) -> None:
+        """C checks mac1 with our public key's, and its handshake worker uses our
+        private key."""
+        identity = self.iface.identity
         self.plane.set_mac1_key(self.iface.cookie_checker.mac1_key)
+        self.plane.set_static_key(
+            identity.private_key, INITIAL_CHAINING_KEY, identity.responder_hash
+        )
+
+    def _tell_load(self) -> None:
+        """C hands initiations to its worker only while the core is not under load."""
+        until = self.iface.under_load_until
+        if until != self._under_load_until:
+            self._under_load_until = until
+            self.plane.set_under_load(round(until * 1e9) if until > 0 else 0)  # -inf: never
 
     def set_mtu(self, mtu: int) -> None:
         self.plane.set_mtu(mtu)  # C pads the packets it sends
@@ -248,6 +276,12 @@ class NativeShell(Plane):
             peer.current.send_counter = slots.current_send_counter
 
     def _upcalls(self) -> None:
+        try:
+            self._read_upcalls()
+        finally:
+            self._tell_load()
+
+    def _read_upcalls(self) -> None:
         for _ in range(UPCALL_BATCH):
             try:
                 data = self.ctrl.recv(65536 + 64)
@@ -259,7 +293,14 @@ class NativeShell(Plane):
             now = clock.now()
             upcall = parse_upcall(data)
             peer = self.peers.get(upcall.peer_id)
-            if upcall.kind is UpcallKind.DATAGRAM and upcall.address is not None:
+            if upcall.kind is UpcallKind.INITIATION and upcall.address is not None:
+                c = dp.parse_consumed(upcall.payload)
+                self.apply(
+                    self.iface.receive_consumed_initiation(
+                        c.initiation, upcall.address, c.consumed, c.start, c.admitted, now
+                    )
+                )
+            elif upcall.kind is UpcallKind.DATAGRAM and upcall.address is not None:
                 if self.took_stun(upcall.payload, upcall.address):
                     continue
                 self.apply(self.iface.receive_datagram(upcall.payload, upcall.address, now))
@@ -320,5 +361,10 @@ class NativeShell(Plane):
             for slot in (dp.SLOT_CURRENT, dp.SLOT_PREVIOUS, dp.SLOT_NEXT):
                 self.plane.clear_keypair(peer_id, slot)
             self._adopt(action.peer, self.plane.slots(peer_id))
+        elif isinstance(action, ConsumeInitiation):
+            try:
+                self.plane.submit_handshake(action.data, action.source)
+            except OSError as e:  # a full queue is counted as an upcall lost
+                log.debug("native handshake worker refused an initiation: %s", e.strerror)
         elif isinstance(action, StagedPurged):
             self.plane.purge_staged(self.ids[action.peer])

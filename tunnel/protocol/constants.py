@@ -32,6 +32,11 @@ TRANSPORT_HEADER_SIZE = 16
 TAG_SIZE = 16
 MAC_SIZE = 16  # mac1 and mac2 (messages.h COOKIE_LEN)
 KEEPALIVE_SIZE = TRANSPORT_HEADER_SIZE + TAG_SIZE
+# The handshake's fields (noise.h): X25519 keys, BLAKE2s hashes and chaining
+# keys, and the TAI64N timestamp an initiation carries.
+KEY_SIZE = 32
+HASH_SIZE = 32
+TIMESTAMP_SIZE = 12
 MESSAGE_PADDING_MULTIPLE = 16
 
 # Timers and limits (whitepaper section 6.1), seconds and message counts.
@@ -127,6 +132,9 @@ SHARED_WITH_C = (
     "TAG_SIZE",
     "MAC_SIZE",
     "KEEPALIVE_SIZE",
+    "KEY_SIZE",
+    "HASH_SIZE",
+    "TIMESTAMP_SIZE",
     "MESSAGE_PADDING_MULTIPLE",
     "MARKER_L2",
     "REJECT_AFTER_MESSAGES",

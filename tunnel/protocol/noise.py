@@ -40,10 +40,13 @@ class StaticIdentity:
     public_key: bytes = b""
     # Loaded once: every handshake message takes a DH with it.
     key: crypto.X25519PrivateKey | None = field(init=False, repr=False)
+    # H after our public key is mixed in: where every initiation to us starts.
+    responder_hash: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.key = crypto.private_key(self.private_key) if self.present else None
         self.public_key = crypto.public_of(self.key) if self.key is not None else bytes(32)
+        self.responder_hash = crypto.hash_(INITIAL_HASH + self.public_key)
 
     @property
     def present(self) -> bool:
@@ -82,6 +85,36 @@ class SessionKeys:
         self.send_key[:] = bytes(len(self.send_key))
         self.receive_key[:] = bytes(len(self.receive_key))
         self._ciphers = None
+
+
+@dataclass
+class ResponseStart:
+    """A response as far as it goes before the peer's psk: the responder's
+    ephemeral key mixed in and its two DH, with the initiator's ephemeral and
+    static keys. Only the initiation, our static key and the initiator's decide
+    it, so a worker may compute it before the core picks the peer
+    (native/handshake.c)."""
+
+    ephemeral_public: bytes
+    hash: bytes
+    chaining_key: bytes
+
+
+def start_response(
+    hash_: bytes,
+    chaining_key: bytes,
+    remote_ephemeral: bytes,
+    remote_static: bytes,
+    ephemeral_private: bytes,
+) -> ResponseStart:
+    """From a consumed initiation's hash and chaining key."""
+    ephemeral = crypto.private_key(ephemeral_private)
+    ephemeral_public = crypto.public_of(ephemeral)
+    (c,) = crypto.kdf(chaining_key, ephemeral_public, 1)
+    h = crypto.hash_(hash_ + ephemeral_public)
+    (c,) = crypto.kdf(c, crypto.dh(ephemeral, remote_ephemeral), 1)
+    (c,) = crypto.kdf(c, crypto.dh(ephemeral, remote_static), 1)
+    return ResponseStart(ephemeral_public, h, c)
 
 
 @dataclass
@@ -167,25 +200,29 @@ class Handshake:
     ) -> Response:
         if self.state is not HandshakeState.CONSUMED_INITIATION:
             raise HandshakeError("no initiation to respond to")
-        h, c = self.hash, self.chaining_key
-        ephemeral = crypto.private_key(ephemeral_private)
-        ephemeral_public = crypto.public_of(ephemeral)
-        (c,) = crypto.kdf(c, ephemeral_public, 1)
-        h = crypto.hash_(h + ephemeral_public)
-        (c,) = crypto.kdf(c, crypto.dh(ephemeral, self.remote_ephemeral), 1)
-        (c,) = crypto.kdf(c, crypto.dh(ephemeral, self.remote_static), 1)
-        c, t, k = crypto.kdf(c, self.preshared_key, 3)
-        h = crypto.hash_(h + t)
+        start = start_response(
+            self.hash, self.chaining_key, self.remote_ephemeral, self.remote_static,
+            ephemeral_private,
+        )  # fmt: skip
+        self.local_ephemeral = ephemeral_private
+        return self.finish_response(local_index, start, l2)
+
+    def finish_response(self, local_index: int, start: ResponseStart, l2: bool = False) -> Response:
+        """The response from its start (start_response, or the native plane's
+        handshake worker): what depends on this peer, its psk, and the empty AEAD."""
+        if self.state is not HandshakeState.CONSUMED_INITIATION:
+            raise HandshakeError("no initiation to respond to")
+        c, t, k = crypto.kdf(start.chaining_key, self.preshared_key, 3)
+        h = crypto.hash_(start.hash + t)
         encrypted_nothing = crypto.aead_encrypt(k, 0, b"", h)
         h = crypto.hash_(h + encrypted_nothing)
         self.hash, self.chaining_key = h, c
-        self.local_ephemeral = ephemeral_private
         self.local_index = local_index
         self.state = HandshakeState.CREATED_RESPONSE
         return Response(
             local_index,
             self.remote_index,
-            ephemeral_public,
+            start.ephemeral_public,
             encrypted_nothing,
             EMPTY_MAC,
             EMPTY_MAC,
@@ -251,7 +288,7 @@ def consume_initiation(
     to a peer, checks the timestamp and flood limits, then calls `accept_initiation`.
     `precomputed` gives a known peer's static-static DH (Handshake's, as noise.c
     uses it here), which saves one DH of the responder's four."""
-    h = crypto.hash_(INITIAL_HASH + identity.public_key)
+    h = identity.responder_hash
     (c,) = crypto.kdf(INITIAL_CHAINING_KEY, msg.ephemeral, 1)
     h = crypto.hash_(h + msg.ephemeral)
     try:
