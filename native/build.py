@@ -30,6 +30,8 @@ SOURCES = [
     "crypto.c",
     "offload.c",
     "upcall.c",
+    "pipeline.c",
+    "pipeline_bench.c",
     "testhooks.c",
 ]
 # The headers cffi reads the API from: the plane's, then the tests' way in.

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "pipeline.h"
 
 #ifndef TUN_F_USO4
 #define TUN_F_USO4 0x20 /* Linux >= 6.2 */
@@ -163,9 +164,10 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-int dp_start(dp_t *dp, int workers)
+int dp_start(dp_t *dp, int workers, int crypto_workers)
 {
-	if (workers < 1 || workers > 16)
+	if (workers < 1 || workers > 16 || crypto_workers < 0 ||
+	    crypto_workers > MAX_CRYPTO_WORKERS)
 		return -EINVAL;
 	if (dp->running)
 		return -EALREADY;
@@ -173,9 +175,15 @@ int dp_start(dp_t *dp, int workers)
 	while (read(dp->stop_efd, &junk, sizeof(junk)) > 0) /* re-arm after a stop */
 		;
 	atomic_store(&dp->stopping, 0);
-	dp->workers = calloc(workers, sizeof(*dp->workers));
-	if (!dp->workers)
+	/* First, so that the I/O workers' rings (tx_state_new, rx_state_new) find it. */
+	if (crypto_workers && !(dp->crypto = crypto_pool_start(crypto_workers, &dp->keypairs_freed)))
 		return -ENOMEM;
+	dp->workers = calloc(workers, sizeof(*dp->workers));
+	if (!dp->workers) {
+		crypto_pool_stop(dp->crypto);
+		dp->crypto = NULL;
+		return -ENOMEM;
+	}
 	dp->nworkers = workers;
 	dp->running = true;
 	/* Workers must not take Python's signals (SIGINT goes to the main thread). */
@@ -221,6 +229,8 @@ void dp_stop(dp_t *dp)
 	free(dp->workers);
 	dp->workers = NULL;
 	dp->nworkers = 0;
+	crypto_pool_stop(dp->crypto); /* last: the I/O workers' rings are released */
+	dp->crypto = NULL;
 	dp->running = false;
 }
 
@@ -262,6 +272,7 @@ int dp_if_stats(dp_t *dp, struct dp_if_stats *out)
 	out->udp_gro = (uint32_t)dp->udp_gro;
 	out->tun_offload = dp->tun_offload;
 	out->workers = (uint32_t)dp->nworkers;
+	out->crypto_workers = (uint32_t)crypto_pool_size(dp->crypto);
 	return 0;
 }
 

@@ -182,6 +182,7 @@ struct mac_entry {
 };
 
 struct worker;
+struct crypto_pool;
 
 struct dp {
 	int dev_fd, udp_fd, ctrl_fd;
@@ -223,9 +224,11 @@ struct dp {
 	uint64_t source_key4, source_key6;
 	_Atomic uint64_t source_due_ns[1 << DP_SOURCE_BUCKET_BITS];
 
-	/* Workers. */
+	/* Workers: the I/O workers, and the crypto workers beside them (pipeline.c;
+	 * NULL: none, the I/O workers seal and open). */
 	struct worker *workers;
 	int nworkers;
+	struct crypto_pool *crypto;
 	bool running;
 	_Atomic int stopping;
 	int stop_efd; /* eventfd: wakes every worker's poll() on dp_stop() */
