@@ -91,13 +91,13 @@ static void slot_run(struct crypto_queue *q, struct crypto_slot *s)
 	atomic_store_explicit(&s->state, err ? SLOT_FAILED : SLOT_DONE, memory_order_release);
 }
 
-/* A slice is done: the ring's I/O worker may be waiting for it.  The last
- * this worker touches of the ring (crypto_ring_free waits for it). */
+/* A slice is done: if it was the ring's last in flight, its I/O worker may be
+ * waiting for it.  The last this worker touches of the ring (crypto_ring_free
+ * waits for it). */
 static void ring_notify(struct crypto_ring *r)
 {
 	pthread_mutex_lock(&r->lock);
-	atomic_fetch_sub(&r->inflight, 1);
-	if (r->waiting)
+	if (atomic_fetch_sub(&r->inflight, 1) == 1 && r->waiting)
 		pthread_cond_signal(&r->done);
 	pthread_mutex_unlock(&r->lock);
 }
@@ -208,13 +208,23 @@ int crypto_ring_init(struct crypto_ring *r, struct crypto_pool *pool, int cap)
 	return r->slots ? 0 : -ENOMEM;
 }
 
-void crypto_ring_free(struct crypto_ring *r)
+/* Sleep until every slice posted is done: once a batch, not once a slice,
+ * which would take a core from the workers for a wakeup every few
+ * microseconds.  The head is released as soon as it is done all the same
+ * (crypto_ring_next), while the I/O worker is awake. */
+static void ring_wait(struct crypto_ring *r)
 {
 	pthread_mutex_lock(&r->lock);
 	r->waiting = true;
-	while (atomic_load(&r->inflight)) /* a worker between its last slot and ring_notify */
+	while (atomic_load(&r->inflight))
 		pthread_cond_wait(&r->done, &r->lock);
+	r->waiting = false;
 	pthread_mutex_unlock(&r->lock);
+}
+
+void crypto_ring_free(struct crypto_ring *r)
+{
+	ring_wait(r); /* a worker between its last slot and ring_notify */
 	pthread_mutex_destroy(&r->lock);
 	pthread_cond_destroy(&r->done);
 	free(r->slots);
@@ -246,16 +256,6 @@ void crypto_ring_push(struct crypto_ring *r, const struct crypto_slot *s)
 		ring_post(r);
 }
 
-static void ring_wait(struct crypto_ring *r, const struct crypto_slot *s)
-{
-	pthread_mutex_lock(&r->lock);
-	r->waiting = true;
-	while (!slot_done(s))
-		pthread_cond_wait(&r->done, &r->lock);
-	r->waiting = false;
-	pthread_mutex_unlock(&r->lock);
-}
-
 struct crypto_slot *crypto_ring_next(struct crypto_ring *r)
 {
 	if (r->released == r->made) {
@@ -266,7 +266,7 @@ struct crypto_slot *crypto_ring_next(struct crypto_ring *r)
 		ring_post(r);
 	struct crypto_slot *s = &r->slots[r->released];
 	if (!slot_done(s))
-		ring_wait(r, s);
+		ring_wait(r);
 	r->released++;
 	return s;
 }
