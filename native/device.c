@@ -164,6 +164,34 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
+int thread_spawn(pthread_t *thread, void *(*main)(void *), void *arg)
+{
+	/* Workers must not take Python's signals (SIGINT goes to the main thread). */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	int err = -pthread_create(thread, NULL, main, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return err;
+}
+
+static int start_io_workers(dp_t *dp)
+{
+	for (int i = 0; i < dp->nworkers; i++) {
+		struct worker *w = &dp->workers[i];
+		w->dp = dp;
+		w->tx = tx_state_new(dp);
+		w->rx = rx_state_new(dp);
+		if (!w->tx || !w->rx)
+			return -ENOMEM;
+		int err = thread_spawn(&w->thread, worker_main, w);
+		if (err)
+			return err;
+		w->started = true;
+	}
+	return 0;
+}
+
 int dp_start(dp_t *dp, int workers, int crypto_workers)
 {
 	if (workers < 1 || workers > 16 || crypto_workers < 0 ||
@@ -186,25 +214,7 @@ int dp_start(dp_t *dp, int workers, int crypto_workers)
 	}
 	dp->nworkers = workers;
 	dp->running = true;
-	/* Workers must not take Python's signals (SIGINT goes to the main thread). */
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	int err = 0;
-	for (int i = 0; i < workers && !err; i++) {
-		struct worker *w = &dp->workers[i];
-		w->dp = dp;
-		w->tx = tx_state_new(dp);
-		w->rx = rx_state_new(dp);
-		if (!w->tx || !w->rx) {
-			err = -ENOMEM;
-			break;
-		}
-		if ((err = -pthread_create(&w->thread, NULL, worker_main, w)))
-			break;
-		w->started = true;
-	}
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	int err = start_io_workers(dp);
 	if (err)
 		dp_stop(dp);
 	return err;

@@ -412,6 +412,8 @@ int udp_send_one(dp_t *dp, const uint8_t *msg, size_t len, const struct sockaddr
 		 socklen_t eplen);
 
 /* --- send.c / receive.c: the two directions, device.c: the workers ---- */
+/* pthread_create with every signal blocked in the new thread: 0 or -errno. */
+int thread_spawn(pthread_t *thread, void *(*main)(void *), void *arg);
 /* One thread serving both directions: device.c worker_main says how. */
 struct worker {
 	dp_t *dp;

@@ -9,7 +9,6 @@
  * thread is always woken by whoever changed what it waits for.
  */
 #include <errno.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -130,12 +129,7 @@ static int queue_init(struct crypto_pool *pool, struct crypto_queue *q)
 	pthread_mutex_init(&q->lock, NULL);
 	if (aead_init(&q->seal, 1) | aead_init(&q->open, 0))
 		return -ENOMEM;
-	/* Workers must not take Python's signals (SIGINT goes to the main thread). */
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	int err = -pthread_create(&q->thread, NULL, crypto_main, q);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	int err = thread_spawn(&q->thread, crypto_main, q);
 	q->started = !err;
 	return err;
 }
