@@ -220,7 +220,8 @@ void dp_set_mac1_key(dp_t *, const uint8_t key[32]);
 /* The pipeline alone, no dp_t and no kernel I/O (`pyvpn bench --pipeline`):
  * seal and open `packets` packets of `size` bytes with `workers` crypto
  * workers, the calling thread making and releasing the slots; *ns: how long
- * it took.  0, -EINVAL, -ENOMEM, or -EBADMSG if an open failed. */
-int dp_bench_pipeline(int workers, int packets, int size, uint64_t *ns);
+ * it took, *cpu_ns: the CPU time the process spent meanwhile, all its threads.
+ * 0, -EINVAL, -ENOMEM, or -EBADMSG if an open failed. */
+int dp_bench_pipeline(int workers, int packets, int size, uint64_t *ns, uint64_t *cpu_ns);
 
 #endif

@@ -584,10 +584,12 @@ class ReplayWindow:
         return int(_require().dp_test_replay_window_size())
 
 
-def bench_pipeline(workers: int, packets: int, size: int = 1420) -> float:
+def bench_pipeline(workers: int, packets: int, size: int = 1420) -> tuple[float, float]:
     """Seconds the pipeline alone takes to seal and open `packets` packets of
     `size` bytes with `workers` crypto workers (native/pipeline_bench.c), the
-    GIL released meanwhile. OSError: refused, or an open failed."""
-    ns = ffi.new("uint64_t *")
-    _check(_require().dp_bench_pipeline(workers, packets, size, ns), "dp_bench_pipeline")
-    return ns[0] / 1e9
+    GIL released meanwhile, and the CPU seconds the process spent meanwhile.
+    OSError: refused, or an open failed."""
+    ns, cpu_ns = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+    ret = _require().dp_bench_pipeline(workers, packets, size, ns, cpu_ns)
+    _check(ret, "dp_bench_pipeline")
+    return ns[0] / 1e9, cpu_ns[0] / 1e9

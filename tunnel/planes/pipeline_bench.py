@@ -3,9 +3,10 @@
 
     python -m tunnel.planes.pipeline_bench WORKERS,... ROUNDS SIZE
 
-prints a JSON object: for each count of crypto workers, the packets of SIZE
-bytes sealed and opened per second in each round (native/pipeline_bench.c),
-the counts taking turns so that a drift of the machine reaches them alike."""
+prints a JSON object: for each count of crypto workers, a list of rounds,
+each the packets of SIZE bytes sealed and opened per second of wall time and
+per CPU-second of the process (native/pipeline_bench.c), the counts taking
+turns so that a drift of the machine reaches them alike."""
 
 import json
 import sys
@@ -15,11 +16,12 @@ from . import dp
 PACKETS = 200_000  # sealed and opened per round: a few tenths of a second each
 
 
-def measure(workers: list[int], rounds: int, size: int) -> dict[int, list[float]]:
-    rates: dict[int, list[float]] = {n: [] for n in workers}
+def measure(workers: list[int], rounds: int, size: int) -> dict[int, list[tuple[float, float]]]:
+    rates: dict[int, list[tuple[float, float]]] = {n: [] for n in workers}
     for _ in range(rounds):
         for n in workers:
-            rates[n].append(PACKETS / dp.bench_pipeline(n, PACKETS, size))
+            seconds, cpu_seconds = dp.bench_pipeline(n, PACKETS, size)
+            rates[n].append((PACKETS / seconds, PACKETS / cpu_seconds))
     return rates
 
 
