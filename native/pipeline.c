@@ -79,14 +79,14 @@ static bool queue_pop(struct crypto_queue *q, struct crypto_slice *out)
 	return got;
 }
 
-static void slot_run(struct crypto_queue *q, struct crypto_slot *s)
+/* Seal or open the slot under a, a context of the slot's direction. */
+static void slot_run(struct aead *a, struct crypto_slot *s)
 {
 	uint8_t nonce[12];
 	aead_nonce(nonce, s->counter);
-	int err = s->op == CRYPTO_SEAL ? aead_seal(&q->seal, s->key, s->key_id, nonce, NULL, 0,
-						   s->in, s->len, s->pad, s->out)
-				       : aead_open(&q->open, s->key, s->key_id, nonce, NULL, 0,
-						   s->in, s->len, s->out);
+	int err = s->op == CRYPTO_SEAL
+			  ? aead_seal(a, s->key, s->key_id, nonce, NULL, 0, s->in, s->len, s->pad, s->out)
+			  : aead_open(a, s->key, s->key_id, nonce, NULL, 0, s->in, s->len, s->out);
 	atomic_store_explicit(&s->state, err ? SLOT_FAILED : SLOT_DONE, memory_order_release);
 }
 
@@ -107,8 +107,10 @@ static void *crypto_main(void *arg)
 	struct crypto_slice s;
 	while (queue_pop(q, &s)) {
 		forget_freed_keys(q);
-		for (int i = 0; i < s.n; i++)
-			slot_run(q, &s.ring->slots[s.first + i]);
+		for (int i = 0; i < s.n; i++) {
+			struct crypto_slot *slot = &s.ring->slots[s.first + i];
+			slot_run(slot->op == CRYPTO_SEAL ? &q->seal : &q->open, slot);
+		}
 		ring_notify(s.ring);
 	}
 	return NULL;
@@ -191,11 +193,12 @@ int crypto_pool_cached_keys(struct crypto_pool *pool)
 
 /* --- The rings ----------------------------------------------------------- */
 
-int crypto_ring_init(struct crypto_ring *r, struct crypto_pool *pool, int cap)
+int crypto_ring_init(struct crypto_ring *r, struct crypto_pool *pool, int cap, struct aead *own)
 {
 	memset(r, 0, sizeof(*r));
 	r->pool = pool;
 	r->cap = cap;
+	r->own = own;
 	pthread_mutex_init(&r->lock, NULL);
 	pthread_cond_init(&r->done, NULL);
 	r->slots = calloc(cap, sizeof(*r->slots));
@@ -250,13 +253,26 @@ void crypto_ring_push(struct crypto_ring *r, const struct crypto_slot *s)
 		ring_post(r);
 }
 
+/* The slots made since the last post, sealed or opened by the I/O worker
+ * itself. */
+static void ring_run_here(struct crypto_ring *r)
+{
+	for (; r->posted < r->made; r->posted++)
+		slot_run(r->own, &r->slots[r->posted]);
+}
+
 struct crypto_slot *crypto_ring_next(struct crypto_ring *r)
 {
 	if (r->released == r->made) {
 		r->made = r->posted = r->released = 0;
 		return NULL;
 	}
-	if (r->posted < r->made)
+	/* A batch's last slice, short of CRYPTO_SLICE (a lone ACK, a ping): waking a
+	 * worker and waiting for it would cost more than the crypto, so the I/O
+	 * worker does it, while the workers do the whole slices. */
+	if (r->posted < r->made && r->own && r->made - r->posted < CRYPTO_SLICE)
+		ring_run_here(r);
+	else if (r->posted < r->made)
 		ring_post(r);
 	struct crypto_slot *s = &r->slots[r->released];
 	if (!slot_done(s))

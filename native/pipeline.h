@@ -3,8 +3,9 @@
  * pipeline.h -- parallel crypto with per-peer order (docs/internals.md, "Many
  * cores").  An I/O worker makes a slot for every packet of a batch, in the
  * order it read them, in its ring; slices of slots go round robin to the
- * crypto workers' queues; a crypto worker seals or opens a slice and marks
- * each slot done (a release store); the I/O worker takes slots off the
+ * crypto workers' queues (a batch's last, shorter slice the I/O worker seals
+ * or opens itself); a crypto worker seals or opens a slice and marks each slot
+ * done (a release store); the I/O worker takes slots off the
  * ring's head only once the head is done, so every peer's packets leave in
  * the order they came, whichever worker finished first.
  *
@@ -50,6 +51,7 @@ struct crypto_pool;
  * released from the head. */
 struct crypto_ring {
 	struct crypto_pool *pool;
+	struct aead *own; /* the I/O worker's, of the ring's direction; NULL: post all */
 	struct crypto_slot *slots;
 	int cap;
 	int made, posted, released;
@@ -68,7 +70,9 @@ int crypto_pool_size(const struct crypto_pool *);
 /* How many of the workers' AEAD contexts hold a key (racy: for tests). */
 int crypto_pool_cached_keys(struct crypto_pool *);
 
-int crypto_ring_init(struct crypto_ring *, struct crypto_pool *, int cap); /* 0 or -ENOMEM */
+/* own: the I/O worker's context of the ring's direction, for a batch's last
+ * short slice (NULL: everything goes to the workers).  0 or -ENOMEM. */
+int crypto_ring_init(struct crypto_ring *, struct crypto_pool *, int cap, struct aead *own);
 void crypto_ring_free(struct crypto_ring *);
 static inline bool crypto_ring_full(const struct crypto_ring *r)
 {

@@ -53,7 +53,7 @@ int dp_bench_pipeline(int workers, int packets, int size, uint64_t *ns, uint64_t
 	size_t stride = ((size_t)size + TAG_SIZE + 63) & ~(size_t)63;
 	uint8_t *bufs = calloc(BENCH_BATCH, stride);
 	struct crypto_ring ring;
-	int err = crypto_ring_init(&ring, pool, BENCH_BATCH);
+	int err = crypto_ring_init(&ring, pool, BENCH_BATCH, NULL);
 	if (!err && !bufs)
 		err = -ENOMEM;
 	uint64_t start = now_ns(), cpu_start = process_cpu_ns();

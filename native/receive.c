@@ -62,7 +62,7 @@ struct rx_state *rx_state_new(dp_t *dp)
 	r->gro = gro_new(RX_GRO_PKTS);
 	r->parallel = dp->crypto != NULL;
 	if (r->parallel)
-		crypto_err |= crypto_ring_init(&r->ring, dp->crypto, RX_RING_SLOTS);
+		crypto_err |= crypto_ring_init(&r->ring, dp->crypto, RX_RING_SLOTS, &r->aead);
 	if (crypto_err || !r->gro || udp_recv_batch_init(&r->udp)) {
 		rx_state_free(r);
 		return NULL;

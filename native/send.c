@@ -150,7 +150,7 @@ struct tx_state *tx_state_new(dp_t *dp)
 	t->seg = malloc(MAX_SUPER_PACKET + 64);
 	int queue_err = udp_send_queue_init(&t->out);
 	t->parallel = dp->crypto != NULL;
-	int ring_err = t->parallel ? crypto_ring_init(&t->ring, dp->crypto, UDP_SEND_MAX_MSGS) : 0;
+	int ring_err = t->parallel ? crypto_ring_init(&t->ring, dp->crypto, UDP_SEND_MAX_MSGS, &t->aead) : 0;
 	if (aead_err || queue_err || ring_err || !t->bufs || !t->lens || !t->seg)
 		goto fail;
 	for (int i = 0; i < t->nbufs; i++)
