@@ -3,13 +3,14 @@ datagrams that are garbage, almost WireGuard, or WireGuard with bad MACs or tags
 Run inside a namespace:
 
     python -m tests.hostile TARGET_HOST:PORT --public-key B64 [--index N]
-        [--count N] [--rate PPS] [--seed S]
+        [--count N] [--rate PPS] [--seed S] [--kind NAME ...]
     python -m tests.hostile TARGET_HOST:PORT --public-key B64 --initiations
         --source ADDR [--source ADDR ...] [--seconds S] [--rate PPS]
     python -m tests.hostile TARGET_HOST:PORT --public-key B64 --as-peer PRIVATE_B64
         [--bursts N] [--burst K]
 
-The first form sends `count` datagrams of every kind in KINDS at `rate` per second.
+The first form sends `count` datagrams of every kind in KINDS (or of each --kind)
+at `rate` per second.
 With the target's public key some carry a valid mac1 (what an attacker who knows
 the key can do) so they reach the handshake code; with `--index` (a receiver index
 the target really uses) transport messages and cookie replies hit a live session
@@ -30,6 +31,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from aioice import stun
+
 from tunnel.protocol import crypto, keys, messages
 from tunnel.protocol.constants import (
     COOKIE_REPLY_SIZE,
@@ -39,6 +42,8 @@ from tunnel.protocol.constants import (
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
     RESPONSE_SIZE,
+    STUN_HEADER_SIZE,
+    STUN_MAGIC_COOKIE,
 )
 from tunnel.protocol.cookie import CookieGenerator
 from tunnel.protocol.noise import Handshake, StaticIdentity
@@ -129,6 +134,20 @@ class Forger:
     def transport_other_mode(self) -> bytes:
         return bytes((4, MARKER_L2, 0, 0)) + self.index(True) + self.bytes_(8 + 48)
 
+    def stun_lookalike(self) -> bytes:
+        """STUN's header (RFC 5389: the cookie, a length that fits) over random
+        attributes: a fleet host's STUN client parses these."""
+        body = self.bytes_(4 * self.rng.randrange(1, 64))
+        kind = self.rng.randrange(0, 0x4000)
+        header = struct.pack("!HHI", kind, len(body), STUN_MAGIC_COOKIE)
+        return header + self.bytes_(STUN_HEADER_SIZE - 8) + body
+
+    def stun_binding_response(self) -> bytes:
+        """A well-formed Binding answer to no request, naming any address."""
+        answer = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE, self.bytes_(12))
+        answer.attributes["XOR-MAPPED-ADDRESS"] = (f"198.51.100.{self.rng.randrange(256)}", 9)
+        return bytes(answer)
+
 
 KINDS: dict[str, Callable[[Forger], bytes]] = {
     name: getattr(Forger, name)
@@ -145,6 +164,8 @@ KINDS: dict[str, Callable[[Forger], bytes]] = {
         "transport_bad_tag",
         "transport_short",
         "transport_other_mode",
+        "stun_lookalike",
+        "stun_binding_response",
     )
 }
 
@@ -155,11 +176,13 @@ def pace(started: float, sent: int, rate: float) -> None:
         time.sleep(ahead)
 
 
-def flood_mixed(target: tuple[str, int], forger: Forger, count: int, rate: float) -> dict:
+def flood_mixed(
+    target: tuple[str, int], forger: Forger, count: int, rate: float, kinds: list[str]
+) -> dict:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
     sent: Counter[str] = Counter()
-    names = list(KINDS)
+    names = kinds or list(KINDS)
     started = time.monotonic()
     for i in range(count):
         name = names[i % len(names)]
@@ -296,6 +319,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200_000)
     parser.add_argument("--rate", type=float, default=25_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kind", action="append", default=[], choices=list(KINDS))
     parser.add_argument("--initiations", action="store_true")
     parser.add_argument("--source", action="append", default=[])
     parser.add_argument("--seconds", type=float, default=3)
@@ -313,7 +337,7 @@ def main() -> None:
     elif args.initiations:
         result = flood_initiations(target, forger, args.source, args.seconds, args.rate)
     else:
-        result = flood_mixed(target, forger, args.count, args.rate)
+        result = flood_mixed(target, forger, args.count, args.rate, args.kind)
     print(json.dumps(result), flush=True)
 
 

@@ -47,6 +47,17 @@ def test_options_are_those_of_help(command: str):
     assert complete("pyvpn", command, "--") == sorted([*long_options(sub), "--help"])
 
 
+FLEET = subcommands(subcommands(build_parser())["fleet"])
+
+
+@pytest.mark.parametrize("command", sorted(FLEET))
+def test_fleet_commands_and_their_options_are_those_of_help(command: str):
+    assert complete("pyvpn", "fleet", "") == sorted([*FLEET, "--help"])
+    assert complete("pyvpn", "fleet", command, "--") == sorted(
+        [*long_options(FLEET[command]), "--help"]
+    )
+
+
 def test_down_and_show_offer_running_tunnels():
     with uapi_listener("cmpl") as (name, _):
         assert name in complete("pyvpn", "down", "")
@@ -88,6 +99,7 @@ def test_up_offers_the_bare_names_of_configs_in_etc(tmp_path: Path):
 def test_values_of_choice_options():
     assert complete("pyvpn", "demo", "--mode", "") == ["both", "tap", "tun"]
     assert complete("pyvpn", "demo", "--datapath", "n") == ["native"]
+    assert complete("pyvpn", "fleet", "admit", "office", "a", "--mode", "") == ["tap", "tun"]
 
 
 def test_pyvpn_wg_options():

@@ -12,7 +12,10 @@ import pytest
 
 from .conftest import ROOT
 
-pytestmark = pytest.mark.serial
+# Heavy but not timing-sensitive: each harness replays its whole seed corpus at
+# any speed before it explores. With the ASan test on one worker of the parallel
+# phase.
+pytestmark = pytest.mark.xdist_group("sanitizers")
 
 FUZZ = ROOT / "tests" / "fuzz"
 HARNESSES = sorted(p.stem for p in (*FUZZ.glob("fuzz_*.c"), *FUZZ.glob("fuzz_*.py")))

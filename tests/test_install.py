@@ -31,6 +31,11 @@ from tunnel.lab.testbed import (
 
 from .conftest import NATIVE_MISSING, ROOT, needs
 
+# Heavy but not timing-sensitive (pip, dpkg-buildpackage, mmdebstrap): the module
+# runs on one worker of the parallel phase, so its builds are made once, beside
+# the tests that wait on timers.
+pytestmark = pytest.mark.xdist_group("install")
+
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 # The Python an operator's Debian has (python3-venv, which scripts/setup installs).
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -102,7 +107,6 @@ def venv(built, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.serial
 def test_python_m_build_makes_an_sdist_and_a_wheel_with_the_native_plane(built):
     (sdist,) = built.glob("*.tar.gz")
     (wheel,) = built.glob("*.whl")
@@ -111,14 +115,15 @@ def test_python_m_build_makes_an_sdist_and_a_wheel_with_the_native_plane(built):
     assert "tunnel/planes/_native." in run("unzip", "-l", wheel).stdout
 
 
-@pytest.mark.serial
 def test_the_wheel_installs_the_runtime_alone(venv):
     """`pip install pyvpn`: the tunnel's packages, not the lab's."""
     assert run(venv / "bin/pyvpn", "--version").stdout == f"pyvpn {VERSION}\n"
     assert run(venv / "bin/pyvpn-wg", "--version").stdout.startswith(f"pyvpn-wg (pyvpn) {VERSION}")
     installed = run(venv / "bin/pip", "list", "--format=freeze").stdout.lower()
     names = {line.split("==")[0].replace("_", "-") for line in installed.split()}
-    assert {"cryptography", "pynacl", "pyroute2", "uvloop", "cffi", "prometheus-client"} <= names
+    runtime = {"cryptography", "pynacl", "pyroute2", "uvloop", "cffi", "prometheus-client",
+               "aioice", "etcd3gw"}  # fmt: skip
+    assert runtime <= names
     assert not names & {"rich", "matplotlib", "pytest"}
     demo = subprocess.run([venv / "bin/pyvpn", "demo"], capture_output=True, text=True)
     assert demo.returncode == 2
@@ -146,7 +151,6 @@ def installed_pair(bed, directory: Path, pyvpn: list[str], by_name: bool = False
         yield path_a.stem
 
 
-@pytest.mark.serial
 @needs(NATIVE_MISSING)
 def test_the_wheel_runs_a_tunnel_on_the_native_plane(venv, bed, tmp_path):
     where = run(venv / "bin/python", "-c", "import tunnel; print(tunnel.__file__)", cwd=tmp_path)
@@ -155,7 +159,6 @@ def test_the_wheel_runs_a_tunnel_on_the_native_plane(venv, bed, tmp_path):
         assert pyvpn_status(name)["datapath"] == "native"
 
 
-@pytest.mark.serial
 def test_the_sdist_says_what_is_missing_to_build_the_native_plane(built, venv, tmp_path):
     """`pip install pyvpn-VERSION.tar.gz` on a host without a compiler: one line
     that names it, not a compiler's pages."""
@@ -226,7 +229,6 @@ def in_root(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return run("chroot", root, *argv)
 
 
-@pytest.mark.serial
 @needs(NATIVE_MISSING)
 def test_the_debian_package_installs_runs_and_removes(deb, debian_root, bed):
     root = debian_root

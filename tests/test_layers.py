@@ -19,9 +19,10 @@ ALLOWED = {
     "host": {"protocol"},
     "planes": {"protocol", "core", "host"},
     "control": {"protocol", "core", "host", "planes"},
-    "lab": {"protocol", "core", "host", "control"},
+    "fleet": {"protocol", "core", "host", "planes", "control"},
+    "lab": {"protocol", "core", "host", "control", "fleet"},
     # cli.py, daemon.py and pyvpn_wg.py, on top.
-    "top": {"protocol", "core", "host", "planes", "control", "lab"},
+    "top": {"protocol", "core", "host", "planes", "control", "fleet", "lab"},
 }
 TOP_MODULES = {"__init__", "__main__", "cli", "daemon", "pyvpn_wg"}
 

@@ -11,6 +11,7 @@ import pytest
 from tunnel.cli import build_parser
 from tunnel.control import wg_quick
 from tunnel.control.config import INTERFACE_KEYS, PEER_KEYS
+from tunnel.fleet.settings import KEYS as FLEET_KEYS
 
 from .cli_help import long_options, subcommands
 from .conftest import ROOT
@@ -39,12 +40,16 @@ def test_page_renders_without_warnings(page):
     assert "NAME" in text and "SYNOPSIS" in text and "SEE ALSO" in text
 
 
-def undocumented(text: str, parser: argparse.ArgumentParser) -> list[str]:
+def undocumented(text: str, parser: argparse.ArgumentParser, command: str = "pyvpn") -> list[str]:
+    """What of the parser's commands and options the text lacks, those of a
+    command's own commands (`pyvpn fleet admit`) too."""
     missing = [option for option in long_options(parser) if option not in text]
     for name, sub in subcommands(parser).items():
-        if f"pyvpn {name}" not in text:
+        if f"{command} {name}" not in text:
             missing.append(name)
         missing += [f"{name} {option}" for option in long_options(sub) if option not in text]
+        if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+            missing += [f"{name} {m}" for m in undocumented(text, sub, f"{command} {name}")]
     return missing
 
 
@@ -65,7 +70,7 @@ def test_pyvpn_wg8_names_every_option_and_variable_of_its_help():
 
 def test_pyvpn_toml5_names_every_config_key():
     text = rendered("pyvpn.toml.5")
-    missing = [k for k in sorted(INTERFACE_KEYS | PEER_KEYS) if k not in text]
+    missing = [k for k in sorted(INTERFACE_KEYS | PEER_KEYS | FLEET_KEYS) if k not in text]
     missing += [k for k in (*wg_quick.INTERFACE.values(), *wg_quick.PEER.values()) if k not in text]
     assert not missing, f"pyvpn.toml.5 lacks: {', '.join(missing)}"
 

@@ -17,8 +17,10 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,8 @@ from tunnel.lab.testbed import (
     Daemon,
     Namespace,
     children,
+    device_name,
+    poll_until,
     pyvpn_pair,
     pyvpn_status,
     reachable,
@@ -55,9 +59,11 @@ from tunnel.protocol.constants import (
     REKEY_TIMEOUT,
     UNDER_LOAD_INITIATIONS_PER_SECOND,
 )
+from tunnel.protocol.tai64n import tai64n
 
+from .bed import Testbed
 from .conftest import ROOT, pyvpn
-from .traffic import Frame, capture_frames, iperf3_server, relay, tcp_transfer
+from .traffic import QUIET, Frame, capture_frames, iperf3_server, relay, tcp_transfer
 from .waiting import wait_until
 
 PORT = 51820
@@ -89,6 +95,16 @@ def transport_indices(payloads: Iterable[bytes]) -> set[int]:
         for p in payloads
         if len(p) >= KEEPALIVE_SIZE and p[0] == MESSAGE_TRANSPORT
     }
+
+
+def carries(marker: bytes, count: int) -> Callable[[list[Frame]], bool]:
+    """Whether at least `count` of the frames carry `marker`."""
+    return lambda frames: sum(marker in f.payload for f in frames) >= count
+
+
+def initiations(count: int) -> Callable[[list[Frame]], bool]:
+    """Whether at least `count` handshake initiations are among the frames."""
+    return lambda frames: sum(p[0] == MESSAGE_INITIATION for p in udp_payloads(frames)) >= count
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -156,7 +172,7 @@ def test_hostile_flood_is_counted_and_changes_nothing(bed, tmp_path, datapath):
         wait_reachable(bed.a, INNER_B)
         # A's live receiver index, from B's transport messages on the wire, so that
         # forged transport messages and cookie replies hit the real session.
-        with capture_frames(bed.a, bed.a_veth, ETH_P_IP, seconds=1.0) as frames:
+        with capture_frames(bed.a, bed.a_veth, ETH_P_IP) as frames:
             ping(bed.a, INNER_B, 3)
         (index,) = transport_indices(udp_payloads(frames))
         before = pyvpn_status(a.name)
@@ -172,7 +188,18 @@ def test_hostile_flood_is_counted_and_changes_nothing(bed, tmp_path, datapath):
         )  # fmt: skip
         out, _ = pinger.communicate(timeout=30)
         received = int(re.search(r"(\d+) received", out).group(1))
-        time.sleep(0.5)  # the last datagrams are still being counted
+        sent = sum(report["sent"].values()) - report["sent"].get("send_failed", 0)
+
+        def accounted(status: dict[str, Any]) -> int:
+            """The datagrams counted since `before`: dropped by reason, or answered."""
+            replies = status["cookie_replies_sent"] - before["cookie_replies_sent"]
+            return drops_total(status) - drops_total(before) + replies
+
+        def counted() -> bool:
+            dropped = udp_rcvbuf_errors(bed.a) - kernel_drops
+            return accounted(pyvpn_status(a.name)) >= 0.95 * (sent - dropped)
+
+        poll_until(counted, 10)  # the last datagrams are read after the flood has ended
         after = pyvpn_status(a.name)
         kernel_drops = udp_rcvbuf_errors(bed.a) - kernel_drops
 
@@ -192,10 +219,8 @@ def test_hostile_flood_is_counted_and_changes_nothing(bed, tmp_path, datapath):
         forged = peer_after["drops"]["replay_or_forged"] - peer_before["drops"]["replay_or_forged"]
         assert forged >= report["sent"]["transport_bad_tag"] // 2
         # And every datagram that reached the socket is accounted for, by reason.
-        sent = sum(report["sent"].values()) - report["sent"].get("send_failed", 0)
-        accounted = drops_total(after) - drops_total(before)
-        accounted += after["cookie_replies_sent"] - before["cookie_replies_sent"]
-        assert accounted >= 0.95 * (sent - kernel_drops), (accounted, sent, kernel_drops, drops)
+        counts = (accounted(after), sent, kernel_drops, drops)
+        assert accounted(after) >= 0.95 * (sent - kernel_drops), counts
         # The tunnel still carries real traffic, byte for byte.
         sent_hash, received_hash = tcp_transfer(bed.b, bed.a, INNER_B, 1 << 20)
         assert sent_hash == received_hash
@@ -230,10 +255,14 @@ def test_initiation_flood_from_two_sources_gets_cookies_then_a_per_source_limit(
         args = ["--initiations", "--seconds", str(seconds), "--rate", str(rate)]
         for address in sources:
             args += ["--source", address]
+        started = time.monotonic()
         report = hostile(bed.b, f"{UNDERLAY_A}:{PORT}", "--public-key", before["public_key"], *args)
         watcher.join()
         out, _ = pinger.communicate(timeout=30)
         after = pyvpn_status(a.name)
+        # The longest the limiter can have refilled over: a loaded machine stretches
+        # the flood past its nominal seconds, and the daemon works through its backlog.
+        window = time.monotonic() - started
 
         assert seen_under_load == [True]
         for address in sources:
@@ -242,8 +271,8 @@ def test_initiation_flood_from_two_sources_gets_cookies_then_a_per_source_limit(
         assert after["drops"]["ratelimited"] > 0
         # What reached the Curve25519 work (each forged initiation fails there): the
         # first second's before load was seen, then per source the refill over the
-        # flood plus one burst (and slack for the half second of late replies).
-        limit = RATELIMIT_PACKETS_PER_SECOND * (report["seconds"] + 0.5) + RATELIMIT_BURST
+        # window the flood and its backlog took, plus one burst.
+        limit = RATELIMIT_PACKETS_PER_SECOND * window + RATELIMIT_BURST
         worked = after["drops"]["bad_handshake"] - before["drops"].get("bad_handshake", 0)
         assert worked <= UNDER_LOAD_INITIATIONS_PER_SECOND + 1 + len(sources) * limit, after
         # The established peer never noticed.
@@ -296,7 +325,11 @@ def test_a_peer_handshakes_beside_a_source_flooding_at_line_rate(bed, tmp_path, 
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
-            time.sleep(1.5)
+
+            def held_back() -> int:
+                return pyvpn_status(a.name)["drops"].get("ratelimited", 0)
+
+            wait_until(held_back, "the flood under way and held back", 10)
             with start_pyvpn(bed.b, path_b):
                 started = time.monotonic()
                 while not reachable(bed.b, INNER_A, 1) and time.monotonic() < started + 15:
@@ -363,7 +396,7 @@ def test_kill_9_and_restart_resumes_with_a_fresh_session(bed, tmp_path, datapath
     try:
         with start_pyvpn(bed.b, path_b) as b:
             wait_reachable(bed.a, INNER_B)
-            with capture_frames(bed.b, bed.b_veth, ETH_P_IP, seconds=1.0) as frames:
+            with capture_frames(bed.b, bed.b_veth, ETH_P_IP) as frames:
                 ping(bed.a, INNER_B, 3)
             old = transport_indices(udp_payloads(frames))
             first_handshake = peer_of(pyvpn_status(b.name))["latest_handshake"]
@@ -371,9 +404,10 @@ def test_kill_9_and_restart_resumes_with_a_fresh_session(bed, tmp_path, datapath
 
             a.proc.kill()  # no teardown at all: the kernel closes the TUN fd
             a.proc.wait()
-            time.sleep(1.1)  # TAI64N: the restarted initiation must carry a later time
+            # The restarted initiation must carry a later TAI64N than the last one b took.
+            wait_until(lambda: tai64n(time.time()) > tai64n(first_handshake), "a later TAI64N")
             a.stop()
-            with capture_frames(bed.b, bed.b_veth, ETH_P_IP, seconds=6.0) as frames:
+            with capture_frames(bed.b, bed.b_veth, ETH_P_IP) as frames:
                 a = start_pyvpn(bed.a, path_a)
                 # The survivor pings: the restarted end's greeting at start brings
                 # the session back, not the survivor's timers (15 s: its
@@ -426,8 +460,8 @@ def test_nat_rebinding_is_followed_and_keepalive_holds_the_mapping(bed, tmp_path
         wait_reachable(bed.a, INNER_B)
         first = peer_of(pyvpn_status(b.name))["endpoint"]
         # Idle: only keepalives cross, and they keep the mapping.
-        with capture_frames(bed.b, bed.b_veth, ETH_P_IP, seconds=5.0) as frames:
-            pass
+        with capture_frames(bed.b, bed.b_veth, ETH_P_IP) as frames:
+            time.sleep(5.0)  # the idle time the keepalives are counted in
         keepalives = [p for p in udp_payloads(frames) if len(p) == KEEPALIVE_SIZE]
         assert 3 <= len(keepalives) <= 7, f"{len(keepalives)} keepalives in 5 s"
         assert ping(bed.b, INNER_A, 3, interval=0.2) == 3  # B reaches A through the mapping
@@ -551,7 +585,7 @@ def test_a_replayed_transport_message_from_a_new_address_does_not_move_the_endpo
     keeps A's endpoint (whitepaper 2.1: roaming follows authenticated, fresh data)."""
     with pyvpn_pair(bed, tmp_path, "tun", datapath) as (_, b):
         wait_reachable(bed.a, INNER_B)
-        with capture_frames(bed.b, bed.b_veth, ETH_P_IP, seconds=1.0) as frames:
+        with capture_frames(bed.b, bed.b_veth, ETH_P_IP) as frames:
             assert ping(bed.a, INNER_B, 1) == 1
         (request,) = [p for p in udp_payloads(frames) if p[0] == MESSAGE_TRANSPORT
                       and len(p) > KEEPALIVE_SIZE]  # fmt: skip
@@ -621,12 +655,23 @@ SOAK_SECONDS = int(os.environ.get("PYVPN_SOAK_SECONDS", "20"))
 WARMUP = 6.0
 
 
-@pytest.mark.serial
-def test_soak_with_rekeys_every_few_seconds(bed, tmp_path, datapath, monkeypatch):
-    # Timers at 1/20: REKEY_AFTER_TIME 6 s, so a rekey every ~6 s of the run.
-    monkeypatch.setenv("PYVPN_TIMER_SCALE", "0.05")
-    with pyvpn_pair(bed, tmp_path, "tun", datapath) as (a, b):
-        wait_reachable(bed.a, INNER_B)
+@dataclass
+class Soak:
+    """What a soak saw: iperf3's 0.5 s intervals, the handshakes made during the
+    run, each side's RSS samples (seconds in, KiB, KiB) and the daemons."""
+
+    intervals: list[dict[str, Any]]
+    handshakes: float
+    samples: list[tuple[float, int, int]]
+    daemons: tuple[Daemon, Daemon]
+
+
+def soak(testbed: Testbed, directory: Path, datapath: str, tag: str) -> Soak:
+    """SOAK_SECONDS of paced TCP through a tunnel between testbed.a and testbed.b."""
+    names = (device_name(f"pv{tag}", "a"), device_name(f"pv{tag}", "b"))
+    directory.mkdir()
+    with pyvpn_pair(testbed, directory, "tun", datapath, names=names) as (a, b):
+        wait_reachable(testbed.a, INNER_B)
         first = peer_of(pyvpn_status(a.name))["latest_handshake"]
         samples: list[tuple[float, int, int]] = []
         stop = threading.Event()
@@ -637,10 +682,10 @@ def test_soak_with_rekeys_every_few_seconds(bed, tmp_path, datapath, monkeypatch
                 samples.append((time.monotonic() - started, rss_kib(a.pid), rss_kib(b.pid)))
 
         sampler = threading.Thread(target=sample)
-        with iperf3_server(bed.b):
+        with iperf3_server(testbed.b):
             try:
                 sampler.start()
-                out = bed.a.run(
+                out = testbed.a.run(
                     "iperf3", "-c", INNER_B, "-t", str(SOAK_SECONDS), "-b", "50M", "-i", "0.5",
                     "-J", timeout=SOAK_SECONDS + 30,
                 ).stdout  # fmt: skip
@@ -648,21 +693,37 @@ def test_soak_with_rekeys_every_few_seconds(bed, tmp_path, datapath, monkeypatch
                 stop.set()
                 if sampler.is_alive():
                     sampler.join()
-        intervals = [i["sum"] for i in json.loads(out)["intervals"]]
-        assert len(intervals) >= 2 * SOAK_SECONDS - 1
-        slowest = min(intervals, key=lambda i: i["bits_per_second"])
-        assert slowest["bits_per_second"] > 2e6, f"stalled at {slowest['start']:.1f} s"
         handshakes = peer_of(pyvpn_status(a.name))["latest_handshake"] - first
-        assert handshakes > SOAK_SECONDS - 12, "no rekey in the last part of the run"
+        intervals = [i["sum"] for i in json.loads(out)["intervals"]]
+        return Soak(intervals, handshakes, samples, (a, b))
+
+
+@pytest.mark.serial
+def test_soak_with_rekeys_every_few_seconds(bed, tmp_path, monkeypatch):
+    """Both data planes at once, each between namespaces of its own: the length of
+    one soak for the two."""
+    # Timers at 1/20: REKEY_AFTER_TIME 6 s, so a rekey every ~6 s of the run.
+    monkeypatch.setenv("PYVPN_TIMER_SCALE", "0.05")
+    with Testbed(tag="soak") as native_bed, ThreadPoolExecutor(2) as pool:
+        runs = {
+            "python": pool.submit(soak, bed, tmp_path / "python", "python", "sp"),
+            "native": pool.submit(soak, native_bed, tmp_path / "native", "native", "sn"),
+        }
+        soaks = {datapath: run.result() for datapath, run in runs.items()}
+    for datapath, run in soaks.items():
+        assert len(run.intervals) >= 2 * SOAK_SECONDS - 1, datapath
+        slowest = min(run.intervals, key=lambda i: i["bits_per_second"])
+        assert slowest["bits_per_second"] > 2e6, f"{datapath}: stalled at {slowest['start']:.1f} s"
+        assert run.handshakes > SOAK_SECONDS - 12, f"{datapath}: no rekey in the last part"
         # Memory flat after warm-up: the last samples within 2 MiB of the first ones.
         # (A 90 s run grew by ~0.4 MiB, levelling off: the allocator settling.)
-        warm = [s for s in samples if s[0] >= WARMUP]
+        warm = [s for s in run.samples if s[0] >= WARMUP]
         for side in (1, 2):
             start = max(s[side] for s in warm[:4])
             end = max(s[side] for s in warm[-4:])
-            assert end - start < 2048, f"RSS grew from {start} to {end} KiB"
-        no_traceback(a)
-        no_traceback(b)
+            assert end - start < 2048, f"{datapath}: RSS grew from {start} to {end} KiB"
+        for daemon in run.daemons:
+            no_traceback(daemon)
 
 
 # Leaks.
@@ -675,13 +736,14 @@ def test_nothing_crosses_the_underlay_in_clear(bed, tmp_path, datapath):
         # Both directions (each capture sees what arrives at its end of the veth),
         # every ethertype; the tun capture proves the marker did go through. B
         # answers the datagrams with ICMP port unreachable, which quotes the marker:
-        # that crosses back through the tunnel too.
+        # that crosses back through the tunnel too. The captures last until the
+        # five datagrams are through, and QUIET for the errors' way back.
         with (
-            capture_frames(bed.a, bed.a_veth, ETH_P_ALL, seconds=2.0) as to_a,
-            capture_frames(bed.b, bed.b_veth, ETH_P_ALL, seconds=2.0) as to_b,
-            capture_frames(bed.b, b.name, ETH_P_IP, seconds=2.0) as inner,
+            capture_frames(bed.a, bed.a_veth, ETH_P_ALL) as to_a,
+            capture_frames(bed.b, bed.b_veth, ETH_P_ALL) as to_b,
+            capture_frames(bed.b, b.name, ETH_P_IP, until=carries(marker, 5), quiet=QUIET) as inner,
         ):
-            send_marker(bed.a, INNER_B, marker)
+            send_marker(bed.a, INNER_B, marker, count=5)
         assert to_a and to_b
         assert not [f for f in to_a + to_b if marker in f.payload]
         assert [f for f in inner if marker in f.payload]
@@ -702,7 +764,9 @@ def test_without_a_session_only_initiations_leave_and_packets_wait(bed, tmp_path
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     with start_pyvpn(bed.a, path_a) as a:
-        with capture_frames(bed.b, bed.b_veth, ETH_P_ALL, seconds=2.5) as frames:
+        # Until A retries its initiation: the marker waits through a retransmission,
+        # long after anything in clear would have left.
+        with capture_frames(bed.b, bed.b_veth, ETH_P_ALL, until=initiations(2)) as frames:
             send_marker(bed.a, INNER_B, marker)
         assert not [f for f in frames if marker in f.payload]
         payloads = udp_payloads(frames)

@@ -11,11 +11,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunnel.lab.testbed import Namespace
+from tunnel.lab.testbed import Namespace, poll_until
 
 from .waiting import wait_until
 
@@ -181,29 +183,44 @@ SEND_OFFLOADED_FRAME = textwrap.dedent("""
 
 # The kernel takes a received frame's VLAN tag off into metadata; PACKET_AUXDATA
 # (struct tpacket_auxdata) gives it back, to ETH_P_ALL captures only: without a VLAN
-# device the tag is gone before the taps of one ethertype see the frame.
+# device the tag is gone before the taps of one ethertype see the frame. Each frame
+# is a line as it arrives; once stdin closes, what the kernel queued before is read
+# too, and the capture ends.
 CAPTURE_FRAMES = textwrap.dedent("""
-    import json, select, socket, struct, sys, time
-    dev, ethertype, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    import json, select, socket, struct, sys
+    dev, ethertype = sys.argv[1], int(sys.argv[2])
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
     sock.setsockopt(263, 8, 1)  # SOL_PACKET, PACKET_AUXDATA
     sock.bind((dev, ethertype))
     print("ready", flush=True)
-    seen, deadline = [], time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        if select.select([sock], [], [], left)[0]:
-            data, ancillary, _, address = sock.recvmsg(65535, socket.CMSG_SPACE(20))
-            if address[2] == socket.PACKET_OUTGOING:
-                continue
-            vlan = None
-            for level, kind, aux in ancillary:
-                if (level, kind) == (263, 8):  # struct tpacket_auxdata
-                    status, _, _, _, _, tci, _ = struct.unpack("=IIIHHHH", aux[:20])
-                    if status & 0x10:  # TP_STATUS_VLAN_VALID
-                        vlan = tci & 0xFFF
-            seen.append([data[:6].hex(":"), data[6:12].hex(":"), data[14:].hex(), vlan])
-    print(json.dumps(seen), flush=True)
+
+    def take():
+        data, ancillary, _, address = sock.recvmsg(65535, socket.CMSG_SPACE(20))
+        if address[2] == socket.PACKET_OUTGOING:
+            return
+        vlan = None
+        for level, kind, aux in ancillary:
+            if (level, kind) == (263, 8):  # struct tpacket_auxdata
+                status, _, _, _, _, tci, _ = struct.unpack("=IIIHHHH", aux[:20])
+                if status & 0x10:  # TP_STATUS_VLAN_VALID
+                    vlan = tci & 0xFFF
+        line = [data[:6].hex(":"), data[6:12].hex(":"), data[14:].hex(), vlan]
+        print(json.dumps(line), flush=True)
+
+    while sys.stdin not in select.select([sock, sys.stdin], [], [])[0]:
+        take()
+    sock.setblocking(False)
+    try:
+        while True:
+            take()
+    except BlockingIOError:
+        pass
 """)
+
+# A frame that must not arrive would leave in the same pass as those that do: QUIET
+# after they arrived (and after the block that sent them) is the time it gets to
+# show up. Only tests that assert an absence wait it.
+QUIET = 0.5
 
 
 @dataclass(frozen=True)
@@ -234,21 +251,80 @@ def send_offloaded_frame(ns: Namespace, dev: str, frame: bytes) -> None:
     ns.run(sys.executable, "-c", SEND_OFFLOADED_FRAME, dev, frame.hex())
 
 
+class Capture(list[Frame]):
+    """Frames of one ethertype arriving on a device, appended as they arrive until
+    stop() (a capturing process in the device's namespace, read by a thread)."""
+
+    def __init__(self, ns: Namespace, dev: str, ethertype: int) -> None:
+        super().__init__()
+        self.proc = ns.popen(sys.executable, "-c", CAPTURE_FRAMES, dev, str(ethertype),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert self.proc.stdout is not None
+        self.ready = self.proc.stdout.readline().strip() == "ready"
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            destination, source, payload, vlan = json.loads(line)
+            self.append(Frame(destination, source, bytes.fromhex(payload), vlan))
+
+    def count(self, payload: bytes) -> int:
+        """How many of the frames carry `payload`."""
+        return sum(f.payload == payload for f in self)
+
+    def stop(self) -> None:
+        """Take what arrived until now, and end the capture."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.reader.join()
+
+
+@contextlib.contextmanager
+def captures(
+    where: list[tuple[Namespace, str]],
+    ethertype: int = ETHERTYPE_EXPERIMENTAL,
+    *,
+    until: Callable[[list[Capture]], bool] | None = None,
+    quiet: float = 0.0,
+    timeout: float = 10.0,
+) -> Iterator[list[Capture]]:
+    """Frames of `ethertype` arriving on each (namespace, device) of `where`, from
+    before the block runs until it has ended and `until(captures)` holds (at most
+    `timeout` s more: the test's own assertions then say what is missing), and for
+    `quiet` s after that, which only a test asserting an absence needs (QUIET)."""
+    started: list[Capture] = []
+    try:
+        for ns, dev in where:
+            started.append(Capture(ns, dev, ethertype))
+            assert started[-1].ready, f"no capture on {dev} in {ns.name}"
+        yield started
+        if until is not None:
+            poll_until(lambda: until(started), timeout, 0.02)
+        time.sleep(quiet)
+    finally:
+        for capture in started:
+            capture.stop()
+
+
 @contextlib.contextmanager
 def capture_frames(
-    ns: Namespace, dev: str, ethertype: int = ETHERTYPE_EXPERIMENTAL, seconds: float = 2.0
-) -> Iterator[list[Frame]]:
-    """Frames of `ethertype` that arrive on `dev` during a window of `seconds` that
-    opens before the block runs; the list fills when the window has closed."""
-    proc = ns.popen(sys.executable, "-c", CAPTURE_FRAMES, dev, str(ethertype), str(seconds),
-                    stdout=subprocess.PIPE, text=True)  # fmt: skip
-    seen: list[Frame] = []
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        yield seen
-        out, _ = proc.communicate(timeout=seconds + 10)
-        seen += [Frame(d, s, bytes.fromhex(p), vlan) for d, s, p, vlan in json.loads(out)]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    ns: Namespace,
+    dev: str,
+    ethertype: int = ETHERTYPE_EXPERIMENTAL,
+    *,
+    until: Callable[[Capture], bool] | None = None,
+    quiet: float = 0.0,
+    timeout: float = 10.0,
+) -> Iterator[Capture]:
+    """captures() on one device; `until` takes its frames."""
+    whole = None if until is None else lambda started: until(started[0])
+    with captures([(ns, dev)], ethertype, until=whole, quiet=quiet, timeout=timeout) as (one,):
+        yield one

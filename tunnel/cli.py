@@ -100,6 +100,7 @@ def build_parser(command: str | None = None) -> Parser:
     p.add_argument("hosts", help="the hosts file (TOML, docs/configuration.md#pyvpn-mesh)")
     p.add_argument("--out", required=True, metavar="DIR", help="where configs and keys go")
     p.add_argument("--format", choices=tuple(FORMATS), default="toml", help="default: toml")
+    add_fleet_parser(sub)
     for name, help_text in (
         ("demo", "two namespaces linked by pyvpn, tun and tap"),
         ("bench", "benchmark pyvpn against veth and other VPNs"),
@@ -110,6 +111,40 @@ def build_parser(command: str | None = None) -> Parser:
         if command in (None, name) and not lab_missing():
             _plugin(name).add_arguments(p)
     return parser
+
+
+def add_fleet_parser(sub: Any) -> None:
+    """`pyvpn fleet init|admit|revoke|list`, each on the fleet's DIR."""
+    fleet = sub.add_parser("fleet", help="a fleet of hosts that find each other through etcd")
+    words = fleet.add_subparsers(
+        dest="fleet_command", required=True, metavar="COMMAND", parser_class=Parser
+    )
+    directory = "the fleet's directory: fleet.key (the signing key) and fleet.toml"
+    p = words.add_parser("init", help="make a fleet: its signing key and its settings")
+    p.add_argument("dir", metavar="DIR", help=directory)
+    p.add_argument("--registry", required=True, metavar="URL[,URL...]", help="etcd's client URLs")
+    p.add_argument("--prefix", help="where the fleet's keys live in etcd (default: /pyvpn/DIR)")
+    p.add_argument("--stun", metavar="HOST:PORT", help="the STUN server")
+    p.add_argument("--relay", metavar="turn:USER:PASS@HOST:PORT", help="the TURN server")
+    p = words.add_parser("admit", help="sign a host's admission and store it in the registry")
+    p.add_argument("dir", metavar="DIR", help=directory)
+    p.add_argument("name", metavar="NAME", help="the host's name")
+    p.add_argument("--address", required=True, metavar="CIDR", help="its tunnel address")
+    p.add_argument(
+        "--subnet", action="append", default=[], metavar="CIDR",
+        help="a network behind it (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--mode", choices=("tun", "tap"), default="tun", help="default: tun")
+    p.add_argument("--public-key", metavar="KEY", help="its key (default: make a key pair)")
+    p.add_argument("--out", metavar="FILE", help="write its config (mode 0600), with the key")
+    p.add_argument(
+        "--valid-days", type=float, metavar="DAYS", help="expire after this (default: never)"
+    )
+    p = words.add_parser("revoke", help="put a host out of the fleet, for good")
+    p.add_argument("dir", metavar="DIR", help=directory)
+    p.add_argument("name", metavar="NAME", help="the host's name")
+    p = words.add_parser("list", help="the fleet's hosts: address, online, endpoints")
+    p.add_argument("dir", metavar="DIR", help=directory)
 
 
 def lab_missing() -> list[str]:
@@ -149,10 +184,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from .daemon import SetupError, up
+    from .fleet import settings as fleet_settings
 
     if os.geteuid() != 0:
         raise UsageError("up needs root (CAP_NET_ADMIN) to create the device")
     config = load(args.config)
+    fleet = fleet_settings.of_config(config)  # its errors are the config's, before anything is made
     logging.basicConfig(
         level=logging.DEBUG if args.verbose > 1 else logging.INFO,
         format=f"%(asctime)s pyvpn[{config.interface.name}] %(levelname)s: %(message)s",
@@ -161,7 +198,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.verbose:
         logging.getLogger("pyvpn").setLevel(logging.DEBUG)
     try:
-        return up(config)
+        return up(config, fleet)
     except SetupError as e:
         print(f"pyvpn: {config.interface.name}: {e}", file=sys.stderr)
         return 1
@@ -182,7 +219,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
             )
             return 1
         unapplied = restart_needed(config, status)
-        running = [keys.decode(p["public_key"]) for p in status["peers"]]
+        # A fleet's peers are its agent's to change, not the file's.
+        running = [keys.decode(p["public_key"]) for p in status["peers"] if "fleet" not in p]
         uapi_client.request(c.name, uapi_client.sync_request(config, running))
     except uapi_client.NotRunning:
         print(f"pyvpn: no tunnel named {c.name} is running", file=sys.stderr)
@@ -224,7 +262,10 @@ def restart_needed(config: Config, status: dict[str, Any]) -> list[tuple[str, st
     ]
     # Daemons of older pyvpn versions report fewer settings: only those they report.
     if "addresses" in status:
-        pairs.append(("address", _listed(status["addresses"]), _listed(map(str, c.addresses))))
+        # A fleet host's address comes from its admission, not from the file.
+        fleet = [status["fleet"]["address"]] if "fleet" in status else []
+        configured = _listed([*map(str, c.addresses), *fleet])
+        pairs.append(("address", _listed(status["addresses"]), configured))
     if "bridge" in status:
         pairs.append(("bridge", status["bridge"] or "none", c.bridge or "none"))
     if "user" in status:
@@ -387,6 +428,38 @@ def cmd_mesh(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from .fleet import commands
+    from .fleet.registry import RegistryError
+
+    try:
+        if args.fleet_command == "init":
+            registry = [url for url in args.registry.split(",") if url]
+            lines = commands.init(args.dir, registry, args.prefix, args.stun, args.relay)
+        else:
+            fleet = commands.open_fleet(args.dir)
+            for warning in fleet.warnings:
+                print(f"pyvpn: {warning}", file=sys.stderr)
+            if args.fleet_command == "admit":
+                lines = commands.admit(
+                    fleet, args.name, args.address, args.subnet, args.mode, args.public_key,
+                    args.out, args.valid_days,
+                )  # fmt: skip
+            elif args.fleet_command == "revoke":
+                lines = commands.revoke(fleet, args.name)
+            else:
+                lines = commands.listing(fleet)
+    except (commands.FleetError, RegistryError) as e:
+        print(f"pyvpn: fleet {args.fleet_command}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"pyvpn: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
+    return 0
+
+
 def cmd_plugin(args: argparse.Namespace) -> int:
     return _plugin(args.module).run(args)
 
@@ -402,6 +475,7 @@ COMMANDS = {
     "pubkey": cmd_pubkey,
     "genpsk": cmd_genpsk,
     "mesh": cmd_mesh,
+    "fleet": cmd_fleet,
     "demo": cmd_plugin,
     "bench": cmd_plugin,
 }

@@ -28,6 +28,9 @@ from tunnel.control.running import Tunnel
 from tunnel.control.status import snapshot
 from tunnel.control.uapi_socket import socket_path
 from tunnel.core.interface import Interface
+from tunnel.fleet import agent
+from tunnel.fleet.record import Admission
+from tunnel.fleet.settings import FleetSettings
 from tunnel.host import clock, hooks, netlink, resolvconf, sd_notify, udp
 from tunnel.host.device import DeviceError, open_device
 from tunnel.host.full_tunnel import FullTunnel, remove_leftovers
@@ -39,6 +42,7 @@ from tunnel.planes.base import Plane
 from tunnel.planes.native import NativeShell
 from tunnel.planes.python import PythonPlane
 from tunnel.planes.workers import AUTO, crypto_workers
+from tunnel.protocol import keys
 from tunnel.protocol.constants import (
     DEFAULT_MTU,
     ETHERNET_HEADER_SIZE,
@@ -54,12 +58,14 @@ class SetupError(Exception):
     """The tunnel cannot come up here: a one-line reason for the user."""
 
 
-def up(config: Config) -> int:
+def up(config: Config, fleet: FleetSettings | None = None) -> int:
+    """Bring the tunnel up and serve it; with `fleet` (the config's [fleet] table),
+    as that fleet's host."""
     for warning in config.warnings:
         log.warning("%s", warning)
     c = config.interface
     datapath = choose_datapath(config)
-    status = _up(config, datapath)
+    status = _up(config, datapath, fleet)
     try:
         run_hooks(config, "post_down")
     except SetupError as e:
@@ -68,8 +74,11 @@ def up(config: Config) -> int:
     return status
 
 
-def _up(config: Config, datapath: str) -> int:
+def _up(config: Config, datapath: str, fleet: FleetSettings | None) -> int:
     c = config.interface
+    joining = None if fleet is None else (fleet, join_fleet(config, fleet))
+    if joining is not None:
+        c.addresses = [*c.addresses, joining[1].address]
     with contextlib.ExitStack() as teardown:
         remove_leftovers()
         run_hooks(config, "pre_up")  # before the device exists, as wg-quick runs PreUp
@@ -113,7 +122,22 @@ def _up(config: Config, datapath: str) -> int:
             config=config,
         )
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(serve(tunnel))
+            return runner.run(serve(tunnel, fleet=joining))
+
+
+def join_fleet(config: Config, fleet: FleetSettings) -> Admission:
+    """The host's own admission, which gives it its address; SetupError if it has none."""
+    c = config.interface
+    if not any(c.private_key):
+        raise SetupError("a fleet host needs its private key: the fleet knows it by its public key")
+    try:
+        own = agent.own_admission(fleet, keys.public_key(c.private_key))
+    except agent.NotAdmitted as e:
+        raise SetupError(str(e)) from None
+    if own.mode != c.mode:
+        raise SetupError(f"admitted as a {own.mode} host, but {config.path} says mode {c.mode}")
+    log.info("%s: fleet %s: this is %s, %s", c.name, fleet.prefix, own.name, own.address)
+    return own
 
 
 def up_device(
@@ -227,11 +251,14 @@ def choose_datapath(config: Config) -> str:
 
 
 async def serve(
-    tunnel: Tunnel, ready: Callable[[], None] | None = None, follow_device: bool = False
+    tunnel: Tunnel,
+    ready: Callable[[], None] | None = None,
+    follow_device: bool = False,
+    fleet: tuple[FleetSettings, Admission] | None = None,
 ) -> int:
     """Run the data plane and the UAPI socket until SIGINT or SIGTERM, or (with
     `follow_device`, for a device set up by others) until the device is deleted,
-    following its MTU meanwhile."""
+    following its MTU meanwhile; with `fleet`, the fleet's agent too."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     name, plane = tunnel.name, tunnel.plane
@@ -247,6 +274,10 @@ async def serve(
         teardown.callback(plane.stop)
         names = loop.create_task(follow_names(tunnel))
         teardown.callback(names.cancel)
+        if fleet is not None:
+            settings, own = fleet
+            member = agent.Agent(tunnel, settings, own, agent.providers(settings))
+            await teardown.enter_async_context(agent.running(member))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
             teardown.callback(loop.remove_signal_handler, sig)

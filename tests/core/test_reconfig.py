@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tunnel.control.config import ConfigError, parse
 from tunnel.control.uapi import check, parse_set
 from tunnel.control.uapi_client import sync_request
-from tunnel.core.actions import KeypairsCleared, Send
+from tunnel.core.actions import KeypairsCleared, Send, SendBatch
 from tunnel.core.reconfig import Change, IPEdit, PeerChange, Refused, apply
 from tunnel.protocol import keys
 from tunnel.protocol.constants import REKEY_TIMEOUT
@@ -355,6 +355,19 @@ def test_psk_applies_from_the_next_handshake_and_keepalive_announces_when_turned
     assert peer_b.timers.pending(Timer.PERSISTENT_KEEPALIVE)
     apply(a.iface, Change(peers=[PeerChange(peer_b.public_key, persistent_keepalive=0)]), net.now)
     assert not peer_b.timers.pending(Timer.PERSISTENT_KEEPALIVE)
+
+
+def test_keepalive_turned_on_over_a_live_session_sends_a_keepalive():
+    """With a session up, the announcement is a transport message (SendBatch on
+    the Python plane), which the request carries out like any other."""
+    net, a, b = pair()
+    net.send(a, ipv4_packet("10.0.0.1", "10.0.0.2", b"session"))
+    assert b.delivered
+    peer_b = next(iter(a.iface.peers.values()))
+    applied = apply(a.iface, Change(peers=[PeerChange(peer_b.public_key, persistent_keepalive=25)]),
+                    net.now)  # fmt: skip
+    (keepalive,) = applied.actions
+    assert isinstance(keepalive, SendBatch) and keepalive.destination == b.address
 
 
 def test_allowed_macs_travel_with_reload_and_bind_the_switch():

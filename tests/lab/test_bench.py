@@ -391,6 +391,7 @@ def test_cpu_meter_sees_a_few_milliseconds_not_clock_ticks() -> None:
     round them to 0 or 10 ms, as utime + stime in clock ticks would."""
     burn = (
         "import sys, time\n"
+        "print('ready', flush=True)\n"
         "sys.stdin.readline()\n"
         "end = time.thread_time() + 0.003\n"
         "while time.thread_time() < end: pass\n"
@@ -401,7 +402,7 @@ def test_cpu_meter_sees_a_few_milliseconds_not_clock_ticks() -> None:
         [sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
-        time.sleep(0.5)  # past the interpreter's start
+        assert child.stdout.readline() == "ready\n"  # past the interpreter's start
         with measure.CpuMeter([child.pid]) as meter:
             child.stdin.write("go\n")
             child.stdin.flush()

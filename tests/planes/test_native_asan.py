@@ -22,7 +22,13 @@ from tunnel.lab.testbed import missing_tools
 
 from ..conftest import NATIVE_MISSING, ROOT, needs, unavailable
 
-pytestmark = [needs(NATIVE_MISSING), needs(missing_tools(("gcc",))), pytest.mark.serial]
+# Heavy but not timing-sensitive: a fixed load, however long it takes. With the
+# fuzzers on one worker of the parallel phase.
+pytestmark = [
+    needs(NATIVE_MISSING),
+    needs(missing_tools(("gcc",))),
+    pytest.mark.xdist_group("sanitizers"),
+]
 
 DRIVER = textwrap.dedent(r"""
     import importlib.machinery, importlib.util, os, random, socket, struct, sys, threading, time

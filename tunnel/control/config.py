@@ -125,6 +125,9 @@ class Config:
     warnings: list[str] = field(default_factory=list)
     format: str = "toml"  # or "wg-quick": the file's, which SaveConfig writes back
     data: dict[str, Any] = field(default_factory=dict)  # what was parsed (Source.data)
+    # A fleet host's [fleet] table, as written: tunnel/fleet/settings.py reads it
+    # (the fleet is a layer above this one).
+    fleet: dict[str, Any] | None = None
 
 
 # Where a TOML key was written, as an error shows it: ("wg0.conf:7", "AllowedIPs").
@@ -295,7 +298,10 @@ class _Parser:
         self.warnings.append(f"{shown(where)}: {shown(written)}: {problem}")
 
     def config(self, data: dict[str, Any]) -> Config:
-        self.only(data, {"interface", "peer"}, "")
+        self.only(data, {"interface", "peer", "fleet"}, "")
+        fleet = data.get("fleet")
+        if fleet is not None and not isinstance(fleet, dict):
+            raise self.fail("fleet", "must be a table")
         section = data.get("interface")
         if not isinstance(section, dict):
             raise self.fail("interface", "missing [interface] section")
@@ -333,7 +339,7 @@ class _Parser:
                         "is bound to one peer",
                     )
         self.full_tunnel_table(interface, peers)
-        return Config(self.path, interface, peers, self.warnings)
+        return Config(self.path, interface, peers, self.warnings, fleet=fleet)
 
     def full_tunnel_table(self, interface: InterfaceConfig, peers: list[PeerConfig]) -> None:
         """A full tunnel names its routing table after the fwmark (as wg-quick does),

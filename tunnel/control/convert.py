@@ -12,11 +12,17 @@ class ConvertError(ValueError):
 
 
 def to_toml(data: dict[str, Any]) -> str:
-    """data as pyvpn's TOML: [interface], then one [[peer]] table per peer. Keys
-    whose value is None are left out."""
+    """data as pyvpn's TOML: [interface], then one [[peer]] table per peer, then
+    a fleet host's [fleet] (fleet.toml has that table alone). Keys whose value is
+    None are left out."""
     out = []
-    tables = [("[interface]", data.get("interface", {}))]
+    tables = (
+        []
+        if "interface" not in data and "fleet" in data
+        else [("[interface]", data.get("interface", {}))]
+    )
     tables += [("[[peer]]", p) for p in data.get("peer", [])]
+    tables += [("[fleet]", data["fleet"])] if "fleet" in data else []
     for header, table in tables:
         out.append(header)
         out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if v is not None]
@@ -72,7 +78,7 @@ def pyvpn_only(data: dict[str, Any], name: str | None = None) -> list[str]:
     ]
     for i, peer in enumerate(data.get("peer", [])):
         lost += [f"peer[{i}].{key}" for key in peer if key not in wg_quick.PEER]
-    return lost
+    return lost + (["fleet"] if "fleet" in data else [])
 
 
 def to_wg_quick(data: dict[str, Any], name: str | None = None, lossy: bool = False) -> str:

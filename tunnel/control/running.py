@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from tunnel.core.interface import Interface
 from tunnel.host import udp
@@ -55,6 +56,10 @@ class Tunnel:
     config: Config | None = None
     # One set request at a time: each ends with netlink work in an executor thread.
     setting: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # What a layer above adds to the status (control/status.py): the fleet's agent
+    # its own state, and per peer (by public key) which host it is and how reached.
+    notes: dict[str, Any] = field(default_factory=dict)
+    peer_notes: dict[bytes, dict[str, Any]] = field(default_factory=dict)
 
     def rebind(self, new: Bound) -> None:
         """Listen on `new` from now on; the old socket is closed. Cannot fail."""

@@ -36,6 +36,8 @@ def render(s: dict[str, Any]) -> str:
     if s["drops"]:
         lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(s["drops"].items())))
     now = time.time()
+    if s.get("fleet"):
+        lines.append(f"  fleet: {fleet_line(s['fleet'], now)}")
     for p in s["peers"]:
         lines += ["", f"peer: {p['public_key']}"]
         name = p.get("endpoint_name")  # a daemon from before names were followed: none
@@ -44,6 +46,8 @@ def render(s: dict[str, Any]) -> str:
             lines.append(f"  endpoint: {p['endpoint']}{named}")
         elif name:
             lines.append(f"  endpoint: none yet ({name} does not resolve)")
+        if p.get("fleet"):
+            lines.append(f"  fleet host: {fleet_peer_line(p['fleet'], now)}")
         lines.append(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
         if p["latest_handshake"]:
             lines.append(f"  latest handshake: {ago(now - p['latest_handshake'])}")
@@ -60,6 +64,27 @@ def render(s: dict[str, Any]) -> str:
         if p.get("allowed_macs"):
             lines.append("  allowed macs: " + ", ".join(p["allowed_macs"]))
     return "\n".join(lines)
+
+
+def fleet_line(fleet: dict[str, Any], now: float) -> str:
+    """The fleet host's own state: its name, the registry, what it refused."""
+    down = fleet["registry_down_since"]
+    registry = "up" if down is None else f"unreachable for {ago(now - down).removesuffix(' ago')}"
+    line = f"{fleet['host']} in {fleet['prefix']}, registry {registry}"
+    if fleet["refused"]:
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(fleet["refused"].items()))
+        line += f", refused records: {refused}"
+    return line
+
+
+def fleet_peer_line(fleet: dict[str, Any], now: float) -> str:
+    """Which fleet host a peer is, and how it is reached: direct (at its own
+    address or its public mapping) or relayed, and since when."""
+    if fleet["path"] is None:
+        return f"{fleet['host']}, not reached yet"
+    since = time.strftime("%H:%M:%S", time.localtime(fleet["since"]))
+    reached = f"{fleet['path']} {fleet['endpoint']}"
+    return f"{fleet['host']}, {reached} since {since} ({ago(now - fleet['since'])})"
 
 
 def ago(seconds: float) -> str:

@@ -45,6 +45,7 @@ def snapshot(tunnel: Tunnel) -> dict[str, Any]:
                 "drops": vars(peer.drops).copy(),
                 "handshakes": vars(peer.handshakes).copy(),
                 **({"macs": macs} if macs is not None else {}),
+                **tunnel.peer_notes.get(peer.public_key, {}),
                 **(
                     {"allowed_macs": sorted(m.hex(":") for m in peer.allowed_macs)}
                     if iface.l2
@@ -73,5 +74,6 @@ def snapshot(tunnel: Tunnel) -> dict[str, Any]:
         "drops": dict(iface.drops),
         # The C plane's own counters (dp.h dp_if_stats); None: Python plane.
         "native": tunnel.plane.own_stats(),
+        **tunnel.notes,
         "peers": peers,
     }

@@ -12,7 +12,7 @@ from tunnel.protocol.noise import Handshake, StaticIdentity
 from tunnel.protocol.peer import Peer
 from tunnel.protocol.peer_config import PeerConfig
 
-from .actions import Action, Deliver, Send
+from .actions import Action, Deliver, Send, SendBatch
 from .interface import Interface
 
 T = TypeVar("T")
@@ -97,7 +97,10 @@ def apply(iface: Interface, change: Change, now: float) -> Applied:
         p for p in dict.fromkeys(applied.updated) if live(p) and p not in applied.added
     ]
     # A peer removed later in the request takes its pending actions with it.
-    applied.actions = [a for a in applied.actions if isinstance(a, Send | Deliver) or live(a.peer)]
+    # Send, SendBatch and Deliver name no peer: they go as they are.
+    applied.actions = [
+        a for a in applied.actions if isinstance(a, Send | SendBatch | Deliver) or live(a.peer)
+    ]
     return applied
 
 

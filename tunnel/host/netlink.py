@@ -26,6 +26,7 @@ FIRST_TABLE = 51820  # where wg-quick starts looking for a free routing table
 NLMSG_ERROR = 2  # <linux/netlink.h>: the kernel's answer to a request with NLM_F_ACK
 NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
 RT_SCOPE_LINK = 253  # <linux/rtnetlink.h>
+RT_SCOPE_UNIVERSE = 0
 ROUTES_PER_BATCH = 256  # requests in one sendmsg: their acks fit the receive buffer
 
 
@@ -102,6 +103,18 @@ def addresses(name: str, configured: Iterable[InterfaceAddress] = ()) -> list[In
         except NetlinkError as e:
             raise LinkError(f"cannot read the addresses of {name}: {_reason(e)}") from None
     return [a for a, scope in found if scope != RT_SCOPE_LINK or a in configured]
+
+
+def host_addresses(besides: str) -> list[InterfaceAddress]:
+    """Every address of this host (its namespace) that others may reach it at:
+    of global scope, on any device but loopback and `besides` (a tunnel's own)."""
+    with IPRoute() as ipr:
+        skip = {i for name in ("lo", besides) for i in ipr.link_lookup(ifname=name)}
+        return [
+            _interface_address(a)
+            for a in ipr.get_addr()
+            if a["scope"] == RT_SCOPE_UNIVERSE and a["index"] not in skip
+        ]
 
 
 def _interface_address(message: Any) -> InterfaceAddress:

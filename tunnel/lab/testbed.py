@@ -348,7 +348,11 @@ class Testbed:
 
     def add_bridge(self, ns: Namespace, name: str = "br0", addrs: Sequence[str] = ()) -> str:
         """A Linux bridge in `ns`; plug veths into it with `link(..., bridge1=name)`."""
-        ns.run("ip", "link", "add", name, "type", "bridge")
+        # An address of its own: without one a bridge takes its lowest port's and
+        # changes it as ports join, and whoever had its old one in a neighbour
+        # table sends to a MAC address nobody answers to.
+        mac = bytes([0x02, *os.urandom(5)])  # locally administered, unicast
+        ns.run("ip", "link", "add", name, "address", mac.hex(":"), "type", "bridge")
         for cidr in addrs:
             ns.add_address(name, cidr)
         ns.link_up(name)

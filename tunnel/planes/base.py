@@ -13,7 +13,9 @@ from tunnel.core.actions import Action, Deliver, DeliverBatch, Send, SendBatch
 from tunnel.core.interface import Interface
 from tunnel.core.reconfig import Applied
 from tunnel.host import clock, udp
+from tunnel.protocol.address import Address
 from tunnel.protocol.constants import TIMER_TICK
+from tunnel.protocol.stun import is_stun
 
 log = logging.getLogger("pyvpn")
 
@@ -33,6 +35,11 @@ class Plane:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
         self._watched: list[int] = []
+        # Who takes the STUN messages that arrive on the socket: a STUN client
+        # (tunnel/fleet/stun.py) that sends its requests out of this socket with
+        # send_datagram(), so that the mapping it learns is the one a NAT gives
+        # WireGuard's packets. Without one they go to the core, which drops them.
+        self.stun_listener: Callable[[bytes, Address], None] | None = None
 
     def readers(self) -> dict[int, Callable[[], None]]:
         """File descriptors the event loop watches for this plane, and their handlers."""
@@ -66,6 +73,17 @@ class Plane:
         new.close()
         if handler is not None and self._loop is not None:
             self._loop.add_reader(fd, handler)
+
+    def send_datagram(self, data: bytes, destination: Address) -> None:
+        """Send a datagram of another protocol (STUN) out of the WireGuard socket."""
+        udp.send_all(self.sock, destination, [data])
+
+    def took_stun(self, data: bytes, source: Address) -> bool:
+        """Hand a STUN message to the listener, if there is one; whether it was."""
+        if self.stun_listener is None or not is_stun(data):
+            return False
+        self.stun_listener(data, source)
+        return True
 
     def refresh(self) -> None:
         """Bring the core's figures up to date before it is read (a no-op where

@@ -265,6 +265,8 @@ class NativeShell(Plane):
             upcall = parse_upcall(data)
             peer = self.peers.get(upcall.peer_id)
             if upcall.kind is UpcallKind.DATAGRAM and upcall.address is not None:
+                if self.took_stun(upcall.payload, upcall.address):
+                    continue
                 self.apply(self.iface.receive_datagram(upcall.payload, upcall.address, now))
             elif upcall.kind is UpcallKind.TOO_BIG:
                 answer = self.iface.answer_too_big(upcall.payload[dp.VNET_HDR_LEN :])

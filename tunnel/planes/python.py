@@ -79,6 +79,8 @@ class PythonPlane(Plane):
             ):
                 self.iface.drops[Drop.RATELIMITED] += 1
                 continue
+            if data[:1] != TRANSPORT and self.took_stun(data, source):
+                continue
             datagrams.append((data, source))
         if datagrams:
             self.apply(self.iface.receive_datagrams(datagrams, now))

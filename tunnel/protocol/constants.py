@@ -108,6 +108,12 @@ TIMER_TICK = 0.1
 MAX_CRYPTO_WORKERS = 64
 
 DEFAULT_PORT = 51820
+
+# STUN (RFC 5389 section 6) on the WireGuard socket: every STUN message carries
+# this cookie at bytes 4..7, after a 20-byte header whose length field counts the
+# attributes that follow.
+STUN_MAGIC_COOKIE = 0x2112A442
+STUN_HEADER_SIZE = 20
 # pyvpn extension: the first reserved header byte marks L2 (tap) messages.
 MARKER_L2 = 0x01
 
