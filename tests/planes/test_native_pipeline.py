@@ -80,9 +80,10 @@ def test_each_peer_gets_its_segments_in_order_each_counter_once(crypto_workers: 
 
 @pytest.mark.parametrize("crypto_workers", WORKERS)
 def test_received_messages_reach_the_device_in_order(crypto_workers: int) -> None:
-    """Opened by any worker, checked against the replay window after: the device
-    gets them in the order they came, a replay and a forgery are dropped and
-    counted."""
+    """With crypto workers running, datagrams in batches shorter than a slice
+    (opened by the I/O worker) reach the device in the order they came, and the
+    replay window and the tag, checked as the ring is released, drop and count
+    a replay and a forgery."""
     h = Harness()
     try:
         r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
