@@ -59,16 +59,16 @@ static void forget_freed_keys(struct crypto_queue *q)
 }
 
 /* The next slice, waiting for one; false: the pool stops and nothing is left.
- * An idle worker wakes every second to forget freed keys. */
+ * Freed keys are forgotten first, and an idle worker is woken to forget them
+ * (crypto_pool_keypairs_freed). */
 static bool queue_pop(struct crypto_queue *q, struct crypto_slice *out)
 {
 	pthread_mutex_lock(&q->lock);
-	while (q->head == q->tail && !q->pool->stopping) {
-		struct timespec until;
-		clock_gettime(CLOCK_MONOTONIC, &until);
-		until.tv_sec += 1;
-		pthread_cond_timedwait(&q->work, &q->lock, &until);
+	for (;;) {
 		forget_freed_keys(q);
+		if (q->head != q->tail || q->pool->stopping)
+			break;
+		pthread_cond_wait(&q->work, &q->lock);
 	}
 	bool got = q->head != q->tail;
 	if (got) {
@@ -106,7 +106,6 @@ static void *crypto_main(void *arg)
 	struct crypto_queue *q = arg;
 	struct crypto_slice s;
 	while (queue_pop(q, &s)) {
-		forget_freed_keys(q);
 		for (int i = 0; i < s.n; i++) {
 			struct crypto_slot *slot = &s.ring->slots[s.first + i];
 			slot_run(slot->op == CRYPTO_SEAL ? &q->seal : &q->open, slot);
@@ -122,11 +121,7 @@ static int queue_init(struct crypto_pool *pool, struct crypto_queue *q)
 {
 	q->pool = pool;
 	q->freed_seen = atomic_load(pool->keypairs_freed);
-	pthread_condattr_t a;
-	pthread_condattr_init(&a);
-	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-	pthread_cond_init(&q->work, &a);
-	pthread_condattr_destroy(&a);
+	pthread_cond_init(&q->work, NULL);
 	pthread_cond_init(&q->room, NULL);
 	pthread_mutex_init(&q->lock, NULL);
 	if (aead_init(&q->seal, 1) | aead_init(&q->open, 0))
@@ -176,6 +171,16 @@ void crypto_pool_stop(struct crypto_pool *pool)
 		pthread_cond_destroy(&q->room);
 	}
 	free(pool);
+}
+
+void crypto_pool_keypairs_freed(struct crypto_pool *pool)
+{
+	for (int i = 0; i < crypto_pool_size(pool); i++) {
+		struct crypto_queue *q = &pool->queues[i];
+		pthread_mutex_lock(&q->lock); /* a worker between its check and its wait */
+		pthread_cond_signal(&q->work);
+		pthread_mutex_unlock(&q->lock);
+	}
 }
 
 int crypto_pool_size(const struct crypto_pool *pool)

@@ -15,7 +15,7 @@
  * nothing but the slot's bytes and their own AEAD contexts.  The I/O worker
  * holds dp->lock (read) from making a batch's slots to releasing them, so no
  * keypair a slot names is freed meanwhile; a crypto worker forgets the keys
- * its contexts hold once keypairs were freed (as the I/O workers do).
+ * its contexts hold once keypairs were freed, woken for it if idle.
  */
 #ifndef PYVPN_PIPELINE_H
 #define PYVPN_PIPELINE_H
@@ -66,6 +66,9 @@ struct crypto_ring {
  * *keypairs_freed moves.  NULL: out of memory or threads. */
 struct crypto_pool *crypto_pool_start(int n, _Atomic uint64_t *keypairs_freed);
 void crypto_pool_stop(struct crypto_pool *); /* joins; NULL is fine */
+/* *keypairs_freed moved: idle workers wake to forget their keys now.  NULL is
+ * fine. */
+void crypto_pool_keypairs_freed(struct crypto_pool *);
 int crypto_pool_size(const struct crypto_pool *);
 /* How many of the workers' AEAD contexts hold a key (racy: for tests). */
 int crypto_pool_cached_keys(struct crypto_pool *);
