@@ -31,6 +31,8 @@ SOURCES = [
     "offload.c",
     "upcall.c",
     "handshake.c",
+    "pipeline.c",
+    "pipeline_bench.c",
     "testhooks.c",
 ]
 # The headers cffi reads the API from: the plane's, then the tests' way in.

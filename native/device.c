@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "pipeline.h"
 
 #ifndef TUN_F_USO4
 #define TUN_F_USO4 0x20 /* Linux >= 6.2 */
@@ -169,9 +170,38 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-int dp_start(dp_t *dp, int workers)
+int thread_spawn(pthread_t *thread, void *(*main)(void *), void *arg)
 {
-	if (workers < 1 || workers > 16)
+	/* Workers must not take Python's signals (SIGINT goes to the main thread). */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	int err = -pthread_create(thread, NULL, main, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return err;
+}
+
+static int start_io_workers(dp_t *dp)
+{
+	for (int i = 0; i < dp->nworkers; i++) {
+		struct worker *w = &dp->workers[i];
+		w->dp = dp;
+		w->tx = tx_state_new(dp);
+		w->rx = rx_state_new(dp);
+		if (!w->tx || !w->rx)
+			return -ENOMEM;
+		int err = thread_spawn(&w->thread, worker_main, w);
+		if (err)
+			return err;
+		w->started = true;
+	}
+	return 0;
+}
+
+int dp_start(dp_t *dp, int workers, int crypto_workers)
+{
+	if (workers < 1 || workers > 16 || crypto_workers < 0 ||
+	    crypto_workers > MAX_CRYPTO_WORKERS)
 		return -EINVAL;
 	if (dp->running)
 		return -EALREADY;
@@ -179,30 +209,20 @@ int dp_start(dp_t *dp, int workers)
 	while (read(dp->stop_efd, &junk, sizeof(junk)) > 0) /* re-arm after a stop */
 		;
 	atomic_store(&dp->stopping, 0);
-	dp->workers = calloc(workers, sizeof(*dp->workers));
-	if (!dp->workers)
+	/* First, so that the I/O workers' rings (tx_state_new, rx_state_new) find it. */
+	if (crypto_workers && !(dp->crypto = crypto_pool_start(crypto_workers, &dp->keypairs_freed)))
 		return -ENOMEM;
+	dp->workers = calloc(workers, sizeof(*dp->workers));
+	if (!dp->workers) {
+		crypto_pool_stop(dp->crypto);
+		dp->crypto = NULL;
+		return -ENOMEM;
+	}
 	dp->nworkers = workers;
 	dp->running = true;
-	/* Workers must not take Python's signals (SIGINT goes to the main thread). */
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
 	int err = handshakes_start(dp->handshakes);
-	for (int i = 0; i < workers && !err; i++) {
-		struct worker *w = &dp->workers[i];
-		w->dp = dp;
-		w->tx = tx_state_new(dp);
-		w->rx = rx_state_new(dp);
-		if (!w->tx || !w->rx) {
-			err = -ENOMEM;
-			break;
-		}
-		if ((err = -pthread_create(&w->thread, NULL, worker_main, w)))
-			break;
-		w->started = true;
-	}
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (!err)
+		err = start_io_workers(dp);
 	if (err)
 		dp_stop(dp);
 	return err;
@@ -228,6 +248,8 @@ void dp_stop(dp_t *dp)
 	dp->workers = NULL;
 	dp->nworkers = 0;
 	handshakes_stop(dp->handshakes); /* after the workers, which hand it initiations */
+	crypto_pool_stop(dp->crypto); /* last: the I/O workers' rings are released */
+	dp->crypto = NULL;
 	dp->running = false;
 }
 
@@ -270,6 +292,7 @@ int dp_if_stats(dp_t *dp, struct dp_if_stats *out)
 	out->udp_gro = (uint32_t)dp->udp_gro;
 	out->tun_offload = dp->tun_offload;
 	out->workers = (uint32_t)dp->nworkers;
+	out->crypto_workers = (uint32_t)crypto_pool_size(dp->crypto);
 	return 0;
 }
 

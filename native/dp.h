@@ -132,7 +132,7 @@ struct dp_if_stats {
 	uint64_t rx_bad_mac1;      /* handshake messages with a wrong mac1 */
 	uint64_t rx_mac_table_full; /* tap frames whose source went unlearned: table full */
 	uint32_t udp_gso, udp_gro, tun_offload; /* offloads in effect (bitmask for tun) */
-	uint32_t workers;
+	uint32_t workers, crypto_workers; /* dp_start's */
 };
 
 struct dp_mac_entry {
@@ -147,11 +147,14 @@ dp_t *dp_create(int dev_fd, int udp_fd, int ctrl_fd, uint32_t flags, int mtu);
  * frames too big, follow it.  -EINVAL outside 68..MAX_MTU, or without
  * DP_VNET_HDR above dp_create's MTU, which sized the device reads. */
 int dp_set_mtu(dp_t *, int mtu);
-/* Spawn `workers` (1..16) worker threads.  Each serves both directions:
+/* Spawn `workers` (1..16) I/O worker threads.  Each serves both directions:
  * it polls the device and the UDP socket and runs one bounded batch of
  * whichever is ready (device -> UDP and UDP -> device), so one thread per
- * tunnel carries a TCP stream and its ACKs without waking another. */
-int dp_start(dp_t *, int workers);
+ * tunnel carries a TCP stream and its ACKs without waking another.
+ * crypto_workers (0..MAX_CRYPTO_WORKERS): 0, the I/O workers seal and open
+ * themselves; N, N threads beside them do it, and each peer's packets still
+ * leave in the order they were read (pipeline.h). */
+int dp_start(dp_t *, int workers, int crypto_workers);
 void dp_stop(dp_t *);              /* join threads; idempotent */
 /* The UDP fd now holds another socket (the caller dup2()ed a new one onto it
  * while stopped, for a new listen port): set it up as dp_create did.
@@ -252,5 +255,11 @@ void dp_set_under_load(dp_t *, uint64_t until_ns);
  * upcalls_dropped); -EINVAL: not an initiation's size. */
 int dp_handshake_submit(dp_t *, const uint8_t *msg, size_t len, const struct sockaddr *sa,
 			socklen_t salen);
+/* The pipeline alone, no dp_t and no kernel I/O (`pyvpn bench --pipeline`):
+ * seal and open `packets` packets of `size` bytes with `workers` crypto
+ * workers, the calling thread making and releasing the slots; *ns: how long
+ * it took, *cpu_ns: the CPU time the process spent meanwhile, all its threads.
+ * 0, -EINVAL, -ENOMEM, or -EBADMSG if an open failed. */
+int dp_bench_pipeline(int workers, int packets, int size, uint64_t *ns, uint64_t *cpu_ns);
 
 #endif

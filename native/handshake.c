@@ -434,9 +434,9 @@ int handshakes_start(struct handshakes *hs)
 {
 	hs->stopping = false;
 	for (int i = 0; i < HANDSHAKE_WORKERS; i++) {
-		int err = pthread_create(&hs->threads[i], NULL, handshake_worker, hs);
+		int err = thread_spawn(&hs->threads[i], handshake_worker, hs);
 		if (err)
-			return -err;
+			return err;
 		hs->nthreads++;
 	}
 	return 0;

@@ -182,6 +182,7 @@ struct mac_entry {
 };
 
 struct worker;
+struct crypto_pool;
 
 struct dp {
 	int dev_fd, udp_fd, ctrl_fd;
@@ -225,9 +226,11 @@ struct dp {
 	uint64_t source_key4, source_key6;
 	_Atomic uint64_t source_due_ns[1 << DP_SOURCE_BUCKET_BITS];
 
-	/* Workers. */
+	/* Workers: the I/O workers, and the crypto workers beside them (pipeline.c;
+	 * NULL: none, the I/O workers seal and open). */
 	struct worker *workers;
 	int nworkers;
+	struct crypto_pool *crypto;
 	bool running;
 	_Atomic int stopping;
 	int stop_efd; /* eventfd: wakes every worker's poll() on dp_stop() */
@@ -433,6 +436,8 @@ int udp_send_one(dp_t *dp, const uint8_t *msg, size_t len, const struct sockaddr
 		 socklen_t eplen);
 
 /* --- send.c / receive.c: the two directions, device.c: the workers ---- */
+/* pthread_create with every signal blocked in the new thread: 0 or -errno. */
+int thread_spawn(pthread_t *thread, void *(*main)(void *), void *arg);
 /* One thread serving both directions: device.c worker_main says how. */
 struct worker {
 	dp_t *dp;

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "pipeline.h"
 
 static inline unsigned peer_bucket(uint32_t id)
 {
@@ -57,6 +58,7 @@ static void keypair_free(dp_t *dp, struct keypair *kp)
 	index_remove(dp, kp);
 	pthread_mutex_destroy(&kp->replay_lock);
 	atomic_fetch_add(&dp->keypairs_freed, 1);
+	crypto_pool_keypairs_freed(dp->crypto);
 	/* Keys must not linger in freed memory. */
 	OPENSSL_cleanse(kp, sizeof(*kp));
 	free(kp);

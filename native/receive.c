@@ -17,13 +17,17 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "pipeline.h"
 
 #define RX_GRO_PKTS 1024
 #define RX_MAX_CONFIRMS 16
+#define RX_RING_SLOTS (RX_MSGS_PER_BATCH * UDP_GSO_MAX_SEGS) /* a full ring: release it */
 
 struct rx_state {
 	dp_t *dp;
 	struct aead aead;
+	bool parallel; /* crypto workers open, through ring (pipeline.h) */
+	struct crypto_ring ring;
 	struct mac1 mac1;
 	struct udp_recv_batch udp;
 	struct gro_batch *gro;
@@ -56,6 +60,9 @@ struct rx_state *rx_state_new(dp_t *dp)
 	r->dp = dp;
 	int crypto_err = aead_init(&r->aead, 0) | mac1_init(&r->mac1);
 	r->gro = gro_new(RX_GRO_PKTS);
+	r->parallel = dp->crypto != NULL;
+	if (r->parallel)
+		crypto_err |= crypto_ring_init(&r->ring, dp->crypto, RX_RING_SLOTS, &r->aead);
 	if (crypto_err || !r->gro || udp_recv_batch_init(&r->udp)) {
 		rx_state_free(r);
 		return NULL;
@@ -71,6 +78,8 @@ void rx_state_free(struct rx_state *r)
 	gro_free(r->gro);
 	aead_free(&r->aead);
 	mac1_free(&r->mac1);
+	if (r->parallel)
+		crypto_ring_free(&r->ring);
 	free(r);
 }
 
@@ -208,10 +217,9 @@ static struct keypair *lookup_keypair(dp_t *dp, const uint8_t *d, size_t n)
 	return kp;
 }
 
-/* Open the message in place, if the keypair may still receive (Reject-After-
- * Time, Reject-After-Messages) and the tag is right.  *counter: its counter. */
-static bool decrypt_packet(struct rx_state *r, struct keypair *kp, uint8_t *d, size_t n,
-			   uint64_t now, uint64_t *counter)
+/* Whether the keypair may still receive the message (Reject-After-Time,
+ * Reject-After-Messages).  *counter: its counter. */
+static bool may_receive(struct keypair *kp, const uint8_t *d, uint64_t now, uint64_t *counter)
 {
 	*counter = le64(d + 8);
 	if (age_ns(now, kp->birth_ns) >= (int64_t)REJECT_AFTER_TIME_NS ||
@@ -219,6 +227,16 @@ static bool decrypt_packet(struct rx_state *r, struct keypair *kp, uint8_t *d, s
 		STAT_ADD(kp->peer->drop_expired_keypair, 1);
 		return false;
 	}
+	return true;
+}
+
+/* Open the message in place, if the keypair may still receive it and the tag
+ * is right.  *counter: its counter. */
+static bool decrypt_packet(struct rx_state *r, struct keypair *kp, uint8_t *d, size_t n,
+			   uint64_t now, uint64_t *counter)
+{
+	if (!may_receive(kp, d, now, counter))
+		return false;
 	uint8_t nonce[12];
 	aead_nonce(nonce, *counter);
 	uint8_t *plain = d + TRANSPORT_HEADER_SIZE;
@@ -352,6 +370,44 @@ static void consume_data_done(struct rx_state *r, struct keypair *kp, uint8_t *d
 		deliver_to_device(r, plain, plen);
 }
 
+/* The ring's slots, each opened, in the order they were made (each peer's
+ * packets as they came): the replay window, then the device.  Lock held
+ * (read), so that the keypairs they name are still there. */
+static void rx_release(struct rx_state *r, uint64_t now)
+{
+	struct crypto_slot *s;
+	while ((s = crypto_ring_next(&r->ring))) {
+		if (atomic_load_explicit(&s->state, memory_order_relaxed) != SLOT_DONE)
+			STAT_ADD(s->kp->peer->drop_bad_tag, 1);
+		else if (counter_validate(s->kp, s->counter))
+			consume_data_done(r, s->kp, s->out - TRANSPORT_HEADER_SIZE,
+					  s->len + TRANSPORT_HEADER_SIZE, s->src, now);
+	}
+}
+
+/* A transport message under kp: opened, checked and delivered now, or, with
+ * crypto workers, opened by one of them and the rest once its slot is
+ * released (rx_release). */
+static void rx_transport(struct rx_state *r, struct keypair *kp, uint8_t *d, size_t n,
+			 const struct sockaddr_storage *src, uint64_t now)
+{
+	uint64_t counter;
+	if (!r->parallel) {
+		if (decrypt_packet(r, kp, d, n, now, &counter) && counter_validate(kp, counter))
+			consume_data_done(r, kp, d, n, src, now);
+		return;
+	}
+	if (!may_receive(kp, d, now, &counter))
+		return;
+	if (crypto_ring_full(&r->ring))
+		rx_release(r, now);
+	uint8_t *sealed = d + TRANSPORT_HEADER_SIZE;
+	struct crypto_slot s = {.key = kp->recv_key, .key_id = kp->key_id, .counter = counter,
+				.in = sealed, .out = sealed, .len = (uint32_t)(n - TRANSPORT_HEADER_SIZE),
+				.op = CRYPTO_OPEN, .kp = kp, .src = src};
+	crypto_ring_push(&r->ring, &s);
+}
+
 /* One datagram. Lock held (read). */
 static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 			const struct sockaddr_storage *src, uint64_t now)
@@ -360,10 +416,9 @@ static void rx_datagram(struct rx_state *r, uint8_t *d, size_t n,
 		rx_to_python(r, d, n, src, now);
 		return;
 	}
-	uint64_t counter;
 	struct keypair *kp = lookup_keypair(r->dp, d, n);
-	if (kp && decrypt_packet(r, kp, d, n, now, &counter) && counter_validate(kp, counter))
-		consume_data_done(r, kp, d, n, src, now);
+	if (kp)
+		rx_transport(r, kp, d, n, src, now);
 }
 
 /* Buffer i of the batch: one datagram, or a UDP GRO train of them. Lock held
@@ -414,6 +469,8 @@ int rx_batch(struct rx_state *r)
 	r->src_memo.valid = r->mac_memo.valid = false;
 	for (int i = 0; i < n; i++)
 		rx_buffer(r, i, now);
+	if (r->parallel)
+		rx_release(r, now);
 	pthread_rwlock_unlock(&dp->lock);
 	write_to_device(r);
 	confirm_keypairs(r);

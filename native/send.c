@@ -13,10 +13,13 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "pipeline.h"
 
 struct tx_state {
 	dp_t *dp;
 	struct aead aead;
+	bool parallel; /* crypto workers seal, through ring (pipeline.h) */
+	struct crypto_ring ring;
 	int nbufs;
 	size_t buf_size;
 	uint8_t **bufs;
@@ -39,26 +42,88 @@ static size_t padding_for(const dp_t *dp, size_t len)
 	return padded - len;
 }
 
-size_t message_build(dp_t *dp, struct aead *aead, struct keypair *kp, const uint8_t *in,
-		     size_t len, uint8_t *out)
+/* The header of a transport message under kp's next counter (*counter), at
+ * out.  false: kp's counter ran out. */
+static bool message_header(dp_t *dp, struct keypair *kp, uint8_t *out, uint64_t *counter)
 {
-	uint64_t counter = atomic_fetch_add_explicit(&kp->send_counter, 1, memory_order_relaxed);
-	if (counter >= REJECT_AFTER_MESSAGES)
-		return 0;
-	size_t pad = padding_for(dp, len);
+	*counter = atomic_fetch_add_explicit(&kp->send_counter, 1, memory_order_relaxed);
+	if (*counter >= REJECT_AFTER_MESSAGES)
+		return false;
 	out[0] = MESSAGE_TRANSPORT;
 	out[1] = dp->tap ? MARKER_L2 : 0;
 	out[2] = out[3] = 0;
 	for (int i = 0; i < 4; i++)
 		out[4 + i] = (uint8_t)(kp->remote_index >> (8 * i)); /* LE */
 	for (int i = 0; i < 8; i++)
-		out[8 + i] = (uint8_t)(counter >> (8 * i)); /* LE */
+		out[8 + i] = (uint8_t)(*counter >> (8 * i)); /* LE */
+	return true;
+}
+
+size_t message_build(dp_t *dp, struct aead *aead, struct keypair *kp, const uint8_t *in,
+		     size_t len, uint8_t *out)
+{
+	uint64_t counter;
+	if (!message_header(dp, kp, out, &counter))
+		return 0;
+	size_t pad = padding_for(dp, len);
 	uint8_t nonce[12];
 	aead_nonce(nonce, counter);
 	if (aead_seal(aead, kp->send_key, kp->key_id, nonce, NULL, 0, in, len, pad,
 		      out + TRANSPORT_HEADER_SIZE))
 		return 0;
 	return TRANSPORT_HEADER_SIZE + len + pad + TAG_SIZE;
+}
+
+/* message_build's parallel form: the header now, with the counter taken in
+ * read order by this one thread, and the seal as a slot on the ring, for
+ * message msg of the send queue.  The message's length, or 0: kp's counter
+ * ran out. */
+static size_t message_post(struct tx_state *t, struct keypair *kp, const uint8_t *in, size_t len,
+			   uint8_t *out, uint32_t msg)
+{
+	uint64_t counter;
+	if (!message_header(t->dp, kp, out, &counter))
+		return 0;
+	size_t pad = padding_for(t->dp, len);
+	struct crypto_slot s = {.key = kp->send_key, .key_id = kp->key_id, .counter = counter,
+				.in = in, .out = out + TRANSPORT_HEADER_SIZE, .len = (uint32_t)len,
+				.pad = (uint8_t)pad, .op = CRYPTO_SEAL, .kp = kp, .msg = msg};
+	crypto_ring_push(&t->ring, &s);
+	return TRANSPORT_HEADER_SIZE + len + pad + TAG_SIZE;
+}
+
+/* The ring's slots, each sealed, in the order they were made: accounted as
+ * sent, or (an AEAD failure) taken out of the send queue.  Lock held (read),
+ * so that the keypairs they name are still there.  Without crypto workers,
+ * nothing: message_build sealed them. */
+static void tx_release(struct tx_state *t, uint64_t now)
+{
+	struct udp_send_queue *q = &t->out;
+	struct crypto_slot *s;
+	bool failed = false;
+	if (!t->parallel)
+		return;
+	while ((s = crypto_ring_next(&t->ring))) {
+		if (atomic_load_explicit(&s->state, memory_order_relaxed) == SLOT_DONE) {
+			account_tx(t->dp, s->kp->peer, q->msgs[s->msg].len, s->len, now);
+		} else {
+			q->msgs[s->msg].len = 0;
+			failed = true;
+		}
+	}
+	int kept = 0;
+	for (int i = 0; failed && i < q->nmsgs; i++)
+		if (q->msgs[i].len)
+			q->msgs[kept++] = q->msgs[i];
+	if (failed)
+		q->nmsgs = kept;
+}
+
+/* Send what the queue holds, sealed first. */
+static void tx_flush(struct tx_state *t, uint64_t now)
+{
+	tx_release(t, now);
+	udp_send_queued(t->dp, &t->out);
 }
 
 void account_tx(dp_t *dp, struct peer *p, size_t mlen, size_t plain_len, uint64_t now)
@@ -84,7 +149,9 @@ struct tx_state *tx_state_new(dp_t *dp)
 	t->lens = calloc(t->nbufs, sizeof(*t->lens));
 	t->seg = malloc(MAX_SUPER_PACKET + 64);
 	int queue_err = udp_send_queue_init(&t->out);
-	if (aead_err || queue_err || !t->bufs || !t->lens || !t->seg)
+	t->parallel = dp->crypto != NULL;
+	int ring_err = t->parallel ? crypto_ring_init(&t->ring, dp->crypto, UDP_SEND_MAX_MSGS, &t->aead) : 0;
+	if (aead_err || queue_err || ring_err || !t->bufs || !t->lens || !t->seg)
 		goto fail;
 	for (int i = 0; i < t->nbufs; i++)
 		if (!(t->bufs[i] = malloc(t->buf_size)))
@@ -107,19 +174,21 @@ void tx_state_free(struct tx_state *t)
 	free(t->seg);
 	udp_send_queue_free(&t->out);
 	aead_free(&t->aead);
+	if (t->parallel)
+		crypto_ring_free(&t->ring);
 	free(t);
 }
 
 /* The peer's endpoint in the send queue, added if it is not there yet; -1:
  * the peer has none. */
-static int endpoint_slot(struct tx_state *t, struct peer *p)
+static int endpoint_slot(struct tx_state *t, struct peer *p, uint64_t now)
 {
 	struct udp_send_queue *q = &t->out;
 	for (int i = q->neps - 1; i >= 0; i--)
 		if (t->ep_peer[i] == p)
 			return i;
 	if (q->neps == UDP_SEND_MAX_EPS)
-		udp_send_queued(t->dp, q);
+		tx_flush(t, now);
 	int i = q->neps;
 	peer_copy_endpoint(p, &q->eps[i], &q->eplens[i]);
 	if (!q->eplens[i])
@@ -154,8 +223,8 @@ static bool seal_segment(struct tx_state *t, struct peer *p, struct keypair *kp,
 	size_t room = TRANSPORT_HEADER_SIZE + (g->gso ? (size_t)g->hdrs + g->gso_size : g->len) +
 		      MESSAGE_PADDING_MULTIPLE + TAG_SIZE;
 	if (q->used + room > UDP_SEND_ARENA_SIZE || q->nmsgs == UDP_SEND_MAX_MSGS)
-		udp_send_queued(dp, q); /* rare: flush under the read lock */
-	int ep = endpoint_slot(t, p);
+		tx_flush(t, now); /* rare: flush under the read lock */
+	int ep = endpoint_slot(t, p, now);
 	if (ep < 0) {
 		STAT_ADD(dp->st.tx_no_route, g->nseg - i);
 		return false;
@@ -170,7 +239,8 @@ static bool seal_segment(struct tx_state *t, struct peer *p, struct keypair *kp,
 		in = g->pkt; /* encrypt straight from the read buffer */
 		len = g->len;
 	}
-	size_t mlen = message_build(dp, &t->aead, kp, in, len, out);
+	size_t mlen = t->parallel ? message_post(t, kp, in, len, out, (uint32_t)q->nmsgs)
+				  : message_build(dp, &t->aead, kp, in, len, out);
 	if (!mlen) {
 		STAT_ADD(p->drop_expired_keypair, 1);
 		/* The counter ran out under us (this read's earlier segments, or
@@ -185,7 +255,8 @@ static bool seal_segment(struct tx_state *t, struct peer *p, struct keypair *kp,
 	}
 	q->msgs[q->nmsgs++] = (struct udp_queued){(uint32_t)q->used, (uint32_t)mlen, ep};
 	q->used += mlen;
-	account_tx(dp, p, mlen, len, now);
+	if (!t->parallel)
+		account_tx(dp, p, mlen, len, now); /* else once sealed: tx_release */
 	return true;
 }
 
@@ -203,7 +274,7 @@ static void tx_to_peer(struct tx_state *t, struct peer *p, const struct gso_plan
 		/* A session came while packets waited (its keepalive not sent yet):
 		 * they go first, then these, in the order they were read. */
 		stage_segments(t, p, g, 0);
-		udp_send_queued(t->dp, &t->out);
+		tx_flush(t, now);
 		staged_flush(t->dp, p, now);
 		return;
 	}
@@ -360,6 +431,7 @@ int tx_batch(struct tx_state *t)
 	pthread_rwlock_rdlock(&dp->lock);
 	for (int i = 0; i < n; i++)
 		tx_packet(t, t->bufs[i], (size_t)t->lens[i], now, true);
+	tx_release(t, now);
 	pthread_rwlock_unlock(&dp->lock);
 	udp_send_queued(dp, &t->out);
 	return n;
@@ -411,6 +483,7 @@ int dp_transmit_frame(dp_t *dp, const uint8_t *data, size_t len)
 	uint64_t now = now_ns();
 	pthread_rwlock_rdlock(&dp->lock);
 	tx_packet(t, t->bufs[0], len, now, false);
+	tx_release(t, now);
 	pthread_rwlock_unlock(&dp->lock);
 	udp_send_queued(dp, &t->out);
 	tx_state_free(t);

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 
 #include "internal.h"
+#include "pipeline.h"
 #include "testhooks.h"
 
 /* The data path's AEAD, each call with a fresh context. */
@@ -71,7 +72,7 @@ int dp_test_cached_keys(dp_t *dp)
 	for (int i = 0; i < dp->nworkers; i++)
 		n += (tx_aead(dp->workers[i].tx)->key_id != 0) +
 		     (rx_aead(dp->workers[i].rx)->key_id != 0);
-	return n;
+	return n + crypto_pool_cached_keys(dp->crypto);
 }
 
 int dp_test_usable_at(dp_t *dp, uint32_t peer_id, int64_t offset_ns)

@@ -4,10 +4,15 @@ replay them, or act as a NAT. Run inside a namespace:
 
     python -m tests.relay LISTEN_HOST:PORT TARGET_HOST:PORT [--replay-ms N]
         [--duplicate P] [--reorder P] [--delay-ms N] [--seed S]
-        [--nat] [--nat-timeout S]
+        [--nat] [--nat-timeout S] [--nonces]
 
 The peer whose endpoint is LISTEN talks to TARGET through it; TARGET's replies go
 back to whoever sent last. Prints "ready" once bound; stops on SIGTERM.
+
+With --nonces it reads the receiver index and counter of every transport message
+it is given (before any impairment) and, when it stops, prints a JSON line:
+{"transport": how many, "reused": how many named an (index, counter) seen before},
+a nonce used twice under one key.
 
 With --nat the relay is a port-translating NAT: it talks to TARGET from a mapping
 (a socket of its own on a fresh port), prints "mapping PORT" for each new one,
@@ -19,9 +24,12 @@ TARGET's datagrams to a dropped mapping are lost.
 import argparse
 import asyncio
 import contextlib
+import json
 import random
 import signal
 import socket
+
+SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>: beyond rmem_max, for root
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -37,11 +45,15 @@ class Relay(asyncio.DatagramProtocol):
         self.rng = random.Random(args.seed)
         self.held: list[tuple[bytes, tuple[str, int]]] = []
         self.mapping: Mapping | None = None  # --nat: the outside socket
+        self.nonces: set[bytes] = set()  # --nonces: receiver index and counter of each
+        self.transport_messages = self.reused = 0
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
+        if self.args.nonces:
+            self.count_nonce(data)
         addr = addr[:2]
         if addr == self.target and not self.args.nat:
             destination = self.client
@@ -63,6 +75,14 @@ class Relay(asyncio.DatagramProtocol):
             loop.call_later(delay, self.send, data, destination)
         if a.replay_ms:
             loop.call_later(a.replay_ms / 1000, self.send, data, destination)
+
+    def count_nonce(self, data: bytes) -> None:
+        if len(data) < 32 or data[0] != 4:  # a transport message: type 4, header and tag
+            return
+        self.transport_messages += 1
+        nonce = data[4:16]  # receiver index (one per key), counter
+        self.reused += nonce in self.nonces
+        self.nonces.add(nonce)
 
     def send(self, data: bytes, destination: tuple[str, int]) -> None:
         if destination != self.target or not self.args.nat:
@@ -136,17 +156,24 @@ async def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nat", action="store_true")
     parser.add_argument("--nat-timeout", type=float, default=0)
+    parser.add_argument("--nonces", action="store_true")
     args = parser.parse_args()
     args.nat_address = parse_address(args.listen)[0]
     loop = asyncio.get_running_loop()
-    _, relay = await loop.create_datagram_endpoint(
+    transport, relay = await loop.create_datagram_endpoint(
         lambda: Relay(parse_address(args.target), args), local_addr=parse_address(args.listen)
     )
+    if args.nonces:  # room for a flood, to count its nonces rather than drop them
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, relay.rebind)
     print("ready", flush=True)
     await stop.wait()
+    if args.nonces:
+        counts = {"transport": relay.transport_messages, "reused": relay.reused}
+        print(json.dumps(counts), flush=True)
 
 
 if __name__ == "__main__":

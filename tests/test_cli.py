@@ -107,6 +107,8 @@ BAD_CONFIGS = [
     # User text in an error is quoted, its escapes shown rather than sent to the terminal.
     ("'interface.\\x1b[2Jred'", config('"\\u001b[2Jred" = 1'), "unknown key"),
     ("interface.table", config('table = "sometimes"'), '"auto", "off", "main" or a table'),
+    ("interface.workers", config('workers = "many"'), '"auto" or a whole number from 0 to 64'),
+    ("interface.workers", config("workers = 65"), "from 0 to 64, got 65"),
     ("interface.table", config("table = 255"), "the kernel's local table"),
     ("interface.colour", config('colour = "blue"'), "unknown key"),
     ("peer[0].endpoint", config(peer='endpoint = "10.0.0.1"'), "host:port"),
@@ -325,6 +327,14 @@ def test_show_renders_what_a_daemon_from_before_get_pyvpn_text_sends():
     assert "  dropped: replay_or_forged 3" in result.stdout
 
 
+def test_show_names_the_crypto_workers_beside_the_io_worker():
+    assert "  mode: tun, data plane: native, mtu: 1420\n" in render(SNAPSHOT)
+    text = render({**SNAPSHOT, "crypto_workers": 2})
+    assert "  mode: tun, data plane: native (2 crypto workers), mtu: 1420\n" in text
+    text = render({**SNAPSHOT, "crypto_workers": 1})
+    assert "data plane: native (1 crypto worker)," in text
+
+
 def as_nobody(*argv: str) -> tuple[int, str, str]:
     """`pyvpn ARGV` as a user other than root (nobody, uid 65534) runs it: its exit
     status, stdout and stderr. In a forked child, since the interpreter is root's
@@ -382,6 +392,7 @@ def test_reload_names_each_setting_only_a_restart_applies():
                 "bridge": "br1",
                 "mac_ageing": 60,
                 "user": "nobody",
+                "workers": 2,
             }
         }
     )
@@ -389,9 +400,11 @@ def test_reload_names_each_setting_only_a_restart_applies():
     # A daemon of an older pyvpn reports fewer settings: only those are compared.
     assert restart_needed(config, running) == [("mtu", "1420", "1300")]
     running |= {"addresses": [], "bridge": "br0", "user": None, "mac_ageing": 300.0}
+    running |= {"crypto_workers": 0}
     assert restart_needed(config, running) == [
         ("mtu", "1420", "1300"),
         ("bridge", "br0", "br1"),
         ("user", "root", "nobody"),
         ("mac_ageing", "300", "60"),
+        *([("workers", "0", "2")] if running["datapath"] == "native" else []),
     ]

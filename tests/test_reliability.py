@@ -63,7 +63,7 @@ from tunnel.protocol.tai64n import tai64n
 
 from .bed import Testbed
 from .conftest import ROOT, pyvpn
-from .traffic import QUIET, Frame, capture_frames, iperf3_server, tcp_transfer
+from .traffic import QUIET, Frame, capture_frames, iperf3_server, relay, tcp_transfer
 from .waiting import wait_until
 
 PORT = 51820
@@ -146,22 +146,6 @@ def no_traceback(daemon: Daemon) -> None:
 
 def peer_of(status: dict[str, Any]) -> dict[str, Any]:
     return status["peers"][0]
-
-
-@contextmanager
-def relay(ns: Namespace, listen: str, target: str, *options: str) -> Iterator[subprocess.Popen]:
-    """tests/relay.py in `ns`; stopped on exit. Its stdout stays readable."""
-    proc = ns.popen(
-        sys.executable, "-m", "tests.relay", listen, target, *options,
-        stdout=subprocess.PIPE, text=True, cwd=str(ROOT),
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 def hostile_argv(*args: str) -> list[str]:

@@ -213,13 +213,17 @@ def test_up_pings_both_ways_with_mtu_hooks_and_dns_and_down_leaves_nothing(net, 
     assert_nothing_left(net, name)
 
 
-@pytest.mark.parametrize("datapath", ["python", "native"])
-def test_pyvpn_wg_runs_the_plane_pyvpn_datapath_names(net, datapath):
+@pytest.mark.parametrize(("datapath", "crypto_workers"), [("python", 0), ("native", 2)])
+def test_pyvpn_wg_runs_the_plane_pyvpn_datapath_names(net, datapath, crypto_workers):
+    """PYVPN_WORKERS gives the native plane its crypto workers; the Python plane
+    has none."""
     name = ifname("pyvpn-wg")
     config = net.config(name, "Address = 10.10.0.1/24\n")
-    net.run("wg-quick", "up", str(config), impl="pyvpn-wg", PYVPN_DATAPATH=datapath)
+    env = {"PYVPN_DATAPATH": datapath, "PYVPN_WORKERS": "2"}
+    net.run("wg-quick", "up", str(config), impl="pyvpn-wg", **env)
     try:
-        assert pyvpn_status(name)["datapath"] == datapath
+        status = pyvpn_status(name)
+        assert (status["datapath"], status["crypto_workers"]) == (datapath, crypto_workers)
         wait_reachable(net.bed.a, PEER_B[0])
         wait_reachable(net.bed.b, "10.10.0.1")
     finally:
@@ -233,6 +237,17 @@ def test_an_unknown_pyvpn_datapath_is_one_line_and_leaves_nothing(net):
     result = run_command(net.bed.a.argv(str(PYVPN_WG), name), env=env, check=False)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == "pyvpn-wg: PYVPN_DATAPATH='fast': one of auto, native, python\n"
+    assert_nothing_left(net, name)
+
+
+def test_an_unknown_pyvpn_workers_is_one_line_and_leaves_nothing(net):
+    name = ifname("pyvpn-wg")
+    env = {**os.environ, "PYVPN_WORKERS": "many"}
+    result = run_command(net.bed.a.argv(str(PYVPN_WG), name), env=env, check=False)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "pyvpn-wg: PYVPN_WORKERS must be \"auto\" or a whole number from 0 to 64, got 'many'\n"
+    )
     assert_nothing_left(net, name)
 
 

@@ -1,5 +1,7 @@
 """Real traffic through a tunnel for the namespace tests: a TCP transfer whose
-bytes are compared end to end, and raw Ethernet frames sent and captured."""
+bytes are compared end to end, a flood of numbered UDP datagrams, the impairment
+relay (tests/relay.py) between the peers, and raw Ethernet frames sent and
+captured."""
 
 import contextlib
 import hashlib
@@ -13,10 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from tunnel.lab.testbed import Namespace, poll_until
 
 from .waiting import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SERVER = textwrap.dedent("""
     import hashlib, socket, sys
@@ -79,6 +84,73 @@ def tcp_transfer(
             srv.wait()
     assert received and int(received[0]) == size, f"received {received}"
     return hashlib.sha256(data).hexdigest(), received[1]
+
+
+# Numbered datagrams: the sink prints the numbers it got, in the order it got them,
+# once none came for a second.
+UDP_SINK = textwrap.dedent("""
+    import json, socket, sys
+    family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE: hold the flood
+    sock.bind((sys.argv[1], 5202))
+    print("listening", flush=True)
+    got = [int.from_bytes(sock.recv(65535)[:4], "big")]
+    sock.settimeout(1.0)
+    try:
+        while True:
+            got.append(int.from_bytes(sock.recv(65535)[:4], "big"))
+    except TimeoutError:
+        pass
+    print(json.dumps(got), flush=True)
+""")
+
+# In bursts of 100 that the device's queue (500 packets) holds while the tunnel
+# is busy with the one before: a busy machine delays the flood rather than drops it.
+UDP_FLOOD = textwrap.dedent("""
+    import socket, sys, time
+    family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    filler = bytes(int(sys.argv[3]) - 4)
+    for i in range(int(sys.argv[2])):
+        sock.sendto(i.to_bytes(4, "big") + filler, (sys.argv[1], 5202))
+        if i % 100 == 99:
+            time.sleep(0.005)
+""")
+
+
+def udp_flood(
+    server: Namespace, client: Namespace, address: str, count: int, size: int = 1200
+) -> list[int]:
+    """Send `count` datagrams numbered 0, 1, ... to `address`, in bursts; return
+    the numbers that arrived, in the order they did."""
+    sink = server.popen(sys.executable, "-c", UDP_SINK, address, stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "listening"
+        client.run(sys.executable, "-c", UDP_FLOOD, address, str(count), str(size))
+        got: list[int] = json.loads(sink.stdout.readline())
+        sink.wait(timeout=10)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    return got
+
+
+@contextlib.contextmanager
+def relay(ns: Namespace, listen: str, target: str, *options: str) -> Iterator[subprocess.Popen]:
+    """tests/relay.py in `ns`; stopped on exit. Its stdout stays readable."""
+    proc = ns.popen(
+        sys.executable, "-m", "tests.relay", listen, target, *options,
+        stdout=subprocess.PIPE, text=True, cwd=str(ROOT),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 # Raw Ethernet frames through AF_PACKET sockets, for what is not IP: any ethertype,

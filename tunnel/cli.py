@@ -248,6 +248,7 @@ def restart_needed(config: Config, status: dict[str, Any]) -> list[tuple[str, st
     applies (reload applies keys, port, fwmark and peers): (key, running, config)
     for each. An mtu the config leaves to the underlay was picked at start."""
     from .daemon import choose_datapath
+    from .planes.workers import crypto_workers
 
     c = config.interface
     try:
@@ -271,6 +272,8 @@ def restart_needed(config: Config, status: dict[str, Any]) -> list[tuple[str, st
         pairs.append(("user", status["user"] or "root", c.user or "root"))
     if "mac_ageing" in status:
         pairs.append(("mac_ageing", int(status["mac_ageing"]), int(c.mac_ageing)))
+    if "crypto_workers" in status and datapath == "native":
+        pairs.append(("workers", status["crypto_workers"], crypto_workers(c.workers)))
     return [(key, str(now), str(wanted)) for key, now, wanted in pairs if now != wanted]
 
 

@@ -41,6 +41,7 @@ from tunnel.planes import dp
 from tunnel.planes.base import Plane
 from tunnel.planes.native import NativeShell
 from tunnel.planes.python import PythonPlane
+from tunnel.planes.workers import AUTO, crypto_workers
 from tunnel.protocol import keys
 from tunnel.protocol.constants import (
     DEFAULT_MTU,
@@ -111,7 +112,7 @@ def _up(config: Config, datapath: str, fleet: FleetSettings | None) -> int:
         tunnel = Tunnel(
             name=c.name,
             iface=iface,
-            plane=_plane(datapath, iface, dev_fd, sock),
+            plane=_plane(datapath, iface, dev_fd, sock, c.workers),
             listen_port=sock.getsockname()[1],
             table=c.table,
             full_tunnel=full_tunnel,
@@ -139,12 +140,15 @@ def join_fleet(config: Config, fleet: FleetSettings) -> Admission:
     return own
 
 
-def up_device(name: str, ready: Callable[[], None], wanted: str = "auto") -> int:
+def up_device(
+    name: str, ready: Callable[[], None], wanted: str = "auto", workers: int | str = AUTO
+) -> int:
     """pyvpn-wg, wireguard-go's part under wg-quick: a tun device (down, MTU 1420 as
     wireguard-go's DefaultMTU) and its UAPI socket, with no key, no peers, no
     address and no route; everything else comes over UAPI. Serves until SIGINT,
     SIGTERM or the device's deletion; `ready` runs once the socket answers.
-    `wanted` is the data plane, as a config's `datapath` gives it."""
+    `wanted` is the data plane and `workers` its crypto workers, as a config's
+    `datapath` and `workers` give them."""
     datapath = datapath_for(wanted)
     if datapath is None:
         raise SetupError(f"PYVPN_DATAPATH={NATIVE_MISSING}")
@@ -163,7 +167,7 @@ def up_device(name: str, ready: Callable[[], None], wanted: str = "auto") -> int
         tunnel = Tunnel(
             name=name,
             iface=iface,
-            plane=_plane(datapath, iface, dev_fd, sock),
+            plane=_plane(datapath, iface, dev_fd, sock, workers),
             listen_port=sock.getsockname()[1],
             table="off",  # wg-quick routes, from `wg show NAME allowed-ips`
             full_tunnel=FullTunnel(name, sock, []),
@@ -200,9 +204,11 @@ def _open(
     return dev_fd, sock
 
 
-def _plane(datapath: str, iface: Interface, dev_fd: int, sock: socket.socket) -> Plane:
+def _plane(
+    datapath: str, iface: Interface, dev_fd: int, sock: socket.socket, workers: int | str
+) -> Plane:
     if datapath == "native":
-        return NativeShell(iface, dev_fd, sock)
+        return NativeShell(iface, dev_fd, sock, crypto_workers(workers))
     return PythonPlane(iface, dev_fd, sock)
 
 

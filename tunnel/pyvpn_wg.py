@@ -17,6 +17,7 @@ import time
 
 from .control.config import DATAPATHS, IFNAME, IFNAME_RULE
 from .daemon import SetupError, up_device
+from .planes.workers import AUTO, workers_setting
 
 PROG = "pyvpn-wg"
 READY_FD = "PYVPN_WG_READY_FD"  # the pipe's write end, in the re-executed child
@@ -34,7 +35,8 @@ HELP = (
     "configuration over UAPI (wg setconf, wg set). Without -f it returns once both\n"
     "are ready and keeps running in the background. It stops, removing its socket,\n"
     "on SIGTERM, SIGINT or the device's deletion. LOG_LEVEL=verbose|error|silent;\n"
-    "PYVPN_DATAPATH=auto|native|python picks the data plane (default auto).\n"
+    "PYVPN_DATAPATH=auto|native|python picks the data plane (default auto);\n"
+    "PYVPN_WORKERS=auto|N its crypto workers beside the I/O worker (default auto).\n"
 )
 
 
@@ -76,9 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     if datapath not in DATAPATHS:
         fail(f"PYVPN_DATAPATH={datapath[:40]!r}: one of {', '.join(DATAPATHS)}")
         return EXIT_USAGE
+    try:
+        workers = workers_setting(os.environ.get("PYVPN_WORKERS", AUTO))
+    except ValueError as e:
+        fail(f"PYVPN_WORKERS {e}")
+        return EXIT_USAGE
     level = os.environ.get("LOG_LEVEL", "")
     if foreground:
-        return run(name, level, datapath)
+        return run(name, level, datapath, workers)
     return daemonize(name, level)
 
 
@@ -86,7 +93,7 @@ def fail(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
 
 
-def run(name: str, level: str, datapath: str) -> int:
+def run(name: str, level: str, datapath: str, workers: int | str) -> int:
     """In the foreground: serve until stopped. A parent waiting on READY_FD hears
     READY once the UAPI socket answers, or the error."""
     parent = os.environ.pop(READY_FD, None)
@@ -109,7 +116,7 @@ def run(name: str, level: str, datapath: str) -> int:
             os.close(fd)
 
     try:
-        return up_device(name, lambda: tell(READY), datapath)
+        return up_device(name, lambda: tell(READY), datapath, workers)
     except SetupError as e:
         if pipe:
             tell(f"{name}: {e}".encode())  # the parent says it; our stderr may be /dev/null

@@ -4,23 +4,27 @@
  * (receive.c rx_datagram, included for its static functions): raw datagrams,
  * and transport messages sealed under the fixed test key so that the
  * decrypted packet's parsing (IP or Ethernet, allowed IPs, MAC learning,
- * coalescing) is reached too.
+ * coalescing) is reached too; opened by the calling thread or through the
+ * ring and crypto workers.
  */
 #include "receive.c"
 
 #include "harness.h"
 
-static struct fuzz_bed tun, tap;
-static struct rx_state *rx_tun, *rx_tap;
+/* tun, tap, then both with crypto workers. */
+static struct fuzz_bed beds[4];
+static struct rx_state *rx[4];
 static struct aead seal;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	tun = fuzz_bed_new(DP_VNET_HDR);
-	tap = fuzz_bed_new(DP_TAP | DP_VNET_HDR);
-	rx_tun = rx_state_new(tun.dp);
-	rx_tap = rx_state_new(tap.dp);
-	if (!rx_tun || !rx_tap || aead_init(&seal, 1))
+	static const uint32_t flags[2] = {DP_VNET_HDR, DP_TAP | DP_VNET_HDR};
+	for (int i = 0; i < 4; i++) {
+		beds[i] = i < 2 ? fuzz_bed_new(flags[i]) : fuzz_bed_parallel(flags[i - 2]);
+		if (!(rx[i] = rx_state_new(beds[i].dp)))
+			abort();
+	}
+	if (aead_init(&seal, 1))
 		abort();
 	return 0;
 }
@@ -31,7 +35,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 1 || size > MAX_SUPER_PACKET - 64)
 		return 0;
 	bool l2 = data[0] & 1, sealed = data[0] & 2;
-	struct fuzz_bed *b = l2 ? &tap : &tun;
+	int which = (l2 ? 1 : 0) + (data[0] & 4 ? 2 : 0);
+	struct fuzz_bed *b = &beds[which];
+	struct rx_state *r = rx[which];
 	size_t n = size - 1;
 	if (sealed && n >= 8) {
 		/* A transport message for the keypair, counter from the input. */
@@ -54,10 +60,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		memcpy(d, data + 1, n);
 	}
 	struct sockaddr_storage src = b->peer;
+	uint64_t now = now_ns();
 	pthread_rwlock_rdlock(&b->dp->lock);
-	rx_datagram(l2 ? rx_tap : rx_tun, d, n, &src, now_ns());
+	rx_datagram(r, d, n, &src, now);
+	if (r->parallel)
+		rx_release(r, now);
 	pthread_rwlock_unlock(&b->dp->lock);
-	struct rx_state *r = l2 ? rx_tap : rx_tun;
 	gro_flush(r->gro, b->dp->dev_fd, b->dp->vnet, &b->dp->st.rx_coalesced);
 	gro_reset(r->gro);
 	fuzz_drain(b->dev);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "pipeline.h"
 
 #define FUZZ_PEER 1
 #define FUZZ_LOCAL_INDEX 0x01020304u
@@ -66,6 +67,16 @@ static struct fuzz_bed fuzz_bed_new(uint32_t flags)
 			       FUZZ_KEY))
 		abort();
 	dp_set_mac1_key(b.dp, FUZZ_KEY);
+	return b;
+}
+
+/* The same with crypto workers, whose rings the states made for it use
+ * (pipeline.c): the data path's parallel form. */
+static struct fuzz_bed fuzz_bed_parallel(uint32_t flags)
+{
+	struct fuzz_bed b = fuzz_bed_new(flags);
+	if (!(b.dp->crypto = crypto_pool_start(2, &b.dp->keypairs_freed)))
+		abort();
 	return b;
 }
 

@@ -19,7 +19,7 @@ from tunnel.lab.report import FIGURE_KEYS, Result, combine, ratios, write_chart
 from tunnel.lab.testbed import host_problem
 
 from ..bed import leftovers
-from ..conftest import needs
+from ..conftest import NATIVE_MISSING, needs
 
 pytestmark = [pytest.mark.netns, pytest.mark.serial]
 
@@ -164,6 +164,44 @@ def test_rounds_alternate_contenders_and_report_medians(tmp_path: Path, capsys) 
                 assert contender["figures"][key] == pytest.approx(sum(per_round) / 2)
     assert "median of 2 rounds" in printed.out
     assert leftovers() == []
+
+
+@root_only
+def test_workers_run_each_native_pyvpn_once_per_count_in_turns(tmp_path: Path, capsys) -> None:
+    out_json = tmp_path / "b.json"
+    argv = ("--time", "1", "--only", "pyvpn-tun-native", "--workers", "0,2", "--rounds", "2")
+    assert bench.run(_args(*argv, "--json", str(out_json))) == 0
+    printed = capsys.readouterr()
+    begun = [line.split(":")[1].strip() for line in printed.err.splitlines() if "starting" in line]
+    assert begun == [
+        "pyvpn-tun-native-crypto0 (1/2)", "pyvpn-tun-native-crypto2 (1/2)",
+        "pyvpn-tun-native-crypto0 (2/2)", "pyvpn-tun-native-crypto2 (2/2)",
+    ]  # fmt: skip
+    doc = {c["name"]: c for c in json.loads(out_json.read_text())["contenders"]}
+    assert doc["pyvpn-tun-native-crypto0"]["version"].endswith("native plane, 0 crypto workers")
+    assert doc["pyvpn-tun-native-crypto2"]["version"].endswith("native plane, 2 crypto workers")
+    for contender in doc.values():
+        assert contender["status"] == "ok", contender["notes"]
+        assert contender["figures"]["tcp_1_stream_bps"] > 0
+    assert leftovers() == []
+
+
+@needs(NATIVE_MISSING)
+def test_the_pipeline_alone_is_measured_for_each_count_of_workers(capsys) -> None:
+    assert bench.run(_args("--pipeline", "--workers", "1,2")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("crypto pipeline alone: 1420-byte packets")
+    assert [line.split(":")[0].strip() for line in lines[1:3]] == [
+        "1 crypto worker",
+        "2 crypto workers",
+    ]
+    assert all("packets/s" in line and "per CPU-second" in line for line in lines[1:3])
+
+
+@pytest.mark.parametrize("workers", ["a,1", "1,,2", "65", "-1"])
+def test_workers_must_be_counts(capsys, workers: str) -> None:
+    assert bench.run(_args("--workers", workers)) == 2
+    assert "--workers takes counts from 0 to 64" in capsys.readouterr().err
 
 
 def test_rounds_must_be_positive(capsys) -> None:

@@ -87,8 +87,8 @@ DRIVER = textwrap.dedent(r"""
         T.set_endpoint(pid, ("127.0.0.1", udpB.getsockname()[1]))
         if pid != 3:
             T.install_keypair(pid, True, 100 + pid, 200 + pid, kab, kba)
-    for p in (A, B, T):
-        p.start(2)
+    for p, crypto_workers in ((A, 2), (B, 0), (T, 2)):  # both ways to seal and open
+        p.start(2, crypto_workers)
 
     def tcp4(seq, payload, flags=0x10, dst="10.0.0.2"):
         # With a correct TCP checksum, so that received segments can coalesce.

@@ -20,6 +20,7 @@ from tunnel.control.wg_quick import shown
 from tunnel.host.resolvconf import NAMESERVER
 from tunnel.host.routing import RESERVED_TABLES, RT_TABLE_LOCAL, RT_TABLE_MAIN, InterfaceAddress
 from tunnel.host.udp import is_name, resolve, split_address
+from tunnel.planes.workers import AUTO, workers_setting
 from tunnel.protocol import keys
 from tunnel.protocol.address import Address
 from tunnel.protocol.allowed_ips import Network
@@ -41,6 +42,7 @@ INTERFACE_KEYS = {
     "mtu",
     "bridge",
     "datapath",
+    "workers",
     "mac_ageing",
     "user",
     "fwmark",
@@ -108,6 +110,7 @@ class InterfaceConfig:
     # Shell commands run with %i as the name, when wg-quick runs them (host/hooks.py).
     hooks: dict[str, list[str]] = field(default_factory=dict)
     save_config: bool = False  # write the running config back to the file on down
+    workers: int | str = "auto"  # crypto workers beside the I/O worker (planes/workers.py)
 
     @property
     def l2(self) -> bool:
@@ -389,6 +392,10 @@ class _Parser:
             if not isinstance(bridge, str) or not IFNAME.fullmatch(bridge):
                 raise self.fail("interface.bridge", f"{bridge!r} is not a valid bridge name")
         datapath = self.choice(t, "datapath", "interface", DATAPATHS, "auto")
+        try:
+            workers = workers_setting(t.get("workers", AUTO))
+        except ValueError as e:
+            raise self.fail("interface.workers", str(e)) from None
         ageing = self.integer(t, "mac_ageing", "interface", 1, 86400, DEFAULT_MAC_AGEING)
         user = None
         if "user" in t:
@@ -422,7 +429,7 @@ class _Parser:
                     )
         return InterfaceConfig(
             private_key, name, mode, port, addresses, mtu, bridge, datapath, float(ageing), user,
-            fwmark, self.table(t.get("table", "auto")), dns, hooks, save,
+            fwmark, self.table(t.get("table", "auto")), dns, hooks, save, workers,
         )  # fmt: skip
 
     def dns(self, value: str, key: str) -> str:

@@ -8,6 +8,13 @@ from typing import Any
 from tunnel.host.routing import ip_versions
 
 
+def _crypto(s: dict[str, Any]) -> str:
+    """The crypto workers beside the I/O worker, where there are any (a daemon
+    from before them reports none)."""
+    n = s.get("crypto_workers", 0)
+    return f" ({n} crypto worker{'s' if n > 1 else ''})" if n else ""
+
+
 def render(s: dict[str, Any]) -> str:
     """One tunnel's snapshot (control/status.py) as `pyvpn show` prints it."""
     lines = [
@@ -15,7 +22,7 @@ def render(s: dict[str, Any]) -> str:
         f"  public key: {s['public_key'] or '(none)'}",
         f"  listening port: {s['listen_port']}",
         f"  address: {', '.join(s.get('addresses', [])) or '(none)'}",
-        f"  mode: {s['mode']}, data plane: {s['datapath']}, mtu: {s['mtu']}",
+        f"  mode: {s['mode']}, data plane: {s['datapath']}{_crypto(s)}, mtu: {s['mtu']}",
     ]
     if s.get("bridge"):
         lines.append(f"  bridge: {s['bridge']}")

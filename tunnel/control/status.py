@@ -63,6 +63,7 @@ def snapshot(tunnel: Tunnel) -> dict[str, Any]:
         # IP versions all traffic of which goes through
         "full_tunnel": sorted(tunnel.full_tunnel.versions),
         "datapath": tunnel.plane.name,
+        "crypto_workers": tunnel.plane.crypto_workers,
         "mtu": iface.mtu,
         "addresses": [str(a) for a in tunnel.addresses],  # as the config gives them
         "bridge": tunnel.bridge,  # the one joined at start (tap)

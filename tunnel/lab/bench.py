@@ -19,10 +19,18 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from tunnel.protocol.constants import DEFAULT_MTU
+from tunnel.protocol.constants import DEFAULT_MTU, MAX_CRYPTO_WORKERS
 
-from . import hub, measure
-from .contenders import CONTENDERS, NAMES, Contender, Endpoints, Skip, header_overhead
+from . import hub, measure, pipeline
+from .contenders import (
+    CONTENDERS,
+    NAMES,
+    Contender,
+    Endpoints,
+    Skip,
+    header_overhead,
+    with_crypto_workers,
+)
 from .measure import EXPECTED_ERRORS
 from .report import (
     CPU_KEYS,
@@ -78,6 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="measure every contender N times, in turns, and show each figure's median (default 1)",
     )
     parser.add_argument(
+        "--workers",
+        metavar="COUNTS",
+        help="comma-separated counts of crypto workers beside the native plane's I/O "
+        "worker, e.g. 0,1,2: each native pyvpn contender runs once per count, in turns "
+        "in every round (default: once, with the config's auto)",
+    )
+    parser.add_argument(
         "--congestion",
         metavar="NAME",
         help="TCP congestion control for the TCP tests, e.g. cubic or bbr (default: the "
@@ -100,6 +115,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and iperf3 come from PATH",
     )
     hub.add_arguments(parser)
+    pipeline.add_arguments(parser)
+
+
+def crypto_worker_counts(text: str | None) -> list[int]:
+    """--workers as counts; ValueError says what is wrong."""
+    if text is None:
+        return []
+    counts = [n.strip() for n in text.split(",")]
+    if not all(n.isdigit() and int(n) <= MAX_CRYPTO_WORKERS for n in counts):
+        raise ValueError(f"--workers takes counts from 0 to {MAX_CRYPTO_WORKERS}, like 0,1,2")
+    return [int(n) for n in counts]
 
 
 def selected(only: str | None) -> list[Contender]:
@@ -124,7 +150,12 @@ def run(args: argparse.Namespace) -> int:
     if not out.is_terminal:
         out = Console(width=200)  # a file or pipe gets the whole table, not 80 columns
     try:
-        contenders = selected(args.only)
+        workers = crypto_worker_counts(args.workers)
+        if args.pipeline:
+            if not 576 <= args.mtu <= 9000 or not 1 <= args.rounds <= 100:
+                raise ValueError("--mtu must be between 576 and 9000, --rounds 1 to 100")
+            return pipeline.run(args, workers)
+        contenders = with_crypto_workers(selected(args.only), workers)
         if args.time <= 0 or not 576 <= args.mtu <= 9000 or not 1 <= args.rounds <= 100:
             raise ValueError(
                 "--time must be positive, --mtu between 576 and 9000, --rounds between 1 and 100"

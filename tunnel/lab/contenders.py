@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tunnel.protocol import keys
@@ -123,6 +123,7 @@ class Veth(Contender):
 @dataclass(frozen=True)
 class Pyvpn(Contender):
     datapath: str = "python"
+    crypto_workers: int | None = None  # the config's `workers`; None: its default, auto
 
     def missing_tool(self) -> str | None:
         if importlib.util.find_spec("tunnel.__main__") is None:
@@ -130,19 +131,28 @@ class Pyvpn(Contender):
         return None
 
     def version(self) -> str:
-        return f"pyvpn {pyvpn_version()}, {self.datapath} plane"
+        workers = self.crypto_workers
+        crypto = "" if workers is None else f", {workers} crypto worker{'s' * (workers != 1)}"
+        return f"pyvpn {pyvpn_version()}, {self.datapath} plane{crypto}"
 
     @contextlib.contextmanager
     def up(self, tb: Testbed, workdir: Path, mtu: int) -> Iterator[Endpoints]:
+        workers = {} if self.crypto_workers is None else {"workers": self.crypto_workers}
         with contextlib.ExitStack() as stack:
             try:
                 peers = stack.enter_context(
-                    pyvpn_pair(tb, workdir, self.mode, self.datapath, mtu=mtu)
-                )
+                    pyvpn_pair(
+                        tb, workdir, self.mode, self.datapath, mtu=mtu,
+                        interface_a=workers, interface_b=workers,
+                    )
+                )  # fmt: skip
             except TunnelStartError as exc:
                 skip_unbuilt(exc, self.datapath)
                 raise
             check_plane(peers[0].name, self.datapath)
+            running = pyvpn_status(peers[0].name).get("crypto_workers")
+            if self.crypto_workers not in (None, running):
+                raise Skip(f"asked for {self.crypto_workers} crypto workers, it runs {running}")
             wait_reachable(tb.a, INNER_B)
             yield Endpoints(tb.a, tb.b, INNER_B, [p.pid for p in peers])
 
@@ -340,3 +350,17 @@ CONTENDERS: tuple[Contender, ...] = (
     Tinc("tinc-switch", "tinc", "tap", ("tincd",)),
 )
 NAMES = tuple(c.name for c in CONTENDERS)
+
+
+def with_crypto_workers(contenders: list[Contender], counts: list[int]) -> list[Contender]:
+    """Each native pyvpn contender once per count of crypto workers, side by side
+    (so that every round measures them in turns), named for its count."""
+    return [
+        variant
+        for c in contenders
+        for variant in (
+            [replace(c, name=f"{c.name}-crypto{n}", crypto_workers=n) for n in counts]
+            if counts and isinstance(c, Pyvpn) and c.datapath == "native"
+            else [c]
+        )
+    ]

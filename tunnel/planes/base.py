@@ -25,6 +25,8 @@ class Plane:
     # Written before each packet Python delivers into the device (a virtio_net_hdr
     # when the device was opened with IFF_VNET_HDR).
     device_prefix = b""
+    # Threads beside the I/O worker that seal and open (the native plane's).
+    crypto_workers = 0
 
     def __init__(self, iface: Interface, dev_fd: int, sock: socket.socket) -> None:
         self.iface = iface

@@ -288,6 +288,7 @@ class InterfaceStats:
     udp_gro: bool
     tun_offload: int  # TUN_F_* bits accepted by TUNSETOFFLOAD
     workers: int
+    crypto_workers: int
 
 
 def _endpoint(st: Any) -> tuple[str, int] | None:
@@ -363,14 +364,16 @@ class NativePlane:
             raise ValueError("native plane is closed")
         return self._dp
 
-    def start(self, workers: int = 1) -> None:
-        """Spawn ``workers`` threads, each serving both directions (device to UDP
-        and UDP to device) from one poll loop.
+    def start(self, workers: int = 1, crypto_workers: int = 0) -> None:
+        """Spawn ``workers`` I/O threads, each serving both directions (device to
+        UDP and UDP to device) from one poll loop, and ``crypto_workers`` threads
+        that seal and open for them (0: the I/O threads do).
 
-        1 is right on 2 cores, and keeps per-flow order; more threads share the
-        same fds and may reorder packets (the replay window tolerates it, TCP
-        throughput suffers)."""
-        _check(lib.dp_start(self._handle(), workers), "dp_start")
+        One I/O thread keeps per-flow order, with any number of crypto workers
+        (each peer's packets leave in the order they were read); more I/O
+        threads share the same fds and may reorder packets (the replay window
+        tolerates it, TCP throughput suffers)."""
+        _check(lib.dp_start(self._handle(), workers, crypto_workers), "dp_start")
 
     def stop(self) -> None:
         if self._dp is not None:
@@ -659,3 +662,14 @@ class ReplayWindow:
     @staticmethod
     def window_size() -> int:
         return int(_require().dp_test_replay_window_size())
+
+
+def bench_pipeline(workers: int, packets: int, size: int = 1420) -> tuple[float, float]:
+    """Seconds the pipeline alone takes to seal and open `packets` packets of
+    `size` bytes with `workers` crypto workers (native/pipeline_bench.c), the
+    GIL released meanwhile, and the CPU seconds the process spent meanwhile.
+    OSError: refused, or an open failed."""
+    ns, cpu_ns = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+    ret = _require().dp_bench_pipeline(workers, packets, size, ns, cpu_ns)
+    _check(ret, "dp_bench_pipeline")
+    return ns[0] / 1e9, cpu_ns[0] / 1e9

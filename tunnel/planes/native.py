@@ -51,7 +51,9 @@ UPCALL_BATCH = 256
 UPCALL_BUFFER = 4 << 20  # bytes: some 3000 handshake upcalls
 SO_SNDBUFFORCE = 32  # <asm-generic/socket.h>: SO_SNDBUF beyond wmem_max, for root
 NO_STATS = PeerStats(**{f.name: 0 for f in fields(PeerStats)} | {"endpoint": None})
-WORKERS = 1  # one thread for both directions: right for 2 cores (docs/internals.md)
+# One I/O thread for both directions: right for 2 cores, and what keeps a flow's
+# order (docs/internals.md); crypto workers beside it are the config's `workers`.
+WORKERS = 1
 
 
 class NativeMacTable:
@@ -88,8 +90,11 @@ class NativeMacTable:
 class NativeShell(Plane):
     name = "native"
 
-    def __init__(self, iface: Interface, dev_fd: int, sock: socket.socket) -> None:
+    def __init__(
+        self, iface: Interface, dev_fd: int, sock: socket.socket, crypto_workers: int = 0
+    ) -> None:
         super().__init__(iface, dev_fd, sock)
+        self.crypto_workers = crypto_workers
         # A virtio_net_hdr of zeros (no offload) before the packets Python itself
         # writes into the device.
         self.device_prefix = bytes(dp.VNET_HDR_LEN)
@@ -190,7 +195,7 @@ class NativeShell(Plane):
         return {self.ctrl.fileno(): self._upcalls}
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.plane.start(workers=WORKERS)
+        self.plane.start(WORKERS, self.crypto_workers)
         super().start(loop)
 
     def replace_socket(self, new: socket.socket) -> None:
@@ -198,7 +203,7 @@ class NativeShell(Plane):
         self.plane.stop()
         super().replace_socket(new)
         self.plane.udp_replaced()
-        self.plane.start(workers=WORKERS)
+        self.plane.start(WORKERS, self.crypto_workers)
 
     def stop(self) -> None:
         super().stop()

@@ -108,6 +108,10 @@ START_INITIATIONS_PER_SECOND = 200
 # hundreds of milliseconds.
 TIMER_TICK = 0.1
 
+# Threads that seal and open beside a native plane's I/O worker (`workers`,
+# native/pipeline.c): a bound on a config's number, not a recommendation.
+MAX_CRYPTO_WORKERS = 64
+
 DEFAULT_PORT = 51820
 
 # STUN (RFC 5389 section 6) on the WireGuard socket: every STUN message carries
@@ -151,5 +155,6 @@ SHARED_WITH_C = (
     "ICMP_ERRORS_BURST",
     "DEFAULT_MAC_AGEING",
     "MAC_TABLE_MAX",
+    "MAX_CRYPTO_WORKERS",
 )
 SHARED_WITH_C_NS = ("REJECT_AFTER_TIME", "UNDER_LOAD_HOLD", "TIMER_TICK")
