@@ -46,7 +46,7 @@ from typing import Any
 
 from tunnel.control.running import Tunnel
 from tunnel.control.set_request import set_request
-from tunnel.host import netlink
+from tunnel.host import clock, netlink
 from tunnel.host.udp import split_address
 from tunnel.protocol import keys
 from tunnel.protocol.address import Address, format_address
@@ -66,7 +66,12 @@ log = logging.getLogger("pyvpn")
 
 LEASE_TTL = 10  # seconds: a killed host's endpoints are gone this long after
 KEEP_ALIVE = 3.0  # seconds between renewals, several to one TTL
-PATH_TICK = 1.0
+# A candidate has one handshake initiation and until SWITCH_AHEAD before
+# WireGuard's next (REKEY_TIMEOUT after it) to be answered; then the peer's
+# endpoint moves on, so that WireGuard's next goes to the next candidate (an
+# initiation of our own would be held back as too soon after the last).
+PATH_TICK = 0.25
+SWITCH_AHEAD = 1.0
 MAX_BACKOFF = 8.0
 # What keeps a NAT's mapping, and a path's liveness known (wg(8)'s "sensible interval").
 KEEPALIVE = 25
@@ -115,7 +120,7 @@ class Path:
     member: Member
     order: list[Candidate]
     tried: int = 0
-    tried_at: float = 0.0  # monotonic
+    tried_at: float = 0.0  # when the current candidate became the endpoint (host/clock.py)
     reached: Candidate | None = None
     reached_via: str | None = None  # WireGuard's endpoint for the peer there
     since: float | None = None  # wall time `reached` started carrying the tunnel
@@ -302,11 +307,13 @@ class Agent:
                 log.info("%s: fleet: %s joins at %s", self.tunnel.name, member.admission.name,
                          member.admission.address)  # fmt: skip
                 self.paths[key] = path = Path(member, order)
+                await self._open_relay(path)
                 lines += await self._peer_lines(key, member.admission, path)
             else:
                 path.member = member
                 keep = path.reached or path.current
                 path.order = order
+                await self._open_relay(path)
                 if keep in order:
                     path.tried = order.index(keep)
                 elif order:
@@ -324,7 +331,7 @@ class Agent:
             lines += [f"allowed_ip={n}" for n in admission.networks()]
         if path.current is not None:
             lines.append(f"endpoint={await self._via(path, path.current)}")
-            path.tried_at = time.monotonic()
+            path.tried_at = clock.now()
         # Last: turning it on sends the first handshake at once (reconfig.py).
         lines.append(f"persistent_keepalive_interval={KEEPALIVE}")
         return lines
@@ -336,7 +343,7 @@ class Agent:
         keepalive turned off and on again announces at once (core/reconfig.py),
         unless a handshake went out too recently."""
         assert path.current is not None
-        path.tried_at = time.monotonic()
+        path.tried_at = clock.now()
         via = await self._via(path, path.current)
         peer = [f"public_key={key.hex()}", "update_only=true"]
         return [
@@ -368,9 +375,12 @@ class Agent:
         return any(r.outranks(self.own) for r in self.roster.revocations.values())
 
     def ranked(self, member: Member) -> list[Candidate]:
-        """A peer's candidates, best first: an address on a network this host is on
-        (the same LAN, or behind the same NAT), then its public mapping, then its
-        other addresses, then the pair's relay (see the module's doc)."""
+        """A peer's candidates, best first, each endpoint once: an address on a
+        network this host is on (the same LAN, or behind the same NAT), then its
+        public mapping, then the pair's relay (see the module's doc), then its
+        other addresses. The relay before those: it works wherever there is one,
+        and a direct path that answers later takes over (probe_direct), where a
+        wrong guess costs every pair behind NATs REKEY_TIMEOUT more to meet."""
         candidates: Sequence[Candidate] = member.candidates
         relay = self.relay
         theirs = any(c.kind == "relayed" for c in candidates)
@@ -382,10 +392,22 @@ class Agent:
         def rank(c: Candidate) -> int:
             if c.kind == "local":
                 host = ipaddress.ip_address(split_address(c.endpoint)[0])
-                return 0 if any(host in n for n in self.networks) else 2
-            return {"mapped": 1, "relayed": 3}[c.kind]
+                return 0 if any(host in n for n in self.networks) else 3
+            return {"mapped": 1, "relayed": 2}[c.kind]
 
-        return sorted(candidates, key=rank)
+        best = {}
+        for c in sorted(candidates, key=rank):
+            best.setdefault(c.endpoint, c)
+        return list(best.values())
+
+    async def _open_relay(self, path: Path) -> None:
+        """A peer that may come through this host's relay gets its local port, and
+        with it permission on the allocation, now: the peer sends to the relayed
+        address when it comes to it, whatever this host tries meanwhile (and
+        WireGuard answers it at the port it came from)."""
+        relay = self.relay
+        if relay is not None and self._own_relayed(relay) in path.order:
+            await self._via(path, self._own_relayed(relay))
 
     @staticmethod
     def _own_relayed(relay: TurnRelay) -> Candidate:
@@ -473,11 +495,20 @@ class Agent:
                     task.add_done_callback(self._probes.discard)
                 continue
             path.reached, path.reached_via, path.since = None, None, None
-            if len(path.order) > 1 and now - path.tried_at >= REKEY_TIMEOUT:
+            if len(path.order) > 1 and self._tried_enough(peer.last_initiation_sent, path):
                 path.tried = (path.tried + 1) % len(path.order)
                 lines += await self._try(key, path)
         await self._set(lines)
         self._report()
+
+    @staticmethod
+    def _tried_enough(sent: float, path: Path) -> bool:
+        """Whether the current candidate has had its initiation and its time to
+        answer it (or twice REKEY_TIMEOUT, whatever went out)."""
+        at = clock.now()
+        if sent >= path.tried_at and at - sent >= REKEY_TIMEOUT - SWITCH_AHEAD:
+            return True
+        return at - path.tried_at >= 2 * REKEY_TIMEOUT
 
     async def probe_direct(self, key: bytes, path: Path) -> None:
         """Ask a relayed peer's direct candidates whether they answer; the best
