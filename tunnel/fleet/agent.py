@@ -25,9 +25,8 @@ gives WireGuard its relay's local port for the peer (relay.py), which sends
 to the peer's mapped address (else its first local one) and follows the peer
 to whatever port of that address it answers from: a peer behind a symmetric
 NAT is met too. The other host has the owner's relayed address as the peer's
-endpoint and sends there straight from its WireGuard socket. Two hosts both
-behind symmetric NATs meet this way; a host behind a symmetric NAT could not
-send to its own allocation's peers any other way either.
+endpoint and sends there straight from its WireGuard socket. Hosts behind
+symmetric NATs, on one end or both, meet this way (tests/fleet/test_nat.py).
 
 Peers are added, changed and removed through the path `wg set` takes
 (control/set_request.py), one transaction per change. Static [[peer]] entries
