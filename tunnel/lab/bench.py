@@ -21,7 +21,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tunnel.protocol.constants import DEFAULT_MTU
 
-from . import hub, measure
+from . import fleetbench, hub, measure
 from .contenders import CONTENDERS, NAMES, Contender, Endpoints, Skip, header_overhead
 from .measure import EXPECTED_ERRORS
 from .report import (
@@ -100,6 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and iperf3 come from PATH",
     )
     hub.add_arguments(parser)
+    fleetbench.add_arguments(parser)
 
 
 def selected(only: str | None) -> list[Contender]:
@@ -120,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ[WIREGUARD_GO_ENV] = args.wireguard_go  # for the hub's wireguard-go too
     if args.hub is not None:
         return hub.run(args)
+    if args.fleet is not None:
+        return fleetbench.run(args)
     out, err = Console(), Console(stderr=True)
     if not out.is_terminal:
         out = Console(width=200)  # a file or pipe gets the whole table, not 80 columns
