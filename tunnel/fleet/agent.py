@@ -494,6 +494,10 @@ class Agent:
                     task.add_done_callback(self._probes.discard)
                 continue
             path.reached, path.reached_via, path.since = None, None, None
+            if clock.now() - peer.last_initiation_consumed < 2 * REKEY_TIMEOUT:
+                # The peer's initiation came in, and WireGuard answers where it came
+                # from: the session is being made there, whatever candidate is tried.
+                continue
             if len(path.order) > 1 and self._tried_enough(peer.last_initiation_sent, path):
                 path.tried = (path.tried + 1) % len(path.order)
                 lines += await self._try(key, path)
