@@ -276,7 +276,7 @@ async def serve(
         teardown.callback(names.cancel)
         if fleet is not None:
             settings, own = fleet
-            member = agent.Agent(tunnel, settings, own, agent.providers(settings))
+            member = agent.Agent(tunnel, settings, own)
             await teardown.enter_async_context(agent.running(member))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)

@@ -66,6 +66,30 @@ def test_the_client_returns_the_mapped_address_the_server_reports() -> None:
     assert asyncio.run(run()) == MAPPED
 
 
+def test_two_clients_ask_each_other_as_fleet_peers_do() -> None:
+    """A fleet peer's agent answers a Binding request on its WireGuard socket
+    with the address it came from: asked at a direct candidate, it answers
+    (agent.probe_direct), and the request is STUN to the peer's plane."""
+    here: Address = ("198.51.100.1", 51820)
+    there: Address = ("198.51.100.2", 51820)
+    requests: list[bytes] = []
+
+    async def run() -> Address:
+        loop = asyncio.get_running_loop()
+
+        def to_peer(data: bytes, to: Address) -> None:
+            assert to == there
+            requests.append(data)
+            loop.call_soon(peer.received, data, here)
+
+        client = StunClient(to_peer)
+        peer = StunClient(lambda data, to: loop.call_soon(client.received, data, there))
+        return await ask(client, there)
+
+    assert asyncio.run(run()) == here
+    assert all(is_stun(request) for request in requests)
+
+
 def test_the_client_retransmits_until_an_answer_comes() -> None:
     sent: list[float] = []
 

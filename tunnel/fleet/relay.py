@@ -125,6 +125,11 @@ class TurnRelay:
                 lambda: _LocalPort(self, peer), local_addr=(LOOPBACK, 0)
             )
             port = self._ports[peer] = protocol
+            # The channel bound now (aioice binds on the first datagram to a peer,
+            # an empty one here, which WireGuard drops), not on WireGuard's first:
+            # the peer's datagrams to the relayed address get through only once the
+            # allocation has a permission for its address, and it may send first.
+            self.turn.sendto(b"", peer)
         assert port.transport is not None
         host, number = port.transport.get_extra_info("sockname")[:2]
         return (host, number)

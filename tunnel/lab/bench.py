@@ -21,7 +21,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tunnel.protocol.constants import DEFAULT_MTU, MAX_CRYPTO_WORKERS
 
-from . import hub, measure, pipeline
+from . import fleetbench, hub, measure, pipeline
 from .contenders import (
     CONTENDERS,
     NAMES,
@@ -116,6 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     hub.add_arguments(parser)
     pipeline.add_arguments(parser)
+    fleetbench.add_arguments(parser)
 
 
 def crypto_worker_counts(text: str | None) -> list[int]:
@@ -146,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ[WIREGUARD_GO_ENV] = args.wireguard_go  # for the hub's wireguard-go too
     if args.hub is not None:
         return hub.run(args)
+    if args.fleet is not None:
+        return fleetbench.run(args)
     out, err = Console(), Console(stderr=True)
     if not out.is_terminal:
         out = Console(width=200)  # a file or pipe gets the whole table, not 80 columns
