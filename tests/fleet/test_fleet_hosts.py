@@ -25,6 +25,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tunnel.control.convert import to_toml
+from tunnel.fleet.agent import KEEP_ALIVE, LEASE_TTL
 from tunnel.fleet.record import Admission, sign
 from tunnel.lab.etcd import Etcd, etcd_problem
 from tunnel.lab.testbed import (
@@ -34,6 +35,7 @@ from tunnel.lab.testbed import (
     pyvpn_status,
     reachable,
     start_pyvpn,
+    uapi_socket,
 )
 from tunnel.protocol import keys
 
@@ -163,6 +165,43 @@ def test_three_hosts_find_each_other_and_ping(bed, tmp_path, datapath):
         finally:
             for daemon in daemons:
                 daemon.stop()
+
+
+def test_a_killed_hosts_endpoints_go_with_its_lease_and_its_admission_stays(bed, tmp_path):
+    """kill -9 leaves no one to take the endpoints back: they go when the lease
+    the host kept alive runs out (LEASE_TTL), and the host stays admitted."""
+    with fleet_of(bed, tmp_path, "auto", names="ab") as fleet:
+        paths = {name: fleet.admit(name) for name in "ab"}
+        daemons = [fleet.start(name, path) for name, path in paths.items()]
+        try:
+            assert_reach(fleet, ["ab", "ba"], 10, daemons)
+            rows = {line.split()[0]: line.split() for line in fleet.command("list").splitlines()}
+            assert rows["b"][3] == "yes" and rows["b"][4] != "-", rows
+            daemons[1].proc.kill()
+            killed = time.monotonic()
+            offline = wait_until(
+                lambda: (
+                    (
+                        rows := {
+                            ln.split()[0]: ln.split() for ln in fleet.command("list").splitlines()
+                        }
+                    )
+                    and rows["b"][3] == "no"
+                    and rows
+                ),
+                "b's endpoints gone",
+                timeout=LEASE_TTL + 5,
+                poll=0.5,
+            )
+            # Not before the lease could have run out (it was renewed up to the kill).
+            assert time.monotonic() - killed >= LEASE_TTL - KEEP_ALIVE - 1
+            assert offline["b"][1:4] == ["10.77.0.2/24", "tun", "no"] and offline["b"][4] == "-"
+            assert offline["a"][3] == "yes"
+        finally:
+            for daemon in daemons:
+                daemon.stop()
+            # What kill -9 leaves: the UAPI socket no one removed.
+            uapi_socket(device_name("pvf", "b")).unlink(missing_ok=True)
 
 
 def test_a_host_comes_and_goes_while_the_others_run(bed, tmp_path):
