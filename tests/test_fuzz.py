@@ -12,10 +12,9 @@ import pytest
 
 from .conftest import ROOT
 
-# Heavy but not timing-sensitive: each harness replays its whole seed corpus at
-# any speed before it explores. With the ASan test on one worker of the parallel
-# phase.
-pytestmark = pytest.mark.xdist_group("sanitizers")
+# Alone, after the parallel phase: the harnesses hold both cores, which stalls
+# the handshakes of the tests that wait on timers.
+pytestmark = pytest.mark.serial
 
 FUZZ = ROOT / "tests" / "fuzz"
 HARNESSES = sorted(p.stem for p in (*FUZZ.glob("fuzz_*.c"), *FUZZ.glob("fuzz_*.py")))

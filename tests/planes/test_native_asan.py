@@ -24,12 +24,12 @@ from tunnel.lab.testbed import missing_tools
 
 from ..conftest import NATIVE_MISSING, ROOT, needs, unavailable
 
-# Heavy but not timing-sensitive: a fixed load, however long it takes. With the
-# fuzzers on one worker of the parallel phase.
+# Alone, after the parallel phase: its build and run hold both cores, which
+# stalls the handshakes of the tests that wait on timers.
 pytestmark = [
     needs(NATIVE_MISSING),
     needs(missing_tools(("gcc",))),
-    pytest.mark.xdist_group("sanitizers"),
+    pytest.mark.serial,
 ]
 
 DRIVER = textwrap.dedent(r"""
