@@ -18,7 +18,7 @@ from tunnel.planes import dp
 from ..conftest import NATIVE_MISSING, needs
 from ..packets import VIRTIO_NET_HDR_GSO_TCPV4, tcp_segment, udp_packet, virtio_net_hdr
 from ..waiting import wait_until
-from .test_native_plane import Harness, Remote
+from .native_harness import Harness, Remote
 
 pytestmark = needs(NATIVE_MISSING)
 
@@ -89,12 +89,7 @@ def test_received_messages_reach_the_device_in_order(crypto_workers: int) -> Non
         r = Remote(h, 1, 0x1111, 0x2222, ("10.0.0.2/32",))
         start(h, crypto_workers)
         sent = [udp_packet("10.0.0.2", "10.0.0.1", i.to_bytes(4, "big")) for i in range(400)]
-        delivered = []
-        for i in range(0, len(sent), 8):  # the fake device queues 10 datagrams at most
-            for pkt in sent[i : i + 8]:
-                r.send(pkt)
-            delivered += [h.read_dev() for _ in sent[i : i + 8]]
-        assert delivered == sent
+        assert r.delivered(sent) == sent
         r.send(sent[0], counter=0)  # a replay
         forged = bytearray(r.seal(sent[1]))
         forged[-1] ^= 1
