@@ -10,7 +10,7 @@ from typing import NoReturn
 import pytest
 
 from tunnel.control.uapi_socket import socket_path
-from tunnel.lab.testbed import Namespace
+from tunnel.lab.testbed import Daemon, Namespace
 from tunnel.planes import dp
 
 from .bed import Testbed, cleanup_stale
@@ -63,6 +63,31 @@ def _namespaces_only_where_marked(request, monkeypatch):
             pytest.fail(f"{request.node.nodeid} makes a namespace but is not marked netns")
 
         monkeypatch.setattr(Namespace, "create", refuse)
+
+
+@pytest.fixture(autouse=True)
+def _daemons_of_the_test(request, monkeypatch):
+    """Every daemon (tunnel, server) the test starts, for its report."""
+    started: list[Daemon] = []
+    request.node.daemons = started
+    original = Daemon.__init__
+
+    def recorded(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        started.append(self)
+
+    monkeypatch.setattr(Daemon, "__init__", recorded)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failed test shows what its tunnels and servers printed: often the reason,
+    and otherwise lost with them."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for daemon in getattr(item, "daemons", []):
+            report.sections.append((f"output of {daemon.label} ({report.when})", daemon.output()))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

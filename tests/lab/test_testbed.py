@@ -125,10 +125,11 @@ def test_testbed_with_n_namespaces() -> None:
 def test_cleanup_stale_removes_dead_runs_only() -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = Namespace(f"pvtb-{dead.pid}-0a").create()
-    mine = Namespace(f"pvtb-{os.getpid()}-stale-check").create()
+    # A prefix of its own, so the other workers' sweeps at start leave these alone.
+    stale = Namespace(f"pvstale-{dead.pid}-0a").create()
+    mine = Namespace(f"pvstale-{os.getpid()}-check").create()
     try:
-        removed = cleanup_stale()
+        removed = cleanup_stale("pvstale")
         assert stale.name in removed and not stale.exists()
         assert mine.exists()
     finally:

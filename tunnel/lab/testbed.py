@@ -27,12 +27,10 @@ import string
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar
 
 from tunnel.control.config import read as read_config
@@ -210,7 +208,12 @@ class Namespace:
         # A namespace with live processes outlives `ip netns del`, so stop them first.
         self.stop_processes()
         if self.exists():
-            run_command(["ip", "netns", "del", self.name])
+            try:
+                run_command(["ip", "netns", "del", self.name])
+            except CommandError:
+                # Another run's sweep may have taken it in between: gone is what we want.
+                if self.exists():
+                    raise
 
     # Small plumbing helpers, so callers never spell `ip` themselves.
     def add_address(self, dev: str, cidr: str) -> None:
@@ -736,20 +739,3 @@ def pyvpn_pair(
     path_a, path_b = write_pair_configs(directory, mode, datapath, **overrides)
     with start_pyvpn(testbed.a, path_a) as peer_a, start_pyvpn(testbed.b, path_b) as peer_b:
         yield peer_a, peer_b
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Let SIGTERM unwind like Ctrl-C, so `finally` blocks tear the testbed down."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; its owner handles signals then
-        return
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
