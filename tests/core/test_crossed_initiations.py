@@ -92,7 +92,7 @@ def test_an_answered_initiation_holds_back_our_own_for_rekey_timeout():
     now = net.now
     (initiation,) = b.iface.start(now)
     answer = a.iface.receive_datagram(initiation.data, b.address, now)
-    assert [type(x).__name__ for x in answer] == ["Send", "KeypairInstalled"]
+    assert [type(x).__name__ for x in answer] == ["KeypairInstalled", "Send"]
     packet = ipv4_packet("10.0.0.1", "10.0.0.2")
     assert a.iface.send_packet(packet, now + REKEY_TIMEOUT - 0.01) == []
     assert peer_a.handshakes.initiations_sent == 0

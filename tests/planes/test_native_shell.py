@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tunnel.core import send
-from tunnel.core.actions import KeypairInstalled, Transmit
+from tunnel.core.actions import KeypairInstalled, Send, Transmit
 from tunnel.core.drops import Drop
 from tunnel.host import clock
 from tunnel.planes import dp
@@ -299,6 +299,55 @@ def test_a_key_wanted_while_the_hold_lasts_is_handshaked_for_once_it_ends() -> N
         assert peer.handshakes.initiations_sent == 1
         answer_initiation(s)
         assert delivered_to_b(s) == [packet]
+
+
+def test_a_retransmission_a_crossed_answer_holds_back_is_made_up_for_when_the_hold_ends() -> None:
+    """a's initiation is lost; b's own arrives a second later and a answers it (its
+    session waits for b's confirmation, which never comes). A packet for b: C
+    stages it and says once that b needs a key. a's retransmission falls due
+    within the hold its response began, so it is held back and dropped, as
+    timers.c drops it; once the hold is over a handshakes all the same, and the
+    packet goes on the new session."""
+    with peers() as s:
+        peer = peer_of(s.a)
+        s.shell.apply(s.a.iface.start(clock.now() - 1))
+        assert parse(s.udp_b.recv(2048)).__class__ is Initiation  # lost
+        packet = ipv4_packet("10.0.0.2", "10.0.0.1")
+        (initiation,) = sends(s.b.iface.send_packet(packet, s.net.now))
+        s.shell.apply(answer(s, initiation.data))
+        s.udp_b.recv(2048)  # a's response, lost too
+        waits = ipv4_packet("10.0.0.1", "10.0.0.2", b"waits out the hold")
+        s.from_device(waits)
+        assert select.select([s.shell.ctrl], [], [], 2)[0]
+        s.shell._upcalls()  # NEED_KEY, the initiation held back
+        retransmission = peer.timers.deadlines[Timer.RETRANSMIT_HANDSHAKE]
+        hold_over = peer.last_handshake_sent + REKEY_TIMEOUT
+        assert retransmission < hold_over
+        s.shell.apply(s.a.iface.tick(retransmission))
+        assert peer.handshakes.initiations_sent == 1
+        s.shell.apply(s.a.iface.tick(hold_over))
+        assert peer.handshakes.initiations_sent == 2
+        answer_initiation(s)
+        assert delivered_to_b(s) == [waits]
+
+
+def test_the_initiators_first_message_finds_the_keypair_the_response_announced() -> None:
+    """b may answer a's response before a's Python takes its next action: once the
+    response has gone, C holds the keypair it announced (send.c begins the
+    session before sending it), so b's first message is taken, not dropped as
+    an unknown index."""
+    with peers() as s:
+        packet = ipv4_packet("10.0.0.2", "10.0.0.1")
+        (initiation,) = sends(s.b.iface.send_packet(packet, s.net.now))
+        actions = answer(s, initiation.data)
+        sent = next(i for i, action in enumerate(actions) if isinstance(action, Send))
+        s.shell.apply(actions[: sent + 1])
+        response = s.udp_b.recv(2048)
+        (transport,) = sends(s.b.iface.receive_datagram(response, s.a.address, s.net.now))
+        s.udp_b.sendto(transport.data, s.a.address)
+        assert s.dev.recv(2048).endswith(packet)
+        s.shell.apply(actions[sent + 1 :])
+        assert s.shell.plane.interface_stats().rx_unknown_index == 0
 
 
 def test_giving_up_the_handshake_drops_what_c_staged_and_the_next_packet_asks_again() -> None:

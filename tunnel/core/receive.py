@@ -360,7 +360,10 @@ def _initiation_consumed(
     install(state, peer, keypair)
     peer.timers.session_derived(now)
     log.debug("peer %s: response sent, session %d derived", short(peer), index)
-    return [Send(source, packed), KeypairInstalled(peer, keypair)]
+    # The keypair first, as send.c begins the session before the response goes:
+    # the initiator's first message can come back before the next action is
+    # taken, and an external transport would not know its index.
+    return [KeypairInstalled(peer, keypair), Send(source, packed)]
 
 
 def _receive_response(

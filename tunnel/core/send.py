@@ -6,7 +6,6 @@ from tunnel.protocol.constants import ETHERNET_HEADER_SIZE, REKEY_TIMEOUT, REKEY
 from tunnel.protocol.keypair import pad
 from tunnel.protocol.peer import Peer
 from tunnel.protocol.tai64n import tai64n
-from tunnel.protocol.timers import Timer
 
 from . import l3
 from .actions import Action, Deliver, Send, SendBatch, Transmit
@@ -91,15 +90,13 @@ def need_key(state: State, peer: Peer, now: float) -> list[Action]:
     keypair (gone, too old or worn out by its own clock and counters): a
     handshake, as send.c's wg_packet_send_staged_packets starts one for a packet
     without a keypair. The transport says so once, not once a packet, so an
-    initiation the hold keeps back (our response went just now) is tried again
-    by tick() once the hold is over, unless a handshake completes first or our
-    own initiation is in flight, which its retransmit timer repeats."""
+    initiation the hold keeps back is tried again by tick() once the hold is
+    over, unless a handshake completes first. That holds with our own initiation
+    in flight too: a response we send meanwhile (its initiation crossed ours)
+    holds back the retransmission, which timers.c then drops, as the kernel
+    does, counting on the next packet to ask again."""
     actions = initiate(state, peer, now, retry=False)
-    if (
-        not actions
-        and peer.endpoint is not None
-        and not peer.timers.pending(Timer.RETRANSMIT_HANDSHAKE)
-    ):
+    if not actions and peer.endpoint is not None and state.identity.present:
         state.key_wanted[peer] = None
     return actions
 
