@@ -20,10 +20,12 @@ from tunnel.lab.testbed import (
     UNDERLAY_A6,
     UNDERLAY_B6,
     device_name,
+    poll_until,
     pyvpn_env,
     pyvpn_pair,
     pyvpn_status,
     reachable,
+    start_daemon,
     start_pyvpn,
     uapi_socket,
     wait_for,
@@ -110,6 +112,24 @@ def test_teardown_removes_device_addresses_routes_and_socket(bed, tmp_path, data
         assert "10.99.0" not in bed.a.run("ip", "route").stdout
         assert "fd10::" not in bed.a.run("ip", "-6", "route").stdout
         assert not uapi_socket(a.name).exists()
+
+
+def test_sigterm_the_moment_the_socket_answers_still_tears_everything_down(bed, tmp_path, datapath):
+    """A client may act, and a service manager stop the tunnel, as soon as its UAPI
+    socket is there, while the rest still comes up: the stop waits for it and
+    undoes it all."""
+    path_a, _ = write_pair_configs(tmp_path, "tun", datapath)
+    for _ in range(5):
+        a = start_daemon(
+            bed.a, [sys.executable, "-m", "tunnel", "up", str(path_a)], "a", pyvpn_env()
+        )
+        name = tomllib.loads(path_a.read_text())["interface"]["name"]
+        with a:
+            assert poll_until(uapi_socket(name).exists, 20, poll=0.001)
+            a.proc.send_signal(signal.SIGTERM)
+            assert a.proc.wait(timeout=10) == 0, a.output()
+        assert name not in bed.a.run("ip", "-o", "link").stdout
+        assert not uapi_socket(name).exists()
 
 
 def test_second_tunnel_with_same_name_is_refused_cleanly(bed, tmp_path, datapath):

@@ -34,6 +34,7 @@ from tunnel.fleet.settings import FleetSettings
 from tunnel.host import clock, hooks, netlink, resolvconf, sd_notify, udp
 from tunnel.host.device import DeviceError, open_device
 from tunnel.host.full_tunnel import FullTunnel, remove_leftovers
+from tunnel.host.interrupt import sigterm_as_interrupt
 from tunnel.host.privileges import PrivilegeError, drop_privileges
 from tunnel.host.routing import numbered
 from tunnel.host.udp import SocketError, open_socket
@@ -65,7 +66,8 @@ def up(config: Config, fleet: FleetSettings | None = None) -> int:
         log.warning("%s", warning)
     c = config.interface
     datapath = choose_datapath(config)
-    status = _up(config, datapath, fleet)
+    with sigterm_as_interrupt():  # what setup made goes, if stopped before serve() is
+        status = _up(config, datapath, fleet)
     try:
         run_hooks(config, "post_down")
     except SetupError as e:
@@ -152,7 +154,7 @@ def up_device(
     datapath = datapath_for(wanted)
     if datapath is None:
         raise SetupError(f"PYVPN_DATAPATH={NATIVE_MISSING}")
-    with contextlib.ExitStack() as teardown:
+    with sigterm_as_interrupt(), contextlib.ExitStack() as teardown:
         dev_fd, sock = _open(teardown, name, False, datapath, 0)
         try:
             netlink.set_mtu(name, DEFAULT_MTU)
@@ -263,6 +265,11 @@ async def serve(
     stop = asyncio.Event()
     name, plane = tunnel.name, tunnel.plane
     async with contextlib.AsyncExitStack() as teardown:
+        # First: a stop asked for while the rest comes up is taken once it is up,
+        # and tears it all down (a client may act as soon as the UAPI socket answers).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+            teardown.callback(loop.remove_signal_handler, sig)
         await teardown.enter_async_context(uapi_server.serving(tunnel))
         if tunnel.user is not None:
             # Setup is done; before plane.start, whose threads inherit the capabilities.
@@ -278,9 +285,6 @@ async def serve(
             settings, own = fleet
             member = agent.Agent(tunnel, settings, own)
             await teardown.enter_async_context(agent.running(member))
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-            teardown.callback(loop.remove_signal_handler, sig)
         if follow_device:
             try:
                 teardown.enter_context(following(tunnel, stop.set))

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from tunnel.host.interrupt import sigterm_as_interrupt
 from tunnel.protocol.constants import DEFAULT_MTU, MAX_CRYPTO_WORKERS
 
 from . import fleetbench, hub, measure, pipeline
@@ -50,7 +51,6 @@ from .testbed import (
     Testbed,
     first_line,
     host_problem,
-    sigterm_as_interrupt,
 )
 
 DEFAULT_TIME = 5.0

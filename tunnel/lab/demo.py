@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
+from tunnel.host.interrupt import sigterm_as_interrupt
+
 from . import measure
 from .testbed import (
     INNER_B,
@@ -24,7 +26,6 @@ from .testbed import (
     host_problem,
     pyvpn_pair,
     pyvpn_status,
-    sigterm_as_interrupt,
     wait_reachable,
 )
 
