@@ -41,6 +41,8 @@ NETNS_DIR = Path("/var/run/netns")
 WG_RUN_DIR = Path("/var/run/wireguard")
 DEFAULT_PREFIX = "pvtb"
 IFNAMSIZ = 15  # longest Linux interface name
+# The first veth of a test bed gets this ifindex on its first end (Testbed.link).
+VETH_INDEX = 1000
 
 UNDERLAY_A = "198.18.0.1"  # RFC 2544 benchmarking range: never routed anywhere
 UNDERLAY_B = "198.18.0.2"
@@ -335,8 +337,13 @@ class Testbed:
     ) -> Link:
         """A veth between two namespaces, with addresses and/or plugged into bridges."""
         dev1, dev2 = f"to-{ns2.label}"[:IFNAMSIZ], f"to-{ns1.label}"[:IFNAMSIZ]
+        # An ifindex unlike its peer's: two fresh namespaces would give both ends
+        # the same, and then the kernel's link watcher takes the carrier change
+        # as not urgent and sits on it for up to a second, through which IPv6
+        # over the link is not ready (linkwatch_urgent_event, addrconf_link_ready).
+        index = VETH_INDEX + len(self.links)
         run_command(
-            ["ip", "-n", ns1.name, "link", "add", dev1, "type", "veth",
+            ["ip", "-n", ns1.name, "link", "add", dev1, "index", str(index), "type", "veth",
              "peer", "name", dev2, "netns", ns2.name]
         )  # fmt: skip
         link = Link(ns1, dev1, ns2, dev2)
