@@ -51,6 +51,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "bed" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.netns)
+    # The groups first (the builds and the lab's runs are long): xdist hands out
+    # work in this order, so they start at once and end with the rest, not after it.
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
 
 
 @pytest.fixture(autouse=True)

@@ -159,6 +159,7 @@ def test_world_readable_key_file_warns(tmp_path):
     assert any("accessible by others" in w for w in loaded.warnings)
 
 
+@pytest.mark.xdist_group("machine-wide")  # every tunnel's socket, /etc: one such test at a time
 def test_show_leaves_wireguard_gos_tunnels_to_wg(bed):
     """A wireguard-go device shares /var/run/wireguard: `pyvpn show` lists the pyvpn
     tunnels beside it, and names it plainly when asked for it."""
@@ -292,6 +293,7 @@ SNAPSHOT = {
 }
 
 
+@pytest.mark.xdist_group("machine-wide")  # every tunnel's socket, /etc: one such test at a time
 def test_show_renders_what_a_daemon_from_before_get_pyvpn_text_sends():
     """After an upgrade, a tunnel started before it refuses get=pyvpn_text
     (EPROTO) and still answers get=pyvpn: `pyvpn show` prints the same text."""
@@ -363,6 +365,7 @@ def as_nobody(*argv: str) -> tuple[int, str, str]:
     return os.waitstatus_to_exitcode(status), stdout, stderr
 
 
+@pytest.mark.xdist_group("machine-wide")  # every tunnel's socket, /etc: one such test at a time
 def test_a_user_not_root_is_told_permission_denied():
     """A tunnel's socket is root's (mode 0700), as wireguard-go's is: another user's
     show and down are refused there, and say so, as wg does, rather than that the

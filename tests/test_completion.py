@@ -58,6 +58,7 @@ def test_fleet_commands_and_their_options_are_those_of_help(command: str):
     )
 
 
+@pytest.mark.xdist_group("machine-wide")  # every tunnel's socket, /etc: one such test at a time
 def test_down_and_show_offer_running_tunnels():
     with uapi_listener("cmpl") as (name, _):
         assert name in complete("pyvpn", "down", "")
@@ -65,6 +66,7 @@ def test_down_and_show_offer_running_tunnels():
     assert name not in complete("pyvpn", "down", "")
 
 
+@pytest.mark.xdist_group("machine-wide")  # every tunnel's socket, /etc: one such test at a time
 def test_up_offers_config_files_and_directories(tmp_path: Path):
     for file in ("a.toml", "wg0.conf", "notes.txt"):
         (tmp_path / file).write_text("")
@@ -79,6 +81,7 @@ def bare_names() -> list[str]:
     return [f.stem for d, suffix in CONFIG_DIRS for f in d.glob(f"*{suffix}") if f.is_file()]
 
 
+@pytest.mark.xdist_group("machine-wide")  # every tunnel's socket, /etc: one such test at a time
 def test_up_offers_the_bare_names_of_configs_in_etc(tmp_path: Path):
     name = f"cmpl{os.getpid()}"[:15]
     path = CONFIG_DIRS[1][0] / f"{name}.conf"

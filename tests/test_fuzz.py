@@ -12,9 +12,9 @@ import pytest
 
 from .conftest import ROOT
 
-# Alone, after the parallel phase: the harnesses hold both cores, which stalls
-# the handshakes of the tests that wait on timers.
-pytestmark = pytest.mark.serial
+# Heavy but not timing-sensitive: each harness replays its whole seed corpus at
+# any speed before it explores. On the parallel phase's worker for builds.
+pytestmark = pytest.mark.xdist_group("builds")
 
 FUZZ = ROOT / "tests" / "fuzz"
 HARNESSES = sorted(p.stem for p in (*FUZZ.glob("fuzz_*.c"), *FUZZ.glob("fuzz_*.py")))

@@ -31,10 +31,10 @@ from tunnel.lab.testbed import (
 
 from .conftest import NATIVE_MISSING, ROOT, needs
 
-# Alone, after the parallel phase (pip, dpkg-buildpackage, mmdebstrap): its
-# builds hold the machine, which stalls the handshakes of the tests that wait on
-# timers.
-pytestmark = pytest.mark.serial
+# Heavy but not timing-sensitive (pip, dpkg-buildpackage, mmdebstrap): on the
+# parallel phase's worker for builds, so its builds are made once, beside the
+# tests that wait on timers.
+pytestmark = pytest.mark.xdist_group("builds")
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 # The Python an operator's Debian has (python3-venv, which scripts/setup installs).

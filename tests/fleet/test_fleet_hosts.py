@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tunnel.control.convert import to_toml
@@ -257,7 +256,6 @@ def fleet_refused(fleet: Fleet, name: str) -> dict[str, int]:
     return refused
 
 
-@pytest.mark.serial  # counts lost pings over 30 s
 def test_an_etcd_outage_loses_no_ping_and_is_caught_up_on(bed, tmp_path):
     with fleet_of(bed, tmp_path, "auto", "abcd") as fleet:
         running = [fleet.start(name, fleet.admit(name)) for name in "abc"]

@@ -36,7 +36,9 @@ from ..bed import leftovers
 from ..conftest import needs, unavailable
 from ..packets import csum
 
-pytestmark = [pytest.mark.netns, pytest.mark.serial]
+# What the lab prints, not how fast: on the parallel phase's worker for the lab,
+# one run at a time.
+pytestmark = [pytest.mark.netns, pytest.mark.xdist_group("lab")]
 
 _PROBLEM = host_problem(("ip", "ping", "iperf3", "ss", "tincd"))
 root_only = needs(_PROBLEM)

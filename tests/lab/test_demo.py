@@ -12,7 +12,8 @@ from tunnel.lab.testbed import TunnelStartError, host_problem
 from ..bed import leftovers
 from ..conftest import needs
 
-pytestmark = [needs(host_problem()), pytest.mark.netns, pytest.mark.serial]
+# On the parallel phase's worker for the lab, one run at a time.
+pytestmark = [needs(host_problem()), pytest.mark.netns, pytest.mark.xdist_group("lab")]
 
 
 def _args(*argv: str) -> argparse.Namespace:

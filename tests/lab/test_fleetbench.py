@@ -22,7 +22,7 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @needs(etcd_problem() or host_problem() or missing_tools(("turnserver", "nft", "conntrack")))
-@pytest.mark.serial  # four hosts, etcd, coturn and iperf3 on two cores
+@pytest.mark.xdist_group("lab")  # four hosts, etcd, coturn and iperf3: one lab run at a time
 def test_bench_fleet_prints_every_figure(tmp_path):
     out = tmp_path / "fleet.json"
     done = bench("--fleet", "3", "--time", "1", "--json", str(out))

@@ -24,12 +24,12 @@ from tunnel.lab.testbed import missing_tools
 
 from ..conftest import NATIVE_MISSING, ROOT, needs, unavailable
 
-# Alone, after the parallel phase: its build and run hold both cores, which
-# stalls the handshakes of the tests that wait on timers.
+# Heavy but not timing-sensitive: a fixed load, however long it takes. On the
+# parallel phase's worker for builds.
 pytestmark = [
     needs(NATIVE_MISSING),
     needs(missing_tools(("gcc",))),
-    pytest.mark.serial,
+    pytest.mark.xdist_group("builds"),
 ]
 
 DRIVER = textwrap.dedent(r"""
