@@ -13,8 +13,9 @@ import pytest
 from .conftest import ROOT
 
 # Heavy but not timing-sensitive: each harness replays its whole seed corpus at
-# any speed before it explores. On the parallel phase's worker for builds.
-pytestmark = pytest.mark.xdist_group("builds")
+# any speed before it explores. With the ASan test on a worker of their own in
+# the parallel phase.
+pytestmark = pytest.mark.xdist_group("sanitizers")
 
 FUZZ = ROOT / "tests" / "fuzz"
 HARNESSES = sorted(p.stem for p in (*FUZZ.glob("fuzz_*.c"), *FUZZ.glob("fuzz_*.py")))

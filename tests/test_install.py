@@ -31,10 +31,10 @@ from tunnel.lab.testbed import (
 
 from .conftest import NATIVE_MISSING, ROOT, needs
 
-# Heavy but not timing-sensitive (pip, dpkg-buildpackage, mmdebstrap): on the
-# parallel phase's worker for builds, so its builds are made once, beside the
-# tests that wait on timers.
-pytestmark = pytest.mark.xdist_group("builds")
+# Heavy but not timing-sensitive (pip, dpkg-buildpackage, mmdebstrap): on a
+# worker of its own in the parallel phase, so its builds are made once, beside
+# the tests that wait on timers.
+pytestmark = pytest.mark.xdist_group("install")
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 # The Python an operator's Debian has (python3-venv, which scripts/setup installs).

@@ -171,6 +171,7 @@ def test_tap_peers_report_their_learned_macs(bed, tmp_path):
             assert value(m, "pyvpn_peer_learned_macs", interface=a.name) == 1
 
 
+@pytest.mark.xdist_group("machine-wide")  # every tunnel's socket, /etc: one such test at a time
 def test_a_hung_tunnel_is_counted_and_the_others_still_exported(bed, tmp_path):
     """A socket that takes connections and never answers, as a stuck daemon's
     does (the first one waits in its backlog of one, the later ones find it
@@ -413,6 +414,7 @@ class FakeTunnel:
         self.path.unlink(missing_ok=True)
 
 
+@pytest.mark.xdist_group("machine-wide")  # every tunnel's socket, /etc: one such test at a time
 def test_concurrent_scrapes_cost_each_tunnel_one_status_per_interval():
     """Eight scrapes at once, while the tunnels build their first status, and
     one more within the interval: one status each. The next scrape after the

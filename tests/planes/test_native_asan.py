@@ -24,12 +24,12 @@ from tunnel.lab.testbed import missing_tools
 
 from ..conftest import NATIVE_MISSING, ROOT, needs, unavailable
 
-# Heavy but not timing-sensitive: a fixed load, however long it takes. On the
-# parallel phase's worker for builds.
+# Heavy but not timing-sensitive: a fixed load, however long it takes. With the
+# fuzzers on a worker of their own in the parallel phase.
 pytestmark = [
     needs(NATIVE_MISSING),
     needs(missing_tools(("gcc",))),
-    pytest.mark.xdist_group("builds"),
+    pytest.mark.xdist_group("sanitizers"),
 ]
 
 DRIVER = textwrap.dedent(r"""
