@@ -319,6 +319,7 @@ def test_taken_port_is_one_line_exit_1():
     assert done.stderr == f"pyvpn: cannot listen on {listen}: Address already in use\n"
 
 
+@pytest.mark.serial  # timers at 1/20: a stalled machine stretches a 0.25 s REKEY_TIMEOUT
 def test_rekeys_are_counted_on_the_native_plane(bed, tmp_path, monkeypatch):
     """C owns the keypair slots there: a rekey is what replaced a session it held."""
     monkeypatch.setenv("PYVPN_TIMER_SCALE", "0.05")  # REKEY_AFTER_TIME 6 s; both ends

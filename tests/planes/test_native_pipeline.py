@@ -158,6 +158,11 @@ def test_a_freed_keypair_leaves_every_crypto_worker_after_rekeys_under_load() ->
                 break
         assert len(seen) == 30 * PER_READ
         assert len({index for index, _ in seen}) > 1  # the rekeys happened under load
+        # The last rekey's free made the workers forget their keys if they had
+        # sealed everything by then: one more burst on the last keys.
+        h.dev.send(super_packet("10.0.0.2", 30 * PER_READ * SEGMENT))
+        for _ in range(PER_READ):
+            seen.add(received(r, keys))
         assert h.plane.cached_keys() > 0
         for slot in (dp.SLOT_CURRENT, dp.SLOT_PREVIOUS, dp.SLOT_NEXT):
             h.plane.clear_keypair(1, slot)
