@@ -229,6 +229,9 @@ def in_root(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return run("chroot", root, *argv)
 
 
+# Beside the wheel's tests rather than after them: the package and its Debian
+# root, made from scratch on a fresh clone, are the parallel phase's longest wait.
+@pytest.mark.xdist_group("debian")
 @needs(NATIVE_MISSING)
 def test_the_debian_package_installs_runs_and_removes(deb, debian_root, bed):
     root = debian_root
