@@ -119,11 +119,11 @@ def test_sigterm_the_moment_the_socket_answers_still_tears_everything_down(bed, 
     socket is there, while the rest still comes up: the stop waits for it and
     undoes it all."""
     path_a, _ = write_pair_configs(tmp_path, "tun", datapath)
+    name = path_a.stem  # write_pair_configs names the file after the device
     for _ in range(5):
         a = start_daemon(
-            bed.a, [sys.executable, "-m", "tunnel", "up", str(path_a)], "a", pyvpn_env()
+            bed.a, [sys.executable, "-m", "tunnel", "up", str(path_a)], name, pyvpn_env()
         )
-        name = tomllib.loads(path_a.read_text())["interface"]["name"]
         with a:
             assert poll_until(uapi_socket(name).exists, 20, poll=0.001)
             a.proc.send_signal(signal.SIGTERM)

@@ -31,6 +31,7 @@ API = {
     "send": (
         "answer_too_big",
         "flush_staged",
+        "hold_over",
         "initiate",
         "keepalive",
         "need_key",

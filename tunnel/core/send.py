@@ -96,7 +96,7 @@ def need_key(state: State, peer: Peer, now: float) -> list[Action]:
     holds back the retransmission, which timers.c then drops, as the kernel
     does, counting on the next packet to ask again."""
     actions = initiate(state, peer, now, retry=False)
-    if not actions and peer.endpoint is not None and state.identity.present:
+    if not actions and not hold_over(peer, now):
         state.key_wanted[peer] = None
     return actions
 
@@ -163,16 +163,21 @@ def keepalive(state: State, peer: Peer, now: float) -> list[Action]:
     return flush_staged(state, peer, now)
 
 
+def hold_over(peer: Peer, now: float) -> bool:
+    """A handshake message sent, initiation or response, holds back the next
+    initiation for REKEY_TIMEOUT, retries too (send.c
+    wg_packet_send_queued_handshake_initiation): an end that just answered
+    waits for its answer to complete the session."""
+    return now - peer.last_handshake_sent >= REKEY_TIMEOUT
+
+
 def initiate(state: State, peer: Peer, now: float, retry: bool) -> list[Action]:
     """A handshake initiation to the peer, unless one went too recently."""
     if peer.endpoint is None or not state.identity.present:
         return []
     if not retry:
         peer.timers.handshake_attempts = 0
-    # A handshake message sent, initiation or response, holds back the next
-    # initiation, retries too (send.c wg_packet_send_queued_handshake_initiation):
-    # an end that just answered waits for its answer to complete the session.
-    if now - peer.last_handshake_sent < REKEY_TIMEOUT:
+    if not hold_over(peer, now):
         return []
     drop_handshake_index(state, peer)
     index = new_index(state, peer, None)

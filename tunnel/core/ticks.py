@@ -12,7 +12,7 @@ from tunnel.protocol.peer import Peer
 from tunnel.protocol.timers import Timer
 
 from .actions import Action, KeypairsCleared, StagedPurged
-from .send import initiate, keepalive, need_key
+from .send import hold_over, initiate, keepalive, need_key
 from .state import State, clear_keypairs, drop_handshake_index, log, short
 
 
@@ -23,7 +23,7 @@ def tick(state: State, now: float) -> list[Action]:
     for peer in [p for p in state.peers.values() if p.timers.earliest <= now]:
         for timer in peer.timers.expired(now):
             actions += _timer_fired(state, peer, timer, now)
-    for peer in [p for p in state.key_wanted if now - p.last_handshake_sent >= REKEY_TIMEOUT]:
+    for peer in [p for p in state.key_wanted if hold_over(p, now)]:
         del state.key_wanted[peer]
         if state.peers.get(peer.public_key) is peer:
             actions += need_key(state, peer, now)
